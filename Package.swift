@@ -1,0 +1,34 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "fwp",
+    platforms: [.macOS(.v14)],
+    products: [
+        .library(name: "FWPCore", targets: ["FWPCore"]),
+        .executable(name: "fwp-train", targets: ["fwp-train"]),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CBLAS",
+            path: "Sources/CBLAS",
+            providers: [.apt(["libopenblas-dev"])]
+        ),
+        .systemLibrary(
+            name: "CZeroMQ",
+            path: "Sources/CZeroMQ",
+            providers: [.apt(["libzmq3-dev"])]
+        ),
+        .target(
+            name: "FWPCore",
+            dependencies: ["CBLAS"]
+        ),
+        .executableTarget(name: "fwp-train", dependencies: ["FWPCore"]),
+        .testTarget(
+            name: "FWPCoreTests",
+            dependencies: ["FWPCore", "CZeroMQ"],
+            exclude: ["Fixtures"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,506 @@
+import Foundation
+
+/// Which attention a layer uses.
+public enum AttentionKind: String, Sendable, Codable, CaseIterable {
+    /// Causal softmax attention (the Transformer baseline).
+    case softmax
+    /// A fast-weight memory (linear attention, delta rule, …).
+    case fastWeight = "fast-weight"
+}
+
+/// The carried state of one attention layer for a batch of B sequences.
+public struct AttentionState: Sendable, Equatable {
+    /// Fast weights, B·H blocks of d_head × d_dot (row-major), for fast-weight layers.
+    public var weights: [Float]
+    /// Normaliser z, B·H blocks of d_dot, for attention normalisation.
+    public var normalizer: [Float]
+    /// Cached keys and values for softmax layers: per (b, h), `length` rows of d_head.
+    public var keys: [[Float]]
+    public var values: [[Float]]
+    public var length: Int
+}
+
+/// Multi-head causal attention, fast-weight or softmax, with projections.
+///
+/// Parameters (prefix `layers.{i}.attn`): `qkv.weight` (3·H·d_head × D; rows are q, k, v),
+/// `out.weight` (D × H·d_head), and for the delta rule `beta.weight` (H × D), `beta.bias` (H).
+/// FAVOR+ layers keep a buffer `favor_projection` (m × d_head) used in evaluation.
+public struct AttentionLayer: Sendable {
+    public let kind: AttentionKind
+    public let heads: Int
+    public let headSize: Int
+    public let featureMap: FeatureMap
+    public let rule: UpdateRule
+    public let normalization: Normalization
+    /// Factor applied to fast-weight outputs (1/√d_head when enabled in the config).
+    public let outputScale: Float
+    public let qkv: Linear
+    public let out: Linear
+    public let beta: Linear?
+    /// Index of the FAVOR+ projection in the model's buffer store.
+    public let favorBuffer: Int?
+
+    init(
+        prefix: String, config: LMConfig, store: inout ParameterStore, buffers: inout ParameterStore,
+        rng: inout FWPRandom
+    ) {
+        let d = config.modelSize, hd = config.heads * config.headSize
+        kind = config.attention
+        heads = config.heads
+        headSize = config.headSize
+        featureMap = FeatureMap(config.featureMap, inputSize: config.headSize)
+        rule = config.updateRule
+        normalization = config.normalization
+        outputScale = config.scaleOutput ? 1 / Float(config.headSize).squareRoot() : 1
+        let std = config.initStd
+        qkv = Linear("\(prefix).qkv", in: d, out: 3 * hd, bias: false, std: std, store: &store, rng: &rng)
+        if kind == .fastWeight && rule == .delta {
+            beta = Linear("\(prefix).beta", in: d, out: heads, bias: true, std: std, store: &store, rng: &rng)
+        } else {
+            beta = nil
+        }
+        out = Linear(
+            "\(prefix).out", in: hd, out: d, bias: false, std: std / (2 * Float(config.layers)).squareRoot(),
+            store: &store, rng: &rng)
+        if kind == .fastWeight, case .favor(let m) = config.featureMap {
+            favorBuffer = buffers.add(
+                "\(prefix).favor_projection",
+                FeatureMap.favorProjection(features: m, inputSize: config.headSize, using: &rng))
+        } else {
+            favorBuffer = nil
+        }
+    }
+
+    var keySize: Int { kind == .softmax ? headSize : featureMap.outputSize }
+
+    /// A zero state for `batch` sequences.
+    public func initialState(batch: Int) -> AttentionState {
+        let fw = kind == .fastWeight
+        return AttentionState(
+            weights: fw ? [Float](repeating: 0, count: batch * heads * headSize * keySize) : [],
+            normalizer: fw && normalization == .attention ? [Float](repeating: 0, count: batch * heads * keySize) : [],
+            keys: fw ? [] : Array(repeating: [], count: batch * heads),
+            values: fw ? [] : Array(repeating: [], count: batch * heads),
+            length: 0)
+    }
+
+    /// Everything the backward pass needs.
+    struct Cache {
+        var input: Tensor
+        var qRaw: Tensor, kRaw: Tensor, v: Tensor  // (N·H) × d_head
+        var qPhi: Tensor, kPhi: Tensor  // (N·H) × d_dot, before sum normalisation
+        var qSums: [Float], kSums: [Float]
+        var q: Tensor, k: Tensor  // what the memory saw
+        var beta: Tensor?  // (N·H), after the sigmoid
+        var saved: [Float], denominators: [Float]
+        var core: Tensor  // N × H·d_head, before outputScale
+        var attended: Tensor  // N × H·d_head, after outputScale (input of `out`)
+        var probabilities: [Float]  // softmax: B·H blocks of T × T
+        var finalWeights: [Float], finalNormalizer: [Float]
+        var projection: Tensor?
+        var batch: Int, steps: Int
+    }
+
+    /// The layer's output for x (B·T × D, batch-major) and the cache for `backward`.
+    ///
+    /// `state`, if given, is the carried state at entry and is replaced by the state after the
+    /// segment (fast-weight layers: truncated BPTT, no gradient flows into it).
+    func forward(
+        _ x: Tensor, batch: Int, steps: Int, _ p: ParameterStore, _ buffers: ParameterStore,
+        state: inout AttentionState?, training: Bool, rng: inout FWPRandom, threads: ComputeThreads
+    ) -> (Tensor, Cache) {
+        let n = batch * steps, hd = heads * headSize, dh = headSize
+        let projected = qkv.forward(x, p)
+        var qRaw = Tensor(shape: [n * heads, dh]), kRaw = qRaw, v = qRaw
+        projected.withUnsafePointer { pp in
+            qRaw.withUnsafeMutablePointer { pq in
+                kRaw.withUnsafeMutablePointer { pk in
+                    v.withUnsafeMutablePointer { pv in
+                        for r in 0..<n {
+                            (pq + r * hd).update(from: pp + r * 3 * hd, count: hd)
+                            (pk + r * hd).update(from: pp + r * 3 * hd + hd, count: hd)
+                            (pv + r * hd).update(from: pp + r * 3 * hd + 2 * hd, count: hd)
+                        }
+                    }
+                }
+            }
+        }
+        var cache = Cache(
+            input: x, qRaw: qRaw, kRaw: kRaw, v: v, qPhi: qRaw, kPhi: kRaw, qSums: [], kSums: [], q: qRaw, k: kRaw,
+            beta: nil, saved: [], denominators: [], core: Tensor(shape: [n, hd]), attended: Tensor(shape: [n, hd]),
+            probabilities: [], finalWeights: [], finalNormalizer: [], projection: nil, batch: batch, steps: steps)
+        if kind == .softmax {
+            softmaxForward(&cache, state: &state, threads: threads)
+        } else {
+            if let favorBuffer {
+                if training, case .favor(let m) = featureMap.kind {
+                    cache.projection = FeatureMap.favorProjection(features: m, inputSize: dh, using: &rng)
+                } else {
+                    cache.projection = buffers.values[favorBuffer]
+                }
+            }
+            cache.qPhi = featureMap.forward(qRaw, projection: cache.projection)
+            cache.kPhi = featureMap.forward(kRaw, projection: cache.projection)
+            if normalization == .sum {
+                (cache.q, cache.qSums) = SumNormalization.forward(cache.qPhi)
+                (cache.k, cache.kSums) = SumNormalization.forward(cache.kPhi)
+            } else {
+                cache.q = cache.qPhi
+                cache.k = cache.kPhi
+            }
+            if let beta {
+                var b = beta.forward(x, p)
+                for i in 0..<b.count { b.storage[i] = 1 / (1 + expf(-b.storage[i])) }
+                cache.beta = b.reshaped([n * heads])
+            }
+            fastWeightForward(&cache, state: &state, threads: threads)
+        }
+        cache.attended = cache.core
+        if kind == .fastWeight && outputScale != 1 { Vec.scaleTensor(outputScale, &cache.attended) }
+        return (out.forward(cache.attended, p), cache)
+    }
+
+    private func kernel(steps: Int) -> FastWeightKernel {
+        FastWeightKernel(
+            rule: rule, attentionNormalization: normalization == .attention, steps: steps,
+            keySize: featureMap.outputSize, valueSize: headSize, keyStride: heads * featureMap.outputSize,
+            valueStride: heads * headSize, betaStride: heads)
+    }
+
+    private func fastWeightForward(_ cache: inout Cache, state: inout AttentionState?, threads: ComputeThreads) {
+        let (batch, steps) = (cache.batch, cache.steps)
+        let dk = featureMap.outputSize, dv = headSize, seqs = batch * heads
+        let kern = kernel(steps: steps)
+        var weights = state?.weights ?? [Float](repeating: 0, count: seqs * dv * dk)
+        let attn = normalization == .attention
+        var zs = attn ? (state?.normalizer ?? [Float](repeating: 0, count: seqs * dk)) : [Float](repeating: 0, count: seqs * dk)
+        precondition(weights.count == seqs * dv * dk, "carried state is for another batch size or shape")
+        cache.saved = [Float](repeating: 0, count: rule == .delta ? seqs * steps * dv : 0)
+        cache.denominators = [Float](repeating: 0, count: attn ? seqs * steps : 0)
+        let q = cache.q, k = cache.k, v = cache.v
+        let betaT = cache.beta
+        q.withUnsafePointer { pq in
+            k.withUnsafePointer { pk in
+                v.withUnsafePointer { pv in
+                    cache.core.withUnsafeMutablePointer { py in
+                        weights.withUnsafeMutableBufferPointer { pw in
+                            zs.withUnsafeMutableBufferPointer { pz in
+                                cache.saved.withUnsafeMutableBufferPointer { ps in
+                                    cache.denominators.withUnsafeMutableBufferPointer { pden in
+                                        let pb = betaT?.storage.withUnsafeBufferPointer { $0.baseAddress! }
+                                        let sp = (
+                                            SharedConstPointer(pq), SharedConstPointer(pk), SharedConstPointer(pv),
+                                            SharedPointer(py), SharedPointer(pw.baseAddress!), SharedPointer(pz.baseAddress!)
+                                        )
+                                        // Empty arrays may still have a base address: choose by variant, not by pointer.
+                                        let sSaved = rule == .delta ? ps.baseAddress.map(SharedPointer.init) : nil
+                                        let sDen = attn ? pden.baseAddress.map(SharedPointer.init) : nil
+                                        let sBeta = pb.map(SharedConstPointer.init)
+                                        threads.forEach(seqs) { s in
+                                            let b = s / heads, h = s % heads
+                                            let row = b * steps * heads + h
+                                            kern.forward(
+                                                q: sp.0.base + row * dk, k: sp.1.base + row * dk, v: sp.2.base + row * dv,
+                                                beta: sBeta.map { $0.base + row },
+                                                y: sp.3.base + row * dv, w: sp.4.base + s * dv * dk, z: sp.5.base + s * dk,
+                                                saved: sSaved.map { $0.base + s * steps * dv },
+                                                denominators: sDen.map { $0.base + s * steps })
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        cache.finalWeights = weights
+        cache.finalNormalizer = attn ? zs : []
+        if state != nil {
+            state!.weights = weights
+            if attn { state!.normalizer = zs }
+            state!.length += steps
+        }
+    }
+
+    private func softmaxForward(_ cache: inout Cache, state: inout AttentionState?, threads: ComputeThreads) {
+        let (batch, steps) = (cache.batch, cache.steps)
+        let dh = headSize, hd = heads * headSize, seqs = batch * heads
+        let scale = 1 / Float(dh).squareRoot()
+        if var st = state {
+            // Recurrent use: append to each sequence's key/value cache and attend over all of it.
+            precondition(st.keys.count == seqs, "carried state is for another batch size")
+            for s in 0..<seqs {
+                let b = s / heads, h = s % heads
+                for t in 0..<steps {
+                    let r = (b * steps + t) * hd + h * dh
+                    st.keys[s].append(contentsOf: cache.kRaw.storage[r..<r + dh])
+                    st.values[s].append(contentsOf: cache.v.storage[r..<r + dh])
+                }
+            }
+            let past = st.length
+            for s in 0..<seqs {
+                let b = s / heads, h = s % heads
+                let total = past + steps
+                for t in 0..<steps {
+                    let r = (b * steps + t) * hd + h * dh
+                    let visible = past + t + 1
+                    var scores = [Float](repeating: 0, count: visible)
+                    var m = -Float.infinity
+                    st.keys[s].withUnsafeBufferPointer { pk in
+                        cache.qRaw.withUnsafePointer { pq in
+                            for j in 0..<visible {
+                                scores[j] = Vec.dot(pq + r, pk.baseAddress! + j * dh, dh) * scale
+                                m = max(m, scores[j])
+                            }
+                        }
+                    }
+                    var sum: Float = 0
+                    for j in 0..<visible {
+                        scores[j] = expf(scores[j] - m)
+                        sum += scores[j]
+                    }
+                    for c in 0..<dh {
+                        var acc: Float = 0
+                        for j in 0..<visible { acc += scores[j] * st.values[s][j * dh + c] }
+                        cache.core.storage[r + c] = acc / sum
+                    }
+                }
+                _ = total
+            }
+            st.length += steps
+            state = st
+            return
+        }
+        var probs = [Float](repeating: 0, count: seqs * steps * steps)
+        cache.qRaw.withUnsafePointer { pq in
+            cache.kRaw.withUnsafePointer { pk in
+                cache.v.withUnsafePointer { pv in
+                    cache.core.withUnsafeMutablePointer { py in
+                        probs.withUnsafeMutableBufferPointer { pp in
+                            let sp = (
+                                SharedConstPointer(pq), SharedConstPointer(pk), SharedConstPointer(pv), SharedPointer(py),
+                                SharedPointer(pp.baseAddress!)
+                            )
+                            threads.forEach(seqs) { s in
+                                let b = s / heads, h = s % heads
+                                let off = b * steps * hd + h * dh
+                                let P = sp.4.base + s * steps * steps
+                                BLAS.gemm(
+                                    transposeA: false, transposeB: true, m: steps, n: steps, k: dh, alpha: scale,
+                                    a: sp.0.base + off, lda: hd, b: sp.1.base + off, ldb: hd, beta: 0, c: P, ldc: steps)
+                                for t in 0..<steps {
+                                    let row = P + t * steps
+                                    var m = -Float.infinity
+                                    for j in 0...t { m = max(m, row[j]) }
+                                    var sum: Float = 0
+                                    for j in 0...t {
+                                        row[j] = expf(row[j] - m)
+                                        sum += row[j]
+                                    }
+                                    let inv = 1 / sum
+                                    for j in 0...t { row[j] *= inv }
+                                    for j in (t + 1)..<steps { row[j] = 0 }
+                                }
+                                BLAS.gemm(
+                                    transposeA: false, transposeB: false, m: steps, n: dh, k: steps,
+                                    a: P, lda: steps, b: sp.2.base + off, ldb: hd, beta: 0, c: sp.3.base + off, ldc: hd)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        cache.probabilities = probs
+    }
+
+    /// Accumulates parameter gradients and returns dx.
+    func backward(_ dOut: Tensor, cache: Cache, _ p: ParameterStore, _ g: inout ParameterStore, threads: ComputeThreads) -> Tensor {
+        let n = cache.batch * cache.steps, hd = heads * headSize, dh = headSize
+        var dCore = out.backward(dOut, input: cache.attended, p, &g)
+        if kind == .fastWeight && outputScale != 1 { Vec.scaleTensor(outputScale, &dCore) }
+        var dqRaw: Tensor, dkRaw: Tensor, dv: Tensor
+        var dBetaLogit: Tensor? = nil
+        if kind == .softmax {
+            (dqRaw, dkRaw, dv) = softmaxBackward(dCore, cache: cache, threads: threads)
+        } else {
+            var dq: Tensor, dk: Tensor, dbeta: Tensor?
+            (dq, dk, dv, dbeta) = fastWeightBackward(dCore, cache: cache, threads: threads)
+            if normalization == .sum {
+                dq = SumNormalization.backward(dq, output: cache.q, sums: cache.qSums)
+                dk = SumNormalization.backward(dk, output: cache.k, sums: cache.kSums)
+            }
+            dqRaw = featureMap.backward(dq, input: cache.qRaw, output: cache.qPhi, projection: cache.projection)
+            dkRaw = featureMap.backward(dk, input: cache.kRaw, output: cache.kPhi, projection: cache.projection)
+            if var db = dbeta, let b = cache.beta {
+                for i in 0..<db.count { db.storage[i] *= b.storage[i] * (1 - b.storage[i]) }
+                dBetaLogit = db.reshaped([n, heads])
+            }
+        }
+        var dProjected = Tensor(shape: [n, 3 * hd])
+        dProjected.withUnsafeMutablePointer { pp in
+            dqRaw.withUnsafePointer { pq in
+                dkRaw.withUnsafePointer { pk in
+                    dv.withUnsafePointer { pv in
+                        for r in 0..<n {
+                            (pp + r * 3 * hd).update(from: pq + r * hd, count: hd)
+                            (pp + r * 3 * hd + hd).update(from: pk + r * hd, count: hd)
+                            (pp + r * 3 * hd + 2 * hd).update(from: pv + r * hd, count: hd)
+                        }
+                    }
+                }
+            }
+        }
+        _ = dh
+        var dx = qkv.backward(dProjected, input: cache.input, p, &g)
+        if let beta, let dBetaLogit {
+            let dxb = beta.backward(dBetaLogit, input: cache.input, p, &g)
+            Vec.addTensor(dxb, into: &dx)
+        }
+        return dx
+    }
+
+    private func fastWeightBackward(_ dCore: Tensor, cache: Cache, threads: ComputeThreads)
+        -> (Tensor, Tensor, Tensor, Tensor?)
+    {
+        let (batch, steps) = (cache.batch, cache.steps)
+        let dk = featureMap.outputSize, dv = headSize, seqs = batch * heads, n = batch * steps
+        let kern = kernel(steps: steps)
+        var dq = Tensor(shape: [n * heads, dk]), dkT = dq, dvT = Tensor(shape: [n * heads, dv])
+        var dbeta: Tensor? = rule == .delta ? Tensor(shape: [n * heads]) : nil
+        var weights = cache.finalWeights
+        var zs = cache.finalNormalizer.isEmpty ? [Float](repeating: 0, count: seqs * dk) : cache.finalNormalizer
+        var dbStorage = dbeta?.storage ?? []
+        dCore.withUnsafePointer { pdy in
+            cache.core.withUnsafePointer { py in
+                cache.q.withUnsafePointer { pq in
+                    cache.k.withUnsafePointer { pk in
+                        cache.v.withUnsafePointer { pv in
+                            dq.withUnsafeMutablePointer { pdq in
+                                dkT.withUnsafeMutablePointer { pdk in
+                                    dvT.withUnsafeMutablePointer { pdv in
+                                        weights.withUnsafeMutableBufferPointer { pw in
+                                            zs.withUnsafeMutableBufferPointer { pz in
+                                                dbStorage.withUnsafeMutableBufferPointer { pdb in
+                                                    cache.saved.withUnsafeBufferPointer { ps in
+                                                        cache.denominators.withUnsafeBufferPointer { pden in
+                                                            let pb = cache.beta?.storage.withUnsafeBufferPointer { $0.baseAddress! }
+                                                            let c = (
+                                                                SharedConstPointer(pdy), SharedConstPointer(py), SharedConstPointer(pq),
+                                                                SharedConstPointer(pk), SharedConstPointer(pv)
+                                                            )
+                                                            let m = (
+                                                                SharedPointer(pdq), SharedPointer(pdk), SharedPointer(pdv),
+                                                                SharedPointer(pw.baseAddress!), SharedPointer(pz.baseAddress!)
+                                                            )
+                                                            // Empty arrays may still have a base address.
+                                                            let isDelta = rule == .delta, attn = normalization == .attention
+                                                            let sdb = isDelta ? pdb.baseAddress.map(SharedPointer.init) : nil
+                                                            let ssaved = isDelta ? ps.baseAddress.map(SharedConstPointer.init) : nil
+                                                            let sden = attn ? pden.baseAddress.map(SharedConstPointer.init) : nil
+                                                            let sbeta = pb.map(SharedConstPointer.init)
+                                                            threads.forEach(seqs) { s in
+                                                                let b = s / heads, h = s % heads
+                                                                let row = b * steps * heads + h
+                                                                var scratch = [Float](repeating: 0, count: dv * dk + 2 * dk + dv)
+                                                                scratch.withUnsafeMutableBufferPointer { sc in
+                                                                    let base = sc.baseAddress!
+                                                                    kern.backward(
+                                                                        dy: c.0.base + row * dv, y: c.1.base + row * dv,
+                                                                        q: c.2.base + row * dk, k: c.3.base + row * dk, v: c.4.base + row * dv,
+                                                                        beta: sbeta.map { $0.base + row },
+                                                                        saved: ssaved.map { $0.base + s * steps * dv },
+                                                                        denominators: sden.map { $0.base + s * steps },
+                                                                        w: m.3.base + s * dv * dk, z: m.4.base + s * dk,
+                                                                        dw: base, dzAccumulator: base + dv * dk, scratch: base + dv * dk + 2 * dk,
+                                                                        dq: m.0.base + row * dk, dk: m.1.base + row * dk, dv: m.2.base + row * dv,
+                                                                        dbeta: sdb.map { $0.base + row })
+                                                                }
+                                                            }
+                                                        }
+                                                    }
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if dbeta != nil { dbeta!.storage = dbStorage }
+        return (dq, dkT, dvT, dbeta)
+    }
+
+    private func softmaxBackward(_ dCore: Tensor, cache: Cache, threads: ComputeThreads) -> (Tensor, Tensor, Tensor) {
+        let (batch, steps) = (cache.batch, cache.steps)
+        let dh = headSize, hd = heads * headSize, seqs = batch * heads, n = batch * steps
+        let scale = 1 / Float(dh).squareRoot()
+        var dq = Tensor(shape: [n, hd]), dk = dq, dv = dq
+        dCore.withUnsafePointer { pdy in
+            cache.qRaw.withUnsafePointer { pq in
+                cache.kRaw.withUnsafePointer { pk in
+                    cache.v.withUnsafePointer { pv in
+                        cache.probabilities.withUnsafeBufferPointer { pp in
+                            dq.withUnsafeMutablePointer { pdq in
+                                dk.withUnsafeMutablePointer { pdk in
+                                    dv.withUnsafeMutablePointer { pdv in
+                                        let c = (
+                                            SharedConstPointer(pdy), SharedConstPointer(pq), SharedConstPointer(pk),
+                                            SharedConstPointer(pv), SharedConstPointer(pp.baseAddress!)
+                                        )
+                                        let m = (SharedPointer(pdq), SharedPointer(pdk), SharedPointer(pdv))
+                                        threads.forEach(seqs) { s in
+                                            let b = s / heads, h = s % heads
+                                            let off = b * steps * hd + h * dh
+                                            let P = c.4.base + s * steps * steps
+                                            var dP = [Float](repeating: 0, count: steps * steps)
+                                            dP.withUnsafeMutableBufferPointer { dpb in
+                                                let dPp = dpb.baseAddress!
+                                                // dP = dY Vᵀ, dV = Pᵀ dY
+                                                BLAS.gemm(
+                                                    transposeA: false, transposeB: true, m: steps, n: steps, k: dh,
+                                                    a: c.0.base + off, lda: hd, b: c.3.base + off, ldb: hd, beta: 0, c: dPp, ldc: steps)
+                                                BLAS.gemm(
+                                                    transposeA: true, transposeB: false, m: steps, n: dh, k: steps,
+                                                    a: P, lda: steps, b: c.0.base + off, ldb: hd, beta: 0, c: m.2.base + off, ldc: hd)
+                                                // dS = P ⊙ (dP − rowsum(dP ⊙ P)), then scaled.
+                                                for t in 0..<steps {
+                                                    let pr = P + t * steps, dr = dPp + t * steps
+                                                    let dotv = Vec.dot(pr, dr, t + 1)
+                                                    for j in 0...t { dr[j] = pr[j] * (dr[j] - dotv) * scale }
+                                                    for j in (t + 1)..<steps { dr[j] = 0 }
+                                                }
+                                                BLAS.gemm(
+                                                    transposeA: false, transposeB: false, m: steps, n: dh, k: steps,
+                                                    a: dPp, lda: steps, b: c.2.base + off, ldb: hd, beta: 0, c: m.0.base + off, ldc: hd)
+                                                BLAS.gemm(
+                                                    transposeA: true, transposeB: false, m: steps, n: dh, k: steps,
+                                                    a: dPp, lda: steps, b: c.1.base + off, ldb: hd, beta: 0, c: m.1.base + off, ldc: hd)
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return (dq, dk, dv)
+    }
+}
+
+extension Vec {
+    static func scaleTensor(_ alpha: Float, _ x: inout Tensor) {
+        let n = x.count
+        x.withUnsafeMutablePointer { p in scale(alpha, p, n) }
+    }
+
+    static func addTensor(_ x: Tensor, into y: inout Tensor) {
+        precondition(x.count == y.count)
+        x.withUnsafePointer { px in y.withUnsafeMutablePointer { py in axpy(1, px, py, x.count) } }
+    }
+}

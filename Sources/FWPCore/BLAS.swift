@@ -1,0 +1,73 @@
+import CBLAS
+
+/// The single boundary between FWPCore and OpenBLAS.
+///
+/// Every matrix product in the core goes through `gemm`, which checks its shapes and takes
+/// transpose flags instead of transposed copies. Gradients accumulate by passing `beta: 1`.
+public enum BLAS {
+    /// Sets OpenBLAS's worker-thread count for the whole process.
+    public static func setThreads(_ count: Int) {
+        precondition(count >= 1, "BLAS thread count must be at least 1")
+        openblas_set_num_threads(Int32(count))
+    }
+
+    /// OpenBLAS's current worker-thread count.
+    public static var threads: Int { Int(openblas_get_num_threads()) }
+
+    /// OpenBLAS's build description (version, target kernel).
+    public static var configuration: String { String(cString: openblas_get_config()) }
+
+    /// C ← alpha · op(A) · op(B) + beta · C on raw row-major memory, op = transpose when flagged.
+    ///
+    /// `m × k` is op(A), `k × n` is op(B), `m × n` is C; leading dimensions are row strides.
+    @inlinable
+    public static func gemm(
+        transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
+        a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+        beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
+        if m == 0 || n == 0 { return }
+        if k == 0 {
+            // BLAS would only scale C; do that without calling it.
+            for i in 0..<m { for j in 0..<n { c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j] } }
+            return
+        }
+        precondition(lda >= (transposeA ? m : k) && ldb >= (transposeB ? k : n) && ldc >= n, "bad leading dimension")
+        cblas_sgemm(
+            CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
+            Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    }
+
+    /// C ← alpha · op(A) · op(B) + beta · C for rank-2 tensors, with shape checks.
+    public static func gemm(
+        _ a: Tensor, transposeA: Bool = false, _ b: Tensor, transposeB: Bool = false,
+        alpha: Float = 1, beta: Float = 0, into c: inout Tensor
+    ) {
+        let (ar, ac) = (a.rows, a.columns)
+        let (br, bc) = (b.rows, b.columns)
+        let m = transposeA ? ac : ar
+        let k = transposeA ? ar : ac
+        let kb = transposeB ? bc : br
+        let n = transposeB ? br : bc
+        precondition(k == kb, "gemm: inner dimensions differ: op(A) is \(m)×\(k), op(B) is \(kb)×\(n)")
+        precondition(c.rows == m && c.columns == n, "gemm: C is \(c.rows)×\(c.columns), expected \(m)×\(n)")
+        a.withUnsafePointer { pa in
+            b.withUnsafePointer { pb in
+                c.withUnsafeMutablePointer { pc in
+                    gemm(
+                        transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha,
+                        a: pa, lda: ac, b: pb, ldb: bc, beta: beta, c: pc, ldc: n)
+                }
+            }
+        }
+    }
+
+    /// op(A) · op(B) as a new rank-2 tensor.
+    public static func matmul(_ a: Tensor, transposeA: Bool = false, _ b: Tensor, transposeB: Bool = false) -> Tensor {
+        let m = transposeA ? a.columns : a.rows
+        let n = transposeB ? b.rows : b.columns
+        var c = Tensor(shape: [m, n])
+        gemm(a, transposeA: transposeA, b, transposeB: transposeB, into: &c)
+        return c
+    }
+}

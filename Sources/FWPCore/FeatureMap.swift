@@ -1,0 +1,245 @@
+import Foundation
+
+/// The kernel feature map φ that turns keys and queries (size d) into fast-weight
+/// coordinates (size d_dot). See docs/MODEL.md for the exact definitions.
+public enum FeatureMapKind: Sendable, Equatable, Codable {
+    /// φ(x) = x; d_dot = d.
+    case identity
+    /// φ(x) = elu(x) + 1; d_dot = d.
+    case eluPlusOne
+    /// DPFP-ν: x' = [relu(x), relu(−x)], φ = concat_{j=1..ν} x' ⊙ roll(x', j); d_dot = 2dν.
+    case dpfp(nu: Int)
+    /// FAVOR+ with m random features: exp(±Rx − |x|²/2) / √(2m); d_dot = 2m.
+    case favor(features: Int)
+
+    /// The output size for inputs of size `d`.
+    public func outputSize(inputSize d: Int) -> Int {
+        switch self {
+        case .identity, .eluPlusOne: return d
+        case .dpfp(let nu): return 2 * d * nu
+        case .favor(let m): return 2 * m
+        }
+    }
+
+    /// Short name as used in configs and presets: identity, elu, dpfp-ν, favor-m.
+    public var name: String {
+        switch self {
+        case .identity: return "identity"
+        case .eluPlusOne: return "elu"
+        case .dpfp(let nu): return "dpfp-\(nu)"
+        case .favor(let m): return "favor-\(m)"
+        }
+    }
+
+    /// Parses `name`'s format; nil if it is not one.
+    public init?(name: String) {
+        switch name {
+        case "identity": self = .identity
+        case "elu", "elu+1", "linear": self = .eluPlusOne
+        default:
+            let parts = name.split(separator: "-", maxSplits: 1)
+            guard parts.count == 2, let n = Int(parts[1]), n >= 1 else { return nil }
+            switch parts[0] {
+            case "dpfp": self = .dpfp(nu: n)
+            case "favor": self = .favor(features: n)
+            default: return nil
+            }
+        }
+    }
+
+    public init(from decoder: Decoder) throws {
+        let s = try decoder.singleValueContainer().decode(String.self)
+        guard let k = FeatureMapKind(name: s) else {
+            throw DecodingError.dataCorrupted(
+                .init(codingPath: decoder.codingPath, debugDescription: "unknown feature map '\(s)' (identity, elu, dpfp-N, favor-M)"))
+        }
+        self = k
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(name)
+    }
+}
+
+/// φ applied row-wise to an R × d tensor, with its backward pass.
+public struct FeatureMap: Sendable {
+    public let kind: FeatureMapKind
+    public let inputSize: Int
+    public var outputSize: Int { kind.outputSize(inputSize: inputSize) }
+
+    public init(_ kind: FeatureMapKind, inputSize: Int) {
+        self.kind = kind
+        self.inputSize = inputSize
+    }
+
+    /// Draws a FAVOR+ projection R (m × d): blocks of d orthogonal directions (Gram–Schmidt on
+    /// Gaussian vectors, in Double), each row rescaled to the norm of a fresh Gaussian vector.
+    public static func favorProjection(features m: Int, inputSize d: Int, using rng: inout FWPRandom) -> Tensor {
+        var r = Tensor(shape: [m, d])
+        var row = 0
+        while row < m {
+            var block: [[Double]] = []
+            for _ in 0..<d {
+                var v = (0..<d).map { _ in rng.normal() }
+                for u in block {
+                    let p = zip(v, u).reduce(0.0) { $0 + $1.0 * $1.1 }
+                    for i in 0..<d { v[i] -= p * u[i] }
+                }
+                let n = v.reduce(0.0) { $0 + $1 * $1 }.squareRoot()
+                block.append(v.map { $0 / n })
+            }
+            for u in block where row < m {
+                let norm = (0..<d).reduce(0.0) { acc, _ in let g = rng.normal(); return acc + g * g }.squareRoot()
+                for i in 0..<d { r[row, i] = Float(u[i] * norm) }
+                row += 1
+            }
+        }
+        return r
+    }
+
+    /// φ(x) for each row of x (R × d); `projection` is FAVOR+'s R (m × d), unused otherwise.
+    public func forward(_ x: Tensor, projection: Tensor? = nil) -> Tensor {
+        precondition(x.columns == inputSize, "feature map expects rows of \(inputSize), got \(x.columns)")
+        let rows = x.rows, d = inputSize, dd = outputSize
+        var y = Tensor(shape: [rows, dd])
+        switch kind {
+        case .identity:
+            y = x
+        case .eluPlusOne:
+            for i in 0..<x.count {
+                let v = x.storage[i]
+                y.storage[i] = v > 0 ? v + 1 : expf(v)
+            }
+        case .dpfp(let nu):
+            let w = 2 * d
+            x.withUnsafePointer { px in
+                y.withUnsafeMutablePointer { py in
+                    var xp = [Float](repeating: 0, count: w)
+                    for r in 0..<rows {
+                        for i in 0..<d {
+                            let v = px[r * d + i]
+                            xp[i] = max(v, 0)
+                            xp[d + i] = max(-v, 0)
+                        }
+                        for j in 1...nu {
+                            let out = py + r * dd + (j - 1) * w
+                            for i in 0..<w { out[i] = xp[i] * xp[(i - j % w + w) % w] }
+                        }
+                    }
+                }
+            }
+        case .favor(let m):
+            guard let projection else { preconditionFailure("FAVOR+ needs its projection") }
+            precondition(projection.shape == [m, d], "FAVOR+ projection must be \(m)×\(d)")
+            let a = BLAS.matmul(x, projection, transposeB: true)  // rows × m
+            let c = 0.5 * logf(Float(2 * m))
+            for r in 0..<rows {
+                var sq: Float = 0
+                for i in 0..<d { sq += x[r, i] * x[r, i] }
+                let base = -0.5 * sq - c
+                for i in 0..<m {
+                    let ai = a[r, i]
+                    y[r, i] = expf(ai + base)
+                    y[r, m + i] = expf(-ai + base)
+                }
+            }
+        }
+        return y
+    }
+
+    /// dx given x, φ(x) and dφ.
+    public func backward(_ dy: Tensor, input x: Tensor, output y: Tensor, projection: Tensor? = nil) -> Tensor {
+        let rows = x.rows, d = inputSize, dd = outputSize
+        switch kind {
+        case .identity:
+            return dy
+        case .eluPlusOne:
+            var dx = dy
+            for i in 0..<dx.count where x.storage[i] <= 0 { dx.storage[i] *= y.storage[i] }
+            return dx
+        case .dpfp(let nu):
+            var dx = Tensor(shape: [rows, d])
+            let w = 2 * d
+            var xp = [Float](repeating: 0, count: w)
+            var dxp = [Float](repeating: 0, count: w)
+            for r in 0..<rows {
+                for i in 0..<d {
+                    let v = x[r, i]
+                    xp[i] = max(v, 0)
+                    xp[d + i] = max(-v, 0)
+                }
+                for i in 0..<w { dxp[i] = 0 }
+                for j in 1...nu {
+                    let off = r * dd + (j - 1) * w
+                    for i in 0..<w {
+                        let s = (i - j % w + w) % w
+                        let g = dy.storage[off + i]
+                        dxp[i] += g * xp[s]
+                        dxp[s] += g * xp[i]
+                    }
+                }
+                for i in 0..<d {
+                    let v = x[r, i]
+                    dx[r, i] = v > 0 ? dxp[i] : (v < 0 ? -dxp[d + i] : 0)
+                }
+            }
+            return dx
+        case .favor(let m):
+            guard let projection else { preconditionFailure("FAVOR+ needs its projection") }
+            // φ± = exp(±a − |x|²/2 − c): dφ±/dx = φ± (±R − x).
+            var g = Tensor(shape: [rows, m])
+            var dx = Tensor(shape: [rows, d])
+            for r in 0..<rows {
+                var total: Float = 0
+                for i in 0..<m {
+                    let gp = dy[r, i] * y[r, i], gm = dy[r, m + i] * y[r, m + i]
+                    g[r, i] = gp - gm
+                    total += gp + gm
+                }
+                for i in 0..<d { dx[r, i] = -total * x[r, i] }
+            }
+            BLAS.gemm(g, projection, beta: 1, into: &dx)
+            return dx
+        }
+    }
+}
+
+/// Sum normalisation φ'(x) = φ(x) / (Σ_j φ(x)_j + ε), row-wise.
+public enum SumNormalization {
+    /// ε added to each row's sum so that an all-zero row (possible with DPFP) stays finite.
+    public static let epsilon: Float = 1e-6
+
+    /// The normalised rows and each row's denominator.
+    public static func forward(_ x: Tensor) -> (Tensor, [Float]) {
+        let n = x.columns
+        var y = x
+        var sums = [Float](repeating: 0, count: x.rows)
+        y.withUnsafeMutablePointer { p in
+            for r in 0..<x.rows {
+                let s = Vec.sum(p + r * n, n) + epsilon
+                sums[r] = s
+                Vec.scale(1 / s, p + r * n, n)
+            }
+        }
+        return (y, sums)
+    }
+
+    /// dx = (dy − (dy · y)) / s for each row.
+    public static func backward(_ dy: Tensor, output y: Tensor, sums: [Float]) -> Tensor {
+        let n = y.columns
+        var dx = Tensor(shape: dy.shape)
+        dy.withUnsafePointer { pd in
+            y.withUnsafePointer { py in
+                dx.withUnsafeMutablePointer { px in
+                    for r in 0..<y.rows {
+                        let c = Vec.dot(pd + r * n, py + r * n, n)
+                        let inv = 1 / sums[r]
+                        for j in 0..<n { px[r * n + j] = (pd[r * n + j] - c) * inv }
+                    }
+                }
+            }
+        }
+        return dx
+    }
+}

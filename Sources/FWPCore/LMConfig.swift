@@ -1,0 +1,98 @@
+import Foundation
+
+/// The language model's architecture and training-time switches, stored in checkpoints as JSON.
+public struct LMConfig: Codable, Equatable, Sendable {
+    /// Number of token ids (256 for bytes).
+    public var vocabularySize: Int
+    /// Model width D.
+    public var modelSize: Int
+    /// Number of blocks.
+    public var layers: Int
+    /// Attention heads per block.
+    public var heads: Int
+    /// Key/query/value size per head (d_head).
+    public var headSize: Int
+    /// Hidden size of the ReLU feed-forward block.
+    public var feedForwardSize: Int
+    /// softmax or fast-weight.
+    public var attention: AttentionKind
+    /// φ for fast-weight layers.
+    public var featureMap: FeatureMapKind
+    /// sum or delta.
+    public var updateRule: UpdateRule
+    /// none, sum or attention.
+    public var normalization: Normalization
+    /// Dropout rate on the embedding and on each sub-layer's output.
+    public var dropout: Float
+    /// Output layer shares the embedding matrix.
+    public var tiedEmbeddings: Bool
+    /// Adds sinusoidal position encodings to the embeddings.
+    public var sinusoidalPositions: Bool
+    /// Multiplies fast-weight outputs by 1/√d_head (as the paper's code does).
+    public var scaleOutput: Bool
+    /// Standard deviation of the normal initialisation of weight matrices and embeddings.
+    public var initStd: Float
+
+    public init(
+        vocabularySize: Int = 256, modelSize: Int = 128, layers: Int = 4, heads: Int = 4, headSize: Int = 32,
+        feedForwardSize: Int = 512, attention: AttentionKind = .fastWeight, featureMap: FeatureMapKind = .eluPlusOne,
+        updateRule: UpdateRule = .delta, normalization: Normalization = .sum, dropout: Float = 0,
+        tiedEmbeddings: Bool = false, sinusoidalPositions: Bool = false, scaleOutput: Bool = true,
+        initStd: Float = 0.02
+    ) {
+        self.vocabularySize = vocabularySize
+        self.modelSize = modelSize
+        self.layers = layers
+        self.heads = heads
+        self.headSize = headSize
+        self.feedForwardSize = feedForwardSize
+        self.attention = attention
+        self.featureMap = featureMap
+        self.updateRule = updateRule
+        self.normalization = normalization
+        self.dropout = dropout
+        self.tiedEmbeddings = tiedEmbeddings
+        self.sinusoidalPositions = sinusoidalPositions
+        self.scaleOutput = scaleOutput
+        self.initStd = initStd
+    }
+
+    /// Throws `FWPError.invalidConfig` naming the first field out of range.
+    public func validate() throws {
+        func check(_ ok: Bool, _ field: String, _ why: String) throws {
+            if !ok { throw FWPError.invalidConfig(field: field, reason: why) }
+        }
+        try check(vocabularySize >= 2, "vocabularySize", "must be at least 2, got \(vocabularySize)")
+        try check(modelSize >= 1, "modelSize", "must be positive, got \(modelSize)")
+        try check(layers >= 1, "layers", "must be positive, got \(layers)")
+        try check(heads >= 1, "heads", "must be positive, got \(heads)")
+        try check(headSize >= 1, "headSize", "must be positive, got \(headSize)")
+        try check(feedForwardSize >= 1, "feedForwardSize", "must be positive, got \(feedForwardSize)")
+        try check(dropout >= 0 && dropout < 1, "dropout", "must be in [0, 1), got \(dropout)")
+        try check(initStd > 0 && initStd.isFinite, "initStd", "must be positive, got \(initStd)")
+        try check(!sinusoidalPositions || modelSize % 2 == 0, "modelSize", "must be even with sinusoidal positions")
+        switch featureMap {
+        case .dpfp(let nu): try check(nu >= 1 && nu < 2 * headSize, "featureMap", "DPFP's ν must be in 1..<2·d_head")
+        case .favor(let m): try check(m >= 1, "featureMap", "FAVOR+ needs at least one feature")
+        default: break
+        }
+        if attention == .fastWeight && normalization == .attention {
+            try check(featureMap != .identity, "normalization", "attention normalisation needs a positive feature map")
+        }
+    }
+}
+
+/// Errors the core reports to its callers.
+public enum FWPError: Error, Equatable, CustomStringConvertible {
+    case invalidConfig(field: String, reason: String)
+    case checkpoint(String)
+    case invalidInput(String)
+
+    public var description: String {
+        switch self {
+        case .invalidConfig(let field, let reason): return "invalid model config: \(field) \(reason)"
+        case .checkpoint(let m): return "checkpoint: \(m)"
+        case .invalidInput(let m): return "invalid input: \(m)"
+        }
+    }
+}

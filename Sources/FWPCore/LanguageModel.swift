@@ -1,0 +1,212 @@
+import Foundation
+
+/// The carried state of the whole model: one `AttentionState` per layer plus the position.
+public struct ModelState: Sendable, Equatable {
+    public var layers: [AttentionState]
+    /// Tokens consumed so far (the next position for sinusoidal encodings).
+    public var position: Int
+    /// Sequences in the batch.
+    public let batch: Int
+}
+
+/// The autoregressive language model of docs/MODEL.md.
+///
+/// Embedding → N pre-LN blocks [LN → attention → residual; LN → ReLU FF → residual] → LN →
+/// output layer → softmax cross-entropy. Parameters live in `parameters` under PyTorch-style
+/// names; non-trained tensors (FAVOR+ projections) in `buffers`.
+public struct LanguageModel: Sendable {
+    public let config: LMConfig
+    public var parameters: ParameterStore
+    public var buffers: ParameterStore
+    /// Threads for the per-sequence loops (results do not depend on it).
+    public var threads = ComputeThreads(1)
+
+    let embedding: Embedding
+    let blocks: [Block]
+    let finalNorm: LayerNorm
+    let head: Linear?
+    let headBias: Int
+
+    struct Block: Sendable {
+        let norm1: LayerNorm
+        let attention: AttentionLayer
+        let norm2: LayerNorm
+        let feedForward: FeedForward
+    }
+
+    /// A freshly initialised model; throws if the config is invalid.
+    public init(config: LMConfig, seed: UInt64) throws {
+        try config.validate()
+        self.config = config
+        var rng = FWPRandom(seed: seed)
+        var store = ParameterStore()
+        var buffers = ParameterStore()
+        let d = config.modelSize
+        embedding = Embedding("embedding", vocabulary: config.vocabularySize, dimension: d, std: config.initStd, store: &store, rng: &rng)
+        var blocks: [Block] = []
+        for i in 0..<config.layers {
+            let prefix = "layers.\(i)"
+            let n1 = LayerNorm("\(prefix).norm1", dimension: d, store: &store)
+            let attn = AttentionLayer(prefix: "\(prefix).attn", config: config, store: &store, buffers: &buffers, rng: &rng)
+            let n2 = LayerNorm("\(prefix).norm2", dimension: d, store: &store)
+            let ff = FeedForward(
+                "\(prefix).ff", dimension: d, hidden: config.feedForwardSize, std: config.initStd,
+                outputStd: config.initStd / (2 * Float(config.layers)).squareRoot(), store: &store, rng: &rng)
+            blocks.append(Block(norm1: n1, attention: attn, norm2: n2, feedForward: ff))
+        }
+        self.blocks = blocks
+        finalNorm = LayerNorm("norm", dimension: d, store: &store)
+        if config.tiedEmbeddings {
+            head = nil
+        } else {
+            head = Linear("head", in: d, out: config.vocabularySize, bias: false, std: config.initStd, store: &store, rng: &rng)
+        }
+        headBias = store.add("head.bias", Tensor(shape: [config.vocabularySize]))
+        parameters = store
+        self.buffers = buffers
+    }
+
+    /// A zero state for `batch` sequences.
+    public func initialState(batch: Int) -> ModelState {
+        ModelState(layers: blocks.map { $0.attention.initialState(batch: batch) }, position: 0, batch: batch)
+    }
+
+    /// What `backward` needs from `forward`.
+    public struct Cache {
+        var tokens: [Int]
+        var batch: Int, steps: Int
+        var embeddingMask: [Float]?
+        var blocks: [BlockCache]
+        var finalNorm: LayerNorm.Cache
+        var finalHidden: Tensor
+    }
+
+    struct BlockCache {
+        var norm1: LayerNorm.Cache
+        var attention: AttentionLayer.Cache
+        var attentionMask: [Float]?
+        var norm2: LayerNorm.Cache
+        var feedForward: FeedForward.Cache
+        var feedForwardMask: [Float]?
+    }
+
+    /// Logits (B·T × V) for `tokens` (B·T ids, batch-major).
+    ///
+    /// With `state`, fast weights (or softmax key/value caches) continue from it and it is
+    /// replaced by the state at the segment's end; gradients do not flow into the carried state.
+    /// `training` enables dropout and redraws FAVOR+ features from `rng`.
+    public func forward(
+        tokens: [Int], batch: Int, state: inout ModelState?, training: Bool, rng: inout FWPRandom
+    ) -> (logits: Tensor, cache: Cache) {
+        precondition(batch >= 1 && tokens.count % batch == 0, "tokens must hold batch × steps ids")
+        let steps = tokens.count / batch
+        if let state { precondition(state.batch == batch, "state is for a batch of \(state.batch)") }
+        var x = embedding.forward(tokens, parameters)
+        if config.sinusoidalPositions { addPositions(&x, batch: batch, steps: steps, offset: state?.position ?? 0) }
+        let rate = training ? config.dropout : 0
+        let embMask = Dropout.mask(count: x.count, rate: rate, using: &rng)
+        Dropout.apply(embMask, to: &x)
+        var caches: [BlockCache] = []
+        caches.reserveCapacity(blocks.count)
+        for (i, block) in blocks.enumerated() {
+            let (h1, c1) = block.norm1.forward(x, parameters)
+            var layerState = state?.layers[i]
+            var (a, ca) = block.attention.forward(
+                h1, batch: batch, steps: steps, parameters, buffers, state: &layerState, training: training, rng: &rng,
+                threads: threads)
+            if let layerState { state!.layers[i] = layerState }
+            let aMask = Dropout.mask(count: a.count, rate: rate, using: &rng)
+            Dropout.apply(aMask, to: &a)
+            Vec.addTensor(a, into: &x)
+            let (h2, c2) = block.norm2.forward(x, parameters)
+            var (f, cf) = block.feedForward.forward(h2, parameters)
+            let fMask = Dropout.mask(count: f.count, rate: rate, using: &rng)
+            Dropout.apply(fMask, to: &f)
+            Vec.addTensor(f, into: &x)
+            caches.append(
+                BlockCache(norm1: c1, attention: ca, attentionMask: aMask, norm2: c2, feedForward: cf, feedForwardMask: fMask))
+        }
+        if state != nil { state!.position += steps }
+        let (h, cn) = finalNorm.forward(x, parameters)
+        var logits = Tensor(shape: [h.rows, config.vocabularySize])
+        let bias = parameters.values[headBias]
+        logits.withUnsafeMutablePointer { pl in
+            bias.withUnsafePointer { pb in
+                for r in 0..<h.rows { (pl + r * config.vocabularySize).update(from: pb, count: config.vocabularySize) }
+            }
+        }
+        let w = parameters.values[head?.weight ?? embedding.weight]
+        BLAS.gemm(h, w, transposeB: true, beta: 1, into: &logits)
+        return (
+            logits,
+            Cache(tokens: tokens, batch: batch, steps: steps, embeddingMask: embMask, blocks: caches, finalNorm: cn, finalHidden: h)
+        )
+    }
+
+    /// Gradients of the loss with respect to every parameter, given dL/dlogits.
+    public func backward(_ dLogits: Tensor, cache: Cache) -> ParameterStore {
+        var g = parameters.zerosLike()
+        addColumnSums(dLogits, into: &g.values[headBias])
+        let wIndex = head?.weight ?? embedding.weight
+        BLAS.gemm(dLogits, transposeA: true, cache.finalHidden, beta: 1, into: &g.values[wIndex])
+        var dx = finalNorm.backward(BLAS.matmul(dLogits, parameters.values[wIndex]), cache: cache.finalNorm, parameters, &g)
+        for (block, c) in zip(blocks, cache.blocks).reversed() {
+            var df = dx
+            Dropout.apply(c.feedForwardMask, to: &df)
+            let dh2 = block.feedForward.backward(df, cache: c.feedForward, parameters, &g)
+            Vec.addTensor(block.norm2.backward(dh2, cache: c.norm2, parameters, &g), into: &dx)
+            var da = dx
+            Dropout.apply(c.attentionMask, to: &da)
+            let dh1 = block.attention.backward(da, cache: c.attention, parameters, &g, threads: threads)
+            Vec.addTensor(block.norm1.backward(dh1, cache: c.norm1, parameters, &g), into: &dx)
+        }
+        Dropout.apply(cache.embeddingMask, to: &dx)
+        embedding.backward(dx, tokens: cache.tokens, &g)
+        return g
+    }
+
+    /// Mean cross-entropy of predicting `targets` from `tokens` and its gradients.
+    public func lossAndGradients(
+        tokens: [Int], targets: [Int], batch: Int, state: inout ModelState?, training: Bool, rng: inout FWPRandom
+    ) -> (loss: Double, gradients: ParameterStore) {
+        let (logits, cache) = forward(tokens: tokens, batch: batch, state: &state, training: training, rng: &rng)
+        let (loss, dLogits) = CrossEntropy.lossAndGradient(logits: logits, targets: targets)
+        return (loss, backward(dLogits, cache: cache))
+    }
+
+    /// Mean cross-entropy without gradients (evaluation mode: no dropout, fixed features).
+    public func loss(tokens: [Int], targets: [Int], batch: Int, state: inout ModelState?) -> Double {
+        var rng = FWPRandom(seed: 0)
+        let (logits, _) = forward(tokens: tokens, batch: batch, state: &state, training: false, rng: &rng)
+        return CrossEntropy.lossAndGradient(logits: logits, targets: targets).loss
+    }
+
+    /// Recurrent inference: consumes one token per sequence and returns next-token logits (B × V).
+    ///
+    /// Fast-weight layers carry W (and z) in `state`, so memory is constant in the context length;
+    /// softmax layers carry a growing key/value cache.
+    public func step(tokens: [Int], state: inout ModelState) -> Tensor {
+        precondition(tokens.count == state.batch, "one token per sequence")
+        var rng = FWPRandom(seed: 0)
+        var s: ModelState? = state
+        let (logits, _) = forward(tokens: tokens, batch: state.batch, state: &s, training: false, rng: &rng)
+        state = s!
+        return logits
+    }
+
+    private func addPositions(_ x: inout Tensor, batch: Int, steps: Int, offset: Int) {
+        let d = config.modelSize
+        for t in 0..<steps {
+            let pos = Double(offset + t)
+            for i in 0..<(d / 2) {
+                let freq = Foundation.pow(10000.0, -Double(2 * i) / Double(d))
+                let s = Float(Foundation.sin(pos * freq)), c = Float(Foundation.cos(pos * freq))
+                for b in 0..<batch {
+                    let r = (b * steps + t) * d
+                    x.storage[r + 2 * i] += s
+                    x.storage[r + 2 * i + 1] += c
+                }
+            }
+        }
+    }
+}

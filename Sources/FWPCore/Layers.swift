@@ -1,0 +1,274 @@
+import Foundation
+
+/// A fully connected layer y = x Wᵀ + b, W of shape out × in (PyTorch's convention).
+public struct Linear: Sendable {
+    /// Index of the weight (out × in) in the parameter store.
+    public let weight: Int
+    /// Index of the bias (out), if any.
+    public let bias: Int?
+    public let inFeatures: Int
+    public let outFeatures: Int
+
+    /// Registers the weight (N(0, std²)) and optional zero bias under `name`.weight / `name`.bias.
+    public init(
+        _ name: String, in inFeatures: Int, out outFeatures: Int, bias: Bool, std: Float,
+        store: inout ParameterStore, rng: inout FWPRandom
+    ) {
+        self.inFeatures = inFeatures
+        self.outFeatures = outFeatures
+        weight = store.add("\(name).weight", .normal(shape: [outFeatures, inFeatures], std: std, using: &rng))
+        self.bias = bias ? store.add("\(name).bias", Tensor(shape: [outFeatures])) : nil
+    }
+
+    /// y = x Wᵀ + b for x of shape N × in.
+    public func forward(_ x: Tensor, _ p: ParameterStore) -> Tensor {
+        precondition(x.columns == inFeatures, "Linear expects \(inFeatures) features, got \(x.columns)")
+        var y = Tensor(shape: [x.rows, outFeatures])
+        if let bias {
+            let b = p.values[bias]
+            y.withUnsafeMutablePointer { py in
+                b.withUnsafePointer { pb in
+                    for r in 0..<x.rows { (py + r * outFeatures).update(from: pb, count: outFeatures) }
+                }
+            }
+        }
+        BLAS.gemm(x, p.values[weight], transposeB: true, beta: bias == nil ? 0 : 1, into: &y)
+        return y
+    }
+
+    /// Accumulates dW += dyᵀ x, db += Σ dy and returns dx = dy W.
+    public func backward(_ dy: Tensor, input x: Tensor, _ p: ParameterStore, _ g: inout ParameterStore) -> Tensor {
+        BLAS.gemm(dy, transposeA: true, x, beta: 1, into: &g.values[weight])
+        if let bias { addColumnSums(dy, into: &g.values[bias]) }
+        return BLAS.matmul(dy, p.values[weight])
+    }
+}
+
+/// g[j] += Σ_r x[r, j].
+func addColumnSums(_ x: Tensor, into g: inout Tensor) {
+    let n = x.columns
+    x.withUnsafePointer { px in
+        g.withUnsafeMutablePointer { pg in
+            for r in 0..<x.rows { Vec.axpy(1, px + r * n, pg, n) }
+        }
+    }
+}
+
+/// A token embedding table of shape vocabulary × D.
+public struct Embedding: Sendable {
+    public let weight: Int
+    public let vocabulary: Int
+    public let dimension: Int
+
+    public init(
+        _ name: String, vocabulary: Int, dimension: Int, std: Float, store: inout ParameterStore,
+        rng: inout FWPRandom
+    ) {
+        self.vocabulary = vocabulary
+        self.dimension = dimension
+        weight = store.add("\(name).weight", .normal(shape: [vocabulary, dimension], std: std, using: &rng))
+    }
+
+    /// Rows of the table for each token.
+    public func forward(_ tokens: [Int], _ p: ParameterStore) -> Tensor {
+        var y = Tensor(shape: [tokens.count, dimension])
+        let w = p.values[weight]
+        w.withUnsafePointer { pw in
+            y.withUnsafeMutablePointer { py in
+                for (i, t) in tokens.enumerated() {
+                    precondition(t >= 0 && t < vocabulary, "token \(t) outside vocabulary of \(vocabulary)")
+                    (py + i * dimension).update(from: pw + t * dimension, count: dimension)
+                }
+            }
+        }
+        return y
+    }
+
+    /// Scatters dy into the rows of the table's gradient.
+    public func backward(_ dy: Tensor, tokens: [Int], _ g: inout ParameterStore) {
+        dy.withUnsafePointer { pd in
+            g.values[weight].withUnsafeMutablePointer { pg in
+                for (i, t) in tokens.enumerated() { Vec.axpy(1, pd + i * dimension, pg + t * dimension, dimension) }
+            }
+        }
+    }
+}
+
+/// Layer normalisation over the last dimension with a learned gain and bias (ε = 1e-5).
+public struct LayerNorm: Sendable {
+    public let weight: Int
+    public let bias: Int
+    public let dimension: Int
+    public static let epsilon: Float = 1e-5
+
+    public init(_ name: String, dimension: Int, store: inout ParameterStore) {
+        self.dimension = dimension
+        weight = store.add("\(name).weight", Tensor(shape: [dimension], repeating: 1))
+        bias = store.add("\(name).bias", Tensor(shape: [dimension]))
+    }
+
+    /// What the backward pass needs: the normalised input and 1/σ per row.
+    public struct Cache: Sendable {
+        var normalized: Tensor
+        var inverseStd: [Float]
+    }
+
+    public func forward(_ x: Tensor, _ p: ParameterStore) -> (Tensor, Cache) {
+        let n = dimension, rows = x.rows
+        var y = Tensor(shape: x.shape)
+        var xhat = Tensor(shape: x.shape)
+        var rstd = [Float](repeating: 0, count: rows)
+        let gamma = p.values[weight], beta = p.values[bias]
+        x.withUnsafePointer { px in
+            gamma.withUnsafePointer { pg in
+                beta.withUnsafePointer { pb in
+                    y.withUnsafeMutablePointer { py in
+                        xhat.withUnsafeMutablePointer { ph in
+                            for r in 0..<rows {
+                                let row = px + r * n
+                                let mean = Vec.sum(row, n) / Float(n)
+                                var v: Float = 0
+                                for j in 0..<n {
+                                    let d = row[j] - mean
+                                    v += d * d
+                                }
+                                let s = 1 / (v / Float(n) + LayerNorm.epsilon).squareRoot()
+                                rstd[r] = s
+                                for j in 0..<n {
+                                    let h = (row[j] - mean) * s
+                                    ph[r * n + j] = h
+                                    py[r * n + j] = h * pg[j] + pb[j]
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return (y, Cache(normalized: xhat, inverseStd: rstd))
+    }
+
+    public func backward(_ dy: Tensor, cache: Cache, _ p: ParameterStore, _ g: inout ParameterStore) -> Tensor {
+        let n = dimension, rows = dy.rows
+        var dx = Tensor(shape: dy.shape)
+        let gamma = p.values[weight]
+        var dgamma = g.values[weight], dbeta = g.values[bias]
+        dy.withUnsafePointer { pd in
+            cache.normalized.withUnsafePointer { ph in
+                gamma.withUnsafePointer { pg in
+                    dx.withUnsafeMutablePointer { px in
+                        dgamma.withUnsafeMutablePointer { pdg in
+                            dbeta.withUnsafeMutablePointer { pdb in
+                                for r in 0..<rows {
+                                    var sumG: Float = 0, sumGH: Float = 0
+                                    for j in 0..<n {
+                                        let d = pd[r * n + j], h = ph[r * n + j]
+                                        pdg[j] += d * h
+                                        pdb[j] += d
+                                        let gh = d * pg[j]
+                                        sumG += gh
+                                        sumGH += gh * h
+                                    }
+                                    let s = cache.inverseStd[r] / Float(n)
+                                    for j in 0..<n {
+                                        let gh = pd[r * n + j] * pg[j]
+                                        px[r * n + j] = s * (Float(n) * gh - sumG - ph[r * n + j] * sumGH)
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        g.values[weight] = dgamma
+        g.values[bias] = dbeta
+        return dx
+    }
+}
+
+/// The position-wise feed-forward block: fc2(ReLU(fc1(x))).
+public struct FeedForward: Sendable {
+    public let fc1: Linear
+    public let fc2: Linear
+
+    public init(
+        _ name: String, dimension: Int, hidden: Int, std: Float, outputStd: Float,
+        store: inout ParameterStore, rng: inout FWPRandom
+    ) {
+        fc1 = Linear("\(name).fc1", in: dimension, out: hidden, bias: true, std: std, store: &store, rng: &rng)
+        fc2 = Linear("\(name).fc2", in: hidden, out: dimension, bias: true, std: outputStd, store: &store, rng: &rng)
+    }
+
+    public struct Cache: Sendable {
+        var input: Tensor
+        var hidden: Tensor  // after ReLU
+    }
+
+    public func forward(_ x: Tensor, _ p: ParameterStore) -> (Tensor, Cache) {
+        var h = fc1.forward(x, p)
+        for i in 0..<h.count where h.storage[i] < 0 { h.storage[i] = 0 }
+        return (fc2.forward(h, p), Cache(input: x, hidden: h))
+    }
+
+    public func backward(_ dy: Tensor, cache: Cache, _ p: ParameterStore, _ g: inout ParameterStore) -> Tensor {
+        var dh = fc2.backward(dy, input: cache.hidden, p, &g)
+        for i in 0..<dh.count where cache.hidden.storage[i] <= 0 { dh.storage[i] = 0 }
+        return fc1.backward(dh, input: cache.input, p, &g)
+    }
+}
+
+/// Inverted dropout: keeps each element with probability 1 − p and scales kept ones by 1/(1 − p).
+public enum Dropout {
+    /// A mask of 0 and 1/(1 − p), or nil when p is 0 (nothing to do).
+    public static func mask(count: Int, rate: Float, using rng: inout FWPRandom) -> [Float]? {
+        guard rate > 0 else { return nil }
+        precondition(rate < 1, "dropout rate must be below 1")
+        let keep = 1 / (1 - rate)
+        return (0..<count).map { _ in rng.uniform() < Double(rate) ? 0 : keep }
+    }
+
+    /// x ⊙ mask in place (the same call serves the backward pass).
+    public static func apply(_ mask: [Float]?, to x: inout Tensor) {
+        guard let mask else { return }
+        precondition(mask.count == x.count)
+        for i in 0..<x.count { x.storage[i] *= mask[i] }
+    }
+}
+
+/// Softmax cross-entropy averaged over rows.
+public enum CrossEntropy {
+    /// Mean −log softmax(logits)[target] and its gradient with respect to the logits.
+    /// Rows whose target is negative are ignored (neither counted nor given gradient).
+    public static func lossAndGradient(logits: Tensor, targets: [Int]) -> (loss: Double, gradient: Tensor) {
+        let v = logits.columns, rows = logits.rows
+        precondition(targets.count == rows, "one target per row")
+        var grad = Tensor(shape: logits.shape)
+        let counted = targets.filter { $0 >= 0 }.count
+        let scale = counted > 0 ? 1 / Float(counted) : 0
+        var total = 0.0
+        logits.withUnsafePointer { pl in
+            grad.withUnsafeMutablePointer { pg in
+                for r in 0..<rows {
+                    let t = targets[r]
+                    guard t >= 0 else { continue }
+                    precondition(t < v, "target \(t) outside vocabulary of \(v)")
+                    let row = pl + r * v
+                    var m = -Float.infinity
+                    for j in 0..<v { m = max(m, row[j]) }
+                    var s: Float = 0
+                    for j in 0..<v {
+                        let e = expf(row[j] - m)
+                        pg[r * v + j] = e
+                        s += e
+                    }
+                    let inv = 1 / s
+                    total += Double(logf(s) + m - row[t])
+                    for j in 0..<v { pg[r * v + j] *= inv * scale }
+                    pg[r * v + t] -= scale
+                }
+            }
+        }
+        return (counted > 0 ? total / Double(counted) : 0, grad)
+    }
+}

@@ -1,0 +1,37 @@
+import Dispatch
+
+/// How many threads FWPCore's own loops (over batch × head sequences) use.
+///
+/// Work is split by sequence, and each sequence is computed by one thread in a fixed order, so
+/// results do not depend on this number.
+public struct ComputeThreads: Sendable, Equatable {
+    public var count: Int
+    public init(_ count: Int) {
+        precondition(count >= 1, "thread count must be at least 1")
+        self.count = count
+    }
+
+    /// Runs body(i) for i in 0..<n, spread over `count` threads.
+    func forEach(_ n: Int, _ body: (Int) -> Void) {
+        if count <= 1 || n <= 1 {
+            for i in 0..<n { body(i) }
+            return
+        }
+        let workers = min(count, n)
+        withoutActuallyEscaping(body) { body in
+            let box = UncheckedBox(body)
+            DispatchQueue.concurrentPerform(iterations: workers) { w in
+                var i = w
+                while i < n {
+                    box.value(i)
+                    i += workers
+                }
+            }
+        }
+    }
+}
+
+struct UncheckedBox<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}

@@ -1,0 +1,102 @@
+/// A dense, row-major Float32 tensor with value semantics.
+///
+/// Storage is a Swift array, so copies are copy-on-write; hot loops reach the memory through
+/// `withUnsafeBufferPointer` / `withUnsafeMutableBufferPointer` and BLAS.
+public struct Tensor: Equatable, Sendable {
+    /// The extent of each dimension, outermost first.
+    public private(set) var shape: [Int]
+    /// The elements in row-major order.
+    public var storage: [Float]
+
+    /// A tensor of the given shape filled with `value`.
+    public init(shape: [Int], repeating value: Float = 0) {
+        precondition(shape.allSatisfy { $0 >= 0 }, "negative extent in shape \(shape)")
+        self.shape = shape
+        self.storage = [Float](repeating: value, count: shape.reduce(1, *))
+    }
+
+    /// A tensor of the given shape over `storage`, whose count must match the shape.
+    public init(shape: [Int], storage: [Float]) {
+        precondition(shape.reduce(1, *) == storage.count, "shape \(shape) does not hold \(storage.count) elements")
+        self.shape = shape
+        self.storage = storage
+    }
+
+    /// The number of elements.
+    @inlinable public var count: Int { storage.count }
+
+    /// The number of dimensions.
+    public var rank: Int { shape.count }
+
+    /// Rows of a rank-2 tensor (or the product of all leading dimensions).
+    public var rows: Int { shape.dropLast().reduce(1, *) }
+
+    /// Columns of a rank-2 tensor (the last dimension).
+    public var columns: Int { shape.last ?? 1 }
+
+    /// The same elements viewed with another shape of the same size.
+    public func reshaped(_ newShape: [Int]) -> Tensor {
+        Tensor(shape: newShape, storage: storage)
+    }
+
+    /// Element access by flat index.
+    @inlinable public subscript(index: Int) -> Float {
+        get { storage[index] }
+        set { storage[index] = newValue }
+    }
+
+    /// Element access of a rank-2 tensor.
+    public subscript(row: Int, column: Int) -> Float {
+        get { storage[row * columns + column] }
+        set { storage[row * columns + column] = newValue }
+    }
+
+    /// Sets every element to zero, keeping the allocation.
+    public mutating func zero() {
+        storage.withUnsafeMutableBufferPointer { $0.update(repeating: 0) }
+    }
+
+    /// Calls `body` with a pointer to the elements.
+    @inlinable public func withUnsafePointer<R>(_ body: (UnsafePointer<Float>) throws -> R) rethrows -> R {
+        try storage.withUnsafeBufferPointer { try body($0.baseAddress!) }
+    }
+
+    /// Calls `body` with a mutable pointer to the elements.
+    @inlinable public mutating func withUnsafeMutablePointer<R>(
+        _ body: (UnsafeMutablePointer<Float>) throws -> R
+    ) rethrows -> R {
+        try storage.withUnsafeMutableBufferPointer { try body($0.baseAddress!) }
+    }
+
+    /// Sum of all elements, accumulated in Double.
+    public func sum() -> Double {
+        storage.reduce(0.0) { $0 + Double($1) }
+    }
+
+    /// Sum of squares of all elements, accumulated in Double.
+    public func squaredNorm() -> Double {
+        storage.reduce(0.0) { $0 + Double($1) * Double($1) }
+    }
+}
+
+extension Tensor: CustomStringConvertible {
+    public var description: String {
+        let head = storage.prefix(8).map { String(format: "%.4g", $0) }.joined(separator: ", ")
+        return "Tensor\(shape)[\(head)\(count > 8 ? ", …" : "")]"
+    }
+}
+
+/// A pointer that may cross into `DispatchQueue.concurrentPerform` workers, each of which
+/// writes a disjoint region. The caller guarantees the disjointness.
+@usableFromInline
+struct SharedPointer: @unchecked Sendable {
+    @usableFromInline let base: UnsafeMutablePointer<Float>
+    @usableFromInline init(_ base: UnsafeMutablePointer<Float>) { self.base = base }
+}
+
+/// A read-only pointer that may cross into concurrent workers.
+@usableFromInline
+struct SharedConstPointer: @unchecked Sendable {
+    @usableFromInline let base: UnsafePointer<Float>
+    @usableFromInline init(_ base: UnsafePointer<Float>) { self.base = base }
+}
