@@ -5,7 +5,7 @@
 
 SWIFT        ?= swift
 TEST_FLAGS   := -c release -Xswiftc -enable-testing
-DEMO_ARGS    ?= --steps 400
+DEMO_ARGS    ?= --steps 400 --checkpoint var/fwp-train/demo.safetensors
 PREFIX       ?= /usr/local
 
 .PHONY: help bootstrap build test demo fixtures clean
@@ -27,6 +27,7 @@ test: bootstrap
 	$(SWIFT) test $(TEST_FLAGS) --skip-build
 
 demo: build
+	@mkdir -p var/fwp-train
 	.build/release/fwp-train $(DEMO_ARGS)
 
 fixtures:

@@ -1,7 +1,7 @@
 // fwp-train: trains a byte-level language model on a text file, in-process.
 //
 // The service (fwpd) will run this kind of job; until then this is the project's main job.
-// Usage: fwp-train [--text FILE] [--steps N] [--attention softmax|fast-weight] [--feature-map elu|dpfp-N|favor-M]
+// Usage: fwp-train [--text FILE|DIR] [--steps N] [--attention softmax|fast-weight] [--feature-map elu|dpfp-N|favor-M]
 //                  [--rule sum|delta] [--normalization none|sum|attention] [--layers N] [--model-size D]
 //                  [--heads H] [--head-size d] [--ff F] [--batch B] [--context T] [--lr X] [--seed S]
 //                  [--threads N] [--checkpoint FILE]
@@ -19,7 +19,7 @@ while let a = args.popFirst() {
     guard a.hasPrefix("--") else { fail("unexpected argument '\(a)'") }
     if a == "--help" || a == "-h" {
         print("""
-            usage: fwp-train [--text FILE] [--steps N] [--attention softmax|fast-weight]
+            usage: fwp-train [--text FILE|DIR] [--steps N] [--attention softmax|fast-weight]
                              [--feature-map elu|dpfp-N|favor-M|identity] [--rule sum|delta]
                              [--normalization none|sum|attention] [--layers N] [--model-size D] [--heads H]
                              [--head-size d] [--ff F] [--batch B] [--context T] [--lr X] [--seed S]
@@ -43,10 +43,31 @@ if let unknown = options.keys.first(where: { !known.contains($0) }) { fail("unkn
     return v
 }
 
-let textPath = options["text"] ?? "/usr/share/common-licenses/GPL-3"
-guard let bytes = FileManager.default.contents(atPath: textPath), bytes.count > 1000 else {
-    fail("cannot read a text of at least 1000 bytes from \(textPath)")
+// The default corpus is English text every Debian system has: the licence texts of base-files.
+let textPath = options["text"] ?? "/usr/share/common-licenses"
+@MainActor func readCorpus(_ path: String) -> Data {
+    var isDirectory: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { fail("\(path) does not exist") }
+    if !isDirectory.boolValue {
+        guard let d = FileManager.default.contents(atPath: path) else { fail("cannot read \(path)") }
+        return d
+    }
+    // A folder: its regular files, sorted by name, concatenated.
+    guard let names = try? FileManager.default.contentsOfDirectory(atPath: path) else { fail("cannot list \(path)") }
+    var all = Data()
+    for name in names.sorted() {
+        let full = (path as NSString).appendingPathComponent(name)
+        var dir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: full, isDirectory: &dir), !dir.boolValue,
+            let d = FileManager.default.contents(atPath: full)
+        {
+            all.append(d)
+        }
+    }
+    return all
 }
+let bytes = readCorpus(textPath)
+guard bytes.count > 1000 else { fail("\(textPath) holds \(bytes.count) bytes; need at least 1000") }
 let tokens = bytes.map { Int($0) }
 let split = tokens.count * 9 / 10
 let train = Array(tokens[..<split]), valid = Array(tokens[split...])
