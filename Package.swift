@@ -24,6 +24,7 @@ let package = Package(
             dependencies: ["CBLAS"]
         ),
         .executableTarget(name: "fwp-train", dependencies: ["FWPCore"]),
+        .executableTarget(name: "fwp-bench", dependencies: ["FWPCore"], path: "Benchmarks/FWPBench"),
         .testTarget(
             name: "FWPCoreTests",
             dependencies: ["FWPCore", "CZeroMQ"],
