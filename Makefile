@@ -5,13 +5,13 @@
 
 SWIFT        ?= swift
 TEST_FLAGS   := -c release -Xswiftc -enable-testing
-DEMO_ARGS    ?= --steps 400 --checkpoint var/fwp-train/demo.safetensors
+DEMO_ARGS    ?=
 PREFIX       ?= /usr/local
 
 .PHONY: help bootstrap build test demo fixtures clean
 
 help:
-	@echo "make demo       install what is missing, build, train a small byte-level LM"
+	@echo "make demo       install what is missing, build, train the lm-bytes-small preset, sample from it"
 	@echo "make test       install what is missing, build, run the whole test suite"
 	@echo "make fixtures   regenerate the float64 reference fixtures (needs python3 + numpy)"
 	@echo "make build      release build of everything"
@@ -27,8 +27,8 @@ test: bootstrap
 	$(SWIFT) test $(TEST_FLAGS) --skip-build
 
 demo: build
-	@mkdir -p var/fwp-train
-	.build/release/fwp-train $(DEMO_ARGS)
+	.build/release/fwp-task run lm-bytes-small $(DEMO_ARGS)
+	.build/release/fwp-task run generate --set max_tokens=200
 
 fixtures:
 	python3 Tests/Reference/reference.py Tests/FWPCoreTests/Fixtures

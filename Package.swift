@@ -6,7 +6,8 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .library(name: "FWPCore", targets: ["FWPCore"]),
-        .executable(name: "fwp-train", targets: ["fwp-train"]),
+        .library(name: "FWPTasks", targets: ["FWPTasks"]),
+        .executable(name: "fwp-task", targets: ["fwp-task"]),
     ],
     targets: [
         .systemLibrary(
@@ -23,13 +24,15 @@ let package = Package(
             name: "FWPCore",
             dependencies: ["CBLAS"]
         ),
-        .executableTarget(name: "fwp-train", dependencies: ["FWPCore"]),
+        .target(name: "FWPTasks", dependencies: ["FWPCore"]),
+        .executableTarget(name: "fwp-task", dependencies: ["FWPCore", "FWPTasks"]),
         .executableTarget(name: "fwp-bench", dependencies: ["FWPCore"], path: "Benchmarks/FWPBench"),
         .testTarget(
             name: "FWPCoreTests",
             dependencies: ["FWPCore", "CZeroMQ"],
             exclude: ["Fixtures"]
         ),
+        .testTarget(name: "FWPTasksTests", dependencies: ["FWPTasks", "FWPCore"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -24,23 +24,37 @@ public enum Normalization: String, Sendable, Codable, CaseIterable {
 /// vectors (the inserted value u_t, v_t − v̄_t for the delta rule, the attention denominator)
 /// and the final W; the backward pass walks time in reverse and recovers W_{t−1} = W_t − u_t ⊗ k_t.
 /// Memory is O(T·(d_dot + d_value) + d_value·d_dot) per sequence, never O(T·d²).
-struct FastWeightKernel {
-    let rule: UpdateRule
-    let attentionNormalization: Bool
-    let steps: Int
-    let keySize: Int  // d_dot
-    let valueSize: Int  // d_value
+public struct FastWeightKernel: Sendable {
+    public let rule: UpdateRule
+    public let attentionNormalization: Bool
+    public let steps: Int
+    public let keySize: Int  // d_dot
+    public let valueSize: Int  // d_value
     /// Row strides (in floats) of the q/k, v/y and β arrays.
-    let keyStride: Int
-    let valueStride: Int
-    let betaStride: Int
+    public let keyStride: Int
+    public let valueStride: Int
+    public let betaStride: Int
     /// The ε in the attention normalisation's denominator.
-    static let denominatorEpsilon: Float = 1e-6
+    public static let denominatorEpsilon: Float = 1e-6
+
+    public init(
+        rule: UpdateRule, attentionNormalization: Bool, steps: Int, keySize: Int, valueSize: Int, keyStride: Int,
+        valueStride: Int, betaStride: Int
+    ) {
+        self.rule = rule
+        self.attentionNormalization = attentionNormalization
+        self.steps = steps
+        self.keySize = keySize
+        self.valueSize = valueSize
+        self.keyStride = keyStride
+        self.valueStride = valueStride
+        self.betaStride = betaStride
+    }
 
     /// Runs the recurrence from state (W, z) (W: valueSize × keySize row-major, z: keySize),
     /// leaving the final state in them. Writes y_t to `y`; saves per-step vectors to `saved`
     /// (`valueSize` floats per step: v − v̄ for delta) and `denominators`.
-    func forward(
+    public func forward(
         q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, beta: UnsafePointer<Float>?,
         y: UnsafeMutablePointer<Float>, w: UnsafeMutablePointer<Float>, z: UnsafeMutablePointer<Float>,
         saved: UnsafeMutablePointer<Float>?, denominators: UnsafeMutablePointer<Float>?
@@ -73,19 +87,23 @@ struct FastWeightKernel {
 
     /// Backpropagates dy through the recurrence. On entry (W, z) hold the final state; on exit
     /// the initial one. dW is valueSize × keySize scratch. Gradients are written (not accumulated)
-    /// to dq, dk, dv, dβ at the same strides as the inputs.
-    func backward(
+    /// to dq, dk, dv, dβ at the same strides as the inputs. With `seeded`, dW and the z-gradient
+    /// accumulator already hold the gradient with respect to the final state (a readout after the
+    /// last step) instead of being zeroed.
+    public func backward(
         dy: UnsafePointer<Float>, y: UnsafePointer<Float>,
         q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, beta: UnsafePointer<Float>?,
         saved: UnsafePointer<Float>?, denominators: UnsafePointer<Float>?,
         w: UnsafeMutablePointer<Float>, z: UnsafeMutablePointer<Float>, dw: UnsafeMutablePointer<Float>,
         dzAccumulator: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>,
         dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
-        dbeta: UnsafeMutablePointer<Float>?
+        dbeta: UnsafeMutablePointer<Float>?, seeded: Bool = false
     ) {
         let nk = keySize, nv = valueSize
-        dw.update(repeating: 0, count: nk * nv)
-        dzAccumulator.update(repeating: 0, count: nk)
+        if !seeded {
+            dw.update(repeating: 0, count: nk * nv)
+            dzAccumulator.update(repeating: 0, count: nk)
+        }
         let a = scratch  // nv floats: gradient with respect to the unnormalised readout
         for t in stride(from: steps - 1, through: 0, by: -1) {
             let qt = q + t * keyStride, kt = k + t * keyStride, vt = v + t * valueStride

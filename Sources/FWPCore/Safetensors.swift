@@ -147,3 +147,15 @@ public struct CRC32: Sendable {
 
     public var value: UInt32 { state ^ 0xFFFF_FFFF }
 }
+
+extension Safetensors {
+    /// Checks that `data` is a complete safetensors file and, when its metadata carries a
+    /// `crc32`, that the data region matches it. Throws `FWPError.checkpoint` otherwise.
+    public static func verify(_ data: Data) throws {
+        let file = try decode(data)
+        if let stored = file.metadata["crc32"] {
+            let actual = String(format: "%08x", dataChecksum(of: file.tensors))
+            guard stored == actual else { throw FWPError.checkpoint("data checksum \(actual) differs from stored \(stored) (corrupt file)") }
+        }
+    }
+}

@@ -1,0 +1,239 @@
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Runs an external program as a task: the way out-of-tree task plugins in any language join.
+///
+/// The program reports progress as JSON lines on stdout (docs/TASKS.md): objects with any of
+/// `step`, `total`, `loss`, `metrics`, `message`, `kind`, and one object `{"result": …}` for the
+/// result. Other stdout lines and all stderr lines become `log` events. Cancellation (and the
+/// optional timeout) sends SIGTERM to the program's process group, then SIGKILL after `grace`
+/// seconds. Exit status 0 is success; anything else fails the job.
+public struct ExecTask: TaskModule {
+    public init() {}
+
+    public let name = "exec"
+    public let summary = """
+        Runs an external program as a task. It reports progress as JSON lines on stdout and its result as \
+        {"result": …}; its exit status decides the outcome. Cancel sends SIGTERM, then SIGKILL after `grace` seconds.
+        """
+
+    public let parameters: [ParameterSpec] = [
+        ParameterSpec("program", .path, "the executable to run"),
+        ParameterSpec("args", .string, "arguments, as a JSON array of strings or space-separated words", default: ""),
+        ParameterSpec("directory", .path, "working directory (default: the daemon's)", optional: true),
+        ParameterSpec("grace", .number, "seconds between SIGTERM and SIGKILL", default: 5, minimum: 0, maximum: 3600),
+        ParameterSpec("timeout", .number, "stop the program after this many seconds (0: never)", default: 0, minimum: 0),
+    ]
+
+    func arguments(_ p: TaskParameters) throws -> [String] {
+        let raw = p.string("args").trimmingCharacters(in: .whitespaces)
+        if raw.hasPrefix("[") {
+            guard case .array(let items) = try? JSONValue.parse(raw), items.allSatisfy({ $0.stringValue != nil }) else {
+                throw ParameterError("args", "must be a JSON array of strings")
+            }
+            return items.map { $0.stringValue! }
+        }
+        return raw.split(separator: " ").map(String.init)
+    }
+
+    public func check(_ p: TaskParameters) throws {
+        let program = p.string("program")
+        guard FileManager.default.isExecutableFile(atPath: program) else {
+            throw ParameterError("program", "\(program) does not exist or is not executable")
+        }
+        if let dir = p.optionalString("directory") {
+            var isDir: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
+                throw ParameterError("directory", "\(dir) is not a directory")
+            }
+        }
+        _ = try arguments(p)
+    }
+
+    public func run(_ p: TaskParameters, context: TaskContext) throws -> JSONValue {
+        let program = p.string("program")
+        let child = try ChildProcess(program: program, arguments: try arguments(p), directory: p.optionalString("directory"))
+        let result = LockedBox<JSONValue?>(nil)
+        let done = DispatchGroup()
+        done.enter()
+        Thread.detachNewThread {
+            child.readLines(fd: child.stdout) { line in
+                if let v = try? JSONValue.parse(line), case .object(let o) = v {
+                    if let r = o["result"] {
+                        result.set(r)
+                    } else {
+                        context.emit(Self.event(from: o))
+                    }
+                } else if !line.isEmpty {
+                    context.emit(ProgressEvent(kind: "log", message: line))
+                }
+            }
+            done.leave()
+        }
+        done.enter()
+        Thread.detachNewThread {
+            child.readLines(fd: child.stderr) { line in
+                if !line.isEmpty { context.log(.warning, "\(program): \(line)") }
+            }
+            done.leave()
+        }
+        let start = Date()
+        let timeout = p.double("timeout"), grace = p.double("grace")
+        var stopReason: String? = nil
+        var termSentAt: Date? = nil
+        var status: Int32 = 0
+        while true {
+            if let s = child.poll() {
+                status = s
+                break
+            }
+            if stopReason == nil {
+                if context.isCancelled {
+                    stopReason = "cancelled"
+                } else if timeout > 0 && Date().timeIntervalSince(start) > timeout {
+                    stopReason = "timeout"
+                }
+                if stopReason != nil {
+                    child.signalGroup(SIGTERM)
+                    termSentAt = Date()
+                }
+            } else if let sent = termSentAt, Date().timeIntervalSince(sent) >= grace {
+                child.signalGroup(SIGKILL)
+                termSentAt = .distantFuture
+            }
+            usleep(20_000)
+        }
+        // The program has exited; make sure nothing it started keeps the pipes open.
+        if stopReason != nil { child.signalGroup(SIGKILL) }
+        done.wait()
+        child.closePipes()
+        if stopReason == "cancelled" { throw TaskError.cancelled }
+        if stopReason == "timeout" {
+            throw TaskError.failed(code: "timeout", message: "\(program) ran longer than \(timeout) s and was stopped")
+        }
+        if wasSignaled(status) {
+            throw TaskError.failed(code: "signal", message: "\(program) was killed by signal \(termSignal(status))")
+        }
+        let code = exitStatus(status)
+        guard code == 0 else { throw TaskError.failed(code: "exit_status", message: "\(program) exited with status \(code)") }
+        return result.get() ?? .object(["exit_status": 0])
+    }
+
+    static func event(from o: [String: JSONValue]) -> ProgressEvent {
+        ProgressEvent(
+            kind: o["kind"]?.stringValue ?? "progress", step: o["step"]?.doubleValue.map { Int($0) },
+            total: o["total"]?.doubleValue.map { Int($0) }, loss: o["loss"]?.doubleValue, metrics: o["metrics"]?.objectValue ?? [:],
+            tokensPerSecond: o["tokens_per_second"]?.doubleValue, etaSeconds: o["eta_seconds"]?.doubleValue,
+            message: o["message"]?.stringValue)
+    }
+}
+
+private func wasSignaled(_ s: Int32) -> Bool { (s & 0x7f) != 0 && (s & 0x7f) != 0x7f }
+private func termSignal(_ s: Int32) -> Int32 { s & 0x7f }
+private func exitStatus(_ s: Int32) -> Int32 { (s >> 8) & 0xff }
+
+/// A value shared between threads behind a lock.
+final class LockedBox<T>: @unchecked Sendable {
+    private var value: T
+    private let lock = NSLock()
+    init(_ value: T) { self.value = value }
+    func get() -> T { lock.withLock { value } }
+    func set(_ v: T) { lock.withLock { value = v } }
+}
+
+/// A child process in its own process group with piped stdout and stderr (posix_spawn).
+final class ChildProcess: @unchecked Sendable {
+    let pid: pid_t
+    let stdout: Int32
+    let stderr: Int32
+
+    init(program: String, arguments: [String], directory: String?) throws {
+        var outPipe: [Int32] = [0, 0], errPipe: [Int32] = [0, 0]
+        // Close-on-exec (set right after pipe(2); pipe2 is not visible from Swift), so that children spawned concurrently by other jobs do not inherit these
+        // ends (a leaked write end would keep the reader from ever seeing end of file).
+        guard pipe(&outPipe) == 0, pipe(&errPipe) == 0 else {
+            throw TaskError.failed(code: "spawn_failed", message: "pipe: \(String(cString: strerror(errno)))")
+        }
+        for fd in outPipe + errPipe { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2)
+        for fd in outPipe + errPipe { posix_spawn_file_actions_addclose(&actions, fd) }
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
+        posix_spawnattr_setpgroup(&attr, 0)
+        var none = sigset_t()
+        sigemptyset(&none)
+        posix_spawnattr_setsigmask(&attr, &none)
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        for s in [SIGTERM, SIGINT, SIGPIPE, SIGHUP] { sigaddset(&defaults, s) }
+        posix_spawnattr_setsigdefault(&attr, &defaults)
+        // A working directory goes through env(1) --chdir (posix_spawn has no portable chdir action).
+        let command = directory.map { ["/usr/bin/env", "--chdir=\($0)", program] } ?? [program]
+        let argv = (command + arguments).map { strdup($0) } + [nil]
+        defer { for a in argv { free(a) } }
+        var child: pid_t = 0
+        var rc = posix_spawn(&child, command[0], &actions, &attr, argv, environ)
+        // ETXTBSY: another thread's fork briefly holds a just-written script open for writing.
+        var retries = 0
+        while rc == ETXTBSY && retries < 50 {
+            usleep(10_000)
+            retries += 1
+            rc = posix_spawn(&child, command[0], &actions, &attr, argv, environ)
+        }
+        close(outPipe[1])
+        close(errPipe[1])
+        guard rc == 0 else {
+            close(outPipe[0])
+            close(errPipe[0])
+            throw TaskError.failed(code: "spawn_failed", message: "cannot start \(program): \(String(cString: strerror(rc)))")
+        }
+        pid = child
+        stdout = outPipe[0]
+        stderr = errPipe[0]
+    }
+
+    /// The raw wait status once the child has exited, nil while it runs.
+    func poll() -> Int32? {
+        var status: Int32 = 0
+        let r = waitpid(pid, &status, WNOHANG)
+        return r == pid ? status : nil
+    }
+
+    func signalGroup(_ signal: Int32) { kill(-pid, signal) }
+
+    /// Calls `body` with each line read from `fd` until end of file.
+    func readLines(fd: Int32, _ body: (String) -> Void) {
+        var buffer = [UInt8]()
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(fd, &chunk, chunk.count)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            buffer.append(contentsOf: chunk[0..<n])
+            while let nl = buffer.firstIndex(of: 10) {
+                body(String(decoding: buffer[..<nl], as: UTF8.self))
+                buffer.removeSubrange(...nl)
+            }
+            if buffer.count > 1 << 20 {  // an endless line: pass it on in pieces
+                body(String(decoding: buffer, as: UTF8.self))
+                buffer.removeAll()
+            }
+        }
+        if !buffer.isEmpty { body(String(decoding: buffer, as: UTF8.self)) }
+    }
+
+    func closePipes() {
+        close(stdout)
+        close(stderr)
+    }
+}

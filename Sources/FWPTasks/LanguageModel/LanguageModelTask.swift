@@ -1,0 +1,250 @@
+import FWPCore
+import Foundation
+
+/// Language modelling on text files: byte or word level, WikiText layout, truncated BPTT.
+public struct LanguageModelTask: TaskModule {
+    public init() {}
+
+    public let name = "lm"
+    public let summary = """
+        Trains an autoregressive FWP or Transformer language model on a text file (byte level) or a \
+        whitespace-tokenised corpus (word level, WikiText layout). Each batch row reads its own contiguous \
+        stream in segments of `segment` tokens, optionally carrying fast weights across segments. Reports \
+        train loss, validation loss and perplexity or bits per byte, tokens/s; keeps the best checkpoint; \
+        stops early after `patience` evaluations without improvement (0: never).
+        """
+
+    public let parameters: [ParameterSpec] = [
+        ParameterSpec("train", .path, "training text (or use data_dir)", optional: true),
+        ParameterSpec("valid", .path, "validation text; default: the last valid_fraction of train", optional: true),
+        ParameterSpec("test", .path, "test text, evaluated with the best model at the end", optional: true),
+        ParameterSpec("data_dir", .path, "a WikiText folder: wiki.train.tokens, wiki.valid.tokens, wiki.test.tokens", optional: true),
+        ParameterSpec("valid_fraction", .number, "share of train held out when no valid file is given", default: 0.05, minimum: 0.001, maximum: 0.5),
+        ParameterSpec("level", .string, "tokenisation", default: "byte", choices: ["byte", "word"]),
+        ParameterSpec("layers", .integer, "blocks", default: 2, minimum: 1, maximum: 64),
+        ParameterSpec("model_size", .integer, "model width D", default: 128, minimum: 2, maximum: 8192),
+        ParameterSpec("heads", .integer, "attention heads", default: 4, minimum: 1, maximum: 128),
+        ParameterSpec("head_size", .integer, "d_head", default: 32, minimum: 1, maximum: 1024),
+        ParameterSpec("ff", .integer, "feed-forward hidden size", default: 512, minimum: 1, maximum: 65536),
+        ParameterSpec("attention", .string, "attention kind", default: "fast-weight", choices: ["fast-weight", "softmax"]),
+        ParameterSpec("feature_map", .string, "elu, dpfp-ν, favor-m or identity", default: "elu"),
+        ParameterSpec("rule", .string, "update rule", default: "delta", choices: ["sum", "delta"]),
+        ParameterSpec("normalization", .string, "key/query normalisation", default: "sum", choices: ["none", "sum", "attention"]),
+        ParameterSpec("dropout", .number, "dropout rate", default: 0.0, minimum: 0, maximum: 0.9),
+        ParameterSpec("tied", .boolean, "tie input and output embeddings", default: false),
+        ParameterSpec("positions", .boolean, "sinusoidal position encodings", default: false),
+        ParameterSpec("batch", .integer, "batch rows (contiguous streams)", default: 16, minimum: 1, maximum: 4096),
+        ParameterSpec("segment", .integer, "tokens per segment (training context)", default: 128, minimum: 2, maximum: 65536),
+        ParameterSpec("carry", .boolean, "carry fast weights across segments (truncated BPTT)", default: false),
+        ParameterSpec("steps", .integer, "optimiser steps", default: 1000, minimum: 1, maximum: 100_000_000),
+        ParameterSpec("lr", .number, "peak learning rate", default: 1e-3, minimum: 1e-7, maximum: 1),
+        ParameterSpec("warmup", .integer, "linear warm-up steps", default: 100, minimum: 0),
+        ParameterSpec("weight_decay", .number, "AdamW weight decay", default: 0.01, minimum: 0, maximum: 1),
+        ParameterSpec("clip", .number, "global gradient-norm clip (0: off)", default: 1.0, minimum: 0),
+        ParameterSpec("eval_every", .integer, "steps between validations (and checkpoints)", default: 200, minimum: 1),
+        ParameterSpec("eval_segments", .integer, "segments per row to validate on (0: the whole text)", default: 0, minimum: 0),
+        ParameterSpec("patience", .integer, "early stopping: validations without improvement (0: off)", default: 0, minimum: 0),
+        ParameterSpec("seed", .integer, "seed of initialisation, dropout and FAVOR+ draws", default: 1, minimum: 0, maximum: 9_007_199_254_740_991),
+    ]
+
+    struct Files {
+        var train: String, valid: String?, test: String?
+    }
+
+    func files(_ p: TaskParameters) -> Files {
+        if let dir = p.optionalString("data_dir") {
+            let u = URL(fileURLWithPath: dir)
+            return Files(
+                train: u.appendingPathComponent("wiki.train.tokens").path, valid: u.appendingPathComponent("wiki.valid.tokens").path,
+                test: u.appendingPathComponent("wiki.test.tokens").path)
+        }
+        return Files(train: p.optionalString("train") ?? "", valid: p.optionalString("valid"), test: p.optionalString("test"))
+    }
+
+    func modelConfig(_ p: TaskParameters, vocabulary: Int) throws -> LMConfig {
+        guard let fm = FeatureMapKind(name: p.string("feature_map")) else {
+            throw ParameterError("feature_map", "must be elu, dpfp-ν, favor-m or identity, got '\(p.string("feature_map"))'")
+        }
+        let config = LMConfig(
+            vocabularySize: vocabulary, modelSize: p.int("model_size"), layers: p.int("layers"), heads: p.int("heads"),
+            headSize: p.int("head_size"), feedForwardSize: p.int("ff"), attention: AttentionKind(rawValue: p.string("attention"))!,
+            featureMap: fm, updateRule: UpdateRule(rawValue: p.string("rule"))!,
+            normalization: Normalization(rawValue: p.string("normalization"))!, dropout: Float(p.double("dropout")),
+            tiedEmbeddings: p.bool("tied"), sinusoidalPositions: p.bool("positions"))
+        do {
+            try config.validate()
+        } catch FWPError.invalidConfig(let field, let reason) {
+            let names = ["featureMap": "feature_map", "modelSize": "model_size", "normalization": "normalization", "dropout": "dropout"]
+            throw ParameterError(names[field] ?? field, reason)
+        }
+        return config
+    }
+
+    public func check(_ p: TaskParameters) throws {
+        let hasDir = p.has("data_dir"), hasTrain = p.has("train")
+        if hasDir == hasTrain { throw ParameterError(hasDir ? "data_dir" : "train", "give exactly one of train and data_dir") }
+        let level = Tokenizer.Level(rawValue: p.string("level"))!
+        let f = files(p)
+        try checkTextFile(f.train, parameter: hasDir ? "data_dir" : "train", level: level)
+        if let v = f.valid { try checkTextFile(v, parameter: hasDir ? "data_dir" : "valid", level: level) }
+        if let t = f.test { try checkTextFile(t, parameter: hasDir ? "data_dir" : "test", level: level) }
+        _ = try modelConfig(p, vocabulary: 256)
+        if p.bool("carry") && p.string("attention") == "softmax" {
+            throw ParameterError("carry", "carrying state across segments needs fast-weight attention")
+        }
+    }
+
+    static let format = TrainingCheckpoint.format
+
+    public func run(_ p: TaskParameters, context: TaskContext) throws -> JSONValue {
+        let threads = max(1, context.threads)
+        BLAS.setThreads(1)  // parallelism comes from the per-sequence loops; see docs/PERFORMANCE.md
+        let level = Tokenizer.Level(rawValue: p.string("level"))!
+        let f = files(p)
+        let trainData = try readTextFile(f.train, parameter: "train")
+        let tokenizer = level == .byte ? Tokenizer.bytes : Tokenizer.words(trainingText: String(decoding: trainData, as: UTF8.self))
+        var trainTokens = tokenizer.encode(trainData)
+        var validTokens: [Int]
+        if let v = f.valid {
+            validTokens = tokenizer.encode(try readTextFile(v, parameter: "valid"))
+        } else {
+            let cut = trainTokens.count - Int(Double(trainTokens.count) * p.double("valid_fraction"))
+            validTokens = Array(trainTokens[cut...])
+            trainTokens = Array(trainTokens[..<cut])
+        }
+        let batch = p.int("batch"), segment = p.int("segment"), steps = p.int("steps"), carry = p.bool("carry")
+        let stream = BatchedStream(tokens: trainTokens, batch: batch, segment: segment)
+        guard stream.segmentsPerRow > 0 else {
+            throw TaskError.failed(code: "text_too_short", message: "train holds \(trainTokens.count) tokens, too few for \(batch) rows of \(segment + 1)")
+        }
+        let evalBatch = max(1, min(batch, validTokens.count / (segment + 1)))
+        let config = try modelConfig(p, vocabulary: tokenizer.size)
+        let seed = UInt64(p.int("seed"))
+        var model = try LanguageModel(config: config, seed: seed)
+        model.threads = ComputeThreads(threads)
+        var optimizer = AdamW(
+            parameters: model.parameters,
+            schedule: LearningRateSchedule(peak: p.double("lr"), warmupSteps: p.int("warmup"), totalSteps: steps, minimum: p.double("lr") / 10),
+            weightDecay: p.double("weight_decay"), maxGradientNorm: p.double("clip"))
+        var rng = FWPRandom(seed: seed &+ 0x7EA1)
+        var state: ModelState? = carry ? model.initialState(batch: batch) : nil
+        var best = Double.infinity, badEvals = 0
+        var bestParameters = model.parameters
+
+        if let data = try context.latestCheckpoint() {
+            let c = try TrainingCheckpoint.decode(data, expecting: config)
+            guard let o = c.optimizer, let r = c.rng, let b = c.extra["best_valid_loss"].flatMap(Double.init),
+                let n = c.extra["bad_evals"].flatMap(Int.init), c.extra["tokenizer"] == tokenizer.json
+            else { throw TaskError.failed(code: "bad_checkpoint", message: "checkpoint lacks training state or has another vocabulary") }
+            model.parameters = c.model.parameters
+            model.buffers = c.model.buffers
+            optimizer = o
+            rng = r
+            best = b
+            badEvals = n
+            bestParameters = model.parameters
+            for (name, t) in c.extraTensors where name.hasPrefix("best.") {
+                if let i = bestParameters.index(of: String(name.dropFirst(5))) { bestParameters.values[i] = t }
+            }
+            if carry { state = try restoreState(c.extraTensors, into: model.initialState(batch: batch)) }
+            context.log(.info, "resuming from step \(o.step)")
+        }
+
+        func checkpoint(improved: Bool) throws {
+            var extraTensors: [(name: String, tensor: Tensor)] = []
+            if let state {
+                for (i, l) in state.layers.enumerated() {
+                    extraTensors.append(("state.\(i).weights", Tensor(shape: [l.weights.count], storage: l.weights)))
+                    if !l.normalizer.isEmpty { extraTensors.append(("state.\(i).normalizer", Tensor(shape: [l.normalizer.count], storage: l.normalizer))) }
+                }
+                extraTensors.append(("state.position", Tensor(shape: [1], storage: [Float(state.position)])))
+            }
+            if !improved {
+                for (n, t) in zip(bestParameters.names, bestParameters.values) { extraTensors.append(("best.\(n)", t)) }
+            }
+            let data = TrainingCheckpoint(
+                model: model, optimizer: optimizer, rng: rng,
+                extra: [
+                    "task": "lm", "tokenizer": tokenizer.json, "segment": "\(segment)", "best_valid_loss": "\(best)",
+                    "bad_evals": "\(badEvals)", "data.segment_index": "\(optimizer.step % stream.segmentsPerRow)",
+                ], extraTensors: extraTensors
+            ).encoded()
+            try context.saveCheckpoint(data, step: optimizer.step, best: improved)
+        }
+
+        var meter = ProgressMeter(total: steps, startStep: optimizer.step)
+        var reason = "steps"
+        let tokensPerStep = batch * segment
+        var lastTrain = Double.nan
+        while optimizer.step < steps {
+            if context.isCancelled { throw TaskError.cancelled }
+            let index = optimizer.step % stream.segmentsPerRow
+            if index == 0 && carry { state = model.initialState(batch: batch) }  // a new pass over the data
+            let (x, y) = stream.batch(index)
+            let (loss, grads) = model.lossAndGradients(tokens: x, targets: y, batch: batch, state: &state, training: true, rng: &rng)
+            guard loss.isFinite else { throw TaskError.failed(code: "diverged", message: "training loss is \(loss) at step \(optimizer.step + 1)") }
+            optimizer.update(&model.parameters, gradients: grads)
+            lastTrain = loss
+            if let e = meter.event(step: optimizer.step, loss: loss, itemsPerStep: tokensPerStep, metrics: languageMetrics(loss, level: level)) {
+                context.emit(e)
+            }
+            if optimizer.step % p.int("eval_every") == 0 || optimizer.step == steps {
+                let (vloss, _) = try evaluateStream(
+                    model, tokens: validTokens, batch: evalBatch, segment: segment, carry: carry, maxSegments: p.int("eval_segments"),
+                    cancelled: { context.isCancelled })
+                let improved = vloss < best
+                if improved {
+                    best = vloss
+                    badEvals = 0
+                    bestParameters = model.parameters
+                } else {
+                    badEvals += 1
+                }
+                var metrics = languageMetrics(vloss, level: level)
+                metrics["best_valid_loss"] = .number(best)
+                context.emit(ProgressEvent(kind: "eval", step: optimizer.step, total: steps, loss: vloss, metrics: metrics))
+                try checkpoint(improved: improved)
+                if p.int("patience") > 0 && badEvals >= p.int("patience") {
+                    reason = "no_improvement"
+                    break
+                }
+            }
+        }
+        var result: [String: JSONValue] = [
+            "steps": .number(Double(optimizer.step)), "stopped": .string(reason), "best_valid_loss": .number(best),
+            "last_train_loss": .number(lastTrain), "level": .string(level.rawValue), "vocabulary": .number(Double(tokenizer.size)),
+            "parameters": .number(Double(model.parameters.scalarCount)),
+        ]
+        for (k, v) in languageMetrics(best, level: level) { result["best_valid_\(k)"] = v }
+        if let t = f.test {
+            var bestModel = model
+            bestModel.parameters = bestParameters
+            let testTokens = tokenizer.encode(try readTextFile(t, parameter: "test"))
+            let (tloss, _) = try evaluateStream(
+                bestModel, tokens: testTokens, batch: max(1, min(batch, testTokens.count / (segment + 1))), segment: segment,
+                carry: carry, cancelled: { context.isCancelled })
+            result["test_loss"] = .number(tloss)
+            for (k, v) in languageMetrics(tloss, level: level) { result["test_\(k)"] = v }
+        }
+        return .object(result)
+    }
+
+    func restoreState(_ tensors: [(name: String, tensor: Tensor)], into fresh: ModelState) throws -> ModelState {
+        var s = fresh
+        let byName = Dictionary(tensors.map { ($0.name, $0.tensor) }, uniquingKeysWith: { a, _ in a })
+        for i in s.layers.indices {
+            guard let w = byName["state.\(i).weights"], w.count == s.layers[i].weights.count else {
+                throw TaskError.failed(code: "bad_checkpoint", message: "carried state of layer \(i) is missing or has the wrong size")
+            }
+            s.layers[i].weights = w.storage
+            if !s.layers[i].normalizer.isEmpty {
+                guard let z = byName["state.\(i).normalizer"], z.count == s.layers[i].normalizer.count else {
+                    throw TaskError.failed(code: "bad_checkpoint", message: "carried normaliser of layer \(i) is missing")
+                }
+                s.layers[i].normalizer = z.storage
+            }
+        }
+        s.position = Int(byName["state.position"]?.storage.first ?? 0)
+        return s
+    }
+}

@@ -1,0 +1,333 @@
+import FWPCore
+import Foundation
+
+/// The associative-retrieval model of the paper's section 6.1 (reference setup in FWP-NOTES).
+///
+/// A sequence of L (key, value) pairs is written into a fast-weight memory of S × d_dot; one key
+/// is then queried and the model must output the one-hot value stored last with it. Values are
+/// fixed one-hot vectors; keys (and queries) share a learned embedding of size ⌊2S·1.1⌋.
+public struct RetrievalConfig: Codable, Equatable, Sendable {
+    /// Number of distinct keys and of distinct values (S).
+    public var keys: Int
+    /// 1: L = S pairs, keys without replacement. 2: L = 2S pairs, keys with replacement.
+    public var setting: Int
+    /// `linear` (ELU+1), `dpfp-ν`, `favor-m` or `softmax` (attention baseline, no φ).
+    public var attention: String
+    /// `sum` (attention-normalised readout) or `delta` (sum-normalised keys and query, dynamic β).
+    public var rule: UpdateRule
+    /// Size of keys and queries before φ (64 in the paper).
+    public var keySize: Int
+
+    public var sequenceLength: Int { setting == 1 ? keys : 2 * keys }
+    public var embeddingSize: Int { Int(Double(2 * keys) * 1.1) }
+    public var isSoftmax: Bool { attention == "softmax" }
+
+    public var featureMap: FeatureMapKind {
+        if attention == "linear" { return .eluPlusOne }
+        return FeatureMapKind(name: attention) ?? .eluPlusOne
+    }
+
+    public init(keys: Int, setting: Int, attention: String, rule: UpdateRule, keySize: Int) {
+        self.keys = keys
+        self.setting = setting
+        self.attention = attention
+        self.rule = rule
+        self.keySize = keySize
+    }
+}
+
+/// A batch of retrieval sequences and their queries.
+public struct RetrievalBatch: Sendable {
+    /// B × L key ids and value ids.
+    public var keys: [[Int]]
+    public var values: [[Int]]
+    /// Per sequence, the queried keys and the expected (latest) values.
+    public var queries: [[Int]]
+    public var targets: [[Int]]
+
+    /// B sequences; `allKeys` queries every distinct key of each sequence, otherwise one random key.
+    public static func sample(
+        _ config: RetrievalConfig, count: Int, allKeys: Bool, using rng: inout FWPRandom
+    ) -> RetrievalBatch {
+        let s = config.keys, l = config.sequenceLength
+        var b = RetrievalBatch(keys: [], values: [], queries: [], targets: [])
+        for _ in 0..<count {
+            var ks: [Int]
+            if config.setting == 1 {
+                ks = Array(0..<s)
+                for i in stride(from: s - 1, to: 0, by: -1) { ks.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
+            } else {
+                ks = (0..<l).map { _ in Int(rng.next() % UInt64(s)) }
+            }
+            let vs = (0..<l).map { _ in Int(rng.next() % UInt64(s)) }
+            var latest: [Int: Int] = [:]
+            for (k, v) in zip(ks, vs) { latest[k] = v }
+            let present = latest.keys.sorted()
+            let qs = allKeys ? present : [present[Int(rng.next() % UInt64(present.count))]]
+            b.keys.append(ks)
+            b.values.append(vs)
+            b.queries.append(qs)
+            b.targets.append(qs.map { latest[$0]! })
+        }
+        return b
+    }
+}
+
+public struct RetrievalModel: Sendable {
+    public let config: RetrievalConfig
+    public var parameters: ParameterStore
+    public var buffers: ParameterStore
+    let embedding: Embedding
+    let key: Linear
+    let query: Linear
+    let beta: Linear?
+    let featureMap: FeatureMap?
+    let projection: Int?
+
+    public init(config: RetrievalConfig, seed: UInt64) {
+        self.config = config
+        var rng = FWPRandom(seed: seed)
+        var store = ParameterStore(), buffers = ParameterStore()
+        let s = config.keys, e = config.embeddingSize, d = config.keySize
+        embedding = Embedding("embedding", vocabulary: s, dimension: e, std: 1, store: &store, rng: &rng)
+        let bound = 1 / Float(d).squareRoot()
+        key = Linear("key", in: s + e, out: d, bias: true, std: 1, store: &store, rng: &rng)
+        query = Linear("query", in: e, out: d, bias: true, std: 1, store: &store, rng: &rng)
+        // Uniform ±1/√d_key as in the reference code (replacing the normal draws above).
+        for idx in [key.weight, key.bias!, query.weight, query.bias!] {
+            store.values[idx] = .uniform(shape: store.values[idx].shape, bound: bound, using: &rng)
+        }
+        if !config.isSoftmax && config.rule == .delta {
+            beta = Linear("beta", in: s + e, out: 1, bias: true, std: 1, store: &store, rng: &rng)
+            store.values[beta!.weight] = .uniform(shape: [1, s + e], bound: 1 / Float(s + e).squareRoot(), using: &rng)
+        } else {
+            beta = nil
+        }
+        if config.isSoftmax {
+            featureMap = nil
+            projection = nil
+        } else {
+            let fm = FeatureMap(config.featureMap, inputSize: d)
+            featureMap = fm
+            if case .favor(let m) = config.featureMap {
+                projection = buffers.add("favor_projection", FeatureMap.favorProjection(features: m, inputSize: d, using: &rng))
+            } else {
+                projection = nil
+            }
+        }
+        parameters = store
+        self.buffers = buffers
+    }
+
+    /// Mean over queries of ½‖v* − ŷ‖² and its gradients (when `gradients` is true).
+    public func loss(_ batch: RetrievalBatch, gradients wantGradients: Bool) -> (loss: Double, accuracy: Double, gradients: ParameterStore?) {
+        let s = config.keys, e = config.embeddingSize, l = config.sequenceLength
+        let nSeq = batch.keys.count
+        let nQueries = batch.queries.reduce(0) { $0 + $1.count }
+        // Inputs x_t = [onehot(value_t), e(key_t)] for all sequences at once.
+        let keyEmb = embedding.forward(batch.keys.flatMap { $0 }, parameters)
+        var x = Tensor(shape: [nSeq * l, s + e])
+        for r in 0..<(nSeq * l) {
+            x[r, batch.values[r / l][r % l]] = 1
+            for j in 0..<e { x[r, s + j] = keyEmb[r, j] }
+        }
+        let queryKeys = batch.queries.flatMap { $0 }
+        let qEmb = embedding.forward(queryKeys, parameters)
+        let kRaw = key.forward(x, parameters)  // (B·L) × d
+        let qRaw = query.forward(qEmb, parameters)  // (ΣQ) × d
+        var dkRaw = Tensor(shape: kRaw.shape), dqRaw = Tensor(shape: qRaw.shape)
+        var dBetaLogit = Tensor(shape: [nSeq * l, 1])
+        var total = 0.0, correct = 0
+        let scale = 1 / Float(nQueries)
+
+        if config.isSoftmax {
+            let d = config.keySize, inv = 1 / Float(d).squareRoot()
+            var qi = 0
+            for b in 0..<nSeq {
+                for (j, target) in batch.targets[b].enumerated() {
+                    _ = j
+                    var scores = [Float](repeating: 0, count: l)
+                    var m = -Float.infinity
+                    for t in 0..<l {
+                        var dot: Float = 0
+                        for c in 0..<d { dot += kRaw[b * l + t, c] * qRaw[qi, c] }
+                        scores[t] = dot * inv
+                        m = max(m, scores[t])
+                    }
+                    var sum: Float = 0
+                    for t in 0..<l {
+                        scores[t] = expf(scores[t] - m)
+                        sum += scores[t]
+                    }
+                    for t in 0..<l { scores[t] /= sum }
+                    var y = [Float](repeating: 0, count: s)
+                    for t in 0..<l { y[batch.values[b][t]] += scores[t] }
+                    var dy = [Float](repeating: 0, count: s)
+                    for v in 0..<s {
+                        let diff = y[v] - (v == target ? 1 : 0)
+                        total += 0.5 * Double(diff * diff)
+                        dy[v] = diff * scale
+                    }
+                    if argmax(y) == target { correct += 1 }
+                    if wantGradients {
+                        var dotPD: Float = 0
+                        for t in 0..<l { dotPD += scores[t] * dy[batch.values[b][t]] }
+                        for t in 0..<l {
+                            let ds = scores[t] * (dy[batch.values[b][t]] - dotPD) * inv
+                            for c in 0..<d {
+                                dkRaw[b * l + t, c] += ds * qRaw[qi, c]
+                                dqRaw[qi, c] += ds * kRaw[b * l + t, c]
+                            }
+                        }
+                    }
+                    qi += 1
+                }
+            }
+        } else {
+            let fm = featureMap!
+            let proj = projection.map { buffers.values[$0] }
+            let kPhi = fm.forward(kRaw, projection: proj), qPhi = fm.forward(qRaw, projection: proj)
+            let delta = config.rule == .delta
+            var k = kPhi, q = qPhi
+            var kSums: [Float] = [], qSums: [Float] = []
+            if delta {
+                (k, kSums) = SumNormalization.forward(kPhi)
+                (q, qSums) = SumNormalization.forward(qPhi)
+            }
+            var betaT: Tensor? = nil
+            if let beta {
+                var bl = beta.forward(x, parameters)
+                for i in 0..<bl.count { bl.storage[i] = 1 / (1 + expf(-bl.storage[i])) }
+                betaT = bl
+            }
+            let dd = fm.outputSize
+            var dk = Tensor(shape: k.shape), dq = Tensor(shape: q.shape)
+            var dBeta = Tensor(shape: [nSeq * l])
+            var values = Tensor(shape: [nSeq * l, s])
+            for r in 0..<(nSeq * l) { values[r, batch.values[r / l][r % l]] = 1 }
+            let kernel = FastWeightKernel(
+                rule: config.rule, attentionNormalization: !delta, steps: l, keySize: dd, valueSize: s, keyStride: dd,
+                valueStride: s, betaStride: 1)
+            let zeroQ = [Float](repeating: 0, count: l * dd)
+            var qi = 0
+            for b in 0..<nSeq {
+                var w = [Float](repeating: 0, count: s * dd), z = [Float](repeating: 0, count: dd)
+                var saved = [Float](repeating: 0, count: l * s), den = [Float](repeating: 0, count: l)
+                var yScratch = [Float](repeating: 0, count: l * s)
+                k.withUnsafePointer { pk in
+                    values.withUnsafePointer { pv in
+                        (betaT?.storage ?? [Float](repeating: 1, count: nSeq * l)).withUnsafeBufferPointer { pb in
+                            saved.withUnsafeMutableBufferPointer { ps in
+                                den.withUnsafeMutableBufferPointer { pd in
+                                    kernel.forward(
+                                        q: zeroQ, k: pk + b * l * dd, v: pv + b * l * s, beta: delta ? pb.baseAddress! + b * l : nil,
+                                        y: &yScratch, w: &w, z: &z, saved: delta ? ps.baseAddress : nil,
+                                        denominators: delta ? nil : pd.baseAddress)
+                                }
+                            }
+                        }
+                    }
+                }
+                var dw = [Float](repeating: 0, count: s * dd), dz = [Float](repeating: 0, count: dd)
+                for target in batch.targets[b] {
+                    // ŷ = W q; sum rule: y = ŷ / (z·q + ε); delta rule: y = ŷ (q already sum-normalised).
+                    var yhat = [Float](repeating: 0, count: s)
+                    for v in 0..<s {
+                        var acc: Float = 0
+                        for c in 0..<dd { acc += w[v * dd + c] * q[qi, c] }
+                        yhat[v] = acc
+                    }
+                    var denom: Float = 1
+                    if !delta {
+                        denom = FastWeightKernel.denominatorEpsilon
+                        for c in 0..<dd { denom += z[c] * q[qi, c] }
+                    }
+                    let y = yhat.map { $0 / denom }
+                    var dy = [Float](repeating: 0, count: s)
+                    for v in 0..<s {
+                        let diff = y[v] - (v == target ? 1 : 0)
+                        total += 0.5 * Double(diff * diff)
+                        dy[v] = diff * scale
+                    }
+                    if argmax(y) == target { correct += 1 }
+                    if wantGradients {
+                        let a = dy.map { $0 / denom }
+                        var dden: Float = 0
+                        if !delta { for v in 0..<s { dden -= dy[v] * y[v] / denom } }
+                        for v in 0..<s {
+                            for c in 0..<dd {
+                                dq[qi, c] += a[v] * w[v * dd + c]
+                                dw[v * dd + c] += a[v] * q[qi, c]
+                            }
+                        }
+                        if !delta {
+                            for c in 0..<dd {
+                                dq[qi, c] += dden * z[c]
+                                dz[c] += dden * q[qi, c]
+                            }
+                        }
+                    }
+                    qi += 1
+                }
+                if wantGradients {
+                    let zeroDy = [Float](repeating: 0, count: l * s)
+                    var scratch = [Float](repeating: 0, count: s)
+                    var dqSteps = [Float](repeating: 0, count: l * dd), dvSteps = [Float](repeating: 0, count: l * s)
+                    k.withUnsafePointer { pk in
+                        values.withUnsafePointer { pv in
+                            (betaT?.storage ?? [Float](repeating: 1, count: nSeq * l)).withUnsafeBufferPointer { pb in
+                                dk.withUnsafeMutablePointer { pdk in
+                                    dBeta.withUnsafeMutablePointer { pdb in
+                                      saved.withUnsafeBufferPointer { psb in
+                                       den.withUnsafeBufferPointer { pdb2 in
+                                        let ps = psb.baseAddress!, pdn = pdb2.baseAddress!
+                                        kernel.backward(
+                                            dy: zeroDy, y: yScratch, q: zeroQ, k: pk + b * l * dd, v: pv + b * l * s,
+                                            beta: delta ? pb.baseAddress! + b * l : nil, saved: delta ? UnsafePointer(ps) : nil,
+                                            denominators: delta ? nil : UnsafePointer(pdn), w: &w, z: &z, dw: &dw, dzAccumulator: &dz,
+                                            scratch: &scratch, dq: &dqSteps, dk: pdk + b * l * dd, dv: &dvSteps,
+                                            dbeta: delta ? pdb + b * l : nil, seeded: true)
+                                       }
+                                      }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            if wantGradients {
+                if delta {
+                    dk = SumNormalization.backward(dk, output: k, sums: kSums)
+                    dq = SumNormalization.backward(dq, output: q, sums: qSums)
+                }
+                dkRaw = fm.backward(dk, input: kRaw, output: kPhi, projection: proj)
+                dqRaw = fm.backward(dq, input: qRaw, output: qPhi, projection: proj)
+                if let betaT {
+                    for i in 0..<(nSeq * l) { dBetaLogit.storage[i] = dBeta.storage[i] * betaT.storage[i] * (1 - betaT.storage[i]) }
+                }
+            }
+        }
+        let loss = total / Double(nQueries)
+        let accuracy = Double(correct) / Double(nQueries)
+        guard wantGradients else { return (loss, accuracy, nil) }
+        var g = parameters.zerosLike()
+        var dx = key.backward(dkRaw, input: x, parameters, &g)
+        if let beta {
+            let dxb = beta.backward(dBetaLogit, input: x, parameters, &g)
+            for i in 0..<dx.count { dx.storage[i] += dxb.storage[i] }
+        }
+        let dqEmb = query.backward(dqRaw, input: qEmb, parameters, &g)
+        var dKeyEmb = Tensor(shape: [nSeq * l, e])
+        for r in 0..<(nSeq * l) { for j in 0..<e { dKeyEmb[r, j] = dx[r, s + j] } }
+        embedding.backward(dKeyEmb, tokens: batch.keys.flatMap { $0 }, &g)
+        embedding.backward(dqEmb, tokens: queryKeys, &g)
+        return (loss, accuracy, g)
+    }
+}
+
+func argmax(_ y: [Float]) -> Int {
+    var best = 0
+    for i in 1..<y.count where y[i] > y[best] { best = i }
+    return best
+}

@@ -1,0 +1,136 @@
+import FWPCore
+import Foundation
+
+/// The paper's synthetic retrieval experiment (section 6.1), settings 1 (capacity) and 2 (updates).
+public struct RetrievalTask: TaskModule {
+    public init() {}
+
+    public let name = "retrieval"
+    public let summary = """
+        Associative retrieval (paper section 6.1): write L key/value pairs into a fast-weight memory, \
+        query one key, output its latest one-hot value. Trains with Adam on loss ½‖v* − ŷ‖², evaluates every \
+        eval_every steps on eval_sequences fresh sequences queried at every key, and stops at target_loss, after \
+        patience evaluations without a new best, or at max_steps. Result: best eval loss and accuracy, steps, \
+        reason for stopping.
+        """
+
+    public let parameters: [ParameterSpec] = [
+        ParameterSpec("keys", .integer, "S: distinct keys and distinct values", default: 20, minimum: 2, maximum: 2000),
+        ParameterSpec("setting", .integer, "1: L = S, keys without replacement; 2: L = 2S, with replacement", default: 1, minimum: 1, maximum: 2),
+        ParameterSpec("attention", .string, "linear (ELU+1), dpfp-ν, favor-m or softmax", default: "dpfp-1"),
+        ParameterSpec("rule", .string, "fast-weight update rule", default: "sum", choices: ["sum", "delta"]),
+        ParameterSpec("key_size", .integer, "size of keys and queries before the feature map", default: 64, minimum: 1, maximum: 4096),
+        ParameterSpec("batch", .integer, "sequences per training step", default: 32, minimum: 1, maximum: 4096),
+        ParameterSpec("lr", .number, "Adam learning rate", default: 1e-3, minimum: 1e-7, maximum: 1),
+        ParameterSpec("max_steps", .integer, "training steps at most", default: 100_000, minimum: 1, maximum: 10_000_000),
+        ParameterSpec("eval_every", .integer, "steps between evaluations (and checkpoints)", default: 100, minimum: 1),
+        ParameterSpec("eval_sequences", .integer, "fresh sequences per evaluation, each queried at every key", default: 20, minimum: 1, maximum: 10_000),
+        ParameterSpec("patience", .integer, "stop after this many evaluations without a new best", default: 10, minimum: 1),
+        ParameterSpec("target_loss", .number, "stop once the eval loss is at or below this", default: 0.001, minimum: 0),
+        ParameterSpec("seed", .integer, "seed of initialisation and data", default: 1, minimum: 0, maximum: 9_007_199_254_740_991),
+    ]
+
+    public func check(_ p: TaskParameters) throws {
+        let a = p.string("attention")
+        if a != "linear" && a != "softmax" {
+            guard let kind = FeatureMapKind(name: a), kind != .identity, kind != .eluPlusOne else {
+                throw ParameterError("attention", "must be linear, dpfp-ν, favor-m or softmax, got '\(a)'")
+            }
+            if case .dpfp(let nu) = kind, nu >= 2 * p.int("key_size") {
+                throw ParameterError("attention", "DPFP's ν must be below 2·key_size (\(2 * p.int("key_size")))")
+            }
+        }
+    }
+
+    func config(_ p: TaskParameters) -> RetrievalConfig {
+        RetrievalConfig(
+            keys: p.int("keys"), setting: p.int("setting"), attention: p.string("attention"),
+            rule: UpdateRule(rawValue: p.string("rule"))!, keySize: p.int("key_size"))
+    }
+
+    static let format = "fwp.retrieval.v1"
+
+    /// The config as JSON with sorted keys, so that equal states give byte-identical checkpoints.
+    static func configJSON(_ c: RetrievalConfig) -> String {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys]
+        return String(decoding: try! e.encode(c), as: UTF8.self)
+    }
+
+    public func run(_ p: TaskParameters, context: TaskContext) throws -> JSONValue {
+        BLAS.setThreads(1)  // parallelism comes from the per-sequence loops; see docs/PERFORMANCE.md
+        let config = config(p)
+        let seed = UInt64(p.int("seed"))
+        var model = RetrievalModel(config: config, seed: seed)
+        var optimizer = AdamW(parameters: model.parameters, schedule: LearningRateSchedule(peak: p.double("lr")))
+        var rng = FWPRandom(seed: seed &+ 0x5EED)
+        var best = Double.infinity, bestAccuracy = 0.0, badEvals = 0
+        let maxSteps = p.int("max_steps"), evalEvery = p.int("eval_every")
+        if let data = try context.latestCheckpoint() {
+            let c = try CheckpointContents.decode(data, format: Self.format) { json in
+                guard let stored = try? JSONDecoder().decode(RetrievalConfig.self, from: Data(json.utf8)), stored == config else {
+                    throw FWPError.checkpoint("checkpoint was written for another retrieval configuration")
+                }
+                return (model.parameters, model.buffers)
+            }
+            model.parameters = c.parameters
+            model.buffers = c.buffers
+            guard let o = c.optimizer, let r = c.rng, let b = c.extra["best"].flatMap(Double.init),
+                let a = c.extra["best_accuracy"].flatMap(Double.init), let n = c.extra["bad_evals"].flatMap(Int.init)
+            else { throw TaskError.failed(code: "bad_checkpoint", message: "retrieval checkpoint lacks training state") }
+            optimizer = o
+            rng = r
+            (best, bestAccuracy, badEvals) = (b, a, n)
+            context.log(.info, "resuming from step \(o.step)")
+        }
+        var meter = ProgressMeter(total: maxSteps, startStep: optimizer.step)
+        var reason = "max_steps"
+        var lastEval: Double = .nan
+        while optimizer.step < maxSteps {
+            if context.isCancelled { throw TaskError.cancelled }
+            let batch = RetrievalBatch.sample(config, count: p.int("batch"), allKeys: false, using: &rng)
+            let (loss, _, g) = model.loss(batch, gradients: true)
+            guard loss.isFinite else { throw TaskError.failed(code: "diverged", message: "training loss is \(loss) at step \(optimizer.step + 1)") }
+            optimizer.update(&model.parameters, gradients: g!)
+            let step = optimizer.step
+            if let e = meter.event(step: step, loss: loss, itemsPerStep: p.int("batch"), metrics: ["best_eval_loss": best.isFinite ? .number(best) : .null]) {
+                context.emit(e)
+            }
+            if step % evalEvery == 0 || step == maxSteps {
+                var evalRng = FWPRandom(seed: seed ^ (0x9E37_79B9 &* UInt64(step)))
+                let evalBatch = RetrievalBatch.sample(config, count: p.int("eval_sequences"), allKeys: true, using: &evalRng)
+                let (evalLoss, accuracy, _) = model.loss(evalBatch, gradients: false)
+                lastEval = evalLoss
+                let improved = evalLoss < best
+                if improved {
+                    best = evalLoss
+                    bestAccuracy = accuracy
+                    badEvals = 0
+                } else {
+                    badEvals += 1
+                }
+                context.emit(ProgressEvent(kind: "eval", step: step, total: maxSteps, loss: evalLoss, metrics: [
+                    "accuracy": .number(accuracy), "best_eval_loss": .number(best),
+                ]))
+                let contents = CheckpointContents(
+                    format: Self.format, config: Self.configJSON(config),
+                    parameters: model.parameters, buffers: model.buffers, optimizer: optimizer, rng: rng,
+                    extra: ["best": "\(best)", "best_accuracy": "\(bestAccuracy)", "bad_evals": "\(badEvals)"])
+                try context.saveCheckpoint(contents.encoded(), step: step, best: improved)
+                if best <= p.double("target_loss") {
+                    reason = "target_loss"
+                    break
+                }
+                if badEvals >= p.int("patience") {
+                    reason = "no_improvement"
+                    break
+                }
+            }
+        }
+        return .object([
+            "best_eval_loss": .number(best), "best_accuracy": .number(bestAccuracy), "last_eval_loss": .number(lastEval),
+            "steps": .number(Double(optimizer.step)), "stopped": .string(reason),
+            "sequence_length": .number(Double(config.sequenceLength)),
+        ])
+    }
+}

@@ -1,0 +1,119 @@
+import Foundation
+
+/// A progress event a task emits: training progress, an evaluation, generated text, a log line.
+public struct ProgressEvent: Codable, Equatable, Sendable {
+    /// `progress`, `eval`, `text`, `checkpoint`, `log` or a task's own kind.
+    public var kind: String
+    public var step: Int?
+    public var total: Int?
+    public var loss: Double?
+    public var metrics: [String: JSONValue]
+    public var tokensPerSecond: Double?
+    public var etaSeconds: Double?
+    public var message: String?
+
+    public init(
+        kind: String, step: Int? = nil, total: Int? = nil, loss: Double? = nil, metrics: [String: JSONValue] = [:],
+        tokensPerSecond: Double? = nil, etaSeconds: Double? = nil, message: String? = nil
+    ) {
+        self.kind = kind
+        self.step = step
+        self.total = total
+        self.loss = loss
+        self.metrics = metrics
+        self.tokensPerSecond = tokensPerSecond
+        self.etaSeconds = etaSeconds
+        self.message = message
+    }
+}
+
+/// Severity of a task's log line.
+public enum TaskLogLevel: String, Codable, Sendable { case debug, info, warning, error }
+
+/// Everything a running task may use of the outside world.
+///
+/// The daemon gives each job its own context (events stored and published, checkpoints in the
+/// state directory, cancellation from clients); `fwp-task` and the tests give simpler ones.
+public protocol TaskContext: AnyObject, Sendable {
+    /// Records and publishes an event.
+    func emit(_ event: ProgressEvent)
+    /// Stores a checkpoint durably (write, fsync, rename). `best` also marks it as the best so far.
+    func saveCheckpoint(_ data: Data, step: Int, best: Bool) throws
+    /// The newest checkpoint that verifies, or nil when the job starts fresh.
+    func latestCheckpoint() throws -> Data?
+    /// True once the job has been asked to stop; tasks check it between steps.
+    var isCancelled: Bool { get }
+    /// Writes a log line.
+    func log(_ level: TaskLogLevel, _ message: String)
+    /// Threads this job may use (BLAS and per-sequence loops).
+    var threads: Int { get }
+}
+
+/// Why a task did not produce a result.
+public enum TaskError: Error, Equatable, CustomStringConvertible, Sendable {
+    /// The context asked the task to stop.
+    case cancelled
+    /// The task failed; `code` is stable (for clients), `message` is for people.
+    case failed(code: String, message: String)
+
+    public var description: String {
+        switch self {
+        case .cancelled: return "cancelled"
+        case .failed(let code, let message): return "\(code): \(message)"
+        }
+    }
+}
+
+/// A task module: a named, parameterised kind of job.
+public protocol TaskModule: Sendable {
+    /// Unique name, as used in submits and presets.
+    var name: String { get }
+    /// One paragraph on what the task does and what it returns.
+    var summary: String { get }
+    /// The parameters it accepts, with defaults and ranges.
+    var parameters: [ParameterSpec] { get }
+    /// Task-specific checks beyond the schema (files exist, combinations make sense).
+    func check(_ parameters: TaskParameters) throws
+    /// Runs the job to completion, resuming from `context.latestCheckpoint()` if there is one.
+    /// Returns the result; throws `TaskError.cancelled` when stopped.
+    func run(_ parameters: TaskParameters, context: TaskContext) throws -> JSONValue
+}
+
+extension TaskModule {
+    public func check(_ parameters: TaskParameters) throws {}
+
+    /// Schema validation followed by `check`: everything a job must pass before it is queued.
+    public func validate(_ given: [String: JSONValue]) throws -> TaskParameters {
+        let p = try parameters.validate(given)
+        try check(p)
+        return p
+    }
+}
+
+/// Emits `progress` events with tokens (or items) per second and an ETA, at most every
+/// `interval` seconds and always on the last step.
+public struct ProgressMeter: Sendable {
+    public let total: Int
+    let startStep: Int
+    let start = Date()
+    var lastEmit = Date.distantPast
+    public var interval: TimeInterval
+
+    public init(total: Int, startStep: Int, interval: TimeInterval = 0.5) {
+        self.total = total
+        self.startStep = startStep
+        self.interval = interval
+    }
+
+    /// Builds the event for `step` if it is time to emit one.
+    public mutating func event(step: Int, loss: Double, itemsPerStep: Int, metrics: [String: JSONValue] = [:]) -> ProgressEvent? {
+        let now = Date()
+        guard step == total || now.timeIntervalSince(lastEmit) >= interval else { return nil }
+        lastEmit = now
+        let elapsed = now.timeIntervalSince(start)
+        let done = step - startStep
+        let rate = elapsed > 0 && done > 0 ? Double(done * itemsPerStep) / elapsed : nil
+        let eta = done > 0 ? elapsed / Double(done) * Double(total - step) : nil
+        return ProgressEvent(kind: "progress", step: step, total: total, loss: loss, metrics: metrics, tokensPerSecond: rate, etaSeconds: eta)
+    }
+}

@@ -1,0 +1,73 @@
+import FWPCore
+import Foundation
+import Testing
+
+@testable import FWPTasks
+
+/// An in-memory task context: records events and checkpoints; can cancel on a chosen event.
+final class MemoryContext: TaskContext, @unchecked Sendable {
+    private let lock = NSLock()
+    private var _events: [ProgressEvent] = []
+    private var _checkpoints: [(step: Int, data: Data, best: Bool)] = []
+    private var cancelled = false
+    let cancelWhen: (@Sendable (ProgressEvent) -> Bool)?
+    let threads: Int
+
+    init(threads: Int = 1, checkpoints: [(step: Int, data: Data, best: Bool)] = [], cancelWhen: (@Sendable (ProgressEvent) -> Bool)? = nil) {
+        self.threads = threads
+        self._checkpoints = checkpoints
+        self.cancelWhen = cancelWhen
+    }
+
+    var events: [ProgressEvent] { lock.withLock { _events } }
+    var checkpoints: [(step: Int, data: Data, best: Bool)] { lock.withLock { _checkpoints } }
+    var isCancelled: Bool { lock.withLock { cancelled } }
+    func cancel() { lock.withLock { cancelled = true } }
+
+    func emit(_ event: ProgressEvent) {
+        lock.withLock {
+            _events.append(event)
+            if cancelWhen?(event) == true { cancelled = true }
+        }
+    }
+    func saveCheckpoint(_ data: Data, step: Int, best: Bool) throws {
+        lock.withLock { _checkpoints.append((step, data, best)) }
+    }
+    func latestCheckpoint() throws -> Data? { lock.withLock { _checkpoints.last?.data } }
+    func log(_ level: TaskLogLevel, _ message: String) {}
+}
+
+/// A temporary folder removed when the test ends.
+final class TemporaryDirectory {
+    let url: URL
+    init() {
+        url = FileManager.default.temporaryDirectory.appendingPathComponent("fwp-tests-\(UUID().uuidString)")
+        try! FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    }
+    deinit { try? FileManager.default.removeItem(at: url) }
+
+    /// Writes `text` to `name` and returns its path.
+    @discardableResult
+    func file(_ name: String, _ text: String, executable: Bool = false) -> String {
+        let u = url.appendingPathComponent(name)
+        try! FileManager.default.createDirectory(at: u.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try! Data(text.utf8).write(to: u)
+        if executable { try! FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: u.path) }
+        return u.path
+    }
+}
+
+/// A small English-like text with structure (repeated sentences with variations).
+func sampleText(lines: Int, seed: UInt64) -> String {
+    var rng = FWPRandom(seed: seed)
+    let subjects = ["the cat", "a dog", "the fast weight", "my program", "the slow net", "a key"]
+    let verbs = ["writes", "reads", "stores", "forgets", "updates", "retrieves"]
+    let objects = ["the value", "a memory", "the delta", "an outer product", "the query", "its state"]
+    return (0..<lines).map { _ in
+        "\(subjects[Int(rng.next() % 6)]) \(verbs[Int(rng.next() % 6)]) \(objects[Int(rng.next() % 6)]) ."
+    }.joined(separator: "\n") + "\n"
+}
+
+extension JSONValue {
+    subscript(key: String) -> JSONValue? { objectValue?[key] }
+}
