@@ -8,6 +8,16 @@ let package = Package(
         .library(name: "FWPCore", targets: ["FWPCore"]),
         .library(name: "FWPTasks", targets: ["FWPTasks"]),
         .executable(name: "fwp-task", targets: ["fwp-task"]),
+        .executable(name: "fwpd", targets: ["fwpd"]),
+        .executable(name: "fwpctl", targets: ["fwpctl"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/groue/GRDB.swift", exact: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", exact: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", exact: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-metrics", exact: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", exact: "2.4.1"),
     ],
     targets: [
         .systemLibrary(
@@ -24,7 +34,31 @@ let package = Package(
             name: "FWPCore",
             dependencies: ["CBLAS"]
         ),
-        .target(name: "FWPTasks", dependencies: ["FWPCore"]),
+        .target(name: "FWPProtocol"),
+        .target(name: "FWPTasks", dependencies: ["FWPCore", "FWPProtocol"]),
+        .target(name: "ZeroMQ", dependencies: ["CZeroMQ"]),
+        .target(name: "FWPStore", dependencies: ["FWPProtocol", .product(name: "GRDB", package: "GRDB.swift")]),
+        .target(
+            name: "FWPDaemon",
+            dependencies: [
+                "FWPCore", "FWPTasks", "FWPStore", "FWPProtocol", "ZeroMQ",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
+        .executableTarget(
+            name: "fwpd",
+            dependencies: [
+                "FWPDaemon", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "fwpctl",
+            dependencies: ["FWPProtocol", "ZeroMQ", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
         .executableTarget(name: "fwp-task", dependencies: ["FWPCore", "FWPTasks"]),
         .executableTarget(name: "fwp-bench", dependencies: ["FWPCore"], path: "Benchmarks/FWPBench"),
         .testTarget(

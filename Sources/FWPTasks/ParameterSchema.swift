@@ -1,3 +1,4 @@
+import FWPProtocol
 import Foundation
 
 /// The type of a task parameter.

@@ -1,3 +1,4 @@
+@_exported import FWPProtocol
 import Foundation
 
 /// A progress event a task emits: training progress, an evaluation, generated text, a log line.
@@ -47,6 +48,14 @@ public protocol TaskContext: AnyObject, Sendable {
     func log(_ level: TaskLogLevel, _ message: String)
     /// Threads this job may use (BLAS and per-sequence loops).
     var threads: Int { get }
+    /// True when a stop is a pause (the daemon is shutting down): a task that sees
+    /// `isCancelled` should then save a checkpoint before throwing `TaskError.cancelled`, so the
+    /// job resumes where it stopped. False for a user's cancel.
+    var checkpointBeforeStopping: Bool { get }
+}
+
+extension TaskContext {
+    public var checkpointBeforeStopping: Bool { false }
 }
 
 /// Why a task did not produce a result.

@@ -1,3 +1,4 @@
+import FWPProtocol
 import Foundation
 
 /// The task modules a process knows, by name.

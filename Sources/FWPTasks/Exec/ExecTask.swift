@@ -1,3 +1,4 @@
+import FWPProtocol
 import Foundation
 
 #if canImport(Glibc)

@@ -1,4 +1,5 @@
 import FWPCore
+import FWPProtocol
 import Foundation
 
 /// Loads a language-model checkpoint's model and tokenizer, with the parameter name in errors.

@@ -1,4 +1,5 @@
 import FWPCore
+import FWPProtocol
 import Foundation
 
 /// Language modelling on text files: byte or word level, WikiText layout, truncated BPTT.
@@ -177,7 +178,10 @@ public struct LanguageModelTask: TaskModule {
         let tokensPerStep = batch * segment
         var lastTrain = Double.nan
         while optimizer.step < steps {
-            if context.isCancelled { throw TaskError.cancelled }
+            if context.isCancelled {
+                if context.checkpointBeforeStopping { try checkpoint(improved: false) }
+                throw TaskError.cancelled
+            }
             let index = optimizer.step % stream.segmentsPerRow
             if index == 0 && carry { state = model.initialState(batch: batch) }  // a new pass over the data
             let (x, y) = stream.batch(index)

@@ -1,4 +1,5 @@
 import FWPCore
+import FWPProtocol
 import Foundation
 
 /// A token stream cut into B contiguous rows, read L tokens at a time (with the next token as target).

@@ -1,3 +1,4 @@
+import FWPProtocol
 import Foundation
 
 /// Turns text into token ids: bytes (vocabulary 256) or whitespace-separated words.

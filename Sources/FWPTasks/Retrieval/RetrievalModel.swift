@@ -1,4 +1,5 @@
 import FWPCore
+import FWPProtocol
 import Foundation
 
 /// The associative-retrieval model of the paper's section 6.1 (reference setup in FWP-NOTES).

@@ -1,4 +1,5 @@
 import FWPCore
+import FWPProtocol
 import Foundation
 
 /// The paper's synthetic retrieval experiment (section 6.1), settings 1 (capacity) and 2 (updates).
@@ -86,8 +87,18 @@ public struct RetrievalTask: TaskModule {
         var meter = ProgressMeter(total: maxSteps, startStep: optimizer.step)
         var reason = "max_steps"
         var lastEval: Double = .nan
+        func checkpoint(improved: Bool) throws {
+            let contents = CheckpointContents(
+                format: Self.format, config: Self.configJSON(config),
+                parameters: model.parameters, buffers: model.buffers, optimizer: optimizer, rng: rng,
+                extra: ["best": "\(best)", "best_accuracy": "\(bestAccuracy)", "bad_evals": "\(badEvals)"])
+            try context.saveCheckpoint(contents.encoded(), step: optimizer.step, best: improved)
+        }
         while optimizer.step < maxSteps {
-            if context.isCancelled { throw TaskError.cancelled }
+            if context.isCancelled {
+                if context.checkpointBeforeStopping { try checkpoint(improved: false) }
+                throw TaskError.cancelled
+            }
             let batch = RetrievalBatch.sample(config, count: p.int("batch"), allKeys: false, using: &rng)
             let (loss, _, g) = model.loss(batch, gradients: true)
             guard loss.isFinite else { throw TaskError.failed(code: "diverged", message: "training loss is \(loss) at step \(optimizer.step + 1)") }
@@ -112,11 +123,7 @@ public struct RetrievalTask: TaskModule {
                 context.emit(ProgressEvent(kind: "eval", step: step, total: maxSteps, loss: evalLoss, metrics: [
                     "accuracy": .number(accuracy), "best_eval_loss": .number(best),
                 ]))
-                let contents = CheckpointContents(
-                    format: Self.format, config: Self.configJSON(config),
-                    parameters: model.parameters, buffers: model.buffers, optimizer: optimizer, rng: rng,
-                    extra: ["best": "\(best)", "best_accuracy": "\(bestAccuracy)", "bad_evals": "\(badEvals)"])
-                try context.saveCheckpoint(contents.encoded(), step: step, best: improved)
+                try checkpoint(improved: improved)
                 if best <= p.double("target_loss") {
                     reason = "target_loss"
                     break

@@ -1,0 +1,161 @@
+import Foundation
+
+/// fwpd's settings. Defaults are embedded; `etc/fwpd.toml` documents each one.
+/// Precedence: defaults < config file < `FWPD_*` environment variables < command-line flags.
+public struct DaemonConfig: Equatable, Sendable {
+    /// Holds fwpd.sqlite and checkpoints/.
+    public var stateDirectory = "var/fwpd"
+    /// ROUTER endpoint for requests.
+    public var requestEndpoint = "tcp://127.0.0.1:5555"
+    /// PUB endpoint for progress events.
+    public var publishEndpoint = "tcp://127.0.0.1:5556"
+    /// Jobs run at once.
+    public var workers = 1
+    /// Threads each job may use; 0 divides the machine's cores among the workers.
+    public var threadsPerJob = 0
+    /// Folder of preset manifests.
+    public var tasksDirectory = "tasks"
+    /// Step checkpoints kept per job (the best one is kept besides).
+    public var checkpointsKept = 3
+    /// Attempts a job gets by default (a crash or kill -9 during a run uses one).
+    public var defaultMaxAttempts = 3
+    /// Requests larger than this get a `too_large` error.
+    public var maxRequestBytes = 1 << 20
+    /// Inbound messages larger than this make libzmq drop the connection (ZMQ_MAXMSGSIZE).
+    public var maxMessageBytes: Int64 = 16 << 20
+    /// Seconds a claimed job's lease lasts between heartbeats.
+    public var leaseSeconds = 60.0
+    /// Z85 secret key file of the server; enables CURVE on both sockets when set.
+    public var curveSecretKeyFile: String? = nil
+    /// File of allowed client public keys (Z85, one per line, # comments) for CURVE.
+    public var curveAllowedKeysFile: String? = nil
+    /// Permit binding a non-loopback TCP address without CURVE.
+    public var allowInsecureRemote = false
+    /// trace, debug, info, notice, warning, error, critical.
+    public var logLevel = "info"
+
+    public init() {}
+
+    /// Every setting as (file key, environment variable, flag) with a setter from text.
+    static let settings: [(key: String, env: String, flag: String, set: @Sendable (inout DaemonConfig, String) throws -> Void)] = [
+        ("state_dir", "FWPD_STATE_DIR", "--state-dir", { $0.stateDirectory = $1 }),
+        ("request_endpoint", "FWPD_REQUEST_ENDPOINT", "--request-endpoint", { $0.requestEndpoint = $1 }),
+        ("publish_endpoint", "FWPD_PUBLISH_ENDPOINT", "--publish-endpoint", { $0.publishEndpoint = $1 }),
+        ("workers", "FWPD_WORKERS", "--workers", { $0.workers = try positive($1, "workers") }),
+        ("threads_per_job", "FWPD_THREADS_PER_JOB", "--threads-per-job", { $0.threadsPerJob = try nonNegative($1, "threads_per_job") }),
+        ("tasks_dir", "FWPD_TASKS_DIR", "--tasks-dir", { $0.tasksDirectory = $1 }),
+        ("checkpoints_kept", "FWPD_CHECKPOINTS_KEPT", "--checkpoints-kept", { $0.checkpointsKept = try positive($1, "checkpoints_kept") }),
+        ("max_attempts", "FWPD_MAX_ATTEMPTS", "--max-attempts", { $0.defaultMaxAttempts = try positive($1, "max_attempts") }),
+        ("max_request_bytes", "FWPD_MAX_REQUEST_BYTES", "--max-request-bytes", { $0.maxRequestBytes = try positive($1, "max_request_bytes") }),
+        ("max_message_bytes", "FWPD_MAX_MESSAGE_BYTES", "--max-message-bytes", { $0.maxMessageBytes = Int64(try positive($1, "max_message_bytes")) }),
+        ("lease_seconds", "FWPD_LEASE_SECONDS", "--lease-seconds", {
+            guard let v = Double($1), v > 0 else { throw ConfigError("lease_seconds must be a positive number, got '\($1)'") }
+            $0.leaseSeconds = v
+        }),
+        ("curve_secret_key_file", "FWPD_CURVE_SECRET_KEY_FILE", "--curve-secret-key-file", { $0.curveSecretKeyFile = $1.isEmpty ? nil : $1 }),
+        ("curve_allowed_keys_file", "FWPD_CURVE_ALLOWED_KEYS_FILE", "--curve-allowed-keys-file", { $0.curveAllowedKeysFile = $1.isEmpty ? nil : $1 }),
+        ("allow_insecure_remote", "FWPD_ALLOW_INSECURE_REMOTE", "--allow-insecure-remote", { $0.allowInsecureRemote = try boolean($1, "allow_insecure_remote") }),
+        ("log_level", "FWPD_LOG_LEVEL", "--log-level", {
+            guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains($1) else {
+                throw ConfigError("log_level must be trace, debug, info, notice, warning, error or critical, got '\($1)'")
+            }
+            $0.logLevel = $1
+        }),
+    ]
+
+    /// Applies a config file (a TOML subset: `key = value` lines, optional `[fwpd]` section,
+    /// strings in double quotes, integers, numbers, true/false, `#` comments).
+    public mutating func apply(file path: String) throws {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw ConfigError("cannot read config file \(path)") }
+        for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            var line = raw.trimmingCharacters(in: .whitespaces)
+            if line.isEmpty || line.hasPrefix("#") { continue }
+            if line.hasPrefix("[") {
+                guard line == "[fwpd]" else { throw ConfigError("\(path):\(n + 1): unknown section \(line)") }
+                continue
+            }
+            guard let eq = line.firstIndex(of: "=") else { throw ConfigError("\(path):\(n + 1): expected key = value") }
+            let key = line[..<eq].trimmingCharacters(in: .whitespaces)
+            line = line[line.index(after: eq)...].trimmingCharacters(in: .whitespaces)
+            var value: String
+            if line.hasPrefix("\"") {
+                guard let end = line.dropFirst().firstIndex(of: "\"") else { throw ConfigError("\(path):\(n + 1): unterminated string") }
+                value = String(line[line.index(after: line.startIndex)..<end])
+            } else {
+                value = line.split(separator: "#", maxSplits: 1).first.map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
+            }
+            guard let setting = Self.settings.first(where: { $0.key == key }) else {
+                throw ConfigError("\(path):\(n + 1): unknown setting '\(key)'")
+            }
+            do { try setting.set(&self, value) } catch let e as ConfigError { throw ConfigError("\(path):\(n + 1): \(e.message)") }
+        }
+    }
+
+    /// Applies `FWPD_*` variables.
+    public mutating func apply(environment: [String: String]) throws {
+        for s in Self.settings {
+            if let v = environment[s.env] { try s.set(&self, v) }
+        }
+    }
+
+    /// Checks combinations that single settings cannot.
+    public func validate() throws {
+        if !allowInsecureRemote && curveSecretKeyFile == nil {
+            for e in [requestEndpoint, publishEndpoint] where !Self.isLocal(e) {
+                throw ConfigError(
+                    "refusing to bind \(e) without CURVE: set curve_secret_key_file (and curve_allowed_keys_file), or allow_insecure_remote = true")
+            }
+        }
+        if curveSecretKeyFile != nil && curveAllowedKeysFile == nil {
+            throw ConfigError("curve_secret_key_file needs curve_allowed_keys_file (the client keys allowed in)")
+        }
+    }
+
+    /// Loopback TCP, ipc:// and inproc:// endpoints are local.
+    public static func isLocal(_ endpoint: String) -> Bool {
+        if endpoint.hasPrefix("ipc://") || endpoint.hasPrefix("inproc://") { return true }
+        guard endpoint.hasPrefix("tcp://") else { return false }
+        let host = endpoint.dropFirst(6).split(separator: ":").dropLast().joined(separator: ":")
+        return host.hasPrefix("127.") || host == "localhost" || host == "[::1]"
+    }
+
+    /// Threads each job gets.
+    public var effectiveThreadsPerJob: Int {
+        threadsPerJob > 0 ? threadsPerJob : max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, workers))
+    }
+}
+
+/// A configuration problem, with where it came from.
+public struct ConfigError: Error, CustomStringConvertible, Sendable {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+private func positive(_ s: String, _ name: String) throws -> Int {
+    guard let v = Int(s), v > 0 else { throw ConfigError("\(name) must be a positive integer, got '\(s)'") }
+    return v
+}
+
+private func nonNegative(_ s: String, _ name: String) throws -> Int {
+    guard let v = Int(s), v >= 0 else { throw ConfigError("\(name) must be a non-negative integer, got '\(s)'") }
+    return v
+}
+
+private func boolean(_ s: String, _ name: String) throws -> Bool {
+    switch s.lowercased() {
+    case "true", "1", "yes": return true
+    case "false", "0", "no": return false
+    default: throw ConfigError("\(name) must be true or false, got '\(s)'")
+    }
+}
+
+extension DaemonConfig {
+    /// Applies command-line flags given as (flag, value) pairs.
+    public mutating func apply(flags: [(String, String)]) throws {
+        for (flag, value) in flags {
+            guard let s = Self.settings.first(where: { $0.flag == flag }) else { throw ConfigError("unknown flag \(flag)") }
+            try s.set(&self, value)
+        }
+    }
+}

@@ -1,0 +1,138 @@
+import FWPCore
+import FWPStore
+import FWPTasks
+import Foundation
+import Logging
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The context a job's task runs in inside fwpd: events stored then published, checkpoints
+/// written durably with a sha256 row, cancellation from clients or shutdown.
+final class JobContext: TaskContext, @unchecked Sendable {
+    let job: JobInfo
+    let store: JobStore
+    let publisher: EventPublisher
+    let checkpointDirectory: URL
+    let keep: Int
+    let threads: Int
+    let logger: Logger
+    let metrics: DaemonMetrics
+    private let lock = NSLock()
+    private var cancelRequested = false
+    private var shuttingDown = false
+
+    init(
+        job: JobInfo, store: JobStore, publisher: EventPublisher, stateDirectory: URL, keep: Int, threads: Int, logger: Logger,
+        metrics: DaemonMetrics
+    ) throws {
+        self.job = job
+        self.store = store
+        self.publisher = publisher
+        self.keep = keep
+        self.threads = threads
+        self.metrics = metrics
+        var l = logger
+        l[metadataKey: "job"] = "\(job.id)"
+        self.logger = l
+        checkpointDirectory = stateDirectory.appendingPathComponent("checkpoints").appendingPathComponent("job-\(job.id)")
+        try FileManager.default.createDirectory(at: checkpointDirectory, withIntermediateDirectories: true)
+        cancelRequested = job.cancelRequested
+    }
+
+    var isCancelled: Bool { lock.withLock { cancelRequested || shuttingDown } }
+    var checkpointBeforeStopping: Bool { lock.withLock { shuttingDown } }
+    var isShuttingDown: Bool { lock.withLock { shuttingDown } }
+    var wasCancelledByUser: Bool { lock.withLock { cancelRequested } }
+    func requestCancel() { lock.withLock { cancelRequested = true } }
+    func requestShutdown() { lock.withLock { shuttingDown = true } }
+
+    func emit(_ e: ProgressEvent) {
+        let event = JobEvent(
+            job: job.id, seq: 0, time: Date().timeIntervalSince1970, kind: e.kind, step: e.step, total: e.total, loss: e.loss,
+            metrics: e.metrics.isEmpty ? nil : e.metrics, tokensPerSecond: e.tokensPerSecond, etaSeconds: e.etaSeconds, message: e.message)
+        do {
+            publisher.publish(try store.appendEvent(event))
+            if let r = e.tokensPerSecond, e.kind == "progress" { metrics.tokensPerSecond(job: job.id, r) }
+        } catch {
+            logger.error("cannot store event: \(error)")
+        }
+    }
+
+    func log(_ level: TaskLogLevel, _ message: String) {
+        switch level {
+        case .debug: logger.debug("\(message)")
+        case .info: logger.info("\(message)")
+        case .warning: logger.warning("\(message)")
+        case .error: logger.error("\(message)")
+        }
+    }
+
+    func saveCheckpoint(_ data: Data, step: Int, best: Bool) throws {
+        let name = String(format: "step-%010d.safetensors", step)
+        let url = checkpointDirectory.appendingPathComponent(name)
+        try writeDurably(data, to: url)
+        let digest = SHA256.hex(data)
+        _ = try store.addCheckpoint(job: job.id, step: step, path: url.path, size: Int64(data.count), sha256: digest, best: false)
+        if best {
+            let bestURL = checkpointDirectory.appendingPathComponent("best.safetensors")
+            try writeDurably(data, to: bestURL)
+            for old in try store.checkpoints(job: job.id) where old.best { try store.deleteCheckpoint(id: old.id) }
+            _ = try store.addCheckpoint(job: job.id, step: step, path: bestURL.path, size: Int64(data.count), sha256: digest, best: true)
+        }
+        // Keep the newest `keep` step checkpoints.
+        for old in try store.checkpoints(job: job.id).filter({ !$0.best }).dropFirst(keep) {
+            try? FileManager.default.removeItem(atPath: old.path)
+            try store.deleteCheckpoint(id: old.id)
+        }
+        emit(ProgressEvent(kind: "checkpoint", step: step, metrics: ["bytes": .number(Double(data.count)), "best": .bool(best)], message: url.path))
+    }
+
+    /// The newest step checkpoint whose file matches its recorded sha256; older ones are tried
+    /// when the newest is missing or damaged.
+    func latestCheckpoint() throws -> Data? {
+        for c in try store.checkpoints(job: job.id) where !c.best {
+            guard let data = FileManager.default.contents(atPath: c.path) else {
+                logger.warning("checkpoint \(c.path) is missing; trying an older one")
+                continue
+            }
+            guard SHA256.hex(data) == c.sha256 else {
+                logger.warning("checkpoint \(c.path) does not match its sha256; trying an older one")
+                continue
+            }
+            logger.info("resuming from checkpoint at step \(c.step)")
+            return data
+        }
+        return nil
+    }
+}
+
+/// Writes to a temporary file, fsyncs it, renames it into place and fsyncs the directory.
+func writeDurably(_ data: Data, to url: URL) throws {
+    let tmp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp")
+    let fd = open(tmp.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+    guard fd >= 0 else { throw WireError("io_error", "cannot create \(tmp.path): \(String(cString: strerror(errno)))") }
+    var ok = data.withUnsafeBytes { raw -> Bool in
+        var off = 0
+        while off < raw.count {
+            let n = write(fd, raw.baseAddress! + off, raw.count - off)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return false }
+            off += n
+        }
+        return true
+    }
+    ok = ok && fsync(fd) == 0
+    close(fd)
+    guard ok, rename(tmp.path, url.path) == 0 else {
+        let why = String(cString: strerror(errno))
+        unlink(tmp.path)
+        throw WireError("io_error", "cannot write \(url.path): \(why)")
+    }
+    let dfd = open(url.deletingLastPathComponent().path, O_RDONLY | O_CLOEXEC)
+    if dfd >= 0 {
+        fsync(dfd)
+        close(dfd)
+    }
+}

@@ -1,0 +1,192 @@
+import FWPCore
+import FWPStore
+import FWPTasks
+import Foundation
+import Logging
+import ZeroMQ
+
+/// Hands events from worker threads to the I/O thread, which owns the PUB socket.
+///
+/// ZeroMQ sockets are not thread-safe; workers share one inproc PUSH socket behind a lock, and
+/// the I/O thread forwards what arrives on its PULL end to PUB.
+final class EventPublisher: @unchecked Sendable {
+    static let endpoint = "inproc://fwpd-events"
+    private let socket: ZMQSocket
+    private let lock = NSLock()
+
+    /// Connects to the PULL end, which must already be bound.
+    init(context: ZMQContext) throws {
+        socket = try context.socket(.push)
+        try socket.connect(Self.endpoint)
+    }
+
+    func publish(_ event: JobEvent) {
+        lock.withLock {
+            do { try socket.send([Array("job.\(event.job)".utf8), WireJSON.encode(event)]) } catch {}
+        }
+    }
+
+    func close() { lock.withLock { socket.close() } }
+}
+
+/// Claims queued jobs and runs them on a Dispatch worker pool, `workers` at a time.
+final class Scheduler: @unchecked Sendable {
+    let config: DaemonConfig
+    let store: JobStore
+    let registry: TaskRegistry
+    let publisher: EventPublisher
+    let logger: Logger
+    let metrics: DaemonMetrics
+    let stateDirectory: URL
+    private let queue = DispatchQueue(label: "fwpd.workers", attributes: .concurrent)
+    private let condition = NSCondition()
+    private var running: [Int64: JobContext] = [:]
+    private var stopping = false
+    private var pendingWake = false
+    private var thread: Thread?
+    private let finished = DispatchGroup()
+
+    init(config: DaemonConfig, store: JobStore, registry: TaskRegistry, publisher: EventPublisher, logger: Logger, metrics: DaemonMetrics) {
+        self.config = config
+        self.store = store
+        self.registry = registry
+        self.publisher = publisher
+        self.logger = logger
+        self.metrics = metrics
+        stateDirectory = URL(fileURLWithPath: config.stateDirectory)
+    }
+
+    var runningCount: Int { condition.withLock { running.count } }
+
+    func start() {
+        let t = Thread { [self] in loop() }
+        t.name = "fwpd-scheduler"
+        thread = t
+        t.start()
+    }
+
+    /// Looks for work now (after a submit or a finished job).
+    func wake() {
+        condition.withLock {
+            pendingWake = true
+            condition.signal()
+        }
+    }
+
+    /// Asks a running job to stop; returns false if it is not running here.
+    func cancel(_ id: Int64) -> Bool {
+        condition.withLock { running[id] }.map {
+            $0.requestCancel()
+            return true
+        } ?? false
+    }
+
+    /// Stops claiming work, asks running jobs to checkpoint and stop, and waits for them.
+    func shutdown() {
+        let contexts = condition.withLock {
+            stopping = true
+            condition.broadcast()
+            return Array(running.values)
+        }
+        for c in contexts { c.requestShutdown() }
+        finished.wait()
+    }
+
+    private func loop() {
+        while true {
+            condition.lock()
+            if !stopping && (running.count >= config.workers || !pendingWake) {
+                // Woken by submit or a finished job; the timeout also polls the queue now and then.
+                _ = condition.wait(until: Date().addingTimeInterval(1))
+            }
+            if stopping {
+                condition.unlock()
+                return
+            }
+            pendingWake = false
+            let free = config.workers - running.count
+            condition.unlock()
+            guard free > 0 else { continue }
+            do {
+                for _ in 0..<free {
+                    guard let (job, event) = try store.claim(leaseSeconds: config.leaseSeconds) else { break }
+                    publisher.publish(event)
+                    try launch(job)
+                }
+            } catch {
+                logger.error("scheduler: \(error)")
+                Thread.sleep(forTimeInterval: 1)
+            }
+            updateGauges()
+        }
+    }
+
+    func updateGauges() {
+        if let counts = try? store.counts() {
+            metrics.running.set(Double(counts[.running] ?? 0))
+            metrics.queued.set(Double(counts[.queued] ?? 0))
+        }
+    }
+
+    private func launch(_ job: JobInfo) throws {
+        let context = try JobContext(
+            job: job, store: store, publisher: publisher, stateDirectory: stateDirectory, keep: config.checkpointsKept,
+            threads: config.effectiveThreadsPerJob, logger: logger, metrics: metrics)
+        condition.withLock { running[job.id] = context }
+        finished.enter()
+        queue.async { [self] in
+            run(job, context)
+            condition.withLock {
+                running[job.id] = nil
+                pendingWake = true
+                condition.signal()
+            }
+            updateGauges()
+            finished.leave()
+        }
+    }
+
+    private func run(_ job: JobInfo, _ context: JobContext) {
+        logger.info("job \(job.id) (\(job.task)) starting, attempt \(job.attempt)")
+        let heartbeat = DispatchSource.makeTimerSource(queue: .global())
+        heartbeat.schedule(deadline: .now() + config.leaseSeconds / 3, repeating: config.leaseSeconds / 3)
+        heartbeat.setEventHandler { [store, config] in try? store.heartbeat(job.id, leaseSeconds: config.leaseSeconds) }
+        heartbeat.resume()
+        defer { heartbeat.cancel() }
+        var outcome: (JobState, JSONValue?, WireError?)
+        do {
+            guard let module = registry.module(named: job.task) else {
+                throw WireError("unknown_task", "task module '\(job.task)' is not registered")
+            }
+            let parameters = try module.validate(job.parameters)
+            let result = try module.run(parameters, context: context)
+            outcome = (.succeeded, result, nil)
+        } catch TaskError.cancelled {
+            if context.isShuttingDown && !context.wasCancelledByUser {
+                do {
+                    publisher.publish(try store.requeue(job.id, reason: "the daemon is stopping; the job resumes from its checkpoint"))
+                    logger.info("job \(job.id) checkpointed and requeued")
+                } catch {
+                    logger.error("job \(job.id): cannot requeue: \(error)")
+                }
+                return
+            }
+            outcome = (.cancelled, nil, nil)
+        } catch TaskError.failed(let code, let message) {
+            outcome = (.failed, nil, WireError(code, message))
+        } catch let e as ParameterError {
+            outcome = (.failed, nil, WireError("invalid_parameter", e.description, details: ["parameter": .string(e.parameter)]))
+        } catch let e as WireError {
+            outcome = (.failed, nil, e)
+        } catch {
+            outcome = (.failed, nil, WireError("internal", "\(error)"))
+        }
+        do {
+            publisher.publish(try store.finish(job.id, state: outcome.0, result: outcome.1, error: outcome.2))
+            metrics.finished(outcome.0.rawValue)
+            logger.info("job \(job.id) \(outcome.0.rawValue)\(outcome.2.map { ": \($0)" } ?? "")")
+        } catch {
+            logger.error("job \(job.id): cannot record outcome: \(error)")
+        }
+    }
+}

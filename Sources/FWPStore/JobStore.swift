@@ -1,0 +1,286 @@
+import FWPProtocol
+import Foundation
+import GRDB
+
+/// The daemon's durable state in SQLite: jobs, their events, checkpoints, idempotency keys.
+///
+/// WAL journal, `synchronous = FULL` (an acknowledged submit or event survives power loss),
+/// IMMEDIATE write transactions, jobs claimed with `UPDATE … RETURNING` under a lease.
+public final class JobStore: Sendable {
+    let pool: DatabasePool
+
+    /// Opens (creating and migrating) the database at `path`.
+    public init(path: String) throws {
+        var config = Configuration()
+        config.busyMode = .timeout(10)
+        config.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = FULL")
+            try db.execute(sql: "PRAGMA foreign_keys = ON")
+        }
+        pool = try DatabasePool(path: path, configuration: config)
+        try Self.migrator.migrate(pool)
+    }
+
+    static var migrator: DatabaseMigrator {
+        var m = DatabaseMigrator()
+        m.registerMigration("v1") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE jobs (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        task TEXT NOT NULL,
+                        preset TEXT,
+                        parameters TEXT NOT NULL,
+                        priority INTEGER NOT NULL DEFAULT 0,
+                        state TEXT NOT NULL CHECK (state IN ('queued','running','succeeded','failed','cancelled')),
+                        attempt INTEGER NOT NULL DEFAULT 0,
+                        max_attempts INTEGER NOT NULL DEFAULT 3,
+                        idempotency_key TEXT UNIQUE,
+                        created_at REAL NOT NULL,
+                        started_at REAL,
+                        finished_at REAL,
+                        lease_until REAL,
+                        cancel_requested INTEGER NOT NULL DEFAULT 0,
+                        result TEXT,
+                        error_code TEXT,
+                        error_message TEXT,
+                        last_seq INTEGER NOT NULL DEFAULT 0
+                    );
+                    CREATE INDEX jobs_queue ON jobs(state, priority DESC, id);
+                    CREATE TABLE events (
+                        job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+                        seq INTEGER NOT NULL,
+                        body TEXT NOT NULL,
+                        PRIMARY KEY (job_id, seq)
+                    ) WITHOUT ROWID;
+                    CREATE TABLE checkpoints (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+                        step INTEGER NOT NULL,
+                        path TEXT NOT NULL,
+                        size INTEGER NOT NULL,
+                        sha256 TEXT NOT NULL,
+                        best INTEGER NOT NULL DEFAULT 0,
+                        created_at REAL NOT NULL
+                    );
+                    CREATE INDEX checkpoints_job ON checkpoints(job_id, id);
+                    """)
+        }
+        return m
+    }
+
+    static func now() -> Double { Date().timeIntervalSince1970 }
+
+    // MARK: Jobs
+
+    /// Inserts a queued job, or returns the existing one with the same idempotency key
+    /// (`created` false). The key's uniqueness is enforced by the database.
+    public func submit(
+        task: String, preset: String?, parameters: [String: JSONValue], priority: Int, idempotencyKey: String?, maxAttempts: Int
+    ) throws -> (job: JobInfo, created: Bool) {
+        try pool.write { db in
+            if let key = idempotencyKey, let row = try Row.fetchOne(db, sql: "SELECT * FROM jobs WHERE idempotency_key = ?", arguments: [key]) {
+                return (try Self.job(row), false)
+            }
+            let params = JSONValue.object(parameters).jsonText
+            try db.execute(
+                sql: """
+                    INSERT INTO jobs (task, preset, parameters, priority, state, attempt, max_attempts, idempotency_key, created_at)
+                    VALUES (?, ?, ?, ?, 'queued', 0, ?, ?, ?)
+                    """, arguments: [task, preset, params, priority, maxAttempts, idempotencyKey, Self.now()])
+            let id = db.lastInsertedRowID
+            _ = try Self.appendEvent(db, job: id, JobEvent(job: id, seq: 0, time: Self.now(), kind: "state", state: .queued))
+            return (try Self.job(Row.fetchOne(db, sql: "SELECT * FROM jobs WHERE id = ?", arguments: [id])!), true)
+        }
+    }
+
+    public func job(_ id: Int64) throws -> JobInfo? {
+        try pool.read { db in try Row.fetchOne(db, sql: "SELECT * FROM jobs WHERE id = ?", arguments: [id]).map(Self.job) }
+    }
+
+    /// Jobs in id order after `after`, optionally in one state.
+    public func list(state: JobState?, after: Int64, limit: Int) throws -> [JobInfo] {
+        try pool.read { db in
+            let rows: [Row]
+            if let state {
+                rows = try Row.fetchAll(
+                    db, sql: "SELECT * FROM jobs WHERE state = ? AND id > ? ORDER BY id LIMIT ?", arguments: [state.rawValue, after, limit])
+            } else {
+                rows = try Row.fetchAll(db, sql: "SELECT * FROM jobs WHERE id > ? ORDER BY id LIMIT ?", arguments: [after, limit])
+            }
+            return try rows.map(Self.job)
+        }
+    }
+
+    public func counts() throws -> [JobState: Int] {
+        try pool.read { db in
+            var out: [JobState: Int] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state") {
+                if let s = JobState(rawValue: row["state"]) { out[s] = row["n"] }
+            }
+            return out
+        }
+    }
+
+    /// Takes the next queued job (highest priority, then oldest) and marks it running with a lease.
+    public func claim(leaseSeconds: Double) throws -> (JobInfo, JobEvent)? {
+        try pool.write { db in
+            let now = Self.now()
+            guard
+                let row = try Row.fetchOne(
+                    db,
+                    sql: """
+                        UPDATE jobs SET state = 'running', attempt = attempt + 1, started_at = ?, lease_until = ?
+                        WHERE id = (SELECT id FROM jobs WHERE state = 'queued' ORDER BY priority DESC, id LIMIT 1)
+                        RETURNING *
+                        """, arguments: [now, now + leaseSeconds])
+            else { return nil }
+            let job = try Self.job(row)
+            let e = try Self.appendEvent(
+                db, job: job.id, JobEvent(job: job.id, seq: 0, time: now, kind: "state", state: .running, message: "attempt \(job.attempt)"))
+            return (job, e)
+        }
+    }
+
+    /// Extends the lease of a running job.
+    public func heartbeat(_ id: Int64, leaseSeconds: Double) throws {
+        try pool.write { db in
+            try db.execute(sql: "UPDATE jobs SET lease_until = ? WHERE id = ? AND state = 'running'", arguments: [Self.now() + leaseSeconds, id])
+        }
+    }
+
+    /// Records a running job's outcome and its final `state` event.
+    public func finish(_ id: Int64, state: JobState, result: JSONValue?, error: WireError?) throws -> JobEvent {
+        precondition(state.isFinal)
+        return try pool.write { db in
+            try db.execute(
+                sql: """
+                    UPDATE jobs SET state = ?, finished_at = ?, lease_until = NULL, result = ?, error_code = ?, error_message = ?
+                    WHERE id = ?
+                    """, arguments: [state.rawValue, Self.now(), result?.jsonText, error?.code, error?.message, id])
+            return try Self.appendEvent(db, job: id, JobEvent(job: id, seq: 0, time: Self.now(), kind: "state", state: state, result: result, error: error))
+        }
+    }
+
+    /// Puts a running job back in the queue (graceful stop): it resumes from its checkpoint.
+    public func requeue(_ id: Int64, reason: String) throws -> JobEvent {
+        try pool.write { db in
+            try db.execute(sql: "UPDATE jobs SET state = 'queued', lease_until = NULL WHERE id = ?", arguments: [id])
+            return try Self.appendEvent(db, job: id, JobEvent(job: id, seq: 0, time: Self.now(), kind: "state", state: .queued, message: reason))
+        }
+    }
+
+    /// After a crash: every job still marked running goes back to the queue, or fails when it has
+    /// used all its attempts. Returns the events written.
+    public func recoverInterrupted() throws -> [JobEvent] {
+        try pool.write { db in
+            var events: [JobEvent] = []
+            for row in try Row.fetchAll(db, sql: "SELECT * FROM jobs WHERE state = 'running'") {
+                let job = try Self.job(row)
+                if job.attempt >= job.maxAttempts {
+                    let err = WireError("attempts_exhausted", "the daemon stopped during attempt \(job.attempt) of \(job.maxAttempts)")
+                    try db.execute(
+                        sql: "UPDATE jobs SET state = 'failed', finished_at = ?, lease_until = NULL, error_code = ?, error_message = ? WHERE id = ?",
+                        arguments: [Self.now(), err.code, err.message, job.id])
+                    events.append(try Self.appendEvent(db, job: job.id, JobEvent(job: job.id, seq: 0, time: Self.now(), kind: "state", state: .failed, error: err)))
+                } else {
+                    try db.execute(sql: "UPDATE jobs SET state = 'queued', lease_until = NULL WHERE id = ?", arguments: [job.id])
+                    events.append(
+                        try Self.appendEvent(
+                            db, job: job.id,
+                            JobEvent(job: job.id, seq: 0, time: Self.now(), kind: "state", state: .queued, message: "requeued after the daemon stopped unexpectedly")))
+                }
+            }
+            return events
+        }
+    }
+
+    /// Cancels a queued job at once; marks a running one so that its worker stops it.
+    /// Returns the job and the event written (if any). Final jobs are returned unchanged.
+    public func requestCancel(_ id: Int64) throws -> (JobInfo, JobEvent?)? {
+        try pool.write { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM jobs WHERE id = ?", arguments: [id]) else { return nil }
+            let job = try Self.job(row)
+            var event: JobEvent? = nil
+            switch job.state {
+            case .queued:
+                try db.execute(sql: "UPDATE jobs SET state = 'cancelled', finished_at = ?, cancel_requested = 1 WHERE id = ?", arguments: [Self.now(), id])
+                event = try Self.appendEvent(db, job: id, JobEvent(job: id, seq: 0, time: Self.now(), kind: "state", state: .cancelled))
+            case .running:
+                try db.execute(sql: "UPDATE jobs SET cancel_requested = 1 WHERE id = ?", arguments: [id])
+            default: break
+            }
+            return (try Self.job(Row.fetchOne(db, sql: "SELECT * FROM jobs WHERE id = ?", arguments: [id])!), event)
+        }
+    }
+
+    // MARK: Events
+
+    /// Stores an event under the job's next sequence number and returns it with that number.
+    public func appendEvent(_ event: JobEvent) throws -> JobEvent {
+        try pool.write { db in try Self.appendEvent(db, job: event.job, event) }
+    }
+
+    static func appendEvent(_ db: Database, job: Int64, _ event: JobEvent) throws -> JobEvent {
+        try db.execute(sql: "UPDATE jobs SET last_seq = last_seq + 1 WHERE id = ?", arguments: [job])
+        guard let seq = try Int64.fetchOne(db, sql: "SELECT last_seq FROM jobs WHERE id = ?", arguments: [job]) else {
+            throw WireError("not_found", "job \(job) does not exist")
+        }
+        var e = event
+        e.job = job
+        e.seq = seq
+        try db.execute(
+            sql: "INSERT INTO events (job_id, seq, body) VALUES (?, ?, ?)",
+            arguments: [job, seq, String(decoding: WireJSON.encode(e), as: UTF8.self)])
+        return e
+    }
+
+    /// Events of a job with sequence numbers above `after`, oldest first.
+    public func events(job: Int64, after: Int64, limit: Int) throws -> [JobEvent] {
+        try pool.read { db in
+            try String.fetchAll(
+                db, sql: "SELECT body FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?", arguments: [job, after, limit]
+            ).map { try WireJSON.decode(JobEvent.self, from: Array($0.utf8)) }
+        }
+    }
+
+    // MARK: Checkpoints
+
+    public func addCheckpoint(job: Int64, step: Int, path: String, size: Int64, sha256: String, best: Bool) throws -> CheckpointInfo {
+        try pool.write { db in
+            try db.execute(
+                sql: "INSERT INTO checkpoints (job_id, step, path, size, sha256, best, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                arguments: [job, step, path, size, sha256, best, Self.now()])
+            return CheckpointInfo(id: db.lastInsertedRowID, job: job, step: step, path: path, size: size, sha256: sha256, best: best, createdAt: Self.now())
+        }
+    }
+
+    /// A job's checkpoints, newest first.
+    public func checkpoints(job: Int64) throws -> [CheckpointInfo] {
+        try pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM checkpoints WHERE job_id = ? ORDER BY id DESC", arguments: [job]).map { r in
+                CheckpointInfo(
+                    id: r["id"], job: r["job_id"], step: r["step"], path: r["path"], size: r["size"], sha256: r["sha256"], best: r["best"],
+                    createdAt: r["created_at"])
+            }
+        }
+    }
+
+    public func deleteCheckpoint(id: Int64) throws {
+        try pool.write { db in try db.execute(sql: "DELETE FROM checkpoints WHERE id = ?", arguments: [id]) }
+    }
+
+    // MARK: Rows
+
+    static func job(_ r: Row) throws -> JobInfo {
+        let params = (try? JSONValue.parse(r["parameters"] as String))?.objectValue ?? [:]
+        let resultText: String? = r["result"]
+        let code: String? = r["error_code"]
+        let state = JobState(rawValue: r["state"] as String) ?? .failed
+        return JobInfo(
+            id: r["id"], task: r["task"], preset: r["preset"], parameters: params, priority: r["priority"], state: state,
+            attempt: r["attempt"], maxAttempts: r["max_attempts"], idempotencyKey: r["idempotency_key"], createdAt: r["created_at"],
+            startedAt: r["started_at"], finishedAt: r["finished_at"], result: resultText.flatMap { try? JSONValue.parse($0) },
+            error: code.map { WireError($0, r["error_message"] ?? "") }, cancelRequested: r["cancel_requested"], lastSeq: r["last_seq"])
+    }
+}

@@ -1,0 +1,69 @@
+// fwpd: the fwp job daemon. Thin: parses settings, wires the Daemon service, runs it under
+// swift-service-lifecycle with SIGTERM/SIGINT as graceful shutdown.
+import ArgumentParser
+import FWPDaemon
+import Foundation
+import Logging
+import ServiceLifecycle
+
+@main
+struct FWPD: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fwpd",
+        abstract: "Runs fwp training and evaluation jobs received over ZeroMQ.",
+        discussion: """
+            Settings come from built-in defaults, then the config file (--config, or FWPD_CONFIG), then FWPD_* \
+            environment variables, then these flags. etc/fwpd.toml documents every setting.
+            """)
+
+    @Option(help: "Config file (TOML subset, see etc/fwpd.toml).") var config: String?
+    @Option(help: "State folder (fwpd.sqlite, checkpoints/).") var stateDir: String?
+    @Option(help: "ROUTER endpoint for requests.") var requestEndpoint: String?
+    @Option(help: "PUB endpoint for progress events.") var publishEndpoint: String?
+    @Option(help: "Jobs run at once.") var workers: Int?
+    @Option(help: "Threads per job (0: cores / workers).") var threadsPerJob: Int?
+    @Option(help: "Folder of preset manifests.") var tasksDir: String?
+    @Option(help: "Step checkpoints kept per job.") var checkpointsKept: Int?
+    @Option(help: "Default attempts per job.") var maxAttempts: Int?
+    @Option(help: "Largest request in bytes (larger ones get too_large).") var maxRequestBytes: Int?
+    @Option(help: "Z85 secret key file; enables CURVE.") var curveSecretKeyFile: String?
+    @Option(help: "Allowed client public keys (one per line).") var curveAllowedKeysFile: String?
+    @Flag(help: "Allow a non-loopback TCP endpoint without CURVE.") var allowInsecureRemote = false
+    @Option(help: "Log level (trace … critical).") var logLevel: String?
+
+    func run() async throws {
+        var settings = DaemonConfig()
+        let env = ProcessInfo.processInfo.environment
+        do {
+            if let file = config ?? env["FWPD_CONFIG"] { try settings.apply(file: file) }
+            try settings.apply(environment: env)
+            let flags: [(String?, String)] = [
+                (stateDir, "--state-dir"), (requestEndpoint, "--request-endpoint"), (publishEndpoint, "--publish-endpoint"),
+                (workers.map(String.init), "--workers"), (threadsPerJob.map(String.init), "--threads-per-job"), (tasksDir, "--tasks-dir"),
+                (checkpointsKept.map(String.init), "--checkpoints-kept"), (maxAttempts.map(String.init), "--max-attempts"),
+                (maxRequestBytes.map(String.init), "--max-request-bytes"), (curveSecretKeyFile, "--curve-secret-key-file"),
+                (curveAllowedKeysFile, "--curve-allowed-keys-file"), (allowInsecureRemote ? "true" : nil, "--allow-insecure-remote"),
+                (logLevel, "--log-level"),
+            ]
+            try settings.apply(flags: flags.compactMap { v, f in v.map { (f, $0) } })
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        let level = Logger.Level(rawValue: settings.logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+        let logger = Logger(label: "fwpd")
+        let daemon: Daemon
+        do {
+            daemon = try Daemon(config: settings, logger: logger)
+        } catch {
+            logger.critical("cannot start: \(error)")
+            throw ExitCode(1)
+        }
+        let group = ServiceGroup(services: [daemon], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        try await group.run()
+    }
+}
