@@ -58,6 +58,9 @@ public enum JSONValue: Codable, Equatable, Sendable, CustomStringConvertible {
     public var boolValue: Bool? { if case .bool(let b) = self { b } else { nil } }
     public var objectValue: [String: JSONValue]? { if case .object(let o) = self { o } else { nil } }
 
+    /// The member `key` of an object (nil for other values or a missing key).
+    public subscript(key: String) -> JSONValue? { objectValue?[key] }
+
     /// A short name of the value's JSON type, for error messages.
     public var typeName: String {
         switch self {

@@ -67,7 +67,3 @@ func sampleText(lines: Int, seed: UInt64) -> String {
         "\(subjects[Int(rng.next() % 6)]) \(verbs[Int(rng.next() % 6)]) \(objects[Int(rng.next() % 6)]) ."
     }.joined(separator: "\n") + "\n"
 }
-
-extension JSONValue {
-    subscript(key: String) -> JSONValue? { objectValue?[key] }
-}
