@@ -1,0 +1,212 @@
+import FWPProtocol
+import Foundation
+import Testing
+import ZeroMQ
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// End-to-end tests of the real fwpd and fwpctl binaries on free loopback ports.
+@Suite(.serialized) struct DaemonTests {
+    @Test func submitThenTailUntilSucceeded() throws {
+        let d = try DaemonProcess().start()
+        defer { d.stop() }
+        let c = try d.client()
+        let job = try c.submit(longRetrieval(steps: 300, evalEvery: 100))
+        let (status, output) = try d.fwpctl(["tail", "\(job.id)"])
+        #expect(status == 0, "fwpctl tail exits 0 for a succeeded job: \(output)")
+        #expect(output.contains("[state] succeeded"))
+        let events = try c.events(job.id)
+        #expect(events.map(\.seq) == Array(1...Int64(events.count)), "sequence numbers from 1 without gaps")
+        #expect(events.filter { $0.kind == "eval" }.map(\.step) == [100, 200, 300])
+        let final = try c.job(job.id)
+        #expect(final.state == .succeeded && final.result?["steps"] == 300)
+        // tail of a finished job replays its history exactly once.
+        let (again, replay) = try d.fwpctl(["tail", "\(job.id)", "--json"])
+        #expect(again == 0)
+        let seqs = replay.split(separator: "\n").compactMap { try? WireJSON.decode(JobEvent.self, from: Array($0.utf8)).seq }
+        #expect(seqs == events.map(\.seq), "every stored event once, in order")
+    }
+
+    @Test func cancelStopsARunningJob() throws {
+        let d = try DaemonProcess().start()
+        defer { d.stop() }
+        let c = try d.client()
+        let job = try c.submit(longRetrieval())
+        _ = try c.wait(job.id) { $0.state == .running && $0.lastSeq > 3 }
+        let (status, output) = try d.fwpctl(["cancel", "\(job.id)"])
+        #expect(status == 0, "\(output)")
+        let done = try c.wait(job.id, timeout: 10) { $0.state.isFinal }
+        #expect(done.state == .cancelled)
+        let (tailStatus, _) = try d.fwpctl(["tail", "\(job.id)"])
+        #expect(tailStatus == 5, "tail exits 5 for a cancelled job")
+        // Cancelling a queued job is immediate; cancelling a finished one changes nothing.
+        let again = try c.ok("cancel", ["job": .number(Double(job.id))])
+        #expect(again["state"] == "cancelled")
+    }
+
+    @Test func priorityThenFIFO() throws {
+        let d = try DaemonProcess(arguments: ["--workers", "1"]).start()
+        defer { d.stop() }
+        let c = try d.client()
+        let blocker = try c.submit(longRetrieval())
+        _ = try c.wait(blocker.id) { $0.state == .running }
+        let quick = longRetrieval(steps: 20, evalEvery: 10)
+        var b = quick
+        b["priority"] = 0
+        let low1 = try c.submit(b)
+        b["priority"] = 5
+        let high = try c.submit(b)
+        b["priority"] = 0
+        let low2 = try c.submit(b)
+        _ = try c.ok("cancel", ["job": .number(Double(blocker.id))])
+        for j in [low1, high, low2] { _ = try c.wait(j.id) { $0.state == .succeeded } }
+        let started = try [high, low1, low2].map { try c.job($0.id).startedAt! }
+        #expect(started == started.sorted(), "high priority first, then the two low ones in submission order")
+    }
+
+    @Test func idempotentResubmitReturnsTheFirstJob() throws {
+        let d = try DaemonProcess().start()
+        defer { d.stop() }
+        let c = try d.client()
+        var body = longRetrieval(steps: 10, evalEvery: 10)
+        body["idempotency_key"] = "run-42"
+        let first = try c.ok("submit", body)
+        let second = try c.ok("submit", body)
+        #expect(first["created"] == true && second["created"] == false)
+        #expect(first["job"]?["id"] == second["job"]?["id"])
+        let all = try c.ok("list", [:])["jobs"]
+        if case .array(let jobs) = all { #expect(jobs.count == 1) } else { Issue.record("no job list") }
+    }
+
+    /// SIGTERM: the running job checkpoints and is requeued; the next start resumes it from that
+    /// checkpoint, not from the beginning.
+    @Test func sigtermThenRestartResumes() throws {
+        let d = try DaemonProcess().start()
+        let c = try d.client()
+        let job = try c.submit(longRetrieval(steps: 4000, evalEvery: 50))
+        _ = try c.wait(job.id) { _ in (try? c.ok("checkpoints", ["job": .number(Double(job.id))])["checkpoints"].map { $0 != .array([]) }) == true }
+        #expect(d.stop(SIGTERM) == 0, "graceful stop exits 0: \(d.log())")
+        let restarted = DaemonProcess(state: d.state)
+        let stateAfterStop = try restarted.start().client().job(job.id)
+        defer { restarted.stop() }
+        _ = stateAfterStop
+        let c2 = try restarted.client()
+        let done = try c2.wait(job.id, timeout: 120) { $0.state.isFinal }
+        #expect(done.state == .succeeded, "\(restarted.log())")
+        let events = try c2.events(job.id)
+        #expect(events.map(\.seq) == Array(1...Int64(events.count)), "no lost or duplicated events")
+        let requeued = events.firstIndex { $0.kind == "state" && $0.state == .queued && ($0.message ?? "").contains("stopping") }
+        #expect(requeued != nil, "the stop requeued the job")
+        // The checkpoint written at the stop is where the second run starts.
+        let stopCheckpoint = events[..<requeued!].last { $0.kind == "checkpoint" }!.step!
+        let firstAfter = events[requeued!...].first { $0.kind == "progress" || $0.kind == "eval" }!
+        #expect(firstAfter.step! > stopCheckpoint && firstAfter.step! <= stopCheckpoint + 50, "resumed at \(firstAfter.step!) after checkpoint \(stopCheckpoint)")
+        #expect(done.result?["steps"] == 4000)
+    }
+
+    /// kill -9 mid-training: the next start requeues the job (attempt + 1) and resumes from its
+    /// latest checkpoint; every event acknowledged before the kill is still there.
+    @Test func killNineThenRestartResumesFromCheckpoint() throws {
+        let d = try DaemonProcess().start()
+        let c = try d.client()
+        let job = try c.submit(longRetrieval(steps: 4000, evalEvery: 50))
+        _ = try c.wait(job.id) { $0.lastSeq > 12 }
+        let before = try c.events(job.id)
+        d.stop(SIGKILL)
+        let restarted = DaemonProcess(state: d.state)
+        try restarted.start()
+        defer { restarted.stop() }
+        let c2 = try restarted.client()
+        let done = try c2.wait(job.id, timeout: 120) { $0.state.isFinal }
+        #expect(done.state == .succeeded)
+        #expect(done.attempt == 2, "the interrupted run counted as an attempt")
+        let events = try c2.events(job.id)
+        #expect(Array(events.prefix(before.count)) == before, "events stored before the kill are unchanged")
+        #expect(events.map(\.seq) == Array(1...Int64(events.count)))
+        let recovery = events.firstIndex { ($0.message ?? "").contains("unexpectedly") }!
+        let lastCheckpoint = events[..<recovery].last { $0.kind == "checkpoint" }?.step ?? 0
+        let firstAfter = events[recovery...].first { $0.kind == "progress" || $0.kind == "eval" }!
+        #expect(firstAfter.step! > lastCheckpoint && firstAfter.step! <= lastCheckpoint + 50, "resumed from step \(lastCheckpoint)")
+    }
+
+    @Test func badInputGetsStructuredErrorsAndChangesNothing() throws {
+        let d = try DaemonProcess(arguments: ["--max-request-bytes", "65536"]).start()
+        defer { d.stop() }
+        let c = try d.client()
+        let kept = try c.submit(longRetrieval(steps: 10, evalEvery: 10))
+        _ = try c.wait(kept.id) { $0.state.isFinal }
+        let before = try c.ok("list", [:])
+        func code(_ frames: [[UInt8]]) throws -> String? {
+            guard let f = try c.raw(frames), f.count == 3, String(decoding: f[1], as: UTF8.self) == "error" else { return nil }
+            return try WireJSON.decode(WireError.self, from: f[2]).code
+        }
+        let v = Array("FWP1".utf8)
+        #expect(try code([v]) == "bad_frame")
+        #expect(try code([v, Array("health".utf8), Array("{}".utf8), Array("extra".utf8)]) == "bad_frame")
+        #expect(try code([Array("FWP9".utf8), Array("health".utf8), Array("{}".utf8)]) == "unsupported_version")
+        #expect(try code([v, Array("reboot".utf8), Array("{}".utf8)]) == "unknown_command")
+        #expect(try code([v, Array("status".utf8), Array("{not json".utf8)]) == "invalid_json")
+        #expect(try code([v, Array("status".utf8), Array("[1]".utf8)]) == "invalid_json")
+        #expect(try code([v, Array("status".utf8), [0xFF, 0xFE]]) == "invalid_json")
+        #expect(try code([v, Array("status".utf8), Array(#"{"job": "one"}"#.utf8)]) == "invalid_request")
+        #expect(try code([v, Array("status".utf8), Array(#"{"job": 1, "x": 2}"#.utf8)]) == "invalid_request")
+        #expect(try code([v, Array("status".utf8), Array(#"{"job": 999}"#.utf8)]) == "not_found")
+        #expect(try code([v, Array("submit".utf8), Array(#"{"task": "teleport"}"#.utf8)]) == "unknown_task")
+        #expect(try code([v, Array("submit".utf8), Array(#"{"preset": "nope"}"#.utf8)]) == "unknown_task")
+        #expect(try code([v, Array("submit".utf8), Array(#"{"task": "retrieval", "parameters": {"keys": 100000}}"#.utf8)]) == "invalid_parameter")
+        #expect(try code([v, Array("submit".utf8), Array(#"{"task": "retrieval", "parameters": {"keys": "many"}}"#.utf8)]) == "invalid_parameter")
+        #expect(try code([v, Array("submit".utf8), Array(#"{"task": "retrieval", "priority": 1.5}"#.utf8)]) == "invalid_request")
+        #expect(try code([v, Array("submit".utf8), Array(("{\"task\": \"retrieval\", \"pad\": \"" + String(repeating: "x", count: 100_000) + "\"}").utf8)]) == "too_large")
+        // Larger than ZMQ_MAXMSGSIZE (16 MiB): libzmq drops that connection; the daemon carries on.
+        let big = try d.client()
+        #expect(try big.raw([v, Array("health".utf8), [UInt8](repeating: 0x20, count: 17 << 20)], timeout: 2) == nil)
+        #expect(try d.client().ok("health")["status"] == "ok", "the daemon keeps running")
+        #expect(try c.ok("list", [:]) == before, "nothing stored changed")
+    }
+
+    @Test func refusesRemoteBindWithoutCurve() throws {
+        let p = Process()
+        p.executableURL = productsDirectory.appendingPathComponent("fwpd")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fwpd-remote-\(UUID().uuidString)")
+        p.arguments = ["--state-dir", dir.path, "--request-endpoint", "tcp://0.0.0.0:\(freePort())"]
+        let err = Pipe()
+        p.standardError = err
+        try p.run()
+        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        #expect(p.terminationStatus != 0)
+        #expect(text.contains("without CURVE"), "\(text)")
+    }
+
+    @Test func curveAllowsListedKeysAndRefusesOthers() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fwpd-curve-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let server = try CurveKeyPair.generate(), allowed = try CurveKeyPair.generate(), stranger = try CurveKeyPair.generate()
+        try server.secretKey.write(to: dir.appendingPathComponent("server.key"), atomically: true, encoding: .utf8)
+        try "# clients\n\(allowed.publicKey)\n".write(to: dir.appendingPathComponent("clients"), atomically: true, encoding: .utf8)
+        let d = try DaemonProcess(arguments: [
+            "--curve-secret-key-file", dir.appendingPathComponent("server.key").path,
+            "--curve-allowed-keys-file", dir.appendingPathComponent("clients").path,
+        ])
+        // start() probes with a plain client, which CURVE refuses: start by hand and probe with the allowed key.
+        let p = Process()
+        p.executableURL = productsDirectory.appendingPathComponent("fwpd")
+        p.arguments = d.arguments
+        try p.run()
+        defer {
+            kill(p.processIdentifier, SIGTERM)
+            p.waitUntilExit()
+        }
+        let good = try TestClient(endpoint: d.requestEndpoint, curve: (server.publicKey, allowed))
+        var reply: (String, JSONValue)? = nil
+        for _ in 0..<50 where reply == nil { reply = try? good.call("health", [:], timeout: 0.2) }
+        #expect(reply?.1["curve"] == true, "a listed key gets answers")
+        let bad = try TestClient(endpoint: d.requestEndpoint, curve: (server.publicKey, stranger))
+        #expect((try? bad.call("health", [:], timeout: 1)) == nil, "an unlisted key is refused")
+        let plain = try TestClient(endpoint: d.requestEndpoint)
+        #expect((try? plain.call("health", [:], timeout: 1)) == nil, "a client without CURVE is refused")
+        #expect(try good.call("health", [:]).0 == "ok", "the daemon still serves the listed client")
+    }
+}
