@@ -5,13 +5,16 @@
 
 SWIFT        ?= swift
 TEST_FLAGS   := -c release -Xswiftc -enable-testing
-DEMO_ARGS    ?=
 PREFIX       ?= /usr/local
+DESTDIR      ?=
 
-.PHONY: help bootstrap build test demo fixtures clean
+.PHONY: help bootstrap build test demo stop install fixtures clean
 
 help:
-	@echo "make demo       install what is missing, build, train the lm-bytes-small preset, sample from it"
+	@echo "make demo       install what is missing, build, start fwpd, train the lm-bytes-small preset"
+	@echo "                through it with live progress, then sample from the model"
+	@echo "make stop       stop the fwpd that make demo started (it checkpoints running jobs)"
+	@echo "make install    binaries, systemd unit, config and presets under PREFIX=$(PREFIX) (root)"
 	@echo "make test       install what is missing, build, run the whole test suite"
 	@echo "make fixtures   regenerate the float64 reference fixtures (needs python3 + numpy)"
 	@echo "make build      release build of everything"
@@ -27,8 +30,22 @@ test: bootstrap
 	$(SWIFT) test $(TEST_FLAGS) --skip-build
 
 demo: build
-	.build/release/fwp-task run lm-bytes-small $(DEMO_ARGS)
-	.build/release/fwp-task run generate --set max_tokens=200
+	scripts/demo
+
+stop:
+	@if [ -f var/fwpd/fwpd.pid ]; then kill -TERM $$(cat var/fwpd/fwpd.pid) && echo "asked fwpd to stop"; else echo "no fwpd pid file in var/fwpd"; fi
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/fwpd/tasks $(DESTDIR)$(PREFIX)/share/doc/fwpd \
+		$(DESTDIR)/etc/fwpd $(DESTDIR)/etc/systemd/system
+	install -m 0755 .build/release/fwpd .build/release/fwpctl .build/release/fwp-task $(DESTDIR)$(PREFIX)/bin/
+	install -m 0644 tasks/*.json $(DESTDIR)$(PREFIX)/share/fwpd/tasks/
+	install -m 0644 docs/*.md $(DESTDIR)$(PREFIX)/share/doc/fwpd/
+	sed 's|/usr/local|$(PREFIX)|g' systemd/fwpd.service > $(DESTDIR)/etc/systemd/system/fwpd.service
+	[ -e $(DESTDIR)/etc/fwpd/fwpd.toml ] || install -m 0644 etc/fwpd.toml $(DESTDIR)/etc/fwpd/fwpd.toml
+	@if [ -z "$(DESTDIR)" ] && ! id fwpd >/dev/null 2>&1; then \
+		useradd --system --no-create-home --home-dir /var/lib/fwpd --shell /usr/sbin/nologin fwpd && echo "created user fwpd"; fi
+	@echo "installed; start with: systemctl daemon-reload && systemctl enable --now fwpd"
 
 fixtures:
 	python3 Tests/Reference/reference.py Tests/FWPCoreTests/Fixtures

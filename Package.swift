@@ -67,7 +67,7 @@ let package = Package(
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "FWPTasksTests", dependencies: ["FWPTasks", "FWPCore"]),
-        .testTarget(name: "FWPDaemonTests", dependencies: ["FWPProtocol", "ZeroMQ", "FWPStore"]),
+        .testTarget(name: "FWPDaemonTests", dependencies: ["FWPProtocol", "ZeroMQ", "FWPStore", "FWPDaemon"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -35,6 +35,7 @@ public final class Daemon: Service, @unchecked Sendable {
         guard lockFD >= 0, flock(lockFD, LOCK_EX | LOCK_NB) == 0 else {
             throw ConfigError("another fwpd is using \(state.path) (fwpd.lock is held)")
         }
+        try? "\(getpid())\n".write(to: state.appendingPathComponent("fwpd.pid"), atomically: true, encoding: .utf8)
         store = try JobStore(path: state.appendingPathComponent("fwpd.sqlite").path)
         let registry = TaskRegistry.builtIn
         var presets: [String: Preset] = [:]
@@ -84,6 +85,7 @@ public final class Daemon: Service, @unchecked Sendable {
         router.stop()
         publisher.close()
         zmq.terminate()
+        try? FileManager.default.removeItem(at: URL(fileURLWithPath: config.stateDirectory).appendingPathComponent("fwpd.pid"))
         flock(lockFD, LOCK_UN)
         close(lockFD)
         logger.info("stopped")

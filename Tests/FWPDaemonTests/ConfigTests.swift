@@ -1,0 +1,89 @@
+import FWPDaemon
+import FWPProtocol
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+@Suite struct ConfigTests {
+    /// etc/fwpd.toml documents the built-in defaults: loading it changes nothing.
+    @Test func documentedConfigEqualsTheDefaults() throws {
+        var c = DaemonConfig()
+        try c.apply(file: repositoryRoot.appendingPathComponent("etc/fwpd.toml").path)
+        #expect(c == DaemonConfig())
+    }
+
+    @Test func environmentOverridesFileAndFlagsOverrideEnvironment() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cfg-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let file = dir.appendingPathComponent("fwpd.toml")
+        try "[fwpd]\nworkers = 2  # two jobs\nstate_dir = \"/srv/fwpd\"\nlog_level = \"debug\"\n".write(to: file, atomically: true, encoding: .utf8)
+        var c = DaemonConfig()
+        try c.apply(file: file.path)
+        try c.apply(environment: ["FWPD_WORKERS": "3", "UNRELATED": "x"])
+        try c.apply(flags: [("--workers", "4")])
+        #expect(c.workers == 4 && c.stateDirectory == "/srv/fwpd" && c.logLevel == "debug")
+    }
+
+    @Test func badSettingsAreNamed() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cfg-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let file = dir.appendingPathComponent("bad.toml")
+        try "workers = 0\n".write(to: file, atomically: true, encoding: .utf8)
+        var c = DaemonConfig()
+        #expect(throws: ConfigError.self) { try c.apply(file: file.path) }
+        do { try c.apply(file: file.path) } catch let e as ConfigError { #expect(e.message.contains("bad.toml:1") && e.message.contains("workers")) }
+        try "wrokers = 2\n".write(to: file, atomically: true, encoding: .utf8)
+        do { try c.apply(file: file.path) } catch let e as ConfigError { #expect(e.message.contains("unknown setting 'wrokers'")) }
+        #expect(throws: ConfigError.self) { try c.apply(environment: ["FWPD_LOG_LEVEL": "loud"]) }
+        var remote = DaemonConfig()
+        remote.requestEndpoint = "tcp://0.0.0.0:5555"
+        #expect(throws: ConfigError.self) { try remote.validate() }
+        remote.allowInsecureRemote = true
+        try remote.validate()
+        #expect(DaemonConfig.isLocal("ipc:///run/fwpd/requests") && DaemonConfig.isLocal("tcp://127.0.0.1:1") && !DaemonConfig.isLocal("tcp://10.0.0.1:1"))
+    }
+}
+
+@Suite struct SystemdTests {
+    /// Type=notify: fwpd sends READY=1 once it serves and STOPPING=1 on SIGTERM, to $NOTIFY_SOCKET.
+    @Test func notifiesReadyAndStopping() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("notify-\(UUID().uuidString.prefix(8))").path
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        defer {
+            close(fd)
+            unlink(path)
+        }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in path.utf8.enumerated() { raw[i] = b } }
+        let bound = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        #expect(bound == 0)
+        var tv = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        func receive() -> String {
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            let n = recv(fd, &buffer, buffer.count, 0)
+            return n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self) : ""
+        }
+        let d = DaemonProcess()
+        let p = Process()
+        p.executableURL = productsDirectory.appendingPathComponent("fwpd")
+        p.arguments = d.arguments
+        var env = ProcessInfo.processInfo.environment
+        env["NOTIFY_SOCKET"] = path
+        p.environment = env
+        try p.run()
+        let ready = receive()
+        #expect(ready.contains("READY=1"), "got '\(ready)'")
+        #expect(try d.client().call("health", [:]).0 == "ok", "READY means it serves")
+        kill(p.processIdentifier, SIGTERM)
+        #expect(receive().contains("STOPPING=1"))
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+    }
+}
