@@ -28,6 +28,7 @@ build: bootstrap
 test: bootstrap
 	$(SWIFT) build $(TEST_FLAGS) --build-tests
 	$(SWIFT) test $(TEST_FLAGS) --skip-build
+	scripts/python-test
 
 demo: build
 	scripts/demo
