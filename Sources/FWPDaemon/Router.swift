@@ -157,7 +157,7 @@ final class Router: @unchecked Sendable {
         var out = envelope + [Array(FWPWire.version.utf8)]
         switch reply {
         case .success(let (body, attachment)):
-            out += [Array("ok".utf8), WireJSON.encode(body)]
+            out += [Array("ok".utf8), Array(body.jsonBytes)]
             if let attachment { out.append(attachment) }
         case .failure(let error):
             metrics.error(error.code)
@@ -171,7 +171,7 @@ final class Router: @unchecked Sendable {
             throw WireError("unknown_command", "unknown command '\(String(command.prefix(64)))'; known: \(FWPWire.commands.joined(separator: ", "))")
         }
         let parsed: JSONValue
-        do { parsed = try JSONDecoder().decode(JSONValue.self, from: Data(raw)) } catch {
+        do { parsed = try JSONValue.parse(Data(raw)) } catch {
             throw WireError("invalid_json", "the body is not valid JSON")
         }
         guard case .object(let fields) = parsed else { throw WireError("invalid_json", "the body must be a JSON object, got \(parsed.typeName)") }
@@ -306,7 +306,7 @@ final class Router: @unchecked Sendable {
     }
 
     private func encode<T: Encodable>(_ value: T) throws -> JSONValue {
-        try JSONDecoder().decode(JSONValue.self, from: Data(WireJSON.encode(value)))
+        try JSONValue.parse(Data(WireJSON.encode(value)))
     }
 }
 

@@ -272,15 +272,17 @@ public final class JobStore: Sendable {
 
     // MARK: Rows
 
+    /// A job from a `jobs` row. Columns are read by position (the schema's order): looking
+    /// them up by name costs a case-insensitive string comparison per column.
     static func job(_ r: Row) throws -> JobInfo {
-        let params = (try? JSONValue.parse(r["parameters"] as String))?.objectValue ?? [:]
-        let resultText: String? = r["result"]
-        let code: String? = r["error_code"]
-        let state = JobState(rawValue: r["state"] as String) ?? .failed
+        let params = (try? JSONValue.parse(r[3] as String))?.objectValue ?? [:]
+        let resultText: String? = r[14]
+        let code: String? = r[15]
+        let state = JobState(rawValue: r[5] as String) ?? .failed
         return JobInfo(
-            id: r["id"], task: r["task"], preset: r["preset"], parameters: params, priority: r["priority"], state: state,
-            attempt: r["attempt"], maxAttempts: r["max_attempts"], idempotencyKey: r["idempotency_key"], createdAt: r["created_at"],
-            startedAt: r["started_at"], finishedAt: r["finished_at"], result: resultText.flatMap { try? JSONValue.parse($0) },
-            error: code.map { WireError($0, r["error_message"] ?? "") }, cancelRequested: r["cancel_requested"], lastSeq: r["last_seq"])
+            id: r[0], task: r[1], preset: r[2], parameters: params, priority: r[4], state: state, attempt: r[6], maxAttempts: r[7],
+            idempotencyKey: r[8], createdAt: r[9], startedAt: r[10], finishedAt: r[11],
+            result: resultText.flatMap { try? JSONValue.parse($0) }, error: code.map { WireError($0, r[16] ?? "") },
+            cancelRequested: r[13], lastSeq: r[17])
     }
 }

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Load benchmark: N concurrent clients against an fwpd that is training one job.
+
+    python3 Benchmarks/load/load.py [--clients 32] [--seconds 30] [--fwpd .build/release/fwpd]
+
+Starts its own fwpd on free loopback ports with a temporary state folder, submits a training
+job (lm-bytes-small, long), measures the job's training throughput for `seconds` without load,
+then for `seconds` with N client processes (closed loops, or paced with --rate; 9 status requests
+for every submit),
+and prints requests/s, p50/p99 latency, failures, and the training throughput in both phases.
+"""
+import argparse
+import json
+import multiprocessing as mp
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import zmq
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(sock, command, body, timeout_ms=10000):
+    sock.send_multipart([b"FWP1", command.encode(), json.dumps(body).encode()])
+    if not sock.poll(timeout_ms):
+        return None
+    return sock.recv_multipart()
+
+
+def client(endpoint, seconds, job, index, out, rate):
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.linger = 0
+    s.connect(endpoint)
+    lat = {"status": [], "submit": []}
+    failed = lost = 0
+    n = 0
+    end = time.monotonic() + seconds
+    start = time.monotonic()
+    while time.monotonic() < end:
+        if rate > 0:  # paced: request n is due at start + n / rate
+            delay = start + n / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        kind = "submit" if n % 10 == 9 else "status"
+        body = {"job": job} if kind == "status" else {
+            "task": "retrieval", "parameters": {"keys": 4, "max_steps": 1}, "priority": -1,
+            "idempotency_key": f"load-{index}-{n}"}
+        t0 = time.perf_counter()
+        reply = call(s, kind, body)
+        dt = time.perf_counter() - t0
+        n += 1
+        if reply is None:
+            lost += 1
+            s.close()
+            s = ctx.socket(zmq.DEALER)
+            s.linger = 0
+            s.connect(endpoint)
+        elif reply[1] != b"ok":
+            failed += 1
+        else:
+            lat[kind].append(dt)
+    s.close()
+    ctx.term()
+    out.put((lat, failed, lost))
+
+
+def throughput(events, t0, t1, tokens_per_step):
+    pts = [(e["time"], e["step"]) for e in events if e["kind"] == "progress" and t0 <= e["time"] <= t1]
+    if len(pts) < 2:
+        return float("nan")
+    (ta, sa), (tb, sb) = pts[0], pts[-1]
+    return (sb - sa) * tokens_per_step / (tb - ta)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--rate", type=float, default=0, help="requests/s per client (0: closed loop, as fast as replies come)")
+    ap.add_argument("--fwpd", default=os.path.join(ROOT, ".build", "release", "fwpd"))
+    args = ap.parse_args()
+    state = tempfile.mkdtemp(prefix="fwpd-load-")
+    req, pub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    log = open(os.path.join(state, "fwpd.log"), "w")
+    daemon = subprocess.Popen([args.fwpd, "--state-dir", state, "--request-endpoint", req, "--publish-endpoint", pub,
+                               "--tasks-dir", os.path.join(ROOT, "tasks"), "--log-level", "warning"], stdout=log, stderr=log)
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.linger = 0
+    s.connect(req)
+    for _ in range(100):
+        if call(s, "health", {}, 200):
+            break
+    batch, segment = 16, 128
+    r = call(s, "submit", {"preset": "lm-bytes-small", "parameters": {"steps": 100000, "eval_every": 100000}})
+    job = json.loads(r[2])["job"]["id"]
+    while json.loads(call(s, "status", {"job": job})[2])["state"] != "running":
+        time.sleep(0.1)
+    time.sleep(3)  # warm-up
+    quiet0 = time.time()
+    time.sleep(args.seconds)
+    quiet1 = load0 = time.time()
+    out = mp.Queue()
+    procs = [mp.Process(target=client, args=(req, args.seconds, job, i, out, args.rate)) for i in range(args.clients)]
+    for p in procs:
+        p.start()
+    results = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    load1 = time.time()
+    events = json.loads(call(s, "events", {"job": job, "limit": 10000})[2])["events"]
+    call(s, "cancel", {"job": job})
+    s.close()
+    ctx.term()
+    daemon.terminate()
+    daemon.wait(60)
+    status = [x for r in results for x in r[0]["status"]]
+    submit = [x for r in results for x in r[0]["submit"]]
+    failed = sum(r[1] for r in results)
+    lost = sum(r[2] for r in results)
+    elapsed = load1 - load0
+    q = lambda xs, p: statistics.quantiles(xs, n=100)[p - 1] * 1000 if len(xs) > 1 else float("nan")
+    quiet_tps = throughput(events, quiet0, quiet1, batch * segment)
+    load_tps = throughput(events, load0, load1, batch * segment)
+    pace = f"{args.rate:g} req/s each" if args.rate > 0 else "closed loop"
+    print(f"clients {args.clients} ({pace}), {args.seconds:.0f} s per phase, {os.cpu_count()} cores")
+    print(f"status: {len(status) / elapsed:8.0f} req/s  p50 {q(status, 50):6.2f} ms  p99 {q(status, 99):6.2f} ms")
+    print(f"submit: {len(submit) / elapsed:8.0f} req/s  p50 {q(submit, 50):6.2f} ms  p99 {q(submit, 99):6.2f} ms")
+    print(f"failed {failed}, lost {lost}")
+    print(f"training: {quiet_tps:8.0f} tokens/s without load, {load_tps:8.0f} with load ({(1 - load_tps / quiet_tps) * 100:+.1f}% slower)")
+
+
+if __name__ == "__main__":
+    main()
