@@ -1,4 +1,5 @@
 import FWPProtocol
+import FWPStore
 import Foundation
 import Testing
 import ZeroMQ
@@ -115,6 +116,14 @@ import ZeroMQ
         _ = try c.wait(job.id) { $0.lastSeq > 12 }
         let before = try c.events(job.id)
         d.stop(SIGKILL)
+        // Damage the newest checkpoint file: the restart must notice (sha256) and use the one before.
+        let store = try JobStore(path: d.state.appendingPathComponent("fwpd.sqlite").path)
+        let steps = try store.checkpoints(job: job.id).filter { !$0.best }
+        #expect(steps.count >= 2, "several step checkpoints were written")
+        let damaged = steps[0], fallback = steps[1]
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: damaged.path))
+        bytes[bytes.count / 2] ^= 0xFF
+        try bytes.write(to: URL(fileURLWithPath: damaged.path))
         let restarted = DaemonProcess(state: d.state)
         try restarted.start()
         defer { restarted.stop() }
@@ -126,9 +135,11 @@ import ZeroMQ
         #expect(Array(events.prefix(before.count)) == before, "events stored before the kill are unchanged")
         #expect(events.map(\.seq) == Array(1...Int64(events.count)))
         let recovery = events.firstIndex { ($0.message ?? "").contains("unexpectedly") }!
-        let lastCheckpoint = events[..<recovery].last { $0.kind == "checkpoint" }?.step ?? 0
         let firstAfter = events[recovery...].first { $0.kind == "progress" || $0.kind == "eval" }!
-        #expect(firstAfter.step! > lastCheckpoint && firstAfter.step! <= lastCheckpoint + 50, "resumed from step \(lastCheckpoint)")
+        #expect(
+            firstAfter.step! > fallback.step && firstAfter.step! <= fallback.step + 50,
+            "resumed after step \(fallback.step), not from the damaged checkpoint at \(damaged.step): first step \(firstAfter.step!)")
+        #expect(restarted.log().contains("does not match its sha256"))
     }
 
     @Test func badInputGetsStructuredErrorsAndChangesNothing() throws {
