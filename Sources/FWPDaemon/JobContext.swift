@@ -72,12 +72,12 @@ final class JobContext: TaskContext, @unchecked Sendable {
     func saveCheckpoint(_ data: Data, step: Int, best: Bool) throws {
         let name = String(format: "step-%010d.safetensors", step)
         let url = checkpointDirectory.appendingPathComponent(name)
-        try writeDurably(data, to: url)
+        try writeFileDurably(data, to: url)
         let digest = SHA256.hex(data)
         _ = try store.addCheckpoint(job: job.id, step: step, path: url.path, size: Int64(data.count), sha256: digest, best: false)
         if best {
             let bestURL = checkpointDirectory.appendingPathComponent("best.safetensors")
-            try writeDurably(data, to: bestURL)
+            try writeFileDurably(data, to: bestURL)
             for old in try store.checkpoints(job: job.id) where old.best { try store.deleteCheckpoint(id: old.id) }
             _ = try store.addCheckpoint(job: job.id, step: step, path: bestURL.path, size: Int64(data.count), sha256: digest, best: true)
         }
@@ -105,34 +105,5 @@ final class JobContext: TaskContext, @unchecked Sendable {
             return data
         }
         return nil
-    }
-}
-
-/// Writes to a temporary file, fsyncs it, renames it into place and fsyncs the directory.
-func writeDurably(_ data: Data, to url: URL) throws {
-    let tmp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp")
-    let fd = open(tmp.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-    guard fd >= 0 else { throw WireError("io_error", "cannot create \(tmp.path): \(String(cString: strerror(errno)))") }
-    var ok = data.withUnsafeBytes { raw -> Bool in
-        var off = 0
-        while off < raw.count {
-            let n = write(fd, raw.baseAddress! + off, raw.count - off)
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { return false }
-            off += n
-        }
-        return true
-    }
-    ok = ok && fsync(fd) == 0
-    close(fd)
-    guard ok, rename(tmp.path, url.path) == 0 else {
-        let why = String(cString: strerror(errno))
-        unlink(tmp.path)
-        throw WireError("io_error", "cannot write \(url.path): \(why)")
-    }
-    let dfd = open(url.deletingLastPathComponent().path, O_RDONLY | O_CLOEXEC)
-    if dfd >= 0 {
-        fsync(dfd)
-        close(dfd)
     }
 }

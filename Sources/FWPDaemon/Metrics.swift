@@ -21,33 +21,26 @@ final class DaemonMetrics: @unchecked Sendable {
     }
 
     func request(_ command: String) {
-        let c = lock.withLock {
-            if let c = requestCounters[command] { return c }
-            let c = registry.makeCounter(descriptor: MetricNameDescriptor(metricName: "fwpd_requests_total", unitName: "", helpText: "Requests handled"), labels: [("command", command)])
-            requestCounters[command] = c
-            return c
-        }
-        c.increment()
+        labelled(&requestCounters, "fwpd_requests_total", label: "command", command, help: "Requests handled").increment()
     }
 
     func error(_ code: String) {
-        let c = lock.withLock {
-            if let c = errorCounters[code] { return c }
-            let c = registry.makeCounter(descriptor: MetricNameDescriptor(metricName: "fwpd_request_errors_total", unitName: "", helpText: "Requests answered with an error"), labels: [("code", code)])
-            errorCounters[code] = c
-            return c
-        }
-        c.increment()
+        labelled(&errorCounters, "fwpd_request_errors_total", label: "code", code, help: "Requests answered with an error").increment()
     }
 
     func finished(_ state: String) {
-        let c = lock.withLock {
-            if let c = finishedCounters[state] { return c }
-            let c = registry.makeCounter(descriptor: MetricNameDescriptor(metricName: "fwpd_jobs_finished_total", unitName: "", helpText: "Jobs that reached a final state"), labels: [("state", state)])
-            finishedCounters[state] = c
+        labelled(&finishedCounters, "fwpd_jobs_finished_total", label: "state", state, help: "Jobs that reached a final state").increment()
+    }
+
+    /// The counter `name{label="value"}`, made on first use.
+    private func labelled(_ cache: inout [String: Counter], _ name: String, label: String, _ value: String, help: String) -> Counter {
+        lock.withLock {
+            if let c = cache[value] { return c }
+            let c = registry.makeCounter(
+                descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: [(label, value)])
+            cache[value] = c
             return c
         }
-        c.increment()
     }
 
     func tokensPerSecond(job: Int64, _ value: Double) { tokens.set(value) }

@@ -40,8 +40,8 @@ final class DirectoryContext: TaskContext, @unchecked Sendable {
 
     func saveCheckpoint(_ data: Data, step: Int, best: Bool) throws {
         let url = checkpoints.appendingPathComponent(String(format: "step-%010d.safetensors", step))
-        try writeDurably(data, to: url)
-        if best { try writeDurably(data, to: checkpoints.appendingPathComponent("best.safetensors")) }
+        try writeFileDurably(data, to: url)
+        if best { try writeFileDurably(data, to: checkpoints.appendingPathComponent("best.safetensors")) }
         for old in stepFiles().dropFirst(keep) { try? FileManager.default.removeItem(at: old) }
     }
 
@@ -56,34 +56,6 @@ final class DirectoryContext: TaskContext, @unchecked Sendable {
             }
         }
         return nil
-    }
-
-    /// Writes to a temporary file, fsyncs it, renames it into place and fsyncs the directory.
-    func writeDurably(_ data: Data, to url: URL) throws {
-        let tmp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp")
-        let fd = open(tmp.path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        guard fd >= 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
-        var ok = data.withUnsafeBytes { raw -> Bool in
-            var off = 0
-            while off < raw.count {
-                let n = write(fd, raw.baseAddress! + off, raw.count - off)
-                if n < 0 && errno == EINTR { continue }
-                if n <= 0 { return false }
-                off += n
-            }
-            return true
-        }
-        ok = ok && fsync(fd) == 0
-        close(fd)
-        guard ok, rename(tmp.path, url.path) == 0 else {
-            unlink(tmp.path)
-            throw POSIXError(.init(rawValue: errno) ?? .EIO)
-        }
-        let dfd = open(url.deletingLastPathComponent().path, O_RDONLY)
-        if dfd >= 0 {
-            fsync(dfd)
-            close(dfd)
-        }
     }
 }
 
