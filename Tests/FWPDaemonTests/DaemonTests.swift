@@ -48,7 +48,7 @@ import ZeroMQ
     }
 
     @Test func priorityThenFIFO() throws {
-        let d = try DaemonProcess(arguments: ["--workers", "1"]).start()
+        let d = DaemonProcess(arguments: ["--workers", "1"]).start()
         defer { d.stop() }
         let c = try d.client()
         let blocker = try c.submit(longRetrieval())
@@ -143,7 +143,7 @@ import ZeroMQ
     }
 
     @Test func badInputGetsStructuredErrorsAndChangesNothing() throws {
-        let d = try DaemonProcess(arguments: ["--max-request-bytes", "65536"]).start()
+        let d = DaemonProcess(arguments: ["--max-request-bytes", "65536"]).start()
         defer { d.stop() }
         let c = try d.client()
         let kept = try c.submit(longRetrieval(steps: 10, evalEvery: 10))
@@ -197,7 +197,7 @@ import ZeroMQ
         let server = try CurveKeyPair.generate(), allowed = try CurveKeyPair.generate(), stranger = try CurveKeyPair.generate()
         try server.secretKey.write(to: dir.appendingPathComponent("server.key"), atomically: true, encoding: .utf8)
         try "# clients\n\(allowed.publicKey)\n".write(to: dir.appendingPathComponent("clients"), atomically: true, encoding: .utf8)
-        let d = try DaemonProcess(arguments: [
+        let d = DaemonProcess(arguments: [
             "--curve-secret-key-file", dir.appendingPathComponent("server.key").path,
             "--curve-allowed-keys-file", dir.appendingPathComponent("clients").path,
         ])
