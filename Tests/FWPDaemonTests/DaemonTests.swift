@@ -48,7 +48,7 @@ import ZeroMQ
     }
 
     @Test func priorityThenFIFO() throws {
-        let d = DaemonProcess(arguments: ["--workers", "1"]).start()
+        let d = try DaemonProcess(arguments: ["--workers", "1"]).start()
         defer { d.stop() }
         let c = try d.client()
         let blocker = try c.submit(longRetrieval())
@@ -143,7 +143,7 @@ import ZeroMQ
     }
 
     @Test func badInputGetsStructuredErrorsAndChangesNothing() throws {
-        let d = DaemonProcess(arguments: ["--max-request-bytes", "65536"]).start()
+        let d = try DaemonProcess(arguments: ["--max-request-bytes", "65536"]).start()
         defer { d.stop() }
         let c = try d.client()
         let kept = try c.submit(longRetrieval(steps: 10, evalEvery: 10))
