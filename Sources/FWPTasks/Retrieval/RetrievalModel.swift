@@ -210,6 +210,7 @@ public struct RetrievalModel: Sendable {
                 rule: config.rule, attentionNormalization: !delta, steps: l, keySize: dd, valueSize: s, keyStride: dd,
                 valueStride: s, betaStride: 1)
             let zeroQ = [Float](repeating: 0, count: l * dd)
+            let betaStorage = betaT?.storage ?? [Float](repeating: 1, count: nSeq * l)  // unused by the sum rule
             var qi = 0
             for b in 0..<nSeq {
                 var w = [Float](repeating: 0, count: s * dd), z = [Float](repeating: 0, count: dd)
@@ -217,7 +218,7 @@ public struct RetrievalModel: Sendable {
                 var yScratch = [Float](repeating: 0, count: l * s)
                 k.withUnsafePointer { pk in
                     values.withUnsafePointer { pv in
-                        (betaT?.storage ?? [Float](repeating: 1, count: nSeq * l)).withUnsafeBufferPointer { pb in
+                        betaStorage.withUnsafeBufferPointer { pb in
                             saved.withUnsafeMutableBufferPointer { ps in
                                 den.withUnsafeMutableBufferPointer { pd in
                                     kernel.forward(
@@ -276,7 +277,7 @@ public struct RetrievalModel: Sendable {
                     var dqSteps = [Float](repeating: 0, count: l * dd), dvSteps = [Float](repeating: 0, count: l * s)
                     k.withUnsafePointer { pk in
                         values.withUnsafePointer { pv in
-                            (betaT?.storage ?? [Float](repeating: 1, count: nSeq * l)).withUnsafeBufferPointer { pb in
+                            betaStorage.withUnsafeBufferPointer { pb in
                                 dk.withUnsafeMutablePointer { pdk in
                                     dBeta.withUnsafeMutablePointer { pdb in
                                       saved.withUnsafeBufferPointer { psb in
