@@ -139,7 +139,7 @@ final class Router: @unchecked Sendable {
             rest.removeFirst()
         }
         let size = rest.reduce(0) { $0 + $1.count }
-        let reply: Result<(JSONValue, [UInt8]?), WireError>
+        let reply: Result<([UInt8], [UInt8]?), WireError>
         var command = "?"
         if size > config.maxRequestBytes {
             reply = .failure(WireError("too_large", "request of \(size) bytes exceeds the limit of \(config.maxRequestBytes)"))
@@ -157,7 +157,7 @@ final class Router: @unchecked Sendable {
         var out = envelope + [Array(FWPWire.version.utf8)]
         switch reply {
         case .success(let (body, attachment)):
-            out += [Array("ok".utf8), Array(body.jsonBytes)]
+            out += [Array("ok".utf8), body]
             if let attachment { out.append(attachment) }
         case .failure(let error):
             metrics.error(error.code)
@@ -166,7 +166,8 @@ final class Router: @unchecked Sendable {
         do { try router.send(out, dontWait: true) } catch { logger.warning("reply not sent: \(error)") }
     }
 
-    private func dispatch(_ command: String, body raw: [UInt8]) throws -> (JSONValue, [UInt8]?) {
+    /// Handles one command; returns the reply body (already JSON) and an optional attachment.
+    private func dispatch(_ command: String, body raw: [UInt8]) throws -> ([UInt8], [UInt8]?) {
         guard FWPWire.commands.contains(command) else {
             throw WireError("unknown_command", "unknown command '\(String(command.prefix(64)))'; known: \(FWPWire.commands.joined(separator: ", "))")
         }
@@ -180,7 +181,7 @@ final class Router: @unchecked Sendable {
         case "submit": return (try submit(b), nil)
         case "status":
             try b.allow(["job"])
-            return (try encode(job(try b.requiredInt("job"))), nil)
+            return (WireJSON.encode(try job(try b.requiredInt("job"))), nil)
         case "list":
             try b.allow(["state", "after", "limit"])
             var state: JobState? = nil
@@ -192,27 +193,25 @@ final class Router: @unchecked Sendable {
             }
             let limit = try b.int("limit", min: 1, max: 1000) ?? 100
             let jobs = try store.list(state: state, after: Int64(try b.int("after", min: 0) ?? 0), limit: limit)
-            var out: [String: JSONValue] = ["jobs": try encode(jobs)]
-            out["next"] = jobs.count == limit ? .number(Double(jobs.last!.id)) : .null
-            return (.object(out), nil)
+            return (WireJSON.encode(ListReply(jobs: jobs, next: jobs.count == limit ? jobs.last!.id : nil)), nil)
         case "cancel":
             try b.allow(["job"])
             let id = Int64(try b.requiredInt("job"))
             guard let (info, event) = try store.requestCancel(id) else { throw WireError("not_found", "no job \(id)") }
             if let event { scheduler.publisher.publish(event) }
             if info.state == .running { _ = scheduler.cancel(id) }
-            return (try encode(info), nil)
+            return (WireJSON.encode(info), nil)
         case "events":
             try b.allow(["job", "after", "limit"])
             let id = Int64(try b.requiredInt("job"))
             let info = try job(Int(id))
             let events = try store.events(job: id, after: Int64(try b.int("after", min: 0) ?? 0), limit: try b.int("limit", min: 1, max: 10_000) ?? 1000)
-            return (.object(["events": try encode(events), "last_seq": .number(Double(info.lastSeq)), "state": .string(info.state.rawValue)]), nil)
+            return (WireJSON.encode(EventsReply(events: events, lastSeq: info.lastSeq, state: info.state)), nil)
         case "checkpoints":
             try b.allow(["job"])
             let id = try b.requiredInt("job")
             _ = try job(id)
-            return (.object(["checkpoints": try encode(try store.checkpoints(job: Int64(id)))]), nil)
+            return (WireJSON.encode(CheckpointsReply(checkpoints: try store.checkpoints(job: Int64(id)))), nil)
         case "export":
             try b.allow(["job", "checkpoint", "best"])
             let id = try b.requiredInt("job")
@@ -230,29 +229,30 @@ final class Router: @unchecked Sendable {
             guard let data = FileManager.default.contents(atPath: c.path), SHA256.hex(data) == c.sha256 else {
                 throw WireError("corrupt_checkpoint", "checkpoint \(c.id) of job \(id) is missing or does not match its sha256")
             }
-            return (try encode(c), Array(data))
+            return (WireJSON.encode(c), Array(data))
         case "tasks":
             try b.allow([])
             let modules = registry.names.map { name -> JSONValue in
                 let m = registry.module(named: name)!
                 return .object(["name": .string(name), "summary": .string(m.summary), "parameters": (try? encode(m.parameters)) ?? .null])
             }
-            return (.object(["modules": .array(modules), "presets": try encode(presets.values.sorted { $0.name < $1.name })]), nil)
+            let presetList = try encode(presets.values.sorted { $0.name < $1.name })
+            return (Array(JSONValue.object(["modules": .array(modules), "presets": presetList]).jsonBytes), nil)
         case "health":
             try b.allow([])
             let counts = try store.counts()
             return (
-                .object([
+                Array(JSONValue.object([
                     "status": "ok", "version": .string(FWPDVersion.string), "pid": .number(Double(ProcessInfo.processInfo.processIdentifier)),
                     "uptime_seconds": .number(Date().timeIntervalSince(started)), "workers": .number(Double(config.workers)),
                     "running": .number(Double(counts[.running] ?? 0)), "queued": .number(Double(counts[.queued] ?? 0)),
                     "curve": .bool(zap != nil),
-                ]), nil
+                ]).jsonBytes), nil
             )
         case "metrics":
             try b.allow([])
             scheduler.updateGauges()
-            return (.object(["text": .string(metrics.text())]), nil)
+            return (Array(JSONValue.object(["text": .string(metrics.text())]).jsonBytes), nil)
         default:
             throw WireError("unknown_command", "unknown command '\(command)'")
         }
@@ -263,7 +263,7 @@ final class Router: @unchecked Sendable {
         return j
     }
 
-    private func submit(_ b: RequestBody) throws -> JSONValue {
+    private func submit(_ b: RequestBody) throws -> [UInt8] {
         try b.allow(["task", "preset", "parameters", "priority", "idempotency_key", "max_attempts"])
         let taskName = try b.string("task"), presetName = try b.string("preset")
         guard (taskName == nil) != (presetName == nil) else {
@@ -302,12 +302,42 @@ final class Router: @unchecked Sendable {
             if let first = try store.events(job: job.id, after: 0, limit: 1).first { scheduler.publisher.publish(first) }
             scheduler.wake()
         }
-        return .object(["job": try encode(job), "created": .bool(created)])
+        return WireJSON.encode(SubmitReply(job: job, created: created))
     }
 
     private func encode<T: Encodable>(_ value: T) throws -> JSONValue {
         try JSONValue.parse(Data(WireJSON.encode(value)))
     }
+}
+
+struct SubmitReply: Encodable {
+    let job: JobInfo
+    let created: Bool
+}
+
+struct ListReply: Encodable {
+    let jobs: [JobInfo]
+    let next: Int64?
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(jobs, forKey: .jobs)
+        try c.encode(next, forKey: .next)  // null on the last page, as documented
+    }
+    enum CodingKeys: String, CodingKey { case jobs, next }
+}
+
+struct EventsReply: Encodable {
+    let events: [JobEvent]
+    let lastSeq: Int64
+    let state: JobState
+    enum CodingKeys: String, CodingKey {
+        case events, state
+        case lastSeq = "last_seq"
+    }
+}
+
+struct CheckpointsReply: Encodable {
+    let checkpoints: [CheckpointInfo]
 }
 
 /// A request body with typed, named-field accessors that fail with `invalid_request`.
