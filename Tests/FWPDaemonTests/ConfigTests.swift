@@ -47,7 +47,7 @@ import Testing
     }
 }
 
-@Suite struct SystemdTests {
+extension DaemonTests {
     /// Type=notify: fwpd sends READY=1 once it serves and STOPPING=1 on SIGTERM, to $NOTIFY_SOCKET.
     @Test func notifiesReadyAndStopping() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("notify-\(UUID().uuidString.prefix(8))").path

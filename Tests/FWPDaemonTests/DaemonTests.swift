@@ -201,19 +201,12 @@ import ZeroMQ
             "--curve-secret-key-file", dir.appendingPathComponent("server.key").path,
             "--curve-allowed-keys-file", dir.appendingPathComponent("clients").path,
         ])
-        // start() probes with a plain client, which CURVE refuses: start by hand and probe with the allowed key.
-        let p = Process()
-        p.executableURL = productsDirectory.appendingPathComponent("fwpd")
-        p.arguments = d.arguments
-        try p.run()
-        defer {
-            kill(p.processIdentifier, SIGTERM)
-            p.waitUntilExit()
-        }
+        // CURVE refuses a plain client, so the start-up probe uses the allowed key.
         let good = try TestClient(endpoint: d.requestEndpoint, curve: (server.publicKey, allowed))
-        var reply: (String, JSONValue)? = nil
-        for _ in 0..<50 where reply == nil { reply = try? good.call("health", [:], timeout: 0.2) }
-        #expect(reply?.1["curve"] == true, "a listed key gets answers")
+        try d.start(probe: good)
+        defer { d.stop() }
+        let reply = try good.call("health", [:])
+        #expect(reply.1["curve"] == true, "a listed key gets answers: \(d.log())")
         let bad = try TestClient(endpoint: d.requestEndpoint, curve: (server.publicKey, stranger))
         #expect((try? bad.call("health", [:], timeout: 1)) == nil, "an unlisted key is refused")
         let plain = try TestClient(endpoint: d.requestEndpoint)

@@ -58,22 +58,22 @@ final class DaemonProcess {
          "--tasks-dir", repositoryRoot.appendingPathComponent("tasks").path, "--threads-per-job", "1", "--log-level", "debug"] + extraArguments
     }
 
-    /// Starts fwpd and waits until it answers `health`.
+    /// Starts fwpd and waits until it answers `health` (asked by `probe`, a plain client by default).
     @discardableResult
-    func start() throws -> DaemonProcess {
+    func start(probe: TestClient? = nil) throws -> DaemonProcess {
         let p = Process()
         p.executableURL = productsDirectory.appendingPathComponent("fwpd")
         p.arguments = arguments
-        FileManager.default.createFile(atPath: logURL.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: logURL.path, contents: nil)
         let log = try FileHandle(forWritingTo: logURL)
         log.seekToEndOfFile()
         p.standardError = log
         p.standardOutput = log
         try p.run()
         process = p
-        let client = try TestClient(endpoint: requestEndpoint)
-        for _ in 0..<100 {
-            if (try? client.call("health", [:], timeout: 0.2)) != nil { return self }
+        let client = try probe ?? TestClient(endpoint: requestEndpoint)
+        for _ in 0..<300 {
+            if (try? client.call("health", [:], timeout: 0.1)) != nil { return self }
             guard p.isRunning else { break }
         }
         throw WireError("start_failed", "fwpd did not come up: \(self.log())")
