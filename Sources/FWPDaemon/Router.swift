@@ -62,12 +62,16 @@ final class Router: @unchecked Sendable {
             throw ConfigError("cannot read curve_allowed_keys_file \(path)")
         }
         var keys = Set<String>()
-        for (n, raw) in text.split(separator: "\n").enumerated() {
-            let line = raw.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first?
-                .trimmingCharacters(in: .whitespaces) ?? ""
-            if line.isEmpty { continue }
-            guard CurveKeyPair.isValidKey(line) else { throw ConfigError("\(path):\(n + 1): not a Z85 public key") }
-            keys.insert(line)
+        for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            // Z85 keys may contain (and start with) '#': a line's first word is a key if it decodes
+            // as one; otherwise a line starting with '#' is a comment. Text after the key is ignored.
+            let trimmed = raw.trimmingCharacters(in: .whitespaces)
+            let word = String(trimmed.split(whereSeparator: { $0 == " " || $0 == "\t" }).first ?? "")
+            if CurveKeyPair.isValidKey(word) {
+                keys.insert(word)
+            } else if !trimmed.isEmpty && !trimmed.hasPrefix("#") {
+                throw ConfigError("\(path):\(n + 1): not a Z85 public key")
+            }
         }
         return keys
     }
