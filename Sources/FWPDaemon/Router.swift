@@ -63,8 +63,8 @@ final class Router: @unchecked Sendable {
         }
         var keys = Set<String>()
         for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            // Z85 keys may contain (and start with) '#': a line's first word is a key if it decodes
-            // as one; otherwise a line starting with '#' is a comment. Text after the key is ignored.
+            // Z85 keys may contain '#': a line's first word is a key if it decodes as one; otherwise
+            // a line starting with '#' is a comment. Text after the key is ignored.
             let trimmed = raw.trimmingCharacters(in: .whitespaces)
             let word = String(trimmed.split(whereSeparator: { $0 == " " || $0 == "\t" }).first ?? "")
             if CurveKeyPair.isValidKey(word) {
