@@ -76,6 +76,11 @@ def client(endpoint, seconds, job, index, out, rate):
     out.put((lat, failed, lost))
 
 
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def throughput(events, t0, t1, tokens_per_step):
     pts = [(e["time"], e["step"]) for e in events if e["kind"] == "progress" and t0 <= e["time"] <= t1]
     if len(pts) < 2:
@@ -109,9 +114,10 @@ def main():
     while json.loads(call(s, "status", {"job": job})[2])["state"] != "running":
         time.sleep(0.1)
     time.sleep(3)  # warm-up
-    quiet0 = time.time()
+    quiet0, cpu_q0 = time.time(), cpu_seconds(daemon.pid)
     time.sleep(args.seconds)
     quiet1 = load0 = time.time()
+    cpu_q1 = cpu_l0 = cpu_seconds(daemon.pid)
     out = mp.Queue()
     procs = [mp.Process(target=client, args=(req, args.seconds, job, i, out, args.rate)) for i in range(args.clients)]
     for p in procs:
@@ -119,7 +125,7 @@ def main():
     results = [out.get() for _ in procs]
     for p in procs:
         p.join()
-    load1 = time.time()
+    load1, cpu_l1 = time.time(), cpu_seconds(daemon.pid)
     events = json.loads(call(s, "events", {"job": job, "limit": 10000})[2])["events"]
     call(s, "cancel", {"job": job})
     s.close()
@@ -140,6 +146,9 @@ def main():
     print(f"submit: {len(submit) / elapsed:8.0f} req/s  p50 {q(submit, 50):6.2f} ms  p99 {q(submit, 99):6.2f} ms")
     print(f"failed {failed}, lost {lost}")
     print(f"training: {quiet_tps:8.0f} tokens/s without load, {load_tps:8.0f} with load ({(1 - load_tps / quiet_tps) * 100:+.1f}% slower)")
+    quiet_cores = (cpu_q1 - cpu_q0) / (quiet1 - quiet0)
+    load_cores = (cpu_l1 - cpu_l0) / (load1 - load0)
+    print(f"fwpd process CPU: {quiet_cores:.2f} cores without load, {load_cores:.2f} with load")
 
 
 if __name__ == "__main__":
