@@ -145,8 +145,7 @@ public struct RetrievalModel: Sendable {
             let d = config.keySize, inv = 1 / Float(d).squareRoot()
             var qi = 0
             for b in 0..<nSeq {
-                for (j, target) in batch.targets[b].enumerated() {
-                    _ = j
+                for target in batch.targets[b] {
                     var scores = [Float](repeating: 0, count: l)
                     var m = -Float.infinity
                     for t in 0..<l {
@@ -163,12 +162,8 @@ public struct RetrievalModel: Sendable {
                     for t in 0..<l { scores[t] /= sum }
                     var y = [Float](repeating: 0, count: s)
                     for t in 0..<l { y[batch.values[b][t]] += scores[t] }
-                    var dy = [Float](repeating: 0, count: s)
-                    for v in 0..<s {
-                        let diff = y[v] - (v == target ? 1 : 0)
-                        total += 0.5 * Double(diff * diff)
-                        dy[v] = diff * scale
-                    }
+                    let (loss, dy) = halfSquaredError(y, oneHot: target, gradientScale: scale)
+                    total += loss
                     if argmax(y) == target { correct += 1 }
                     if wantGradients {
                         var dotPD: Float = 0
@@ -245,12 +240,8 @@ public struct RetrievalModel: Sendable {
                         for c in 0..<dd { denom += z[c] * q[qi, c] }
                     }
                     let y = yhat.map { $0 / denom }
-                    var dy = [Float](repeating: 0, count: s)
-                    for v in 0..<s {
-                        let diff = y[v] - (v == target ? 1 : 0)
-                        total += 0.5 * Double(diff * diff)
-                        dy[v] = diff * scale
-                    }
+                    let (loss, dy) = halfSquaredError(y, oneHot: target, gradientScale: scale)
+                    total += loss
                     if argmax(y) == target { correct += 1 }
                     if wantGradients {
                         let a = dy.map { $0 / denom }
@@ -326,6 +317,18 @@ public struct RetrievalModel: Sendable {
         embedding.backward(dqEmb, tokens: queryKeys, &g)
         return (loss, accuracy, g)
     }
+}
+
+/// ½‖y − onehot(target)‖² and its gradient with respect to y, scaled by `gradientScale`.
+func halfSquaredError(_ y: [Float], oneHot target: Int, gradientScale: Float) -> (Double, [Float]) {
+    var loss = 0.0
+    var dy = [Float](repeating: 0, count: y.count)
+    for v in y.indices {
+        let diff = y[v] - (v == target ? 1 : 0)
+        loss += 0.5 * Double(diff * diff)
+        dy[v] = diff * gradientScale
+    }
+    return (loss, dy)
 }
 
 func argmax(_ y: [Float]) -> Int {
