@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""PyTorch peer of fwp-bench: the same workloads, written from docs/MODEL.md, in eager PyTorch.
+
+    Benchmarks/peer/.venv/bin/python Benchmarks/peer/peer.py --threads 2 [--only layer|lm|sweep] [--json]
+    Benchmarks/peer/.venv/bin/python Benchmarks/peer/peer.py --check      # chunkwise == recurrence
+
+Workloads (tokens/s, median of --repeats after one warm-up):
+  layer  the delta-rule memory alone, forward + backward, B=8 H=4 T=256 d=64: q, k (ELU+1 then
+         sum-normalised), v, beta -> y; as a per-step loop and in the chunkwise (WY) form.
+  lm     one training step (forward, backward, AdamW) of the byte-level LM: D=128, 4 pre-LN
+         blocks, 4 heads of 32, FF 512, T=256, B=16, ELU+1 with sum normalisation, 1/sqrt(d)
+         output scale; delta rule (chunkwise), sum rule (chunkwise linear attention), softmax
+         (scaled_dot_product_attention, causal).
+  sweep  the lm step at T = 256, 512, 1024, 2048 with B*T fixed at 4096 tokens.
+Not part of the test suite.
+"""
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def feature(x):
+    """ELU+1 then sum normalisation (docs/MODEL.md)."""
+    p = F.elu(x) + 1
+    return p / (p.sum(-1, keepdim=True) + 1e-6)
+
+
+def delta_loop(q, k, v, beta):
+    """Reference recurrence, one step at a time. q, k, v: (B, H, T, d); beta: (B, H, T)."""
+    B, H, T, d = q.shape
+    W = q.new_zeros(B, H, v.shape[-1], d)
+    ys = []
+    for t in range(T):
+        kt, qt = k[:, :, t], q[:, :, t]
+        vbar = torch.einsum("bhij,bhj->bhi", W, kt)
+        u = beta[:, :, t, None] * (v[:, :, t] - vbar)
+        W = W + u[..., :, None] * kt[..., None, :]
+        ys.append(torch.einsum("bhij,bhj->bhi", W, qt))
+    return torch.stack(ys, 2)
+
+
+def delta_chunk(q, k, v, beta, chunk=64):
+    """Chunkwise delta rule (WY / UT form): rank-1 updates within a chunk become matrix products.
+
+    With L = strictly-lower(diag(beta) K K^T), A = (I + L)^-1 diag(beta), W = A K, U = A V, the
+    values actually written in a chunk starting from state S are U - W S^T, and the outputs are
+    Q S^T + causal(Q K^T) (U - W S^T)."""
+    B, H, T, d = q.shape
+    dv = v.shape[-1]
+    C = min(chunk, T)
+    assert T % C == 0
+    n = T // C
+    q, k, v = (x.reshape(B, H, n, C, x.shape[-1]) for x in (q, k, v))
+    beta = beta.reshape(B, H, n, C)
+    eye = torch.eye(C, dtype=q.dtype)
+    L = (beta[..., None] * (k @ k.transpose(-1, -2))).tril(-1)
+    A = torch.linalg.solve_triangular(eye + L, torch.diag_embed(beta), upper=False)
+    Wm, U = A @ k, A @ v
+    causal = torch.ones(C, C, dtype=torch.bool).tril()
+    S = q.new_zeros(B, H, dv, d)
+    out = []
+    for i in range(n):
+        u = U[:, :, i] - Wm[:, :, i] @ S.transpose(-1, -2)
+        qi, ki = q[:, :, i], k[:, :, i]
+        att = (qi @ ki.transpose(-1, -2)).masked_fill(~causal, 0)
+        out.append(qi @ S.transpose(-1, -2) + att @ u)
+        S = S + u.transpose(-1, -2) @ ki
+    return torch.stack(out, 2).reshape(B, H, T, dv)
+
+
+def linear_chunk(q, k, v, chunk=64):
+    """Causal linear attention (sum rule) in chunks: inter-chunk state plus causal intra-chunk."""
+    B, H, T, d = q.shape
+    C = min(chunk, T)
+    n = T // C
+    q, k, v = (x.reshape(B, H, n, C, x.shape[-1]) for x in (q, k, v))
+    causal = torch.ones(C, C, dtype=torch.bool).tril()
+    S = q.new_zeros(B, H, v.shape[-1], d)
+    out = []
+    for i in range(n):
+        qi, ki, vi = q[:, :, i], k[:, :, i], v[:, :, i]
+        att = (qi @ ki.transpose(-1, -2)).masked_fill(~causal, 0)
+        out.append(qi @ S.transpose(-1, -2) + att @ vi)
+        S = S + vi.transpose(-1, -2) @ ki
+    return torch.stack(out, 2).reshape(B, H, T, -1)
+
+
+class Block(nn.Module):
+    def __init__(self, D, H, d, Fh, kind, rule):
+        super().__init__()
+        self.H, self.d, self.kind, self.rule = H, d, kind, rule
+        self.norm1 = nn.LayerNorm(D)
+        self.qkv = nn.Linear(D, 3 * H * d, bias=False)
+        self.beta = nn.Linear(D, H) if (kind == "fast-weight" and rule == "delta") else None
+        self.out = nn.Linear(H * d, D, bias=False)
+        self.norm2 = nn.LayerNorm(D)
+        self.fc1 = nn.Linear(D, Fh)
+        self.fc2 = nn.Linear(Fh, D)
+
+    def attention(self, h):
+        B, T, _ = h.shape
+        q, k, v = self.qkv(h).view(B, T, 3, self.H, self.d).permute(2, 0, 3, 1, 4)
+        if self.kind == "softmax":
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            q, k = feature(q), feature(k)
+            if self.rule == "delta":
+                beta = torch.sigmoid(self.beta(h)).transpose(1, 2)
+                y = delta_chunk(q, k, v, beta)
+            else:
+                y = linear_chunk(q, k, v)
+            y = y / math.sqrt(self.d)
+        return self.out(y.transpose(1, 2).reshape(B, T, self.H * self.d))
+
+    def forward(self, x):
+        x = x + self.attention(self.norm1(x))
+        return x + self.fc2(F.relu(self.fc1(self.norm2(x))))
+
+
+class LM(nn.Module):
+    def __init__(self, kind, rule, V=256, D=128, L=4, H=4, d=32, Fh=512):
+        super().__init__()
+        self.embedding = nn.Embedding(V, D)
+        self.blocks = nn.ModuleList(Block(D, H, d, Fh, kind, rule) for _ in range(L))
+        self.norm = nn.LayerNorm(D)
+        self.head = nn.Linear(D, V)
+        for p in self.parameters():
+            if p.dim() >= 2:
+                nn.init.normal_(p, std=0.02)
+
+    def forward(self, tokens):
+        x = self.embedding(tokens)
+        for b in self.blocks:
+            x = b(x)
+        return self.head(self.norm(x))
+
+
+def median_time(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_layer(repeats, mode):
+    B, H, T, d = 8, 4, 256, 64
+    g = torch.Generator().manual_seed(1)
+    raw = [torch.randn(B, H, T, d, generator=g) for _ in range(3)]
+    braw = torch.randn(B, H, T, generator=g)
+
+    def step():
+        qr, kr, v = (x.clone().requires_grad_() for x in raw)
+        b = braw.clone().requires_grad_()
+        q, k, beta = feature(qr), feature(kr), torch.sigmoid(b)
+        y = delta_loop(q, k, v, beta) if mode == "loop" else delta_chunk(q, k, v, beta)
+        y.backward(y.detach())
+
+    return B * T / median_time(step, repeats)
+
+
+def bench_lm(repeats, kind, rule, B=16, T=256):
+    torch.manual_seed(1)
+    model = LM(kind, rule)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0)
+    tokens = torch.randint(0, 256, (B, T))
+    targets = (tokens + 1) % 256
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(tokens).reshape(-1, 256), targets.reshape(-1))
+        loss.backward()
+        opt.step()
+
+    return B * T / median_time(step, repeats)
+
+
+def check():
+    torch.manual_seed(0)
+    B, H, T, d = 2, 3, 48, 8
+    q, k = feature(torch.randn(B, H, T, d, dtype=torch.float64)), feature(torch.randn(B, H, T, d, dtype=torch.float64))
+    v, beta = torch.randn(B, H, T, d, dtype=torch.float64), torch.rand(B, H, T, dtype=torch.float64)
+    a, b = delta_loop(q, k, v, beta), delta_chunk(q, k, v, beta, chunk=16)
+    err = (a - b).abs().max().item()
+    sa = delta_loop(q, k, v, torch.ones_like(beta))
+    print(f"chunkwise vs recurrence max |diff| = {err:.2e}")
+    lin = linear_chunk(q, k, v, chunk=16)
+    ref = torch.einsum("bhts,bhsd->bhtd", (q @ k.transpose(-1, -2)).tril(), v)
+    err2 = (lin - ref).abs().max().item()
+    print(f"chunked linear attention vs quadratic max |diff| = {err2:.2e}")
+    del sa
+    return err < 1e-10 and err2 < 1e-10
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--only", choices=["layer", "lm", "sweep"])
+    ap.add_argument("--json", action="store_true", help="one JSON object per line")
+    ap.add_argument("--check", action="store_true", help="check the chunkwise forms against the recurrence")
+    args = ap.parse_args()
+    if args.check:
+        sys.exit(0 if check() else 1)
+    torch.set_num_threads(args.threads)
+    results = []
+    if args.only in (None, "layer"):
+        results.append(("layer-chunk", bench_layer(args.repeats, "chunk")))
+        results.append(("layer-loop", bench_layer(max(1, args.repeats // 2), "loop")))
+    if args.only in (None, "lm"):
+        results.append(("lm-delta", bench_lm(args.repeats, "fast-weight", "delta")))
+        results.append(("lm-sum", bench_lm(args.repeats, "fast-weight", "sum")))
+        results.append(("lm-softmax", bench_lm(args.repeats, "softmax", "sum")))
+    if args.only == "sweep":
+        for T in (256, 512, 1024, 2048):
+            for name, kind, rule in (("delta", "fast-weight", "delta"), ("sum", "fast-weight", "sum"), ("softmax", "softmax", "sum")):
+                results.append((f"lm-{name}-T{T}", bench_lm(args.repeats, kind, rule, B=4096 // T, T=T)))
+    for name, tps in results:
+        if args.json:
+            print(json.dumps({"name": name, "tokens_per_s": round(tps, 1), "threads": args.threads, "torch": torch.__version__}))
+        else:
+            print(f"{name:20s} {tps:12.0f} tokens/s  (torch {torch.__version__}, {args.threads} threads)")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

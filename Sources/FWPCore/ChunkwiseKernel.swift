@@ -1,0 +1,276 @@
+/// The fast-weight recurrence in chunkwise-parallel form, forward and backward.
+///
+/// The sequence is cut into chunks of C steps. Within a chunk the rank-1 updates become matrix
+/// products (the WY/UT representation of products of Householder-like factors, as in Yang et al.
+/// 2024, "Parallelizing Linear Transformers with the Delta Rule over Sequence Length"):
+///
+///     G = K Kᵀ,  L = strictly-lower(diag(β) G),  M = I + L,  A = M⁻¹ diag(β)
+///     W = A K,   U = A V,   Ũ = U − W Sᵀ                 (delta rule; Ũ = V for the sum rule)
+///     Y = Q Sᵀ + causal(Q Kᵀ) Ũ,   S ← S + Ũᵀ K
+///
+/// where S (d_value × d_dot) is the state at the chunk's start and the rows of Ũ are exactly the
+/// values u_t = β_t (v_t − W_{t−1} k_t) that the recurrence writes. Almost all work is GEMMs of
+/// C × C × d or C × d × d. The backward pass walks chunks in reverse with the saved chunk-start
+/// states, Ũ, W and M⁻¹ (memory O(T·(C + d_dot + d_value) + T/C·d_value·d_dot) per sequence,
+/// linear in T), differentiating each product by hand (derivation in docs/MODEL.md).
+///
+/// It covers the sum and delta rules without attention normalisation; `FastWeightKernel` (the
+/// fused per-row recurrence) remains for attention normalisation and for step-by-step inference.
+public struct ChunkwiseKernel: Sendable {
+    public let rule: UpdateRule
+    public let chunkSize: Int
+    public let steps: Int
+    public let keySize: Int
+    public let valueSize: Int
+    public let keyStride: Int
+    public let valueStride: Int
+    public let betaStride: Int
+
+    public init(
+        rule: UpdateRule, chunkSize: Int, steps: Int, keySize: Int, valueSize: Int, keyStride: Int,
+        valueStride: Int, betaStride: Int
+    ) {
+        precondition(chunkSize >= 1 && steps >= 0)
+        self.rule = rule
+        self.chunkSize = chunkSize
+        self.steps = steps
+        self.keySize = keySize
+        self.valueSize = valueSize
+        self.keyStride = keyStride
+        self.valueStride = valueStride
+        self.betaStride = betaStride
+    }
+
+    var chunks: Int { (steps + chunkSize - 1) / chunkSize }
+
+    /// Floats saved per sequence by `forward` for `backward`.
+    public var savedCount: Int {
+        chunks * valueSize * keySize + (rule == .delta ? steps * (valueSize + chunkSize + keySize) : 0)
+    }
+
+    /// Scratch floats per sequence needed by `forward` and `backward`.
+    public var scratchCount: Int {
+        5 * chunkSize * chunkSize + chunkSize * (valueSize + keySize)
+    }
+
+    // Offsets of the saved arrays.
+    private var savedStatesCount: Int { chunks * valueSize * keySize }
+    private var savedUOffset: Int { savedStatesCount }
+    private var savedMOffset: Int { savedStatesCount + steps * valueSize }
+    private var savedWOffset: Int { savedMOffset + steps * chunkSize }
+
+    /// Runs the recurrence from state `w` (d_value × d_dot, row-major), leaving the final state in
+    /// it, writing y_t (unnormalised, unscaled) to `y`.
+    public func forward(
+        q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, beta: UnsafePointer<Float>?,
+        y: UnsafeMutablePointer<Float>, w: UnsafeMutablePointer<Float>,
+        saved: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>
+    ) {
+        let C = chunkSize, dk = keySize, dv = valueSize, ks = keyStride, vs = valueStride
+        let isDelta = rule == .delta
+        let P = scratch, A = scratch + C * C
+        for ci in 0..<chunks {
+            let t0 = ci * C, c = min(C, steps - t0)
+            let qc = q + t0 * ks, kc = k + t0 * ks, vc = v + t0 * vs, yc = y + t0 * vs
+            (saved + ci * dv * dk).update(from: w, count: dv * dk)
+            var ut = UnsafePointer(vc), ldu = vs
+            if isDelta {
+                let bc = beta! + t0 * betaStride
+                let minv = saved + savedMOffset + t0 * C
+                let wt = saved + savedWOffset + t0 * dk
+                let u = saved + savedUOffset + t0 * dv
+                // G = K Kᵀ (into P), then M⁻¹ by forward substitution: row_i = e_i − Σ_{m<i} β_i G_im row_m.
+                BLAS.gemm(
+                    transposeA: false, transposeB: true, m: c, n: c, k: dk, a: kc, lda: ks, b: kc, ldb: ks, beta: 0,
+                    c: P, ldc: C)
+                invertUnitLower(g: P, beta: bc, c: c, into: minv)
+                // A = M⁻¹ diag(β); W = A K; U = A V; Ũ = U − W Sᵀ.
+                scaleColumns(minv, by: bc, c: c, into: A)
+                BLAS.gemm(
+                    transposeA: false, transposeB: false, m: c, n: dk, k: c, a: A, lda: C, b: kc, ldb: ks, beta: 0,
+                    c: wt, ldc: dk)
+                BLAS.gemm(
+                    transposeA: false, transposeB: false, m: c, n: dv, k: c, a: A, lda: C, b: vc, ldb: vs, beta: 0,
+                    c: u, ldc: dv)
+                BLAS.gemm(
+                    transposeA: false, transposeB: true, m: c, n: dv, k: dk, alpha: -1, a: wt, lda: dk, b: w, ldb: dk,
+                    beta: 1, c: u, ldc: dv)
+                ut = UnsafePointer(u)
+                ldu = dv
+            }
+            // Y = Q Sᵀ + causal(Q Kᵀ) Ũ
+            BLAS.gemm(
+                transposeA: false, transposeB: true, m: c, n: dv, k: dk, a: qc, lda: ks, b: w, ldb: dk, beta: 0, c: yc,
+                ldc: vs)
+            BLAS.gemm(
+                transposeA: false, transposeB: true, m: c, n: c, k: dk, a: qc, lda: ks, b: kc, ldb: ks, beta: 0, c: P,
+                ldc: C)
+            maskUpper(P, c: c, ld: C)
+            BLAS.gemm(
+                transposeA: false, transposeB: false, m: c, n: dv, k: c, a: P, lda: C, b: ut, ldb: ldu, beta: 1, c: yc,
+                ldc: vs)
+            // S ← S + Ũᵀ K
+            BLAS.gemm(
+                transposeA: true, transposeB: false, m: dv, n: dk, k: c, a: ut, lda: ldu, b: kc, ldb: ks, beta: 1, c: w,
+                ldc: dk)
+        }
+    }
+
+    /// Backpropagates dy. `dw` holds the gradient with respect to the final state when `seeded`
+    /// (it is zeroed otherwise) and the gradient with respect to the initial state on exit.
+    /// Gradients are written (not accumulated) to dq, dk, dv, dβ at the inputs' strides.
+    public func backward(
+        dy: UnsafePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+        beta: UnsafePointer<Float>?, saved: UnsafePointer<Float>, dw: UnsafeMutablePointer<Float>,
+        scratch: UnsafeMutablePointer<Float>,
+        dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
+        dbeta: UnsafeMutablePointer<Float>?, seeded: Bool = false
+    ) {
+        let C = chunkSize, nk = keySize, nv = valueSize, ks = keyStride, vs = valueStride
+        let isDelta = rule == .delta
+        if !seeded { dw.update(repeating: 0, count: nk * nv) }
+        let P = scratch, dP = scratch + C * C, A = scratch + 2 * C * C, dA = scratch + 3 * C * C
+        let tmp = scratch + 4 * C * C, dU = scratch + 5 * C * C, dWm = dU + C * nv
+        for ci in stride(from: chunks - 1, through: 0, by: -1) {
+            let t0 = ci * C, c = min(C, steps - t0)
+            let qc = q + t0 * ks, kc = k + t0 * ks, vc = v + t0 * vs, dyc = dy + t0 * vs
+            let dqc = dq + t0 * ks, dkc = dk + t0 * ks, dvc = dv + t0 * vs
+            let s = saved + ci * nv * nk
+            let ut = isDelta ? saved + savedUOffset + t0 * nv : vc
+            let ldu = isDelta ? nv : vs
+            // P = causal(Q Kᵀ)
+            BLAS.gemm(
+                transposeA: false, transposeB: true, m: c, n: c, k: nk, a: qc, lda: ks, b: kc, ldb: ks, beta: 0, c: P,
+                ldc: C)
+            maskUpper(P, c: c, ld: C)
+            // dŨ = Pᵀ dY + K dSᵀ   (dS: gradient of the chunk-end state)
+            let dUt = isDelta ? dU : dvc
+            let lddu = isDelta ? nv : vs
+            BLAS.gemm(
+                transposeA: true, transposeB: false, m: c, n: nv, k: c, a: P, lda: C, b: dyc, ldb: vs, beta: 0, c: dUt,
+                ldc: lddu)
+            BLAS.gemm(
+                transposeA: false, transposeB: true, m: c, n: nv, k: nk, a: kc, lda: ks, b: dw, ldb: nk, beta: 1,
+                c: dUt, ldc: lddu)
+            // dP = causal(dY Ũᵀ)
+            BLAS.gemm(
+                transposeA: false, transposeB: true, m: c, n: c, k: nv, a: dyc, lda: vs, b: ut, ldb: ldu, beta: 0,
+                c: dP, ldc: C)
+            maskUpper(dP, c: c, ld: C)
+            // dQ = dY S + dP K;   dK = dPᵀ Q + Ũ dS
+            BLAS.gemm(
+                transposeA: false, transposeB: false, m: c, n: nk, k: nv, a: dyc, lda: vs, b: s, ldb: nk, beta: 0,
+                c: dqc, ldc: ks)
+            BLAS.gemm(
+                transposeA: false, transposeB: false, m: c, n: nk, k: c, a: dP, lda: C, b: kc, ldb: ks, beta: 1, c: dqc,
+                ldc: ks)
+            BLAS.gemm(
+                transposeA: true, transposeB: false, m: c, n: nk, k: c, a: dP, lda: C, b: qc, ldb: ks, beta: 0, c: dkc,
+                ldc: ks)
+            BLAS.gemm(
+                transposeA: false, transposeB: false, m: c, n: nk, k: nv, a: ut, lda: ldu, b: dw, ldb: nk, beta: 1,
+                c: dkc, ldc: ks)
+            // dS ← dS + dYᵀ Q − dŨᵀ W   (gradient of the chunk-start state)
+            BLAS.gemm(
+                transposeA: true, transposeB: false, m: nv, n: nk, k: c, a: dyc, lda: vs, b: qc, ldb: ks, beta: 1, c: dw,
+                ldc: nk)
+            guard isDelta, let beta else { continue }
+            let bc = beta + t0 * betaStride
+            let minv = saved + savedMOffset + t0 * C
+            let wt = saved + savedWOffset + t0 * nk
+            BLAS.gemm(
+                transposeA: true, transposeB: false, m: nv, n: nk, k: c, alpha: -1, a: dU, lda: nv, b: wt, ldb: nk,
+                beta: 1, c: dw, ldc: nk)
+            // dW = −dŨ S
+            BLAS.gemm(
+                transposeA: false, transposeB: false, m: c, n: nk, k: nv, alpha: -1, a: dU, lda: nv, b: s, ldb: nk,
+                beta: 0, c: dWm, ldc: nk)
+            // W = A K, U = A V:  dA = dW Kᵀ + dU Vᵀ;  dK += Aᵀ dW;  dV = Aᵀ dU
+            scaleColumns(minv, by: bc, c: c, into: A)
+            BLAS.gemm(
+                transposeA: false, transposeB: true, m: c, n: c, k: nk, a: dWm, lda: nk, b: kc, ldb: ks, beta: 0, c: dA,
+                ldc: C)
+            BLAS.gemm(
+                transposeA: false, transposeB: true, m: c, n: c, k: nv, a: dU, lda: nv, b: vc, ldb: vs, beta: 1, c: dA,
+                ldc: C)
+            BLAS.gemm(
+                transposeA: true, transposeB: false, m: c, n: nk, k: c, a: A, lda: C, b: dWm, ldb: nk, beta: 1, c: dkc,
+                ldc: ks)
+            BLAS.gemm(
+                transposeA: true, transposeB: false, m: c, n: nv, k: c, a: A, lda: C, b: dU, ldb: nv, beta: 0, c: dvc,
+                ldc: vs)
+            // A = M⁻¹ diag(β):  dβ_j = Σ_i M⁻¹_ij dA_ij;  dM⁻¹ = dA diag(β)
+            var db = [Float](repeating: 0, count: c)
+            for i in 0..<c {
+                let mr = minv + i * C, dr = dA + i * C
+                for j in 0...i {
+                    db[j] += mr[j] * dr[j]
+                    dr[j] *= bc[j * betaStride]
+                }
+                for j in (i + 1)..<max(i + 1, c) { dr[j] = 0 }
+            }
+            // dM = −M⁻ᵀ dM⁻¹ M⁻ᵀ
+            BLAS.gemm(
+                transposeA: true, transposeB: false, m: c, n: c, k: c, a: minv, lda: C, b: dA, ldb: C, beta: 0, c: tmp,
+                ldc: C)
+            BLAS.gemm(
+                transposeA: false, transposeB: true, m: c, n: c, k: c, alpha: -1, a: tmp, lda: C, b: minv, ldb: C,
+                beta: 0, c: dA, ldc: C)
+            // L_ij = β_i G_ij (i > j):  dβ_i += Σ_j dL_ij G_ij;  E = diag(β) dL;  dK += (E + Eᵀ) K
+            BLAS.gemm(
+                transposeA: false, transposeB: true, m: c, n: c, k: nk, a: kc, lda: ks, b: kc, ldb: ks, beta: 0, c: P,
+                ldc: C)
+            for i in 0..<c {
+                let gr = P + i * C, er = dA + i * C
+                let bi = bc[i * betaStride]
+                var acc: Float = 0
+                for j in 0..<i {
+                    acc += er[j] * gr[j]
+                    er[j] *= bi
+                }
+                db[i] += acc
+                for j in i..<c { er[j] = 0 }
+            }
+            BLAS.gemm(
+                transposeA: false, transposeB: false, m: c, n: nk, k: c, a: dA, lda: C, b: kc, ldb: ks, beta: 1, c: dkc,
+                ldc: ks)
+            BLAS.gemm(
+                transposeA: true, transposeB: false, m: c, n: nk, k: c, a: dA, lda: C, b: kc, ldb: ks, beta: 1, c: dkc,
+                ldc: ks)
+            if let dbeta { for j in 0..<c { dbeta[(t0 + j) * betaStride] = db[j] } }
+            _ = tmp
+        }
+    }
+
+    /// M⁻¹ for M = I + strictly-lower(diag(β) G), by forward substitution (rows of C floats).
+    private func invertUnitLower(
+        g: UnsafePointer<Float>, beta: UnsafePointer<Float>, c: Int, into minv: UnsafeMutablePointer<Float>
+    ) {
+        let C = chunkSize
+        for i in 0..<c {
+            let row = minv + i * C
+            row.update(repeating: 0, count: C)
+            row[i] = 1
+            let bi = beta[i * betaStride]
+            for m in 0..<i {
+                let coef = -bi * g[i * C + m]
+                if coef != 0 { Vec.axpy(coef, minv + m * C, row, m + 1) }
+            }
+        }
+    }
+
+    /// out_ij = m_ij β_j for the lower triangle (zero above).
+    private func scaleColumns(
+        _ m: UnsafePointer<Float>, by beta: UnsafePointer<Float>, c: Int, into out: UnsafeMutablePointer<Float>
+    ) {
+        let C = chunkSize
+        for i in 0..<c {
+            for j in 0...i { out[i * C + j] = m[i * C + j] * beta[j * betaStride] }
+            for j in (i + 1)..<max(i + 1, c) { out[i * C + j] = 0 }
+        }
+    }
+
+    private func maskUpper(_ p: UnsafeMutablePointer<Float>, c: Int, ld: Int) {
+        for i in 0..<c where i + 1 < c { (p + i * ld + i + 1).update(repeating: 0, count: c - i - 1) }
+    }
+}

@@ -1,0 +1,101 @@
+import Testing
+
+@testable import FWPCore
+
+/// The chunkwise (WY) form against the per-row recurrence (a second algorithm, itself checked
+/// against finite differences in AttentionGradientTests): outputs, final state and every gradient.
+@Suite struct ChunkwiseKernelTests {
+    struct Case: CustomTestStringConvertible, Sendable {
+        var rule: UpdateRule
+        var steps: Int
+        var chunk: Int
+        var testDescription: String { "\(rule) T=\(steps) C=\(chunk)" }
+    }
+
+    static let cases: [Case] = [
+        Case(rule: .delta, steps: 37, chunk: 8),  // a partial last chunk
+        Case(rule: .delta, steps: 32, chunk: 16),
+        Case(rule: .delta, steps: 5, chunk: 16),  // one chunk shorter than C
+        Case(rule: .delta, steps: 64, chunk: 64),
+        Case(rule: .sum, steps: 37, chunk: 8),
+        Case(rule: .sum, steps: 64, chunk: 64),
+    ]
+
+    @Test(arguments: cases)
+    func matchesRecurrence(_ tc: Case) {
+        // Two interleaved heads, so that strides differ from widths.
+        let heads = 2, dk = 12, dv = 9, T = tc.steps
+        let ks = heads * dk, vs = heads * dv
+        var rng = FWPRandom(seed: UInt64(T * 31 + tc.chunk))
+        func rand(_ n: Int, _ scale: Float) -> [Float] { (0..<n).map { _ in Float(rng.normal()) * scale } }
+        // Keys/queries sum-normalised positive features, as the model feeds them.
+        func features(_ n: Int) -> [Float] {
+            var x = (0..<n).map { _ in Float(rng.uniform()) + 0.05 }
+            for r in 0..<(n / dk) {
+                let s = x[(r * dk)..<(r * dk + dk)].reduce(0, +)
+                for j in 0..<dk { x[r * dk + j] /= s }
+            }
+            return x
+        }
+        let q = features(T * ks), k = features(T * ks), v = rand(T * vs, 1)
+        let beta = (0..<(T * heads)).map { _ in Float(rng.uniform()) * 0.9 + 0.05 }
+        let w0 = rand(dv * dk, 0.5)
+        let dy = rand(T * vs, 1)
+        let dwSeed = rand(dv * dk, 0.3)
+        let h = 1  // test the second head
+        let isDelta = tc.rule == .delta
+
+        // Owned buffers: pointers into Swift arrays must not escape their closures.
+        var owned: [UnsafeMutablePointer<Float>] = []
+        defer { owned.forEach { $0.deallocate() } }
+        func buf(_ a: [Float]) -> UnsafeMutablePointer<Float> {
+            let p = UnsafeMutablePointer<Float>.allocate(capacity: max(a.count, 1))
+            p.initialize(from: a, count: a.count)
+            owned.append(p)
+            return p
+        }
+        func zeros(_ n: Int) -> UnsafeMutablePointer<Float> { buf([Float](repeating: 0, count: n)) }
+        func nans(_ n: Int) -> UnsafeMutablePointer<Float> { buf([Float](repeating: .nan, count: n)) }
+        func array(_ p: UnsafeMutablePointer<Float>, _ n: Int) -> [Float] { Array(UnsafeBufferPointer(start: p, count: n)) }
+        let pq = buf(q) + h * dk, pk = buf(k) + h * dk, pv = buf(v) + h * dv, pdy = buf(dy) + h * dv
+        let pb: UnsafeMutablePointer<Float>? = isDelta ? buf(beta) + h : nil
+
+        // Reference: the recurrence.
+        let rec = FastWeightKernel(
+            rule: tc.rule, attentionNormalization: false, steps: T, keySize: dk, valueSize: dv, keyStride: ks,
+            valueStride: vs, betaStride: heads)
+        let yR = zeros(T * vs), wR = buf(w0), z = zeros(dk), saved = zeros(T * dv)
+        let dqR = zeros(T * ks), dkR = zeros(T * ks), dvR = zeros(T * vs), dbR = zeros(T * heads)
+        let dwR = buf(dwSeed), dz = zeros(dk), scratch = zeros(dv)
+        rec.forward(q: pq, k: pk, v: pv, beta: pb, y: yR + h * dv, w: wR, z: z, saved: saved, denominators: nil)
+        let wFinalR = array(wR, dv * dk)
+        rec.backward(
+            dy: pdy, y: yR + h * dv, q: pq, k: pk, v: pv, beta: pb, saved: saved, denominators: nil, w: wR, z: z, dw: dwR,
+            dzAccumulator: dz, scratch: scratch, dq: dqR + h * dk, dk: dkR + h * dk, dv: dvR + h * dv,
+            dbeta: isDelta ? dbR + h : nil, seeded: true)
+
+        // Chunkwise, with NaN-filled scratch and saved space (nothing may be read before written).
+        let ch = ChunkwiseKernel(
+            rule: tc.rule, chunkSize: tc.chunk, steps: T, keySize: dk, valueSize: dv, keyStride: ks, valueStride: vs,
+            betaStride: heads)
+        let yC = zeros(T * vs), wC = buf(w0), savedC = nans(ch.savedCount)
+        let dqC = zeros(T * ks), dkC = zeros(T * ks), dvC = zeros(T * vs), dbC = zeros(T * heads), dwC = buf(dwSeed)
+        ch.forward(q: pq, k: pk, v: pv, beta: pb, y: yC + h * dv, w: wC, saved: savedC, scratch: nans(ch.scratchCount))
+        ch.backward(
+            dy: pdy, q: pq, k: pk, v: pv, beta: pb, saved: savedC, dw: dwC, scratch: nans(ch.scratchCount),
+            dq: dqC + h * dk, dk: dkC + h * dk, dv: dvC + h * dv, dbeta: isDelta ? dbC + h : nil, seeded: true)
+
+        func err(_ a: [Float], _ b: [Float]) -> Float {
+            maxRelativeError(Tensor(shape: [a.count], storage: a), Tensor(shape: [b.count], storage: b), floor: 1e-3)
+        }
+        #expect(err(array(yC, T * vs), array(yR, T * vs)) < 2e-5, "outputs")
+        #expect(err(array(wC, dv * dk), wFinalR) < 2e-5, "final state")
+        #expect(err(array(dqC, T * ks), array(dqR, T * ks)) < 5e-5, "dq")
+        #expect(err(array(dkC, T * ks), array(dkR, T * ks)) < 5e-5, "dk")
+        #expect(err(array(dvC, T * vs), array(dvR, T * vs)) < 5e-5, "dv")
+        #expect(err(array(dwC, dv * dk), array(dwR, dv * dk)) < 5e-5, "gradient of the initial state")
+        if isDelta { #expect(err(array(dbC, T * heads), array(dbR, T * heads)) < 5e-5, "dβ") }
+        // The other head's rows are untouched.
+        #expect(yC[0] == 0 && dqC[0] == 0 && dvC[0] == 0 && dbC[0] == 0)
+    }
+}
