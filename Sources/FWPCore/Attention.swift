@@ -8,6 +8,17 @@ public enum AttentionKind: String, Sendable, Codable, CaseIterable {
     case fastWeight = "fast-weight"
 }
 
+/// How a fast-weight layer computes its recurrence over a segment.
+public enum FastWeightAlgorithm: Sendable, Equatable {
+    /// Chunkwise for segments of at least `ChunkwiseKernel.minimumSteps` steps without attention
+    /// normalisation, the fused recurrence otherwise (step-by-step inference, short segments).
+    case automatic
+    /// Always the fused per-row recurrence (`FastWeightKernel`).
+    case recurrent
+    /// The chunkwise form with this chunk size where it applies (no attention normalisation).
+    case chunkwise(Int)
+}
+
 /// The carried state of one attention layer for a batch of B sequences.
 public struct AttentionState: Sendable, Equatable {
     /// Fast weights, B·H blocks of d_head × d_dot (row-major), for fast-weight layers.
@@ -39,6 +50,8 @@ public struct AttentionLayer: Sendable {
     public let beta: Linear?
     /// Index of the FAVOR+ projection in the model's buffer store.
     public let favorBuffer: Int?
+    /// Recurrent or chunkwise computation of the fast-weight memory.
+    public var algorithm = FastWeightAlgorithm.automatic
 
     init(
         prefix: String, config: LMConfig, store: inout ParameterStore, buffers: inout ParameterStore,
@@ -93,6 +106,7 @@ public struct AttentionLayer: Sendable {
         var q: Tensor, k: Tensor  // what the memory saw
         var beta: Tensor?  // (N·H), after the sigmoid
         var saved: [Float], denominators: [Float]
+        var chunkSize: Int?  // set when the chunkwise kernel ran; `saved` then holds its data
         var core: Tensor  // N × H·d_head, before outputScale
         var attended: Tensor  // N × H·d_head, after outputScale (input of `out`)
         var probabilities: [Float]  // softmax: B·H blocks of T × T
@@ -127,7 +141,7 @@ public struct AttentionLayer: Sendable {
         }
         var cache = Cache(
             input: x, qRaw: qRaw, kRaw: kRaw, v: v, qPhi: qRaw, kPhi: kRaw, qSums: [], kSums: [], q: qRaw, k: kRaw,
-            beta: nil, saved: [], denominators: [], core: Tensor(shape: [n, hd]), attended: Tensor(shape: [n, hd]),
+            beta: nil, saved: [], denominators: [], chunkSize: nil, core: Tensor(shape: [n, hd]), attended: Tensor(shape: [n, hd]),
             probabilities: [], finalWeights: [], finalNormalizer: [], projection: nil, batch: batch, steps: steps)
         if kind == .softmax {
             softmaxForward(&cache, state: &state, threads: threads)
@@ -167,6 +181,22 @@ public struct AttentionLayer: Sendable {
             valueStride: heads * headSize, betaStride: heads)
     }
 
+    /// The chunk size to use for a segment of `steps`, or nil for the recurrence.
+    func chunkSize(steps: Int) -> Int? {
+        guard kind == .fastWeight, normalization != .attention else { return nil }
+        switch algorithm {
+        case .recurrent: return nil
+        case .chunkwise(let c): return c
+        case .automatic: return steps >= ChunkwiseKernel.minimumSteps ? ChunkwiseKernel.defaultChunkSize : nil
+        }
+    }
+
+    private func chunkwiseKernel(steps: Int, chunk: Int) -> ChunkwiseKernel {
+        ChunkwiseKernel(
+            rule: rule, chunkSize: chunk, steps: steps, keySize: featureMap.outputSize, valueSize: headSize,
+            keyStride: heads * featureMap.outputSize, valueStride: heads * headSize, betaStride: heads)
+    }
+
     private func fastWeightForward(_ cache: inout Cache, state: inout AttentionState?, threads: ComputeThreads) {
         let (batch, steps) = (cache.batch, cache.steps)
         let dk = featureMap.outputSize, dv = headSize, seqs = batch * heads
@@ -175,7 +205,11 @@ public struct AttentionLayer: Sendable {
         let attn = normalization == .attention
         var zs = attn ? (state?.normalizer ?? [Float](repeating: 0, count: seqs * dk)) : [Float](repeating: 0, count: seqs * dk)
         precondition(weights.count == seqs * dv * dk, "carried state is for another batch size or shape")
-        cache.saved = [Float](repeating: 0, count: rule == .delta ? seqs * steps * dv : 0)
+        let chunk = chunkSize(steps: steps)
+        cache.chunkSize = chunk
+        let chunked = chunk.map { chunkwiseKernel(steps: steps, chunk: $0) }
+        let savedPerSequence = chunked?.savedCount ?? (rule == .delta ? steps * dv : 0)
+        cache.saved = [Float](repeating: 0, count: seqs * savedPerSequence)
         cache.denominators = [Float](repeating: 0, count: attn ? seqs * steps : 0)
         let q = cache.q, k = cache.k, v = cache.v
         let betaT = cache.beta
@@ -193,17 +227,27 @@ public struct AttentionLayer: Sendable {
                                             SharedPointer(py), SharedPointer(pw.baseAddress!), SharedPointer(pz.baseAddress!)
                                         )
                                         // Empty arrays may still have a base address: choose by variant, not by pointer.
-                                        let sSaved = rule == .delta ? ps.baseAddress.map(SharedPointer.init) : nil
+                                        let sSaved = savedPerSequence > 0 ? ps.baseAddress.map(SharedPointer.init) : nil
                                         let sDen = attn ? pden.baseAddress.map(SharedPointer.init) : nil
                                         let sBeta = pb.map(SharedConstPointer.init)
                                         threads.forEach(seqs) { s in
                                             let b = s / heads, h = s % heads
                                             let row = b * steps * heads + h
+                                            if let chunked {
+                                                let scratch = UnsafeMutablePointer<Float>.allocate(capacity: chunked.scratchCount)
+                                                defer { scratch.deallocate() }
+                                                chunked.forward(
+                                                    q: sp.0.base + row * dk, k: sp.1.base + row * dk, v: sp.2.base + row * dv,
+                                                    beta: sBeta.map { $0.base + row }, y: sp.3.base + row * dv,
+                                                    w: sp.4.base + s * dv * dk, saved: sSaved!.base + s * savedPerSequence,
+                                                    scratch: scratch)
+                                                return
+                                            }
                                             kern.forward(
                                                 q: sp.0.base + row * dk, k: sp.1.base + row * dk, v: sp.2.base + row * dv,
                                                 beta: sBeta.map { $0.base + row },
                                                 y: sp.3.base + row * dv, w: sp.4.base + s * dv * dk, z: sp.5.base + s * dk,
-                                                saved: sSaved.map { $0.base + s * steps * dv },
+                                                saved: sSaved.map { $0.base + s * savedPerSequence },
                                                 denominators: sDen.map { $0.base + s * steps })
                                         }
                                     }
@@ -396,12 +440,26 @@ public struct AttentionLayer: Sendable {
                                                             // Empty arrays may still have a base address.
                                                             let isDelta = rule == .delta, attn = normalization == .attention
                                                             let sdb = isDelta ? pdb.baseAddress.map(SharedPointer.init) : nil
-                                                            let ssaved = isDelta ? ps.baseAddress.map(SharedConstPointer.init) : nil
+                                                            let ssaved = !ps.isEmpty ? ps.baseAddress.map(SharedConstPointer.init) : nil
+                                                            let savedPerSequence = cache.saved.count / seqs
+                                                            let chunked = cache.chunkSize.map { chunkwiseKernel(steps: steps, chunk: $0) }
                                                             let sden = attn ? pden.baseAddress.map(SharedConstPointer.init) : nil
                                                             let sbeta = pb.map(SharedConstPointer.init)
                                                             threads.forEach(seqs) { s in
                                                                 let b = s / heads, h = s % heads
                                                                 let row = b * steps * heads + h
+                                                                if let chunked {
+                                                                    let scratch = UnsafeMutablePointer<Float>.allocate(
+                                                                        capacity: chunked.scratchCount + dv * dk)
+                                                                    defer { scratch.deallocate() }
+                                                                    chunked.backward(
+                                                                        dy: c.0.base + row * dv, q: c.2.base + row * dk, k: c.3.base + row * dk,
+                                                                        v: c.4.base + row * dv, beta: sbeta.map { $0.base + row },
+                                                                        saved: ssaved!.base + s * savedPerSequence, dw: scratch + chunked.scratchCount,
+                                                                        scratch: scratch, dq: m.0.base + row * dk, dk: m.1.base + row * dk,
+                                                                        dv: m.2.base + row * dv, dbeta: sdb.map { $0.base + row })
+                                                                    return
+                                                                }
                                                                 var scratch = [Float](repeating: 0, count: dv * dk + 2 * dk + dv)
                                                                 scratch.withUnsafeMutableBufferPointer { sc in
                                                                     let base = sc.baseAddress!
@@ -409,7 +467,7 @@ public struct AttentionLayer: Sendable {
                                                                         dy: c.0.base + row * dv, y: c.1.base + row * dv,
                                                                         q: c.2.base + row * dk, k: c.3.base + row * dk, v: c.4.base + row * dv,
                                                                         beta: sbeta.map { $0.base + row },
-                                                                        saved: ssaved.map { $0.base + s * steps * dv },
+                                                                        saved: isDelta ? ssaved.map { $0.base + s * savedPerSequence } : nil,
                                                                         denominators: sden.map { $0.base + s * steps },
                                                                         w: m.3.base + s * dv * dk, z: m.4.base + s * dk,
                                                                         dw: base, dzAccumulator: base + dv * dk, scratch: base + dv * dk + 2 * dk,

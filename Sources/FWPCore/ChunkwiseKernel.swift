@@ -17,6 +17,11 @@
 /// It covers the sum and delta rules without attention normalisation; `FastWeightKernel` (the
 /// fused per-row recurrence) remains for attention normalisation and for step-by-step inference.
 public struct ChunkwiseKernel: Sendable {
+    /// The chunk size `FastWeightAlgorithm.automatic` uses.
+    public static let defaultChunkSize = 64
+    /// Segments shorter than this use the recurrence under `.automatic`.
+    public static let minimumSteps = 16
+
     public let rule: UpdateRule
     public let chunkSize: Int
     public let steps: Int

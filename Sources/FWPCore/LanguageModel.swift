@@ -20,16 +20,21 @@ public struct LanguageModel: Sendable {
     public var buffers: ParameterStore
     /// Threads for the per-sequence loops (results do not depend on it).
     public var threads = ComputeThreads(1)
+    /// How fast-weight layers run their recurrence (results agree to float32 rounding).
+    public var fastWeightAlgorithm: FastWeightAlgorithm {
+        get { blocks.first?.attention.algorithm ?? .automatic }
+        set { for i in blocks.indices { blocks[i].attention.algorithm = newValue } }
+    }
 
     let embedding: Embedding
-    let blocks: [Block]
+    var blocks: [Block]
     let finalNorm: LayerNorm
     let head: Linear?
     let headBias: Int
 
     struct Block: Sendable {
         let norm1: LayerNorm
-        let attention: AttentionLayer
+        var attention: AttentionLayer
         let norm2: LayerNorm
         let feedForward: FeedForward
     }

@@ -9,10 +9,16 @@ struct Variant: CustomTestStringConvertible, Sendable {
     var featureMap = "elu"
     var rule: UpdateRule = .sum
     var normalization: Normalization = .none
+    /// Forces the chunkwise kernel with this chunk size (nil: the layer's automatic choice, which
+    /// for these short test sequences is the recurrence).
+    var chunk: Int? = nil
 
     var testDescription: String {
-        attention == .softmax ? "softmax" : "\(featureMap)/\(rule.rawValue)/\(normalization.rawValue)"
+        attention == .softmax
+            ? "softmax" : "\(featureMap)/\(rule.rawValue)/\(normalization.rawValue)" + (chunk.map { "/chunk\($0)" } ?? "")
     }
+
+    var algorithm: FastWeightAlgorithm { chunk.map { .chunkwise($0) } ?? .automatic }
 
     func config(modelSize: Int = 6, heads: Int = 2, headSize: Int = 3, layers: Int = 1) -> LMConfig {
         LMConfig(
@@ -35,6 +41,10 @@ struct Variant: CustomTestStringConvertible, Sendable {
             }
             v.append(Variant(featureMap: "identity", rule: rule, normalization: .none))
             v.append(Variant(featureMap: "dpfp-3", rule: rule, normalization: .sum))
+            for norm in [Normalization.none, .sum] {
+                v.append(Variant(featureMap: "elu", rule: rule, normalization: norm, chunk: 2))
+            }
+            v.append(Variant(featureMap: "favor-3", rule: rule, normalization: .sum, chunk: 3))
         }
         return v
     }()
@@ -48,7 +58,8 @@ struct Variant: CustomTestStringConvertible, Sendable {
         let config = variant.config()
         var store = ParameterStore(), buffers = ParameterStore()
         var rng = FWPRandom(seed: 21)
-        let layer = AttentionLayer(prefix: "attn", config: config, store: &store, buffers: &buffers, rng: &rng)
+        var layer = AttentionLayer(prefix: "attn", config: config, store: &store, buffers: &buffers, rng: &rng)
+        layer.algorithm = variant.algorithm
         if let b = layer.beta?.bias { store.values[b] = randomTensor([config.heads], seed: 22) }
         let batch = 2, steps = 5
         let x = randomTensor([batch * steps, config.modelSize], seed: 23)
@@ -148,6 +159,7 @@ struct Variant: CustomTestStringConvertible, Sendable {
         Variant(attention: .softmax), Variant(featureMap: "elu", rule: .sum, normalization: .sum),
         Variant(featureMap: "dpfp-2", rule: .delta, normalization: .sum), Variant(featureMap: "favor-3", rule: .delta, normalization: .attention),
         Variant(featureMap: "elu", rule: .sum, normalization: .attention),
+        Variant(featureMap: "dpfp-2", rule: .delta, normalization: .sum, chunk: 4),
     ])
     func wholeLanguageModel(_ variant: Variant) throws {
         var config = variant.config(modelSize: 8, heads: 2, headSize: 4, layers: 2)
@@ -155,7 +167,8 @@ struct Variant: CustomTestStringConvertible, Sendable {
         config.dropout = 0.1
         config.sinusoidalPositions = variant.attention == .softmax
         config.tiedEmbeddings = variant.rule == .sum
-        let model = try LanguageModel(config: config, seed: 5)
+        var model = try LanguageModel(config: config, seed: 5)
+        model.fastWeightAlgorithm = variant.algorithm
         let tokens = [1, 4, 2, 8, 0, 3, 3, 7, 5, 6, 1, 2]
         let targets = [4, 2, 8, 0, 3, 3, 7, 5, 6, 1, 2, 0]
         func loss(_ p: ParameterStore) -> Double {

@@ -52,7 +52,8 @@ import Testing
         var config = variant.config(modelSize: 8, heads: 2, headSize: 4, layers: 2)
         config.initStd = 0.4
         config.sinusoidalPositions = variant.attention == .softmax
-        let model = try LanguageModel(config: config, seed: 17)
+        var model = try LanguageModel(config: config, seed: 17)
+        model.fastWeightAlgorithm = variant.algorithm  // the parallel pass; `step` uses the recurrence
         let batch = 2, steps = 11
         var rng = FWPRandom(seed: 3)
         let tokens = (0..<(batch * steps)).map { _ in Int(rng.next() % 9) }
