@@ -146,32 +146,43 @@ public struct AttentionLayer: Sendable {
         if kind == .softmax {
             softmaxForward(&cache, state: &state, threads: threads)
         } else {
-            if let favorBuffer {
-                if training, case .favor(let m) = featureMap.kind {
-                    cache.projection = FeatureMap.favorProjection(features: m, inputSize: dh, using: &rng)
-                } else {
-                    cache.projection = buffers.values[favorBuffer]
-                }
-            }
-            cache.qPhi = featureMap.forward(qRaw, projection: cache.projection)
-            cache.kPhi = featureMap.forward(kRaw, projection: cache.projection)
-            if normalization == .sum {
-                (cache.q, cache.qSums) = SumNormalization.forward(cache.qPhi)
-                (cache.k, cache.kSums) = SumNormalization.forward(cache.kPhi)
-            } else {
-                cache.q = cache.qPhi
-                cache.k = cache.kPhi
-            }
-            if let beta {
-                var b = beta.forward(x, p)
-                for i in 0..<b.count { b.storage[i] = 1 / (1 + expf(-b.storage[i])) }
-                cache.beta = b.reshaped([n * heads])
-            }
-            fastWeightForward(&cache, state: &state, threads: threads)
+            fastWeightCoreForward(
+                &cache, betaLogits: beta.map { $0.forward(x, p) }, buffers, state: &state, training: training, rng: &rng,
+                threads: threads)
         }
         cache.attended = cache.core
         if kind == .fastWeight && outputScale != 1 { Vec.scaleTensor(outputScale, &cache.attended) }
         return (out.forward(cache.attended, p), cache)
+    }
+
+    /// Everything between the projections of a fast-weight layer: feature map, normalisation,
+    /// β = σ(logits), and the memory; `cache` holds qRaw, kRaw, v on entry, `core` on exit.
+    func fastWeightCoreForward(
+        _ cache: inout Cache, betaLogits: Tensor?, _ buffers: ParameterStore, state: inout AttentionState?,
+        training: Bool, rng: inout FWPRandom, threads: ComputeThreads
+    ) {
+        let n = cache.batch * cache.steps, dh = headSize
+        if let favorBuffer {
+            if training, case .favor(let m) = featureMap.kind {
+                cache.projection = FeatureMap.favorProjection(features: m, inputSize: dh, using: &rng)
+            } else {
+                cache.projection = buffers.values[favorBuffer]
+            }
+        }
+        cache.qPhi = featureMap.forward(cache.qRaw, projection: cache.projection)
+        cache.kPhi = featureMap.forward(cache.kRaw, projection: cache.projection)
+        if normalization == .sum {
+            (cache.q, cache.qSums) = SumNormalization.forward(cache.qPhi)
+            (cache.k, cache.kSums) = SumNormalization.forward(cache.kPhi)
+        } else {
+            cache.q = cache.qPhi
+            cache.k = cache.kPhi
+        }
+        if var b = betaLogits {
+            for i in 0..<b.count { b.storage[i] = 1 / (1 + expf(-b.storage[i])) }
+            cache.beta = b.reshaped([n * heads])
+        }
+        fastWeightForward(&cache, state: &state, threads: threads)
     }
 
     private func kernel(steps: Int) -> FastWeightKernel {
@@ -368,18 +379,7 @@ public struct AttentionLayer: Sendable {
         if kind == .softmax {
             (dqRaw, dkRaw, dv) = softmaxBackward(dCore, cache: cache, threads: threads)
         } else {
-            var dq: Tensor, dk: Tensor, dbeta: Tensor?
-            (dq, dk, dv, dbeta) = fastWeightBackward(dCore, cache: cache, threads: threads)
-            if normalization == .sum {
-                dq = SumNormalization.backward(dq, output: cache.q, sums: cache.qSums)
-                dk = SumNormalization.backward(dk, output: cache.k, sums: cache.kSums)
-            }
-            dqRaw = featureMap.backward(dq, input: cache.qRaw, output: cache.qPhi, projection: cache.projection)
-            dkRaw = featureMap.backward(dk, input: cache.kRaw, output: cache.kPhi, projection: cache.projection)
-            if var db = dbeta, let b = cache.beta {
-                for i in 0..<db.count { db.storage[i] *= b.storage[i] * (1 - b.storage[i]) }
-                dBetaLogit = db.reshaped([n, heads])
-            }
+            (dqRaw, dkRaw, dv, dBetaLogit) = fastWeightCoreBackward(dCore, cache: cache, threads: threads)
         }
         var dProjected = Tensor(shape: [n, 3 * hd])
         dProjected.withUnsafeMutablePointer { pp in
@@ -402,6 +402,26 @@ public struct AttentionLayer: Sendable {
             Vec.addTensor(dxb, into: &dx)
         }
         return dx
+    }
+
+    /// The backward pass of `fastWeightCoreForward`: gradients of qRaw, kRaw, v and the β logits.
+    func fastWeightCoreBackward(_ dCore: Tensor, cache: Cache, threads: ComputeThreads)
+        -> (Tensor, Tensor, Tensor, Tensor?)
+    {
+        let n = cache.batch * cache.steps
+        var (dq, dk, dv, dbeta) = fastWeightBackward(dCore, cache: cache, threads: threads)
+        if normalization == .sum {
+            dq = SumNormalization.backward(dq, output: cache.q, sums: cache.qSums)
+            dk = SumNormalization.backward(dk, output: cache.k, sums: cache.kSums)
+        }
+        let dqRaw = featureMap.backward(dq, input: cache.qRaw, output: cache.qPhi, projection: cache.projection)
+        let dkRaw = featureMap.backward(dk, input: cache.kRaw, output: cache.kPhi, projection: cache.projection)
+        var dBetaLogit: Tensor? = nil
+        if var db = dbeta, let b = cache.beta {
+            for i in 0..<db.count { db.storage[i] *= b.storage[i] * (1 - b.storage[i]) }
+            dBetaLogit = db.reshaped([n, heads])
+        }
+        return (dqRaw, dkRaw, dv, dBetaLogit)
     }
 
     private func fastWeightBackward(_ dCore: Tensor, cache: Cache, threads: ComputeThreads)

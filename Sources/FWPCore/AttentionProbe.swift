@@ -26,4 +26,27 @@ public struct AttentionProbe: Sendable {
         var g = parameters.zerosLike()
         return layer.backward(y, cache: cache, parameters, &g, threads: threads)
     }
+
+    /// The fast-weight memory alone — feature map, normalisation, β = σ(logits) and the recurrence,
+    /// without the projections — forward and backward with dL/dy = y. q, k, v are (B·T) × (H·d)
+    /// (head-major within a row), β logits (B·T) × H. Returns dq.
+    public func coreForwardBackward(
+        q: Tensor, k: Tensor, v: Tensor, betaLogits: Tensor?, batch: Int, algorithm: FastWeightAlgorithm = .automatic
+    ) -> Tensor {
+        var layer = self.layer
+        layer.algorithm = algorithm
+        let n = q.rows, steps = n / batch
+        let hd = layer.heads * layer.headSize
+        let flat = { (t: Tensor) in t.reshaped([n * layer.heads, layer.headSize]) }
+        var cache = AttentionLayer.Cache(
+            input: q, qRaw: flat(q), kRaw: flat(k), v: flat(v), qPhi: q, kPhi: k, qSums: [], kSums: [], q: q, k: k,
+            beta: nil, saved: [], denominators: [], chunkSize: nil, core: Tensor(shape: [n, hd]),
+            attended: Tensor(shape: [n, hd]), probabilities: [], finalWeights: [], finalNormalizer: [], projection: nil,
+            batch: batch, steps: steps)
+        var none: AttentionState? = nil
+        var rng = FWPRandom(seed: 0)
+        layer.fastWeightCoreForward(
+            &cache, betaLogits: betaLogits, buffers, state: &none, training: false, rng: &rng, threads: threads)
+        return layer.fastWeightCoreBackward(cache.core, cache: cache, threads: threads).0
+    }
 }

@@ -107,9 +107,14 @@ public struct FeatureMap: Sendable {
         case .identity:
             y = x
         case .eluPlusOne:
-            for i in 0..<x.count {
-                let v = x.storage[i]
-                y.storage[i] = v > 0 ? v + 1 : expf(v)
+            let n = x.count
+            x.withUnsafePointer { px in
+                y.withUnsafeMutablePointer { py in
+                    for i in 0..<n {
+                        let v = px[i]
+                        py[i] = v > 0 ? v + 1 : expf(v)
+                    }
+                }
             }
         case .dpfp(let nu):
             let w = 2 * d
@@ -156,7 +161,14 @@ public struct FeatureMap: Sendable {
             return dy
         case .eluPlusOne:
             var dx = dy
-            for i in 0..<dx.count where x.storage[i] <= 0 { dx.storage[i] *= y.storage[i] }
+            let n = dx.count
+            x.withUnsafePointer { px in
+                y.withUnsafePointer { py in
+                    dx.withUnsafeMutablePointer { pd in
+                        for i in 0..<n where px[i] <= 0 { pd[i] *= py[i] }
+                    }
+                }
+            }
             return dx
         case .dpfp(let nu):
             var dx = Tensor(shape: [rows, d])

@@ -7,6 +7,36 @@ public struct ModelState: Sendable, Equatable {
     public var position: Int
     /// Sequences in the batch.
     public let batch: Int
+
+    /// The state of sequences `range` of the batch.
+    func slice(_ range: Range<Int>) -> ModelState {
+        ModelState(layers: layers.map { $0.slice(range, batch: batch) }, position: position, batch: range.count)
+    }
+
+    /// The batch made of `parts` in order.
+    static func concatenate(_ parts: [ModelState]) -> ModelState {
+        ModelState(
+            layers: parts[0].layers.indices.map { l in AttentionState.concatenate(parts.map { $0.layers[l] }) },
+            position: parts[0].position, batch: parts.reduce(0) { $0 + $1.batch })
+    }
+}
+
+extension AttentionState {
+    func slice(_ range: Range<Int>, batch: Int) -> AttentionState {
+        func part<T>(_ a: [T]) -> [T] {
+            if a.isEmpty { return a }
+            let per = a.count / batch
+            return Array(a[(range.lowerBound * per)..<(range.upperBound * per)])
+        }
+        return AttentionState(
+            weights: part(weights), normalizer: part(normalizer), keys: part(keys), values: part(values), length: length)
+    }
+
+    static func concatenate(_ parts: [AttentionState]) -> AttentionState {
+        AttentionState(
+            weights: parts.flatMap(\.weights), normalizer: parts.flatMap(\.normalizer), keys: parts.flatMap(\.keys),
+            values: parts.flatMap(\.values), length: parts[0].length)
+    }
 }
 
 /// The autoregressive language model of docs/MODEL.md.
@@ -42,6 +72,7 @@ public struct LanguageModel: Sendable {
     /// A freshly initialised model; throws if the config is invalid.
     public init(config: LMConfig, seed: UInt64) throws {
         try config.validate()
+        Allocator.configureForTraining()
         self.config = config
         var rng = FWPRandom(seed: seed)
         var store = ParameterStore()
@@ -170,13 +201,62 @@ public struct LanguageModel: Sendable {
         return g
     }
 
+    /// At most this many shards of a batch are computed independently (see `lossAndGradients`).
+    public static let maximumShards = 4
+
     /// Mean cross-entropy of predicting `targets` from `tokens` and its gradients.
+    ///
+    /// The batch is split into up to `maximumShards` shards of whole sequences, each run forward
+    /// and backward on its own (in parallel when `threads` allows), and the shards' gradients are
+    /// summed in shard order. Every shard divides by the whole batch's target count, so this is
+    /// the full-batch gradient; the shard count depends only on the batch size, never on the
+    /// thread count, so results do not depend on `threads`. Each shard draws its dropout masks
+    /// from its own child of `rng`. FAVOR+ models, which redraw one projection per step for the
+    /// whole batch, run as a single shard.
     public func lossAndGradients(
         tokens: [Int], targets: [Int], batch: Int, state: inout ModelState?, training: Bool, rng: inout FWPRandom
     ) -> (loss: Double, gradients: ParameterStore) {
-        let (logits, cache) = forward(tokens: tokens, batch: batch, state: &state, training: training, rng: &rng)
-        let (loss, dLogits) = CrossEntropy.lossAndGradient(logits: logits, targets: targets)
-        return (loss, backward(dLogits, cache: cache))
+        precondition(batch >= 1 && tokens.count % batch == 0 && targets.count == tokens.count)
+        var favor = false
+        if case .favor = config.featureMap, config.attention == .fastWeight { favor = true }
+        let shards = favor ? 1 : min(batch, LanguageModel.maximumShards)
+        if shards == 1 {
+            let (logits, cache) = forward(tokens: tokens, batch: batch, state: &state, training: training, rng: &rng)
+            let (loss, dLogits) = CrossEntropy.lossAndGradient(logits: logits, targets: targets)
+            return (loss, backward(dLogits, cache: cache))
+        }
+        let steps = tokens.count / batch
+        let counted = targets.filter { $0 >= 0 }.count
+        let bounds = (0...shards).map { $0 * batch / shards }
+        let rngs = (0..<shards).map { _ in rng.split() }
+        let states = state.map { st in (0..<shards).map { st.slice(bounds[$0]..<bounds[$0 + 1]) } }
+        let outer = min(threads.count, shards)
+        var shardModel = self
+        shardModel.threads = ComputeThreads(max(1, threads.count / outer))
+        let model = shardModel
+        let results = ResultSlots<(loss: Double, gradients: ParameterStore, state: ModelState?)>(shards)
+        do {
+            ComputeThreads(outer).forEach(shards) { i in
+                let rows = (bounds[i] * steps)..<(bounds[i + 1] * steps)
+                var shardRng = rngs[i]
+                var shardState = states?[i]
+                let (logits, cache) = model.forward(
+                    tokens: Array(tokens[rows]), batch: bounds[i + 1] - bounds[i], state: &shardState, training: training,
+                    rng: &shardRng)
+                let (loss, dLogits) = CrossEntropy.lossAndGradient(
+                    logits: logits, targets: Array(targets[rows]), normalizer: counted)
+                results[i] = (loss, model.backward(dLogits, cache: cache), shardState)
+            }
+        }
+        var loss = 0.0
+        var gradients = results[0]!.gradients
+        for i in 0..<shards {
+            let r = results[i]!
+            loss += r.loss
+            if i > 0 { gradients.accumulate(r.gradients) }
+        }
+        if state != nil { state = ModelState.concatenate((0..<shards).map { results[$0]!.state! }) }
+        return (loss, gradients)
     }
 
     /// Mean cross-entropy without gradients (evaluation mode: no dropout, fixed features).

@@ -240,11 +240,16 @@ public enum Dropout {
 public enum CrossEntropy {
     /// Mean −log softmax(logits)[target] and its gradient with respect to the logits.
     /// Rows whose target is negative are ignored (neither counted nor given gradient).
-    public static func lossAndGradient(logits: Tensor, targets: [Int]) -> (loss: Double, gradient: Tensor) {
+    ///
+    /// `normalizer` overrides the count of targeted rows that the mean divides by (used when a
+    /// batch is split into shards: each shard divides by the whole batch's count).
+    public static func lossAndGradient(logits: Tensor, targets: [Int], normalizer: Int? = nil) -> (
+        loss: Double, gradient: Tensor
+    ) {
         let v = logits.columns, rows = logits.rows
         precondition(targets.count == rows, "one target per row")
         var grad = Tensor(shape: logits.shape)
-        let counted = targets.filter { $0 >= 0 }.count
+        let counted = normalizer ?? targets.filter { $0 >= 0 }.count
         let scale = counted > 0 ? 1 / Float(counted) : 0
         var total = 0.0
         logits.withUnsafePointer { pl in

@@ -35,3 +35,22 @@ struct UncheckedBox<T>: @unchecked Sendable {
     let value: T
     init(_ value: T) { self.value = value }
 }
+
+/// One result slot per parallel work item; each slot is written by exactly one worker.
+final class ResultSlots<T>: @unchecked Sendable {
+    private let base: UnsafeMutablePointer<T?>
+    let count: Int
+    init(_ count: Int) {
+        self.count = count
+        base = .allocate(capacity: count)
+        base.initialize(repeating: nil, count: count)
+    }
+    deinit {
+        base.deinitialize(count: count)
+        base.deallocate()
+    }
+    subscript(i: Int) -> T? {
+        get { base[i] }
+        set { base[i] = newValue }
+    }
+}

@@ -42,6 +42,12 @@ public struct ParameterStore: Sendable, Equatable {
         for i in values.indices { values[i].zero() }
     }
 
+    /// Adds `other` (same names and shapes) element-wise.
+    public mutating func accumulate(_ other: ParameterStore) {
+        precondition(other.names == names, "stores differ")
+        for i in values.indices { Vec.addTensor(other.values[i], into: &values[i]) }
+    }
+
     /// Total number of scalars.
     public var scalarCount: Int { values.reduce(0) { $0 + $1.count } }
 

@@ -176,8 +176,9 @@ struct Variant: CustomTestStringConvertible, Sendable {
             m.parameters = p
             var none: ModelState? = nil
             var rng = FWPRandom(seed: 99)  // the same dropout masks and FAVOR+ draws every time
-            let (logits, _) = m.forward(tokens: tokens, batch: 2, state: &none, training: true, rng: &rng)
-            return CrossEntropy.lossAndGradient(logits: logits, targets: targets).loss
+            // The training loss as lossAndGradients defines it (the batch split into shards, each
+            // with its own dropout stream); only its value is used here.
+            return m.lossAndGradients(tokens: tokens, targets: targets, batch: 2, state: &none, training: true, rng: &rng).loss
         }
         var none: ModelState? = nil
         var rng = FWPRandom(seed: 99)

@@ -68,8 +68,10 @@ func unigramEntropyNats(_ text: [Int]) -> Double {
         #expect(loss < 0.5 * entropy, "\(variant.testDescription): held-out loss \(loss) vs unigram entropy \(entropy)")
     }
 
-    @Test func sameSeedGivesBitIdenticalLosses() throws {
-        var config = Variant(featureMap: "favor-4", rule: .delta, normalization: .sum).config(modelSize: 8, heads: 2, headSize: 4, layers: 2)
+    /// FAVOR+ runs the batch as one shard; ELU+1 splits it into shards computed in parallel.
+    @Test(arguments: ["favor-4", "elu"])
+    func sameSeedGivesBitIdenticalLosses(_ featureMap: String) throws {
+        var config = Variant(featureMap: featureMap, rule: .delta, normalization: .sum).config(modelSize: 8, heads: 2, headSize: 4, layers: 2)
         config.dropout = 0.1
         func run(threads: Int) throws -> [Double] {
             var model = try LanguageModel(config: config, seed: 12)
@@ -90,6 +92,46 @@ func unigramEntropyNats(_ text: [Int]) -> Double {
         #expect(a == (try run(threads: 1)))
         #expect(a == (try run(threads: 2)), "the per-sequence thread count does not change results")
         #expect(Set(a).count > 1, "the losses change as training proceeds")
+    }
+
+    /// The sharded training step (batch split into independent shards, gradients summed) gives
+    /// the gradient of one unsharded forward/backward pass, and carries the same state.
+    @Test(arguments: [AttentionKind.fastWeight, .softmax])
+    func shardedStepMatchesWholeBatch(_ kind: AttentionKind) throws {
+        var config = Variant(attention: kind, featureMap: "elu", rule: .delta, normalization: .sum)
+            .config(modelSize: 8, heads: 2, headSize: 4, layers: 2)
+        config.initStd = 0.3
+        var model = try LanguageModel(config: config, seed: 4)
+        model.threads = ComputeThreads(2)
+        let batch = 6, steps = 7
+        var rng = FWPRandom(seed: 5)
+        let x = (0..<(batch * steps)).map { _ in Int(rng.next() % 9) }
+        var y = x.map { ($0 + 1) % 9 }
+        y[3] = -1  // an ignored target: the shards must divide by the whole batch's count
+        // Whole batch, by hand, with a carried state from a first segment.
+        var whole: ModelState? = model.initialState(batch: batch)
+        _ = model.forward(tokens: x, batch: batch, state: &whole, training: false, rng: &rng)
+        var sharded = whole
+        let (logits, cache) = model.forward(tokens: x, batch: batch, state: &whole, training: false, rng: &rng)
+        let (wholeLoss, dLogits) = CrossEntropy.lossAndGradient(logits: logits, targets: y)
+        let wholeGrads = model.backward(dLogits, cache: cache)
+        let (shardLoss, shardGrads) = model.lossAndGradients(
+            tokens: x, targets: y, batch: batch, state: &sharded, training: false, rng: &rng)
+        #expect(abs(shardLoss - wholeLoss) < 1e-6 * abs(wholeLoss))
+        for i in wholeGrads.values.indices {
+            let err = maxRelativeError(shardGrads.values[i], wholeGrads.values[i], floor: 1e-4)
+            #expect(err < 1e-4, "\(wholeGrads.names[i]): \(err)")
+        }
+        #expect(sharded?.batch == batch && sharded?.position == whole?.position)
+        for l in 0..<config.layers {
+            // Equal up to float rounding: the projections are GEMMs with a different row count.
+            func flat(_ s: AttentionState) -> Tensor {
+                let x = s.weights + s.keys.flatMap { $0 } + s.values.flatMap { $0 }
+                return Tensor(shape: [x.count], storage: x)
+            }
+            #expect(maxRelativeError(flat(sharded!.layers[l]), flat(whole!.layers[l])) < 1e-5)
+            #expect(sharded!.layers[l].keys.map(\.count) == whole!.layers[l].keys.map(\.count))
+        }
     }
 
     @Test func scheduleWarmsUpThenDecays() {
