@@ -1,107 +1,259 @@
-// fwp-bench: throughput of the numeric core's hot paths (not part of the test suite).
+// fwp-bench: throughput and memory of the numeric core's hot paths (not part of the test suite).
 //
-//   swift run -c release fwp-bench [--threads N] [--blas-threads N] [--repeats R] [--only core|layer|lm]
+//   swift build -c release --product fwp-bench
+//   .build/release/fwp-bench [--threads N] [--repeats R] [--json] [--only WHAT] [--context T]
 //
-// layer: one fast-weight attention layer (delta rule, ELU+1, sum normalisation), forward +
-//        backward, at B=8, H=4, T=256, d_head=64 (D = 256).
-// lm:    one training step (forward, backward, AdamW) of a byte-level LM with D=128, 4 layers,
-//        4 heads of 32, FF 512, T=256, B=16, for the delta rule, the sum rule and softmax.
-// Prints the median tokens/s over R timed repetitions after one warm-up.
+// WHAT (default: core lm):
+//   core      the delta-rule memory alone (ELU+1 + sum normalisation on q, k; β = σ(logits);
+//             the recurrence), forward + backward, B=8 H=4 T=256 d=64: recurrent, chunkwise
+//             C ∈ {16, 32, 64, 128}, and the automatic choice
+//   layer     one whole attention layer (projections included) at the same shape
+//   lm        one training step (forward, backward, AdamW) of the byte-level LM: D=128, 4 layers,
+//             4 heads of 32, FF 512, T=256, B=16 — delta rule, sum rule, softmax; with the
+//             FLOP count per token and the fraction of the measured sgemm rate
+//   sgemm     OpenBLAS sgemm GFLOP/s on one thread (1024³ and the LM's FF shape)
+//   sweep     the lm step at T = 256 … 2048 with B·T = 4096
+//   generate  recurrent generation, batch 1: tokens/s and resident memory at 1K … 64K tokens
+//             of context (softmax up to 8K: its per-token cost grows with the context)
+//   memory    peak resident memory of one delta-rule training step at --context T (B = 4),
+//             minus the resident memory before it, per token; run once per T (own process)
+// Prints medians over R timed repetitions after one warm-up. BLAS runs single-threaded; the
+// core parallelises over batch shards and sequences itself.
 import FWPCore
 import Foundation
 
-var threads = 2, repeats = 5
-var blasThreads: Int? = nil
-var only: String? = nil
+var threads = 2, repeats = 5, json = false, context = 256
+var lmAlgorithm = FastWeightAlgorithm.automatic
+var only: [String] = []
 var args = CommandLine.arguments.dropFirst()
 while let a = args.popFirst() {
     switch a {
     case "--threads": threads = Int(args.popFirst() ?? "") ?? threads
     case "--repeats": repeats = Int(args.popFirst() ?? "") ?? repeats
-    case "--only": only = args.popFirst()
-    case "--blas-threads": blasThreads = Int(args.popFirst() ?? "")
+    case "--only": only.append(args.popFirst() ?? "")
+    case "--context": context = Int(args.popFirst() ?? "") ?? context
+    case "--json": json = true
+    case "--algorithm":
+        // recurrent | chunkN | auto: how fast-weight layers of the lm workloads run
+        let a = args.popFirst() ?? ""
+        if a == "recurrent" { lmAlgorithm = .recurrent } else if a.hasPrefix("chunk"), let c = Int(a.dropFirst(5)) {
+            lmAlgorithm = .chunkwise(c)
+        }
+    case "--blas-threads": _ = args.popFirst()  // accepted for older command lines; BLAS stays at 1
     default:
-        print("usage: fwp-bench [--threads N] [--blas-threads N] [--repeats R] [--only core|layer|lm]")
+        FileHandle.standardError.write(
+            "usage: fwp-bench [--threads N] [--repeats R] [--json] [--only core|layer|lm|sgemm|sweep|generate|memory] [--context T]\n"
+                .data(using: .utf8)!)
         exit(2)
     }
 }
-BLAS.setThreads(blasThreads ?? threads)
+if only.isEmpty { only = ["core", "lm"] }
+BLAS.setThreads(1)
 
-func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
+@MainActor func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
 
-func time(_ body: () -> Void) -> Double {
+@MainActor func time(_ body: () -> Void) -> Double {
     let start = DispatchTime.now().uptimeNanoseconds
     body()
     return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
 }
 
-/// The delta-rule memory alone (what the PyTorch peer's "layer" measures): ELU+1 and sum
-/// normalisation on q and k, β = σ(logits), the recurrence, forward and backward.
-@MainActor func benchCore(_ label: String, algorithm: FastWeightAlgorithm, steps: Int = 256, batch: Int = 8) throws {
-    let (b, h, t, d) = (batch, 4, steps, 64)
-    let config = LMConfig(
+@MainActor func medianSeconds(_ body: () -> Void) -> Double {
+    body()
+    var secs: [Double] = []
+    for _ in 0..<repeats { secs.append(time(body)) }
+    return median(secs)
+}
+
+/// One result line: human-readable, or one JSON object per line with `--json`.
+@MainActor func report(_ name: String, _ value: Double, _ unit: String, _ extra: [String: Any] = [:]) {
+    if json {
+        var obj: [String: Any] = ["name": name, "value": (value * 10).rounded() / 10, "unit": unit, "threads": threads]
+        for (k, v) in extra { obj[k] = v }
+        let data = try! JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
+        FileHandle.standardOutput.write(data + Data("\n".utf8))
+    } else {
+        let detail = extra.keys.sorted().map { "\($0)=\(extra[$0]!)" }.joined(separator: " ")
+        let line = String(format: "%-22@ %14.1f %@  %@\n", name as NSString, value, unit as NSString, detail as NSString)
+        FileHandle.standardOutput.write(Data(line.utf8))
+    }
+}
+
+@MainActor func residentBytes() -> Int {
+    guard let s = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
+    let f = s.split(separator: " ")
+    return (Int(f[1]) ?? 0) * Int(sysconf(Int32(_SC_PAGESIZE)))
+}
+
+@MainActor func peakResidentBytes() -> Int {
+    var u = rusage()
+    getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &u)
+    return u.ru_maxrss * 1024
+}
+
+// MARK: - workloads
+
+@MainActor func coreConfig(h: Int, d: Int) -> LMConfig {
+    LMConfig(
         vocabularySize: 256, modelSize: h * d, layers: 1, heads: h, headSize: d, feedForwardSize: 4 * h * d,
         attention: .fastWeight, featureMap: .eluPlusOne, updateRule: .delta, normalization: .sum)
-    let probe = try AttentionProbe(config: config, threads: threads)
+}
+
+@MainActor func benchCore(_ label: String, algorithm: FastWeightAlgorithm) throws {
+    let (b, h, t, d) = (8, 4, 256, 64)
+    let probe = try AttentionProbe(config: coreConfig(h: h, d: d), threads: threads)
     var rng = FWPRandom(seed: 1)
     let q = Tensor.normal(shape: [b * t, h * d], std: 1, using: &rng)
     let k = Tensor.normal(shape: [b * t, h * d], std: 1, using: &rng)
     let v = Tensor.normal(shape: [b * t, h * d], std: 1, using: &rng)
     let beta = Tensor.normal(shape: [b * t, h], std: 1, using: &rng)
-    let run = { _ = probe.coreForwardBackward(q: q, k: k, v: v, betaLogits: beta, batch: b, algorithm: algorithm) }
-    run()
-    var secs: [Double] = []
-    for _ in 0..<repeats { secs.append(time(run)) }
-    let tps = Double(b * t) / median(secs)
-    print(String(format: "%-20@ %12.0f tokens/s  (delta-rule memory fwd+bwd, B=%d H=%d T=%d d=%d)", label as NSString, tps, b, h, t, d))
+    let secs = medianSeconds { _ = probe.coreForwardBackward(q: q, k: k, v: v, betaLogits: beta, batch: b, algorithm: algorithm) }
+    report(label, Double(b * t) / secs, "tokens/s", ["shape": "B8 H4 T256 d64"])
 }
 
 @MainActor func benchLayer() throws {
     let (b, h, t, d) = (8, 4, 256, 64)
-    let config = LMConfig(
-        vocabularySize: 256, modelSize: h * d, layers: 1, heads: h, headSize: d, feedForwardSize: 4 * h * d,
-        attention: .fastWeight, featureMap: .eluPlusOne, updateRule: .delta, normalization: .sum)
-    let probe = try AttentionProbe(config: config, threads: threads)
+    let probe = try AttentionProbe(config: coreConfig(h: h, d: d), threads: threads)
     var rng = FWPRandom(seed: 1)
     let x = Tensor.normal(shape: [b * t, h * d], std: 1, using: &rng)
-    _ = probe.forwardBackward(x, batch: b)
-    var secs: [Double] = []
-    for _ in 0..<repeats { secs.append(time { _ = probe.forwardBackward(x, batch: b) }) }
-    let tps = Double(b * t) / median(secs)
-    print(String(format: "delta-rule layer fwd+bwd  B=%d H=%d T=%d d=%d  %10.0f tokens/s  (median of %d, %d threads)", b, h, t, d, tps, repeats, threads))
+    let secs = medianSeconds { _ = probe.forwardBackward(x, batch: b) }
+    report("layer-delta", Double(b * t) / secs, "tokens/s", ["shape": "B8 H4 T256 d64 D256"])
 }
 
-@MainActor func benchLM(_ name: String, attention: AttentionKind, rule: UpdateRule) throws {
-    let (batch, context) = (16, 256)
-    let config = LMConfig(
+@MainActor func lmConfig(_ attention: AttentionKind, _ rule: UpdateRule) -> LMConfig {
+    LMConfig(
         vocabularySize: 256, modelSize: 128, layers: 4, heads: 4, headSize: 32, feedForwardSize: 512,
         attention: attention, featureMap: .eluPlusOne, updateRule: rule, normalization: .sum)
+}
+
+/// FLOPs per token of one training step (forward + backward ≈ 3 × forward), counting the dense
+/// products and the attention core in its cheapest exact form: fast weights 2·d·d_dot per
+/// product per head (sum rule: write + read; delta: + the retrieval v̄), softmax the causal half
+/// of QKᵀ and PV. Element-wise work, the optimiser and the chunkwise form's extra products are
+/// not counted.
+@MainActor func trainingFlopsPerToken(_ c: LMConfig, steps: Int) -> Double {
+    let D = Double(c.modelSize), hd = Double(c.heads * c.headSize), F = Double(c.feedForwardSize)
+    let V = Double(c.vocabularySize), d = Double(c.headSize), H = Double(c.heads)
+    var layer = 2 * D * 3 * hd + 2 * hd * D + 2 * 2 * D * F
+    if c.attention == .softmax {
+        layer += 2 * 2 * H * d * Double(steps + 1) / 2
+    } else {
+        layer += Double(c.updateRule == .delta ? 3 : 2) * 2 * H * d * d
+        if c.updateRule == .delta { layer += 2 * D * H }
+    }
+    return 3 * (Double(c.layers) * layer + 2 * D * V)
+}
+
+@MainActor func lmStepSeconds(_ config: LMConfig, batch: Int, steps: Int) throws -> Double {
+    var model = try LanguageModel(config: config, seed: 1)
+    model.threads = ComputeThreads(threads)
+    model.fastWeightAlgorithm = lmAlgorithm
+    var opt = AdamW(parameters: model.parameters, schedule: LearningRateSchedule(peak: 1e-3))
+    var rng = FWPRandom(seed: 2)
+    let tokens = (0..<(batch * steps)).map { _ in Int(rng.next() % 256) }
+    let targets = tokens.map { ($0 + 1) % 256 }
+    return medianSeconds {
+        var none: ModelState? = nil
+        let (_, g) = model.lossAndGradients(
+            tokens: tokens, targets: targets, batch: batch, state: &none, training: true, rng: &rng)
+        opt.update(&model.parameters, gradients: g)
+    }
+}
+
+@MainActor func sgemmGflops(m: Int, n: Int, k: Int) -> Double {
+    var rng = FWPRandom(seed: 3)
+    let a = Tensor.normal(shape: [m, k], std: 1, using: &rng), b = Tensor.normal(shape: [k, n], std: 1, using: &rng)
+    var c = Tensor(shape: [m, n])
+    let secs = medianSeconds { BLAS.gemm(a, b, into: &c) }
+    return 2 * Double(m * n * k) / secs / 1e9
+}
+
+let lmVariants: [(String, AttentionKind, UpdateRule)] = [
+    ("delta", .fastWeight, .delta), ("sum", .fastWeight, .sum), ("softmax", .softmax, .sum),
+]
+
+@MainActor func benchLM() throws {
+    let peak = sgemmGflops(m: 1024, n: 1024, k: 1024)
+    for (name, attention, rule) in lmVariants {
+        let config = lmConfig(attention, rule)
+        let tps = Double(16 * 256) / (try lmStepSeconds(config, batch: 16, steps: 256))
+        let flops = trainingFlopsPerToken(config, steps: 256)
+        let rate = tps * flops / 1e9
+        report(
+            "lm-\(name)", tps, "tokens/s",
+            [
+                "mflop_per_token": (flops / 1e4).rounded() / 100, "gflops": (rate * 10).rounded() / 10,
+                "fraction_of_sgemm": (rate / (peak * Double(threads)) * 1000).rounded() / 1000,
+            ])
+    }
+}
+
+@MainActor func benchGenerate() throws {
+    let window = 256
+    for (name, attention, rule) in lmVariants {
+        let model = try LanguageModel(config: lmConfig(attention, rule), seed: 1)
+        var state = model.initialState(batch: 1)
+        let marks = attention == .softmax ? [1024, 2048, 4096, 8192] : [1024, 4096, 16384, 65536]
+        var token = 1, position = 0
+        var windowStart: UInt64 = 0
+        while position < marks.last! {
+            if marks.contains(position + window) { windowStart = DispatchTime.now().uptimeNanoseconds }
+            let logits = model.step(tokens: [token], state: &state)
+            token = logits.storage.indices.max { logits.storage[$0] < logits.storage[$1] }!
+            position += 1
+            if marks.contains(position) {
+                let secs = Double(DispatchTime.now().uptimeNanoseconds - windowStart) / 1e9
+                report(
+                    "generate-\(name)", Double(window) / secs, "tokens/s",
+                    ["context": position, "resident_mib": (Double(residentBytes()) / 1048576 * 10).rounded() / 10])
+            }
+        }
+    }
+}
+
+@MainActor func benchMemory() throws {
+    let batch = 4
+    let config = lmConfig(.fastWeight, .delta)
     var model = try LanguageModel(config: config, seed: 1)
     model.threads = ComputeThreads(threads)
     var opt = AdamW(parameters: model.parameters, schedule: LearningRateSchedule(peak: 1e-3))
     var rng = FWPRandom(seed: 2)
     let tokens = (0..<(batch * context)).map { _ in Int(rng.next() % 256) }
-    let targets = tokens.map { ($0 + 1) % 256 }
-    func step() {
-        var none: ModelState? = nil
-        let (_, g) = model.lossAndGradients(tokens: tokens, targets: targets, batch: batch, state: &none, training: true, rng: &rng)
-        opt.update(&model.parameters, gradients: g)
-    }
-    step()
-    var secs: [Double] = []
-    for _ in 0..<repeats { secs.append(time(step)) }
-    let tps = Double(batch * context) / median(secs)
-    print(String(format: "LM training step %-8@ D=128 L=4 H=4 T=256 B=16  %10.0f tokens/s", name as NSString, tps))
+    let before = peakResidentBytes()
+    var none: ModelState? = nil
+    let (_, g) = model.lossAndGradients(
+        tokens: tokens, targets: tokens, batch: batch, state: &none, training: true, rng: &rng)
+    opt.update(&model.parameters, gradients: g)
+    let grown = peakResidentBytes() - before
+    report(
+        "memory-delta", Double(grown) / Double(batch * context), "bytes/token",
+        ["context": context, "batch": batch, "peak_mib": (Double(peakResidentBytes()) / 1048576 * 10).rounded() / 10])
 }
 
-if only == nil || only == "core" || only == "core32" {
-    try benchCore("core-recurrent", algorithm: .recurrent)
-    for c in [16, 32, 64, 128] where only != "core32" || c == 32 { try benchCore("core-chunk\(c)", algorithm: .chunkwise(c)) }
-    try benchCore("core-auto", algorithm: .automatic)
-}
-if only == nil || only == "layer" { try benchLayer() }
-if only == nil || only == "lm" {
-    try benchLM("delta", attention: .fastWeight, rule: .delta)
-    try benchLM("sum", attention: .fastWeight, rule: .sum)
-    try benchLM("softmax", attention: .softmax, rule: .sum)
+for what in only {
+    switch what {
+    case "core", "core32":
+        try benchCore("core-recurrent", algorithm: .recurrent)
+        for c in [16, 32, 64, 128] where what == "core" || c == 32 {
+            try benchCore("core-chunk\(c)", algorithm: .chunkwise(c))
+        }
+        try benchCore("core-auto", algorithm: .automatic)
+    case "layer": try benchLayer()
+    case "lm": try benchLM()
+    case "sgemm":
+        report("sgemm-1024", sgemmGflops(m: 1024, n: 1024, k: 1024), "GFLOP/s", ["blas_threads": 1])
+        report("sgemm-4096x512x128", sgemmGflops(m: 4096, n: 512, k: 128), "GFLOP/s", ["blas_threads": 1])
+    case "sweep":
+        for t in [256, 512, 1024, 2048] {
+            for (name, attention, rule) in lmVariants {
+                let secs = try lmStepSeconds(lmConfig(attention, rule), batch: 4096 / t, steps: t)
+                report("lm-\(name)-T\(t)", 4096 / secs, "tokens/s", ["context": t])
+            }
+        }
+    case "generate": try benchGenerate()
+    case "memory": try benchMemory()
+    default:
+        FileHandle.standardError.write("unknown workload \(what)\n".data(using: .utf8)!)
+        exit(2)
+    }
 }
