@@ -207,13 +207,21 @@ public struct FeedForward: Sendable {
 
     public func forward(_ x: Tensor, _ p: ParameterStore) -> (Tensor, Cache) {
         var h = fc1.forward(x, p)
-        for i in 0..<h.count where h.storage[i] < 0 { h.storage[i] = 0 }
+        let n = h.count
+        h.withUnsafeMutablePointer { ph in
+            for i in 0..<n { ph[i] = max(ph[i], 0) }
+        }
         return (fc2.forward(h, p), Cache(input: x, hidden: h))
     }
 
     public func backward(_ dy: Tensor, cache: Cache, _ p: ParameterStore, _ g: inout ParameterStore) -> Tensor {
         var dh = fc2.backward(dy, input: cache.hidden, p, &g)
-        for i in 0..<dh.count where cache.hidden.storage[i] <= 0 { dh.storage[i] = 0 }
+        let n = dh.count
+        cache.hidden.withUnsafePointer { ph in
+            dh.withUnsafeMutablePointer { pd in
+                for i in 0..<n where ph[i] <= 0 { pd[i] = 0 }
+            }
+        }
         return fc1.backward(dh, input: cache.input, p, &g)
     }
 }
@@ -232,7 +240,12 @@ public enum Dropout {
     public static func apply(_ mask: [Float]?, to x: inout Tensor) {
         guard let mask else { return }
         precondition(mask.count == x.count)
-        for i in 0..<x.count { x.storage[i] *= mask[i] }
+        let n = x.count
+        mask.withUnsafeBufferPointer { pm in
+            x.withUnsafeMutablePointer { px in
+                for i in 0..<n { px[i] *= pm[i] }
+            }
+        }
     }
 }
 
