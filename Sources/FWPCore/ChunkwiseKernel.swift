@@ -55,7 +55,7 @@ public struct ChunkwiseKernel: Sendable {
 
     /// Scratch floats per sequence needed by `forward` and `backward`.
     public var scratchCount: Int {
-        5 * chunkSize * chunkSize + chunkSize * (valueSize + keySize)
+        5 * chunkSize * chunkSize + chunkSize * (valueSize + keySize + 1)
     }
 
     // Offsets of the saved arrays.
@@ -136,6 +136,7 @@ public struct ChunkwiseKernel: Sendable {
         if !seeded { dw.update(repeating: 0, count: nk * nv) }
         let P = scratch, dP = scratch + C * C, A = scratch + 2 * C * C, dA = scratch + 3 * C * C
         let tmp = scratch + 4 * C * C, dU = scratch + 5 * C * C, dWm = dU + C * nv
+        let db = dWm + C * nk  // C floats: dβ of the chunk
         for ci in stride(from: chunks - 1, through: 0, by: -1) {
             let t0 = ci * C, c = min(C, steps - t0)
             let qc = q + t0 * ks, kc = k + t0 * ks, vc = v + t0 * vs, dyc = dy + t0 * vs
@@ -205,7 +206,7 @@ public struct ChunkwiseKernel: Sendable {
                 transposeA: true, transposeB: false, m: c, n: nv, k: c, a: A, lda: C, b: dU, ldb: nv, beta: 0, c: dvc,
                 ldc: vs)
             // A = M⁻¹ diag(β):  dβ_j = Σ_i M⁻¹_ij dA_ij;  dM⁻¹ = dA diag(β)
-            var db = [Float](repeating: 0, count: c)
+            db.update(repeating: 0, count: c)
             for i in 0..<c {
                 let mr = minv + i * C, dr = dA + i * C
                 for j in 0...i {
@@ -243,7 +244,6 @@ public struct ChunkwiseKernel: Sendable {
                 transposeA: true, transposeB: false, m: c, n: nk, k: c, a: dA, lda: C, b: kc, ldb: ks, beta: 1, c: dkc,
                 ldc: ks)
             if let dbeta { for j in 0..<c { dbeta[(t0 + j) * betaStride] = db[j] } }
-            _ = tmp
         }
     }
 

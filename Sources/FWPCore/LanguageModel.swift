@@ -235,18 +235,16 @@ public struct LanguageModel: Sendable {
         shardModel.threads = ComputeThreads(max(1, threads.count / outer))
         let model = shardModel
         let results = ResultSlots<(loss: Double, gradients: ParameterStore, state: ModelState?)>(shards)
-        do {
-            ComputeThreads(outer).forEach(shards) { i in
-                let rows = (bounds[i] * steps)..<(bounds[i + 1] * steps)
-                var shardRng = rngs[i]
-                var shardState = states?[i]
-                let (logits, cache) = model.forward(
-                    tokens: Array(tokens[rows]), batch: bounds[i + 1] - bounds[i], state: &shardState, training: training,
-                    rng: &shardRng)
-                let (loss, dLogits) = CrossEntropy.lossAndGradient(
-                    logits: logits, targets: Array(targets[rows]), normalizer: counted)
-                results[i] = (loss, model.backward(dLogits, cache: cache), shardState)
-            }
+        ComputeThreads(outer).forEach(shards) { i in
+            let rows = (bounds[i] * steps)..<(bounds[i + 1] * steps)
+            var shardRng = rngs[i]
+            var shardState = states?[i]
+            let (logits, cache) = model.forward(
+                tokens: Array(tokens[rows]), batch: bounds[i + 1] - bounds[i], state: &shardState, training: training,
+                rng: &shardRng)
+            let (loss, dLogits) = CrossEntropy.lossAndGradient(
+                logits: logits, targets: Array(targets[rows]), normalizer: counted)
+            results[i] = (loss, model.backward(dLogits, cache: cache), shardState)
         }
         var loss = 0.0
         var gradients = results[0]!.gradients
