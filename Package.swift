@@ -60,6 +60,7 @@ let package = Package(
         ),
         .executableTarget(name: "fwp-task", dependencies: ["FWPCore", "FWPTasks"]),
         .executableTarget(name: "fwp-bench", dependencies: ["FWPCore"], path: "Benchmarks/FWPBench"),
+        .executableTarget(name: "fwp-load", dependencies: ["FWPProtocol", "ZeroMQ"], path: "Benchmarks/FWPLoad"),
         .testTarget(
             name: "FWPCoreTests",
             dependencies: ["FWPCore", "CZeroMQ"],

@@ -1,4 +1,5 @@
 import Dispatch
+import Synchronization
 
 /// How many threads FWPCore's own loops (over batch × head sequences) use.
 ///
@@ -12,19 +13,25 @@ public struct ComputeThreads: Sendable, Equatable {
     }
 
     /// Runs body(i) for i in 0..<n, spread over `count` threads.
+    ///
+    /// Items are handed out one at a time from a shared counter rather than striped in advance:
+    /// when the system takes a core from one worker (the daemon answering a request, another
+    /// process), the others take over its remaining items instead of waiting for it at the end.
+    /// Which thread runs an item never changes its result.
     func forEach(_ n: Int, _ body: (Int) -> Void) {
         if count <= 1 || n <= 1 {
             for i in 0..<n { body(i) }
             return
         }
         let workers = min(count, n)
+        let next = Atomic<Int>(0)
         withoutActuallyEscaping(body) { body in
             let box = UncheckedBox(body)
-            DispatchQueue.concurrentPerform(iterations: workers) { w in
-                var i = w
-                while i < n {
+            DispatchQueue.concurrentPerform(iterations: workers) { _ in
+                while true {
+                    let i = next.wrappingAdd(1, ordering: .relaxed).oldValue
+                    if i >= n { break }
                     box.value(i)
-                    i += workers
                 }
             }
         }

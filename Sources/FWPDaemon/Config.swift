@@ -33,6 +33,9 @@ public struct DaemonConfig: Equatable, Sendable {
     public var allowInsecureRemote = false
     /// trace, debug, info, notice, warning, error, critical.
     public var logLevel = "info"
+    /// Nice value (0–19) of the threads that serve requests (fwpd's I/O thread and libzmq's):
+    /// above 0, a busy machine runs training first and answers requests in its gaps.
+    public var requestNice = 5
 
     public init() {}
 
@@ -60,6 +63,10 @@ public struct DaemonConfig: Equatable, Sendable {
                 throw ConfigError("log_level must be trace, debug, info, notice, warning, error or critical, got '\($1)'")
             }
             $0.logLevel = $1
+        }),
+        ("request_nice", "FWPD_REQUEST_NICE", "--request-nice", {
+            guard let v = Int($1), (0...19).contains(v) else { throw ConfigError("request_nice must be an integer from 0 to 19, got '\($1)'") }
+            $0.requestNice = v
         }),
     ]
 

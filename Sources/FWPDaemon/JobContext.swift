@@ -20,6 +20,9 @@ final class JobContext: TaskContext, @unchecked Sendable {
     let logger: Logger
     let metrics: DaemonMetrics
     private let lock = NSLock()
+    /// Stores and publishes this job's events in order, off the task's thread: a training step
+    /// never waits for SQLite's fsync or for a write transaction another request holds.
+    private let eventQueue = DispatchQueue(label: "fwpd.job-events")
     private var cancelRequested = false
     private var shuttingDown = false
 
@@ -52,13 +55,19 @@ final class JobContext: TaskContext, @unchecked Sendable {
         let event = JobEvent(
             job: job.id, seq: 0, time: Date().timeIntervalSince1970, kind: e.kind, step: e.step, total: e.total, loss: e.loss,
             metrics: e.metrics.isEmpty ? nil : e.metrics, tokensPerSecond: e.tokensPerSecond, etaSeconds: e.etaSeconds, message: e.message)
-        do {
-            publisher.publish(try store.appendEvent(event))
-            if let r = e.tokensPerSecond, e.kind == "progress" { metrics.tokensPerSecond(job: job.id, r) }
-        } catch {
-            logger.error("cannot store event: \(error)")
+        eventQueue.async { [store, publisher, metrics, logger, job] in
+            do {
+                publisher.publish(try store.appendEvent(event))
+                if let r = e.tokensPerSecond, e.kind == "progress" { metrics.tokensPerSecond(job: job.id, r) }
+            } catch {
+                logger.error("cannot store event: \(error)")
+            }
         }
     }
+
+    /// Waits until every event emitted so far is stored and published (before the job's final
+    /// state event, so that it stays the last one).
+    func flushEvents() { eventQueue.sync {} }
 
     func log(_ level: TaskLogLevel, _ message: String) {
         switch level {

@@ -81,6 +81,7 @@ final class Router: @unchecked Sendable {
 
     /// Serves until `stop()`; runs on its own thread.
     func run() {
+        if config.requestNice > 0 { Self.lowerRequestThreadPriority(to: Int32(config.requestNice), logger: logger) }
         var sockets = [router, pull]
         if let zap { sockets.append(zap) }
         while !stopLock.withLock({ stopRequested }) {
@@ -99,6 +100,30 @@ final class Router: @unchecked Sendable {
         pull.close()
         zap?.close()
         stopped.signal()
+    }
+
+    /// Sets the nice value of the calling thread and of libzmq's I/O threads ("ZMQbg/IO/…",
+    /// created with the context's first socket). On Linux, nice applies per thread.
+    static func lowerRequestThreadPriority(to nice: Int32, logger: Logger) {
+        // The calling thread's id: /proc/thread-self links to "<pid>/task/<tid>".
+        var threads: [pid_t] = []
+        if let link = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/thread-self"),
+            let tid = pid_t(link.split(separator: "/").last ?? "")
+        {
+            threads.append(tid)
+        }
+        if let tasks = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task") {
+            for t in tasks {
+                if let comm = try? String(contentsOfFile: "/proc/self/task/\(t)/comm", encoding: .utf8), comm.hasPrefix("ZMQbg/IO"),
+                    let tid = pid_t(t)
+                {
+                    threads.append(tid)
+                }
+            }
+        }
+        for tid in threads where setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(tid), nice) != 0 {
+            logger.warning("cannot set nice \(nice) on request thread \(tid): \(String(cString: strerror(errno)))")
+        }
     }
 
     /// Ends the loop and waits until the sockets are closed.

@@ -155,6 +155,7 @@ final class Scheduler: @unchecked Sendable {
         defer { heartbeat.cancel() }
         var outcome: (JobState, JSONValue?, WireError?)
         do {
+            defer { context.flushEvents() }
             guard let module = registry.module(named: job.task) else {
                 throw WireError("unknown_task", "task module '\(job.task)' is not registered")
             }

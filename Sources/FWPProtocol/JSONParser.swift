@@ -109,10 +109,20 @@ struct JSONParser {
         let start = i
         if i < bytes.count, bytes[i] == UInt8(ascii: "-") { i += 1 }
         guard i < bytes.count, bytes[i] >= 0x30 && bytes[i] <= 0x39 else { throw Failure(offset: start, reason: "unexpected character") }
+        var integer: Int64 = 0
         if bytes[i] == 0x30 {
             i += 1
         } else {
-            while i < bytes.count, bytes[i] >= 0x30 && bytes[i] <= 0x39 { i += 1 }
+            while i < bytes.count, bytes[i] >= 0x30 && bytes[i] <= 0x39 {
+                if i - start < 16 { integer = integer &* 10 &+ Int64(bytes[i] - 0x30) }
+                i += 1
+            }
+        }
+        // Fast path: a plain integer of at most 15 digits converts exactly without text.
+        let isPlainEnd = i >= bytes.count || (bytes[i] != UInt8(ascii: ".") && bytes[i] != UInt8(ascii: "e") && bytes[i] != UInt8(ascii: "E"))
+        let digits = i - start - (bytes[start] == UInt8(ascii: "-") ? 1 : 0)
+        if isPlainEnd && digits <= 15 {
+            return bytes[start] == UInt8(ascii: "-") ? -Double(integer) : Double(integer)
         }
         if i < bytes.count, bytes[i] == UInt8(ascii: ".") {
             i += 1
@@ -149,7 +159,16 @@ struct JSONParser {
 
     mutating func string() throws -> String {
         i += 1  // opening quote
-        var out: [UInt8] = []
+        // Fast path: no escapes before the closing quote (keys and most values).
+        var j = i
+        while j < bytes.count, bytes[j] != UInt8(ascii: "\""), bytes[j] != UInt8(ascii: "\\"), bytes[j] >= 0x20 { j += 1 }
+        if j < bytes.count, bytes[j] == UInt8(ascii: "\"") {
+            guard let s = String(validating: bytes[i..<j], as: UTF8.self) else { throw Failure(offset: j + 1, reason: "invalid UTF-8") }
+            i = j + 1
+            return s
+        }
+        var out: [UInt8] = Array(bytes[i..<j])
+        i = j
         while true {
             guard i < bytes.count else { throw Failure(offset: i, reason: "unterminated string") }
             let b = bytes[i]

@@ -54,15 +54,15 @@ public enum JSONValue: Codable, Equatable, Sendable, CustomStringConvertible {
     /// Appends the compact JSON of this value to `out`.
     public func write(into out: inout [UInt8]) {
         switch self {
-        case .null: out += Array("null".utf8)
-        case .bool(let b): out += Array((b ? "true" : "false").utf8)
+        case .null: out.append(contentsOf: "null".utf8)
+        case .bool(let b): out.append(contentsOf: (b ? "true" : "false").utf8)
         case .number(let n):
             if !n.isFinite {
-                out += Array("null".utf8)
+                out.append(contentsOf: "null".utf8)
             } else if n.rounded() == n && abs(n) < 1e15 {
-                out += Array(String(Int64(n)).utf8)
+                out.append(contentsOf: String(Int64(n)).utf8)
             } else {
-                out += Array("\(n)".utf8)
+                out.append(contentsOf: "\(n)".utf8)
             }
         case .string(let s): JSONValue.writeString(s, into: &out)
         case .array(let a):
@@ -86,6 +86,11 @@ public enum JSONValue: Codable, Equatable, Sendable, CustomStringConvertible {
 
     static func writeString(_ s: String, into out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))
+        if !s.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+            out.append(contentsOf: s.utf8)
+            out.append(UInt8(ascii: "\""))
+            return
+        }
         for b in s.utf8 {
             switch b {
             case UInt8(ascii: "\""): out += [UInt8(ascii: "\\"), UInt8(ascii: "\"")]
@@ -105,7 +110,7 @@ public enum JSONValue: Codable, Equatable, Sendable, CustomStringConvertible {
     public var description: String { jsonText }
 
     /// Parses JSON text.
-    public static func parse(_ text: String) throws -> JSONValue { try parse(Data(text.utf8)) }
+    public static func parse(_ text: String) throws -> JSONValue { try JSONParser.parse(Array(text.utf8)) }
 
     /// Parses UTF-8 JSON (strict RFC 8259).
     public static func parse(_ data: Data) throws -> JSONValue { try JSONParser.parse(Array(data)) }

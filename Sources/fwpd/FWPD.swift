@@ -30,6 +30,7 @@ struct FWPD: AsyncParsableCommand {
     @Option(help: "Allowed client public keys (one per line).") var curveAllowedKeysFile: String?
     @Flag(help: "Allow a non-loopback TCP endpoint without CURVE.") var allowInsecureRemote = false
     @Option(help: "Log level (trace … critical).") var logLevel: String?
+    @Option(help: "Nice value (0–19) of the request-serving threads.") var requestNice: Int?
 
     func run() async throws {
         var settings = DaemonConfig()
@@ -43,7 +44,7 @@ struct FWPD: AsyncParsableCommand {
                 (checkpointsKept.map(String.init), "--checkpoints-kept"), (maxAttempts.map(String.init), "--max-attempts"),
                 (maxRequestBytes.map(String.init), "--max-request-bytes"), (curveSecretKeyFile, "--curve-secret-key-file"),
                 (curveAllowedKeysFile, "--curve-allowed-keys-file"), (allowInsecureRemote ? "true" : nil, "--allow-insecure-remote"),
-                (logLevel, "--log-level"),
+                (logLevel, "--log-level"), (requestNice.map(String.init), "--request-nice"),
             ]
             try settings.apply(flags: flags.compactMap { v, f in v.map { (f, $0) } })
         } catch {

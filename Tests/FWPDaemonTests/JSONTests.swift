@@ -28,4 +28,37 @@ import Testing
         #expect(throws: (any Error).self) { try JSONValue.parse(Data([0x22, 0xFF, 0x22])) }
         #expect(throws: (any Error).self) { try JSONValue.parse(String(repeating: "[", count: 1000) + String(repeating: "]", count: 1000)) }
     }
+
+    @Test func integerFastPathMatchesTextConversion() throws {
+        // Up to 15 digits go through the integer path, longer ones and fractions through Double(text).
+        for text in ["0", "-0", "7", "-42", "999999999999999", "-999999999999999", "1234567890123456", "12345678901234567890", "3.25", "-1e3", "5E-2"] {
+            let v = try JSONValue.parse(text)
+            #expect(v.doubleValue == Double(text), "\(text)")
+        }
+        #expect(try JSONValue.parse("[1,23,456]") == .array([1, 23, 456]))
+    }
+
+    @Test func wireEncoderAgreesWithFoundation() throws {
+        let job = JobInfo(
+            id: 12, task: "lm", preset: nil, parameters: ["lr": 0.003, "name": "a/b \"q\"", "layers": 2, "nested": .object(["x": .array([1, .null])])],
+            priority: -3, state: .failed, attempt: 2, maxAttempts: 3, idempotencyKey: "k-1", createdAt: 1_764_400_000.125, startedAt: nil,
+            finishedAt: 1_764_400_010.5, result: .object(["best": 3.02]), error: WireError("diverged", "loss is nan", details: ["step": 7]),
+            cancelRequested: true, lastSeq: 41)
+        let event = JobEvent(job: 12, seq: 3, time: 1_764_400_001.75, kind: "progress", step: 10, total: 600, loss: 2.5, tokensPerSecond: 21_000.5)
+        let foundation = JSONEncoder()
+        foundation.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        func check<T: Encodable>(_ value: T) throws {
+            let mine = WireJSON.encode(value)
+            let theirs = try foundation.encode(value)
+            #expect(try JSONValue.parse(Data(mine)) == JSONValue.parse(theirs), "\(T.self)")
+            // Keys come out sorted, and absent optionals are left out rather than written as null.
+            #expect(String(decoding: mine, as: UTF8.self) == String(decoding: theirs, as: UTF8.self), "\(T.self)")
+        }
+        try check(job)
+        try check(event)
+        try check([job, job])
+        try check(WireError("bad", "message"))
+        try check(CheckpointInfo(id: 1, job: 12, step: 100, path: "/x/y.safetensors", size: 1 << 40, sha256: "ab", best: false, createdAt: 5))
+        #expect(!String(decoding: WireJSON.encode(event), as: UTF8.self).contains("null"))
+    }
 }
