@@ -6,8 +6,8 @@
 // all of them). A client sends `status` for the given job, and every tenth request (--submit-every;
 // 0: never) a `submit`
 // of a one-step retrieval job at priority -1 with a unique idempotency key, the same mix as the
-// Python generator. With --rate, request n of a client is due at start + n / rate; without it,
-// clients run closed loops. Prints one JSON object: counts, failures, losses and latency
+// Python generator. With --rate, request n of client i is due at start + (n + i/clients) / rate;
+// without it, clients run closed loops. Prints one JSON object: counts, failures, losses and latency
 // quantiles per command.
 import FWPProtocol
 import Foundation
@@ -81,7 +81,9 @@ func runClient(_ o: Options, context: ZMQContext, index: Int, into r: ClientResu
     var n = 0
     while now() < end {
         if o.rate > 0 {
-            let delay = start + Double(n) / o.rate - now()
+            // Clients are spread over the period (client i starts i/clients of it late), so the
+            // daemon sees a steady stream rather than 32 requests at the same instant.
+            let delay = start + (Double(n) + Double(index) / Double(o.clients)) / o.rate - now()
             if delay > 0 { usleep(useconds_t(delay * 1e6)) }
         }
         let isSubmit = o.submitEvery > 0 && n % o.submitEvery == o.submitEvery - 1

@@ -19,6 +19,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -44,7 +45,7 @@ def call(sock, command, body, timeout_ms=10000):
     return sock.recv_multipart()
 
 
-def client(endpoint, seconds, job, index, out, rate):
+def client(endpoint, seconds, job, index, out, rate, clients):
     ctx = zmq.Context()
     s = ctx.socket(zmq.DEALER)
     s.linger = 0
@@ -55,8 +56,8 @@ def client(endpoint, seconds, job, index, out, rate):
     end = time.monotonic() + seconds
     start = time.monotonic()
     while time.monotonic() < end:
-        if rate > 0:  # paced: request n is due at start + n / rate
-            delay = start + n / rate - time.monotonic()
+        if rate > 0:  # paced: request n of client i is due at start + (n + i / clients) / rate
+            delay = start + (n + index / clients) / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
         kind = "submit" if n % 10 == 9 else "status"
@@ -83,19 +84,22 @@ def client(endpoint, seconds, job, index, out, rate):
 
 
 def python_load(req, args, job):
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = mp.Queue()
-    procs = [mp.Process(target=client, args=(req, args.seconds, job, i, out, args.rate)) for i in range(args.clients)]
+    procs = [mp.Process(target=client, args=(req, args.seconds, job, i, out, args.rate, args.clients)) for i in range(args.clients)]
     for p in procs:
         p.start()
     results = [out.get() for _ in procs]
     for p in procs:
         p.join()
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the joined client processes
     status = [x for r in results for x in r[0]["status"]]
     submit = [x for r in results for x in r[0]["submit"]]
     q = lambda xs, p: statistics.quantiles(xs, n=100)[p - 1] * 1000 if len(xs) > 1 else float("nan")
     return {"status": {"count": len(status), "p50_ms": q(status, 50), "p99_ms": q(status, 99)},
             "submit": {"count": len(submit), "p50_ms": q(submit, 50), "p99_ms": q(submit, 99)},
-            "failed": sum(r[1] for r in results), "lost": sum(r[2] for r in results), "cpu_seconds": float("nan")}
+            "failed": sum(r[1] for r in results), "lost": sum(r[2] for r in results),
+            "cpu_seconds": cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime}
 
 
 def swift_load(req, args, job, round_index):

@@ -35,7 +35,7 @@ public struct DaemonConfig: Equatable, Sendable {
     public var logLevel = "info"
     /// Nice value (0–19) of the threads that serve requests (fwpd's I/O thread and libzmq's):
     /// above 0, a busy machine runs training first and answers requests in its gaps.
-    public var requestNice = 5
+    public var requestNice = 0
 
     public init() {}
 

@@ -22,6 +22,8 @@ final class Router: @unchecked Sendable {
     let pull: ZMQSocket
     var zap: ZMQSocket?
     var allowedKeys: Set<String> = []
+    /// The last `status` reply per job, reused while the job is unchanged (I/O thread only).
+    private var statusReplies: [Int64: (JobInfo, [UInt8])] = [:]
     private let stopLock = NSLock()
     private var stopRequested = false
     private let stopped = DispatchSemaphore(value: 0)
@@ -210,7 +212,12 @@ final class Router: @unchecked Sendable {
         case "submit": return (try submit(b), nil)
         case "status":
             try b.allow(["job"])
-            return (WireJSON.encode(try job(try b.requiredInt("job"))), nil)
+            let info = try job(try b.requiredInt("job"))
+            if let (cached, bytes) = statusReplies[info.id], cached == info { return (bytes, nil) }
+            let bytes = WireJSON.encode(info)
+            if statusReplies.count >= 1024 { statusReplies.removeAll(keepingCapacity: true) }
+            statusReplies[info.id] = (info, bytes)
+            return (bytes, nil)
         case "list":
             try b.allow(["state", "after", "limit"])
             var state: JobState? = nil
@@ -324,11 +331,11 @@ final class Router: @unchecked Sendable {
         } catch {
             throw WireError("invalid_parameter", "\(error)")
         }
-        let (job, created) = try store.submit(
+        let (job, created, first) = try store.submit(
             task: module.name, preset: presetName, parameters: parameters.values, priority: priority, idempotencyKey: key, maxAttempts: maxAttempts)
         if created {
             metrics.submitted.increment()
-            if let first = try store.events(job: job.id, after: 0, limit: 1).first { scheduler.publisher.publish(first) }
+            if let first { scheduler.publisher.publish(first) }
             scheduler.wake()
         }
         return WireJSON.encode(SubmitReply(job: job, created: created))

@@ -1,6 +1,7 @@
 import FWPProtocol
 import Foundation
 import GRDB
+import Synchronization
 
 /// The daemon's durable state in SQLite: jobs, their events, checkpoints, idempotency keys.
 ///
@@ -8,6 +9,24 @@ import GRDB
 /// IMMEDIATE write transactions, jobs claimed with `UPDATE … RETURNING` under a lease.
 public final class JobStore: Sendable {
     let pool: DatabasePool
+
+    /// Jobs as last read, so that `status` requests for a job that has not changed cost no SQLite
+    /// read. Only this process writes the database (fwpd holds its state folder's lock), and
+    /// every write below that changes a job's row drops that job (after its commit). A read that
+    /// overlaps a write does not fill the cache: each write bumps `generation`.
+    private struct JobCache {
+        var jobs: [Int64: JobInfo] = [:]
+        var generation: UInt64 = 0
+        static let capacity = 4096
+    }
+    private let cache = Mutex(JobCache())
+
+    private func invalidate(_ id: Int64?) {
+        cache.withLock {
+            $0.generation &+= 1
+            if let id { $0.jobs[id] = nil } else { $0.jobs.removeAll(keepingCapacity: true) }
+        }
+    }
 
     /// Opens (creating and migrating) the database at `path`.
     public init(path: String) throws {
@@ -74,13 +93,14 @@ public final class JobStore: Sendable {
     // MARK: Jobs
 
     /// Inserts a queued job, or returns the existing one with the same idempotency key
-    /// (`created` false). The key's uniqueness is enforced by the database.
+    /// (`created` false). The key's uniqueness is enforced by the database. A new job comes with
+    /// its first event (`queued`), to be published.
     public func submit(
         task: String, preset: String?, parameters: [String: JSONValue], priority: Int, idempotencyKey: String?, maxAttempts: Int
-    ) throws -> (job: JobInfo, created: Bool) {
+    ) throws -> (job: JobInfo, created: Bool, event: JobEvent?) {
         try pool.write { db in
             if let key = idempotencyKey, let row = try Row.fetchOne(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE idempotency_key = ?"), arguments: [key]) {
-                return (try Self.job(row), false)
+                return (try Self.job(row), false, nil)
             }
             let params = JSONValue.object(parameters).jsonText
             try db.cachedStatement(
@@ -90,8 +110,8 @@ public final class JobStore: Sendable {
                     """
             ).execute(arguments: [task, preset, params, priority, maxAttempts, idempotencyKey, Self.now()])
             let id = db.lastInsertedRowID
-            _ = try Self.appendEvent(db, job: id, JobEvent(job: id, seq: 0, time: Self.now(), kind: "state", state: .queued))
-            return (try Self.job(Row.fetchOne(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE id = ?"), arguments: [id])!), true)
+            let event = try Self.appendEvent(db, job: id, JobEvent(job: id, seq: 0, time: Self.now(), kind: "state", state: .queued))
+            return (try Self.job(Row.fetchOne(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE id = ?"), arguments: [id])!), true, event)
         }
     }
 
@@ -99,7 +119,19 @@ public final class JobStore: Sendable {
     // BEGIN/COMMIT that `read` wraps around its closure (`unsafeRead`): a third less work per
     // `status` request.
     public func job(_ id: Int64) throws -> JobInfo? {
-        try pool.unsafeRead { db in try Row.fetchOne(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE id = ?"), arguments: [id]).map(Self.job) }
+        let (hit, generation) = cache.withLock { ($0.jobs[id], $0.generation) }
+        if let hit { return hit }
+        let job = try pool.unsafeRead { db in
+            try Row.fetchOne(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE id = ?"), arguments: [id]).map(Self.job)
+        }
+        if let job {
+            cache.withLock {
+                guard $0.generation == generation else { return }
+                if $0.jobs.count >= JobCache.capacity { $0.jobs.removeAll(keepingCapacity: true) }
+                $0.jobs[id] = job
+            }
+        }
+        return job
     }
 
     /// Jobs in id order after `after`, optionally in one state.
@@ -127,7 +159,7 @@ public final class JobStore: Sendable {
 
     /// Takes the next queued job (highest priority, then oldest) and marks it running with a lease.
     public func claim(leaseSeconds: Double) throws -> (JobInfo, JobEvent)? {
-        try pool.write { db in
+        let claimed: (JobInfo, JobEvent)? = try pool.write { db in
             let now = Self.now()
             guard
                 let row = try Row.fetchOne(
@@ -143,6 +175,8 @@ public final class JobStore: Sendable {
                 db, job: job.id, JobEvent(job: job.id, seq: 0, time: now, kind: "state", state: .running, message: "attempt \(job.attempt)"))
             return (job, e)
         }
+        if let id = claimed?.0.id { invalidate(id) }
+        return claimed
     }
 
     /// Extends the lease of a running job.
@@ -155,6 +189,7 @@ public final class JobStore: Sendable {
     /// Records a running job's outcome and its final `state` event.
     public func finish(_ id: Int64, state: JobState, result: JSONValue?, error: WireError?) throws -> JobEvent {
         precondition(state.isFinal)
+        defer { invalidate(id) }
         return try pool.write { db in
             try db.execute(
                 sql: """
@@ -167,7 +202,8 @@ public final class JobStore: Sendable {
 
     /// Puts a running job back in the queue (graceful stop): it resumes from its checkpoint.
     public func requeue(_ id: Int64, reason: String) throws -> JobEvent {
-        try pool.write { db in
+        defer { invalidate(id) }
+        return try pool.write { db in
             try db.cachedStatement(sql: "UPDATE jobs SET state = 'queued', lease_until = NULL WHERE id = ?").execute(arguments: [id])
             return try Self.appendEvent(db, job: id, JobEvent(job: id, seq: 0, time: Self.now(), kind: "state", state: .queued, message: reason))
         }
@@ -176,7 +212,8 @@ public final class JobStore: Sendable {
     /// After a crash: every job still marked running goes back to the queue, or fails when it has
     /// used all its attempts. Returns the events written.
     public func recoverInterrupted() throws -> [JobEvent] {
-        try pool.write { db in
+        defer { invalidate(nil) }
+        return try pool.write { db in
             var events: [JobEvent] = []
             for row in try Row.fetchAll(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE state = 'running'")) {
                 let job = try Self.job(row)
@@ -201,7 +238,8 @@ public final class JobStore: Sendable {
     /// Cancels a queued job at once; marks a running one so that its worker stops it.
     /// Returns the job and the event written (if any). Final jobs are returned unchanged.
     public func requestCancel(_ id: Int64) throws -> (JobInfo, JobEvent?)? {
-        try pool.write { db in
+        defer { invalidate(id) }
+        return try pool.write { db in
             guard let row = try Row.fetchOne(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE id = ?"), arguments: [id]) else { return nil }
             let job = try Self.job(row)
             var event: JobEvent? = nil
@@ -221,7 +259,8 @@ public final class JobStore: Sendable {
 
     /// Stores an event under the job's next sequence number and returns it with that number.
     public func appendEvent(_ event: JobEvent) throws -> JobEvent {
-        try pool.write { db in try Self.appendEvent(db, job: event.job, event) }
+        defer { invalidate(event.job) }
+        return try pool.write { db in try Self.appendEvent(db, job: event.job, event) }
     }
 
     static func appendEvent(_ db: Database, job: Int64, _ event: JobEvent) throws -> JobEvent {

@@ -1,0 +1,51 @@
+import FWPProtocol
+import FWPStore
+import Foundation
+import Testing
+
+/// The store's in-memory copy of jobs must never hide a committed change.
+@Suite struct StoreTests {
+    func makeStore() throws -> JobStore {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fwp-store-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        return try JobStore(path: dir.appendingPathComponent("fwpd.sqlite").path)
+    }
+
+    @Test func cachedJobsFollowEveryWrite() throws {
+        let store = try makeStore()
+        let (job, created, first) = try store.submit(task: "retrieval", preset: nil, parameters: ["keys": 4], priority: 0, idempotencyKey: nil, maxAttempts: 2)
+        #expect(created && first?.seq == 1 && first?.state == .queued)
+        #expect(try store.job(job.id)?.lastSeq == 1)  // now cached
+        #expect(try store.job(job.id)?.state == .queued)
+
+        let (claimed, _) = try #require(try store.claim(leaseSeconds: 60))
+        #expect(claimed.id == job.id)
+        #expect(try store.job(job.id)?.state == .running)
+        #expect(try store.job(job.id)?.attempt == 1)
+
+        _ = try store.appendEvent(JobEvent(job: job.id, seq: 0, time: 0, kind: "progress", step: 1))
+        #expect(try store.job(job.id)?.lastSeq == 3)
+
+        _ = try store.requestCancel(job.id)
+        #expect(try store.job(job.id)?.cancelRequested == true)
+
+        _ = try store.requeue(job.id, reason: "test")
+        #expect(try store.job(job.id)?.state == .queued)
+
+        _ = try store.claim(leaseSeconds: 60)
+        _ = try store.recoverInterrupted()
+        #expect(try store.job(job.id)?.state == .failed, "second attempt of two used up")
+        #expect(try store.job(job.id)?.error?.code == "attempts_exhausted")
+        #expect(try store.job(job.id + 1) == nil)
+    }
+
+    @Test func finishIsVisibleAtOnce() throws {
+        let store = try makeStore()
+        let (job, _, _) = try store.submit(task: "retrieval", preset: nil, parameters: [:], priority: 0, idempotencyKey: "k", maxAttempts: 1)
+        _ = try store.claim(leaseSeconds: 60)
+        #expect(try store.job(job.id)?.state == .running)
+        _ = try store.finish(job.id, state: .succeeded, result: .object(["loss": 0.5]), error: nil)
+        let after = try #require(try store.job(job.id))
+        #expect(after.state == .succeeded && after.result?["loss"] == 0.5 && after.finishedAt != nil)
+    }
+}
