@@ -346,16 +346,10 @@ public struct AttentionLayer: Sendable {
                                     a: sp.0.base + off, lda: hd, b: sp.1.base + off, ldb: hd, beta: 0, c: P, ldc: steps)
                                 for t in 0..<steps {
                                     let row = P + t * steps
-                                    var m = -Float.infinity
-                                    for j in 0...t { m = max(m, row[j]) }
-                                    var sum: Float = 0
-                                    for j in 0...t {
-                                        row[j] = expf(row[j] - m)
-                                        sum += row[j]
-                                    }
-                                    let inv = 1 / sum
-                                    for j in 0...t { row[j] *= inv }
-                                    for j in (t + 1)..<steps { row[j] = 0 }
+                                    let m = Vec.maximum(row, t + 1)
+                                    let sum = Vec.expShifted(row, row, t + 1, shift: m)
+                                    Vec.scale(1 / sum, row, t + 1)
+                                    (row + t + 1).update(repeating: 0, count: steps - t - 1)
                                 }
                                 BLAS.gemm(
                                     transposeA: false, transposeB: false, m: steps, n: dh, k: steps,

@@ -66,7 +66,7 @@ public enum BLAS {
     public static func matmul(_ a: Tensor, transposeA: Bool = false, _ b: Tensor, transposeB: Bool = false) -> Tensor {
         let m = transposeA ? a.columns : a.rows
         let n = transposeB ? b.rows : b.columns
-        var c = Tensor(shape: [m, n])
+        var c = Tensor(uninitializedShape: [m, n])  // beta 0: every element is written
         gemm(a, transposeA: transposeA, b, transposeB: transposeB, into: &c)
         return c
     }

@@ -109,12 +109,7 @@ public struct FeatureMap: Sendable {
         case .eluPlusOne:
             let n = x.count
             x.withUnsafePointer { px in
-                y.withUnsafeMutablePointer { py in
-                    for i in 0..<n {
-                        let v = px[i]
-                        py[i] = v > 0 ? v + 1 : expf(v)
-                    }
-                }
+                y.withUnsafeMutablePointer { py in Vec.eluPlusOne(px, py, n) }
             }
         case .dpfp(let nu):
             let w = 2 * d

@@ -23,7 +23,7 @@ public struct Linear: Sendable {
     /// y = x Wᵀ + b for x of shape N × in.
     public func forward(_ x: Tensor, _ p: ParameterStore) -> Tensor {
         precondition(x.columns == inFeatures, "Linear expects \(inFeatures) features, got \(x.columns)")
-        var y = Tensor(shape: [x.rows, outFeatures])
+        var y = Tensor(uninitializedShape: [x.rows, outFeatures])  // bias rows or beta 0 fill it
         if let bias {
             let b = p.values[bias]
             y.withUnsafeMutablePointer { py in
@@ -115,8 +115,8 @@ public struct LayerNorm: Sendable {
 
     public func forward(_ x: Tensor, _ p: ParameterStore) -> (Tensor, Cache) {
         let n = dimension, rows = x.rows
-        var y = Tensor(shape: x.shape)
-        var xhat = Tensor(shape: x.shape)
+        var y = Tensor(uninitializedShape: x.shape)  // both written row by row below
+        var xhat = Tensor(uninitializedShape: x.shape)
         var rstd = [Float](repeating: 0, count: rows)
         let gamma = p.values[weight], beta = p.values[bias]
         x.withUnsafePointer { px in
@@ -208,9 +208,7 @@ public struct FeedForward: Sendable {
     public func forward(_ x: Tensor, _ p: ParameterStore) -> (Tensor, Cache) {
         var h = fc1.forward(x, p)
         let n = h.count
-        h.withUnsafeMutablePointer { ph in
-            for i in 0..<n { ph[i] = max(ph[i], 0) }
-        }
+        h.withUnsafeMutablePointer { ph in Vec.relu(ph, n) }
         return (fc2.forward(h, p), Cache(input: x, hidden: h))
     }
 
@@ -218,9 +216,7 @@ public struct FeedForward: Sendable {
         var dh = fc2.backward(dy, input: cache.hidden, p, &g)
         let n = dh.count
         cache.hidden.withUnsafePointer { ph in
-            dh.withUnsafeMutablePointer { pd in
-                for i in 0..<n where ph[i] <= 0 { pd[i] = 0 }
-            }
+            dh.withUnsafeMutablePointer { pd in Vec.reluBackward(pd, output: ph, n) }
         }
         return fc1.backward(dh, input: cache.input, p, &g)
     }
@@ -272,14 +268,8 @@ public enum CrossEntropy {
                     guard t >= 0 else { continue }
                     precondition(t < v, "target \(t) outside vocabulary of \(v)")
                     let row = pl + r * v
-                    var m = -Float.infinity
-                    for j in 0..<v { m = max(m, row[j]) }
-                    var s: Float = 0
-                    for j in 0..<v {
-                        let e = expf(row[j] - m)
-                        pg[r * v + j] = e
-                        s += e
-                    }
+                    let m = Vec.maximum(row, v)
+                    let s = Vec.expShifted(row, pg + r * v, v, shift: m)
                     let inv = 1 / s
                     total += Double(logf(s) + m - row[t])
                     for j in 0..<v { pg[r * v + j] *= inv * scale }
