@@ -52,6 +52,9 @@ public struct AttentionLayer: Sendable {
     public let favorBuffer: Int?
     /// Recurrent or chunkwise computation of the fast-weight memory.
     public var algorithm = FastWeightAlgorithm.automatic
+    /// Softmax: query steps per block of the causal products in training (blocks wholly above
+    /// the diagonal are skipped, about half the work); the result does not depend on it.
+    var causalBlock = 64
 
     init(
         prefix: String, config: LMConfig, store: inout ParameterStore, buffers: inout ParameterStore,
@@ -278,6 +281,7 @@ public struct AttentionLayer: Sendable {
         }
     }
 
+
     private func softmaxForward(_ cache: inout Cache, state: inout AttentionState?, threads: ComputeThreads) {
         let (batch, steps) = (cache.batch, cache.steps)
         let dh = headSize, hd = heads * headSize, seqs = batch * heads
@@ -341,19 +345,28 @@ public struct AttentionLayer: Sendable {
                                 let b = s / heads, h = s % heads
                                 let off = b * steps * hd + h * dh
                                 let P = sp.4.base + s * steps * steps
-                                BLAS.gemm(
-                                    transposeA: false, transposeB: true, m: steps, n: steps, k: dh, alpha: scale,
-                                    a: sp.0.base + off, lda: hd, b: sp.1.base + off, ldb: hd, beta: 0, c: P, ldc: steps)
-                                for t in 0..<steps {
-                                    let row = P + t * steps
-                                    let m = Vec.maximum(row, t + 1)
-                                    let sum = Vec.expShifted(row, row, t + 1, shift: m)
-                                    Vec.scale(1 / sum, row, t + 1)
-                                    (row + t + 1).update(repeating: 0, count: steps - t - 1)
+                                // Row blocks of `causalBlock` query steps see keys up to the block's end
+                                // only: the products skip the masked upper blocks (about half).
+                                var r0 = 0
+                                while r0 < steps {
+                                    let r1 = min(r0 + causalBlock, steps)
+                                    BLAS.gemm(
+                                        transposeA: false, transposeB: true, m: r1 - r0, n: r1, k: dh, alpha: scale,
+                                        a: sp.0.base + off + r0 * hd, lda: hd, b: sp.1.base + off, ldb: hd, beta: 0, c: P + r0 * steps,
+                                        ldc: steps)
+                                    for t in r0..<r1 {
+                                        let row = P + t * steps
+                                        let m = Vec.maximum(row, t + 1)
+                                        let sum = Vec.expShifted(row, row, t + 1, shift: m)
+                                        Vec.scale(1 / sum, row, t + 1)
+                                        (row + t + 1).update(repeating: 0, count: steps - t - 1)
+                                    }
+                                    BLAS.gemm(
+                                        transposeA: false, transposeB: false, m: r1 - r0, n: dh, k: r1,
+                                        a: P + r0 * steps, lda: steps, b: sp.2.base + off, ldb: hd, beta: 0,
+                                        c: sp.3.base + off + r0 * hd, ldc: hd)
+                                    r0 = r1
                                 }
-                                BLAS.gemm(
-                                    transposeA: false, transposeB: false, m: steps, n: dh, k: steps,
-                                    a: P, lda: steps, b: sp.2.base + off, ldb: hd, beta: 0, c: sp.3.base + off, ldc: hd)
                             }
                         }
                     }
@@ -531,26 +544,46 @@ public struct AttentionLayer: Sendable {
                                             var dP = [Float](repeating: 0, count: steps * steps)
                                             dP.withUnsafeMutableBufferPointer { dpb in
                                                 let dPp = dpb.baseAddress!
-                                                // dP = dY Vᵀ, dV = Pᵀ dY
-                                                BLAS.gemm(
-                                                    transposeA: false, transposeB: true, m: steps, n: steps, k: dh,
-                                                    a: c.0.base + off, lda: hd, b: c.3.base + off, ldb: hd, beta: 0, c: dPp, ldc: steps)
-                                                BLAS.gemm(
-                                                    transposeA: true, transposeB: false, m: steps, n: dh, k: steps,
-                                                    a: P, lda: steps, b: c.0.base + off, ldb: hd, beta: 0, c: m.2.base + off, ldc: hd)
-                                                // dS = P ⊙ (dP − rowsum(dP ⊙ P)), then scaled.
-                                                for t in 0..<steps {
-                                                    let pr = P + t * steps, dr = dPp + t * steps
-                                                    let dotv = Vec.dot(pr, dr, t + 1)
-                                                    for j in 0...t { dr[j] = pr[j] * (dr[j] - dotv) * scale }
-                                                    for j in (t + 1)..<steps { dr[j] = 0 }
+                                                // Blocks as in the forward pass: row block [r0, r1) of dP, dS
+                                                // and dQ needs columns [0, r1); column block [c0, c1) of dV
+                                                // and dK needs rows [c0, T). P is zero above the diagonal.
+                                                let block = causalBlock
+                                                var r0 = 0
+                                                while r0 < steps {
+                                                    let r1 = min(r0 + block, steps)
+                                                    // dP = dY Vᵀ
+                                                    BLAS.gemm(
+                                                        transposeA: false, transposeB: true, m: r1 - r0, n: r1, k: dh,
+                                                        a: c.0.base + off + r0 * hd, lda: hd, b: c.3.base + off, ldb: hd, beta: 0,
+                                                        c: dPp + r0 * steps, ldc: steps)
+                                                    // dS = P ⊙ (dP − rowsum(dP ⊙ P)), then scaled; zero up to the block's end.
+                                                    for t in r0..<r1 {
+                                                        let pr = P + t * steps, dr = dPp + t * steps
+                                                        let dotv = Vec.dot(pr, dr, t + 1)
+                                                        for j in 0...t { dr[j] = pr[j] * (dr[j] - dotv) * scale }
+                                                        for j in (t + 1)..<r1 { dr[j] = 0 }
+                                                    }
+                                                    // dQ = dS K
+                                                    BLAS.gemm(
+                                                        transposeA: false, transposeB: false, m: r1 - r0, n: dh, k: r1,
+                                                        a: dPp + r0 * steps, lda: steps, b: c.2.base + off, ldb: hd, beta: 0,
+                                                        c: m.0.base + off + r0 * hd, ldc: hd)
+                                                    r0 = r1
                                                 }
-                                                BLAS.gemm(
-                                                    transposeA: false, transposeB: false, m: steps, n: dh, k: steps,
-                                                    a: dPp, lda: steps, b: c.2.base + off, ldb: hd, beta: 0, c: m.0.base + off, ldc: hd)
-                                                BLAS.gemm(
-                                                    transposeA: true, transposeB: false, m: steps, n: dh, k: steps,
-                                                    a: dPp, lda: steps, b: c.1.base + off, ldb: hd, beta: 0, c: m.1.base + off, ldc: hd)
+                                                var c0 = 0
+                                                while c0 < steps {
+                                                    let c1 = min(c0 + block, steps)
+                                                    // dV = Pᵀ dY and dK = dSᵀ Q over rows [c0, T)
+                                                    BLAS.gemm(
+                                                        transposeA: true, transposeB: false, m: c1 - c0, n: dh, k: steps - c0,
+                                                        a: P + c0 * steps + c0, lda: steps, b: c.0.base + off + c0 * hd, ldb: hd, beta: 0,
+                                                        c: m.2.base + off + c0 * hd, ldc: hd)
+                                                    BLAS.gemm(
+                                                        transposeA: true, transposeB: false, m: c1 - c0, n: dh, k: steps - c0,
+                                                        a: dPp + c0 * steps + c0, lda: steps, b: c.1.base + off + c0 * hd, ldb: hd, beta: 0,
+                                                        c: m.1.base + off + c0 * hd, ldc: hd)
+                                                    c0 = c1
+                                                }
                                             }
                                         }
                                     }

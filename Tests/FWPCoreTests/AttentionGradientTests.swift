@@ -193,4 +193,36 @@ struct Variant: CustomTestStringConvertible, Sendable {
             }
         }
     }
+
+    /// The blocked causal softmax (masked blocks skipped) gives the unblocked products' output and
+    /// gradients for block sizes that do and do not divide T.
+    @Test func blockedCausalSoftmaxMatchesUnblocked() {
+        let variant = Variant(attention: .softmax)
+        let config = variant.config(modelSize: 8, heads: 2, headSize: 4)
+        var store = ParameterStore(), buffers = ParameterStore()
+        var rng = FWPRandom(seed: 31)
+        var layer = AttentionLayer(prefix: "attn", config: config, store: &store, buffers: &buffers, rng: &rng)
+        let batch = 2, steps = 23
+        let x = randomTensor([batch * steps, config.modelSize], seed: 32)
+        let r = randomTensor([batch * steps, config.modelSize], seed: 33)
+        func run(block: Int) -> (Tensor, Tensor, ParameterStore) {
+            layer.causalBlock = block
+            var none: AttentionState? = nil
+            var frng = FWPRandom(seed: 0)
+            let (y, cache) = layer.forward(
+                x, batch: batch, steps: steps, store, buffers, state: &none, training: false, rng: &frng, threads: ComputeThreads(2))
+            var g = store.zerosLike()
+            let dx = layer.backward(r, cache: cache, store, &g, threads: ComputeThreads(2))
+            return (y, dx, g)
+        }
+        let (y0, dx0, g0) = run(block: 1000)
+        for block in [1, 4, 8, 22] {
+            let (y, dx, g) = run(block: block)
+            #expect(maxRelativeError(y, y0) < 1e-5, "output, block \(block)")
+            #expect(maxRelativeError(dx, dx0) < 1e-5, "dx, block \(block)")
+            for i in g.values.indices {
+                #expect(maxRelativeError(g.values[i], g0.values[i]) < 1e-5, "\(g.names[i]), block \(block)")
+            }
+        }
+    }
 }
