@@ -155,12 +155,12 @@ public struct FeatureMap: Sendable {
         case .identity:
             return dy
         case .eluPlusOne:
-            var dx = dy
+            var dx = Tensor(uninitializedShape: dy.shape)
             let n = dx.count
-            x.withUnsafePointer { px in
-                y.withUnsafePointer { py in
-                    dx.withUnsafeMutablePointer { pd in
-                        for i in 0..<n where px[i] <= 0 { pd[i] *= py[i] }
+            dy.withUnsafePointer { pg in
+                x.withUnsafePointer { px in
+                    y.withUnsafePointer { py in
+                        dx.withUnsafeMutablePointer { pd in Vec.eluPlusOneBackward(pg, input: px, output: py, into: pd, n) }
                     }
                 }
             }
@@ -235,7 +235,7 @@ public enum SumNormalization {
     /// dx = (dy − (dy · y)) / s for each row.
     public static func backward(_ dy: Tensor, output y: Tensor, sums: [Float]) -> Tensor {
         let n = y.columns
-        var dx = Tensor(shape: dy.shape)
+        var dx = Tensor(uninitializedShape: dy.shape)  // every row written below
         dy.withUnsafePointer { pd in
             y.withUnsafePointer { py in
                 dx.withUnsafeMutablePointer { px in

@@ -220,4 +220,24 @@ enum Vec {
             for k in 0..<(n - i) { dst[i + k] = y[k] }
         }
     }
+
+    /// dx[i] = dy[i] where x[i] > 0, else dy[i]·y[i] (ELU + 1's derivative is its output there).
+    @inlinable
+    static func eluPlusOneBackward(
+        _ dy: UnsafePointer<Float>, input x: UnsafePointer<Float>, output y: UnsafePointer<Float>, into dx: UnsafeMutablePointer<Float>, _ n: Int
+    ) {
+        var i = 0
+        let rg = UnsafeRawPointer(dy), rx = UnsafeRawPointer(x), ry = UnsafeRawPointer(y), rd = UnsafeMutableRawPointer(dx)
+        while i + 8 <= n {
+            let g = rg.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+            var v = g * ry.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+            v.replace(with: g, where: rx.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self) .> 0)
+            rd.storeBytes(of: v, toByteOffset: i * 4, as: SIMD8<Float>.self)
+            i += 8
+        }
+        while i < n {
+            dx[i] = x[i] > 0 ? dy[i] : dy[i] * y[i]
+            i += 1
+        }
+    }
 }

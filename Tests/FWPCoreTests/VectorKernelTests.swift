@@ -65,6 +65,11 @@ import Testing
             let exact = v > 0 ? v + 1 : Foundation.exp(v)
             #expect(abs(Double(dst[i]) - exact) <= 3e-7 * exact)
         }
+        let dx = UnsafeMutablePointer<Float>.allocate(capacity: n)
+        defer { dx.deallocate() }
+        for i in 0..<n { g[i] = Float(i % 5) - 2 }
+        Vec.eluPlusOneBackward(g, input: src, output: dst, into: dx, n)
+        for i in 0..<n { #expect(dx[i] == (src[i] > 0 ? g[i] : g[i] * dst[i])) }
         for i in 0..<n {
             dst[i] = src[i]
             g[i] = 1
