@@ -38,6 +38,14 @@ import Testing
         try "wrokers = 2\n".write(to: file, atomically: true, encoding: .utf8)
         do { try c.apply(file: file.path) } catch let e as ConfigError { #expect(e.message.contains("unknown setting 'wrokers'")) }
         #expect(throws: ConfigError.self) { try c.apply(environment: ["FWPD_LOG_LEVEL": "loud"]) }
+        for bad in ["-1", "20", "low"] {
+            do {
+                try c.apply(environment: ["FWPD_REQUEST_NICE": bad])
+                Issue.record("request_nice \(bad) was accepted")
+            } catch let e as ConfigError { #expect(e.message.contains("request_nice")) }
+        }
+        try c.apply(environment: ["FWPD_REQUEST_NICE": "19"])
+        #expect(c.requestNice == 19)
         var remote = DaemonConfig()
         remote.requestEndpoint = "tcp://0.0.0.0:5555"
         #expect(throws: ConfigError.self) { try remote.validate() }
