@@ -241,8 +241,17 @@ final class Router: @unchecked Sendable {
             try b.allow(["job", "after", "limit"])
             let id = Int64(try b.requiredInt("job"))
             let info = try job(Int(id))
-            let events = try store.events(job: id, after: Int64(try b.int("after", min: 0) ?? 0), limit: try b.int("limit", min: 1, max: 10_000) ?? 1000)
-            return (WireJSON.encode(EventsReply(events: events, lastSeq: info.lastSeq, state: info.state)), nil)
+            let bodies = try store.eventBodies(
+                job: id, after: Int64(try b.int("after", min: 0) ?? 0), limit: try b.int("limit", min: 1, max: 10_000) ?? 1000)
+            // The stored events are already wire JSON: splice them instead of decoding and
+            // re-encoding each (keys in sorted order: events, last_seq, state).
+            var out = Array("{\"events\":[".utf8)
+            for (i, body) in bodies.enumerated() {
+                if i > 0 { out.append(UInt8(ascii: ",")) }
+                out.append(contentsOf: body.utf8)
+            }
+            out.append(contentsOf: "],\"last_seq\":\(info.lastSeq),\"state\":\"\(info.state.rawValue)\"}".utf8)
+            return (out, nil)
         case "checkpoints":
             try b.allow(["job"])
             let id = try b.requiredInt("job")
@@ -360,16 +369,6 @@ struct ListReply: Encodable {
         try c.encode(next, forKey: .next)  // null on the last page, as documented
     }
     enum CodingKeys: String, CodingKey { case jobs, next }
-}
-
-struct EventsReply: Encodable {
-    let events: [JobEvent]
-    let lastSeq: Int64
-    let state: JobState
-    enum CodingKeys: String, CodingKey {
-        case events, state
-        case lastSeq = "last_seq"
-    }
 }
 
 struct CheckpointsReply: Encodable {

@@ -276,6 +276,16 @@ public final class JobStore: Sendable {
         return e
     }
 
+    /// The stored JSON of a job's events with sequence numbers above `after`, oldest first (each
+    /// as `WireJSON` wrote it: compact, sorted keys), for replies that pass them on unchanged.
+    public func eventBodies(job: Int64, after: Int64, limit: Int) throws -> [String] {
+        try pool.unsafeRead { db in
+            try String.fetchAll(
+                try db.cachedStatement(sql: "SELECT body FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?"),
+                arguments: [job, after, limit])
+        }
+    }
+
     /// Events of a job with sequence numbers above `after`, oldest first.
     public func events(job: Int64, after: Int64, limit: Int) throws -> [JobEvent] {
         try pool.unsafeRead { db in

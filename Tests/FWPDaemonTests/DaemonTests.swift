@@ -28,6 +28,12 @@ import ZeroMQ
         #expect(again == 0)
         let seqs = replay.split(separator: "\n").compactMap { try? WireJSON.decode(JobEvent.self, from: Array($0.utf8)).seq }
         #expect(seqs == events.map(\.seq), "every stored event once, in order")
+        // A page of the history: the stored events spliced into the reply, with the job's state.
+        let page = try c.ok("events", ["job": .number(Double(job.id)), "after": 2, "limit": 3])
+        let pageEvents = try WireJSON.decode([JobEvent].self, from: WireJSON.encode(page["events"]!))
+        #expect(pageEvents == Array(events[2..<5]))
+        #expect(page["last_seq"] == .number(Double(events.count)) && page["state"] == "succeeded")
+        #expect(try c.ok("events", ["job": .number(Double(job.id)), "after": .number(Double(events.count))])["events"] == .array([]))
     }
 
     @Test func cancelStopsARunningJob() throws {
