@@ -359,7 +359,8 @@ public struct AttentionLayer: Sendable {
                                         let m = Vec.maximum(row, t + 1)
                                         let sum = Vec.expShifted(row, row, t + 1, shift: m)
                                         Vec.scale(1 / sum, row, t + 1)
-                                        (row + t + 1).update(repeating: 0, count: steps - t - 1)
+                                        // Beyond the block's end the row is still the buffer's zeros.
+                                        (row + t + 1).update(repeating: 0, count: r1 - t - 1)
                                     }
                                     BLAS.gemm(
                                         transposeA: false, transposeB: false, m: r1 - r0, n: dh, k: r1,

@@ -350,9 +350,7 @@ final class Router: @unchecked Sendable {
         return WireJSON.encode(SubmitReply(job: job, created: created))
     }
 
-    private func encode<T: Encodable>(_ value: T) throws -> JSONValue {
-        try JSONValue.parse(Data(WireJSON.encode(value)))
-    }
+    private func encode<T: Encodable>(_ value: T) throws -> JSONValue { try WireEncoder().encode(value) }
 }
 
 struct SubmitReply: Encodable {

@@ -286,14 +286,6 @@ public final class JobStore: Sendable {
         }
     }
 
-    /// Events of a job with sequence numbers above `after`, oldest first.
-    public func events(job: Int64, after: Int64, limit: Int) throws -> [JobEvent] {
-        try pool.unsafeRead { db in
-            try String.fetchAll(try db.cachedStatement(sql: "SELECT body FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?"), arguments: [job, after, limit]
-            ).map { try WireJSON.decode(JobEvent.self, from: Array($0.utf8)) }
-        }
-    }
-
     // MARK: Checkpoints
 
     public func addCheckpoint(job: Int64, step: Int, path: String, size: Int64, sha256: String, best: Bool) throws -> CheckpointInfo {
