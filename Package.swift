@@ -29,9 +29,10 @@ let package = Package(
             path: "Sources/CZeroMQ",
             providers: [.apt(["libzmq3-dev"])]
         ),
+        .target(name: "CKernels"),
         .target(
             name: "FWPCore",
-            dependencies: ["CBLAS"]
+            dependencies: ["CBLAS", "CKernels"]
         ),
         .target(name: "FWPProtocol"),
         .target(name: "FWPTasks", dependencies: ["FWPCore", "FWPProtocol"]),

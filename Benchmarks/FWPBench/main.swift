@@ -168,6 +168,51 @@ BLAS.setThreads(1)
     return 2 * Double(m * n * k) / secs / 1e9
 }
 
+/// GFLOP/s of one product shape on OpenBLAS and on the small kernel (single thread, operands
+/// resident in cache, each product repeated until it takes a few milliseconds).
+@MainActor func benchSmallGemm() {
+    let shapes: [(Int, Int, Int, Bool, Bool)] = [
+        (32, 32, 32, false, false), (32, 32, 32, false, true), (32, 32, 32, true, false),
+        (32, 64, 64, false, false), (32, 64, 64, false, true), (64, 64, 32, true, false),
+        (64, 64, 64, false, false), (64, 64, 64, false, true), (64, 256, 32, false, true),
+        (128, 128, 128, false, false), (128, 128, 128, false, true), (256, 256, 64, false, false),
+    ]
+    var rng = FWPRandom(seed: 4)
+    for (m, n, k, ta, tb) in shapes {
+        let a = Tensor.normal(shape: [m * k], std: 1, using: &rng), b = Tensor.normal(shape: [k * n], std: 1, using: &rng)
+        var c = Tensor(shape: [m * n])
+        let reps = max(1, 4_000_000 / (m * n * k))
+        let lda = ta ? m : k, ldb = tb ? k : n
+        var rates: [String: Double] = [:]
+        for backend in ["openblas", "small"] {
+            let secs = a.withUnsafePointer { pa in
+                b.withUnsafePointer { pb in
+                    c.withUnsafeMutablePointer { pc in
+                        medianSeconds {
+                            for _ in 0..<reps {
+                                if backend == "small" {
+                                    BLAS.smallKernelGemm(
+                                        transposeA: ta, transposeB: tb, m: m, n: n, k: k, a: pa, lda: lda, b: pb, ldb: ldb,
+                                        beta: 1, c: pc, ldc: n)
+                                } else {
+                                    BLAS.openBLASGemm(
+                                        transposeA: ta, transposeB: tb, m: m, n: n, k: k, a: pa, lda: lda, b: pb, ldb: ldb,
+                                        beta: 1, c: pc, ldc: n)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            rates[backend] = 2 * Double(m * n * k * reps) / secs / 1e9
+        }
+        let shape = "\(m)x\(n)x\(k)\(ta ? " At" : "")\(tb ? " Bt" : "")"
+        report(
+            "gemm \(shape)", rates["small"]!, "GFLOP/s",
+            ["openblas": (rates["openblas"]! * 10).rounded() / 10, "ratio": (rates["small"]! / rates["openblas"]! * 100).rounded() / 100])
+    }
+}
+
 let lmVariants: [(String, AttentionKind, UpdateRule)] = [
     ("delta", .fastWeight, .delta), ("sum", .fastWeight, .sum), ("softmax", .softmax, .sum),
 ]
@@ -238,6 +283,8 @@ for what in only {
             try benchCore("core-chunk\(c)", algorithm: .chunkwise(c))
         }
         try benchCore("core-auto", algorithm: .automatic)
+    case "core-auto": try benchCore("core-auto", algorithm: .automatic)
+    case "smallgemm": benchSmallGemm()
     case "layer": try benchLayer()
     case "lm": try benchLM()
     case "sgemm":

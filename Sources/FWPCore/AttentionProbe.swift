@@ -8,6 +8,7 @@ public struct AttentionProbe: Sendable {
     /// A layer built from the attention fields of `config` (its `modelSize` is the input width).
     public init(config: LMConfig, seed: UInt64 = 1, threads: Int = 1) throws {
         try config.validate()
+        Allocator.configureForTraining()
         var store = ParameterStore(), buffers = ParameterStore()
         var rng = FWPRandom(seed: seed)
         layer = AttentionLayer(prefix: "attn", config: config, store: &store, buffers: &buffers, rng: &rng)

@@ -1,4 +1,6 @@
+import Foundation
 import CBLAS
+import CKernels
 
 /// The single boundary between FWPCore and OpenBLAS.
 ///
@@ -17,9 +19,26 @@ public enum BLAS {
     /// OpenBLAS's build description (version, target kernel).
     public static var configuration: String { String(cString: openblas_get_config()) }
 
+    /// Whether small products go to FWPCore's own AVX2/FMA kernel (CKernels) instead of OpenBLAS:
+    /// true on CPUs with AVX2 and FMA unless the environment sets `FWP_SMALL_GEMM=0`.
+    public static let smallKernel: Bool =
+        fwp_small_sgemm_supported() != 0 && ProcessInfo.processInfo.environment["FWP_SMALL_GEMM"] != "0"
+
+    /// The largest dimension sent to the small kernel. Above it OpenBLAS's packing pays for itself
+    /// (measured with `fwp-bench --only smallgemm`, docs/PERFORMANCE.md).
+    public static let smallKernelLimit = 128
+
+    @usableFromInline
+    static func usesSmallKernel(transposeB: Bool, m: Int, n: Int, k: Int) -> Bool {
+        smallKernel && m <= smallKernelLimit && n <= smallKernelLimit && k <= smallKernelLimit
+            && (!transposeB || n * k <= Int(FWP_SMALL_SGEMM_MAX_BT))
+    }
+
     /// C ← alpha · op(A) · op(B) + beta · C on raw row-major memory, op = transpose when flagged.
     ///
     /// `m × k` is op(A), `k × n` is op(B), `m × n` is C; leading dimensions are row strides.
+    /// Products with every dimension at most `smallKernelLimit` run on the small kernel when it is
+    /// enabled, the rest on OpenBLAS.
     @inlinable
     public static func gemm(
         transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
@@ -33,6 +52,42 @@ public enum BLAS {
             return
         }
         precondition(lda >= (transposeA ? m : k) && ldb >= (transposeB ? k : n) && ldc >= n, "bad leading dimension")
+        if usesSmallKernel(transposeB: transposeB, m: m, n: n, k: k) {
+            fwp_small_sgemm(
+                transposeA ? 1 : 0, transposeB ? 1 : 0, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b,
+                Int32(ldb), beta, c, Int32(ldc))
+            return
+        }
+        openBLASGemm(
+            transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b,
+            ldb: ldb, beta: beta, c: c, ldc: ldc)
+    }
+
+    /// The same product, always on the small kernel (any size; for benchmarks and tests).
+    /// Requires `fwp_small_sgemm_supported()`; with transposeB, n · k ≤ FWP_SMALL_SGEMM_MAX_BT.
+    public static func smallKernelGemm(
+        transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
+        a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+        beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
+        precondition(fwp_small_sgemm_supported() != 0, "the small kernel needs AVX2 and FMA")
+        precondition(!transposeB || n * k <= Int(FWP_SMALL_SGEMM_MAX_BT), "transposed B too large for the small kernel")
+        precondition(m > 0 && n > 0 && k > 0)
+        fwp_small_sgemm(
+            transposeA ? 1 : 0, transposeB ? 1 : 0, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b,
+            Int32(ldb), beta, c, Int32(ldc))
+    }
+
+    /// Whether this CPU can run the small kernel at all (AVX2 and FMA), whatever FWP_SMALL_GEMM says.
+    public static var smallKernelSupported: Bool { fwp_small_sgemm_supported() != 0 }
+
+    /// The same product, always through OpenBLAS (the reference the small kernel is tested against).
+    @inlinable
+    public static func openBLASGemm(
+        transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
+        a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+        beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
         cblas_sgemm(
             CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
             Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))

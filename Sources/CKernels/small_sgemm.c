@@ -1,0 +1,144 @@
+#include "fwp_kernels.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define FWP_AVX2 __attribute__((target("avx2,fma")))
+#define FWP_INLINE static inline __attribute__((always_inline))
+
+int fwp_small_sgemm_supported(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+// One block of up to 6 rows × 16 columns of C, accumulated over all k in 12 registers.
+// A(i, p) = a[i * ars + p * aps]; B(p, j) = b[p * ldb + j]. `rows` is a constant at each call
+// site (the switch below), so the row loops unroll; `masked` selects partial-width loads/stores.
+FWP_INLINE FWP_AVX2 void block(int rows, int masked, __m256i m0, __m256i m1, int k, const float *a, long ars,
+                               long aps, const float *b, long ldb, float alpha, float beta, float *c, long ldc) {
+    __m256 acc0[6], acc1[6];
+    for (int r = 0; r < 6; r++) {
+        acc0[r] = _mm256_setzero_ps();
+        acc1[r] = _mm256_setzero_ps();
+    }
+    for (int p = 0; p < k; p++) {
+        const float *bp = b + p * ldb;
+        __m256 b0 = masked ? _mm256_maskload_ps(bp, m0) : _mm256_loadu_ps(bp);
+        __m256 b1 = masked ? _mm256_maskload_ps(bp + 8, m1) : _mm256_loadu_ps(bp + 8);
+        const float *ap = a + p * aps;
+        for (int r = 0; r < rows; r++) {
+            __m256 av = _mm256_broadcast_ss(ap + r * ars);
+            acc0[r] = _mm256_fmadd_ps(av, b0, acc0[r]);
+            acc1[r] = _mm256_fmadd_ps(av, b1, acc1[r]);
+        }
+    }
+    __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+    for (int r = 0; r < rows; r++) {
+        float *cr = c + r * ldc;
+        __m256 x0 = _mm256_mul_ps(va, acc0[r]), x1 = _mm256_mul_ps(va, acc1[r]);
+        if (beta != 0) {
+            __m256 c0 = masked ? _mm256_maskload_ps(cr, m0) : _mm256_loadu_ps(cr);
+            __m256 c1 = masked ? _mm256_maskload_ps(cr + 8, m1) : _mm256_loadu_ps(cr + 8);
+            x0 = _mm256_fmadd_ps(vb, c0, x0);
+            x1 = _mm256_fmadd_ps(vb, c1, x1);
+        }
+        if (masked) {
+            _mm256_maskstore_ps(cr, m0, x0);
+            _mm256_maskstore_ps(cr + 8, m1, x1);
+        } else {
+            _mm256_storeu_ps(cr, x0);
+            _mm256_storeu_ps(cr + 8, x1);
+        }
+    }
+}
+
+FWP_INLINE FWP_AVX2 void column_panel(int masked, __m256i m0, __m256i m1, int m, int k, const float *a, long ars,
+                                      long aps, const float *b, long ldb, float alpha, float beta, float *c,
+                                      long ldc) {
+    int i = 0;
+    for (; i + 6 <= m; i += 6)
+        block(6, masked, m0, m1, k, a + i * ars, ars, aps, b, ldb, alpha, beta, c + i * ldc, ldc);
+    const float *ai = a + i * ars;
+    float *ci = c + i * ldc;
+    switch (m - i) {
+    case 5: block(5, masked, m0, m1, k, ai, ars, aps, b, ldb, alpha, beta, ci, ldc); break;
+    case 4: block(4, masked, m0, m1, k, ai, ars, aps, b, ldb, alpha, beta, ci, ldc); break;
+    case 3: block(3, masked, m0, m1, k, ai, ars, aps, b, ldb, alpha, beta, ci, ldc); break;
+    case 2: block(2, masked, m0, m1, k, ai, ars, aps, b, ldb, alpha, beta, ci, ldc); break;
+    case 1: block(1, masked, m0, m1, k, ai, ars, aps, b, ldb, alpha, beta, ci, ldc); break;
+    default: break;
+    }
+}
+
+// bt (k × n, row-major) ← op(B) for B stored n × k with row stride ldb; 8 × 8 tiles through
+// registers where both sizes allow, element by element at the edges.
+FWP_INLINE FWP_AVX2 void transpose8(const float *src, long lds, float *dst, long ldd) {
+    __m256 r0 = _mm256_loadu_ps(src + 0 * lds), r1 = _mm256_loadu_ps(src + 1 * lds);
+    __m256 r2 = _mm256_loadu_ps(src + 2 * lds), r3 = _mm256_loadu_ps(src + 3 * lds);
+    __m256 r4 = _mm256_loadu_ps(src + 4 * lds), r5 = _mm256_loadu_ps(src + 5 * lds);
+    __m256 r6 = _mm256_loadu_ps(src + 6 * lds), r7 = _mm256_loadu_ps(src + 7 * lds);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(dst + 0 * ldd, _mm256_permute2f128_ps(s0, s4, 0x20));
+    _mm256_storeu_ps(dst + 1 * ldd, _mm256_permute2f128_ps(s1, s5, 0x20));
+    _mm256_storeu_ps(dst + 2 * ldd, _mm256_permute2f128_ps(s2, s6, 0x20));
+    _mm256_storeu_ps(dst + 3 * ldd, _mm256_permute2f128_ps(s3, s7, 0x20));
+    _mm256_storeu_ps(dst + 4 * ldd, _mm256_permute2f128_ps(s0, s4, 0x31));
+    _mm256_storeu_ps(dst + 5 * ldd, _mm256_permute2f128_ps(s1, s5, 0x31));
+    _mm256_storeu_ps(dst + 6 * ldd, _mm256_permute2f128_ps(s2, s6, 0x31));
+    _mm256_storeu_ps(dst + 7 * ldd, _mm256_permute2f128_ps(s3, s7, 0x31));
+}
+
+static FWP_AVX2 void transpose(int n, int k, const float *b, long ldb, float *bt) {
+    int j = 0;
+    for (; j + 8 <= n; j += 8) {
+        int p = 0;
+        for (; p + 8 <= k; p += 8) transpose8(b + j * ldb + p, ldb, bt + p * n + j, n);
+        for (; p < k; p++)
+            for (int jj = j; jj < j + 8; jj++) bt[p * n + jj] = b[jj * ldb + p];
+    }
+    for (; j < n; j++)
+        for (int p = 0; p < k; p++) bt[p * n + j] = b[j * ldb + p];
+}
+
+FWP_AVX2 void fwp_small_sgemm(int transpose_a, int transpose_b, int m, int n, int k, float alpha,
+                              const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc) {
+    float bt[FWP_SMALL_SGEMM_MAX_BT] __attribute__((aligned(32)));
+    long ars = transpose_a ? 1 : lda, aps = transpose_a ? lda : 1;
+    long ldbb = ldb;
+    if (transpose_b) {
+        transpose(n, k, b, ldb, bt);
+        b = bt;
+        ldbb = n;
+    }
+    __m256i none = _mm256_setzero_si256();
+    int j = 0;
+    for (; j + 16 <= n; j += 16)
+        column_panel(0, none, none, m, k, a, ars, aps, b + j, ldbb, alpha, beta, c + j, ldc);
+    if (j < n) {
+        int w = n - j;
+        __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(w), lane);
+        __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(w - 8), lane);
+        column_panel(1, m0, m1, m, k, a, ars, aps, b + j, ldbb, alpha, beta, c + j, ldc);
+    }
+}
+
+#else
+
+int fwp_small_sgemm_supported(void) { return 0; }
+
+void fwp_small_sgemm(int transpose_a, int transpose_b, int m, int n, int k, float alpha, const float *a, int lda,
+                     const float *b, int ldb, float beta, float *c, int ldc) {
+    (void)transpose_a; (void)transpose_b; (void)m; (void)n; (void)k; (void)alpha; (void)a; (void)lda;
+    (void)b; (void)ldb; (void)beta; (void)c; (void)ldc;
+    __builtin_trap();
+}
+
+#endif
