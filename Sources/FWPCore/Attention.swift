@@ -172,11 +172,11 @@ public struct AttentionLayer: Sendable {
                 cache.projection = buffers.values[favorBuffer]
             }
         }
-        cache.qPhi = featureMap.forward(cache.qRaw, projection: cache.projection)
-        cache.kPhi = featureMap.forward(cache.kRaw, projection: cache.projection)
+        cache.qPhi = featureMap.forward(cache.qRaw, projection: cache.projection, threads: threads)
+        cache.kPhi = featureMap.forward(cache.kRaw, projection: cache.projection, threads: threads)
         if normalization == .sum {
-            (cache.q, cache.qSums) = SumNormalization.forward(cache.qPhi)
-            (cache.k, cache.kSums) = SumNormalization.forward(cache.kPhi)
+            (cache.q, cache.qSums) = SumNormalization.forward(cache.qPhi, threads: threads)
+            (cache.k, cache.kSums) = SumNormalization.forward(cache.kPhi, threads: threads)
         } else {
             cache.q = cache.qPhi
             cache.k = cache.kPhi
@@ -419,11 +419,13 @@ public struct AttentionLayer: Sendable {
         let n = cache.batch * cache.steps
         var (dq, dk, dv, dbeta) = fastWeightBackward(dCore, cache: cache, threads: threads)
         if normalization == .sum {
-            dq = SumNormalization.backward(dq, output: cache.q, sums: cache.qSums)
-            dk = SumNormalization.backward(dk, output: cache.k, sums: cache.kSums)
+            dq = SumNormalization.backward(dq, output: cache.q, sums: cache.qSums, threads: threads)
+            dk = SumNormalization.backward(dk, output: cache.k, sums: cache.kSums, threads: threads)
         }
-        let dqRaw = featureMap.backward(dq, input: cache.qRaw, output: cache.qPhi, projection: cache.projection)
-        let dkRaw = featureMap.backward(dk, input: cache.kRaw, output: cache.kPhi, projection: cache.projection)
+        let dqRaw = featureMap.backward(
+            dq, input: cache.qRaw, output: cache.qPhi, projection: cache.projection, threads: threads)
+        let dkRaw = featureMap.backward(
+            dk, input: cache.kRaw, output: cache.kPhi, projection: cache.projection, threads: threads)
         var dBetaLogit: Tensor? = nil
         if var db = dbeta, let b = cache.beta {
             for i in 0..<db.count { db.storage[i] *= b.storage[i] * (1 - b.storage[i]) }

@@ -99,7 +99,8 @@ public struct FeatureMap: Sendable {
     }
 
     /// φ(x) for each row of x (R × d); `projection` is FAVOR+'s R (m × d), unused otherwise.
-    public func forward(_ x: Tensor, projection: Tensor? = nil) -> Tensor {
+    /// ELU+1 spreads its rows over `threads`.
+    public func forward(_ x: Tensor, projection: Tensor? = nil, threads: ComputeThreads = ComputeThreads(1)) -> Tensor {
         precondition(x.columns == inputSize, "feature map expects rows of \(inputSize), got \(x.columns)")
         let rows = x.rows, d = inputSize, dd = outputSize
         var y = Tensor(shape: [rows, dd])
@@ -107,9 +108,12 @@ public struct FeatureMap: Sendable {
         case .identity:
             y = x
         case .eluPlusOne:
-            let n = x.count
             x.withUnsafePointer { px in
-                y.withUnsafeMutablePointer { py in Vec.eluPlusOne(px, py, n) }
+                y.withUnsafeMutablePointer { py in
+                    threads.forEachRowRange(rows) { r in
+                        Vec.eluPlusOne(px + r.lowerBound * d, py + r.lowerBound * d, r.count * d)
+                    }
+                }
             }
         case .dpfp(let nu):
             let w = 2 * d
@@ -148,19 +152,26 @@ public struct FeatureMap: Sendable {
         return y
     }
 
-    /// dx given x, φ(x) and dφ.
-    public func backward(_ dy: Tensor, input x: Tensor, output y: Tensor, projection: Tensor? = nil) -> Tensor {
+    /// dx given x, φ(x) and dφ. ELU+1 spreads its rows over `threads`.
+    public func backward(
+        _ dy: Tensor, input x: Tensor, output y: Tensor, projection: Tensor? = nil,
+        threads: ComputeThreads = ComputeThreads(1)
+    ) -> Tensor {
         let rows = x.rows, d = inputSize, dd = outputSize
         switch kind {
         case .identity:
             return dy
         case .eluPlusOne:
             var dx = Tensor(uninitializedShape: dy.shape)
-            let n = dx.count
             dy.withUnsafePointer { pg in
                 x.withUnsafePointer { px in
                     y.withUnsafePointer { py in
-                        dx.withUnsafeMutablePointer { pd in Vec.eluPlusOneBackward(pg, input: px, output: py, into: pd, n) }
+                        dx.withUnsafeMutablePointer { pd in
+                            threads.forEachRowRange(rows) { r in
+                                let o = r.lowerBound * d
+                                Vec.eluPlusOneBackward(pg + o, input: px + o, output: py + o, into: pd + o, r.count * d)
+                            }
+                        }
                     }
                 }
             }
@@ -217,32 +228,43 @@ public enum SumNormalization {
     /// ε added to each row's sum so that an all-zero row (possible with DPFP) stays finite.
     public static let epsilon: Float = 1e-6
 
-    /// The normalised rows and each row's denominator.
-    public static func forward(_ x: Tensor) -> (Tensor, [Float]) {
+    /// The normalised rows and each row's denominator (rows spread over `threads`).
+    public static func forward(_ x: Tensor, threads: ComputeThreads = ComputeThreads(1)) -> (Tensor, [Float]) {
         let n = x.columns
-        var y = x
+        var y = Tensor(uninitializedShape: x.shape)  // every row written below
         var sums = [Float](repeating: 0, count: x.rows)
-        y.withUnsafeMutablePointer { p in
-            for r in 0..<x.rows {
-                let s = Vec.sum(p + r * n, n) + epsilon
-                sums[r] = s
-                Vec.scale(1 / s, p + r * n, n)
+        x.withUnsafePointer { px in
+            y.withUnsafeMutablePointer { py in
+                sums.withUnsafeMutableBufferPointer { ps in
+                    threads.forEachRowRange(x.rows) { rows in
+                        for r in rows {
+                            let s = Vec.sum(px + r * n, n) + epsilon
+                            ps[r] = s
+                            Vec.scale(1 / s, px + r * n, into: py + r * n, n)
+                        }
+                    }
+                }
             }
         }
         return (y, sums)
     }
 
-    /// dx = (dy − (dy · y)) / s for each row.
-    public static func backward(_ dy: Tensor, output y: Tensor, sums: [Float]) -> Tensor {
+    /// dx = (dy − (dy · y)) / s for each row (rows spread over `threads`).
+    public static func backward(
+        _ dy: Tensor, output y: Tensor, sums: [Float], threads: ComputeThreads = ComputeThreads(1)
+    ) -> Tensor {
         let n = y.columns
         var dx = Tensor(uninitializedShape: dy.shape)  // every row written below
         dy.withUnsafePointer { pd in
             y.withUnsafePointer { py in
                 dx.withUnsafeMutablePointer { px in
-                    for r in 0..<y.rows {
-                        let c = Vec.dot(pd + r * n, py + r * n, n)
-                        let inv = 1 / sums[r]
-                        for j in 0..<n { px[r * n + j] = (pd[r * n + j] - c) * inv }
+                    sums.withUnsafeBufferPointer { ps in
+                        threads.forEachRowRange(y.rows) { rows in
+                            for r in rows {
+                                let c = Vec.dot(pd + r * n, py + r * n, n)
+                                Vec.shiftScale(pd + r * n, shift: -c, scale: 1 / ps[r], into: px + r * n, n)
+                            }
+                        }
                     }
                 }
             }

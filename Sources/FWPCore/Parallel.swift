@@ -38,6 +38,20 @@ public struct ComputeThreads: Sendable, Equatable {
     }
 }
 
+extension ComputeThreads {
+    /// Runs body over contiguous row ranges that cover 0..<rows: one range when there is one
+    /// thread or too little work, otherwise a few ranges per thread (handed out by `forEach`).
+    /// For row-wise element-wise work, whose results cannot depend on how rows are grouped.
+    func forEachRowRange(_ rows: Int, minimumRows: Int = 128, _ body: (Range<Int>) -> Void) {
+        let pieces = count <= 1 ? 1 : min(count * 4, rows / minimumRows)
+        if pieces <= 1 {
+            body(0..<rows)
+            return
+        }
+        forEach(pieces) { i in body((i * rows / pieces)..<((i + 1) * rows / pieces)) }
+    }
+}
+
 struct UncheckedBox<T>: @unchecked Sendable {
     let value: T
     init(_ value: T) { self.value = value }

@@ -70,6 +70,20 @@ enum Vec {
         for i in 0..<n { x[i] *= alpha }
     }
 
+    /// y[i] = alpha · x[i].
+    @inlinable @inline(__always)
+    static func scale(_ alpha: Float, _ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, _ n: Int) {
+        for i in 0..<n { y[i] = alpha * x[i] }
+    }
+
+    /// y[i] = (x[i] + shift) · scale.
+    @inlinable @inline(__always)
+    static func shiftScale(
+        _ x: UnsafePointer<Float>, shift: Float, scale: Float, into y: UnsafeMutablePointer<Float>, _ n: Int
+    ) {
+        for i in 0..<n { y[i] = (x[i] + shift) * scale }
+    }
+
     // MARK: Exponential and element-wise maps
 
     /// eˣ for 8 lanes: x = n·ln 2 + r with |r| ≤ ln 2 / 2, eʳ by a degree-6 polynomial (the

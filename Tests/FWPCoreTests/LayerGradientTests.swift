@@ -146,3 +146,27 @@ import Testing
         expectGradient("x", values: x, analytic: dx, samples: 18, eps: 1e-3) { weightedSum(SumNormalization.forward($0).0, rr) }
     }
 }
+
+/// Row-parallel element-wise work gives the same bits as one thread.
+@Suite struct RowParallelTests {
+    @Test func featureMapAndSumNormalisationDoNotDependOnThreads() {
+        // 1,037 rows: several ranges per thread, the last one uneven.
+        let x = randomTensor([1037, 16], seed: 21), dy = randomTensor([1037, 16], seed: 22)
+        let map = FeatureMap(.eluPlusOne, inputSize: 16)
+        let one = ComputeThreads(1), three = ComputeThreads(3)
+        let phi1 = map.forward(x, threads: one), phi3 = map.forward(x, threads: three)
+        #expect(phi1.storage == phi3.storage)
+        #expect(map.backward(dy, input: x, output: phi1, threads: one).storage
+            == map.backward(dy, input: x, output: phi1, threads: three).storage)
+        let (n1, s1) = SumNormalization.forward(phi1, threads: one)
+        let (n3, s3) = SumNormalization.forward(phi1, threads: three)
+        #expect(n1.storage == n3.storage && s1 == s3)
+        #expect(SumNormalization.backward(dy, output: n1, sums: s1, threads: one).storage
+            == SumNormalization.backward(dy, output: n1, sums: s1, threads: three).storage)
+        // And the normalised rows sum to one (up to ε), so the parallel path wrote every row.
+        for r in [0, 517, 1036] {
+            let sum = (0..<16).reduce(Float(0)) { $0 + n3[r, $1] }
+            #expect(abs(sum - 1) < 1e-5)
+        }
+    }
+}
