@@ -11,13 +11,13 @@ int fwp_small_sgemm_supported(void) {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 
-// One block of up to 6 rows × 16 columns of C, accumulated over all k in 12 registers.
+// One block of up to 4 rows × 16 columns of C, accumulated over all k in 8 registers.
 // A(i, p) = a[i * ars + p * aps]; B(p, j) = b[p * ldb + j]. `rows` is a constant at each call
 // site (the switch below), so the row loops unroll; `masked` selects partial-width loads/stores.
 FWP_INLINE FWP_AVX2 void block(int rows, int masked, __m256i m0, __m256i m1, int k, const float *a, long ars,
                                long aps, const float *b, long ldb, float alpha, float beta, float *c, long ldc) {
-    __m256 acc0[6], acc1[6];
-    for (int r = 0; r < 6; r++) {
+    __m256 acc0[4], acc1[4];
+    for (int r = 0; r < 4; r++) {
         acc0[r] = _mm256_setzero_ps();
         acc1[r] = _mm256_setzero_ps();
     }
@@ -56,13 +56,11 @@ FWP_INLINE FWP_AVX2 void column_panel(int masked, __m256i m0, __m256i m1, int m,
                                       long aps, const float *b, long ldb, float alpha, float beta, float *c,
                                       long ldc) {
     int i = 0;
-    for (; i + 6 <= m; i += 6)
-        block(6, masked, m0, m1, k, a + i * ars, ars, aps, b, ldb, alpha, beta, c + i * ldc, ldc);
+    for (; i + 4 <= m; i += 4)
+        block(4, masked, m0, m1, k, a + i * ars, ars, aps, b, ldb, alpha, beta, c + i * ldc, ldc);
     const float *ai = a + i * ars;
     float *ci = c + i * ldc;
     switch (m - i) {
-    case 5: block(5, masked, m0, m1, k, ai, ars, aps, b, ldb, alpha, beta, ci, ldc); break;
-    case 4: block(4, masked, m0, m1, k, ai, ars, aps, b, ldb, alpha, beta, ci, ldc); break;
     case 3: block(3, masked, m0, m1, k, ai, ars, aps, b, ldb, alpha, beta, ci, ldc); break;
     case 2: block(2, masked, m0, m1, k, ai, ars, aps, b, ldb, alpha, beta, ci, ldc); break;
     case 1: block(1, masked, m0, m1, k, ai, ars, aps, b, ldb, alpha, beta, ci, ldc); break;

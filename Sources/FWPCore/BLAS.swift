@@ -24,21 +24,23 @@ public enum BLAS {
     public static let smallKernel: Bool =
         fwp_small_sgemm_supported() != 0 && ProcessInfo.processInfo.environment["FWP_SMALL_GEMM"] != "0"
 
-    /// The largest dimension sent to the small kernel. Above it OpenBLAS's packing pays for itself
-    /// (measured with `fwp-bench --only smallgemm`, docs/PERFORMANCE.md).
+    /// The largest dimension sent to the small kernel, and the largest m·n·k: above them
+    /// OpenBLAS's packing pays for itself (`fwp-bench --only smallgemm`: 64³ runs 1.2× faster
+    /// here, 128³ 0.8×; docs/PERFORMANCE.md).
     public static let smallKernelLimit = 128
+    public static let smallKernelWork = 64 * 64 * 128
 
     @usableFromInline
     static func usesSmallKernel(transposeB: Bool, m: Int, n: Int, k: Int) -> Bool {
         smallKernel && m <= smallKernelLimit && n <= smallKernelLimit && k <= smallKernelLimit
-            && (!transposeB || n * k <= Int(FWP_SMALL_SGEMM_MAX_BT))
+            && m * n * k <= smallKernelWork && (!transposeB || n * k <= Int(FWP_SMALL_SGEMM_MAX_BT))
     }
 
     /// C ← alpha · op(A) · op(B) + beta · C on raw row-major memory, op = transpose when flagged.
     ///
     /// `m × k` is op(A), `k × n` is op(B), `m × n` is C; leading dimensions are row strides.
-    /// Products with every dimension at most `smallKernelLimit` run on the small kernel when it is
-    /// enabled, the rest on OpenBLAS.
+    /// Products within `smallKernelLimit` and `smallKernelWork` run on the small kernel when it
+    /// is enabled, the rest on OpenBLAS.
     @inlinable
     public static func gemm(
         transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,

@@ -79,7 +79,8 @@ import Testing
     @Test func dispatchAgreesWithOpenBLASOnEitherSideOfTheLimit() {
         // BLAS.gemm picks the small kernel or OpenBLAS by size; both sides give the same product.
         var rng = FWPRandom(seed: 13)
-        for size in [BLAS.smallKernelLimit, BLAS.smallKernelLimit + 1] {
+        for size in [64, BLAS.smallKernelLimit + 1] {
+            #expect(BLAS.usesSmallKernel(transposeB: true, m: size, n: size, k: 40) == (BLAS.smallKernel && size == 64))
             let a = Tensor.normal(shape: [size, 40], std: 1, using: &rng)
             let b = Tensor.normal(shape: [size, 40], std: 1, using: &rng)
             var viaDispatch = Tensor(shape: [size, size]), viaOpenBLAS = Tensor(shape: [size, size])
