@@ -217,9 +217,9 @@ let lmVariants: [(String, AttentionKind, UpdateRule)] = [
     ("delta", .fastWeight, .delta), ("sum", .fastWeight, .sum), ("softmax", .softmax, .sum),
 ]
 
-@MainActor func benchLM() throws {
+@MainActor func benchLM(only variant: String? = nil) throws {
     let peak = sgemmGflops(m: 1024, n: 1024, k: 1024)
-    for (name, attention, rule) in lmVariants {
+    for (name, attention, rule) in lmVariants where variant == nil || variant == name {
         let config = lmConfig(attention, rule)
         let tps = Double(16 * 256) / (try lmStepSeconds(config, batch: 16, steps: 256))
         let flops = trainingFlopsPerToken(config, steps: 256)
@@ -287,6 +287,7 @@ for what in only {
     case "smallgemm": benchSmallGemm()
     case "layer": try benchLayer()
     case "lm": try benchLM()
+    case "lm-delta", "lm-sum", "lm-softmax": try benchLM(only: String(what.dropFirst(3)))
     case "sgemm":
         report("sgemm-1024", sgemmGflops(m: 1024, n: 1024, k: 1024), "GFLOP/s", ["blas_threads": 1])
         report("sgemm-4096x512x128", sgemmGflops(m: 4096, n: 512, k: 128), "GFLOP/s", ["blas_threads": 1])

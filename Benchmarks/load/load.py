@@ -7,8 +7,9 @@
 Starts its own fwpd on free loopback ports with a temporary state folder, submits a training
 job (lm-bytes-small, long), then runs `rounds` rounds of two phases of `seconds` each: one
 without load and one with N clients (closed loops, or paced with --rate; 9 status requests for
-every submit). Prints requests/s, p50/p99 latency, failures and the training throughput of each
-phase, and the median slowdown over the rounds.
+every submit), and a last quiet phase. Each loaded phase is compared with the mean of the quiet
+phases on either side of it. Prints requests/s, p50/p99 latency, failures and the training
+throughput of each phase, and the median slowdown over the rounds.
 
 The clients come from `fwp-load` (compiled, one thread and DEALER socket per client; the
 default) or from N Python processes with pyzmq (`--generator python`). Both run on the same
@@ -161,6 +162,10 @@ def main():
         res = python_load(req, args, job) if args.generator == "python" else swift_load(req, args, job, round_index)
         load1, cpu_l1 = time.time(), cpu_seconds(daemon.pid)
         phases.append((quiet0, quiet1, load0, load1, res, (cpu_q1 - cpu_q0) / (quiet1 - quiet0), (cpu_l1 - cpu_l0) / (load1 - load0)))
+    # A closing quiet phase, so that every loaded phase has a quiet one on each side.
+    closing0 = time.time()
+    time.sleep(args.seconds)
+    closing1 = time.time()
     events = json.loads(call(s, "events", {"job": job, "limit": 10000})[2])["events"]
     call(s, "cancel", {"job": job})
     s.close()
@@ -168,10 +173,14 @@ def main():
     daemon.terminate()
     daemon.wait(60)
     slowdowns = []
-    for (quiet0, quiet1, load0, load1, res, quiet_cores, load_cores) in phases:
+    quiet_windows = [(p[0], p[1]) for p in phases] + [(closing0, closing1)]
+    quiet_all = [throughput(events, a, b, batch * segment) for (a, b) in quiet_windows]
+    for i, (quiet0, quiet1, load0, load1, res, quiet_cores, load_cores) in enumerate(phases):
         elapsed = load1 - load0
         st, sb = res["status"], res["submit"]
-        quiet_tps = throughput(events, quiet0, quiet1, batch * segment)
+        # The quiet reference is the mean of the quiet phases just before and just after this
+        # loaded phase, which cancels a steady drift of the machine's speed across the round.
+        quiet_tps = (quiet_all[i] + quiet_all[i + 1]) / 2
         load_tps = throughput(events, load0, load1, batch * segment)
         slowdowns.append(1 - load_tps / quiet_tps)
         gen_cores = res["cpu_seconds"] / elapsed

@@ -18,7 +18,7 @@
 /// fused per-row recurrence) remains for attention normalisation and for step-by-step inference.
 public struct ChunkwiseKernel: Sendable {
     /// The chunk size `FastWeightAlgorithm.automatic` uses.
-    public static let defaultChunkSize = 32
+    public static let defaultChunkSize = 16
     /// Segments shorter than this use the recurrence under `.automatic`.
     public static let minimumSteps = 16
 
