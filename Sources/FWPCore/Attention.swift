@@ -144,7 +144,10 @@ public struct AttentionLayer: Sendable {
         }
         var cache = Cache(
             input: x, qRaw: qRaw, kRaw: kRaw, v: v, qPhi: qRaw, kPhi: kRaw, qSums: [], kSums: [], q: qRaw, k: kRaw,
-            beta: nil, saved: [], denominators: [], chunkSize: nil, core: Tensor(shape: [n, hd]), attended: Tensor(shape: [n, hd]),
+            // Fast-weight layers allocate `core` themselves (uninitialised where every row is
+            // written); `attended` is assigned below.
+            beta: nil, saved: [], denominators: [], chunkSize: nil,
+            core: kind == .softmax ? Tensor(shape: [n, hd]) : Tensor(shape: [0, hd]), attended: Tensor(shape: [0, hd]),
             probabilities: [], finalWeights: [], finalNormalizer: [], projection: nil, batch: batch, steps: steps)
         if kind == .softmax {
             softmaxForward(&cache, state: &state, threads: threads)
@@ -223,7 +226,14 @@ public struct AttentionLayer: Sendable {
         cache.chunkSize = chunk
         let chunked = chunk.map { chunkwiseKernel(steps: steps, chunk: $0) }
         let savedPerSequence = chunked?.savedCount ?? (rule == .delta ? steps * dv : 0)
-        cache.saved = [Float](repeating: 0, count: seqs * savedPerSequence)
+        // The chunkwise forward writes every saved float and every output row; only the
+        // recurrence relies on zeroed buffers.
+        cache.saved =
+            chunked != nil
+            ? [Float](unsafeUninitializedCapacity: seqs * savedPerSequence) { _, count in count = seqs * savedPerSequence }
+            : [Float](repeating: 0, count: seqs * savedPerSequence)
+        let coreShape = [batch * steps, heads * dv]
+        cache.core = chunked != nil ? Tensor(uninitializedShape: coreShape) : Tensor(shape: coreShape)
         cache.denominators = [Float](repeating: 0, count: attn ? seqs * steps : 0)
         let q = cache.q, k = cache.k, v = cache.v
         let betaT = cache.beta
@@ -440,8 +450,10 @@ public struct AttentionLayer: Sendable {
         let (batch, steps) = (cache.batch, cache.steps)
         let dk = featureMap.outputSize, dv = headSize, seqs = batch * heads, n = batch * steps
         let kern = kernel(steps: steps)
-        var dq = Tensor(shape: [n * heads, dk]), dkT = dq, dvT = Tensor(shape: [n * heads, dv])
-        var dbeta: Tensor? = rule == .delta ? Tensor(shape: [n * heads]) : nil
+        // The chunkwise backward writes (not accumulates) every row of dq, dk, dv and dβ.
+        let make = { (shape: [Int]) in cache.chunkSize != nil ? Tensor(uninitializedShape: shape) : Tensor(shape: shape) }
+        var dq = make([n * heads, dk]), dkT = make([n * heads, dk]), dvT = make([n * heads, dv])
+        var dbeta: Tensor? = rule == .delta ? make([n * heads]) : nil
         var weights = cache.finalWeights
         var zs = cache.finalNormalizer.isEmpty ? [Float](repeating: 0, count: seqs * dk) : cache.finalNormalizer
         var dbStorage = dbeta?.storage ?? []

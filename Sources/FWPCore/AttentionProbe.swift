@@ -41,8 +41,8 @@ public struct AttentionProbe: Sendable {
         let flat = { (t: Tensor) in t.reshaped([n * layer.heads, layer.headSize]) }
         var cache = AttentionLayer.Cache(
             input: q, qRaw: flat(q), kRaw: flat(k), v: flat(v), qPhi: q, kPhi: k, qSums: [], kSums: [], q: q, k: k,
-            beta: nil, saved: [], denominators: [], chunkSize: nil, core: Tensor(shape: [n, hd]),
-            attended: Tensor(shape: [n, hd]), probabilities: [], finalWeights: [], finalNormalizer: [], projection: nil,
+            beta: nil, saved: [], denominators: [], chunkSize: nil, core: Tensor(shape: [0, hd]),
+            attended: Tensor(shape: [0, hd]), probabilities: [], finalWeights: [], finalNormalizer: [], projection: nil,
             batch: batch, steps: steps)
         var none: AttentionState? = nil
         var rng = FWPRandom(seed: 0)
