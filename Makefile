@@ -28,6 +28,8 @@ build: bootstrap
 test: bootstrap
 	$(SWIFT) build $(TEST_FLAGS) --build-tests
 	$(SWIFT) test $(TEST_FLAGS) --skip-build
+	# the core's tests again with every product on OpenBLAS (the small kernel switched off)
+	FWP_SMALL_GEMM=0 $(SWIFT) test $(TEST_FLAGS) --skip-build --filter FWPCoreTests
 	scripts/python-test
 
 demo: build
