@@ -103,7 +103,7 @@ public struct FeatureMap: Sendable {
     public func forward(_ x: Tensor, projection: Tensor? = nil, threads: ComputeThreads = ComputeThreads(1)) -> Tensor {
         precondition(x.columns == inputSize, "feature map expects rows of \(inputSize), got \(x.columns)")
         let rows = x.rows, d = inputSize, dd = outputSize
-        var y = Tensor(shape: [rows, dd])
+        var y = Tensor(uninitializedShape: [rows, dd])  // every kind below writes every element
         switch kind {
         case .identity:
             y = x
