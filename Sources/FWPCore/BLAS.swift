@@ -2,7 +2,8 @@ import Foundation
 import CBLAS
 import CKernels
 
-/// The single boundary between FWPCore and OpenBLAS.
+/// The single boundary between FWPCore and its matrix-product kernels: OpenBLAS, and the small
+/// AVX2/FMA kernel in CKernels for products of a few kilobytes.
 ///
 /// Every matrix product in the core goes through `gemm`, which checks its shapes and takes
 /// transpose flags instead of transposed copies. Gradients accumulate by passing `beta: 1`.
@@ -25,8 +26,8 @@ public enum BLAS {
         fwp_small_sgemm_supported() != 0 && ProcessInfo.processInfo.environment["FWP_SMALL_GEMM"] != "0"
 
     /// The largest dimension sent to the small kernel, and the largest m·n·k: above them
-    /// OpenBLAS's packing pays for itself (`fwp-bench --only smallgemm`: 64³ runs 1.2× faster
-    /// here, 128³ 0.8×; docs/PERFORMANCE.md).
+    /// OpenBLAS's packing pays for itself (`fwp-bench --only smallgemm`: 32³ 1.3–1.8×, 64³
+    /// 1.0–1.3×, 128³ 0.8× of OpenBLAS here; docs/PERFORMANCE.md).
     public static let smallKernelLimit = 128
     public static let smallKernelWork = 64 * 64 * 128
 
