@@ -1,3 +1,6 @@
+import Foundation
+import Synchronization
+
 /// A dense, row-major Float32 tensor with value semantics.
 ///
 /// Storage is a Swift array, so copies are copy-on-write; hot loops reach the memory through
@@ -20,9 +23,8 @@ public struct Tensor: Equatable, Sendable {
     /// the LM step.
     init(uninitializedShape shape: [Int]) {
         precondition(shape.allSatisfy { $0 >= 0 }, "negative extent in shape \(shape)")
-        let n = shape.reduce(1, *)
         self.shape = shape
-        self.storage = [Float](unsafeUninitializedCapacity: n) { _, count in count = n }
+        self.storage = UninitializedMemory.floats(shape.reduce(1, *))
     }
 
     /// A tensor of the given shape over `storage`, whose count must match the shape.
@@ -109,4 +111,23 @@ struct SharedPointer: @unchecked Sendable {
 struct SharedConstPointer: @unchecked Sendable {
     @usableFromInline let base: UnsafePointer<Float>
     @usableFromInline init(_ base: UnsafePointer<Float>) { self.base = base }
+}
+
+/// Buffers the core allocates without initialising because every element is written before it
+/// is read (GEMM outputs with beta 0, row-wise maps, the chunkwise saved state, softmax
+/// probabilities). With poisoning on they are filled with NaN instead, so that a read before a
+/// write — a wrong claim of "written in full" — turns results into NaN where a test sees it.
+/// Poisoning is on when the environment sets `FWP_POISON_UNINITIALIZED=1` (the test suite does)
+/// or after `setPoison(true)`; it changes no result of correct code.
+public enum UninitializedMemory {
+    private static let poison = Atomic<Bool>(ProcessInfo.processInfo.environment["FWP_POISON_UNINITIALIZED"] == "1")
+
+    public static func setPoison(_ on: Bool) { poison.store(on, ordering: .relaxed) }
+    public static var isPoisoned: Bool { poison.load(ordering: .relaxed) }
+
+    /// n floats, uninitialised (or NaN when poisoning).
+    static func floats(_ n: Int) -> [Float] {
+        if poison.load(ordering: .relaxed) { return [Float](repeating: .nan, count: n) }
+        return [Float](unsafeUninitializedCapacity: n) { _, count in count = n }
+    }
 }
