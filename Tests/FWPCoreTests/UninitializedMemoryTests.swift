@@ -36,14 +36,14 @@ import Testing
                 tokens: tokens, targets: targets, batch: batch, state: &none, training: true, rng: &r)
             return (loss, g.values.map(\.storage))
         }
+        // The switch is process-wide and other tests may run meanwhile; poisoning changes no
+        // result of correct code, so they are unaffected either way. It is restored afterwards.
         let wasPoisoned = UninitializedMemory.isPoisoned
         UninitializedMemory.setPoison(false)
         let (plainLoss, plainGrads) = run()
-        // Other tests may run meanwhile; poisoning changes nothing for correct code, so it is
-        // left on (the test suite runs with FWP_POISON_UNINITIALIZED=1 anyway).
         UninitializedMemory.setPoison(true)
         let (poisonedLoss, poisonedGrads) = run()
-        if !wasPoisoned { UninitializedMemory.setPoison(true) }
+        UninitializedMemory.setPoison(wasPoisoned)
         #expect(poisonedLoss.isFinite)
         #expect(poisonedLoss == plainLoss)
         for (i, name) in model.parameters.names.enumerated() {
