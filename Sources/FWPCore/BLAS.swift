@@ -23,7 +23,10 @@ public enum BLAS {
     /// Whether small products go to FWPCore's own AVX2/FMA kernel (CKernels) instead of OpenBLAS:
     /// true on CPUs with AVX2 and FMA unless the environment sets `FWP_SMALL_GEMM=0`.
     public static let smallKernel: Bool =
-        fwp_small_sgemm_supported() != 0 && ProcessInfo.processInfo.environment["FWP_SMALL_GEMM"] != "0"
+        smallKernelSupported && ProcessInfo.processInfo.environment["FWP_SMALL_GEMM"] != "0"
+
+    /// Whether this CPU can run the small kernel at all (AVX2 and FMA), whatever FWP_SMALL_GEMM says.
+    public static let smallKernelSupported: Bool = fwp_small_sgemm_supported() != 0
 
     /// The largest dimension sent to the small kernel, and the largest m·n·k: above them
     /// OpenBLAS's packing pays for itself (`fwp-bench --only smallgemm`: 32³ 1.3–1.8×, 64³
@@ -56,9 +59,9 @@ public enum BLAS {
         }
         precondition(lda >= (transposeA ? m : k) && ldb >= (transposeB ? k : n) && ldc >= n, "bad leading dimension")
         if usesSmallKernel(transposeB: transposeB, m: m, n: n, k: k) {
-            fwp_small_sgemm(
-                transposeA ? 1 : 0, transposeB ? 1 : 0, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b,
-                Int32(ldb), beta, c, Int32(ldc))
+            runSmallKernel(
+                transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b,
+                ldb: ldb, beta: beta, c: c, ldc: ldc)
             return
         }
         openBLASGemm(
@@ -73,16 +76,25 @@ public enum BLAS {
         a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
         beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
     ) {
-        precondition(fwp_small_sgemm_supported() != 0, "the small kernel needs AVX2 and FMA")
+        precondition(smallKernelSupported, "the small kernel needs AVX2 and FMA")
         precondition(!transposeB || n * k <= Int(FWP_SMALL_SGEMM_MAX_BT), "transposed B too large for the small kernel")
         precondition(m > 0 && n > 0 && k > 0)
+        runSmallKernel(
+            transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b,
+            ldb: ldb, beta: beta, c: c, ldc: ldc)
+    }
+
+    /// The call into CKernels shared by `gemm` and `smallKernelGemm`; callers have checked the sizes.
+    @usableFromInline
+    static func runSmallKernel(
+        transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+        a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+        beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
         fwp_small_sgemm(
             transposeA ? 1 : 0, transposeB ? 1 : 0, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b,
             Int32(ldb), beta, c, Int32(ldc))
     }
-
-    /// Whether this CPU can run the small kernel at all (AVX2 and FMA), whatever FWP_SMALL_GEMM says.
-    public static var smallKernelSupported: Bool { fwp_small_sgemm_supported() != 0 }
 
     /// The same product, always through OpenBLAS (the reference the small kernel is tested against).
     @inlinable
