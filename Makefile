@@ -29,8 +29,8 @@ test: bootstrap
 	$(SWIFT) build $(TEST_FLAGS) --build-tests
 	# buffers the core leaves uninitialised start as NaN in tests (see UninitializedMemory)
 	FWP_POISON_UNINITIALIZED=1 $(SWIFT) test $(TEST_FLAGS) --skip-build
-	# the core's tests again with every product on OpenBLAS (the small kernel switched off)
-	FWP_POISON_UNINITIALIZED=1 FWP_SMALL_GEMM=0 $(SWIFT) test $(TEST_FLAGS) --skip-build --filter FWPCoreTests
+	# the core's tests again on the portable paths: every product on OpenBLAS, Swift element-wise loops
+	FWP_POISON_UNINITIALIZED=1 FWP_SMALL_GEMM=0 FWP_VECTOR_KERNELS=0 $(SWIFT) test $(TEST_FLAGS) --skip-build --filter FWPCoreTests
 	scripts/python-test
 
 demo: build

@@ -175,21 +175,30 @@ public struct AttentionLayer: Sendable {
                 cache.projection = buffers.values[favorBuffer]
             }
         }
-        cache.qPhi = featureMap.forward(cache.qRaw, projection: cache.projection, threads: threads)
-        cache.kPhi = featureMap.forward(cache.kRaw, projection: cache.projection, threads: threads)
-        if normalization == .sum {
+        if fusedEluSum {
+            (cache.qPhi, cache.q, cache.qSums) = SumNormalization.eluPlusOneForward(cache.qRaw, threads: threads)
+            (cache.kPhi, cache.k, cache.kSums) = SumNormalization.eluPlusOneForward(cache.kRaw, threads: threads)
+        } else if normalization == .sum {
+            cache.qPhi = featureMap.forward(cache.qRaw, projection: cache.projection, threads: threads)
+            cache.kPhi = featureMap.forward(cache.kRaw, projection: cache.projection, threads: threads)
             (cache.q, cache.qSums) = SumNormalization.forward(cache.qPhi, threads: threads)
             (cache.k, cache.kSums) = SumNormalization.forward(cache.kPhi, threads: threads)
         } else {
+            cache.qPhi = featureMap.forward(cache.qRaw, projection: cache.projection, threads: threads)
+            cache.kPhi = featureMap.forward(cache.kRaw, projection: cache.projection, threads: threads)
             cache.q = cache.qPhi
             cache.k = cache.kPhi
         }
-        if var b = betaLogits {
-            for i in 0..<b.count { b.storage[i] = 1 / (1 + expf(-b.storage[i])) }
-            cache.beta = b.reshaped([n * heads])
+        if let logits = betaLogits {
+            var b = Tensor(uninitializedShape: [n * heads])  // written in full below
+            logits.withUnsafePointer { pl in b.withUnsafeMutablePointer { VectorKernels.sigmoid(pl, $0, n * heads) } }
+            cache.beta = b
         }
         fastWeightForward(&cache, state: &state, threads: threads)
     }
+
+    /// ELU + 1 followed by sum normalisation runs as one fused pass (`SumNormalization.eluPlusOneForward`).
+    private var fusedEluSum: Bool { featureMap.kind == .eluPlusOne && normalization == .sum }
 
     private func kernel(steps: Int) -> FastWeightKernel {
         FastWeightKernel(
@@ -429,14 +438,22 @@ public struct AttentionLayer: Sendable {
     {
         let n = cache.batch * cache.steps
         var (dq, dk, dv, dbeta) = fastWeightBackward(dCore, cache: cache, threads: threads)
-        if normalization == .sum {
-            dq = SumNormalization.backward(dq, output: cache.q, sums: cache.qSums, threads: threads)
-            dk = SumNormalization.backward(dk, output: cache.k, sums: cache.kSums, threads: threads)
+        let dqRaw: Tensor, dkRaw: Tensor
+        if fusedEluSum {
+            dqRaw = SumNormalization.eluPlusOneBackward(
+                dq, input: cache.qRaw, phi: cache.qPhi, output: cache.q, sums: cache.qSums, threads: threads)
+            dkRaw = SumNormalization.eluPlusOneBackward(
+                dk, input: cache.kRaw, phi: cache.kPhi, output: cache.k, sums: cache.kSums, threads: threads)
+        } else {
+            if normalization == .sum {
+                dq = SumNormalization.backward(dq, output: cache.q, sums: cache.qSums, threads: threads)
+                dk = SumNormalization.backward(dk, output: cache.k, sums: cache.kSums, threads: threads)
+            }
+            dqRaw = featureMap.backward(
+                dq, input: cache.qRaw, output: cache.qPhi, projection: cache.projection, threads: threads)
+            dkRaw = featureMap.backward(
+                dk, input: cache.kRaw, output: cache.kPhi, projection: cache.projection, threads: threads)
         }
-        let dqRaw = featureMap.backward(
-            dq, input: cache.qRaw, output: cache.qPhi, projection: cache.projection, threads: threads)
-        let dkRaw = featureMap.backward(
-            dk, input: cache.kRaw, output: cache.kPhi, projection: cache.projection, threads: threads)
         var dBetaLogit: Tensor? = nil
         if var db = dbeta, let b = cache.beta {
             for i in 0..<db.count { db.storage[i] *= b.storage[i] * (1 - b.storage[i]) }

@@ -111,7 +111,7 @@ public struct FeatureMap: Sendable {
             x.withUnsafePointer { px in
                 y.withUnsafeMutablePointer { py in
                     threads.forEachRowRange(rows) { r in
-                        Vec.eluPlusOne(px + r.lowerBound * d, py + r.lowerBound * d, r.count * d)
+                        VectorKernels.eluPlusOne(px + r.lowerBound * d, py + r.lowerBound * d, r.count * d)
                     }
                 }
             }

@@ -24,6 +24,24 @@ int fwp_small_sgemm_supported(void);
 void fwp_small_sgemm(int transpose_a, int transpose_b, int m, int n, int k, float alpha,
                      const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
 
+/// 1 when this CPU can run the element-wise kernels below (x86-64 with AVX2 and FMA), 0 otherwise.
+int fwp_vector_kernels_supported(void);
+
+/// y = x + 1 where x > 0, e^x elsewhere (NaN stays NaN). x and y may be the same array.
+void fwp_elu_plus_one(const float *x, float *y, long n);
+
+/// For each of `rows` rows of n: phi = ELU+1(x), sums[r] = Σ phi + epsilon, y = phi / sums[r].
+void fwp_elu_plus_one_sum_normalize(const float *x, float *phi, float *y, float *sums, long rows, long n,
+                                    float epsilon);
+
+/// The gradient of the above with respect to x, given dL/dy:
+/// dphi = (dy − (dy · y)) / sums[r], dx = dphi where x > 0, dphi · phi elsewhere.
+void fwp_elu_plus_one_sum_normalize_backward(const float *dy, const float *x, const float *phi, const float *y,
+                                             const float *sums, float *dx, long rows, long n);
+
+/// y = 1 / (1 + e^−x), computed without overflow for any x (NaN stays NaN).
+void fwp_sigmoid(const float *x, float *y, long n);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,158 @@
+// Element-wise kernels of the fast-weight feature path (ELU + 1, sum normalisation, sigmoid) in
+// AVX2/FMA, for FWPCore. FWPCore keeps portable Swift versions and calls these only when
+// fwp_vector_kernels_supported() says the CPU has AVX2 and FMA.
+#include "fwp_kernels.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define FWP_AVX2 __attribute__((target("avx2,fma")))
+#define FWP_INLINE static inline __attribute__((always_inline))
+
+int fwp_vector_kernels_supported(void) { return fwp_small_sgemm_supported(); }
+
+// e^x for x ≤ 0 (callers clamp): Cody–Waite reduction x = n·ln2 + r, a degree-6 polynomial for
+// e^r on |r| ≤ ln2/2, and 2ⁿ built in the exponent field. Below −87.33 the result is 0.
+// NaN lanes are not handled here; callers put x back where x is NaN.
+FWP_INLINE FWP_AVX2 __m256 exp_nonpositive(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.33654f);
+    __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    __m256 xc = _mm256_max_ps(x, lo);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.98756915e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.39819995e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.33345190e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.16657959e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.66666655e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.00000012e-1f));
+    __m256 e = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0f));
+    // n ∈ [−126, 0]: 2ⁿ as one float with biased exponent n + 127 ≥ 1 (n = −126 is the smallest
+    // normal), so no split is needed on this side.
+    __m256i ni = _mm256_cvtps_epi32(n);
+    __m256 s = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(ni, _mm256_set1_epi32(127)), 23));
+    return _mm256_andnot_ps(under, _mm256_mul_ps(e, s));
+}
+
+// ELU + 1 of 8 lanes: x + 1 where x > 0, e^x elsewhere, NaN kept.
+FWP_INLINE FWP_AVX2 __m256 elu1(__m256 x) {
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 pos = _mm256_cmp_ps(x, zero, _CMP_GT_OQ);
+    __m256 y = exp_nonpositive(_mm256_min_ps(x, zero));
+    y = _mm256_blendv_ps(y, _mm256_add_ps(x, _mm256_set1_ps(1.0f)), pos);
+    return _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+}
+
+FWP_INLINE FWP_AVX2 __m256i tail_mask(long count) {
+    // Lanes 0..<count set (0 < count < 8).
+    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)count), idx);
+}
+
+FWP_INLINE FWP_AVX2 float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+FWP_AVX2 void fwp_elu_plus_one(const float *x, float *y, long n) {
+    long i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, elu1(_mm256_loadu_ps(x + i)));
+    if (i < n) {
+        __m256i m = tail_mask(n - i);
+        _mm256_maskstore_ps(y + i, m, elu1(_mm256_maskload_ps(x + i, m)));
+    }
+}
+
+FWP_AVX2 void fwp_elu_plus_one_sum_normalize(const float *x, float *phi, float *y, float *sums, long rows,
+                                              long n, float epsilon) {
+    long full = n & ~7L;
+    __m256i m = tail_mask(n - full > 0 ? n - full : 1);
+    for (long r = 0; r < rows; r++) {
+        const float *xr = x + r * n;
+        float *pr = phi + r * n, *yr = y + r * n;
+        __m256 acc = _mm256_setzero_ps();
+        for (long i = 0; i < full; i += 8) {
+            __m256 v = elu1(_mm256_loadu_ps(xr + i));
+            _mm256_storeu_ps(pr + i, v);
+            acc = _mm256_add_ps(acc, v);
+        }
+        if (full < n) {
+            __m256 v = elu1(_mm256_maskload_ps(xr + full, m));
+            v = _mm256_and_ps(v, _mm256_castsi256_ps(m));
+            _mm256_maskstore_ps(pr + full, m, v);
+            acc = _mm256_add_ps(acc, v);
+        }
+        float s = hsum(acc) + epsilon;
+        sums[r] = s;
+        __m256 inv = _mm256_set1_ps(1.0f / s);
+        for (long i = 0; i < full; i += 8) _mm256_storeu_ps(yr + i, _mm256_mul_ps(_mm256_loadu_ps(pr + i), inv));
+        if (full < n) _mm256_maskstore_ps(yr + full, m, _mm256_mul_ps(_mm256_maskload_ps(pr + full, m), inv));
+    }
+}
+
+FWP_AVX2 void fwp_elu_plus_one_sum_normalize_backward(const float *dy, const float *x, const float *phi,
+                                                       const float *y, const float *sums, float *dx, long rows,
+                                                       long n) {
+    long full = n & ~7L;
+    __m256i m = tail_mask(n - full > 0 ? n - full : 1);
+    const __m256 zero = _mm256_setzero_ps();
+    for (long r = 0; r < rows; r++) {
+        const float *gr = dy + r * n, *xr = x + r * n, *pr = phi + r * n, *yr = y + r * n;
+        float *dr = dx + r * n;
+        __m256 acc = _mm256_setzero_ps();
+        for (long i = 0; i < full; i += 8)
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(gr + i), _mm256_loadu_ps(yr + i), acc);
+        if (full < n) acc = _mm256_fmadd_ps(_mm256_maskload_ps(gr + full, m), _mm256_maskload_ps(yr + full, m), acc);
+        __m256 c = _mm256_set1_ps(hsum(acc)), inv = _mm256_set1_ps(1.0f / sums[r]);
+        for (long i = 0; i <= n - 1; i += 8) {
+            int tail = i + 8 > n;
+            __m256 g = tail ? _mm256_maskload_ps(gr + i, m) : _mm256_loadu_ps(gr + i);
+            __m256 xv = tail ? _mm256_maskload_ps(xr + i, m) : _mm256_loadu_ps(xr + i);
+            __m256 pv = tail ? _mm256_maskload_ps(pr + i, m) : _mm256_loadu_ps(pr + i);
+            // d φ = (dy − dy·y) / s; dx = dφ where x > 0, dφ·φ elsewhere (ELU + 1's derivative).
+            __m256 dphi = _mm256_mul_ps(_mm256_sub_ps(g, c), inv);
+            __m256 d = _mm256_blendv_ps(_mm256_mul_ps(dphi, pv), dphi, _mm256_cmp_ps(xv, zero, _CMP_GT_OQ));
+            if (tail) _mm256_maskstore_ps(dr + i, m, d);
+            else _mm256_storeu_ps(dr + i, d);
+        }
+    }
+}
+
+FWP_AVX2 void fwp_sigmoid(const float *x, float *y, long n) {
+    // σ(x) = 1 / (1 + e^−|x|) for x ≥ 0 and e^−|x| / (1 + e^−|x|) below: e^−|x| never overflows.
+    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    long i = 0;
+    for (; i < n; i += 8) {
+        int tail = i + 8 > n;
+        __m256i m = tail_mask(tail ? n - i : 1);
+        __m256 v = tail ? _mm256_maskload_ps(x + i, m) : _mm256_loadu_ps(x + i);
+        __m256 e = exp_nonpositive(_mm256_or_ps(v, sign));  // e^−|x|
+        __m256 inv = _mm256_div_ps(one, _mm256_add_ps(one, e));
+        __m256 s = _mm256_blendv_ps(_mm256_mul_ps(e, inv), inv, _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GE_OQ));
+        s = _mm256_blendv_ps(s, v, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        if (tail) _mm256_maskstore_ps(y + i, m, s);
+        else _mm256_storeu_ps(y + i, s);
+    }
+}
+
+#else
+
+int fwp_vector_kernels_supported(void) { return 0; }
+void fwp_elu_plus_one(const float *x, float *y, long n) { (void)x; (void)y; (void)n; __builtin_trap(); }
+void fwp_elu_plus_one_sum_normalize(const float *x, float *phi, float *y, float *sums, long rows, long n,
+                                    float epsilon) {
+    (void)x; (void)phi; (void)y; (void)sums; (void)rows; (void)n; (void)epsilon;
+    __builtin_trap();
+}
+void fwp_elu_plus_one_sum_normalize_backward(const float *dy, const float *x, const float *phi, const float *y,
+                                             const float *sums, float *dx, long rows, long n) {
+    (void)dy; (void)x; (void)phi; (void)y; (void)sums; (void)dx; (void)rows; (void)n;
+    __builtin_trap();
+}
+void fwp_sigmoid(const float *x, float *y, long n) { (void)x; (void)y; (void)n; __builtin_trap(); }
+
+#endif

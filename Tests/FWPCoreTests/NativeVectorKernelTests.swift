@@ -1,0 +1,130 @@
+import Foundation
+import Testing
+
+@testable import FWPCore
+
+/// The AVX2/FMA element-wise kernels in CKernels against float64 definitions (and, for the fused
+/// ELU + 1 with sum normalisation, against central finite differences of a float64 forward).
+/// Skipped on CPUs without AVX2/FMA, where FWPCore never calls them.
+@Suite(.enabled(if: VectorKernels.supported, "needs AVX2 and FMA"))
+struct NativeVectorKernelTests {
+    static func elu1(_ x: Double) -> Double { x > 0 ? x + 1 : Foundation.exp(x) }
+
+    @Test func eluPlusOneMatchesDoublePrecision() {
+        var xs: [Float] = [-200, -88, -87.5, -87.3, -20, -1e-7, 0, 1e-7, 1, 50, .infinity, -.infinity, .nan]
+        var x: Float = -90
+        while x < 5 {
+            xs.append(x)
+            x += 0.0371
+        }
+        for n in [xs.count, 1, 7, 8, 9] {
+            var y = [Float](repeating: -1, count: n + 1)  // one guard element after the n
+            fwpEluPlusOne(xs, &y, n)
+            for i in 0..<n {
+                let v = xs[i]
+                if v.isNaN {
+                    #expect(y[i].isNaN)
+                    continue
+                }
+                let exact = Self.elu1(Double(v))
+                if exact.isInfinite {
+                    #expect(y[i] == .infinity)
+                } else if exact < 1.2e-38 {
+                    // Below the smallest normal float the kernel returns 0 (like the Swift path).
+                    #expect(y[i] == 0 || abs(Double(y[i]) - exact) <= 1.2e-38, "x=\(v) y=\(y[i])")
+                } else {
+                    #expect(abs(Double(y[i]) - exact) <= 2.5e-7 * exact, "x=\(v) y=\(y[i]) exact=\(exact)")
+                }
+            }
+            #expect(y[n] == -1, "wrote past the end at n=\(n)")
+        }
+    }
+
+    @Test func sigmoidMatchesDoublePrecisionWithoutOverflow() {
+        var xs: [Float] = [-1000, -104, -88, -87.3, -30, 0, -0.0, 30, 88, 104, 1000, .infinity, -.infinity, .nan]
+        var x: Float = -20
+        while x < 20 {
+            xs.append(x)
+            x += 0.0517
+        }
+        var y = [Float](repeating: -1, count: xs.count + 1)
+        VectorKernels.sigmoid(xs, &y, xs.count, native: true)
+        for (i, v) in xs.enumerated() {
+            if v.isNaN {
+                #expect(y[i].isNaN)
+                continue
+            }
+            let exact = 1 / (1 + Foundation.exp(-Double(v)))
+            #expect(y[i].isFinite && y[i] >= 0 && y[i] <= 1, "x=\(v) y=\(y[i])")
+            #expect(abs(Double(y[i]) - exact) <= max(3e-7 * exact, 1e-38), "x=\(v) y=\(y[i]) exact=\(exact)")
+        }
+        #expect(y[xs.count] == -1)
+    }
+
+    /// float64 forward of ELU + 1 then sum normalisation for one row.
+    static func reference(_ x: [Double]) -> (phi: [Double], y: [Double], sum: Double) {
+        let phi = x.map(elu1)
+        let s = phi.reduce(0, +) + Double(SumNormalization.epsilon)
+        return (phi, phi.map { $0 / s }, s)
+    }
+
+    @Test(arguments: [1, 5, 8, 13, 64])
+    func fusedEluSumNormalisationForwardAndBackward(columns n: Int) {
+        var rng = FWPRandom(seed: UInt64(n))
+        let rows = 9
+        let x = Tensor.normal(shape: [rows, n], std: 1.5, using: &rng)
+        let dy = Tensor.normal(shape: [rows, n], std: 1, using: &rng)
+        let (phi, y, sums) = SumNormalization.eluPlusOneForward(x, threads: ComputeThreads(3), native: true)
+        let dx = SumNormalization.eluPlusOneBackward(
+            dy, input: x, phi: phi, output: y, sums: sums, threads: ComputeThreads(3), native: true)
+        var worstForward = 0.0, worstGradient = 0.0
+        for r in 0..<rows {
+            let xr = (0..<n).map { Double(x[r, $0]) }
+            let ref = Self.reference(xr)
+            worstForward = max(worstForward, abs(Double(sums[r]) - ref.sum) / ref.sum)
+            for i in 0..<n {
+                worstForward = max(worstForward, abs(Double(phi[r, i]) - ref.phi[i]) / ref.phi[i])
+                worstForward = max(worstForward, abs(Double(y[r, i]) - ref.y[i]) / ref.y[i])
+                // dL/dx_i with L = Σ_j dy_j y_j, by central differences of the float64 forward.
+                let h = 1e-6
+                var plus = xr, minus = xr
+                plus[i] += h
+                minus[i] -= h
+                let yp = Self.reference(plus).y, ym = Self.reference(minus).y
+                let fd = (0..<n).reduce(0.0) { $0 + Double(dy[r, $1]) * (yp[$1] - ym[$1]) } / (2 * h)
+                // The gradient is a difference of terms of this size (dy_i and dy·y, over the
+                // sum, times ELU's slope); float32 can only be asked for relative accuracy to it.
+                let terms = (abs(Double(dy[r, i])) + (0..<n).reduce(0.0) { $0 + abs(Double(dy[r, $1])) * ref.y[$1] })
+                    / ref.sum * (xr[i] > 0 ? 1 : ref.phi[i])
+                worstGradient = max(worstGradient, abs(Double(dx[r, i]) - fd) / max(abs(fd), terms))
+            }
+        }
+        #expect(worstForward < 1e-6, "forward relative error \(worstForward)")
+        #expect(worstGradient < 1e-4, "gradient error \(worstGradient)")
+    }
+
+    @Test func fusedPathAgreesWithTheSeparateSwiftPasses() {
+        var rng = FWPRandom(seed: 11)
+        let x = Tensor.normal(shape: [300, 64], std: 2, using: &rng)
+        let dy = Tensor.normal(shape: [300, 64], std: 1, using: &rng)
+        let fused = SumNormalization.eluPlusOneForward(x, threads: ComputeThreads(2), native: true)
+        let swift = SumNormalization.eluPlusOneForward(x, threads: ComputeThreads(2), native: false)
+        let dFused = SumNormalization.eluPlusOneBackward(
+            dy, input: x, phi: fused.phi, output: fused.y, sums: fused.sums, native: true)
+        let dSwift = SumNormalization.eluPlusOneBackward(
+            dy, input: x, phi: swift.phi, output: swift.y, sums: swift.sums, native: false)
+        var worst: Float = 0
+        for i in 0..<x.count {
+            worst = max(worst, abs(fused.y.storage[i] - swift.y.storage[i]) / abs(swift.y.storage[i]))
+            worst = max(worst, abs(fused.phi.storage[i] - swift.phi.storage[i]) / abs(swift.phi.storage[i]))
+            worst = max(worst, abs(dFused.storage[i] - dSwift.storage[i]) / max(abs(dSwift.storage[i]), 1e-3))
+        }
+        #expect(worst < 2e-6, "worst relative difference \(worst)")
+    }
+
+    private func fwpEluPlusOne(_ x: [Float], _ y: inout [Float], _ n: Int) {
+        x.withUnsafeBufferPointer { px in
+            y.withUnsafeMutableBufferPointer { VectorKernels.eluPlusOne(px.baseAddress!, $0.baseAddress!, n, native: true) }
+        }
+    }
+}
