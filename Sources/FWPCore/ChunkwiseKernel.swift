@@ -11,8 +11,9 @@
 /// where S (d_value × d_dot) is the state at the chunk's start and the rows of Ũ are exactly the
 /// values u_t = β_t (v_t − W_{t−1} k_t) that the recurrence writes. Almost all work is GEMMs of
 /// C × C × d or C × d × d. The backward pass walks chunks in reverse with the saved chunk-start
-/// states, Ũ, W and M⁻¹ (memory O(T·(C + d_dot + d_value) + T/C·d_value·d_dot) per sequence,
-/// linear in T), differentiating each product by hand (derivation in docs/MODEL.md).
+/// states, Ũ, W, M⁻¹ and the chunks' causal(Q Kᵀ) and K Kᵀ (memory O(T·(C + d_dot + d_value) +
+/// T/C·d_value·d_dot) per sequence, linear in T), differentiating each product by hand
+/// (derivation in docs/MODEL.md).
 ///
 /// It covers the sum and delta rules without attention normalisation; `FastWeightKernel` (the
 /// fused per-row recurrence) remains for attention normalisation and for step-by-step inference.
@@ -50,7 +51,8 @@ public struct ChunkwiseKernel: Sendable {
 
     /// Floats saved per sequence by `forward` for `backward`.
     public var savedCount: Int {
-        chunks * valueSize * keySize + (rule == .delta ? steps * (valueSize + chunkSize + keySize) : 0)
+        chunks * valueSize * keySize + steps * chunkSize
+            + (rule == .delta ? steps * (valueSize + 2 * chunkSize + keySize) : 0)
     }
 
     /// Scratch floats per sequence needed by `forward` and `backward`.
@@ -63,6 +65,9 @@ public struct ChunkwiseKernel: Sendable {
     private var savedUOffset: Int { savedStatesCount }
     private var savedMOffset: Int { savedStatesCount + steps * valueSize }
     private var savedWOffset: Int { savedMOffset + steps * chunkSize }
+    // causal(Q Kᵀ) of every chunk (both rules), then K Kᵀ (delta rule): the backward reuses them.
+    private var savedPOffset: Int { rule == .delta ? savedWOffset + steps * keySize : savedStatesCount }
+    private var savedGOffset: Int { savedPOffset + steps * chunkSize }
 
     /// Runs the recurrence from state `w` (d_value × d_dot, row-major), leaving the final state in
     /// it, writing y_t (unnormalised, unscaled) to `y`.
@@ -73,22 +78,24 @@ public struct ChunkwiseKernel: Sendable {
     ) {
         let C = chunkSize, dk = keySize, dv = valueSize, ks = keyStride, vs = valueStride
         let isDelta = rule == .delta
-        let P = scratch, A = scratch + C * C
+        let A = scratch + C * C
         for ci in 0..<chunks {
             let t0 = ci * C, c = min(C, steps - t0)
             let qc = q + t0 * ks, kc = k + t0 * ks, vc = v + t0 * vs, yc = y + t0 * vs
             (saved + ci * dv * dk).update(from: w, count: dv * dk)
             var ut = UnsafePointer(vc), ldu = vs
+            let P = saved + savedPOffset + t0 * C
             if isDelta {
                 let bc = beta! + t0 * betaStride
                 let minv = saved + savedMOffset + t0 * C
                 let wt = saved + savedWOffset + t0 * dk
                 let u = saved + savedUOffset + t0 * dv
-                // G = K Kᵀ (into P), then M⁻¹ by forward substitution: row_i = e_i − Σ_{m<i} β_i G_im row_m.
+                // G = K Kᵀ, then M⁻¹ by forward substitution: row_i = e_i − Σ_{m<i} β_i G_im row_m.
+                let G = saved + savedGOffset + t0 * C
                 BLAS.gemm(
                     transposeA: false, transposeB: true, m: c, n: c, k: dk, a: kc, lda: ks, b: kc, ldb: ks, beta: 0,
-                    c: P, ldc: C)
-                invertUnitLower(g: P, beta: bc, c: c, into: minv)
+                    c: G, ldc: C)
+                invertUnitLower(g: G, beta: bc, c: c, into: minv)
                 // A = M⁻¹ diag(β); W = A K; U = A V; Ũ = U − W Sᵀ.
                 scaleColumns(minv, by: bc, c: c, into: A)
                 BLAS.gemm(
@@ -134,7 +141,7 @@ public struct ChunkwiseKernel: Sendable {
         let C = chunkSize, nk = keySize, nv = valueSize, ks = keyStride, vs = valueStride
         let isDelta = rule == .delta
         if !seeded { dw.update(repeating: 0, count: nk * nv) }
-        let P = scratch, dP = scratch + C * C, A = scratch + 2 * C * C, dA = scratch + 3 * C * C
+        let dP = scratch + C * C, A = scratch + 2 * C * C, dA = scratch + 3 * C * C
         let tmp = scratch + 4 * C * C, dU = scratch + 5 * C * C, dWm = dU + C * nv
         let db = dWm + C * nk  // C floats: dβ of the chunk
         for ci in stride(from: chunks - 1, through: 0, by: -1) {
@@ -144,11 +151,7 @@ public struct ChunkwiseKernel: Sendable {
             let s = saved + ci * nv * nk
             let ut = isDelta ? saved + savedUOffset + t0 * nv : vc
             let ldu = isDelta ? nv : vs
-            // P = causal(Q Kᵀ)
-            BLAS.gemm(
-                transposeA: false, transposeB: true, m: c, n: c, k: nk, a: qc, lda: ks, b: kc, ldb: ks, beta: 0, c: P,
-                ldc: C)
-            maskUpper(P, c: c, ld: C)
+            let P = saved + savedPOffset + t0 * C  // causal(Q Kᵀ), from the forward
             // dŨ = Pᵀ dY + K dSᵀ   (dS: gradient of the chunk-end state)
             let dUt = isDelta ? dU : dvc
             let lddu = isDelta ? nv : vs
@@ -223,11 +226,9 @@ public struct ChunkwiseKernel: Sendable {
                 transposeA: false, transposeB: true, m: c, n: c, k: c, alpha: -1, a: tmp, lda: C, b: minv, ldb: C,
                 beta: 0, c: dA, ldc: C)
             // L_ij = β_i G_ij (i > j):  dβ_i += Σ_j dL_ij G_ij;  E = diag(β) dL;  dK += (E + Eᵀ) K
-            BLAS.gemm(
-                transposeA: false, transposeB: true, m: c, n: c, k: nk, a: kc, lda: ks, b: kc, ldb: ks, beta: 0, c: P,
-                ldc: C)
+            let G = saved + savedGOffset + t0 * C  // K Kᵀ, from the forward
             for i in 0..<c {
-                let gr = P + i * C, er = dA + i * C
+                let gr = G + i * C, er = dA + i * C
                 let bi = bc[i * betaStride]
                 var acc: Float = 0
                 for j in 0..<i {
