@@ -67,55 +67,55 @@ FWP_AVX2 void fwp_elu_plus_one(const float *x, float *y, long n) {
     }
 }
 
-FWP_AVX2 void fwp_elu_plus_one_sum_normalize(const float *x, float *phi, float *y, float *sums, long rows,
-                                              long n, float epsilon) {
+FWP_AVX2 void fwp_elu_plus_one_sum_normalize(const float *x, float *y, float *sums, long rows, long n,
+                                              float epsilon) {
     long full = n & ~7L;
     __m256i m = tail_mask(n - full > 0 ? n - full : 1);
     for (long r = 0; r < rows; r++) {
+        // φ goes to y first (the row is then in L1), and is scaled in place once its sum is known.
         const float *xr = x + r * n;
-        float *pr = phi + r * n, *yr = y + r * n;
+        float *yr = y + r * n;
         __m256 acc = _mm256_setzero_ps();
         for (long i = 0; i < full; i += 8) {
             __m256 v = elu1(_mm256_loadu_ps(xr + i));
-            _mm256_storeu_ps(pr + i, v);
+            _mm256_storeu_ps(yr + i, v);
             acc = _mm256_add_ps(acc, v);
         }
         if (full < n) {
             __m256 v = elu1(_mm256_maskload_ps(xr + full, m));
             v = _mm256_and_ps(v, _mm256_castsi256_ps(m));
-            _mm256_maskstore_ps(pr + full, m, v);
+            _mm256_maskstore_ps(yr + full, m, v);
             acc = _mm256_add_ps(acc, v);
         }
         float s = hsum(acc) + epsilon;
         sums[r] = s;
         __m256 inv = _mm256_set1_ps(1.0f / s);
-        for (long i = 0; i < full; i += 8) _mm256_storeu_ps(yr + i, _mm256_mul_ps(_mm256_loadu_ps(pr + i), inv));
-        if (full < n) _mm256_maskstore_ps(yr + full, m, _mm256_mul_ps(_mm256_maskload_ps(pr + full, m), inv));
+        for (long i = 0; i < full; i += 8) _mm256_storeu_ps(yr + i, _mm256_mul_ps(_mm256_loadu_ps(yr + i), inv));
+        if (full < n) _mm256_maskstore_ps(yr + full, m, _mm256_mul_ps(_mm256_maskload_ps(yr + full, m), inv));
     }
 }
 
-FWP_AVX2 void fwp_elu_plus_one_sum_normalize_backward(const float *dy, const float *x, const float *phi,
-                                                       const float *y, const float *sums, float *dx, long rows,
-                                                       long n) {
+FWP_AVX2 void fwp_elu_plus_one_sum_normalize_backward(const float *dy, const float *y, const float *sums,
+                                                       float *dx, long rows, long n) {
     long full = n & ~7L;
     __m256i m = tail_mask(n - full > 0 ? n - full : 1);
-    const __m256 zero = _mm256_setzero_ps();
+    const __m256 one = _mm256_set1_ps(1.0f);
     for (long r = 0; r < rows; r++) {
-        const float *gr = dy + r * n, *xr = x + r * n, *pr = phi + r * n, *yr = y + r * n;
+        const float *gr = dy + r * n, *yr = y + r * n;
         float *dr = dx + r * n;
         __m256 acc = _mm256_setzero_ps();
         for (long i = 0; i < full; i += 8)
             acc = _mm256_fmadd_ps(_mm256_loadu_ps(gr + i), _mm256_loadu_ps(yr + i), acc);
         if (full < n) acc = _mm256_fmadd_ps(_mm256_maskload_ps(gr + full, m), _mm256_maskload_ps(yr + full, m), acc);
-        __m256 c = _mm256_set1_ps(hsum(acc)), inv = _mm256_set1_ps(1.0f / sums[r]);
+        __m256 c = _mm256_set1_ps(hsum(acc)), s = _mm256_set1_ps(sums[r]), inv = _mm256_set1_ps(1.0f / sums[r]);
         for (long i = 0; i <= n - 1; i += 8) {
             int tail = i + 8 > n;
             __m256 g = tail ? _mm256_maskload_ps(gr + i, m) : _mm256_loadu_ps(gr + i);
-            __m256 xv = tail ? _mm256_maskload_ps(xr + i, m) : _mm256_loadu_ps(xr + i);
-            __m256 pv = tail ? _mm256_maskload_ps(pr + i, m) : _mm256_loadu_ps(pr + i);
-            // d φ = (dy − dy·y) / s; dx = dφ where x > 0, dφ·φ elsewhere (ELU + 1's derivative).
+            __m256 yv = tail ? _mm256_maskload_ps(yr + i, m) : _mm256_loadu_ps(yr + i);
+            // dφ = (dy − dy·y) / s, and ELU + 1's derivative is min(φ, 1) with φ = y·s: 1 where
+            // x > 0 (φ = x + 1 > 1), e^x = φ ≤ 1 elsewhere. So neither x nor φ is needed here.
             __m256 dphi = _mm256_mul_ps(_mm256_sub_ps(g, c), inv);
-            __m256 d = _mm256_blendv_ps(_mm256_mul_ps(dphi, pv), dphi, _mm256_cmp_ps(xv, zero, _CMP_GT_OQ));
+            __m256 d = _mm256_mul_ps(dphi, _mm256_min_ps(_mm256_mul_ps(yv, s), one));
             if (tail) _mm256_maskstore_ps(dr + i, m, d);
             else _mm256_storeu_ps(dr + i, d);
         }
@@ -143,14 +143,13 @@ FWP_AVX2 void fwp_sigmoid(const float *x, float *y, long n) {
 
 int fwp_vector_kernels_supported(void) { return 0; }
 void fwp_elu_plus_one(const float *x, float *y, long n) { (void)x; (void)y; (void)n; __builtin_trap(); }
-void fwp_elu_plus_one_sum_normalize(const float *x, float *phi, float *y, float *sums, long rows, long n,
-                                    float epsilon) {
-    (void)x; (void)phi; (void)y; (void)sums; (void)rows; (void)n; (void)epsilon;
+void fwp_elu_plus_one_sum_normalize(const float *x, float *y, float *sums, long rows, long n, float epsilon) {
+    (void)x; (void)y; (void)sums; (void)rows; (void)n; (void)epsilon;
     __builtin_trap();
 }
-void fwp_elu_plus_one_sum_normalize_backward(const float *dy, const float *x, const float *phi, const float *y,
-                                             const float *sums, float *dx, long rows, long n) {
-    (void)dy; (void)x; (void)phi; (void)y; (void)sums; (void)dx; (void)rows; (void)n;
+void fwp_elu_plus_one_sum_normalize_backward(const float *dy, const float *y, const float *sums, float *dx, long rows,
+                                             long n) {
+    (void)dy; (void)y; (void)sums; (void)dx; (void)rows; (void)n;
     __builtin_trap();
 }
 void fwp_sigmoid(const float *x, float *y, long n) { (void)x; (void)y; (void)n; __builtin_trap(); }

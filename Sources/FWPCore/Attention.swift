@@ -104,7 +104,7 @@ public struct AttentionLayer: Sendable {
     struct Cache {
         var input: Tensor
         var qRaw: Tensor, kRaw: Tensor, v: Tensor  // (N·H) × d_head
-        var qPhi: Tensor, kPhi: Tensor  // (N·H) × d_dot, before sum normalisation
+        var qPhi: Tensor, kPhi: Tensor  // (N·H) × d_dot, before sum normalisation (empty on the fused C path)
         var qSums: [Float], kSums: [Float]
         var q: Tensor, k: Tensor  // what the memory saw
         var beta: Tensor?  // (N·H), after the sigmoid

@@ -38,8 +38,10 @@ public enum VectorKernels {
 
 extension SumNormalization {
     /// ELU + 1 followed by sum normalisation, in one pass over x when the vector kernels are on:
-    /// φ = elu(x) + 1, y = φ / (Σ φ + ε) row-wise. Returns φ (the ELU's output, kept for its
-    /// backward), y and each row's denominator — the same as `FeatureMap.forward` then `forward`.
+    /// φ = elu(x) + 1, y = φ / (Σ φ + ε) row-wise — the same as `FeatureMap.forward` then
+    /// `forward`. Returns y, each row's denominator and, on the Swift path only, φ (the C path's
+    /// backward needs only y and the sums, since φ = y·s and ELU + 1's derivative is min(φ, 1);
+    /// there φ is an empty tensor).
     public static func eluPlusOneForward(
         _ x: Tensor, threads: ComputeThreads = ComputeThreads(1), native: Bool = VectorKernels.enabled
     ) -> (phi: Tensor, y: Tensor, sums: [Float]) {
@@ -50,51 +52,45 @@ extension SumNormalization {
         }
         precondition(VectorKernels.supported, "the vector kernels need AVX2 and FMA")
         let n = x.columns
-        var phi = Tensor(uninitializedShape: x.shape), y = Tensor(uninitializedShape: x.shape)  // all written
+        var y = Tensor(uninitializedShape: x.shape)  // every row written
         var sums = UninitializedMemory.floats(x.rows)
         x.withUnsafePointer { px in
-            phi.withUnsafeMutablePointer { pphi in
-                y.withUnsafeMutablePointer { py in
-                    sums.withUnsafeMutableBufferPointer { ps in
-                        let s = SharedPointer(ps.baseAddress!)
-                        threads.forEachRowRange(x.rows) { r in
-                            let o = r.lowerBound * n
-                            fwp_elu_plus_one_sum_normalize(
-                                px + o, pphi + o, py + o, s.base + r.lowerBound, r.count, n, epsilon)
-                        }
+            y.withUnsafeMutablePointer { py in
+                sums.withUnsafeMutableBufferPointer { ps in
+                    let s = SharedPointer(ps.baseAddress!)
+                    threads.forEachRowRange(x.rows) { r in
+                        let o = r.lowerBound * n
+                        fwp_elu_plus_one_sum_normalize(px + o, py + o, s.base + r.lowerBound, r.count, n, epsilon)
                     }
                 }
             }
         }
-        return (phi, y, sums)
+        return (Tensor(shape: [0, n]), y, sums)
     }
 
-    /// The gradient of `eluPlusOneForward` with respect to x, given dL/dy.
+    /// The gradient of `eluPlusOneForward` with respect to x, given dL/dy (`phi` as that
+    /// returned it; the C path reads only y and the sums).
     public static func eluPlusOneBackward(
         _ dy: Tensor, input x: Tensor, phi: Tensor, output y: Tensor, sums: [Float],
         threads: ComputeThreads = ComputeThreads(1), native: Bool = VectorKernels.enabled
     ) -> Tensor {
         guard native else {
+            precondition(phi.count == x.count, "the Swift path needs φ from the Swift forward")
             let dphi = backward(dy, output: y, sums: sums, threads: threads)
             return FeatureMap(.eluPlusOne, inputSize: x.columns).backward(
                 dphi, input: x, output: phi, threads: threads)
         }
         precondition(VectorKernels.supported, "the vector kernels need AVX2 and FMA")
-        let n = x.columns
+        let n = y.columns
         var dx = Tensor(uninitializedShape: dy.shape)  // every row written
         dy.withUnsafePointer { pg in
-            x.withUnsafePointer { px in
-                phi.withUnsafePointer { pphi in
-                    y.withUnsafePointer { py in
-                        dx.withUnsafeMutablePointer { pd in
-                            sums.withUnsafeBufferPointer { ps in
-                                threads.forEachRowRange(x.rows) { r in
-                                    let o = r.lowerBound * n
-                                    fwp_elu_plus_one_sum_normalize_backward(
-                                        pg + o, px + o, pphi + o, py + o, ps.baseAddress! + r.lowerBound, pd + o,
-                                        r.count, n)
-                                }
-                            }
+            y.withUnsafePointer { py in
+                dx.withUnsafeMutablePointer { pd in
+                    sums.withUnsafeBufferPointer { ps in
+                        threads.forEachRowRange(y.rows) { r in
+                            let o = r.lowerBound * n
+                            fwp_elu_plus_one_sum_normalize_backward(
+                                pg + o, py + o, ps.baseAddress! + r.lowerBound, pd + o, r.count, n)
                         }
                     }
                 }

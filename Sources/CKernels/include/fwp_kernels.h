@@ -30,14 +30,14 @@ int fwp_vector_kernels_supported(void);
 /// y = x + 1 where x > 0, e^x elsewhere (NaN stays NaN). x and y may be the same array.
 void fwp_elu_plus_one(const float *x, float *y, long n);
 
-/// For each of `rows` rows of n: phi = ELU+1(x), sums[r] = Σ phi + epsilon, y = phi / sums[r].
-void fwp_elu_plus_one_sum_normalize(const float *x, float *phi, float *y, float *sums, long rows, long n,
-                                    float epsilon);
+/// For each of `rows` rows of n: phi = ELU+1(x), sums[r] = Σ phi + epsilon, y = phi / sums[r]
+/// (phi itself is not kept: it is y · sums[r]).
+void fwp_elu_plus_one_sum_normalize(const float *x, float *y, float *sums, long rows, long n, float epsilon);
 
-/// The gradient of the above with respect to x, given dL/dy:
-/// dphi = (dy − (dy · y)) / sums[r], dx = dphi where x > 0, dphi · phi elsewhere.
-void fwp_elu_plus_one_sum_normalize_backward(const float *dy, const float *x, const float *phi, const float *y,
-                                             const float *sums, float *dx, long rows, long n);
+/// The gradient of the above with respect to x, given dL/dy, from y and the sums alone:
+/// dphi = (dy − (dy · y)) / sums[r], dx = dphi · min(y · sums[r], 1) (ELU + 1's derivative).
+void fwp_elu_plus_one_sum_normalize_backward(const float *dy, const float *y, const float *sums, float *dx, long rows,
+                                             long n);
 
 /// y = 1 / (1 + e^−x), computed without overflow for any x (NaN stays NaN).
 void fwp_sigmoid(const float *x, float *y, long n);
