@@ -105,6 +105,18 @@ static FWP_AVX2 void transpose(int n, int k, const float *b, long ldb, float *bt
         for (int p = 0; p < k; p++) bt[p * n + j] = b[j * ldb + p];
 }
 
+FWP_AVX2 void fwp_transpose(int rows, int cols, const float *src, int lds, float *dst, int ldd) {
+    int j = 0;
+    for (; j + 8 <= rows; j += 8) {
+        int p = 0;
+        for (; p + 8 <= cols; p += 8) transpose8(src + (long)j * lds + p, lds, dst + (long)p * ldd + j, ldd);
+        for (; p < cols; p++)
+            for (int jj = j; jj < j + 8; jj++) dst[(long)p * ldd + jj] = src[(long)jj * lds + p];
+    }
+    for (; j < rows; j++)
+        for (int p = 0; p < cols; p++) dst[(long)p * ldd + j] = src[(long)j * lds + p];
+}
+
 FWP_AVX2 void fwp_small_sgemm(int transpose_a, int transpose_b, int m, int n, int k, float alpha,
                               const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc) {
     float bt[FWP_SMALL_SGEMM_MAX_BT] __attribute__((aligned(32)));
@@ -131,6 +143,11 @@ FWP_AVX2 void fwp_small_sgemm(int transpose_a, int transpose_b, int m, int n, in
 #else
 
 int fwp_small_sgemm_supported(void) { return 0; }
+
+void fwp_transpose(int rows, int cols, const float *src, int lds, float *dst, int ldd) {
+    (void)rows; (void)cols; (void)src; (void)lds; (void)dst; (void)ldd;
+    __builtin_trap();
+}
 
 void fwp_small_sgemm(int transpose_a, int transpose_b, int m, int n, int k, float alpha, const float *a, int lda,
                      const float *b, int ldb, float beta, float *c, int ldc) {

@@ -84,6 +84,20 @@ public enum BLAS {
             ldb: ldb, beta: beta, c: c, ldc: ldc)
     }
 
+    /// dst (cols × rows, row stride ldd) ← srcᵀ for src (rows × cols, row stride lds): for an operand
+    /// that several products would otherwise each transpose (the small kernel transposes B per call).
+    /// Through 8 × 8 register tiles when the small kernel is on, a plain loop otherwise.
+    public static func transpose(
+        rows: Int, cols: Int, _ src: UnsafePointer<Float>, lds: Int, into dst: UnsafeMutablePointer<Float>, ldd: Int
+    ) {
+        precondition(rows >= 0 && cols >= 0 && lds >= cols && ldd >= rows, "bad transpose shape")
+        if smallKernel {
+            fwp_transpose(Int32(rows), Int32(cols), src, Int32(lds), dst, Int32(ldd))
+        } else {
+            for r in 0..<rows { for c in 0..<cols { dst[c * ldd + r] = src[r * lds + c] } }
+        }
+    }
+
     /// The call into CKernels shared by `gemm` and `smallKernelGemm`; callers have checked the sizes.
     @usableFromInline
     static func runSmallKernel(

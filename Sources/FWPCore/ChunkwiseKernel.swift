@@ -57,7 +57,7 @@ public struct ChunkwiseKernel: Sendable {
 
     /// Scratch floats per sequence needed by `forward` and `backward`.
     public var scratchCount: Int {
-        5 * chunkSize * chunkSize + chunkSize * (valueSize + keySize + 1)
+        5 * chunkSize * chunkSize + chunkSize * (valueSize + keySize + 1) + keySize * (valueSize + chunkSize)
     }
 
     // Offsets of the saved arrays.
@@ -79,10 +79,15 @@ public struct ChunkwiseKernel: Sendable {
         let C = chunkSize, dk = keySize, dv = valueSize, ks = keyStride, vs = valueStride
         let isDelta = rule == .delta
         let A = scratch + C * C
+        // Sᵀ and the chunk's Kᵀ, each transposed once here rather than inside each of the two
+        // products that read it (the small kernel transposes a B operand on every call).
+        let St = scratch + 5 * C * C + C * (dv + dk + 1), Kt = St + dk * dv
         for ci in 0..<chunks {
             let t0 = ci * C, c = min(C, steps - t0)
             let qc = q + t0 * ks, kc = k + t0 * ks, vc = v + t0 * vs, yc = y + t0 * vs
             (saved + ci * dv * dk).update(from: w, count: dv * dk)
+            BLAS.transpose(rows: dv, cols: dk, w, lds: dk, into: St, ldd: dv)
+            BLAS.transpose(rows: c, cols: dk, kc, lds: ks, into: Kt, ldd: c)
             var ut = UnsafePointer(vc), ldu = vs
             let P = saved + savedPOffset + t0 * C
             if isDelta {
@@ -93,7 +98,7 @@ public struct ChunkwiseKernel: Sendable {
                 // G = K Kᵀ, then M⁻¹ by forward substitution: row_i = e_i − Σ_{m<i} β_i G_im row_m.
                 let G = saved + savedGOffset + t0 * C
                 BLAS.gemm(
-                    transposeA: false, transposeB: true, m: c, n: c, k: dk, a: kc, lda: ks, b: kc, ldb: ks, beta: 0,
+                    transposeA: false, transposeB: false, m: c, n: c, k: dk, a: kc, lda: ks, b: Kt, ldb: c, beta: 0,
                     c: G, ldc: C)
                 invertUnitLower(g: G, beta: bc, c: c, into: minv)
                 // A = M⁻¹ diag(β); W = A K; U = A V; Ũ = U − W Sᵀ.
@@ -105,17 +110,17 @@ public struct ChunkwiseKernel: Sendable {
                     transposeA: false, transposeB: false, m: c, n: dv, k: c, a: A, lda: C, b: vc, ldb: vs, beta: 0,
                     c: u, ldc: dv)
                 BLAS.gemm(
-                    transposeA: false, transposeB: true, m: c, n: dv, k: dk, alpha: -1, a: wt, lda: dk, b: w, ldb: dk,
+                    transposeA: false, transposeB: false, m: c, n: dv, k: dk, alpha: -1, a: wt, lda: dk, b: St, ldb: dv,
                     beta: 1, c: u, ldc: dv)
                 ut = UnsafePointer(u)
                 ldu = dv
             }
             // Y = Q Sᵀ + causal(Q Kᵀ) Ũ
             BLAS.gemm(
-                transposeA: false, transposeB: true, m: c, n: dv, k: dk, a: qc, lda: ks, b: w, ldb: dk, beta: 0, c: yc,
+                transposeA: false, transposeB: false, m: c, n: dv, k: dk, a: qc, lda: ks, b: St, ldb: dv, beta: 0, c: yc,
                 ldc: vs)
             BLAS.gemm(
-                transposeA: false, transposeB: true, m: c, n: c, k: dk, a: qc, lda: ks, b: kc, ldb: ks, beta: 0, c: P,
+                transposeA: false, transposeB: false, m: c, n: c, k: dk, a: qc, lda: ks, b: Kt, ldb: c, beta: 0, c: P,
                 ldc: C)
             maskUpper(P, c: c, ld: C)
             BLAS.gemm(

@@ -76,6 +76,30 @@ import Testing
         }
     }
 
+    @Test func transposeMovesEveryElementAndNothingElse() {
+        for (rows, cols) in [(1, 1), (3, 5), (8, 8), (9, 17), (16, 64), (64, 64), (24, 7)] {
+            let lds = cols + 3, ldd = rows + 2
+            var src = [Float](repeating: 0, count: rows * lds)
+            for r in 0..<rows { for c in 0..<lds { src[r * lds + c] = c < cols ? Float(r * 1000 + c) : -1 } }
+            var dst = [Float](repeating: .nan, count: cols * ldd)
+            src.withUnsafeBufferPointer { ps in
+                dst.withUnsafeMutableBufferPointer {
+                    BLAS.transpose(rows: rows, cols: cols, ps.baseAddress!, lds: lds, into: $0.baseAddress!, ldd: ldd)
+                }
+            }
+            for c in 0..<cols {
+                for r in 0..<ldd {
+                    let got = dst[c * ldd + r]
+                    if r < rows {
+                        #expect(got == Float(r * 1000 + c), "\(rows)×\(cols): (\(c), \(r))")
+                    } else {
+                        #expect(got.isNaN, "\(rows)×\(cols): padding (\(c), \(r)) was written")
+                    }
+                }
+            }
+        }
+    }
+
     @Test func dispatchAgreesWithOpenBLASOnEitherSideOfTheLimit() {
         // BLAS.gemm picks the small kernel or OpenBLAS by size; both sides give the same product.
         var rng = FWPRandom(seed: 13)

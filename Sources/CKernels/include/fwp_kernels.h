@@ -24,6 +24,10 @@ int fwp_small_sgemm_supported(void);
 void fwp_small_sgemm(int transpose_a, int transpose_b, int m, int n, int k, float alpha,
                      const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
 
+/// dst (cols × rows, row stride ldd) ← the transpose of src (rows × cols, row stride lds), through
+/// 8 × 8 register tiles. Requires fwp_small_sgemm_supported().
+void fwp_transpose(int rows, int cols, const float *src, int lds, float *dst, int ldd);
+
 /// 1 when this CPU can run the element-wise kernels below (x86-64 with AVX2 and FMA), 0 otherwise.
 int fwp_vector_kernels_supported(void);
 
