@@ -241,13 +241,12 @@ public struct ChunkwiseKernel: Sendable {
                     er[j] *= bi
                 }
                 db[i] += acc
-                for j in i..<c { er[j] = 0 }
+                er[i] = 0
             }
+            // E + Eᵀ in place (E is strictly lower), so that dK takes one product instead of two.
+            for i in 0..<c { for j in 0..<i { dA[j * C + i] = dA[i * C + j] } }
             BLAS.gemm(
                 transposeA: false, transposeB: false, m: c, n: nk, k: c, a: dA, lda: C, b: kc, ldb: ks, beta: 1, c: dkc,
-                ldc: ks)
-            BLAS.gemm(
-                transposeA: true, transposeB: false, m: c, n: nk, k: c, a: dA, lda: C, b: kc, ldb: ks, beta: 1, c: dkc,
                 ldc: ks)
             if let dbeta { for j in 0..<c { dbeta[(t0 + j) * betaStride] = db[j] } }
         }
