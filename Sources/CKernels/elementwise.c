@@ -1,10 +1,11 @@
-// Element-wise kernels of the fast-weight feature path (ELU + 1, sum normalisation, sigmoid) in
-// AVX2/FMA, for FWPCore. FWPCore keeps portable Swift versions and calls these only when
+// Element-wise kernels of the fast-weight feature path (ELU + 1, sum normalisation, sigmoid) and
+// of LayerNorm in AVX2/FMA, for FWPCore. FWPCore keeps portable Swift versions and calls these only when
 // fwp_vector_kernels_supported() says the CPU has AVX2 and FMA.
 #include "fwp_kernels.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include <math.h>
 
 #define FWP_AVX2 __attribute__((target("avx2,fma")))
 #define FWP_INLINE static inline __attribute__((always_inline))
@@ -139,9 +140,79 @@ FWP_AVX2 void fwp_sigmoid(const float *x, float *y, long n) {
     }
 }
 
+FWP_INLINE FWP_AVX2 __m256 load_part(const float *p, long i, long n, __m256i m) {
+    return i + 8 <= n ? _mm256_loadu_ps(p + i) : _mm256_maskload_ps(p + i, m);
+}
+
+FWP_INLINE FWP_AVX2 void store_part(float *p, long i, long n, __m256i m, __m256 v) {
+    if (i + 8 <= n) _mm256_storeu_ps(p + i, v);
+    else _mm256_maskstore_ps(p + i, m, v);
+}
+
+FWP_AVX2 void fwp_layer_norm_forward(const float *x, const float *gamma, const float *beta, float *y, float *xhat,
+                                     float *rstd, long rows, long n, float epsilon) {
+    __m256i m = tail_mask(n % 8 ? n % 8 : 1);
+    for (long r = 0; r < rows; r++) {
+        const float *xr = x + r * n;
+        __m256 acc = _mm256_setzero_ps();
+        for (long i = 0; i < n; i += 8) acc = _mm256_add_ps(acc, load_part(xr, i, n, m));
+        __m256 mean = _mm256_set1_ps(hsum(acc) / (float)n);
+        // Two passes (mean, then squared deviations): no cancellation for rows far from zero.
+        acc = _mm256_setzero_ps();
+        for (long i = 0; i < n; i += 8) {
+            __m256 d = _mm256_sub_ps(load_part(xr, i, n, m), mean);
+            if (i + 8 > n) d = _mm256_and_ps(d, _mm256_castsi256_ps(m));
+            acc = _mm256_fmadd_ps(d, d, acc);
+        }
+        float s = 1.0f / sqrtf(hsum(acc) / (float)n + epsilon);
+        rstd[r] = s;
+        __m256 vs = _mm256_set1_ps(s);
+        for (long i = 0; i < n; i += 8) {
+            __m256 h = _mm256_mul_ps(_mm256_sub_ps(load_part(xr, i, n, m), mean), vs);
+            store_part(xhat + r * n, i, n, m, h);
+            store_part(y + r * n, i, n, m, _mm256_fmadd_ps(h, load_part(gamma, i, n, m), load_part(beta, i, n, m)));
+        }
+    }
+}
+
+FWP_AVX2 void fwp_layer_norm_backward(const float *dy, const float *xhat, const float *gamma, const float *rstd,
+                                      float *dx, float *dgamma, float *dbeta, long rows, long n) {
+    __m256i m = tail_mask(n % 8 ? n % 8 : 1);
+    for (long r = 0; r < rows; r++) {
+        const float *dr = dy + r * n, *hr = xhat + r * n;
+        __m256 sg = _mm256_setzero_ps(), sgh = _mm256_setzero_ps();
+        for (long i = 0; i < n; i += 8) {
+            __m256 d = load_part(dr, i, n, m), h = load_part(hr, i, n, m);
+            store_part(dgamma, i, n, m, _mm256_fmadd_ps(d, h, load_part(dgamma, i, n, m)));
+            store_part(dbeta, i, n, m, _mm256_add_ps(d, load_part(dbeta, i, n, m)));
+            __m256 gh = _mm256_mul_ps(d, load_part(gamma, i, n, m));
+            sg = _mm256_add_ps(sg, gh);
+            sgh = _mm256_fmadd_ps(gh, h, sgh);
+        }
+        // dx = (1/σ)/n · (n·g − Σg − x̂·Σ g x̂), g = dy·γ
+        __m256 sumG = _mm256_set1_ps(hsum(sg)), sumGH = _mm256_set1_ps(hsum(sgh));
+        __m256 vn = _mm256_set1_ps((float)n), vs = _mm256_set1_ps(rstd[r] / (float)n);
+        for (long i = 0; i < n; i += 8) {
+            __m256 gh = _mm256_mul_ps(load_part(dr, i, n, m), load_part(gamma, i, n, m));
+            __m256 t = _mm256_fnmadd_ps(load_part(hr, i, n, m), sumGH, _mm256_fmsub_ps(vn, gh, sumG));
+            store_part(dx + r * n, i, n, m, _mm256_mul_ps(vs, t));
+        }
+    }
+}
+
 #else
 
 int fwp_vector_kernels_supported(void) { return 0; }
+void fwp_layer_norm_forward(const float *x, const float *gamma, const float *beta, float *y, float *xhat, float *rstd,
+                            long rows, long n, float epsilon) {
+    (void)x; (void)gamma; (void)beta; (void)y; (void)xhat; (void)rstd; (void)rows; (void)n; (void)epsilon;
+    __builtin_trap();
+}
+void fwp_layer_norm_backward(const float *dy, const float *xhat, const float *gamma, const float *rstd, float *dx,
+                             float *dgamma, float *dbeta, long rows, long n) {
+    (void)dy; (void)xhat; (void)gamma; (void)rstd; (void)dx; (void)dgamma; (void)dbeta; (void)rows; (void)n;
+    __builtin_trap();
+}
 void fwp_elu_plus_one(const float *x, float *y, long n) { (void)x; (void)y; (void)n; __builtin_trap(); }
 void fwp_elu_plus_one_sum_normalize(const float *x, float *y, float *sums, long rows, long n, float epsilon) {
     (void)x; (void)y; (void)sums; (void)rows; (void)n; (void)epsilon;

@@ -1,4 +1,5 @@
 import Foundation
+import CKernels
 
 /// A fully connected layer y = x Wᵀ + b, W of shape out × in (PyTorch's convention).
 public struct Linear: Sendable {
@@ -113,12 +114,28 @@ public struct LayerNorm: Sendable {
         var inverseStd: [Float]
     }
 
-    public func forward(_ x: Tensor, _ p: ParameterStore) -> (Tensor, Cache) {
+    /// `native` selects the AVX2 C kernel (`VectorKernels`) over the Swift loops.
+    public func forward(_ x: Tensor, _ p: ParameterStore, native: Bool = VectorKernels.enabled) -> (Tensor, Cache) {
         let n = dimension, rows = x.rows
         var y = Tensor(uninitializedShape: x.shape)  // both written row by row below
         var xhat = Tensor(uninitializedShape: x.shape)
         var rstd = [Float](repeating: 0, count: rows)
         let gamma = p.values[weight], beta = p.values[bias]
+        if native {
+            precondition(VectorKernels.supported, "the vector kernels need AVX2 and FMA")
+            x.withUnsafePointer { px in
+                gamma.withUnsafePointer { pg in
+                    beta.withUnsafePointer { pb in
+                        y.withUnsafeMutablePointer { py in
+                            xhat.withUnsafeMutablePointer { ph in
+                                fwp_layer_norm_forward(px, pg, pb, py, ph, &rstd, rows, n, LayerNorm.epsilon)
+                            }
+                        }
+                    }
+                }
+            }
+            return (y, Cache(normalized: xhat, inverseStd: rstd))
+        }
         x.withUnsafePointer { px in
             gamma.withUnsafePointer { pg in
                 beta.withUnsafePointer { pb in
@@ -148,11 +165,32 @@ public struct LayerNorm: Sendable {
         return (y, Cache(normalized: xhat, inverseStd: rstd))
     }
 
-    public func backward(_ dy: Tensor, cache: Cache, _ p: ParameterStore, _ g: inout ParameterStore) -> Tensor {
+    public func backward(
+        _ dy: Tensor, cache: Cache, _ p: ParameterStore, _ g: inout ParameterStore, native: Bool = VectorKernels.enabled
+    ) -> Tensor {
         let n = dimension, rows = dy.rows
-        var dx = Tensor(shape: dy.shape)
+        var dx = Tensor(uninitializedShape: dy.shape)  // every row written below
         let gamma = p.values[weight]
         var dgamma = g.values[weight], dbeta = g.values[bias]
+        if native {
+            precondition(VectorKernels.supported, "the vector kernels need AVX2 and FMA")
+            dy.withUnsafePointer { pd in
+                cache.normalized.withUnsafePointer { ph in
+                    gamma.withUnsafePointer { pg in
+                        dx.withUnsafeMutablePointer { px in
+                            dgamma.withUnsafeMutablePointer { pdg in
+                                dbeta.withUnsafeMutablePointer { pdb in
+                                    fwp_layer_norm_backward(pd, ph, pg, cache.inverseStd, px, pdg, pdb, rows, n)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            g.values[weight] = dgamma
+            g.values[bias] = dbeta
+            return dx
+        }
         dy.withUnsafePointer { pd in
             cache.normalized.withUnsafePointer { ph in
                 gamma.withUnsafePointer { pg in

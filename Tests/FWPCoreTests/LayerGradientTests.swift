@@ -39,12 +39,13 @@ import Testing
         #expect(g.values[0][0, 0] == 0, "an unused row gets no gradient")
     }
 
-    @Test func layerNormGainBiasAndInput() {
+    /// 6 lies inside one 8-wide vector, 19 spans two and a partial one (the C kernel's tails).
+    @Test(arguments: [6, 19]) func layerNormGainBiasAndInput(dimension n: Int) {
         var store = ParameterStore()
-        let ln = LayerNorm("ln", dimension: 6, store: &store)
-        store.values[ln.weight] = randomTensor([6], seed: 5)
-        store.values[ln.bias] = randomTensor([6], seed: 6)
-        let x = randomTensor([4, 6], std: 2, seed: 7), r = randomTensor([4, 6], seed: 8)
+        let ln = LayerNorm("ln", dimension: n, store: &store)
+        store.values[ln.weight] = randomTensor([n], seed: 5)
+        store.values[ln.bias] = randomTensor([n], seed: 6)
+        let x = randomTensor([4, n], std: 2, seed: 7), r = randomTensor([4, n], seed: 8)
         let (_, cache) = ln.forward(x, store)
         var g = store.zerosLike()
         let dx = ln.backward(r, cache: cache, store, &g)

@@ -121,6 +121,55 @@ struct NativeVectorKernelTests {
         #expect(worst < 2e-6, "worst relative difference \(worst)")
     }
 
+    @Test(arguments: [6, 128, 131]) func layerNormAgreesWithTheSwiftLoops(dimension n: Int) {
+        var store = ParameterStore()
+        let ln = LayerNorm("ln", dimension: n, store: &store)
+        var rng = FWPRandom(seed: UInt64(n))
+        store.values[ln.weight] = Tensor.normal(shape: [n], std: 1, using: &rng)
+        store.values[ln.bias] = Tensor.normal(shape: [n], std: 1, using: &rng)
+        // Rows with a large common offset: a one-pass variance would lose digits there.
+        var x = Tensor.normal(shape: [33, n], std: 2, using: &rng)
+        for i in 0..<x.count { x.storage[i] += 300 }
+        let dy = Tensor.normal(shape: [33, n], std: 1, using: &rng)
+        let (yC, cacheC) = ln.forward(x, store, native: true)
+        let (yS, cacheS) = ln.forward(x, store, native: false)
+        // Gradients accumulate onto what is already there.
+        var gC = store.zerosLike(), gS = store.zerosLike()
+        for g in [ln.weight, ln.bias] {
+            for j in 0..<n {
+                gC.values[g].storage[j] = Float(j) * 0.25
+                gS.values[g].storage[j] = Float(j) * 0.25
+            }
+        }
+        let dxC = ln.backward(dy, cache: cacheC, store, &gC, native: true)
+        let dxS = ln.backward(dy, cache: cacheS, store, &gS, native: false)
+        func worst(_ a: Tensor, _ b: Tensor) -> Float {
+            let scale = b.storage.map(abs).max()!
+            return zip(a.storage, b.storage).map { abs($0 - $1) }.max()! / scale
+        }
+        // The forward against float64 (x is ~300 ± 2, so float32 itself carries ~1e-5 of σ; a
+        // one-pass variance would be off by ~1e-3).
+        var worstForward = 0.0
+        for r in 0..<x.rows {
+            let row = (0..<n).map { Double(x[r, $0]) }
+            let mean = row.reduce(0, +) / Double(n)
+            let variance = row.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Double(n)
+            let rstd = 1 / (variance + Double(LayerNorm.epsilon)).squareRoot()
+            worstForward = max(worstForward, abs(Double(cacheC.inverseStd[r]) - rstd) / rstd)
+            for j in 0..<n {
+                let h = (row[j] - mean) * rstd
+                let y = h * Double(store.values[ln.weight][j]) + Double(store.values[ln.bias][j])
+                worstForward = max(worstForward, abs(Double(cacheC.normalized[r, j]) - h) / 3)
+                worstForward = max(worstForward, abs(Double(yC[r, j]) - y) / 3)
+            }
+        }
+        #expect(worstForward < 1e-4, "forward error \(worstForward)")
+        #expect(worst(yC, yS) < 1e-4, "y")
+        #expect(worst(dxC, dxS) < 1e-4, "dx")
+        #expect(worst(gC.values[ln.weight], gS.values[ln.weight]) < 1e-4, "dγ")
+        #expect(worst(gC.values[ln.bias], gS.values[ln.bias]) < 1e-5, "dβ")
+    }
+
     private func fwpEluPlusOne(_ x: [Float], _ y: inout [Float], _ n: Int) {
         x.withUnsafeBufferPointer { px in
             y.withUnsafeMutableBufferPointer { VectorKernels.eluPlusOne(px.baseAddress!, $0.baseAddress!, n, native: true) }
