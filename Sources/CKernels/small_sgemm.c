@@ -15,7 +15,8 @@ int fwp_small_sgemm_supported(void) {
 // A(i, p) = a[i * ars + p * aps]; B(p, j) = b[p * ldb + j]. `rows` is a constant at each call
 // site (the switch below), so the row loops unroll; `masked` selects partial-width loads/stores.
 FWP_INLINE FWP_AVX2 void block(int rows, int masked, __m256i m0, __m256i m1, int k, const float *a, long ars,
-                               long aps, const float *b, long ldb, float alpha, float beta, float *c, long ldc) {
+                               long aps, const float *b, long ldb, float alpha, float beta, const float *cin,
+                               long ldcin, float *c, long ldc) {
     __m256 acc0[4], acc1[4];
     for (int r = 0; r < 4; r++) {
         acc0[r] = _mm256_setzero_ps();
@@ -35,10 +36,11 @@ FWP_INLINE FWP_AVX2 void block(int rows, int masked, __m256i m0, __m256i m1, int
     __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
     for (int r = 0; r < rows; r++) {
         float *cr = c + r * ldc;
+        const float *cir = cin + r * ldcin;
         __m256 x0 = _mm256_mul_ps(va, acc0[r]), x1 = _mm256_mul_ps(va, acc1[r]);
         if (beta != 0) {
-            __m256 c0 = masked ? _mm256_maskload_ps(cr, m0) : _mm256_loadu_ps(cr);
-            __m256 c1 = masked ? _mm256_maskload_ps(cr + 8, m1) : _mm256_loadu_ps(cr + 8);
+            __m256 c0 = masked ? _mm256_maskload_ps(cir, m0) : _mm256_loadu_ps(cir);
+            __m256 c1 = masked ? _mm256_maskload_ps(cir + 8, m1) : _mm256_loadu_ps(cir + 8);
             x0 = _mm256_fmadd_ps(vb, c0, x0);
             x1 = _mm256_fmadd_ps(vb, c1, x1);
         }
@@ -53,17 +55,19 @@ FWP_INLINE FWP_AVX2 void block(int rows, int masked, __m256i m0, __m256i m1, int
 }
 
 FWP_INLINE FWP_AVX2 void column_panel(int masked, __m256i m0, __m256i m1, int m, int k, const float *a, long ars,
-                                      long aps, const float *b, long ldb, float alpha, float beta, float *c,
-                                      long ldc) {
+                                      long aps, const float *b, long ldb, float alpha, float beta,
+                                      const float *cin, long ldcin, float *c, long ldc) {
     int i = 0;
     for (; i + 4 <= m; i += 4)
-        block(4, masked, m0, m1, k, a + i * ars, ars, aps, b, ldb, alpha, beta, c + i * ldc, ldc);
+        block(4, masked, m0, m1, k, a + i * ars, ars, aps, b, ldb, alpha, beta, cin + i * ldcin, ldcin, c + i * ldc,
+              ldc);
     const float *ai = a + i * ars;
     float *ci = c + i * ldc;
+    const float *cii = cin + i * ldcin;
     switch (m - i) {
-    case 3: block(3, masked, m0, m1, k, ai, ars, aps, b, ldb, alpha, beta, ci, ldc); break;
-    case 2: block(2, masked, m0, m1, k, ai, ars, aps, b, ldb, alpha, beta, ci, ldc); break;
-    case 1: block(1, masked, m0, m1, k, ai, ars, aps, b, ldb, alpha, beta, ci, ldc); break;
+    case 3: block(3, masked, m0, m1, k, ai, ars, aps, b, ldb, alpha, beta, cii, ldcin, ci, ldc); break;
+    case 2: block(2, masked, m0, m1, k, ai, ars, aps, b, ldb, alpha, beta, cii, ldcin, ci, ldc); break;
+    case 1: block(1, masked, m0, m1, k, ai, ars, aps, b, ldb, alpha, beta, cii, ldcin, ci, ldc); break;
     default: break;
     }
 }
@@ -119,6 +123,12 @@ FWP_AVX2 void fwp_transpose(int rows, int cols, const float *src, int lds, float
 
 FWP_AVX2 void fwp_small_sgemm(int transpose_a, int transpose_b, int m, int n, int k, float alpha,
                               const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc) {
+    fwp_small_sgemm_add(transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, c, ldc);
+}
+
+FWP_AVX2 void fwp_small_sgemm_add(int transpose_a, int transpose_b, int m, int n, int k, float alpha,
+                                  const float *a, int lda, const float *b, int ldb, float beta, const float *c_in,
+                                  int ldc_in, float *c, int ldc) {
     float bt[FWP_SMALL_SGEMM_MAX_BT] __attribute__((aligned(32)));
     long ars = transpose_a ? 1 : lda, aps = transpose_a ? lda : 1;
     long ldbb = ldb;
@@ -130,13 +140,13 @@ FWP_AVX2 void fwp_small_sgemm(int transpose_a, int transpose_b, int m, int n, in
     __m256i none = _mm256_setzero_si256();
     int j = 0;
     for (; j + 16 <= n; j += 16)
-        column_panel(0, none, none, m, k, a, ars, aps, b + j, ldbb, alpha, beta, c + j, ldc);
+        column_panel(0, none, none, m, k, a, ars, aps, b + j, ldbb, alpha, beta, c_in + j, ldc_in, c + j, ldc);
     if (j < n) {
         int w = n - j;
         __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(w), lane);
         __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(w - 8), lane);
-        column_panel(1, m0, m1, m, k, a, ars, aps, b + j, ldbb, alpha, beta, c + j, ldc);
+        column_panel(1, m0, m1, m, k, a, ars, aps, b + j, ldbb, alpha, beta, c_in + j, ldc_in, c + j, ldc);
     }
 }
 
@@ -153,6 +163,13 @@ void fwp_small_sgemm(int transpose_a, int transpose_b, int m, int n, int k, floa
                      const float *b, int ldb, float beta, float *c, int ldc) {
     (void)transpose_a; (void)transpose_b; (void)m; (void)n; (void)k; (void)alpha; (void)a; (void)lda;
     (void)b; (void)ldb; (void)beta; (void)c; (void)ldc;
+    __builtin_trap();
+}
+
+void fwp_small_sgemm_add(int transpose_a, int transpose_b, int m, int n, int k, float alpha, const float *a, int lda,
+                         const float *b, int ldb, float beta, const float *c_in, int ldc_in, float *c, int ldc) {
+    (void)transpose_a; (void)transpose_b; (void)m; (void)n; (void)k; (void)alpha; (void)a; (void)lda;
+    (void)b; (void)ldb; (void)beta; (void)c_in; (void)ldc_in; (void)c; (void)ldc;
     __builtin_trap();
 }
 

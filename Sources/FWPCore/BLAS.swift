@@ -69,6 +69,29 @@ public enum BLAS {
             ldb: ldb, beta: beta, c: c, ldc: ldc)
     }
 
+    /// C ← alpha · op(A) · op(B) + beta · C_in, with the addend read from `cIn` (row stride
+    /// `ldcIn`, m × n, not overlapping C): saves copying C_in into C first. The small kernel reads
+    /// it in place; on OpenBLAS it is copied into C and the product accumulated there.
+    public static func gemm(
+        transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
+        a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+        beta: Float, cIn: UnsafePointer<Float>, ldcIn: Int, c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
+        if m == 0 || n == 0 { return }
+        precondition(ldcIn >= n, "bad leading dimension")
+        if k > 0, usesSmallKernel(transposeB: transposeB, m: m, n: n, k: k) {
+            precondition(lda >= (transposeA ? m : k) && ldb >= (transposeB ? k : n) && ldc >= n, "bad leading dimension")
+            fwp_small_sgemm_add(
+                transposeA ? 1 : 0, transposeB ? 1 : 0, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b,
+                Int32(ldb), beta, cIn, Int32(ldcIn), c, Int32(ldc))
+            return
+        }
+        for i in 0..<m { (c + i * ldc).update(from: cIn + i * ldcIn, count: n) }
+        gemm(
+            transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b,
+            ldb: ldb, beta: beta, c: c, ldc: ldc)
+    }
+
     /// The same product, always on the small kernel (any size; for benchmarks and tests).
     /// Requires `fwp_small_sgemm_supported()`; with transposeB, n · k ≤ FWP_SMALL_SGEMM_MAX_BT.
     public static func smallKernelGemm(

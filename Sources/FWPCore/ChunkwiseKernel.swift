@@ -82,11 +82,14 @@ public struct ChunkwiseKernel: Sendable {
         // Sᵀ and the chunk's Kᵀ, each transposed once here rather than inside each of the two
         // products that read it (the small kernel transposes a B operand on every call).
         let St = scratch + 5 * C * C + C * (dv + dk + 1), Kt = St + dk * dv
+        // Chunk ci's start state lives in its saved slot: the first is copied from w, each later
+        // one is written there by the previous chunk's update, and the last update goes to w.
+        if chunks > 0 { saved.update(from: w, count: dv * dk) }
         for ci in 0..<chunks {
             let t0 = ci * C, c = min(C, steps - t0)
             let qc = q + t0 * ks, kc = k + t0 * ks, vc = v + t0 * vs, yc = y + t0 * vs
-            (saved + ci * dv * dk).update(from: w, count: dv * dk)
-            BLAS.transpose(rows: dv, cols: dk, w, lds: dk, into: St, ldd: dv)
+            let S = UnsafePointer(saved + ci * dv * dk)
+            BLAS.transpose(rows: dv, cols: dk, S, lds: dk, into: St, ldd: dv)
             BLAS.transpose(rows: c, cols: dk, kc, lds: ks, into: Kt, ldd: c)
             var ut = UnsafePointer(vc), ldu = vs
             let P = saved + savedPOffset + t0 * C
@@ -126,10 +129,10 @@ public struct ChunkwiseKernel: Sendable {
             BLAS.gemm(
                 transposeA: false, transposeB: false, m: c, n: dv, k: c, a: P, lda: C, b: ut, ldb: ldu, beta: 1, c: yc,
                 ldc: vs)
-            // S ← S + Ũᵀ K
+            // S ← S + Ũᵀ K, into the next chunk's slot (or w after the last chunk)
             BLAS.gemm(
-                transposeA: true, transposeB: false, m: dv, n: dk, k: c, a: ut, lda: ldu, b: kc, ldb: ks, beta: 1, c: w,
-                ldc: dk)
+                transposeA: true, transposeB: false, m: dv, n: dk, k: c, a: ut, lda: ldu, b: kc, ldb: ks, beta: 1,
+                cIn: S, ldcIn: dk, c: ci + 1 < chunks ? saved + (ci + 1) * dv * dk : w, ldc: dk)
         }
     }
 

@@ -76,6 +76,40 @@ import Testing
         }
     }
 
+    /// C ← alpha·AB + beta·C_in with the addend elsewhere: the same as copying C_in into C and
+    /// accumulating, on the small kernel and (past its limits) on OpenBLAS; C_in is not changed.
+    @Test(arguments: [(16, 64, 16), (64, 64, 16), (5, 19, 3), (200, 130, 40)])
+    func productWithSeparateAddend(shape: (Int, Int, Int)) {
+        let (m, n, k) = shape
+        var rng = FWPRandom(seed: UInt64(m * 1000 + n))
+        let a = Tensor.normal(shape: [m, k], std: 1, using: &rng), b = Tensor.normal(shape: [k, n], std: 1, using: &rng)
+        let cIn = Tensor.normal(shape: [m, n + 2], std: 1, using: &rng)  // padded rows
+        var expected = [Float](repeating: 0, count: m * n)
+        for i in 0..<m {
+            for j in 0..<n {
+                var acc = 0.0
+                for p in 0..<k { acc += Double(a[i, p]) * Double(b[p, j]) }
+                expected[i * n + j] = Float(-0.5 * acc + 2 * Double(cIn[i, j]))
+            }
+        }
+        var c = [Float](repeating: .nan, count: m * n)
+        let before = cIn.storage
+        a.withUnsafePointer { pa in
+            b.withUnsafePointer { pb in
+                cIn.withUnsafePointer { pci in
+                    c.withUnsafeMutableBufferPointer {
+                        BLAS.gemm(
+                            transposeA: false, transposeB: false, m: m, n: n, k: k, alpha: -0.5, a: pa, lda: k, b: pb,
+                            ldb: n, beta: 2, cIn: pci, ldcIn: n + 2, c: $0.baseAddress!, ldc: n)
+                    }
+                }
+            }
+        }
+        let worst = zip(c, expected).map { abs($0 - $1) / (1 + abs($1)) }.max()!
+        #expect(worst < 1e-5, "\(m)×\(n)×\(k): worst \(worst)")
+        #expect(cIn.storage == before, "C_in was modified")
+    }
+
     @Test func transposeMovesEveryElementAndNothingElse() {
         for (rows, cols) in [(1, 1), (3, 5), (8, 8), (9, 17), (16, 64), (64, 64), (24, 7)] {
             let lds = cols + 3, ldd = rows + 2

@@ -24,6 +24,12 @@ int fwp_small_sgemm_supported(void);
 void fwp_small_sgemm(int transpose_a, int transpose_b, int m, int n, int k, float alpha,
                      const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
 
+/// The same with the addend read from c_in (row stride ldc_in) instead of c:
+/// C ← alpha · op(A) · op(B) + beta · C_in. c_in may be c; otherwise the two must not overlap.
+void fwp_small_sgemm_add(int transpose_a, int transpose_b, int m, int n, int k, float alpha,
+                         const float *a, int lda, const float *b, int ldb, float beta, const float *c_in, int ldc_in,
+                         float *c, int ldc);
+
 /// dst (cols × rows, row stride ldd) ← the transpose of src (rows × cols, row stride lds), through
 /// 8 × 8 register tiles. Requires fwp_small_sgemm_supported().
 void fwp_transpose(int rows, int cols, const float *src, int lds, float *dst, int ldd);
