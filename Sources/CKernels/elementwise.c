@@ -200,9 +200,109 @@ FWP_AVX2 void fwp_layer_norm_backward(const float *dy, const float *xhat, const 
     }
 }
 
+// The chunkwise delta rule's C × C steps (rows of `ld` floats, c ≤ ld active rows and columns).
+// Whole 8-float blocks use plain loads and stores; only a row's last partial block is masked
+// (masked stores are slow on AMD cores).
+
+FWP_INLINE FWP_AVX2 __m256 load_upto(const float *p, int count, __m256i m) {
+    return count >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, m);
+}
+
+FWP_INLINE FWP_AVX2 void store_upto(float *p, int count, __m256i m, __m256 v) {
+    if (count >= 8) _mm256_storeu_ps(p, v);
+    else _mm256_maskstore_ps(p, m, v);
+}
+
+FWP_AVX2 void fwp_unit_lower_inverse(const float *g, const float *b, int c, int ld, float *minv) {
+    for (int i = 0; i < c; i++) {
+        float *row = minv + (long)i * ld;
+        // row_i[0, i) = −β_i Σ_{m<i} G_im row_m[0, i): rows m < i are final and zero past m.
+        for (int p = 0; p < i; p += 8) {
+            int n = i - p;
+            __m256i mk = tail_mask(n < 8 ? n : 1);
+            __m256 acc = _mm256_setzero_ps();
+            for (int m = 0; m < i; m++)
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(g[(long)i * ld + m]), load_upto(minv + (long)m * ld + p, n, mk), acc);
+            // Lanes from column i on are zero (rows m < i are zero past m); stored whole where the
+            // block lies in the row, then column i and the rest are set below.
+            store_upto(row + p, p + 8 <= ld ? 8 : n, mk, _mm256_mul_ps(acc, _mm256_set1_ps(-b[i])));
+        }
+        row[i] = 1;
+        for (int j = i + 1; j < ld; j++) row[j] = 0;
+    }
+}
+
+FWP_AVX2 void fwp_scale_columns_lower(const float *m, const float *b, int c, int ld, float *out) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int i = 0; i < c; i++) {
+        for (int p = 0; p < c; p += 8) {
+            int n = c - p;
+            __m256i mk = tail_mask(n < 8 ? n : 1);
+            // columns j ≤ i keep m_ij β_j, the rest of the c columns become 0
+            __m256i low = _mm256_cmpgt_epi32(_mm256_set1_epi32(i - p + 1), lane);
+            __m256 v = _mm256_mul_ps(load_upto(m + (long)i * ld + p, n, mk), load_upto(b + p, n, mk));
+            store_upto(out + (long)i * ld + p, n, mk, _mm256_and_ps(v, _mm256_castsi256_ps(low)));
+        }
+    }
+}
+
+FWP_AVX2 void fwp_chunk_dbeta_inverse(const float *minv, float *da, const float *b, int c, int ld, float *db) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int j = 0; j < c; j++) db[j] = 0;
+    for (int i = 0; i < c; i++) {
+        for (int p = 0; p < c; p += 8) {
+            int n = c - p;
+            __m256i mk = tail_mask(n < 8 ? n : 1);
+            __m256 low = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(i - p + 1), lane));
+            float *dr = da + (long)i * ld + p;
+            __m256 d = _mm256_and_ps(load_upto(dr, n, mk), low);
+            store_upto(db + p, n, mk, _mm256_fmadd_ps(load_upto(minv + (long)i * ld + p, n, mk), d, load_upto(db + p, n, mk)));
+            store_upto(dr, n, mk, _mm256_mul_ps(d, load_upto(b + p, n, mk)));
+        }
+    }
+}
+
+FWP_AVX2 void fwp_chunk_dbeta_lower(const float *g, float *da, const float *b, int c, int ld, float *db) {
+    for (int i = 0; i < c; i++) {
+        float *er = da + (long)i * ld;
+        __m256 acc = _mm256_setzero_ps(), bi = _mm256_set1_ps(b[i]);
+        for (int p = 0; p < i; p += 8) {
+            int n = i - p;
+            __m256i mk = tail_mask(n < 8 ? n : 1);
+            __m256 e = load_upto(er + p, n, mk);
+            acc = _mm256_fmadd_ps(e, load_upto(g + (long)i * ld + p, n, mk), acc);
+            // Lanes from column i on are zero here (masked load); where the whole block lies in
+            // the row, store them too (the symmetrisation below overwrites columns i < j < c, and
+            // columns ≥ c are not read): a plain store instead of a slow masked one.
+            store_upto(er + p, p + 8 <= ld ? 8 : n, mk, _mm256_mul_ps(e, bi));
+        }
+        db[i] += hsum(acc);
+        er[i] = 0;
+    }
+    // E + Eᵀ (E strictly lower) in place.
+    for (int i = 0; i < c; i++)
+        for (int j = 0; j < i; j++) da[(long)j * ld + i] = da[(long)i * ld + j];
+}
+
 #else
 
 int fwp_vector_kernels_supported(void) { return 0; }
+void fwp_unit_lower_inverse(const float *g, const float *b, int c, int ld, float *minv) {
+    (void)g; (void)b; (void)c; (void)ld; (void)minv;
+    __builtin_trap();
+}
+void fwp_scale_columns_lower(const float *m, const float *b, int c, int ld, float *out) {
+    (void)m; (void)b; (void)c; (void)ld; (void)out;
+    __builtin_trap();
+}
+void fwp_chunk_dbeta_inverse(const float *minv, float *da, const float *b, int c, int ld, float *db) {
+    (void)minv; (void)da; (void)b; (void)c; (void)ld; (void)db;
+    __builtin_trap();
+}
+void fwp_chunk_dbeta_lower(const float *g, float *da, const float *b, int c, int ld, float *db) {
+    (void)g; (void)da; (void)b; (void)c; (void)ld; (void)db;
+    __builtin_trap();
+}
 void fwp_layer_norm_forward(const float *x, const float *gamma, const float *beta, float *y, float *xhat, float *rstd,
                             long rows, long n, float epsilon) {
     (void)x; (void)gamma; (void)beta; (void)y; (void)xhat; (void)rstd; (void)rows; (void)n; (void)epsilon;

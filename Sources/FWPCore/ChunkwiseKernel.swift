@@ -1,3 +1,5 @@
+import CKernels
+
 /// The fast-weight recurrence in chunkwise-parallel form, forward and backward.
 ///
 /// The sequence is cut into chunks of C steps. Within a chunk the rank-1 updates become matrix
@@ -57,7 +59,7 @@ public struct ChunkwiseKernel: Sendable {
 
     /// Scratch floats per sequence needed by `forward` and `backward`.
     public var scratchCount: Int {
-        5 * chunkSize * chunkSize + chunkSize * (valueSize + keySize + 1) + keySize * (valueSize + chunkSize)
+        5 * chunkSize * chunkSize + chunkSize * (valueSize + keySize + 2) + keySize * (valueSize + chunkSize)
     }
 
     // Offsets of the saved arrays.
@@ -81,7 +83,8 @@ public struct ChunkwiseKernel: Sendable {
         let A = scratch + C * C
         // Sᵀ and the chunk's Kᵀ, each transposed once here rather than inside each of the two
         // products that read it (the small kernel transposes a B operand on every call).
-        let St = scratch + 5 * C * C + C * (dv + dk + 1), Kt = St + dk * dv
+        let St = scratch + 5 * C * C + C * (dv + dk + 2), Kt = St + dk * dv
+        let bcont = scratch + 5 * C * C + C * (dv + dk + 1)  // the chunk's β, contiguous (C floats)
         // Chunk ci's start state lives in its saved slot: the first is copied from w, each later
         // one is written there by the previous chunk's update, and the last update goes to w.
         if chunks > 0 { saved.update(from: w, count: dv * dk) }
@@ -103,9 +106,9 @@ public struct ChunkwiseKernel: Sendable {
                 BLAS.gemm(
                     transposeA: false, transposeB: false, m: c, n: c, k: dk, a: kc, lda: ks, b: Kt, ldb: c, beta: 0,
                     c: G, ldc: C)
-                invertUnitLower(g: G, beta: bc, c: c, into: minv)
+                invertUnitLower(g: G, beta: bc, c: c, into: minv, contiguousBeta: bcont)
                 // A = M⁻¹ diag(β); W = A K; U = A V; Ũ = U − W Sᵀ.
-                scaleColumns(minv, by: bc, c: c, into: A)
+                scaleColumns(minv, by: bc, c: c, into: A, contiguousBeta: bcont)
                 BLAS.gemm(
                     transposeA: false, transposeB: false, m: c, n: dk, k: c, a: A, lda: C, b: kc, ldb: ks, beta: 0,
                     c: wt, ldc: dk)
@@ -152,6 +155,7 @@ public struct ChunkwiseKernel: Sendable {
         let dP = scratch + C * C, A = scratch + 2 * C * C, dA = scratch + 3 * C * C
         let tmp = scratch + 4 * C * C, dU = scratch + 5 * C * C, dWm = dU + C * nv
         let db = dWm + C * nk  // C floats: dβ of the chunk
+        let bcont = db + C  // C floats: the chunk's β, contiguous
         for ci in stride(from: chunks - 1, through: 0, by: -1) {
             let t0 = ci * C, c = min(C, steps - t0)
             let qc = q + t0 * ks, kc = k + t0 * ks, vc = v + t0 * vs, dyc = dy + t0 * vs
@@ -203,7 +207,8 @@ public struct ChunkwiseKernel: Sendable {
                 transposeA: false, transposeB: false, m: c, n: nk, k: nv, alpha: -1, a: dU, lda: nv, b: s, ldb: nk,
                 beta: 0, c: dWm, ldc: nk)
             // W = A K, U = A V:  dA = dW Kᵀ + dU Vᵀ;  dK += Aᵀ dW;  dV = Aᵀ dU
-            scaleColumns(minv, by: bc, c: c, into: A)
+            if VectorKernels.enabled { for j in 0..<c { bcont[j] = bc[j * betaStride] } }
+            scaleColumns(minv, by: bc, c: c, into: A, contiguousBeta: bcont)
             BLAS.gemm(
                 transposeA: false, transposeB: true, m: c, n: c, k: nk, a: dWm, lda: nk, b: kc, ldb: ks, beta: 0, c: dA,
                 ldc: C)
@@ -217,14 +222,18 @@ public struct ChunkwiseKernel: Sendable {
                 transposeA: true, transposeB: false, m: c, n: nv, k: c, a: A, lda: C, b: dU, ldb: nv, beta: 0, c: dvc,
                 ldc: vs)
             // A = M⁻¹ diag(β):  dβ_j = Σ_i M⁻¹_ij dA_ij;  dM⁻¹ = dA diag(β)
-            db.update(repeating: 0, count: c)
-            for i in 0..<c {
-                let mr = minv + i * C, dr = dA + i * C
-                for j in 0...i {
-                    db[j] += mr[j] * dr[j]
-                    dr[j] *= bc[j * betaStride]
+            if VectorKernels.enabled {
+                fwp_chunk_dbeta_inverse(minv, dA, bcont, Int32(c), Int32(C), db)
+            } else {
+                db.update(repeating: 0, count: c)
+                for i in 0..<c {
+                    let mr = minv + i * C, dr = dA + i * C
+                    for j in 0...i {
+                        db[j] += mr[j] * dr[j]
+                        dr[j] *= bc[j * betaStride]
+                    }
+                    for j in (i + 1)..<max(i + 1, c) { dr[j] = 0 }
                 }
-                for j in (i + 1)..<max(i + 1, c) { dr[j] = 0 }
             }
             // dM = −M⁻ᵀ dM⁻¹ M⁻ᵀ
             BLAS.gemm(
@@ -235,19 +244,23 @@ public struct ChunkwiseKernel: Sendable {
                 beta: 0, c: dA, ldc: C)
             // L_ij = β_i G_ij (i > j):  dβ_i += Σ_j dL_ij G_ij;  E = diag(β) dL;  dK += (E + Eᵀ) K
             let G = saved + savedGOffset + t0 * C  // K Kᵀ, from the forward
-            for i in 0..<c {
-                let gr = G + i * C, er = dA + i * C
-                let bi = bc[i * betaStride]
-                var acc: Float = 0
-                for j in 0..<i {
-                    acc += er[j] * gr[j]
-                    er[j] *= bi
+            if VectorKernels.enabled {
+                fwp_chunk_dbeta_lower(G, dA, bcont, Int32(c), Int32(C), db)
+            } else {
+                for i in 0..<c {
+                    let gr = G + i * C, er = dA + i * C
+                    let bi = bc[i * betaStride]
+                    var acc: Float = 0
+                    for j in 0..<i {
+                        acc += er[j] * gr[j]
+                        er[j] *= bi
+                    }
+                    db[i] += acc
+                    er[i] = 0
                 }
-                db[i] += acc
-                er[i] = 0
+                // E + Eᵀ in place (E is strictly lower), so that dK takes one product instead of two.
+                for i in 0..<c { for j in 0..<i { dA[j * C + i] = dA[i * C + j] } }
             }
-            // E + Eᵀ in place (E is strictly lower), so that dK takes one product instead of two.
-            for i in 0..<c { for j in 0..<i { dA[j * C + i] = dA[i * C + j] } }
             BLAS.gemm(
                 transposeA: false, transposeB: false, m: c, n: nk, k: c, a: dA, lda: C, b: kc, ldb: ks, beta: 1, c: dkc,
                 ldc: ks)
@@ -256,10 +269,18 @@ public struct ChunkwiseKernel: Sendable {
     }
 
     /// M⁻¹ for M = I + strictly-lower(diag(β) G), by forward substitution (rows of C floats).
+    /// On the C path β is first gathered into `contiguousBeta` (C floats), which later steps of
+    /// the same chunk reuse.
     private func invertUnitLower(
-        g: UnsafePointer<Float>, beta: UnsafePointer<Float>, c: Int, into minv: UnsafeMutablePointer<Float>
+        g: UnsafePointer<Float>, beta: UnsafePointer<Float>, c: Int, into minv: UnsafeMutablePointer<Float>,
+        contiguousBeta: UnsafeMutablePointer<Float>
     ) {
         let C = chunkSize
+        if VectorKernels.enabled {
+            for j in 0..<c { contiguousBeta[j] = beta[j * betaStride] }
+            fwp_unit_lower_inverse(g, contiguousBeta, Int32(c), Int32(C), minv)
+            return
+        }
         for i in 0..<c {
             let row = minv + i * C
             row.update(repeating: 0, count: C)
@@ -272,11 +293,17 @@ public struct ChunkwiseKernel: Sendable {
         }
     }
 
-    /// out_ij = m_ij β_j for the lower triangle (zero above).
+    /// out_ij = m_ij β_j for the lower triangle (zero above). On the C path `contiguousBeta`
+    /// must already hold the chunk's β.
     private func scaleColumns(
-        _ m: UnsafePointer<Float>, by beta: UnsafePointer<Float>, c: Int, into out: UnsafeMutablePointer<Float>
+        _ m: UnsafePointer<Float>, by beta: UnsafePointer<Float>, c: Int, into out: UnsafeMutablePointer<Float>,
+        contiguousBeta: UnsafePointer<Float>
     ) {
         let C = chunkSize
+        if VectorKernels.enabled {
+            fwp_scale_columns_lower(m, contiguousBeta, Int32(c), Int32(C), out)
+            return
+        }
         for i in 0..<c {
             for j in 0...i { out[i * C + j] = m[i * C + j] * beta[j * betaStride] }
             for j in (i + 1)..<max(i + 1, c) { out[i * C + j] = 0 }

@@ -15,6 +15,7 @@ import Testing
     static let cases: [Case] = [
         Case(rule: .delta, steps: 37, chunk: 8),  // a partial last chunk
         Case(rule: .delta, steps: 32, chunk: 16),
+        Case(rule: .delta, steps: 37, chunk: 12),  // rows of 12: partial vectors in the C × C steps
         Case(rule: .delta, steps: 5, chunk: 16),  // one chunk shorter than C
         Case(rule: .delta, steps: 64, chunk: 64),
         Case(rule: .sum, steps: 37, chunk: 8),

@@ -62,6 +62,21 @@ void fwp_layer_norm_forward(const float *x, const float *gamma, const float *bet
 void fwp_layer_norm_backward(const float *dy, const float *xhat, const float *gamma, const float *rstd, float *dx,
                              float *dgamma, float *dbeta, long rows, long n);
 
+// The chunkwise delta rule's C × C steps (see FWPCore's ChunkwiseKernel). Matrices are c × c
+// inside rows of ld floats; b holds β_0 … β_{c−1} contiguously.
+
+/// minv ← (I + strictly-lower(diag(b) G))⁻¹ by forward substitution; rows written over all ld.
+void fwp_unit_lower_inverse(const float *g, const float *b, int c, int ld, float *minv);
+
+/// out_ij ← m_ij b_j for j ≤ i, 0 for i < j < c.
+void fwp_scale_columns_lower(const float *m, const float *b, int c, int ld, float *out);
+
+/// db_j ← Σ_{i ≥ j} minv_ij da_ij; then da_ij ← da_ij b_j for j ≤ i and 0 for i < j < c.
+void fwp_chunk_dbeta_inverse(const float *minv, float *da, const float *b, int c, int ld, float *db);
+
+/// db_i += Σ_{j<i} da_ij g_ij; then E_ij = b_i da_ij (j < i), and da ← E + Eᵀ (zero diagonal).
+void fwp_chunk_dbeta_lower(const float *g, float *da, const float *b, int c, int ld, float *db);
+
 #ifdef __cplusplus
 }
 #endif
