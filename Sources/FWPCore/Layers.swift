@@ -121,26 +121,16 @@ public struct LayerNorm: Sendable {
         var xhat = Tensor(uninitializedShape: x.shape)
         var rstd = [Float](repeating: 0, count: rows)
         let gamma = p.values[weight], beta = p.values[bias]
-        if native {
-            precondition(VectorKernels.supported, "the vector kernels need AVX2 and FMA")
-            x.withUnsafePointer { px in
-                gamma.withUnsafePointer { pg in
-                    beta.withUnsafePointer { pb in
-                        y.withUnsafeMutablePointer { py in
-                            xhat.withUnsafeMutablePointer { ph in
-                                fwp_layer_norm_forward(px, pg, pb, py, ph, &rstd, rows, n, LayerNorm.epsilon)
-                            }
-                        }
-                    }
-                }
-            }
-            return (y, Cache(normalized: xhat, inverseStd: rstd))
-        }
+        precondition(!native || VectorKernels.supported, "the vector kernels need AVX2 and FMA")
         x.withUnsafePointer { px in
             gamma.withUnsafePointer { pg in
                 beta.withUnsafePointer { pb in
                     y.withUnsafeMutablePointer { py in
                         xhat.withUnsafeMutablePointer { ph in
+                            if native {
+                                fwp_layer_norm_forward(px, pg, pb, py, ph, &rstd, rows, n, LayerNorm.epsilon)
+                                return
+                            }
                             for r in 0..<rows {
                                 let row = px + r * n
                                 let mean = Vec.sum(row, n) / Float(n)
@@ -172,31 +162,17 @@ public struct LayerNorm: Sendable {
         var dx = Tensor(uninitializedShape: dy.shape)  // every row written below
         let gamma = p.values[weight]
         var dgamma = g.values[weight], dbeta = g.values[bias]
-        if native {
-            precondition(VectorKernels.supported, "the vector kernels need AVX2 and FMA")
-            dy.withUnsafePointer { pd in
-                cache.normalized.withUnsafePointer { ph in
-                    gamma.withUnsafePointer { pg in
-                        dx.withUnsafeMutablePointer { px in
-                            dgamma.withUnsafeMutablePointer { pdg in
-                                dbeta.withUnsafeMutablePointer { pdb in
-                                    fwp_layer_norm_backward(pd, ph, pg, cache.inverseStd, px, pdg, pdb, rows, n)
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            g.values[weight] = dgamma
-            g.values[bias] = dbeta
-            return dx
-        }
+        precondition(!native || VectorKernels.supported, "the vector kernels need AVX2 and FMA")
         dy.withUnsafePointer { pd in
             cache.normalized.withUnsafePointer { ph in
                 gamma.withUnsafePointer { pg in
                     dx.withUnsafeMutablePointer { px in
                         dgamma.withUnsafeMutablePointer { pdg in
                             dbeta.withUnsafeMutablePointer { pdb in
+                                if native {
+                                    fwp_layer_norm_backward(pd, ph, pg, cache.inverseStd, px, pdg, pdb, rows, n)
+                                    return
+                                }
                                 for r in 0..<rows {
                                     var sumG: Float = 0, sumGH: Float = 0
                                     for j in 0..<n {
