@@ -7,15 +7,16 @@ import CKernels
 /// 2024, "Parallelizing Linear Transformers with the Delta Rule over Sequence Length"):
 ///
 ///     G = K Kᵀ,  L = strictly-lower(diag(β) G),  M = I + L,  A = M⁻¹ diag(β)
-///     W = A K,   U = A V,   Ũ = U − W Sᵀ                 (delta rule; Ũ = V for the sum rule)
+///     X = V − K Sᵀ,   Ũ = A X                            (delta rule; Ũ = V for the sum rule)
 ///     Y = Q Sᵀ + causal(Q Kᵀ) Ũ,   S ← S + Ũᵀ K
 ///
 /// where S (d_value × d_dot) is the state at the chunk's start and the rows of Ũ are exactly the
-/// values u_t = β_t (v_t − W_{t−1} k_t) that the recurrence writes. Almost all work is GEMMs of
-/// C × C × d or C × d × d. The backward pass walks chunks in reverse with the saved chunk-start
-/// states, Ũ, W, M⁻¹ and the chunks' causal(Q Kᵀ) and K Kᵀ (memory O(T·(C + d_dot + d_value) +
-/// T/C·d_value·d_dot) per sequence, linear in T), differentiating each product by hand
-/// (derivation in docs/MODEL.md).
+/// values u_t = β_t (v_t − W_{t−1} k_t) that the recurrence writes. (Ũ = A V − (A K) Sᵀ is the
+/// same thing in the "W, U" form of the paper, which costs one C × C × d product more here.)
+/// Almost all work is GEMMs of C × C × d or C × d × d. The backward pass walks chunks in reverse
+/// with the saved chunk-start states, Ũ, X, M⁻¹ and the chunks' causal(Q Kᵀ) and K Kᵀ (memory
+/// O(T·(C + d_value) + T/C·d_value·d_dot) per sequence, linear in T), differentiating each
+/// product by hand (derivation in docs/MODEL.md).
 ///
 /// It covers the sum and delta rules without attention normalisation; `FastWeightKernel` (the
 /// fused per-row recurrence) remains for attention normalisation and for step-by-step inference.
@@ -54,7 +55,7 @@ public struct ChunkwiseKernel: Sendable {
     /// Floats saved per sequence by `forward` for `backward`.
     public var savedCount: Int {
         chunks * valueSize * keySize + steps * chunkSize
-            + (rule == .delta ? steps * (valueSize + 2 * chunkSize + keySize) : 0)
+            + (rule == .delta ? steps * (2 * valueSize + 2 * chunkSize) : 0)
     }
 
     /// Scratch floats per sequence needed by `forward` and `backward`.
@@ -66,9 +67,9 @@ public struct ChunkwiseKernel: Sendable {
     private var savedStatesCount: Int { chunks * valueSize * keySize }
     private var savedUOffset: Int { savedStatesCount }
     private var savedMOffset: Int { savedStatesCount + steps * valueSize }
-    private var savedWOffset: Int { savedMOffset + steps * chunkSize }
+    private var savedXOffset: Int { savedMOffset + steps * chunkSize }
     // causal(Q Kᵀ) of every chunk (both rules), then K Kᵀ (delta rule): the backward reuses them.
-    private var savedPOffset: Int { rule == .delta ? savedWOffset + steps * keySize : savedStatesCount }
+    private var savedPOffset: Int { rule == .delta ? savedXOffset + steps * valueSize : savedStatesCount }
     private var savedGOffset: Int { savedPOffset + steps * chunkSize }
 
     /// Runs the recurrence from state `w` (d_value × d_dot, row-major), leaving the final state in
@@ -99,7 +100,7 @@ public struct ChunkwiseKernel: Sendable {
             if isDelta {
                 let bc = beta! + t0 * betaStride
                 let minv = saved + savedMOffset + t0 * C
-                let wt = saved + savedWOffset + t0 * dk
+                let x = saved + savedXOffset + t0 * dv
                 let u = saved + savedUOffset + t0 * dv
                 // G = K Kᵀ, then M⁻¹ by forward substitution: row_i = e_i − Σ_{m<i} β_i G_im row_m.
                 let G = saved + savedGOffset + t0 * C
@@ -107,17 +108,15 @@ public struct ChunkwiseKernel: Sendable {
                     transposeA: false, transposeB: false, m: c, n: c, k: dk, a: kc, lda: ks, b: Kt, ldb: c, beta: 0,
                     c: G, ldc: C)
                 invertUnitLower(g: G, beta: bc, c: c, into: minv, contiguousBeta: bcont)
-                // A = M⁻¹ diag(β); W = A K; U = A V; Ũ = U − W Sᵀ.
+                // A = M⁻¹ diag(β); X = V − K Sᵀ (what the chunk-start state leaves unpredicted);
+                // Ũ = A X (= A V − (A K) Sᵀ, the W/U form, with one C × C × d product fewer).
                 scaleColumns(minv, by: bc, c: c, into: A, contiguousBeta: bcont)
                 BLAS.gemm(
-                    transposeA: false, transposeB: false, m: c, n: dk, k: c, a: A, lda: C, b: kc, ldb: ks, beta: 0,
-                    c: wt, ldc: dk)
+                    transposeA: false, transposeB: false, m: c, n: dv, k: dk, alpha: -1, a: kc, lda: ks, b: St, ldb: dv,
+                    beta: 1, cIn: vc, ldcIn: vs, c: x, ldc: dv)
                 BLAS.gemm(
-                    transposeA: false, transposeB: false, m: c, n: dv, k: c, a: A, lda: C, b: vc, ldb: vs, beta: 0,
+                    transposeA: false, transposeB: false, m: c, n: dv, k: c, a: A, lda: C, b: x, ldb: dv, beta: 0,
                     c: u, ldc: dv)
-                BLAS.gemm(
-                    transposeA: false, transposeB: false, m: c, n: dv, k: dk, alpha: -1, a: wt, lda: dk, b: St, ldb: dv,
-                    beta: 1, c: u, ldc: dv)
                 ut = UnsafePointer(u)
                 ldu = dv
             }
@@ -153,8 +152,8 @@ public struct ChunkwiseKernel: Sendable {
         let isDelta = rule == .delta
         if !seeded { dw.update(repeating: 0, count: nk * nv) }
         let dP = scratch + C * C, A = scratch + 2 * C * C, dA = scratch + 3 * C * C
-        let tmp = scratch + 4 * C * C, dU = scratch + 5 * C * C, dWm = dU + C * nv
-        let db = dWm + C * nk  // C floats: dβ of the chunk
+        let tmp = scratch + 4 * C * C, dU = scratch + 5 * C * C
+        let db = dU + C * (nv + nk)  // C floats: dβ of the chunk
         let bcont = db + C  // C floats: the chunk's β, contiguous
         for ci in stride(from: chunks - 1, through: 0, by: -1) {
             let t0 = ci * C, c = min(C, steps - t0)
@@ -191,36 +190,30 @@ public struct ChunkwiseKernel: Sendable {
             BLAS.gemm(
                 transposeA: false, transposeB: false, m: c, n: nk, k: nv, a: ut, lda: ldu, b: dw, ldb: nk, beta: 1,
                 c: dkc, ldc: ks)
-            // dS ← dS + dYᵀ Q − dŨᵀ W   (gradient of the chunk-start state)
+            // dS ← dS + dYᵀ Q (− dXᵀ K below, for the delta rule)   (gradient of the chunk-start state)
             BLAS.gemm(
                 transposeA: true, transposeB: false, m: nv, n: nk, k: c, a: dyc, lda: vs, b: qc, ldb: ks, beta: 1, c: dw,
                 ldc: nk)
             guard isDelta, let beta else { continue }
             let bc = beta + t0 * betaStride
             let minv = saved + savedMOffset + t0 * C
-            let wt = saved + savedWOffset + t0 * nk
-            BLAS.gemm(
-                transposeA: true, transposeB: false, m: nv, n: nk, k: c, alpha: -1, a: dU, lda: nv, b: wt, ldb: nk,
-                beta: 1, c: dw, ldc: nk)
-            // dW = −dŨ S
-            BLAS.gemm(
-                transposeA: false, transposeB: false, m: c, n: nk, k: nv, alpha: -1, a: dU, lda: nv, b: s, ldb: nk,
-                beta: 0, c: dWm, ldc: nk)
-            // W = A K, U = A V:  dA = dW Kᵀ + dU Vᵀ;  dK += Aᵀ dW;  dV = Aᵀ dU
+            let x = saved + savedXOffset + t0 * nv
+            // Ũ = A X:  dA = dŨ Xᵀ;  dX = Aᵀ dŨ, which is dV (X = V − K Sᵀ)
             if VectorKernels.enabled { for j in 0..<c { bcont[j] = bc[j * betaStride] } }
             scaleColumns(minv, by: bc, c: c, into: A, contiguousBeta: bcont)
             BLAS.gemm(
-                transposeA: false, transposeB: true, m: c, n: c, k: nk, a: dWm, lda: nk, b: kc, ldb: ks, beta: 0, c: dA,
+                transposeA: false, transposeB: true, m: c, n: c, k: nv, a: dU, lda: nv, b: x, ldb: nv, beta: 0, c: dA,
                 ldc: C)
-            BLAS.gemm(
-                transposeA: false, transposeB: true, m: c, n: c, k: nv, a: dU, lda: nv, b: vc, ldb: vs, beta: 1, c: dA,
-                ldc: C)
-            BLAS.gemm(
-                transposeA: true, transposeB: false, m: c, n: nk, k: c, a: A, lda: C, b: dWm, ldb: nk, beta: 1, c: dkc,
-                ldc: ks)
             BLAS.gemm(
                 transposeA: true, transposeB: false, m: c, n: nv, k: c, a: A, lda: C, b: dU, ldb: nv, beta: 0, c: dvc,
                 ldc: vs)
+            // X = V − K Sᵀ:  dK −= dX S;  dS −= dXᵀ K
+            BLAS.gemm(
+                transposeA: false, transposeB: false, m: c, n: nk, k: nv, alpha: -1, a: dvc, lda: vs, b: s, ldb: nk,
+                beta: 1, c: dkc, ldc: ks)
+            BLAS.gemm(
+                transposeA: true, transposeB: false, m: nv, n: nk, k: c, alpha: -1, a: dvc, lda: vs, b: kc, ldb: ks,
+                beta: 1, c: dw, ldc: nk)
             // A = M⁻¹ diag(β):  dβ_j = Σ_i M⁻¹_ij dA_ij;  dM⁻¹ = dA diag(β)
             if VectorKernels.enabled {
                 fwp_chunk_dbeta_inverse(minv, dA, bcont, Int32(c), Int32(C), db)
