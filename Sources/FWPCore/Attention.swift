@@ -178,16 +178,16 @@ public struct AttentionLayer: Sendable {
         if fusedEluSum {
             (cache.qPhi, cache.q, cache.qSums) = SumNormalization.eluPlusOneForward(cache.qRaw, threads: threads)
             (cache.kPhi, cache.k, cache.kSums) = SumNormalization.eluPlusOneForward(cache.kRaw, threads: threads)
-        } else if normalization == .sum {
-            cache.qPhi = featureMap.forward(cache.qRaw, projection: cache.projection, threads: threads)
-            cache.kPhi = featureMap.forward(cache.kRaw, projection: cache.projection, threads: threads)
-            (cache.q, cache.qSums) = SumNormalization.forward(cache.qPhi, threads: threads)
-            (cache.k, cache.kSums) = SumNormalization.forward(cache.kPhi, threads: threads)
         } else {
             cache.qPhi = featureMap.forward(cache.qRaw, projection: cache.projection, threads: threads)
             cache.kPhi = featureMap.forward(cache.kRaw, projection: cache.projection, threads: threads)
-            cache.q = cache.qPhi
-            cache.k = cache.kPhi
+            if normalization == .sum {
+                (cache.q, cache.qSums) = SumNormalization.forward(cache.qPhi, threads: threads)
+                (cache.k, cache.kSums) = SumNormalization.forward(cache.kPhi, threads: threads)
+            } else {
+                cache.q = cache.qPhi
+                cache.k = cache.kPhi
+            }
         }
         if let logits = betaLogits {
             var b = Tensor(uninitializedShape: [n * heads])  // written in full below
