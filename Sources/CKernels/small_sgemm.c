@@ -121,11 +121,6 @@ FWP_AVX2 void fwp_transpose(int rows, int cols, const float *src, int lds, float
         for (int p = 0; p < cols; p++) dst[(long)p * ldd + j] = src[(long)j * lds + p];
 }
 
-FWP_AVX2 void fwp_small_sgemm(int transpose_a, int transpose_b, int m, int n, int k, float alpha,
-                              const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc) {
-    fwp_small_sgemm_add(transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, c, ldc);
-}
-
 FWP_AVX2 void fwp_small_sgemm_add(int transpose_a, int transpose_b, int m, int n, int k, float alpha,
                                   const float *a, int lda, const float *b, int ldb, float beta, const float *c_in,
                                   int ldc_in, float *c, int ldc) {
@@ -156,13 +151,6 @@ int fwp_small_sgemm_supported(void) { return 0; }
 
 void fwp_transpose(int rows, int cols, const float *src, int lds, float *dst, int ldd) {
     (void)rows; (void)cols; (void)src; (void)lds; (void)dst; (void)ldd;
-    __builtin_trap();
-}
-
-void fwp_small_sgemm(int transpose_a, int transpose_b, int m, int n, int k, float alpha, const float *a, int lda,
-                     const float *b, int ldb, float beta, float *c, int ldc) {
-    (void)transpose_a; (void)transpose_b; (void)m; (void)n; (void)k; (void)alpha; (void)a; (void)lda;
-    (void)b; (void)ldb; (void)beta; (void)c; (void)ldc;
     __builtin_trap();
 }
 

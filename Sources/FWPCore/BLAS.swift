@@ -57,7 +57,7 @@ public enum BLAS {
             for i in 0..<m { for j in 0..<n { c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j] } }
             return
         }
-        precondition(lda >= (transposeA ? m : k) && ldb >= (transposeB ? k : n) && ldc >= n, "bad leading dimension")
+        checkLeadingDimensions(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc)
         if usesSmallKernel(transposeB: transposeB, m: m, n: n, k: k) {
             runSmallKernel(
                 transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b,
@@ -80,10 +80,11 @@ public enum BLAS {
         if m == 0 || n == 0 { return }
         precondition(ldcIn >= n, "bad leading dimension")
         if k > 0, usesSmallKernel(transposeB: transposeB, m: m, n: n, k: k) {
-            precondition(lda >= (transposeA ? m : k) && ldb >= (transposeB ? k : n) && ldc >= n, "bad leading dimension")
-            fwp_small_sgemm_add(
-                transposeA ? 1 : 0, transposeB ? 1 : 0, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b,
-                Int32(ldb), beta, cIn, Int32(ldcIn), c, Int32(ldc))
+            checkLeadingDimensions(
+                transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc)
+            runSmallKernel(
+                transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b,
+                ldb: ldb, beta: beta, cIn: cIn, ldcIn: ldcIn, c: c, ldc: ldc)
             return
         }
         for i in 0..<m { (c + i * ldc).update(from: cIn + i * ldcIn, count: n) }
@@ -121,16 +122,24 @@ public enum BLAS {
         }
     }
 
-    /// The call into CKernels shared by `gemm` and `smallKernelGemm`; callers have checked the sizes.
+    @usableFromInline
+    static func checkLeadingDimensions(
+        transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, lda: Int, ldb: Int, ldc: Int
+    ) {
+        precondition(lda >= (transposeA ? m : k) && ldb >= (transposeB ? k : n) && ldc >= n, "bad leading dimension")
+    }
+
+    /// The call into CKernels shared by both `gemm`s and `smallKernelGemm`; callers have checked
+    /// the sizes. The addend is read from `cIn` when given, from C itself otherwise.
     @usableFromInline
     static func runSmallKernel(
         transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float,
         a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-        beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
+        beta: Float, cIn: UnsafePointer<Float>? = nil, ldcIn: Int = 0, c: UnsafeMutablePointer<Float>, ldc: Int
     ) {
-        fwp_small_sgemm(
+        fwp_small_sgemm_add(
             transposeA ? 1 : 0, transposeB ? 1 : 0, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b,
-            Int32(ldb), beta, c, Int32(ldc))
+            Int32(ldb), beta, cIn ?? UnsafePointer(c), Int32(cIn == nil ? ldc : ldcIn), c, Int32(ldc))
     }
 
     /// The same product, always through OpenBLAS (the reference the small kernel is tested against).

@@ -11,21 +11,17 @@
 extern "C" {
 #endif
 
-/// 1 when this CPU can run fwp_small_sgemm (x86-64 with AVX2 and FMA), 0 otherwise.
+/// 1 when this CPU can run fwp_small_sgemm_add (x86-64 with AVX2 and FMA), 0 otherwise.
 int fwp_small_sgemm_supported(void);
 
-/// The largest n·k for which fwp_small_sgemm accepts transpose_b (it transposes B on the stack).
+/// The largest n·k for which fwp_small_sgemm_add accepts transpose_b (it transposes B on the stack).
 #define FWP_SMALL_SGEMM_MAX_BT 16384
 
-/// C ← alpha · op(A) · op(B) + beta · C, row-major, op = transpose when the flag is set.
-/// op(A) is m × k, op(B) is k × n, C is m × n; lda, ldb, ldc are row strides. With beta == 0,
-/// C is not read. Requires fwp_small_sgemm_supported() and, with transpose_b,
+/// C ← alpha · op(A) · op(B) + beta · C_in, row-major, op = transpose when the flag is set.
+/// op(A) is m × k, op(B) is k × n, C and C_in are m × n; lda, ldb, ldc_in, ldc are row strides.
+/// c_in may be c itself (the usual C ← αAB + βC); otherwise the two must not overlap. With
+/// beta == 0, C_in is not read. Requires fwp_small_sgemm_supported() and, with transpose_b,
 /// n · k <= FWP_SMALL_SGEMM_MAX_BT.
-void fwp_small_sgemm(int transpose_a, int transpose_b, int m, int n, int k, float alpha,
-                     const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
-
-/// The same with the addend read from c_in (row stride ldc_in) instead of c:
-/// C ← alpha · op(A) · op(B) + beta · C_in. c_in may be c; otherwise the two must not overlap.
 void fwp_small_sgemm_add(int transpose_a, int transpose_b, int m, int n, int k, float alpha,
                          const float *a, int lda, const float *b, int ldb, float beta, const float *c_in, int ldc_in,
                          float *c, int ldc);
