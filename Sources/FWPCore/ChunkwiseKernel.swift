@@ -107,6 +107,7 @@ public struct ChunkwiseKernel: Sendable {
                 BLAS.gemm(
                     transposeA: false, transposeB: false, m: c, n: c, k: dk, a: kc, lda: ks, b: Kt, ldb: c, beta: 0,
                     c: G, ldc: C)
+                gatherBeta(bc, c: c, into: bcont)
                 invertUnitLower(g: G, beta: bc, c: c, into: minv, contiguousBeta: bcont)
                 // A = M⁻¹ diag(β); X = V − K Sᵀ (what the chunk-start state leaves unpredicted);
                 // Ũ = A X (= A V − (A K) Sᵀ, the W/U form, with one C × C × d product fewer).
@@ -199,7 +200,7 @@ public struct ChunkwiseKernel: Sendable {
             let minv = saved + savedMOffset + t0 * C
             let x = saved + savedXOffset + t0 * nv
             // Ũ = A X:  dA = dŨ Xᵀ;  dX = Aᵀ dŨ, which is dV (X = V − K Sᵀ)
-            if VectorKernels.enabled { for j in 0..<c { bcont[j] = bc[j * betaStride] } }
+            gatherBeta(bc, c: c, into: bcont)
             scaleColumns(minv, by: bc, c: c, into: A, contiguousBeta: bcont)
             BLAS.gemm(
                 transposeA: false, transposeB: true, m: c, n: c, k: nv, a: dU, lda: nv, b: x, ldb: nv, beta: 0, c: dA,
@@ -261,16 +262,20 @@ public struct ChunkwiseKernel: Sendable {
         }
     }
 
+    /// The chunk's β (at `betaStride`) copied contiguously for the C helpers of the vector-kernel
+    /// path, which every C × C step below reads; a no-op on the Swift path, which reads `beta`.
+    private func gatherBeta(_ beta: UnsafePointer<Float>, c: Int, into contiguous: UnsafeMutablePointer<Float>) {
+        if VectorKernels.enabled { for j in 0..<c { contiguous[j] = beta[j * betaStride] } }
+    }
+
     /// M⁻¹ for M = I + strictly-lower(diag(β) G), by forward substitution (rows of C floats).
-    /// On the C path β is first gathered into `contiguousBeta` (C floats), which later steps of
-    /// the same chunk reuse.
+    /// On the C path `contiguousBeta` must already hold the chunk's β (`gatherBeta`).
     private func invertUnitLower(
         g: UnsafePointer<Float>, beta: UnsafePointer<Float>, c: Int, into minv: UnsafeMutablePointer<Float>,
-        contiguousBeta: UnsafeMutablePointer<Float>
+        contiguousBeta: UnsafePointer<Float>
     ) {
         let C = chunkSize
         if VectorKernels.enabled {
-            for j in 0..<c { contiguousBeta[j] = beta[j * betaStride] }
             fwp_unit_lower_inverse(g, contiguousBeta, Int32(c), Int32(C), minv)
             return
         }
@@ -287,7 +292,7 @@ public struct ChunkwiseKernel: Sendable {
     }
 
     /// out_ij = m_ij β_j for the lower triangle (zero above). On the C path `contiguousBeta`
-    /// must already hold the chunk's β.
+    /// must already hold the chunk's β (`gatherBeta`).
     private func scaleColumns(
         _ m: UnsafePointer<Float>, by beta: UnsafePointer<Float>, c: Int, into out: UnsafeMutablePointer<Float>,
         contiguousBeta: UnsafePointer<Float>
