@@ -44,51 +44,34 @@ public enum BLAS {
     ///
     /// `m × k` is op(A), `k × n` is op(B), `m × n` is C; leading dimensions are row strides.
     /// Products within `smallKernelLimit` and `smallKernelWork` run on the small kernel when it
-    /// is enabled, the rest on OpenBLAS.
+    /// is enabled, the rest on OpenBLAS. With `cIn` the addend is read from there instead
+    /// (C ← alpha · op(A) · op(B) + beta · C_in; row stride `ldcIn`, not overlapping C), which
+    /// saves copying it into C first: the small kernel reads it in place, for OpenBLAS it is
+    /// copied into C and the product accumulated there.
     @inlinable
     public static func gemm(
         transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
         a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-        beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
+        beta: Float, cIn: UnsafePointer<Float>? = nil, ldcIn: Int = 0, c: UnsafeMutablePointer<Float>, ldc: Int
     ) {
         if m == 0 || n == 0 { return }
+        precondition(cIn == nil || ldcIn >= n, "bad leading dimension")
+        if k > 0 {
+            precondition(lda >= (transposeA ? m : k) && ldb >= (transposeB ? k : n) && ldc >= n, "bad leading dimension")
+            if usesSmallKernel(transposeB: transposeB, m: m, n: n, k: k) {
+                runSmallKernel(
+                    transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
+                    b: b, ldb: ldb, beta: beta, cIn: cIn, ldcIn: ldcIn, c: c, ldc: ldc)
+                return
+            }
+        }
+        if let cIn { for i in 0..<m { (c + i * ldc).update(from: cIn + i * ldcIn, count: n) } }
         if k == 0 {
             // BLAS would only scale C; do that without calling it.
             for i in 0..<m { for j in 0..<n { c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j] } }
             return
         }
-        checkLeadingDimensions(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc)
-        if usesSmallKernel(transposeB: transposeB, m: m, n: n, k: k) {
-            runSmallKernel(
-                transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b,
-                ldb: ldb, beta: beta, c: c, ldc: ldc)
-            return
-        }
         openBLASGemm(
-            transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b,
-            ldb: ldb, beta: beta, c: c, ldc: ldc)
-    }
-
-    /// C ← alpha · op(A) · op(B) + beta · C_in, with the addend read from `cIn` (row stride
-    /// `ldcIn`, m × n, not overlapping C): saves copying C_in into C first. The small kernel reads
-    /// it in place; on OpenBLAS it is copied into C and the product accumulated there.
-    public static func gemm(
-        transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
-        a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-        beta: Float, cIn: UnsafePointer<Float>, ldcIn: Int, c: UnsafeMutablePointer<Float>, ldc: Int
-    ) {
-        if m == 0 || n == 0 { return }
-        precondition(ldcIn >= n, "bad leading dimension")
-        if k > 0, usesSmallKernel(transposeB: transposeB, m: m, n: n, k: k) {
-            checkLeadingDimensions(
-                transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc)
-            runSmallKernel(
-                transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b,
-                ldb: ldb, beta: beta, cIn: cIn, ldcIn: ldcIn, c: c, ldc: ldc)
-            return
-        }
-        for i in 0..<m { (c + i * ldc).update(from: cIn + i * ldcIn, count: n) }
-        gemm(
             transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b,
             ldb: ldb, beta: beta, c: c, ldc: ldc)
     }
@@ -122,14 +105,7 @@ public enum BLAS {
         }
     }
 
-    @usableFromInline
-    static func checkLeadingDimensions(
-        transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, lda: Int, ldb: Int, ldc: Int
-    ) {
-        precondition(lda >= (transposeA ? m : k) && ldb >= (transposeB ? k : n) && ldc >= n, "bad leading dimension")
-    }
-
-    /// The call into CKernels shared by both `gemm`s and `smallKernelGemm`; callers have checked
+    /// The call into CKernels shared by `gemm` and `smallKernelGemm`; callers have checked
     /// the sizes. The addend is read from `cIn` when given, from C itself otherwise.
     @usableFromInline
     static func runSmallKernel(
