@@ -59,6 +59,17 @@ FWP_INLINE FWP_AVX2 float hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+// A vector of the 8 floats at p, or of the first `count` (< 8) with the rest 0; masked
+// stores (slow on AMD cores) only for such partial blocks.
+FWP_INLINE FWP_AVX2 __m256 load_upto(const float *p, long count, __m256i m) {
+    return count >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, m);
+}
+
+FWP_INLINE FWP_AVX2 void store_upto(float *p, long count, __m256i m, __m256 v) {
+    if (count >= 8) _mm256_storeu_ps(p, v);
+    else _mm256_maskstore_ps(p, m, v);
+}
+
 FWP_AVX2 void fwp_elu_plus_one(const float *x, float *y, long n) {
     long i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, elu1(_mm256_loadu_ps(x + i)));
@@ -110,15 +121,12 @@ FWP_AVX2 void fwp_elu_plus_one_sum_normalize_backward(const float *dy, const flo
         if (full < n) acc = _mm256_fmadd_ps(_mm256_maskload_ps(gr + full, m), _mm256_maskload_ps(yr + full, m), acc);
         __m256 c = _mm256_set1_ps(hsum(acc)), s = _mm256_set1_ps(sums[r]), inv = _mm256_set1_ps(1.0f / sums[r]);
         for (long i = 0; i <= n - 1; i += 8) {
-            int tail = i + 8 > n;
-            __m256 g = tail ? _mm256_maskload_ps(gr + i, m) : _mm256_loadu_ps(gr + i);
-            __m256 yv = tail ? _mm256_maskload_ps(yr + i, m) : _mm256_loadu_ps(yr + i);
+            __m256 g = load_upto(gr + i, n - i, m), yv = load_upto(yr + i, n - i, m);
             // dφ = (dy − dy·y) / s, and ELU + 1's derivative is min(φ, 1) with φ = y·s: 1 where
             // x > 0 (φ = x + 1 > 1), e^x = φ ≤ 1 elsewhere. So neither x nor φ is needed here.
             __m256 dphi = _mm256_mul_ps(_mm256_sub_ps(g, c), inv);
             __m256 d = _mm256_mul_ps(dphi, _mm256_min_ps(_mm256_mul_ps(yv, s), one));
-            if (tail) _mm256_maskstore_ps(dr + i, m, d);
-            else _mm256_storeu_ps(dr + i, d);
+            store_upto(dr + i, n - i, m, d);
         }
     }
 }
@@ -128,25 +136,14 @@ FWP_AVX2 void fwp_sigmoid(const float *x, float *y, long n) {
     const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
     long i = 0;
     for (; i < n; i += 8) {
-        int tail = i + 8 > n;
-        __m256i m = tail_mask(tail ? n - i : 1);
-        __m256 v = tail ? _mm256_maskload_ps(x + i, m) : _mm256_loadu_ps(x + i);
+        __m256i m = tail_mask(n - i < 8 ? n - i : 1);
+        __m256 v = load_upto(x + i, n - i, m);
         __m256 e = exp_nonpositive(_mm256_or_ps(v, sign));  // e^−|x|
         __m256 inv = _mm256_div_ps(one, _mm256_add_ps(one, e));
         __m256 s = _mm256_blendv_ps(_mm256_mul_ps(e, inv), inv, _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GE_OQ));
         s = _mm256_blendv_ps(s, v, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-        if (tail) _mm256_maskstore_ps(y + i, m, s);
-        else _mm256_storeu_ps(y + i, s);
+        store_upto(y + i, n - i, m, s);
     }
-}
-
-FWP_INLINE FWP_AVX2 __m256 load_part(const float *p, long i, long n, __m256i m) {
-    return i + 8 <= n ? _mm256_loadu_ps(p + i) : _mm256_maskload_ps(p + i, m);
-}
-
-FWP_INLINE FWP_AVX2 void store_part(float *p, long i, long n, __m256i m, __m256 v) {
-    if (i + 8 <= n) _mm256_storeu_ps(p + i, v);
-    else _mm256_maskstore_ps(p + i, m, v);
 }
 
 FWP_AVX2 void fwp_layer_norm_forward(const float *x, const float *gamma, const float *beta, float *y, float *xhat,
@@ -155,12 +152,12 @@ FWP_AVX2 void fwp_layer_norm_forward(const float *x, const float *gamma, const f
     for (long r = 0; r < rows; r++) {
         const float *xr = x + r * n;
         __m256 acc = _mm256_setzero_ps();
-        for (long i = 0; i < n; i += 8) acc = _mm256_add_ps(acc, load_part(xr, i, n, m));
+        for (long i = 0; i < n; i += 8) acc = _mm256_add_ps(acc, load_upto(xr + i, n - i, m));
         __m256 mean = _mm256_set1_ps(hsum(acc) / (float)n);
         // Two passes (mean, then squared deviations): no cancellation for rows far from zero.
         acc = _mm256_setzero_ps();
         for (long i = 0; i < n; i += 8) {
-            __m256 d = _mm256_sub_ps(load_part(xr, i, n, m), mean);
+            __m256 d = _mm256_sub_ps(load_upto(xr + i, n - i, m), mean);
             if (i + 8 > n) d = _mm256_and_ps(d, _mm256_castsi256_ps(m));
             acc = _mm256_fmadd_ps(d, d, acc);
         }
@@ -168,9 +165,9 @@ FWP_AVX2 void fwp_layer_norm_forward(const float *x, const float *gamma, const f
         rstd[r] = s;
         __m256 vs = _mm256_set1_ps(s);
         for (long i = 0; i < n; i += 8) {
-            __m256 h = _mm256_mul_ps(_mm256_sub_ps(load_part(xr, i, n, m), mean), vs);
-            store_part(xhat + r * n, i, n, m, h);
-            store_part(y + r * n, i, n, m, _mm256_fmadd_ps(h, load_part(gamma, i, n, m), load_part(beta, i, n, m)));
+            __m256 h = _mm256_mul_ps(_mm256_sub_ps(load_upto(xr + i, n - i, m), mean), vs);
+            store_upto(xhat + r * n + i, n - i, m, h);
+            store_upto(y + r * n + i, n - i, m, _mm256_fmadd_ps(h, load_upto(gamma + i, n - i, m), load_upto(beta + i, n - i, m)));
         }
     }
 }
@@ -182,10 +179,10 @@ FWP_AVX2 void fwp_layer_norm_backward(const float *dy, const float *xhat, const 
         const float *dr = dy + r * n, *hr = xhat + r * n;
         __m256 sg = _mm256_setzero_ps(), sgh = _mm256_setzero_ps();
         for (long i = 0; i < n; i += 8) {
-            __m256 d = load_part(dr, i, n, m), h = load_part(hr, i, n, m);
-            store_part(dgamma, i, n, m, _mm256_fmadd_ps(d, h, load_part(dgamma, i, n, m)));
-            store_part(dbeta, i, n, m, _mm256_add_ps(d, load_part(dbeta, i, n, m)));
-            __m256 gh = _mm256_mul_ps(d, load_part(gamma, i, n, m));
+            __m256 d = load_upto(dr + i, n - i, m), h = load_upto(hr + i, n - i, m);
+            store_upto(dgamma + i, n - i, m, _mm256_fmadd_ps(d, h, load_upto(dgamma + i, n - i, m)));
+            store_upto(dbeta + i, n - i, m, _mm256_add_ps(d, load_upto(dbeta + i, n - i, m)));
+            __m256 gh = _mm256_mul_ps(d, load_upto(gamma + i, n - i, m));
             sg = _mm256_add_ps(sg, gh);
             sgh = _mm256_fmadd_ps(gh, h, sgh);
         }
@@ -193,9 +190,9 @@ FWP_AVX2 void fwp_layer_norm_backward(const float *dy, const float *xhat, const 
         __m256 sumG = _mm256_set1_ps(hsum(sg)), sumGH = _mm256_set1_ps(hsum(sgh));
         __m256 vn = _mm256_set1_ps((float)n), vs = _mm256_set1_ps(rstd[r] / (float)n);
         for (long i = 0; i < n; i += 8) {
-            __m256 gh = _mm256_mul_ps(load_part(dr, i, n, m), load_part(gamma, i, n, m));
-            __m256 t = _mm256_fnmadd_ps(load_part(hr, i, n, m), sumGH, _mm256_fmsub_ps(vn, gh, sumG));
-            store_part(dx + r * n, i, n, m, _mm256_mul_ps(vs, t));
+            __m256 gh = _mm256_mul_ps(load_upto(dr + i, n - i, m), load_upto(gamma + i, n - i, m));
+            __m256 t = _mm256_fnmadd_ps(load_upto(hr + i, n - i, m), sumGH, _mm256_fmsub_ps(vn, gh, sumG));
+            store_upto(dx + r * n + i, n - i, m, _mm256_mul_ps(vs, t));
         }
     }
 }
@@ -203,15 +200,6 @@ FWP_AVX2 void fwp_layer_norm_backward(const float *dy, const float *xhat, const 
 // The chunkwise delta rule's C × C steps (rows of `ld` floats, c ≤ ld active rows and columns).
 // Whole 8-float blocks use plain loads and stores; only a row's last partial block is masked
 // (masked stores are slow on AMD cores).
-
-FWP_INLINE FWP_AVX2 __m256 load_upto(const float *p, int count, __m256i m) {
-    return count >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, m);
-}
-
-FWP_INLINE FWP_AVX2 void store_upto(float *p, int count, __m256i m, __m256 v) {
-    if (count >= 8) _mm256_storeu_ps(p, v);
-    else _mm256_maskstore_ps(p, m, v);
-}
 
 FWP_AVX2 void fwp_unit_lower_inverse(const float *g, const float *b, int c, int ld, float *minv) {
     for (int i = 0; i < c; i++) {
