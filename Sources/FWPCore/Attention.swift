@@ -108,7 +108,8 @@ public struct AttentionLayer: Sendable {
         var qSums: [Float], kSums: [Float]
         var q: Tensor, k: Tensor  // what the memory saw
         var beta: Tensor?  // (N·H), after the sigmoid
-        var saved: [Float], denominators: [Float]
+        var saved: AlignedFloats, denominators: [Float]
+        var savedPerSequence = 0
         var chunkSize: Int?  // set when the chunkwise kernel ran; `saved` then holds its data
         var core: Tensor  // N × H·d_head, before outputScale
         var attended: Tensor  // N × H·d_head, after outputScale (input of `out`)
@@ -146,7 +147,7 @@ public struct AttentionLayer: Sendable {
             input: x, qRaw: qRaw, kRaw: kRaw, v: v, qPhi: qRaw, kPhi: kRaw, qSums: [], kSums: [], q: qRaw, k: kRaw,
             // Fast-weight layers allocate `core` themselves (uninitialised where every row is
             // written); `attended` is assigned below.
-            beta: nil, saved: [], denominators: [], chunkSize: nil,
+            beta: nil, saved: .empty, denominators: [], chunkSize: nil,
             core: kind == .softmax ? Tensor(shape: [n, hd]) : Tensor(shape: [0, hd]), attended: Tensor(shape: [0, hd]),
             probabilities: [], finalWeights: [], finalNormalizer: [], projection: nil, batch: batch, steps: steps)
         if kind == .softmax {
@@ -234,12 +235,11 @@ public struct AttentionLayer: Sendable {
         let chunk = chunkSize(steps: steps)
         cache.chunkSize = chunk
         let chunked = chunk.map { chunkwiseKernel(steps: steps, chunk: $0) }
-        let savedPerSequence = chunked?.savedCount ?? (rule == .delta ? steps * dv : 0)
-        // The chunkwise forward writes every saved float and every output row; only the
-        // recurrence relies on zeroed buffers.
-        cache.saved =
-            chunked != nil
-            ? UninitializedMemory.floats(seqs * savedPerSequence) : [Float](repeating: 0, count: seqs * savedPerSequence)
+        // Each sequence's part starts on a cache line. The chunkwise forward writes every saved
+        // float and every output row; only the recurrence relies on zeroed buffers.
+        let savedPerSequence = AlignedFloats.lineRounded(chunked?.savedCount ?? (rule == .delta ? steps * dv : 0))
+        cache.saved = AlignedFloats(count: seqs * savedPerSequence, zeroed: chunked == nil)
+        cache.savedPerSequence = savedPerSequence
         let coreShape = [batch * steps, heads * dv]
         cache.core = chunked != nil ? Tensor(uninitializedShape: coreShape) : Tensor(shape: coreShape)
         cache.denominators = [Float](repeating: 0, count: attn ? seqs * steps : 0)
@@ -251,7 +251,8 @@ public struct AttentionLayer: Sendable {
                     cache.core.withUnsafeMutablePointer { py in
                         weights.withUnsafeMutableBufferPointer { pw in
                             zs.withUnsafeMutableBufferPointer { pz in
-                                cache.saved.withUnsafeMutableBufferPointer { ps in
+                                do {  // the saved buffer stays alive in `cache`
+                                    let ps = UnsafeMutableBufferPointer(start: cache.saved.base, count: cache.saved.count)
                                     cache.denominators.withUnsafeMutableBufferPointer { pden in
                                         let pb = betaT?.storage.withUnsafeBufferPointer { $0.baseAddress! }
                                         let sp = (
@@ -266,13 +267,14 @@ public struct AttentionLayer: Sendable {
                                             let b = s / heads, h = s % heads
                                             let row = b * steps * heads + h
                                             if let chunked {
-                                                let scratch = UnsafeMutablePointer<Float>.allocate(capacity: chunked.scratchCount)
-                                                defer { scratch.deallocate() }
-                                                chunked.forward(
+                                                // Cache-line-aligned workspace: the kernel's scratch, then the rows it packs.
+                                                let sc = AlignedFloats.lineRounded(chunked.scratchCount)
+                                                let work = AlignedFloats(count: sc + chunked.packedCount)
+                                                chunked.forwardPacked(
                                                     q: sp.0.base + row * dk, k: sp.1.base + row * dk, v: sp.2.base + row * dv,
                                                     beta: sBeta.map { $0.base + row }, y: sp.3.base + row * dv,
                                                     w: sp.4.base + s * dv * dk, saved: sSaved!.base + s * savedPerSequence,
-                                                    scratch: scratch)
+                                                    scratch: work.base, packed: work.base + sc)
                                                 return
                                             }
                                             kern.forward(
@@ -486,7 +488,8 @@ public struct AttentionLayer: Sendable {
                                         weights.withUnsafeMutableBufferPointer { pw in
                                             zs.withUnsafeMutableBufferPointer { pz in
                                                 dbStorage.withUnsafeMutableBufferPointer { pdb in
-                                                    cache.saved.withUnsafeBufferPointer { ps in
+                                                    do {  // the saved buffer stays alive in `cache`
+                                                        let ps = UnsafeBufferPointer(start: cache.saved.base, count: cache.saved.count)
                                                         cache.denominators.withUnsafeBufferPointer { pden in
                                                             let pb = cache.beta?.storage.withUnsafeBufferPointer { $0.baseAddress! }
                                                             let c = (
@@ -501,7 +504,7 @@ public struct AttentionLayer: Sendable {
                                                             let isDelta = rule == .delta, attn = normalization == .attention
                                                             let sdb = isDelta ? pdb.baseAddress.map(SharedPointer.init) : nil
                                                             let ssaved = !ps.isEmpty ? ps.baseAddress.map(SharedConstPointer.init) : nil
-                                                            let savedPerSequence = cache.saved.count / seqs
+                                                            let savedPerSequence = cache.savedPerSequence
                                                             let chunked = cache.chunkSize.map { chunkwiseKernel(steps: steps, chunk: $0) }
                                                             let sden = attn ? pden.baseAddress.map(SharedConstPointer.init) : nil
                                                             let sbeta = pb.map(SharedConstPointer.init)
@@ -509,15 +512,18 @@ public struct AttentionLayer: Sendable {
                                                                 let b = s / heads, h = s % heads
                                                                 let row = b * steps * heads + h
                                                                 if let chunked {
-                                                                    let scratch = UnsafeMutablePointer<Float>.allocate(
-                                                                        capacity: chunked.scratchCount + dv * dk)
-                                                                    defer { scratch.deallocate() }
-                                                                    chunked.backward(
+                                                                    // Aligned workspace: scratch, dS, then the packed rows.
+                                                                    let sc = AlignedFloats.lineRounded(chunked.scratchCount)
+                                                                    let sw = AlignedFloats.lineRounded(dv * dk)
+                                                                    let work = AlignedFloats(count: sc + sw + chunked.packedCount)
+                                                                    let scratch = work.base
+                                                                    chunked.backwardPacked(
                                                                         dy: c.0.base + row * dv, q: c.2.base + row * dk, k: c.3.base + row * dk,
                                                                         v: c.4.base + row * dv, beta: sbeta.map { $0.base + row },
-                                                                        saved: ssaved!.base + s * savedPerSequence, dw: scratch + chunked.scratchCount,
+                                                                        saved: ssaved!.base + s * savedPerSequence, dw: scratch + sc,
                                                                         scratch: scratch, dq: m.0.base + row * dk, dk: m.1.base + row * dk,
-                                                                        dv: m.2.base + row * dv, dbeta: sdb.map { $0.base + row })
+                                                                        dv: m.2.base + row * dv, dbeta: sdb.map { $0.base + row },
+                                                                        packed: scratch + sc + sw)
                                                                     return
                                                                 }
                                                                 var scratch = [Float](repeating: 0, count: dv * dk + 2 * dk + dv)

@@ -41,7 +41,7 @@ public struct AttentionProbe: Sendable {
         let flat = { (t: Tensor) in t.reshaped([n * layer.heads, layer.headSize]) }
         var cache = AttentionLayer.Cache(
             input: q, qRaw: flat(q), kRaw: flat(k), v: flat(v), qPhi: q, kPhi: k, qSums: [], kSums: [], q: q, k: k,
-            beta: nil, saved: [], denominators: [], chunkSize: nil, core: Tensor(shape: [0, hd]),
+            beta: nil, saved: .empty, denominators: [], chunkSize: nil, core: Tensor(shape: [0, hd]),
             attended: Tensor(shape: [0, hd]), probabilities: [], finalWeights: [], finalNormalizer: [], projection: nil,
             batch: batch, steps: steps)
         var none: AttentionState? = nil

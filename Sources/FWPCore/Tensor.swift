@@ -131,3 +131,31 @@ public enum UninitializedMemory {
         return [Float](unsafeUninitializedCapacity: n) { _, count in count = n }
     }
 }
+
+/// Floats at a 64-byte-aligned address (a cache line), for buffers whose rows the small GEMM
+/// kernel streams: a Swift array's elements start 32 bytes into a 16-byte-aligned block, so
+/// half of its 32-byte loads straddle two cache lines. The chunkwise kernel's saved states and
+/// its workspace live here. Uninitialised unless `zeroed` (NaN when poisoning is on).
+final class AlignedFloats: @unchecked Sendable {
+    let base: UnsafeMutablePointer<Float>
+    let count: Int
+
+    init(count: Int, zeroed: Bool = false) {
+        precondition(count >= 0)
+        self.count = count
+        base = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * 4, alignment: 64)
+            .bindMemory(to: Float.self, capacity: max(count, 1))
+        if zeroed {
+            base.initialize(repeating: 0, count: count)
+        } else if UninitializedMemory.isPoisoned {
+            base.initialize(repeating: .nan, count: count)
+        }
+    }
+
+    deinit { UnsafeMutableRawPointer(base).deallocate() }
+
+    static let empty = AlignedFloats(count: 0)
+
+    /// n rounded up to a whole number of cache lines (16 floats).
+    static func lineRounded(_ n: Int) -> Int { (n + 15) / 16 * 16 }
+}

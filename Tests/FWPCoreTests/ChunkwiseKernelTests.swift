@@ -98,5 +98,24 @@ import Testing
         if isDelta { #expect(err(array(dbC, T * heads), array(dbR, T * heads)) < 5e-5, "dβ") }
         // The other head's rows are untouched.
         #expect(yC[0] == 0 && dqC[0] == 0 && dvC[0] == 0 && dbC[0] == 0)
+
+        // The packed variants (rows gathered into NaN-filled workspace, outputs scattered back)
+        // compute the same products on the same numbers: identical results, other head untouched.
+        let yP = zeros(T * vs), wP = buf(w0), savedP = nans(ch.savedCount)
+        let dqP = zeros(T * ks), dkP = zeros(T * ks), dvP = zeros(T * vs), dbP = zeros(T * heads), dwP = buf(dwSeed)
+        ch.forwardPacked(
+            q: pq, k: pk, v: pv, beta: pb, y: yP + h * dv, w: wP, saved: savedP, scratch: nans(ch.scratchCount),
+            packed: nans(ch.packedCount))
+        ch.backwardPacked(
+            dy: pdy, q: pq, k: pk, v: pv, beta: pb, saved: savedP, dw: dwP, scratch: nans(ch.scratchCount),
+            dq: dqP + h * dk, dk: dkP + h * dk, dv: dvP + h * dv, dbeta: isDelta ? dbP + h : nil, seeded: true,
+            packed: nans(ch.packedCount))
+        #expect(array(yP, T * vs) == array(yC, T * vs), "packed outputs")
+        #expect(array(wP, dv * dk) == array(wC, dv * dk), "packed final state")
+        #expect(array(dqP, T * ks) == array(dqC, T * ks), "packed dq")
+        #expect(array(dkP, T * ks) == array(dkC, T * ks), "packed dk")
+        #expect(array(dvP, T * vs) == array(dvC, T * vs), "packed dv")
+        #expect(array(dwP, dv * dk) == array(dwC, dv * dk), "packed gradient of the initial state")
+        #expect(array(dbP, T * heads) == array(dbC, T * heads), "packed dβ")
     }
 }
