@@ -121,6 +121,40 @@ FWP_AVX2 void fwp_transpose(int rows, int cols, const float *src, int lds, float
         for (int p = 0; p < cols; p++) dst[(long)p * ldd + j] = src[(long)j * lds + p];
 }
 
+// Rows of `width` floats from src (stride lds) to dst (stride ldd), prefetching the source a few
+// rows ahead: the model's per-head rows lie H·d floats apart, mostly outside L1 and L2.
+static FWP_AVX2 void copy_rows_avx2(const float *src, long lds, float *dst, long ldd, long rows, long width) {
+    const long ahead = 6;
+    for (long r = 0; r < rows; r++) {
+        const float *s = src + r * lds;
+        float *d = dst + r * ldd;
+        if (r + ahead < rows)
+            for (long j = 0; j < width; j += 16) __builtin_prefetch(s + ahead * lds + j, 0, 3);
+        long j = 0;
+        for (; j + 32 <= width; j += 32) {
+            __m256 a = _mm256_loadu_ps(s + j), b = _mm256_loadu_ps(s + j + 8);
+            __m256 c = _mm256_loadu_ps(s + j + 16), e = _mm256_loadu_ps(s + j + 24);
+            _mm256_storeu_ps(d + j, a);
+            _mm256_storeu_ps(d + j + 8, b);
+            _mm256_storeu_ps(d + j + 16, c);
+            _mm256_storeu_ps(d + j + 24, e);
+        }
+        for (; j + 8 <= width; j += 8) _mm256_storeu_ps(d + j, _mm256_loadu_ps(s + j));
+        for (; j < width; j++) d[j] = s[j];
+    }
+}
+
+void fwp_copy_rows(const float *src, long lds, float *dst, long ldd, long rows, long width) {
+    static int avx2 = -1;
+    if (avx2 < 0) avx2 = fwp_small_sgemm_supported();
+    if (avx2) {
+        copy_rows_avx2(src, lds, dst, ldd, rows, width);
+        return;
+    }
+    for (long r = 0; r < rows; r++)
+        for (long j = 0; j < width; j++) dst[r * ldd + j] = src[r * lds + j];
+}
+
 FWP_AVX2 void fwp_small_sgemm_add(int transpose_a, int transpose_b, int m, int n, int k, float alpha,
                                   const float *a, int lda, const float *b, int ldb, float beta, const float *c_in,
                                   int ldc_in, float *c, int ldc) {
@@ -148,6 +182,11 @@ FWP_AVX2 void fwp_small_sgemm_add(int transpose_a, int transpose_b, int m, int n
 #else
 
 int fwp_small_sgemm_supported(void) { return 0; }
+
+void fwp_copy_rows(const float *src, long lds, float *dst, long ldd, long rows, long width) {
+    for (long r = 0; r < rows; r++)
+        for (long j = 0; j < width; j++) dst[r * ldd + j] = src[r * lds + j];
+}
 
 void fwp_transpose(int rows, int cols, const float *src, int lds, float *dst, int ldd) {
     (void)rows; (void)cols; (void)src; (void)lds; (void)dst; (void)ldd;

@@ -237,7 +237,7 @@ public struct AttentionLayer: Sendable {
         let chunked = chunk.map { chunkwiseKernel(steps: steps, chunk: $0) }
         // Each sequence's part starts on a cache line. The chunkwise forward writes every saved
         // float and every output row; only the recurrence relies on zeroed buffers.
-        let savedPerSequence = AlignedFloats.lineRounded(chunked?.savedCount ?? (rule == .delta ? steps * dv : 0))
+        let savedPerSequence = AlignedFloats.lineRounded(chunked?.packedSavedCount ?? (rule == .delta ? steps * dv : 0))
         cache.saved = AlignedFloats(count: seqs * savedPerSequence, zeroed: chunked == nil)
         cache.savedPerSequence = savedPerSequence
         let coreShape = [batch * steps, heads * dv]
@@ -518,8 +518,7 @@ public struct AttentionLayer: Sendable {
                                                                     let work = AlignedFloats(count: sc + sw + chunked.packedCount)
                                                                     let scratch = work.base
                                                                     chunked.backwardPacked(
-                                                                        dy: c.0.base + row * dv, q: c.2.base + row * dk, k: c.3.base + row * dk,
-                                                                        v: c.4.base + row * dv, beta: sbeta.map { $0.base + row },
+                                                                        dy: c.0.base + row * dv, beta: sbeta.map { $0.base + row },
                                                                         saved: ssaved!.base + s * savedPerSequence, dw: scratch + sc,
                                                                         scratch: scratch, dq: m.0.base + row * dk, dk: m.1.base + row * dk,
                                                                         dv: m.2.base + row * dv, dbeta: sdb.map { $0.base + row },

@@ -79,62 +79,66 @@ public struct ChunkwiseKernel: Sendable {
             valueStride: valueSize, betaStride: betaStride)
     }
 
-    /// Floats of `packed` workspace that `forwardPacked` and `backwardPacked` need: the
-    /// sequence's q, k, dq, dk and v, dy, dv (or y) rows, each array starting on a cache line.
+    /// Floats per sequence that `forwardPacked` saves for `backwardPacked`: `savedCount` plus the
+    /// gathered q, k, v rows, each array starting on a cache line.
+    public var packedSavedCount: Int {
+        AlignedFloats.lineRounded(savedCount) + 2 * AlignedFloats.lineRounded(steps * keySize)
+            + AlignedFloats.lineRounded(steps * valueSize)
+    }
+
+    /// Floats of `packed` workspace that `forwardPacked` and `backwardPacked` need (y in the
+    /// forward; dy, dq, dk, dv in the backward), each array starting on a cache line.
     public var packedCount: Int {
-        4 * AlignedFloats.lineRounded(steps * keySize) + 3 * AlignedFloats.lineRounded(steps * valueSize)
+        2 * AlignedFloats.lineRounded(steps * keySize) + 2 * AlignedFloats.lineRounded(steps * valueSize)
     }
 
-    private func gather(_ src: UnsafePointer<Float>, stride: Int, width: Int, into dst: UnsafeMutablePointer<Float>) {
-        for t in 0..<steps { (dst + t * width).update(from: src + t * stride, count: width) }
+    /// Where the gathered q, k, v rows live inside a sequence's `packedSavedCount` floats.
+    private func packedRows(_ saved: UnsafeMutablePointer<Float>) -> (
+        q: UnsafeMutablePointer<Float>, k: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>
+    ) {
+        let q = saved + AlignedFloats.lineRounded(savedCount)
+        let k = q + AlignedFloats.lineRounded(steps * keySize)
+        return (q, k, k + AlignedFloats.lineRounded(steps * keySize))
     }
 
-    private func scatter(_ src: UnsafePointer<Float>, width: Int, into dst: UnsafeMutablePointer<Float>, stride: Int) {
-        for t in 0..<steps { (dst + t * stride).update(from: src + t * width, count: width) }
-    }
-
-    /// `forward`, run on copies of the sequence's q, k, v rows gathered into `packed` (which, like
-    /// `scratch` and `saved`, should start on a cache line), with y written there and scattered
-    /// back. The model's q, k, v are one head's slice of (B·T) × (H·d) rows, at 16-byte-aligned
-    /// addresses: the small kernel's 32-byte loads of them straddle cache lines, and each chunk's
-    /// rows lie H·d floats apart. Copying them (3 + 1 row copies per step) made the layer's
-    /// memory 8–11% faster. Results are identical to `forward`'s.
+    /// `forward`, run on copies of the sequence's q, k, v rows gathered into `saved` (beyond
+    /// `savedCount`; the backward reads them there), with y computed in `packed` and scattered
+    /// back. `saved`, `scratch` and `packed` should start on a cache line. The model's q, k, v
+    /// are one head's slice of (B·T) × (H·d) rows at 16-byte-aligned addresses: the small
+    /// kernel's 32-byte loads of them straddle cache lines, and a chunk's rows lie H·d floats
+    /// apart. Results are identical to `forward`'s.
     public func forwardPacked(
         q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, beta: UnsafePointer<Float>?,
         y: UnsafeMutablePointer<Float>, w: UnsafeMutablePointer<Float>,
         saved: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>, packed: UnsafeMutablePointer<Float>
     ) {
-        let nk = AlignedFloats.lineRounded(steps * keySize), nv = AlignedFloats.lineRounded(steps * valueSize)
-        let qb = packed, kb = qb + nk, vb = kb + nk, yb = vb + nv
-        gather(q, stride: keyStride, width: keySize, into: qb)
-        gather(k, stride: keyStride, width: keySize, into: kb)
-        gather(v, stride: valueStride, width: valueSize, into: vb)
-        contiguous.forward(q: qb, k: kb, v: vb, beta: beta, y: yb, w: w, saved: saved, scratch: scratch)
-        scatter(yb, width: valueSize, into: y, stride: valueStride)
+        let rows = packedRows(saved)
+        fwp_copy_rows(q, keyStride, rows.q, keySize, steps, keySize)
+        fwp_copy_rows(k, keyStride, rows.k, keySize, steps, keySize)
+        fwp_copy_rows(v, valueStride, rows.v, valueSize, steps, valueSize)
+        contiguous.forward(q: rows.q, k: rows.k, v: rows.v, beta: beta, y: packed, w: w, saved: saved, scratch: scratch)
+        fwp_copy_rows(packed, valueSize, y, valueStride, steps, valueSize)
     }
 
-    /// `backward` on gathered copies of dy, q, k, v, with dq, dk, dv scattered back (see
-    /// `forwardPacked`); dβ is written at its stride directly. Results are identical to `backward`'s.
+    /// `backward` after `forwardPacked`: q, k, v are read from `saved`, dy is gathered into
+    /// `packed`, and dq, dk, dv are computed there and scattered back; dβ is written at its stride
+    /// directly. Results are identical to `backward`'s.
     public func backwardPacked(
-        dy: UnsafePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-        beta: UnsafePointer<Float>?, saved: UnsafePointer<Float>, dw: UnsafeMutablePointer<Float>,
-        scratch: UnsafeMutablePointer<Float>,
+        dy: UnsafePointer<Float>, beta: UnsafePointer<Float>?, saved: UnsafePointer<Float>,
+        dw: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>,
         dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
         dbeta: UnsafeMutablePointer<Float>?, seeded: Bool = false, packed: UnsafeMutablePointer<Float>
     ) {
+        let rows = packedRows(UnsafeMutablePointer(mutating: saved))
         let nk = AlignedFloats.lineRounded(steps * keySize), nv = AlignedFloats.lineRounded(steps * valueSize)
-        let qb = packed, kb = qb + nk, dqb = kb + nk, dkb = dqb + nk
-        let vb = dkb + nk, dyb = vb + nv, dvb = dyb + nv
-        gather(q, stride: keyStride, width: keySize, into: qb)
-        gather(k, stride: keyStride, width: keySize, into: kb)
-        gather(v, stride: valueStride, width: valueSize, into: vb)
-        gather(dy, stride: valueStride, width: valueSize, into: dyb)
+        let dqb = packed, dkb = dqb + nk, dyb = dkb + nk, dvb = dyb + nv
+        fwp_copy_rows(dy, valueStride, dyb, valueSize, steps, valueSize)
         contiguous.backward(
-            dy: dyb, q: qb, k: kb, v: vb, beta: beta, saved: saved, dw: dw, scratch: scratch, dq: dqb, dk: dkb,
-            dv: dvb, dbeta: dbeta, seeded: seeded)
-        scatter(dqb, width: keySize, into: dq, stride: keyStride)
-        scatter(dkb, width: keySize, into: dk, stride: keyStride)
-        scatter(dvb, width: valueSize, into: dv, stride: valueStride)
+            dy: dyb, q: rows.q, k: rows.k, v: rows.v, beta: beta, saved: saved, dw: dw, scratch: scratch, dq: dqb,
+            dk: dkb, dv: dvb, dbeta: dbeta, seeded: seeded)
+        fwp_copy_rows(dqb, keySize, dq, keyStride, steps, keySize)
+        fwp_copy_rows(dkb, keySize, dk, keyStride, steps, keySize)
+        fwp_copy_rows(dvb, valueSize, dv, valueStride, steps, valueSize)
     }
 
     /// Runs the recurrence from state `w` (d_value × d_dot, row-major), leaving the final state in

@@ -1,4 +1,5 @@
 import Foundation
+import CKernels
 import Testing
 
 @testable import FWPCore
@@ -128,6 +129,29 @@ import Testing
                         #expect(got == Float(r * 1000 + c), "\(rows)×\(cols): (\(c), \(r))")
                     } else {
                         #expect(got.isNaN, "\(rows)×\(cols): padding (\(c), \(r)) was written")
+                    }
+                }
+            }
+        }
+    }
+
+    @Test func copyRowsMovesEveryElementAndNothingElse() {
+        // Widths around the 8- and 32-float blocks, strides wider than the rows on both sides.
+        for (rows, width) in [(1, 1), (3, 7), (9, 8), (10, 32), (7, 37), (20, 64), (12, 70)] {
+            let lds = width + 5, ldd = width + 3
+            var src = [Float](repeating: 0, count: rows * lds)
+            for r in 0..<rows { for c in 0..<lds { src[r * lds + c] = c < width ? Float(r * 1000 + c) : -1 } }
+            var dst = [Float](repeating: .nan, count: rows * ldd)
+            src.withUnsafeBufferPointer { ps in
+                dst.withUnsafeMutableBufferPointer { fwp_copy_rows(ps.baseAddress!, lds, $0.baseAddress!, ldd, rows, width) }
+            }
+            for r in 0..<rows {
+                for c in 0..<ldd {
+                    let got = dst[r * ldd + c]
+                    if c < width {
+                        #expect(got == Float(r * 1000 + c), "\(rows)×\(width): (\(r), \(c))")
+                    } else {
+                        #expect(got.isNaN, "\(rows)×\(width): padding (\(r), \(c)) was written")
                     }
                 }
             }

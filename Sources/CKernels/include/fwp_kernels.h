@@ -30,6 +30,10 @@ void fwp_small_sgemm_add(int transpose_a, int transpose_b, int m, int n, int k, 
 /// 8 × 8 register tiles. Requires fwp_small_sgemm_supported().
 void fwp_transpose(int rows, int cols, const float *src, int lds, float *dst, int ldd);
 
+/// dst[r · ldd + j] ← src[r · lds + j] for r < rows, j < width (non-overlapping), prefetching the
+/// source a few rows ahead. Runs on any CPU.
+void fwp_copy_rows(const float *src, long lds, float *dst, long ldd, long rows, long width);
+
 /// 1 when this CPU can run the element-wise kernels below (x86-64 with AVX2 and FMA), 0 otherwise.
 int fwp_vector_kernels_supported(void);
 
