@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// Which attention a layer uses.
@@ -128,19 +129,23 @@ public struct AttentionLayer: Sendable {
         state: inout AttentionState?, training: Bool, rng: inout FWPRandom, threads: ComputeThreads
     ) -> (Tensor, Cache) {
         let n = batch * steps, hd = heads * headSize, dh = headSize
-        let projected = qkv.forward(x, p)
-        var qRaw = Tensor(shape: [n * heads, dh]), kRaw = qRaw, v = qRaw
+        let width = projectionWidth
+        let projected = project(x, p)
+        // Written in full by the row copies below.
+        var qRaw = Tensor(uninitializedShape: [n * heads, dh]), kRaw = qRaw, v = qRaw
+        var betaLogits: Tensor? = beta != nil ? Tensor(uninitializedShape: [n, heads]) : nil
         projected.withUnsafePointer { pp in
             qRaw.withUnsafeMutablePointer { pq in
                 kRaw.withUnsafeMutablePointer { pk in
                     v.withUnsafeMutablePointer { pv in
-                        for r in 0..<n {
-                            (pq + r * hd).update(from: pp + r * 3 * hd, count: hd)
-                            (pk + r * hd).update(from: pp + r * 3 * hd + hd, count: hd)
-                            (pv + r * hd).update(from: pp + r * 3 * hd + 2 * hd, count: hd)
-                        }
+                        fwp_copy_rows(pp, width, pq, hd, n, hd)
+                        fwp_copy_rows(pp + hd, width, pk, hd, n, hd)
+                        fwp_copy_rows(pp + 2 * hd, width, pv, hd, n, hd)
                     }
                 }
+            }
+            if betaLogits != nil {
+                betaLogits!.withUnsafeMutablePointer { pb in fwp_copy_rows(pp + 3 * hd, width, pb, heads, n, heads) }
             }
         }
         var cache = Cache(
@@ -154,7 +159,7 @@ public struct AttentionLayer: Sendable {
             softmaxForward(&cache, state: &state, threads: threads)
         } else {
             fastWeightCoreForward(
-                &cache, betaLogits: beta.map { $0.forward(x, p) }, buffers, state: &state, training: training, rng: &rng,
+                &cache, betaLogits: betaLogits, buffers, state: &state, training: training, rng: &rng,
                 threads: threads)
         }
         cache.attended = cache.core
@@ -411,27 +416,62 @@ public struct AttentionLayer: Sendable {
         } else {
             (dqRaw, dkRaw, dv, dBetaLogit) = fastWeightCoreBackward(dCore, cache: cache, threads: threads)
         }
-        var dProjected = Tensor(shape: [n, 3 * hd])
+        let width = projectionWidth
+        precondition((beta != nil) == (dBetaLogit != nil), "β gradient missing")
+        var dProjected = Tensor(uninitializedShape: [n, width])  // every column written below
         dProjected.withUnsafeMutablePointer { pp in
-            dqRaw.withUnsafePointer { pq in
-                dkRaw.withUnsafePointer { pk in
-                    dv.withUnsafePointer { pv in
-                        for r in 0..<n {
-                            (pp + r * 3 * hd).update(from: pq + r * hd, count: hd)
-                            (pp + r * 3 * hd + hd).update(from: pk + r * hd, count: hd)
-                            (pp + r * 3 * hd + 2 * hd).update(from: pv + r * hd, count: hd)
-                        }
-                    }
+            dqRaw.withUnsafePointer { fwp_copy_rows($0, hd, pp, width, n, hd) }
+            dkRaw.withUnsafePointer { fwp_copy_rows($0, hd, pp + hd, width, n, hd) }
+            dv.withUnsafePointer { fwp_copy_rows($0, hd, pp + 2 * hd, width, n, hd) }
+            dBetaLogit?.withUnsafePointer { fwp_copy_rows($0, heads, pp + 3 * hd, width, n, heads) }
+        }
+        _ = dh
+        guard let beta, let dBetaLogit else { return qkv.backward(dProjected, input: cache.input, p, &g) }
+        // One product for the weight gradients of qkv and β together, split into the two.
+        var dw = Tensor(uninitializedShape: [width, qkv.inFeatures])  // beta 0: written in full
+        BLAS.gemm(dProjected, transposeA: true, cache.input, beta: 0, into: &dw)
+        let split = 3 * hd * qkv.inFeatures
+        dw.withUnsafePointer { pw in
+            g.values[qkv.weight].withUnsafeMutablePointer { Vec.axpy(1, pw, $0, split) }
+            g.values[beta.weight].withUnsafeMutablePointer { Vec.axpy(1, pw + split, $0, heads * qkv.inFeatures) }
+        }
+        addColumnSums(dBetaLogit, into: &g.values[beta.bias!])
+        return BLAS.matmul(dProjected, projectionWeight(p))
+    }
+
+    /// Columns of the input projection: q, k, v, and for the delta rule the H β logits.
+    private var projectionWidth: Int { 3 * heads * headSize + (beta != nil ? heads : 0) }
+
+    /// The weight of the input projection: qkv's rows, then β's rows for the delta rule, so that
+    /// q, k, v and the β logits come from one product that reads x once (and the backward makes
+    /// one dx product instead of two and a sum).
+    private func projectionWeight(_ p: ParameterStore) -> Tensor {
+        guard let beta else { return p.values[qkv.weight] }
+        var w = Tensor(uninitializedShape: [projectionWidth, qkv.inFeatures])  // both parts copied in
+        let split = 3 * heads * headSize * qkv.inFeatures
+        w.withUnsafeMutablePointer { pw in
+            p.values[qkv.weight].withUnsafePointer { pw.update(from: $0, count: split) }
+            p.values[beta.weight].withUnsafePointer { (pw + split).update(from: $0, count: heads * qkv.inFeatures) }
+        }
+        return w
+    }
+
+    /// x · projectionWeightᵀ (+ β's bias in the β columns): N × projectionWidth.
+    private func project(_ x: Tensor, _ p: ParameterStore) -> Tensor {
+        guard let beta else { return qkv.forward(x, p) }
+        precondition(x.columns == qkv.inFeatures, "Linear expects \(qkv.inFeatures) features, got \(x.columns)")
+        let width = projectionWidth, hd = 3 * heads * headSize
+        var y = Tensor(uninitializedShape: [x.rows, width])  // every row set below, then accumulated
+        p.values[beta.bias!].withUnsafePointer { pb in
+            y.withUnsafeMutablePointer { py in
+                for r in 0..<x.rows {
+                    (py + r * width).update(repeating: 0, count: hd)
+                    (py + r * width + hd).update(from: pb, count: heads)
                 }
             }
         }
-        _ = dh
-        var dx = qkv.backward(dProjected, input: cache.input, p, &g)
-        if let beta, let dBetaLogit {
-            let dxb = beta.backward(dBetaLogit, input: cache.input, p, &g)
-            Vec.addTensor(dxb, into: &dx)
-        }
-        return dx
+        BLAS.gemm(x, projectionWeight(p), transposeB: true, beta: 1, into: &y)
+        return y
     }
 
     /// The backward pass of `fastWeightCoreForward`: gradients of qRaw, kRaw, v and the β logits.
