@@ -156,7 +156,7 @@ BLAS.setThreads(1)
         var none: ModelState? = nil
         let (_, g) = model.lossAndGradients(
             tokens: tokens, targets: targets, batch: batch, state: &none, training: true, rng: &rng)
-        opt.update(&model.parameters, gradients: g)
+        opt.update(&model.parameters, gradients: g, threads: model.threads)
     }
 }
 
@@ -268,7 +268,7 @@ let lmVariants: [(String, AttentionKind, UpdateRule)] = [
     var none: ModelState? = nil
     let (_, g) = model.lossAndGradients(
         tokens: tokens, targets: tokens, batch: batch, state: &none, training: true, rng: &rng)
-    opt.update(&model.parameters, gradients: g)
+    opt.update(&model.parameters, gradients: g, threads: model.threads)
     let grown = peakResidentBytes() - before
     report(
         "memory-delta", Double(grown) / Double(batch * context), "bytes/token",

@@ -247,12 +247,9 @@ public struct LanguageModel: Sendable {
             results[i] = (loss, model.backward(dLogits, cache: cache), shardState)
         }
         var loss = 0.0
+        for i in 0..<shards { loss += results[i]!.loss }
         var gradients = results[0]!.gradients
-        for i in 0..<shards {
-            let r = results[i]!
-            loss += r.loss
-            if i > 0 { gradients.accumulate(r.gradients) }
-        }
+        gradients.accumulate((1..<shards).map { results[$0]!.gradients }, threads: threads)
         if state != nil { state = ModelState.concatenate((0..<shards).map { results[$0]!.state! }) }
         return (loss, gradients)
     }

@@ -57,8 +57,13 @@ public struct AdamW: Sendable, Equatable {
     }
 
     /// Applies one update and returns the gradient norm before clipping.
+    ///
+    /// Large tensors are updated by `threads` in parallel ranges; every element's update is the
+    /// same arithmetic whichever thread does it, so results do not depend on the thread count.
     @discardableResult
-    public mutating func update(_ parameters: inout ParameterStore, gradients: ParameterStore) -> Double {
+    public mutating func update(
+        _ parameters: inout ParameterStore, gradients: ParameterStore, threads: ComputeThreads = ComputeThreads(1)
+    ) -> Double {
         precondition(parameters.names == gradients.names, "gradients do not match parameters")
         step += 1
         let norm = gradients.globalNorm()
@@ -77,12 +82,16 @@ public struct AdamW: Sendable, Equatable {
                 firstMoment.values[i].withUnsafeMutablePointer { m in
                     secondMoment.values[i].withUnsafeMutablePointer { v in
                         parameters.values[i].withUnsafeMutablePointer { p in
-                            for j in 0..<n {
-                                let gj = g[j] * clip
-                                m[j] = b1 * m[j] + (1 - b1) * gj
-                                v[j] = b2 * v[j] + (1 - b2) * gj * gj
-                                p[j] -= decay * p[j]
-                                p[j] -= stepSize * m[j] / (v[j].squareRoot() / sqrtC2 + eps)
+                            let s = (SharedConstPointer(g), SharedPointer(m), SharedPointer(v), SharedPointer(p))
+                            threads.forEachRowRange(n, minimumRows: 8192) { range in
+                                let (g, m, v, p) = (s.0.base, s.1.base, s.2.base, s.3.base)
+                                for j in range {
+                                    let gj = g[j] * clip
+                                    m[j] = b1 * m[j] + (1 - b1) * gj
+                                    v[j] = b2 * v[j] + (1 - b2) * gj * gj
+                                    p[j] -= decay * p[j]
+                                    p[j] -= stepSize * m[j] / (v[j].squareRoot() / sqrtC2 + eps)
+                                }
                             }
                         }
                     }

@@ -44,8 +44,29 @@ public struct ParameterStore: Sendable, Equatable {
 
     /// Adds `other` (same names and shapes) element-wise.
     public mutating func accumulate(_ other: ParameterStore) {
-        precondition(other.names == names, "stores differ")
-        for i in values.indices { Vec.addTensor(other.values[i], into: &values[i]) }
+        accumulate([other])
+    }
+
+    /// Adds each of `others` (same names and shapes) element-wise, in order: every element is
+    /// ((x + o₀) + o₁) + …, the same sums as repeated `accumulate(_:)`. Large tensors are split
+    /// into ranges run by `threads` (results do not depend on the thread count).
+    public mutating func accumulate(_ others: [ParameterStore], threads: ComputeThreads = ComputeThreads(1)) {
+        for other in others { precondition(other.names == names, "stores differ") }
+        for i in values.indices {
+            let n = values[i].count
+            for other in others { precondition(other.values[i].count == n, "tensor sizes differ") }
+            let sources = others.map { $0.values[i] }
+            values[i].withUnsafeMutablePointer { px in
+                let dst = SharedPointer(px)
+                threads.forEachRowRange(n, minimumRows: 8192) { range in
+                    for src in sources {
+                        src.withUnsafePointer { ps in
+                            for j in range { dst.base[j] += ps[j] }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Total number of scalars.

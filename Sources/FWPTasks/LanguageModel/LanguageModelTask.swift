@@ -187,7 +187,7 @@ public struct LanguageModelTask: TaskModule {
             let (x, y) = stream.batch(index)
             let (loss, grads) = model.lossAndGradients(tokens: x, targets: y, batch: batch, state: &state, training: true, rng: &rng)
             guard loss.isFinite else { throw TaskError.failed(code: "diverged", message: "training loss is \(loss) at step \(optimizer.step + 1)") }
-            optimizer.update(&model.parameters, gradients: grads)
+            optimizer.update(&model.parameters, gradients: grads, threads: model.threads)
             lastTrain = loss
             if let e = meter.event(step: optimizer.step, loss: loss, itemsPerStep: tokensPerStep, metrics: languageMetrics(loss, level: level)) {
                 context.emit(e)
