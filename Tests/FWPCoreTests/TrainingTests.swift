@@ -157,4 +157,35 @@ func unigramEntropyNats(_ text: [Int]) -> Double {
         // Clipped gradient (3, 4)/5 feeds the moments.
         #expect(abs(opt.firstMoment.values[0][0] - 0.1 * 0.6) < 1e-6)
     }
+
+    /// Large tensors are updated in parallel ranges: with 2 threads every element must come out
+    /// exactly as with 1, and the one-pass sum of several gradient stores must equal repeated sums.
+    @Test func adamAndAccumulateDoNotDependOnThreads() {
+        var rng = FWPRandom(seed: 9)
+        var p = ParameterStore()
+        p.add("big", .normal(shape: [300, 200], std: 1, using: &rng))  // split into ranges
+        p.add("small", .normal(shape: [7], std: 1, using: &rng))
+        let grads = (0..<3).map { _ in
+            var g = p.zerosLike()
+            for i in g.values.indices { g.values[i] = .normal(shape: g.values[i].shape, std: 1, using: &rng) }
+            return g
+        }
+        var summed = grads[0]
+        summed.accumulate(Array(grads[1...]), threads: ComputeThreads(2))
+        var sequential = grads[0]
+        for g in grads[1...] { sequential.accumulate(g) }
+        #expect(summed == sequential)
+        #expect(summed.values[0][123] == grads[0].values[0][123] + grads[1].values[0][123] + grads[2].values[0][123])
+
+        func run(threads: Int) -> (ParameterStore, AdamW) {
+            var params = p
+            var opt = AdamW(parameters: p, schedule: LearningRateSchedule(peak: 0.01), weightDecay: 0.1, maxGradientNorm: 50)
+            for g in grads { opt.update(&params, gradients: g, threads: ComputeThreads(threads)) }
+            return (params, opt)
+        }
+        let (one, optOne) = run(threads: 1), (two, optTwo) = run(threads: 2)
+        #expect(one == two)
+        #expect(optOne == optTwo)
+        #expect(one.values[0] != p.values[0])
+    }
 }
