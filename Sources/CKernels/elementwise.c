@@ -131,6 +131,21 @@ FWP_AVX2 void fwp_elu_plus_one_sum_normalize_backward(const float *dy, const flo
     }
 }
 
+FWP_AVX2 void fwp_relu_backward_column_sums(const float *h, float *d, float *colsum, long rows, long n) {
+    __m256i m = tail_mask(n % 8 ? n % 8 : 1);
+    const __m256 zero = _mm256_setzero_ps();
+    for (long r = 0; r < rows; r++) {
+        const float *hr = h + r * n;
+        float *dr = d + r * n;
+        for (long i = 0; i < n; i += 8) {
+            __m256 keep = _mm256_cmp_ps(load_upto(hr + i, n - i, m), zero, _CMP_GT_OQ);
+            __m256 v = _mm256_and_ps(keep, load_upto(dr + i, n - i, m));
+            store_upto(dr + i, n - i, m, v);
+            store_upto(colsum + i, n - i, m, _mm256_add_ps(load_upto(colsum + i, n - i, m), v));
+        }
+    }
+}
+
 FWP_AVX2 void fwp_sigmoid(const float *x, float *y, long n) {
     // σ(x) = 1 / (1 + e^−|x|) for x ≥ 0 and e^−|x| / (1 + e^−|x|) below: e^−|x| never overflows.
     const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
@@ -173,7 +188,7 @@ FWP_AVX2 void fwp_layer_norm_forward(const float *x, const float *gamma, const f
 }
 
 FWP_AVX2 void fwp_layer_norm_backward(const float *dy, const float *xhat, const float *gamma, const float *rstd,
-                                      float *dx, float *dgamma, float *dbeta, long rows, long n) {
+                                      float *dx, int accumulate, float *dgamma, float *dbeta, long rows, long n) {
     __m256i m = tail_mask(n % 8 ? n % 8 : 1);
     for (long r = 0; r < rows; r++) {
         const float *dr = dy + r * n, *hr = xhat + r * n;
@@ -192,7 +207,9 @@ FWP_AVX2 void fwp_layer_norm_backward(const float *dy, const float *xhat, const 
         for (long i = 0; i < n; i += 8) {
             __m256 gh = _mm256_mul_ps(load_upto(dr + i, n - i, m), load_upto(gamma + i, n - i, m));
             __m256 t = _mm256_fnmadd_ps(load_upto(hr + i, n - i, m), sumGH, _mm256_fmsub_ps(vn, gh, sumG));
-            store_upto(dx + r * n + i, n - i, m, _mm256_mul_ps(vs, t));
+            __m256 v = _mm256_mul_ps(vs, t);
+            if (accumulate) v = _mm256_add_ps(load_upto(dx + r * n + i, n - i, m), v);
+            store_upto(dx + r * n + i, n - i, m, v);
         }
     }
 }
@@ -297,8 +314,9 @@ void fwp_layer_norm_forward(const float *x, const float *gamma, const float *bet
     __builtin_trap();
 }
 void fwp_layer_norm_backward(const float *dy, const float *xhat, const float *gamma, const float *rstd, float *dx,
-                             float *dgamma, float *dbeta, long rows, long n) {
-    (void)dy; (void)xhat; (void)gamma; (void)rstd; (void)dx; (void)dgamma; (void)dbeta; (void)rows; (void)n;
+                             int accumulate, float *dgamma, float *dbeta, long rows, long n) {
+    (void)dy; (void)xhat; (void)gamma; (void)rstd; (void)dx; (void)accumulate; (void)dgamma; (void)dbeta; (void)rows;
+    (void)n;
     __builtin_trap();
 }
 void fwp_elu_plus_one(const float *x, float *y, long n) { (void)x; (void)y; (void)n; __builtin_trap(); }
@@ -312,5 +330,9 @@ void fwp_elu_plus_one_sum_normalize_backward(const float *dy, const float *y, co
     __builtin_trap();
 }
 void fwp_sigmoid(const float *x, float *y, long n) { (void)x; (void)y; (void)n; __builtin_trap(); }
+void fwp_relu_backward_column_sums(const float *h, float *d, float *colsum, long rows, long n) {
+    (void)h; (void)d; (void)colsum; (void)rows; (void)n;
+    __builtin_trap();
+}
 
 #endif

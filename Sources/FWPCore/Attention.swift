@@ -128,6 +128,29 @@ public struct AttentionLayer: Sendable {
         _ x: Tensor, batch: Int, steps: Int, _ p: ParameterStore, _ buffers: ParameterStore,
         state: inout AttentionState?, training: Bool, rng: inout FWPRandom, threads: ComputeThreads
     ) -> (Tensor, Cache) {
+        let cache = attend(
+            x, batch: batch, steps: steps, p, buffers, state: &state, training: training, rng: &rng, threads: threads)
+        return (out.forward(cache.attended, p), cache)
+    }
+
+    /// `forward` with the output added to `residual` by the output projection itself (one pass
+    /// over the residual stream instead of an output tensor and a sum).
+    func forward(
+        _ x: Tensor, batch: Int, steps: Int, _ p: ParameterStore, _ buffers: ParameterStore,
+        state: inout AttentionState?, training: Bool, rng: inout FWPRandom, threads: ComputeThreads,
+        addingTo residual: inout Tensor
+    ) -> Cache {
+        let cache = attend(
+            x, batch: batch, steps: steps, p, buffers, state: &state, training: training, rng: &rng, threads: threads)
+        out.forward(cache.attended, p, addingTo: &residual)
+        return cache
+    }
+
+    /// Everything up to the output projection; `attended` is its input.
+    private func attend(
+        _ x: Tensor, batch: Int, steps: Int, _ p: ParameterStore, _ buffers: ParameterStore,
+        state: inout AttentionState?, training: Bool, rng: inout FWPRandom, threads: ComputeThreads
+    ) -> Cache {
         let n = batch * steps, hd = heads * headSize, dh = headSize
         let width = projectionWidth
         let projected = project(x, p)
@@ -164,7 +187,7 @@ public struct AttentionLayer: Sendable {
         }
         cache.attended = cache.core
         if kind == .fastWeight && outputScale != 1 { Vec.scaleTensor(outputScale, &cache.attended) }
-        return (out.forward(cache.attended, p), cache)
+        return cache
     }
 
     /// Everything between the projections of a fast-weight layer: feature map, normalisation,

@@ -147,18 +147,35 @@ public struct LanguageModel: Sendable {
         for (i, block) in blocks.enumerated() {
             let (h1, c1) = block.norm1.forward(x, parameters)
             var layerState = state?.layers[i]
-            var (a, ca) = block.attention.forward(
-                h1, batch: batch, steps: steps, parameters, buffers, state: &layerState, training: training, rng: &rng,
-                threads: threads)
+            let ca: AttentionLayer.Cache, aMask: [Float]?
+            if rate == 0 {
+                // No dropout: the output projection adds straight into the residual stream.
+                ca = block.attention.forward(
+                    h1, batch: batch, steps: steps, parameters, buffers, state: &layerState, training: training,
+                    rng: &rng, threads: threads, addingTo: &x)
+                aMask = nil
+            } else {
+                var a: Tensor
+                (a, ca) = block.attention.forward(
+                    h1, batch: batch, steps: steps, parameters, buffers, state: &layerState, training: training,
+                    rng: &rng, threads: threads)
+                aMask = Dropout.mask(count: a.count, rate: rate, using: &rng)
+                Dropout.apply(aMask, to: &a)
+                Vec.addTensor(a, into: &x)
+            }
             if let layerState { state!.layers[i] = layerState }
-            let aMask = Dropout.mask(count: a.count, rate: rate, using: &rng)
-            Dropout.apply(aMask, to: &a)
-            Vec.addTensor(a, into: &x)
             let (h2, c2) = block.norm2.forward(x, parameters)
-            var (f, cf) = block.feedForward.forward(h2, parameters)
-            let fMask = Dropout.mask(count: f.count, rate: rate, using: &rng)
-            Dropout.apply(fMask, to: &f)
-            Vec.addTensor(f, into: &x)
+            let cf: FeedForward.Cache, fMask: [Float]?
+            if rate == 0 {
+                cf = block.feedForward.forward(h2, parameters, addingTo: &x)
+                fMask = nil
+            } else {
+                var f: Tensor
+                (f, cf) = block.feedForward.forward(h2, parameters)
+                fMask = Dropout.mask(count: f.count, rate: rate, using: &rng)
+                Dropout.apply(fMask, to: &f)
+                Vec.addTensor(f, into: &x)
+            }
             caches.append(
                 BlockCache(norm1: c1, attention: ca, attentionMask: aMask, norm2: c2, feedForward: cf, feedForwardMask: fMask))
         }
@@ -186,15 +203,18 @@ public struct LanguageModel: Sendable {
         let wIndex = head?.weight ?? embedding.weight
         BLAS.gemm(dLogits, transposeA: true, cache.finalHidden, beta: 1, into: &g.values[wIndex])
         var dx = finalNorm.backward(BLAS.matmul(dLogits, parameters.values[wIndex]), cache: cache.finalNorm, parameters, &g)
+        /// dx masked by a dropout mask, or dx itself (no copy) without one.
+        func masked(_ dx: Tensor, _ mask: [Float]?) -> Tensor {
+            guard mask != nil else { return dx }
+            var d = dx
+            Dropout.apply(mask, to: &d)
+            return d
+        }
         for (block, c) in zip(blocks, cache.blocks).reversed() {
-            var df = dx
-            Dropout.apply(c.feedForwardMask, to: &df)
-            let dh2 = block.feedForward.backward(df, cache: c.feedForward, parameters, &g)
-            Vec.addTensor(block.norm2.backward(dh2, cache: c.norm2, parameters, &g), into: &dx)
-            var da = dx
-            Dropout.apply(c.attentionMask, to: &da)
-            let dh1 = block.attention.backward(da, cache: c.attention, parameters, &g, threads: threads)
-            Vec.addTensor(block.norm1.backward(dh1, cache: c.norm1, parameters, &g), into: &dx)
+            let dh2 = block.feedForward.backward(masked(dx, c.feedForwardMask), cache: c.feedForward, parameters, &g)
+            block.norm2.backward(dh2, cache: c.norm2, parameters, &g, addingTo: &dx)
+            let dh1 = block.attention.backward(masked(dx, c.attentionMask), cache: c.attention, parameters, &g, threads: threads)
+            block.norm1.backward(dh1, cache: c.norm1, parameters, &g, addingTo: &dx)
         }
         Dropout.apply(cache.embeddingMask, to: &dx)
         embedding.backward(dx, tokens: cache.tokens, &g)

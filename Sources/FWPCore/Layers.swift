@@ -37,10 +37,26 @@ public struct Linear: Sendable {
         return y
     }
 
-    /// Accumulates dW += dyᵀ x, db += Σ dy and returns dx = dy W.
-    public func backward(_ dy: Tensor, input x: Tensor, _ p: ParameterStore, _ g: inout ParameterStore) -> Tensor {
+    /// y += x Wᵀ + b (a residual stream): the product accumulates into y, then the bias is added.
+    public func forward(_ x: Tensor, _ p: ParameterStore, addingTo y: inout Tensor) {
+        precondition(x.columns == inFeatures, "Linear expects \(inFeatures) features, got \(x.columns)")
+        precondition(y.rows == x.rows && y.columns == outFeatures, "Linear output is \(y.shape), expected [\(x.rows), \(outFeatures)]")
+        BLAS.gemm(x, p.values[weight], transposeB: true, beta: 1, into: &y)
+        if let bias {
+            let b = p.values[bias]
+            let n = outFeatures
+            y.withUnsafeMutablePointer { py in
+                b.withUnsafePointer { pb in for r in 0..<x.rows { Vec.axpy(1, pb, py + r * n, n) } }
+            }
+        }
+    }
+
+    /// Accumulates dW += dyᵀ x, db += Σ dy (unless the caller has: `biasDone`) and returns dx = dy W.
+    public func backward(
+        _ dy: Tensor, input x: Tensor, _ p: ParameterStore, _ g: inout ParameterStore, biasDone: Bool = false
+    ) -> Tensor {
         BLAS.gemm(dy, transposeA: true, x, beta: 1, into: &g.values[weight])
-        if let bias { addColumnSums(dy, into: &g.values[bias]) }
+        if let bias, !biasDone { addColumnSums(dy, into: &g.values[bias]) }
         return BLAS.matmul(dy, p.values[weight])
     }
 }
@@ -158,8 +174,26 @@ public struct LayerNorm: Sendable {
     public func backward(
         _ dy: Tensor, cache: Cache, _ p: ParameterStore, _ g: inout ParameterStore, native: Bool = VectorKernels.enabled
     ) -> Tensor {
+        var dx = Tensor(uninitializedShape: dy.shape)  // every row written
+        backward(dy, cache: cache, p, &g, into: &dx, accumulate: false, native: native)
+        return dx
+    }
+
+    /// Adds the gradient with respect to the input to `dx` (a residual stream's gradient), in
+    /// the pass that computes it: the same sums as `dx + backward(…)` without a second pass.
+    public func backward(
+        _ dy: Tensor, cache: Cache, _ p: ParameterStore, _ g: inout ParameterStore, addingTo dx: inout Tensor,
+        native: Bool = VectorKernels.enabled
+    ) {
+        precondition(dx.shape == dy.shape, "LayerNorm gradient: dx is \(dx.shape), dy is \(dy.shape)")
+        backward(dy, cache: cache, p, &g, into: &dx, accumulate: true, native: native)
+    }
+
+    private func backward(
+        _ dy: Tensor, cache: Cache, _ p: ParameterStore, _ g: inout ParameterStore, into dx: inout Tensor,
+        accumulate: Bool, native: Bool
+    ) {
         let n = dimension, rows = dy.rows
-        var dx = Tensor(uninitializedShape: dy.shape)  // every row written below
         let gamma = p.values[weight]
         var dgamma = g.values[weight], dbeta = g.values[bias]
         precondition(!native || VectorKernels.supported, "the vector kernels need AVX2 and FMA")
@@ -170,7 +204,7 @@ public struct LayerNorm: Sendable {
                         dgamma.withUnsafeMutablePointer { pdg in
                             dbeta.withUnsafeMutablePointer { pdb in
                                 if native {
-                                    fwp_layer_norm_backward(pd, ph, pg, cache.inverseStd, px, pdg, pdb, rows, n)
+                                    fwp_layer_norm_backward(pd, ph, pg, cache.inverseStd, px, accumulate ? 1 : 0, pdg, pdb, rows, n)
                                     return
                                 }
                                 for r in 0..<rows {
@@ -186,7 +220,8 @@ public struct LayerNorm: Sendable {
                                     let s = cache.inverseStd[r] / Float(n)
                                     for j in 0..<n {
                                         let gh = pd[r * n + j] * pg[j]
-                                        px[r * n + j] = s * (Float(n) * gh - sumG - ph[r * n + j] * sumGH)
+                                        let v = s * (Float(n) * gh - sumG - ph[r * n + j] * sumGH)
+                                        px[r * n + j] = accumulate ? px[r * n + j] + v : v
                                     }
                                 }
                             }
@@ -197,7 +232,6 @@ public struct LayerNorm: Sendable {
         }
         g.values[weight] = dgamma
         g.values[bias] = dbeta
-        return dx
     }
 }
 
@@ -220,19 +254,42 @@ public struct FeedForward: Sendable {
     }
 
     public func forward(_ x: Tensor, _ p: ParameterStore) -> (Tensor, Cache) {
-        var h = fc1.forward(x, p)
-        let n = h.count
-        h.withUnsafeMutablePointer { ph in Vec.relu(ph, n) }
+        let h = hidden(x, p)
         return (fc2.forward(h, p), Cache(input: x, hidden: h))
     }
 
-    public func backward(_ dy: Tensor, cache: Cache, _ p: ParameterStore, _ g: inout ParameterStore) -> Tensor {
+    /// `forward` with the output added to `residual` by fc2's product itself.
+    public func forward(_ x: Tensor, _ p: ParameterStore, addingTo residual: inout Tensor) -> Cache {
+        let h = hidden(x, p)
+        fc2.forward(h, p, addingTo: &residual)
+        return Cache(input: x, hidden: h)
+    }
+
+    private func hidden(_ x: Tensor, _ p: ParameterStore) -> Tensor {
+        var h = fc1.forward(x, p)
+        let n = h.count
+        h.withUnsafeMutablePointer { ph in Vec.relu(ph, n) }
+        return h
+    }
+
+    /// `native` selects the AVX2 C kernel (`VectorKernels`) for ReLU's gradient.
+    public func backward(
+        _ dy: Tensor, cache: Cache, _ p: ParameterStore, _ g: inout ParameterStore, native: Bool = VectorKernels.enabled
+    ) -> Tensor {
         var dh = fc2.backward(dy, input: cache.hidden, p, &g)
-        let n = dh.count
-        cache.hidden.withUnsafePointer { ph in
-            dh.withUnsafeMutablePointer { pd in Vec.reluBackward(pd, output: ph, n) }
+        let rows = dh.rows, n = dh.columns
+        guard native else {
+            cache.hidden.withUnsafePointer { ph in dh.withUnsafeMutablePointer { Vec.reluBackward($0, output: ph, rows * n) } }
+            return fc1.backward(dh, input: cache.input, p, &g)
         }
-        return fc1.backward(dh, input: cache.input, p, &g)
+        // ReLU's gradient and fc1's bias gradient (column sums, the same sums row by row) in one pass.
+        precondition(VectorKernels.supported, "the vector kernels need AVX2 and FMA")
+        cache.hidden.withUnsafePointer { ph in
+            dh.withUnsafeMutablePointer { pd in
+                g.values[fc1.bias!].withUnsafeMutablePointer { fwp_relu_backward_column_sums(ph, pd, $0, rows, n) }
+            }
+        }
+        return fc1.backward(dh, input: cache.input, p, &g, biasDone: true)
     }
 }
 

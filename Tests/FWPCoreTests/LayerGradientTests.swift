@@ -50,6 +50,12 @@ import Testing
         var g = store.zerosLike()
         let dx = ln.backward(r, cache: cache, store, &g)
         expectGradient("x", values: x, analytic: dx, samples: 24) { weightedSum(ln.forward($0, store).0, r) }
+        // Adding into a residual gradient gives exactly residual + dx, and the same parameter gradients.
+        var residual = randomTensor([4, n], seed: 11), g2 = store.zerosLike()
+        let before = residual
+        ln.backward(r, cache: cache, store, &g2, addingTo: &residual)
+        #expect(residual.storage == zip(before.storage, dx.storage).map { $0 + $1 })
+        #expect(g2 == g)
         for i in 0..<2 {
             expectGradient(store.names[i], values: store.values[i], analytic: g.values[i]) { v in
                 var s = store
@@ -68,6 +74,14 @@ import Testing
         var g = store.zerosLike()
         let dx = ff.backward(r, cache: cache, store, &g)
         expectGradient("x", values: x, analytic: dx, eps: 1e-3) { weightedSum(ff.forward($0, store).0, r) }
+        // The residual form adds the same output (up to the order of the bias addition).
+        store.values[ff.fc2.bias!] = randomTensor([5], seed: 12)
+        let base = randomTensor([3, 5], seed: 13)
+        var residual = base
+        _ = ff.forward(x, store, addingTo: &residual)
+        let expected = zip(base.storage, ff.forward(x, store).0.storage).map { $0 + $1 }
+        for (got, want) in zip(residual.storage, expected) { #expect(abs(got - want) <= 1e-6 * max(1, abs(want))) }
+        store.values[ff.fc2.bias!] = Tensor(shape: [5])
         for i in store.values.indices {
             expectGradient(store.names[i], values: store.values[i], analytic: g.values[i], eps: 1e-3) { v in
                 var s = store

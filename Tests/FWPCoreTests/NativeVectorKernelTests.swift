@@ -170,6 +170,23 @@ struct NativeVectorKernelTests {
         #expect(worst(gC.values[ln.bias], gS.values[ln.bias]) < 1e-5, "dβ")
     }
 
+    /// The fused ReLU gradient + fc1 bias sums against the separate Swift passes, at a width with
+    /// a partial vector: the same masked values and the same row-by-row sums, so exactly equal.
+    @Test(arguments: [13, 64]) func feedForwardBackwardAgreesWithTheSwiftPasses(hidden: Int) {
+        var store = ParameterStore()
+        var rng = FWPRandom(seed: 21)
+        let ff = FeedForward("ff", dimension: 6, hidden: hidden, std: 0.5, outputStd: 0.5, store: &store, rng: &rng)
+        store.values[ff.fc1.bias!] = .normal(shape: [hidden], std: 0.3, using: &rng)
+        let x = Tensor.normal(shape: [9, 6], std: 1, using: &rng), dy = Tensor.normal(shape: [9, 6], std: 1, using: &rng)
+        let (_, cache) = ff.forward(x, store)
+        var gC = store.zerosLike(), gS = store.zerosLike()
+        let dxC = ff.backward(dy, cache: cache, store, &gC, native: true)
+        let dxS = ff.backward(dy, cache: cache, store, &gS, native: false)
+        #expect(dxC == dxS)
+        #expect(gC == gS)
+        #expect(gC.values[ff.fc1.bias!].storage.contains { $0 != 0 })
+    }
+
     private func fwpEluPlusOne(_ x: [Float], _ y: inout [Float], _ n: Int) {
         x.withUnsafeBufferPointer { px in
             y.withUnsafeMutableBufferPointer { VectorKernels.eluPlusOne(px.baseAddress!, $0.baseAddress!, n, native: true) }

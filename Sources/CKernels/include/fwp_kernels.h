@@ -52,15 +52,20 @@ void fwp_elu_plus_one_sum_normalize_backward(const float *dy, const float *y, co
 /// y = 1 / (1 + e^−x), computed without overflow for any x (NaN stays NaN).
 void fwp_sigmoid(const float *x, float *y, long n);
 
+/// ReLU's gradient and the next layer's bias gradient in one pass over `rows` rows of n:
+/// d ← d where h > 0, else 0 (h is the ReLU's output); colsum[j] += Σ_rows d (row by row).
+void fwp_relu_backward_column_sums(const float *h, float *d, float *colsum, long rows, long n);
+
 /// LayerNorm of `rows` rows of n: xhat = (x − mean) / σ with σ = sqrt(var + epsilon) (two-pass
 /// mean and variance), y = xhat · gamma + beta, rstd[r] = 1/σ.
 void fwp_layer_norm_forward(const float *x, const float *gamma, const float *beta, float *y, float *xhat, float *rstd,
                             long rows, long n, float epsilon);
 
-/// Its backward: dx = rstd/n · (n·g − Σg − xhat·Σ(g·xhat)) with g = dy·gamma; dgamma += Σ_rows dy·xhat and
-/// dbeta += Σ_rows dy (accumulated, row by row).
+/// Its backward: dx = rstd/n · (n·g − Σg − xhat·Σ(g·xhat)) with g = dy·gamma (dx += that when
+/// `accumulate` is nonzero, for a residual stream); dgamma += Σ_rows dy·xhat and dbeta += Σ_rows dy
+/// (accumulated, row by row).
 void fwp_layer_norm_backward(const float *dy, const float *xhat, const float *gamma, const float *rstd, float *dx,
-                             float *dgamma, float *dbeta, long rows, long n);
+                             int accumulate, float *dgamma, float *dbeta, long rows, long n);
 
 // The chunkwise delta rule's C × C steps (see FWPCore's ChunkwiseKernel). Matrices are c × c
 // inside rows of ld floats; b holds β_0 … β_{c−1} contiguously.
