@@ -11,17 +11,20 @@ int fwp_small_sgemm_supported(void) {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 
-// One block of up to 4 rows × 16 columns of C, accumulated over all k in 8 registers.
-// A(i, p) = a[i * ars + p * aps]; B(p, j) = b[p * ldb + j]. `rows` is a constant at each call
-// site (the switch below), so the row loops unroll; `masked` selects partial-width loads/stores.
-FWP_INLINE FWP_AVX2 void block(int rows, int masked, __m256i m0, __m256i m1, int k, const float *a, long ars,
-                               long aps, const float *b, long ldb, float alpha, float beta, const float *cin,
-                               long ldcin, float *c, long ldc) {
-    __m256 acc0[4], acc1[4];
-    for (int r = 0; r < 4; r++) {
-        acc0[r] = _mm256_setzero_ps();
-        acc1[r] = _mm256_setzero_ps();
-    }
+// One term of a product sum, as the blocks read it: A(i, p) = a[i * ars + p * aps],
+// B(p, j) = b[p * ldb + j] (B already transposed where the caller asked), accumulated with its sign.
+typedef struct {
+    const float *a;
+    long ars, aps;
+    const float *b;
+    long ldb;
+    int k, negate;
+} term_t;
+
+// Accumulates one term into a block's registers. `rows` and `neg` are constants at each call
+// site (the switch in column_panel), so the loops unroll and the sign costs nothing.
+FWP_INLINE FWP_AVX2 void accumulate(int rows, int masked, int neg, __m256i m0, __m256i m1, int k, const float *a,
+                                    long ars, long aps, const float *b, long ldb, __m256 *acc0, __m256 *acc1) {
     for (int p = 0; p < k; p++) {
         const float *bp = b + p * ldb;
         __m256 b0 = masked ? _mm256_maskload_ps(bp, m0) : _mm256_loadu_ps(bp);
@@ -29,14 +32,32 @@ FWP_INLINE FWP_AVX2 void block(int rows, int masked, __m256i m0, __m256i m1, int
         const float *ap = a + p * aps;
         for (int r = 0; r < rows; r++) {
             __m256 av = _mm256_broadcast_ss(ap + r * ars);
-            acc0[r] = _mm256_fmadd_ps(av, b0, acc0[r]);
-            acc1[r] = _mm256_fmadd_ps(av, b1, acc1[r]);
+            acc0[r] = neg ? _mm256_fnmadd_ps(av, b0, acc0[r]) : _mm256_fmadd_ps(av, b0, acc0[r]);
+            acc1[r] = neg ? _mm256_fnmadd_ps(av, b1, acc1[r]) : _mm256_fmadd_ps(av, b1, acc1[r]);
         }
+    }
+}
+
+// One block of up to 4 rows × 16 columns of C (rows i…, columns j…), accumulated over every
+// term's k in 8 registers and stored once. `masked` selects partial-width loads/stores.
+FWP_INLINE FWP_AVX2 void block(int rows, int masked, __m256i m0, __m256i m1, int nterms, const term_t *t, long i,
+                               long j, float alpha, float beta, const float *cin, long ldcin, float *c, long ldc) {
+    __m256 acc0[4], acc1[4];
+    for (int r = 0; r < 4; r++) {
+        acc0[r] = _mm256_setzero_ps();
+        acc1[r] = _mm256_setzero_ps();
+    }
+    for (int s = 0; s < nterms; s++) {
+        const float *a = t[s].a + i * t[s].ars, *b = t[s].b + j;
+        if (t[s].negate)
+            accumulate(rows, masked, 1, m0, m1, t[s].k, a, t[s].ars, t[s].aps, b, t[s].ldb, acc0, acc1);
+        else
+            accumulate(rows, masked, 0, m0, m1, t[s].k, a, t[s].ars, t[s].aps, b, t[s].ldb, acc0, acc1);
     }
     __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
     for (int r = 0; r < rows; r++) {
-        float *cr = c + r * ldc;
-        const float *cir = cin + r * ldcin;
+        float *cr = c + (i + r) * ldc + j;
+        const float *cir = cin + (i + r) * ldcin + j;
         __m256 x0 = _mm256_mul_ps(va, acc0[r]), x1 = _mm256_mul_ps(va, acc1[r]);
         if (beta != 0) {
             __m256 c0 = masked ? _mm256_maskload_ps(cir, m0) : _mm256_loadu_ps(cir);
@@ -54,20 +75,14 @@ FWP_INLINE FWP_AVX2 void block(int rows, int masked, __m256i m0, __m256i m1, int
     }
 }
 
-FWP_INLINE FWP_AVX2 void column_panel(int masked, __m256i m0, __m256i m1, int m, int k, const float *a, long ars,
-                                      long aps, const float *b, long ldb, float alpha, float beta,
-                                      const float *cin, long ldcin, float *c, long ldc) {
+FWP_INLINE FWP_AVX2 void column_panel(int masked, __m256i m0, __m256i m1, int m, int nterms, const term_t *t, long j,
+                                      float alpha, float beta, const float *cin, long ldcin, float *c, long ldc) {
     int i = 0;
-    for (; i + 4 <= m; i += 4)
-        block(4, masked, m0, m1, k, a + i * ars, ars, aps, b, ldb, alpha, beta, cin + i * ldcin, ldcin, c + i * ldc,
-              ldc);
-    const float *ai = a + i * ars;
-    float *ci = c + i * ldc;
-    const float *cii = cin + i * ldcin;
+    for (; i + 4 <= m; i += 4) block(4, masked, m0, m1, nterms, t, i, j, alpha, beta, cin, ldcin, c, ldc);
     switch (m - i) {
-    case 3: block(3, masked, m0, m1, k, ai, ars, aps, b, ldb, alpha, beta, cii, ldcin, ci, ldc); break;
-    case 2: block(2, masked, m0, m1, k, ai, ars, aps, b, ldb, alpha, beta, cii, ldcin, ci, ldc); break;
-    case 1: block(1, masked, m0, m1, k, ai, ars, aps, b, ldb, alpha, beta, cii, ldcin, ci, ldc); break;
+    case 3: block(3, masked, m0, m1, nterms, t, i, j, alpha, beta, cin, ldcin, c, ldc); break;
+    case 2: block(2, masked, m0, m1, nterms, t, i, j, alpha, beta, cin, ldcin, c, ldc); break;
+    case 1: block(1, masked, m0, m1, nterms, t, i, j, alpha, beta, cin, ldcin, c, ldc); break;
     default: break;
     }
 }
@@ -155,28 +170,45 @@ void fwp_copy_rows(const float *src, long lds, float *dst, long ldd, long rows, 
         for (long j = 0; j < width; j++) dst[r * ldd + j] = src[r * lds + j];
 }
 
-FWP_AVX2 void fwp_small_sgemm_add(int transpose_a, int transpose_b, int m, int n, int k, float alpha,
-                                  const float *a, int lda, const float *b, int ldb, float beta, const float *c_in,
-                                  int ldc_in, float *c, int ldc) {
+FWP_AVX2 void fwp_small_sgemm_sum(int m, int n, int count, const fwp_gemm_term *terms, float alpha, float beta,
+                                  const float *c_in, int ldc_in, float *c, int ldc) {
     float bt[FWP_SMALL_SGEMM_MAX_BT] __attribute__((aligned(32)));
-    long ars = transpose_a ? 1 : lda, aps = transpose_a ? lda : 1;
-    long ldbb = ldb;
-    if (transpose_b) {
-        transpose(n, k, b, ldb, bt);
-        b = bt;
-        ldbb = n;
+    term_t t[FWP_SMALL_SGEMM_MAX_TERMS];
+    long used = 0;
+    for (int s = 0; s < count; s++) {
+        const fwp_gemm_term *x = terms + s;
+        t[s].ars = x->transpose_a ? 1 : x->lda;
+        t[s].aps = x->transpose_a ? x->lda : 1;
+        t[s].a = x->a;
+        t[s].k = x->k;
+        t[s].negate = x->negate;
+        if (x->transpose_b) {
+            transpose(n, x->k, x->b, x->ldb, bt + used);
+            t[s].b = bt + used;
+            t[s].ldb = n;
+            used += (long)n * x->k;
+        } else {
+            t[s].b = x->b;
+            t[s].ldb = x->ldb;
+        }
     }
     __m256i none = _mm256_setzero_si256();
     int j = 0;
-    for (; j + 16 <= n; j += 16)
-        column_panel(0, none, none, m, k, a, ars, aps, b + j, ldbb, alpha, beta, c_in + j, ldc_in, c + j, ldc);
+    for (; j + 16 <= n; j += 16) column_panel(0, none, none, m, count, t, j, alpha, beta, c_in, ldc_in, c, ldc);
     if (j < n) {
         int w = n - j;
         __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(w), lane);
         __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(w - 8), lane);
-        column_panel(1, m0, m1, m, k, a, ars, aps, b + j, ldbb, alpha, beta, c_in + j, ldc_in, c + j, ldc);
+        column_panel(1, m0, m1, m, count, t, j, alpha, beta, c_in, ldc_in, c, ldc);
     }
+}
+
+FWP_AVX2 void fwp_small_sgemm_add(int transpose_a, int transpose_b, int m, int n, int k, float alpha,
+                                  const float *a, int lda, const float *b, int ldb, float beta, const float *c_in,
+                                  int ldc_in, float *c, int ldc) {
+    fwp_gemm_term term = {transpose_a, transpose_b, k, 0, a, lda, b, ldb};
+    fwp_small_sgemm_sum(m, n, 1, &term, alpha, beta, c_in, ldc_in, c, ldc);
 }
 
 #else
@@ -190,6 +222,12 @@ void fwp_copy_rows(const float *src, long lds, float *dst, long ldd, long rows, 
 
 void fwp_transpose(int rows, int cols, const float *src, int lds, float *dst, int ldd) {
     (void)rows; (void)cols; (void)src; (void)lds; (void)dst; (void)ldd;
+    __builtin_trap();
+}
+
+void fwp_small_sgemm_sum(int m, int n, int count, const fwp_gemm_term *terms, float alpha, float beta,
+                         const float *c_in, int ldc_in, float *c, int ldc) {
+    (void)m; (void)n; (void)count; (void)terms; (void)alpha; (void)beta; (void)c_in; (void)ldc_in; (void)c; (void)ldc;
     __builtin_trap();
 }
 

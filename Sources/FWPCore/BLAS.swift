@@ -76,6 +76,72 @@ public enum BLAS {
             ldb: ldb, beta: beta, c: c, ldc: ldc)
     }
 
+    /// One term ± op(A) · op(B) of `gemmSum`: op(A) is m × k, op(B) is k × n.
+    public struct Term {
+        public var transposeA: Bool, transposeB: Bool
+        public var k: Int
+        public var negate: Bool
+        public var a: UnsafePointer<Float>, lda: Int
+        public var b: UnsafePointer<Float>, ldb: Int
+
+        public init(
+            transposeA: Bool = false, transposeB: Bool = false, k: Int, negate: Bool = false, a: UnsafePointer<Float>,
+            lda: Int, b: UnsafePointer<Float>, ldb: Int
+        ) {
+            (self.transposeA, self.transposeB, self.k, self.negate) = (transposeA, transposeB, k, negate)
+            (self.a, self.lda, self.b, self.ldb) = (a, lda, b, ldb)
+        }
+
+        var kernelTerm: fwp_gemm_term {
+            fwp_gemm_term(
+                transpose_a: transposeA ? 1 : 0, transpose_b: transposeB ? 1 : 0, k: Int32(k), negate: negate ? 1 : 0,
+                a: a, lda: Int32(lda), b: b, ldb: Int32(ldb))
+        }
+    }
+
+    /// C ← Σ ±op(Aᵢ) · op(Bᵢ) + beta · C_in for two to four terms (C_in = C unless `cIn` is given,
+    /// as in `gemm`). On the small kernel every register block of C accumulates all terms before
+    /// it is stored, so C is loaded and stored once instead of once per term; otherwise (or when
+    /// a term is too large for it) the terms are products accumulated one after another.
+    public static func gemmSum(
+        m: Int, n: Int, _ t0: Term, _ t1: Term, _ t2: Term? = nil, _ t3: Term? = nil, beta: Float,
+        cIn: UnsafePointer<Float>? = nil, ldcIn: Int = 0, c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
+        if m == 0 || n == 0 { return }
+        let count = t3 != nil ? 4 : t2 != nil ? 3 : 2
+        precondition(t3 == nil || t2 != nil, "terms must be given in order")
+        precondition(ldc >= n && (cIn == nil || ldcIn >= n), "bad leading dimension")
+        var terms = (t0, t1, t2 ?? t1, t3 ?? t1)
+        let fits = withUnsafeBytes(of: &terms) { raw -> Bool in
+            let ts = raw.bindMemory(to: Term.self)
+            var transposed = 0
+            for t in ts.prefix(count) {
+                precondition(t.lda >= (t.transposeA ? m : t.k) && t.ldb >= (t.transposeB ? t.k : n), "bad leading dimension")
+                if t.transposeB { transposed += n * t.k }
+                if t.k == 0 || !usesSmallKernel(transposeB: false, m: m, n: n, k: t.k) { return false }
+            }
+            return transposed <= Int(FWP_SMALL_SGEMM_MAX_BT)
+        }
+        if fits {
+            var kernelTerms = (t0.kernelTerm, t1.kernelTerm, (t2 ?? t1).kernelTerm, (t3 ?? t1).kernelTerm)
+            withUnsafePointer(to: &kernelTerms) { p in
+                p.withMemoryRebound(to: fwp_gemm_term.self, capacity: 4) { pt in
+                    fwp_small_sgemm_sum(
+                        Int32(m), Int32(n), Int32(count), pt, 1, beta, cIn ?? UnsafePointer(c),
+                        Int32(cIn == nil ? ldc : ldcIn), c, Int32(ldc))
+                }
+            }
+            return
+        }
+        for (i, t) in [t0, t1, t2, t3].prefix(count).enumerated() {
+            let term = t!
+            gemm(
+                transposeA: term.transposeA, transposeB: term.transposeB, m: m, n: n, k: term.k,
+                alpha: term.negate ? -1 : 1, a: term.a, lda: term.lda, b: term.b, ldb: term.ldb,
+                beta: i == 0 ? beta : 1, cIn: i == 0 ? cIn : nil, ldcIn: i == 0 ? ldcIn : 0, c: c, ldc: ldc)
+        }
+    }
+
     /// The same product, always on the small kernel (any size; for benchmarks and tests).
     /// Requires `fwp_small_sgemm_supported()`; with transposeB, n · k ≤ FWP_SMALL_SGEMM_MAX_BT.
     public static func smallKernelGemm(

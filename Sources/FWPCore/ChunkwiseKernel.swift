@@ -190,17 +190,14 @@ public struct ChunkwiseKernel: Sendable {
                 ut = UnsafePointer(u)
                 ldu = dv
             }
-            // Y = Q Sᵀ + causal(Q Kᵀ) Ũ
-            BLAS.gemm(
-                transposeA: false, transposeB: false, m: c, n: dv, k: dk, a: qc, lda: ks, b: St, ldb: dv, beta: 0, c: yc,
-                ldc: vs)
+            // Y = Q Sᵀ + causal(Q Kᵀ) Ũ, both terms in one pass over Y
             BLAS.gemm(
                 transposeA: false, transposeB: false, m: c, n: c, k: dk, a: qc, lda: ks, b: Kt, ldb: c, beta: 0, c: P,
                 ldc: C)
             maskUpper(P, c: c, ld: C)
-            BLAS.gemm(
-                transposeA: false, transposeB: false, m: c, n: dv, k: c, a: P, lda: C, b: ut, ldb: ldu, beta: 1, c: yc,
-                ldc: vs)
+            BLAS.gemmSum(
+                m: c, n: dv, .init(k: dk, a: qc, lda: ks, b: St, ldb: dv), .init(k: c, a: P, lda: C, b: ut, ldb: ldu),
+                beta: 0, c: yc, ldc: vs)
             // S ← S + Ũᵀ K, into the next chunk's slot (or w after the last chunk)
             BLAS.gemm(
                 transposeA: true, transposeB: false, m: dv, n: dk, k: c, a: ut, lda: ldu, b: kc, ldb: ks, beta: 1,
@@ -233,38 +230,33 @@ public struct ChunkwiseKernel: Sendable {
             let ut = isDelta ? saved + savedUOffset + t0 * nv : vc
             let ldu = isDelta ? nv : vs
             let P = saved + savedPOffset + t0 * C  // causal(Q Kᵀ), from the forward
-            // dŨ = Pᵀ dY + K dSᵀ   (dS: gradient of the chunk-end state)
+            // dŨ = Pᵀ dY + K dSᵀ   (dS: gradient of the chunk-end state). Sums of products go
+            // through gemmSum: one pass over their output instead of one per term.
             let dUt = isDelta ? dU : dvc
             let lddu = isDelta ? nv : vs
-            BLAS.gemm(
-                transposeA: true, transposeB: false, m: c, n: nv, k: c, a: P, lda: C, b: dyc, ldb: vs, beta: 0, c: dUt,
-                ldc: lddu)
-            BLAS.gemm(
-                transposeA: false, transposeB: true, m: c, n: nv, k: nk, a: kc, lda: ks, b: dw, ldb: nk, beta: 1,
-                c: dUt, ldc: lddu)
+            BLAS.gemmSum(
+                m: c, n: nv, .init(transposeA: true, k: c, a: P, lda: C, b: dyc, ldb: vs),
+                .init(transposeB: true, k: nk, a: kc, lda: ks, b: dw, ldb: nk), beta: 0, c: dUt, ldc: lddu)
             // dP = causal(dY Ũᵀ)
             BLAS.gemm(
                 transposeA: false, transposeB: true, m: c, n: c, k: nv, a: dyc, lda: vs, b: ut, ldb: ldu, beta: 0,
                 c: dP, ldc: C)
             maskUpper(dP, c: c, ld: C)
-            // dQ = dY S + dP K;   dK = dPᵀ Q + Ũ dS
-            BLAS.gemm(
-                transposeA: false, transposeB: false, m: c, n: nk, k: nv, a: dyc, lda: vs, b: s, ldb: nk, beta: 0,
-                c: dqc, ldc: ks)
-            BLAS.gemm(
-                transposeA: false, transposeB: false, m: c, n: nk, k: c, a: dP, lda: C, b: kc, ldb: ks, beta: 1, c: dqc,
-                ldc: ks)
-            BLAS.gemm(
-                transposeA: true, transposeB: false, m: c, n: nk, k: c, a: dP, lda: C, b: qc, ldb: ks, beta: 0, c: dkc,
-                ldc: ks)
-            BLAS.gemm(
-                transposeA: false, transposeB: false, m: c, n: nk, k: nv, a: ut, lda: ldu, b: dw, ldb: nk, beta: 1,
-                c: dkc, ldc: ks)
-            // dS ← dS + dYᵀ Q (− dXᵀ K below, for the delta rule)   (gradient of the chunk-start state)
-            BLAS.gemm(
-                transposeA: true, transposeB: false, m: nv, n: nk, k: c, a: dyc, lda: vs, b: qc, ldb: ks, beta: 1, c: dw,
-                ldc: nk)
-            guard isDelta, let beta else { continue }
+            // dQ = dY S + dP K
+            BLAS.gemmSum(
+                m: c, n: nk, .init(k: nv, a: dyc, lda: vs, b: s, ldb: nk), .init(k: c, a: dP, lda: C, b: kc, ldb: ks),
+                beta: 0, c: dqc, ldc: ks)
+            // dK = dPᵀ Q + Ũ dS (+ the delta rule's terms below); dS ← dS + dYᵀ Q (− dXᵀ K)
+            let dKQ = BLAS.Term(transposeA: true, k: c, a: dP, lda: C, b: qc, ldb: ks)
+            let dKU = BLAS.Term(k: nv, a: ut, lda: ldu, b: dw, ldb: nk)
+            let dSQ = BLAS.Term(transposeA: true, k: c, a: dyc, lda: vs, b: qc, ldb: ks)
+            guard isDelta, let beta else {
+                BLAS.gemmSum(m: c, n: nk, dKQ, dKU, beta: 0, c: dkc, ldc: ks)
+                BLAS.gemm(
+                    transposeA: true, transposeB: false, m: nv, n: nk, k: c, a: dyc, lda: vs, b: qc, ldb: ks, beta: 1,
+                    c: dw, ldc: nk)
+                continue
+            }
             let bc = beta + t0 * betaStride
             let minv = saved + savedMOffset + t0 * C
             let x = saved + savedXOffset + t0 * nv
@@ -277,13 +269,6 @@ public struct ChunkwiseKernel: Sendable {
             BLAS.gemm(
                 transposeA: true, transposeB: false, m: c, n: nv, k: c, a: A, lda: C, b: dU, ldb: nv, beta: 0, c: dvc,
                 ldc: vs)
-            // X = V − K Sᵀ:  dK −= dX S;  dS −= dXᵀ K
-            BLAS.gemm(
-                transposeA: false, transposeB: false, m: c, n: nk, k: nv, alpha: -1, a: dvc, lda: vs, b: s, ldb: nk,
-                beta: 1, c: dkc, ldc: ks)
-            BLAS.gemm(
-                transposeA: true, transposeB: false, m: nv, n: nk, k: c, alpha: -1, a: dvc, lda: vs, b: kc, ldb: ks,
-                beta: 1, c: dw, ldc: nk)
             // A = M⁻¹ diag(β):  dβ_j = Σ_i M⁻¹_ij dA_ij;  dM⁻¹ = dA diag(β)
             if VectorKernels.enabled {
                 fwp_chunk_dbeta_inverse(minv, dA, bcont, Int32(c), Int32(C), db)
@@ -305,7 +290,7 @@ public struct ChunkwiseKernel: Sendable {
             BLAS.gemm(
                 transposeA: false, transposeB: true, m: c, n: c, k: c, alpha: -1, a: tmp, lda: C, b: minv, ldb: C,
                 beta: 0, c: dA, ldc: C)
-            // L_ij = β_i G_ij (i > j):  dβ_i += Σ_j dL_ij G_ij;  E = diag(β) dL;  dK += (E + Eᵀ) K
+            // L_ij = β_i G_ij (i > j):  dβ_i += Σ_j dL_ij G_ij;  E = diag(β) dL, made E + Eᵀ in place
             let G = saved + savedGOffset + t0 * C  // K Kᵀ, from the forward
             if VectorKernels.enabled {
                 fwp_chunk_dbeta_lower(G, dA, bcont, Int32(c), Int32(C), db)
@@ -321,12 +306,17 @@ public struct ChunkwiseKernel: Sendable {
                     db[i] += acc
                     er[i] = 0
                 }
-                // E + Eᵀ in place (E is strictly lower), so that dK takes one product instead of two.
+                // E + Eᵀ in place (E is strictly lower), so that dK takes one term instead of two.
                 for i in 0..<c { for j in 0..<i { dA[j * C + i] = dA[i * C + j] } }
             }
-            BLAS.gemm(
-                transposeA: false, transposeB: false, m: c, n: nk, k: c, a: dA, lda: C, b: kc, ldb: ks, beta: 1, c: dkc,
-                ldc: ks)
+            // dK = dPᵀ Q + Ũ dS − dX S + (E + Eᵀ) K  (X = V − K Sᵀ; dS still the chunk-end gradient)
+            BLAS.gemmSum(
+                m: c, n: nk, dKQ, dKU, .init(k: nv, negate: true, a: dvc, lda: vs, b: s, ldb: nk),
+                .init(k: c, a: dA, lda: C, b: kc, ldb: ks), beta: 0, c: dkc, ldc: ks)
+            // dS ← dS + dYᵀ Q − dXᵀ K
+            BLAS.gemmSum(
+                m: nv, n: nk, dSQ, .init(transposeA: true, k: c, negate: true, a: dvc, lda: vs, b: kc, ldb: ks),
+                beta: 1, c: dw, ldc: nk)
             if let dbeta { for j in 0..<c { dbeta[(t0 + j) * betaStride] = db[j] } }
         }
     }

@@ -111,6 +111,59 @@ import Testing
         #expect(cIn.storage == before, "C_in was modified")
     }
 
+    /// Sums of two to four products (mixed transposes, a subtracted term, a separate addend or C
+    /// itself) against float64; a term past the small kernel's limits sends the whole sum down the
+    /// product-by-product path, which must give the same result.
+    @Test(arguments: [(2, false), (3, true), (4, false), (4, true)])
+    func productSumsMatchFloat64(terms count: Int, largeTerm: Bool) {
+        let m = 13, n = 37
+        let ks = [16, largeTerm ? 150 : 64, 9, 32]
+        let flags = [(true, false), (false, true), (false, false), (true, true)]  // (transposeA, transposeB)
+        var rng = FWPRandom(seed: UInt64(count * 10 + (largeTerm ? 1 : 0)))
+        // op(A_t) is m × k (stored k × m when transposed), op(B_t) is k × n (stored n × k when transposed).
+        let a = (0..<count).map { Tensor.normal(shape: [m * ks[$0]], std: 1, using: &rng) }
+        let b = (0..<count).map { Tensor.normal(shape: [n * ks[$0]], std: 1, using: &rng) }
+        let c0 = Tensor.normal(shape: [m * n], std: 1, using: &rng)
+        func opA(_ t: Int, _ i: Int, _ p: Int) -> Double {
+            Double(flags[t].0 ? a[t][p * m + i] : a[t][i * ks[t] + p])
+        }
+        func opB(_ t: Int, _ p: Int, _ j: Int) -> Double {
+            Double(flags[t].1 ? b[t][j * ks[t] + p] : b[t][p * n + j])
+        }
+        var expected = [Float](repeating: 0, count: m * n)
+        for i in 0..<m {
+            for j in 0..<n {
+                var acc = 0.5 * Double(c0[i * n + j])
+                for t in 0..<count {
+                    var sum = 0.0
+                    for p in 0..<ks[t] { sum += opA(t, i, p) * opB(t, p, j) }
+                    acc += t == 2 ? -sum : sum
+                }
+                expected[i * n + j] = Float(acc)
+            }
+        }
+        var c = c0.storage
+        func ptr(_ x: Tensor) -> UnsafeMutablePointer<Float> {
+            let p = UnsafeMutablePointer<Float>.allocate(capacity: x.count)
+            p.initialize(from: x.storage, count: x.count)
+            return p
+        }
+        let pa = a.map(ptr), pb = b.map(ptr)
+        defer { (pa + pb).forEach { $0.deallocate() } }
+        let terms = (0..<count).map { t in
+            BLAS.Term(
+                transposeA: flags[t].0, transposeB: flags[t].1, k: ks[t], negate: t == 2, a: pa[t],
+                lda: flags[t].0 ? m : ks[t], b: pb[t], ldb: flags[t].1 ? ks[t] : n)
+        }
+        c.withUnsafeMutableBufferPointer {
+            BLAS.gemmSum(
+                m: m, n: n, terms[0], terms[1], count > 2 ? terms[2] : nil, count > 3 ? terms[3] : nil, beta: 0.5,
+                c: $0.baseAddress!, ldc: n)
+        }
+        let worst = zip(c, expected).map { abs($0 - $1) / (1 + abs($1)) }.max()!
+        #expect(worst < 2e-5, "\(count) terms, large \(largeTerm): worst \(worst)")
+    }
+
     @Test func transposeMovesEveryElementAndNothingElse() {
         for (rows, cols) in [(1, 1), (3, 5), (8, 8), (9, 17), (16, 64), (64, 64), (24, 7)] {
             let lds = cols + 3, ldd = rows + 2

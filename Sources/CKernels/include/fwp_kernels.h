@@ -26,6 +26,26 @@ void fwp_small_sgemm_add(int transpose_a, int transpose_b, int m, int n, int k, 
                          const float *a, int lda, const float *b, int ldb, float beta, const float *c_in, int ldc_in,
                          float *c, int ldc);
 
+/// One term ± op(A) · op(B) of fwp_small_sgemm_sum: op(A) is m × k, op(B) k × n (row-major, op =
+/// transpose when the flag is set), subtracted when `negate` is nonzero.
+typedef struct fwp_gemm_term {
+    int transpose_a, transpose_b, k, negate;
+    const float *a;
+    int lda;
+    const float *b;
+    int ldb;
+} fwp_gemm_term;
+
+/// The most terms fwp_small_sgemm_sum takes.
+#define FWP_SMALL_SGEMM_MAX_TERMS 4
+
+/// C ← alpha · Σ_t ±op(A_t) · op(B_t) + beta · C_in: each register block of C accumulates every
+/// term before it is stored once (C_in as in fwp_small_sgemm_add). Requires
+/// fwp_small_sgemm_supported(), 1 ≤ count ≤ FWP_SMALL_SGEMM_MAX_TERMS, and Σ n · k over the terms
+/// with transpose_b at most FWP_SMALL_SGEMM_MAX_BT.
+void fwp_small_sgemm_sum(int m, int n, int count, const fwp_gemm_term *terms, float alpha, float beta,
+                         const float *c_in, int ldc_in, float *c, int ldc);
+
 /// dst (cols × rows, row stride ldd) ← the transpose of src (rows × cols, row stride lds), through
 /// 8 × 8 register tiles. Requires fwp_small_sgemm_supported().
 void fwp_transpose(int rows, int cols, const float *src, int lds, float *dst, int ldd);
