@@ -50,7 +50,7 @@ let package = Package(
         .executableTarget(
             name: "fwpd",
             dependencies: [
-                "FWPDaemon", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "FWPDaemon", "FWPCore", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]

@@ -22,6 +22,7 @@
 import FWPCore
 import Foundation
 
+BLAS.relaunchWithoutWorkerThreads()
 var threads = 2, repeats = 5, json = false, context = 256
 var lmAlgorithm = FastWeightAlgorithm.automatic
 var only: [String] = []

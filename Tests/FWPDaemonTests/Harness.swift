@@ -64,6 +64,10 @@ final class DaemonProcess {
         let p = Process()
         p.executableURL = productsDirectory.appendingPathComponent("fwpd")
         p.arguments = arguments
+        // As a service manager would start it: fwpd sets OpenBLAS's thread count itself.
+        var env = ProcessInfo.processInfo.environment
+        env.removeValue(forKey: "OPENBLAS_NUM_THREADS")
+        p.environment = env
         _ = FileManager.default.createFile(atPath: logURL.path, contents: nil)
         let log = try FileHandle(forWritingTo: logURL)
         log.seekToEndOfFile()
