@@ -295,14 +295,12 @@ public struct AttentionLayer: Sendable {
                                             let b = s / heads, h = s % heads
                                             let row = b * steps * heads + h
                                             if let chunked {
-                                                // Cache-line-aligned workspace: the kernel's scratch, then the rows it packs.
-                                                let sc = AlignedFloats.lineRounded(chunked.scratchCount)
-                                                let work = AlignedFloats(count: sc + chunked.packedCount)
+                                                let work = AlignedFloats(count: chunked.scratchCount)  // cache-line aligned
                                                 chunked.forwardPacked(
                                                     q: sp.0.base + row * dk, k: sp.1.base + row * dk, v: sp.2.base + row * dv,
                                                     beta: sBeta.map { $0.base + row }, y: sp.3.base + row * dv,
                                                     w: sp.4.base + s * dv * dk, saved: sSaved!.base + s * savedPerSequence,
-                                                    scratch: work.base, packed: work.base + sc)
+                                                    scratch: work.base)
                                                 return
                                             }
                                             kern.forward(

@@ -33,11 +33,14 @@ public struct ChunkwiseKernel: Sendable {
     public let valueSize: Int
     public let keyStride: Int
     public let valueStride: Int
+    /// Row strides of the outputs dq, dk (keys) and y, dv (values); the input strides unless given.
+    public let outputKeyStride: Int
+    public let outputValueStride: Int
     public let betaStride: Int
 
     public init(
         rule: UpdateRule, chunkSize: Int, steps: Int, keySize: Int, valueSize: Int, keyStride: Int,
-        valueStride: Int, betaStride: Int
+        valueStride: Int, betaStride: Int, outputKeyStride: Int? = nil, outputValueStride: Int? = nil
     ) {
         precondition(chunkSize >= 1 && steps >= 0)
         self.rule = rule
@@ -47,6 +50,8 @@ public struct ChunkwiseKernel: Sendable {
         self.valueSize = valueSize
         self.keyStride = keyStride
         self.valueStride = valueStride
+        self.outputKeyStride = outputKeyStride ?? keyStride
+        self.outputValueStride = outputValueStride ?? valueStride
         self.betaStride = betaStride
     }
 
@@ -72,27 +77,17 @@ public struct ChunkwiseKernel: Sendable {
     private var savedPOffset: Int { rule == .delta ? savedXOffset + steps * valueSize : savedStatesCount }
     private var savedGOffset: Int { savedPOffset + steps * chunkSize }
 
-    /// The same kernel over rows stored back to back (stride = row width).
-    var contiguous: ChunkwiseKernel {
-        ChunkwiseKernel(
-            rule: rule, chunkSize: chunkSize, steps: steps, keySize: keySize, valueSize: valueSize, keyStride: keySize,
-            valueStride: valueSize, betaStride: betaStride)
-    }
-
     /// Floats per sequence that `forwardPacked` saves for `backwardPacked`: `savedCount` plus the
-    /// gathered q, k, v rows, each array starting on a cache line.
+    /// gathered q and k rows (and v for the sum rule), each array starting on a cache line.
     public var packedSavedCount: Int {
         AlignedFloats.lineRounded(savedCount) + 2 * AlignedFloats.lineRounded(steps * keySize)
-            + AlignedFloats.lineRounded(steps * valueSize)
+            + (rule == .sum ? AlignedFloats.lineRounded(steps * valueSize) : 0)
     }
 
-    /// Floats of `packed` workspace that `forwardPacked` and `backwardPacked` need (y in the
-    /// forward; dy, dq, dk, dv in the backward), each array starting on a cache line.
-    public var packedCount: Int {
-        2 * AlignedFloats.lineRounded(steps * keySize) + 2 * AlignedFloats.lineRounded(steps * valueSize)
-    }
+    /// Floats of `packed` workspace that `backwardPacked` needs (the gathered dy rows).
+    public var packedCount: Int { AlignedFloats.lineRounded(steps * valueSize) }
 
-    /// Where the gathered q, k, v rows live inside a sequence's `packedSavedCount` floats.
+    /// Where the gathered q, k (and v) rows live inside a sequence's `packedSavedCount` floats.
     private func packedRows(_ saved: UnsafeMutablePointer<Float>) -> (
         q: UnsafeMutablePointer<Float>, k: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>
     ) {
@@ -101,28 +96,47 @@ public struct ChunkwiseKernel: Sendable {
         return (q, k, k + AlignedFloats.lineRounded(steps * keySize))
     }
 
-    /// `forward`, run on copies of the sequence's q, k, v rows gathered into `saved` (beyond
-    /// `savedCount`; the backward reads them there), with y computed in `packed` and scattered
-    /// back. `saved`, `scratch` and `packed` should start on a cache line. The model's q, k, v
-    /// are one head's slice of (B·T) × (H·d) rows at 16-byte-aligned addresses: the small
-    /// kernel's 32-byte loads of them straddle cache lines, and a chunk's rows lie H·d floats
-    /// apart. Results are identical to `forward`'s.
+    /// This kernel reading q, k (and v for the sum rule) back to back, from `packedRows`, and
+    /// writing its outputs at the original strides.
+    private var packedForward: ChunkwiseKernel {
+        ChunkwiseKernel(
+            rule: rule, chunkSize: chunkSize, steps: steps, keySize: keySize, valueSize: valueSize, keyStride: keySize,
+            valueStride: rule == .sum ? valueSize : valueStride, betaStride: betaStride,
+            outputKeyStride: keyStride, outputValueStride: valueStride)
+    }
+
+    /// This kernel reading q, k, v and dy back to back, writing dq, dk, dv at the original strides.
+    private var packedBackward: ChunkwiseKernel {
+        ChunkwiseKernel(
+            rule: rule, chunkSize: chunkSize, steps: steps, keySize: keySize, valueSize: valueSize, keyStride: keySize,
+            valueStride: valueSize, betaStride: betaStride, outputKeyStride: keyStride, outputValueStride: valueStride)
+    }
+
+    /// `forward` on copies of the sequence's q and k rows (and v for the sum rule) gathered into
+    /// `saved` beyond `savedCount`, where the backward reads them too; y is written in place.
+    /// `saved` and `scratch` should start on a cache line. The model's q, k, v are one head's
+    /// slice of (B·T) × (H·d) rows at 16-byte-aligned addresses: as a product's B operand (read
+    /// 16 floats per row) they straddle cache lines, and a chunk's rows lie H·d floats apart.
+    /// Operands read only by broadcast (the delta rule's v, the addend of X) and outputs, each
+    /// written once, stay where they are. Results are identical to `forward`'s.
     public func forwardPacked(
         q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, beta: UnsafePointer<Float>?,
         y: UnsafeMutablePointer<Float>, w: UnsafeMutablePointer<Float>,
-        saved: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>, packed: UnsafeMutablePointer<Float>
+        saved: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>
     ) {
         let rows = packedRows(saved)
         fwp_copy_rows(q, keyStride, rows.q, keySize, steps, keySize)
         fwp_copy_rows(k, keyStride, rows.k, keySize, steps, keySize)
-        fwp_copy_rows(v, valueStride, rows.v, valueSize, steps, valueSize)
-        contiguous.forward(q: rows.q, k: rows.k, v: rows.v, beta: beta, y: packed, w: w, saved: saved, scratch: scratch)
-        fwp_copy_rows(packed, valueSize, y, valueStride, steps, valueSize)
+        var vIn = v
+        if rule == .sum {
+            fwp_copy_rows(v, valueStride, rows.v, valueSize, steps, valueSize)
+            vIn = UnsafePointer(rows.v)
+        }
+        packedForward.forward(q: rows.q, k: rows.k, v: vIn, beta: beta, y: y, w: w, saved: saved, scratch: scratch)
     }
 
-    /// `backward` after `forwardPacked`: q, k, v are read from `saved`, dy is gathered into
-    /// `packed`, and dq, dk, dv are computed there and scattered back; dβ is written at its stride
-    /// directly. Results are identical to `backward`'s.
+    /// `backward` after `forwardPacked`: q, k (v) are read from `saved`, dy is gathered into
+    /// `packed`; dq, dk, dv and dβ are written at their strides. Results are identical to `backward`'s.
     public func backwardPacked(
         dy: UnsafePointer<Float>, beta: UnsafePointer<Float>?, saved: UnsafePointer<Float>,
         dw: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>,
@@ -130,15 +144,10 @@ public struct ChunkwiseKernel: Sendable {
         dbeta: UnsafeMutablePointer<Float>?, seeded: Bool = false, packed: UnsafeMutablePointer<Float>
     ) {
         let rows = packedRows(UnsafeMutablePointer(mutating: saved))
-        let nk = AlignedFloats.lineRounded(steps * keySize), nv = AlignedFloats.lineRounded(steps * valueSize)
-        let dqb = packed, dkb = dqb + nk, dyb = dkb + nk, dvb = dyb + nv
-        fwp_copy_rows(dy, valueStride, dyb, valueSize, steps, valueSize)
-        contiguous.backward(
-            dy: dyb, q: rows.q, k: rows.k, v: rows.v, beta: beta, saved: saved, dw: dw, scratch: scratch, dq: dqb,
-            dk: dkb, dv: dvb, dbeta: dbeta, seeded: seeded)
-        fwp_copy_rows(dqb, keySize, dq, keyStride, steps, keySize)
-        fwp_copy_rows(dkb, keySize, dk, keyStride, steps, keySize)
-        fwp_copy_rows(dvb, valueSize, dv, valueStride, steps, valueSize)
+        fwp_copy_rows(dy, valueStride, packed, valueSize, steps, valueSize)
+        packedBackward.backward(
+            dy: packed, q: rows.q, k: rows.k, v: rows.v, beta: beta, saved: saved, dw: dw, scratch: scratch, dq: dq,
+            dk: dk, dv: dv, dbeta: dbeta, seeded: seeded)
     }
 
     /// Runs the recurrence from state `w` (d_value × d_dot, row-major), leaving the final state in
@@ -148,7 +157,7 @@ public struct ChunkwiseKernel: Sendable {
         y: UnsafeMutablePointer<Float>, w: UnsafeMutablePointer<Float>,
         saved: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>
     ) {
-        let C = chunkSize, dk = keySize, dv = valueSize, ks = keyStride, vs = valueStride
+        let C = chunkSize, dk = keySize, dv = valueSize, ks = keyStride, vs = valueStride, ovs = outputValueStride
         let isDelta = rule == .delta
         let A = scratch + C * C
         // Sᵀ and the chunk's Kᵀ, each transposed once here rather than inside each of the two
@@ -160,7 +169,7 @@ public struct ChunkwiseKernel: Sendable {
         if chunks > 0 { saved.update(from: w, count: dv * dk) }
         for ci in 0..<chunks {
             let t0 = ci * C, c = min(C, steps - t0)
-            let qc = q + t0 * ks, kc = k + t0 * ks, vc = v + t0 * vs, yc = y + t0 * vs
+            let qc = q + t0 * ks, kc = k + t0 * ks, vc = v + t0 * vs, yc = y + t0 * ovs
             let S = UnsafePointer(saved + ci * dv * dk)
             BLAS.transpose(rows: dv, cols: dk, S, lds: dk, into: St, ldd: dv)
             BLAS.transpose(rows: c, cols: dk, kc, lds: ks, into: Kt, ldd: c)
@@ -197,7 +206,7 @@ public struct ChunkwiseKernel: Sendable {
             maskUpper(P, c: c, ld: C)
             BLAS.gemmSum(
                 m: c, n: dv, .init(k: dk, a: qc, lda: ks, b: St, ldb: dv), .init(k: c, a: P, lda: C, b: ut, ldb: ldu),
-                beta: 0, c: yc, ldc: vs)
+                beta: 0, c: yc, ldc: ovs)
             // S ← S + Ũᵀ K, into the next chunk's slot (or w after the last chunk)
             BLAS.gemm(
                 transposeA: true, transposeB: false, m: dv, n: dk, k: c, a: ut, lda: ldu, b: kc, ldb: ks, beta: 1,
@@ -216,6 +225,7 @@ public struct ChunkwiseKernel: Sendable {
         dbeta: UnsafeMutablePointer<Float>?, seeded: Bool = false
     ) {
         let C = chunkSize, nk = keySize, nv = valueSize, ks = keyStride, vs = valueStride
+        let oks = outputKeyStride, ovs = outputValueStride
         let isDelta = rule == .delta
         if !seeded { dw.update(repeating: 0, count: nk * nv) }
         let dP = scratch + C * C, A = scratch + 2 * C * C, dA = scratch + 3 * C * C
@@ -225,7 +235,7 @@ public struct ChunkwiseKernel: Sendable {
         for ci in stride(from: chunks - 1, through: 0, by: -1) {
             let t0 = ci * C, c = min(C, steps - t0)
             let qc = q + t0 * ks, kc = k + t0 * ks, vc = v + t0 * vs, dyc = dy + t0 * vs
-            let dqc = dq + t0 * ks, dkc = dk + t0 * ks, dvc = dv + t0 * vs
+            let dqc = dq + t0 * oks, dkc = dk + t0 * oks, dvc = dv + t0 * ovs
             let s = saved + ci * nv * nk
             let ut = isDelta ? saved + savedUOffset + t0 * nv : vc
             let ldu = isDelta ? nv : vs
@@ -233,7 +243,7 @@ public struct ChunkwiseKernel: Sendable {
             // dŨ = Pᵀ dY + K dSᵀ   (dS: gradient of the chunk-end state). Sums of products go
             // through gemmSum: one pass over their output instead of one per term.
             let dUt = isDelta ? dU : dvc
-            let lddu = isDelta ? nv : vs
+            let lddu = isDelta ? nv : ovs
             BLAS.gemmSum(
                 m: c, n: nv, .init(transposeA: true, k: c, a: P, lda: C, b: dyc, ldb: vs),
                 .init(transposeB: true, k: nk, a: kc, lda: ks, b: dw, ldb: nk), beta: 0, c: dUt, ldc: lddu)
@@ -245,13 +255,13 @@ public struct ChunkwiseKernel: Sendable {
             // dQ = dY S + dP K
             BLAS.gemmSum(
                 m: c, n: nk, .init(k: nv, a: dyc, lda: vs, b: s, ldb: nk), .init(k: c, a: dP, lda: C, b: kc, ldb: ks),
-                beta: 0, c: dqc, ldc: ks)
+                beta: 0, c: dqc, ldc: oks)
             // dK = dPᵀ Q + Ũ dS (+ the delta rule's terms below); dS ← dS + dYᵀ Q (− dXᵀ K)
             let dKQ = BLAS.Term(transposeA: true, k: c, a: dP, lda: C, b: qc, ldb: ks)
             let dKU = BLAS.Term(k: nv, a: ut, lda: ldu, b: dw, ldb: nk)
             let dSQ = BLAS.Term(transposeA: true, k: c, a: dyc, lda: vs, b: qc, ldb: ks)
             guard isDelta, let beta else {
-                BLAS.gemmSum(m: c, n: nk, dKQ, dKU, beta: 0, c: dkc, ldc: ks)
+                BLAS.gemmSum(m: c, n: nk, dKQ, dKU, beta: 0, c: dkc, ldc: oks)
                 BLAS.gemm(
                     transposeA: true, transposeB: false, m: nv, n: nk, k: c, a: dyc, lda: vs, b: qc, ldb: ks, beta: 1,
                     c: dw, ldc: nk)
@@ -268,7 +278,7 @@ public struct ChunkwiseKernel: Sendable {
                 ldc: C)
             BLAS.gemm(
                 transposeA: true, transposeB: false, m: c, n: nv, k: c, a: A, lda: C, b: dU, ldb: nv, beta: 0, c: dvc,
-                ldc: vs)
+                ldc: ovs)
             // A = M⁻¹ diag(β):  dβ_j = Σ_i M⁻¹_ij dA_ij;  dM⁻¹ = dA diag(β)
             if VectorKernels.enabled {
                 fwp_chunk_dbeta_inverse(minv, dA, bcont, Int32(c), Int32(C), db)
@@ -311,11 +321,11 @@ public struct ChunkwiseKernel: Sendable {
             }
             // dK = dPᵀ Q + Ũ dS − dX S + (E + Eᵀ) K  (X = V − K Sᵀ; dS still the chunk-end gradient)
             BLAS.gemmSum(
-                m: c, n: nk, dKQ, dKU, .init(k: nv, negate: true, a: dvc, lda: vs, b: s, ldb: nk),
-                .init(k: c, a: dA, lda: C, b: kc, ldb: ks), beta: 0, c: dkc, ldc: ks)
+                m: c, n: nk, dKQ, dKU, .init(k: nv, negate: true, a: dvc, lda: ovs, b: s, ldb: nk),
+                .init(k: c, a: dA, lda: C, b: kc, ldb: ks), beta: 0, c: dkc, ldc: oks)
             // dS ← dS + dYᵀ Q − dXᵀ K
             BLAS.gemmSum(
-                m: nv, n: nk, dSQ, .init(transposeA: true, k: c, negate: true, a: dvc, lda: vs, b: kc, ldb: ks),
+                m: nv, n: nk, dSQ, .init(transposeA: true, k: c, negate: true, a: dvc, lda: ovs, b: kc, ldb: ks),
                 beta: 1, c: dw, ldc: nk)
             if let dbeta { for j in 0..<c { dbeta[(t0 + j) * betaStride] = db[j] } }
         }

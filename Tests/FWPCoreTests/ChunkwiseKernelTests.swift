@@ -99,13 +99,12 @@ import Testing
         // The other head's rows are untouched.
         #expect(yC[0] == 0 && dqC[0] == 0 && dvC[0] == 0 && dbC[0] == 0)
 
-        // The packed variants (rows gathered into NaN-filled saved space and workspace, outputs scattered back)
+        // The packed variants (rows gathered into NaN-filled saved space and workspace, outputs in place)
         // compute the same products on the same numbers: identical results, other head untouched.
         let yP = zeros(T * vs), wP = buf(w0), savedP = nans(ch.packedSavedCount)
         let dqP = zeros(T * ks), dkP = zeros(T * ks), dvP = zeros(T * vs), dbP = zeros(T * heads), dwP = buf(dwSeed)
         ch.forwardPacked(
-            q: pq, k: pk, v: pv, beta: pb, y: yP + h * dv, w: wP, saved: savedP, scratch: nans(ch.scratchCount),
-            packed: nans(ch.packedCount))
+            q: pq, k: pk, v: pv, beta: pb, y: yP + h * dv, w: wP, saved: savedP, scratch: nans(ch.scratchCount))
         ch.backwardPacked(
             dy: pdy, beta: pb, saved: savedP, dw: dwP, scratch: nans(ch.scratchCount),
             dq: dqP + h * dk, dk: dkP + h * dk, dv: dvP + h * dv, dbeta: isDelta ? dbP + h : nil, seeded: true,
