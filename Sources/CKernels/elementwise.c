@@ -79,14 +79,14 @@ FWP_AVX2 void fwp_elu_plus_one(const float *x, float *y, long n) {
     }
 }
 
-FWP_AVX2 void fwp_elu_plus_one_sum_normalize(const float *x, float *y, float *sums, long rows, long n,
-                                              float epsilon) {
+FWP_AVX2 void fwp_elu_plus_one_sum_normalize_strided(const float *x, long ldx, float *y, long ldy, float *sums,
+                                                      long rows, long n, float epsilon) {
     long full = n & ~7L;
     __m256i m = tail_mask(n - full > 0 ? n - full : 1);
     for (long r = 0; r < rows; r++) {
         // φ goes to y first (the row is then in L1), and is scaled in place once its sum is known.
-        const float *xr = x + r * n;
-        float *yr = y + r * n;
+        const float *xr = x + r * ldx;
+        float *yr = y + r * ldy;
         __m256 acc = _mm256_setzero_ps();
         for (long i = 0; i < full; i += 8) {
             __m256 v = elu1(_mm256_loadu_ps(xr + i));
@@ -107,14 +107,20 @@ FWP_AVX2 void fwp_elu_plus_one_sum_normalize(const float *x, float *y, float *su
     }
 }
 
-FWP_AVX2 void fwp_elu_plus_one_sum_normalize_backward(const float *dy, const float *y, const float *sums,
-                                                       float *dx, long rows, long n) {
+FWP_AVX2 void fwp_elu_plus_one_sum_normalize(const float *x, float *y, float *sums, long rows, long n,
+                                              float epsilon) {
+    fwp_elu_plus_one_sum_normalize_strided(x, n, y, n, sums, rows, n, epsilon);
+}
+
+FWP_AVX2 void fwp_elu_plus_one_sum_normalize_backward_strided(const float *dy, long lddy, const float *y, long ldy,
+                                                               const float *sums, float *dx, long lddx, long rows,
+                                                               long n) {
     long full = n & ~7L;
     __m256i m = tail_mask(n - full > 0 ? n - full : 1);
     const __m256 one = _mm256_set1_ps(1.0f);
     for (long r = 0; r < rows; r++) {
-        const float *gr = dy + r * n, *yr = y + r * n;
-        float *dr = dx + r * n;
+        const float *gr = dy + r * lddy, *yr = y + r * ldy;
+        float *dr = dx + r * lddx;
         __m256 acc = _mm256_setzero_ps();
         for (long i = 0; i < full; i += 8)
             acc = _mm256_fmadd_ps(_mm256_loadu_ps(gr + i), _mm256_loadu_ps(yr + i), acc);
@@ -129,6 +135,11 @@ FWP_AVX2 void fwp_elu_plus_one_sum_normalize_backward(const float *dy, const flo
             store_upto(dr + i, n - i, m, d);
         }
     }
+}
+
+FWP_AVX2 void fwp_elu_plus_one_sum_normalize_backward(const float *dy, const float *y, const float *sums,
+                                                       float *dx, long rows, long n) {
+    fwp_elu_plus_one_sum_normalize_backward_strided(dy, n, y, n, sums, dx, n, rows, n);
 }
 
 FWP_AVX2 void fwp_relu_backward_column_sums(const float *h, float *d, float *colsum, long rows, long n) {
@@ -330,6 +341,16 @@ void fwp_elu_plus_one_sum_normalize_backward(const float *dy, const float *y, co
     __builtin_trap();
 }
 void fwp_sigmoid(const float *x, float *y, long n) { (void)x; (void)y; (void)n; __builtin_trap(); }
+void fwp_elu_plus_one_sum_normalize_strided(const float *x, long ldx, float *y, long ldy, float *sums, long rows, long n,
+                                            float epsilon) {
+    (void)x; (void)ldx; (void)y; (void)ldy; (void)sums; (void)rows; (void)n; (void)epsilon;
+    __builtin_trap();
+}
+void fwp_elu_plus_one_sum_normalize_backward_strided(const float *dy, long lddy, const float *y, long ldy,
+                                                     const float *sums, float *dx, long lddx, long rows, long n) {
+    (void)dy; (void)lddy; (void)y; (void)ldy; (void)sums; (void)dx; (void)lddx; (void)rows; (void)n;
+    __builtin_trap();
+}
 void fwp_relu_backward_column_sums(const float *h, float *d, float *colsum, long rows, long n) {
     (void)h; (void)d; (void)colsum; (void)rows; (void)n;
     __builtin_trap();

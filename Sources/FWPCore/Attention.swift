@@ -204,7 +204,11 @@ public struct AttentionLayer: Sendable {
                 cache.projection = buffers.values[favorBuffer]
             }
         }
-        if fusedEluSum {
+        if featureMapInKernel(steps: cache.steps) {
+            // The chunkwise kernel applies ELU + 1 and the sum normalisation as it gathers q and k.
+            cache.q = cache.qRaw
+            cache.k = cache.kRaw
+        } else if fusedEluSum {
             (cache.qPhi, cache.q, cache.qSums) = SumNormalization.eluPlusOneForward(cache.qRaw, threads: threads)
             (cache.kPhi, cache.k, cache.kSums) = SumNormalization.eluPlusOneForward(cache.kRaw, threads: threads)
         } else {
@@ -229,6 +233,13 @@ public struct AttentionLayer: Sendable {
     /// ELU + 1 followed by sum normalisation runs as one fused pass (`SumNormalization.eluPlusOneForward`).
     private var fusedEluSum: Bool { featureMap.kind == .eluPlusOne && normalization == .sum }
 
+    /// Whether the chunkwise kernel applies that fused feature map itself, per sequence, as it
+    /// gathers q and k (and its backward returns their gradients before it): one pass over q and
+    /// k fewer each way. Needs the C kernels.
+    private func featureMapInKernel(steps: Int) -> Bool {
+        fusedEluSum && VectorKernels.enabled && chunkSize(steps: steps) != nil
+    }
+
     private func kernel(steps: Int) -> FastWeightKernel {
         FastWeightKernel(
             rule: rule, attentionNormalization: normalization == .attention, steps: steps,
@@ -249,7 +260,8 @@ public struct AttentionLayer: Sendable {
     private func chunkwiseKernel(steps: Int, chunk: Int) -> ChunkwiseKernel {
         ChunkwiseKernel(
             rule: rule, chunkSize: chunk, steps: steps, keySize: featureMap.outputSize, valueSize: headSize,
-            keyStride: heads * featureMap.outputSize, valueStride: heads * headSize, betaStride: heads)
+            keyStride: heads * featureMap.outputSize, valueStride: heads * headSize, betaStride: heads,
+            featureMapped: featureMapInKernel(steps: steps))
     }
 
     private func fastWeightForward(_ cache: inout Cache, state: inout AttentionState?, threads: ComputeThreads) {
@@ -502,7 +514,9 @@ public struct AttentionLayer: Sendable {
         let n = cache.batch * cache.steps
         var (dq, dk, dv, dbeta) = fastWeightBackward(dCore, cache: cache, threads: threads)
         let dqRaw: Tensor, dkRaw: Tensor
-        if fusedEluSum {
+        if featureMapInKernel(steps: cache.steps) {
+            (dqRaw, dkRaw) = (dq, dk)  // already through the feature map (see fastWeightCoreForward)
+        } else if fusedEluSum {
             dqRaw = SumNormalization.eluPlusOneBackward(
                 dq, input: cache.qRaw, phi: cache.qPhi, output: cache.q, sums: cache.qSums, threads: threads)
             dkRaw = SumNormalization.eluPlusOneBackward(

@@ -36,12 +36,19 @@ public struct ChunkwiseKernel: Sendable {
     /// Row strides of the outputs dq, dk (keys) and y, dv (values); the input strides unless given.
     public let outputKeyStride: Int
     public let outputValueStride: Int
+    /// When set, `forwardPacked` takes q and k before the feature map and applies ELU + 1 with
+    /// sum normalisation itself (the C kernel, as it gathers the rows), and `backwardPacked`
+    /// returns their gradients before it. Requires `VectorKernels.supported`.
+    public let featureMapped: Bool
     public let betaStride: Int
 
     public init(
         rule: UpdateRule, chunkSize: Int, steps: Int, keySize: Int, valueSize: Int, keyStride: Int,
-        valueStride: Int, betaStride: Int, outputKeyStride: Int? = nil, outputValueStride: Int? = nil
+        valueStride: Int, betaStride: Int, outputKeyStride: Int? = nil, outputValueStride: Int? = nil,
+        featureMapped: Bool = false
     ) {
+        precondition(!featureMapped || VectorKernels.supported, "the fused feature map needs AVX2 and FMA")
+        self.featureMapped = featureMapped
         precondition(chunkSize >= 1 && steps >= 0)
         self.rule = rule
         self.chunkSize = chunkSize
@@ -82,10 +89,21 @@ public struct ChunkwiseKernel: Sendable {
     public var packedSavedCount: Int {
         AlignedFloats.lineRounded(savedCount) + 2 * AlignedFloats.lineRounded(steps * keySize)
             + (rule == .sum ? AlignedFloats.lineRounded(steps * valueSize) : 0)
+            + (featureMapped ? 2 * AlignedFloats.lineRounded(steps) : 0)
     }
 
-    /// Floats of `packed` workspace that `backwardPacked` needs (the gathered dy rows).
-    public var packedCount: Int { AlignedFloats.lineRounded(steps * valueSize) }
+    /// Floats of `packed` workspace that `backwardPacked` needs (the gathered dy rows, and with
+    /// `featureMapped` the gradients of the features before the feature map's backward).
+    public var packedCount: Int {
+        AlignedFloats.lineRounded(steps * valueSize) + (featureMapped ? 2 * AlignedFloats.lineRounded(steps * keySize) : 0)
+    }
+
+    /// The feature map's row sums (q's, then k's) inside a sequence's `packedSavedCount` floats.
+    private func featureSums(_ saved: UnsafeMutablePointer<Float>) -> (q: UnsafeMutablePointer<Float>, k: UnsafeMutablePointer<Float>) {
+        let q = saved + AlignedFloats.lineRounded(savedCount) + 2 * AlignedFloats.lineRounded(steps * keySize)
+            + (rule == .sum ? AlignedFloats.lineRounded(steps * valueSize) : 0)
+        return (q, q + AlignedFloats.lineRounded(steps))
+    }
 
     /// Where the gathered q, k (and v) rows live inside a sequence's `packedSavedCount` floats.
     private func packedRows(_ saved: UnsafeMutablePointer<Float>) -> (
@@ -125,8 +143,15 @@ public struct ChunkwiseKernel: Sendable {
         saved: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>
     ) {
         let rows = packedRows(saved)
-        fwp_copy_rows(q, keyStride, rows.q, keySize, steps, keySize)
-        fwp_copy_rows(k, keyStride, rows.k, keySize, steps, keySize)
+        if featureMapped {
+            let sums = featureSums(saved)
+            let eps = SumNormalization.epsilon
+            fwp_elu_plus_one_sum_normalize_strided(q, keyStride, rows.q, keySize, sums.q, steps, keySize, eps)
+            fwp_elu_plus_one_sum_normalize_strided(k, keyStride, rows.k, keySize, sums.k, steps, keySize, eps)
+        } else {
+            fwp_copy_rows(q, keyStride, rows.q, keySize, steps, keySize)
+            fwp_copy_rows(k, keyStride, rows.k, keySize, steps, keySize)
+        }
         var vIn = v
         if rule == .sum {
             fwp_copy_rows(v, valueStride, rows.v, valueSize, steps, valueSize)
@@ -145,9 +170,24 @@ public struct ChunkwiseKernel: Sendable {
     ) {
         let rows = packedRows(UnsafeMutablePointer(mutating: saved))
         fwp_copy_rows(dy, valueStride, packed, valueSize, steps, valueSize)
-        packedBackward.backward(
-            dy: packed, q: rows.q, k: rows.k, v: rows.v, beta: beta, saved: saved, dw: dw, scratch: scratch, dq: dq,
-            dk: dk, dv: dv, dbeta: dbeta, seeded: seeded)
+        guard featureMapped else {
+            packedBackward.backward(
+                dy: packed, q: rows.q, k: rows.k, v: rows.v, beta: beta, saved: saved, dw: dw, scratch: scratch, dq: dq,
+                dk: dk, dv: dv, dbeta: dbeta, seeded: seeded)
+            return
+        }
+        // Gradients of the features into the workspace, then through the feature map into dq, dk.
+        let nk = AlignedFloats.lineRounded(steps * keySize)
+        let dqf = packed + AlignedFloats.lineRounded(steps * valueSize), dkf = dqf + nk
+        let inner = ChunkwiseKernel(
+            rule: rule, chunkSize: chunkSize, steps: steps, keySize: keySize, valueSize: valueSize, keyStride: keySize,
+            valueStride: valueSize, betaStride: betaStride, outputKeyStride: keySize, outputValueStride: valueStride)
+        inner.backward(
+            dy: packed, q: rows.q, k: rows.k, v: rows.v, beta: beta, saved: saved, dw: dw, scratch: scratch, dq: dqf,
+            dk: dkf, dv: dv, dbeta: dbeta, seeded: seeded)
+        let sums = featureSums(UnsafeMutablePointer(mutating: saved))
+        fwp_elu_plus_one_sum_normalize_backward_strided(dqf, keySize, rows.q, keySize, sums.q, dq, keyStride, steps, keySize)
+        fwp_elu_plus_one_sum_normalize_backward_strided(dkf, keySize, rows.k, keySize, sums.k, dk, keyStride, steps, keySize)
     }
 
     /// Runs the recurrence from state `w` (d_value × d_dot, row-major), leaving the final state in

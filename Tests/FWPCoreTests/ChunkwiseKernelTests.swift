@@ -117,4 +117,69 @@ import Testing
         #expect(array(dwP, dv * dk) == array(dwC, dv * dk), "packed gradient of the initial state")
         #expect(array(dbP, T * heads) == array(dbC, T * heads), "packed dβ")
     }
+
+    /// With `featureMapped` the packed kernel takes raw q, k and applies ELU + 1 with sum
+    /// normalisation itself: exactly the feature map's own C pass, then the plain packed kernel,
+    /// then the feature map's backward.
+    @Test(.enabled(if: VectorKernels.supported), arguments: [UpdateRule.delta, .sum])
+    func featureMappedPackedMatchesSeparatePasses(_ rule: UpdateRule) {
+        let heads = 2, d = 12, dv = 9, T = 37, h = 1
+        let ks = heads * d, vs = heads * dv
+        var rng = FWPRandom(seed: 77)
+        func rand(_ n: Int) -> [Float] { (0..<n).map { _ in Float(rng.normal()) } }
+        let qRaw = rand(T * ks), kRaw = rand(T * ks), v = rand(T * vs), dy = rand(T * vs), w0 = rand(dv * d)
+        let beta = (0..<(T * heads)).map { _ in Float(rng.uniform()) * 0.9 + 0.05 }
+        let isDelta = rule == .delta
+        var owned: [UnsafeMutablePointer<Float>] = []
+        defer { owned.forEach { $0.deallocate() } }
+        func buf(_ a: [Float]) -> UnsafeMutablePointer<Float> {
+            let p = UnsafeMutablePointer<Float>.allocate(capacity: max(a.count, 1))
+            p.initialize(from: a, count: a.count)
+            owned.append(p)
+            return p
+        }
+        func array(_ p: UnsafeMutablePointer<Float>, _ n: Int) -> [Float] { Array(UnsafeBufferPointer(start: p, count: n)) }
+        let pb: UnsafeMutablePointer<Float>? = isDelta ? buf(beta) + h : nil
+        func kernel(_ mapped: Bool) -> ChunkwiseKernel {
+            ChunkwiseKernel(
+                rule: rule, chunkSize: 16, steps: T, keySize: d, valueSize: dv, keyStride: ks, valueStride: vs,
+                betaStride: heads, featureMapped: mapped)
+        }
+        func run(_ mapped: Bool, q: [Float], k: [Float]) -> (y: [Float], w: [Float], dq: [Float], dk: [Float], dv: [Float], dw: [Float]) {
+            let ch = kernel(mapped)
+            let y = buf([Float](repeating: 0, count: T * vs)), w = buf(w0), saved = buf([Float](repeating: .nan, count: ch.packedSavedCount))
+            let dq = buf([Float](repeating: 0, count: T * ks)), dk = buf([Float](repeating: 0, count: T * ks))
+            let dvO = buf([Float](repeating: 0, count: T * vs)), db = buf([Float](repeating: 0, count: T * heads))
+            let dw = buf([Float](repeating: 0, count: dv * d))
+            ch.forwardPacked(
+                q: buf(q) + h * d, k: buf(k) + h * d, v: buf(v) + h * dv, beta: pb, y: y + h * dv, w: w, saved: saved,
+                scratch: buf([Float](repeating: .nan, count: ch.scratchCount)))
+            ch.backwardPacked(
+                dy: buf(dy) + h * dv, beta: pb, saved: saved, dw: dw, scratch: buf([Float](repeating: .nan, count: ch.scratchCount)),
+                dq: dq + h * d, dk: dk + h * d, dv: dvO + h * dv, dbeta: isDelta ? db + h : nil,
+                packed: buf([Float](repeating: .nan, count: ch.packedCount)))
+            return (array(y, T * vs), array(w, dv * d), array(dq, T * ks), array(dk, T * ks), array(dvO, T * vs), array(dw, dv * d))
+        }
+        let fused = run(true, q: qRaw, k: kRaw)
+        // Separately: the feature map over all rows, the plain packed kernel, the map's backward.
+        let qT = Tensor(shape: [T * heads, d], storage: qRaw), kT = Tensor(shape: [T * heads, d], storage: kRaw)
+        let (_, qF, qS) = SumNormalization.eluPlusOneForward(qT, native: true)
+        let (_, kF, kS) = SumNormalization.eluPlusOneForward(kT, native: true)
+        let plain = run(false, q: qF.storage, k: kF.storage)
+        let dqRaw = SumNormalization.eluPlusOneBackward(
+            Tensor(shape: [T * heads, d], storage: plain.dq), input: qT, phi: Tensor(shape: [0, d]), output: qF, sums: qS,
+            native: true)
+        let dkRaw = SumNormalization.eluPlusOneBackward(
+            Tensor(shape: [T * heads, d], storage: plain.dk), input: kT, phi: Tensor(shape: [0, d]), output: kF, sums: kS,
+            native: true)
+        #expect(fused.y == plain.y && fused.w == plain.w && fused.dv == plain.dv && fused.dw == plain.dw)
+        // Rows of the other head: untouched by the fused kernel, zero gradients through the map.
+        for r in 0..<T {
+            for j in 0..<d {
+                #expect(fused.dq[r * ks + h * d + j] == dqRaw.storage[r * ks + h * d + j], "dq (\(r), \(j))")
+                #expect(fused.dk[r * ks + h * d + j] == dkRaw.storage[r * ks + h * d + j], "dk (\(r), \(j))")
+                #expect(fused.dq[r * ks + j] == 0 && fused.dk[r * ks + j] == 0)
+            }
+        }
+    }
 }

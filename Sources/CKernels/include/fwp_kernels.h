@@ -69,6 +69,13 @@ void fwp_elu_plus_one_sum_normalize(const float *x, float *y, float *sums, long 
 void fwp_elu_plus_one_sum_normalize_backward(const float *dy, const float *y, const float *sums, float *dx, long rows,
                                              long n);
 
+/// The two above over rows at strides (x, dy, y, dx row r at r · ld…), e.g. one head's rows of a
+/// wider matrix read or written in place.
+void fwp_elu_plus_one_sum_normalize_strided(const float *x, long ldx, float *y, long ldy, float *sums, long rows, long n,
+                                            float epsilon);
+void fwp_elu_plus_one_sum_normalize_backward_strided(const float *dy, long lddy, const float *y, long ldy,
+                                                     const float *sums, float *dx, long lddx, long rows, long n);
+
 /// y = 1 / (1 + e^−x), computed without overflow for any x (NaN stays NaN).
 void fwp_sigmoid(const float *x, float *y, long n);
 
