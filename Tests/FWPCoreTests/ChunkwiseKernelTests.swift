@@ -47,14 +47,8 @@ import Testing
         let isDelta = tc.rule == .delta
 
         // Owned buffers: pointers into Swift arrays must not escape their closures.
-        var owned: [UnsafeMutablePointer<Float>] = []
-        defer { owned.forEach { $0.deallocate() } }
-        func buf(_ a: [Float]) -> UnsafeMutablePointer<Float> {
-            let p = UnsafeMutablePointer<Float>.allocate(capacity: max(a.count, 1))
-            p.initialize(from: a, count: a.count)
-            owned.append(p)
-            return p
-        }
+        let owned = OwnedBuffers()
+        let buf = owned.copy
         func zeros(_ n: Int) -> UnsafeMutablePointer<Float> { buf([Float](repeating: 0, count: n)) }
         func nans(_ n: Int) -> UnsafeMutablePointer<Float> { buf([Float](repeating: .nan, count: n)) }
         func array(_ p: UnsafeMutablePointer<Float>, _ n: Int) -> [Float] { Array(UnsafeBufferPointer(start: p, count: n)) }
@@ -130,14 +124,8 @@ import Testing
         let qRaw = rand(T * ks), kRaw = rand(T * ks), v = rand(T * vs), dy = rand(T * vs), w0 = rand(dv * d)
         let beta = (0..<(T * heads)).map { _ in Float(rng.uniform()) * 0.9 + 0.05 }
         let isDelta = rule == .delta
-        var owned: [UnsafeMutablePointer<Float>] = []
-        defer { owned.forEach { $0.deallocate() } }
-        func buf(_ a: [Float]) -> UnsafeMutablePointer<Float> {
-            let p = UnsafeMutablePointer<Float>.allocate(capacity: max(a.count, 1))
-            p.initialize(from: a, count: a.count)
-            owned.append(p)
-            return p
-        }
+        let owned = OwnedBuffers()
+        let buf = owned.copy
         func array(_ p: UnsafeMutablePointer<Float>, _ n: Int) -> [Float] { Array(UnsafeBufferPointer(start: p, count: n)) }
         let pb: UnsafeMutablePointer<Float>? = isDelta ? buf(beta) + h : nil
         func kernel(_ mapped: Bool) -> ChunkwiseKernel {
@@ -182,4 +170,20 @@ import Testing
             }
         }
     }
+}
+
+/// Buffers of floats that live until the owner goes (the kernels take raw pointers, and pointers
+/// into Swift arrays must not escape their closures).
+final class OwnedBuffers {
+    private var owned: [UnsafeMutablePointer<Float>] = []
+
+    /// A new buffer holding a copy of `a`.
+    func copy(_ a: [Float]) -> UnsafeMutablePointer<Float> {
+        let p = UnsafeMutablePointer<Float>.allocate(capacity: max(a.count, 1))
+        p.initialize(from: a, count: a.count)
+        owned.append(p)
+        return p
+    }
+
+    deinit { owned.forEach { $0.deallocate() } }
 }

@@ -164,49 +164,44 @@ import Testing
         #expect(worst < 2e-5, "\(count) terms, large \(largeTerm): worst \(worst)")
     }
 
-    @Test func transposeMovesEveryElementAndNothingElse() {
-        for (rows, cols) in [(1, 1), (3, 5), (8, 8), (9, 17), (16, 64), (64, 64), (24, 7)] {
-            let lds = cols + 3, ldd = rows + 2
-            var src = [Float](repeating: 0, count: rows * lds)
-            for r in 0..<rows { for c in 0..<lds { src[r * lds + c] = c < cols ? Float(r * 1000 + c) : -1 } }
-            var dst = [Float](repeating: .nan, count: cols * ldd)
-            src.withUnsafeBufferPointer { ps in
-                dst.withUnsafeMutableBufferPointer {
-                    BLAS.transpose(rows: rows, cols: cols, ps.baseAddress!, lds: lds, into: $0.baseAddress!, ldd: ldd)
-                }
-            }
-            for c in 0..<cols {
-                for r in 0..<ldd {
-                    let got = dst[c * ldd + r]
-                    if r < rows {
-                        #expect(got == Float(r * 1000 + c), "\(rows)×\(cols): (\(c), \(r))")
-                    } else {
-                        #expect(got.isNaN, "\(rows)×\(cols): padding (\(c), \(r)) was written")
-                    }
-                }
+    /// Runs `move` from a rows × cols source (row stride cols + 3, padding −1) into a NaN-filled
+    /// destination of `count` floats and checks that element (r, c) of the source, and nothing
+    /// else, lands at `index(r, c)`.
+    private func expectMoves(
+        rows: Int, cols: Int, into count: Int, index: (Int, Int) -> Int,
+        _ move: (UnsafePointer<Float>, Int, UnsafeMutablePointer<Float>) -> Void
+    ) {
+        let lds = cols + 3
+        var src = [Float](repeating: 0, count: rows * lds)
+        for r in 0..<rows { for c in 0..<lds { src[r * lds + c] = c < cols ? Float(r * 1000 + c) : -1 } }
+        var dst = [Float](repeating: .nan, count: count)
+        src.withUnsafeBufferPointer { ps in dst.withUnsafeMutableBufferPointer { move(ps.baseAddress!, lds, $0.baseAddress!) } }
+        var expected = [Float](repeating: .nan, count: count)
+        for r in 0..<rows { for c in 0..<cols { expected[index(r, c)] = Float(r * 1000 + c) } }
+        for i in 0..<count {
+            if expected[i].isNaN {
+                #expect(dst[i].isNaN, "\(rows)×\(cols): padding at \(i) was written")
+            } else {
+                #expect(dst[i] == expected[i], "\(rows)×\(cols): element at \(i)")
             }
         }
     }
 
-    @Test func copyRowsMovesEveryElementAndNothingElse() {
-        // Widths around the 8- and 32-float blocks, strides wider than the rows on both sides.
-        for (rows, width) in [(1, 1), (3, 7), (9, 8), (10, 32), (7, 37), (20, 64), (12, 70)] {
-            let lds = width + 5, ldd = width + 3
-            var src = [Float](repeating: 0, count: rows * lds)
-            for r in 0..<rows { for c in 0..<lds { src[r * lds + c] = c < width ? Float(r * 1000 + c) : -1 } }
-            var dst = [Float](repeating: .nan, count: rows * ldd)
-            src.withUnsafeBufferPointer { ps in
-                dst.withUnsafeMutableBufferPointer { fwp_copy_rows(ps.baseAddress!, lds, $0.baseAddress!, ldd, rows, width) }
+    @Test func transposeMovesEveryElementAndNothingElse() {
+        for (rows, cols) in [(1, 1), (3, 5), (8, 8), (9, 17), (16, 64), (64, 64), (24, 7)] {
+            let ldd = rows + 2
+            expectMoves(rows: rows, cols: cols, into: cols * ldd, index: { r, c in c * ldd + r }) { src, lds, dst in
+                BLAS.transpose(rows: rows, cols: cols, src, lds: lds, into: dst, ldd: ldd)
             }
-            for r in 0..<rows {
-                for c in 0..<ldd {
-                    let got = dst[r * ldd + c]
-                    if c < width {
-                        #expect(got == Float(r * 1000 + c), "\(rows)×\(width): (\(r), \(c))")
-                    } else {
-                        #expect(got.isNaN, "\(rows)×\(width): padding (\(r), \(c)) was written")
-                    }
-                }
+        }
+    }
+
+    /// Widths around the 8- and 32-float blocks, strides wider than the rows on both sides.
+    @Test func copyRowsMovesEveryElementAndNothingElse() {
+        for (rows, width) in [(1, 1), (3, 7), (9, 8), (10, 32), (7, 37), (20, 64), (12, 70)] {
+            let ldd = width + 3
+            expectMoves(rows: rows, cols: width, into: rows * ldd, index: { r, c in r * ldd + c }) { src, lds, dst in
+                fwp_copy_rows(src, lds, dst, ldd, rows, width)
             }
         }
     }
