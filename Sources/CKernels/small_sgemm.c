@@ -174,6 +174,7 @@ FWP_AVX2 void fwp_small_sgemm_sum(int m, int n, int count, const fwp_gemm_term *
                                   const float *c_in, int ldc_in, float *c, int ldc) {
     float bt[FWP_SMALL_SGEMM_MAX_BT] __attribute__((aligned(32)));
     term_t t[FWP_SMALL_SGEMM_MAX_TERMS];
+    if (count < 1 || count > FWP_SMALL_SGEMM_MAX_TERMS) __builtin_trap();
     long used = 0;
     for (int s = 0; s < count; s++) {
         const fwp_gemm_term *x = terms + s;
