@@ -110,7 +110,6 @@ public struct AttentionLayer: Sendable {
         var q: Tensor, k: Tensor  // what the memory saw
         var beta: Tensor?  // (N·H), after the sigmoid
         var saved: AlignedFloats, denominators: [Float]
-        var savedPerSequence = 0
         var chunkSize: Int?  // set when the chunkwise kernel ran; `saved` then holds its data
         var core: Tensor  // N × H·d_head, before outputScale
         var attended: Tensor  // N × H·d_head, after outputScale (input of `out`)
@@ -279,7 +278,6 @@ public struct AttentionLayer: Sendable {
         // float and every output row; only the recurrence relies on zeroed buffers.
         let savedPerSequence = AlignedFloats.lineRounded(chunked?.packedSavedCount ?? (rule == .delta ? steps * dv : 0))
         cache.saved = AlignedFloats(count: seqs * savedPerSequence, zeroed: chunked == nil)
-        cache.savedPerSequence = savedPerSequence
         let coreShape = [batch * steps, heads * dv]
         cache.core = chunked != nil ? Tensor(uninitializedShape: coreShape) : Tensor(shape: coreShape)
         cache.denominators = [Float](repeating: 0, count: attn ? seqs * steps : 0)
@@ -579,7 +577,7 @@ public struct AttentionLayer: Sendable {
                                                             let isDelta = rule == .delta, attn = normalization == .attention
                                                             let sdb = isDelta ? pdb.baseAddress.map(SharedPointer.init) : nil
                                                             let ssaved = !ps.isEmpty ? ps.baseAddress.map(SharedConstPointer.init) : nil
-                                                            let savedPerSequence = cache.savedPerSequence
+                                                            let savedPerSequence = cache.saved.count / seqs
                                                             let chunked = cache.chunkSize.map { chunkwiseKernel(steps: steps, chunk: $0) }
                                                             let sden = attn ? pden.baseAddress.map(SharedConstPointer.init) : nil
                                                             let sbeta = pb.map(SharedConstPointer.init)

@@ -84,13 +84,20 @@ public struct ChunkwiseKernel: Sendable {
     private var savedPOffset: Int { rule == .delta ? savedXOffset + steps * valueSize : savedStatesCount }
     private var savedGOffset: Int { savedPOffset + steps * chunkSize }
 
-    /// Floats per sequence that `forwardPacked` saves for `backwardPacked`: `savedCount` plus the
-    /// gathered q and k rows (and v for the sum rule), each array starting on a cache line.
-    public var packedSavedCount: Int {
-        AlignedFloats.lineRounded(savedCount) + 2 * AlignedFloats.lineRounded(steps * keySize)
-            + (rule == .sum ? AlignedFloats.lineRounded(steps * valueSize) : 0)
-            + (featureMapped ? 2 * AlignedFloats.lineRounded(steps) : 0)
+    /// Where `forwardPacked` keeps its rows beyond `savedCount` in a sequence's saved floats,
+    /// each array on a cache line: q, k, v (the sum rule's; empty for the delta rule), the
+    /// feature map's row sums for q and k (with `featureMapped`), and the end.
+    private var packedOffsets: (q: Int, k: Int, v: Int, sums: Int, end: Int) {
+        let q = AlignedFloats.lineRounded(savedCount)
+        let k = q + AlignedFloats.lineRounded(steps * keySize)
+        let v = k + AlignedFloats.lineRounded(steps * keySize)
+        let sums = v + (rule == .sum ? AlignedFloats.lineRounded(steps * valueSize) : 0)
+        return (q, k, v, sums, sums + (featureMapped ? 2 * AlignedFloats.lineRounded(steps) : 0))
     }
+
+    /// Floats per sequence that `forwardPacked` saves for `backwardPacked`: `savedCount` plus the
+    /// gathered q and k rows (and v for the sum rule, and the feature sums with `featureMapped`).
+    public var packedSavedCount: Int { packedOffsets.end }
 
     /// Floats of `packed` workspace that `backwardPacked` needs (the gathered dy rows, and with
     /// `featureMapped` the gradients of the features before the feature map's backward).
@@ -100,8 +107,7 @@ public struct ChunkwiseKernel: Sendable {
 
     /// The feature map's row sums (q's, then k's) inside a sequence's `packedSavedCount` floats.
     private func featureSums(_ saved: UnsafeMutablePointer<Float>) -> (q: UnsafeMutablePointer<Float>, k: UnsafeMutablePointer<Float>) {
-        let q = saved + AlignedFloats.lineRounded(savedCount) + 2 * AlignedFloats.lineRounded(steps * keySize)
-            + (rule == .sum ? AlignedFloats.lineRounded(steps * valueSize) : 0)
+        let q = saved + packedOffsets.sums
         return (q, q + AlignedFloats.lineRounded(steps))
     }
 
@@ -109,25 +115,16 @@ public struct ChunkwiseKernel: Sendable {
     private func packedRows(_ saved: UnsafeMutablePointer<Float>) -> (
         q: UnsafeMutablePointer<Float>, k: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>
     ) {
-        let q = saved + AlignedFloats.lineRounded(savedCount)
-        let k = q + AlignedFloats.lineRounded(steps * keySize)
-        return (q, k, k + AlignedFloats.lineRounded(steps * keySize))
+        let o = packedOffsets
+        return (saved + o.q, saved + o.k, saved + o.v)
     }
 
-    /// This kernel reading q, k (and v for the sum rule) back to back, from `packedRows`, and
-    /// writing its outputs at the original strides.
-    private var packedForward: ChunkwiseKernel {
+    /// This kernel reading q and k back to back (from `packedRows`) and v, dy at `valueStride`,
+    /// writing dq, dk at `outputKeyStride` and y, dv at the original value stride.
+    private func packedKernel(valueStride vs: Int, outputKeyStride oks: Int) -> ChunkwiseKernel {
         ChunkwiseKernel(
             rule: rule, chunkSize: chunkSize, steps: steps, keySize: keySize, valueSize: valueSize, keyStride: keySize,
-            valueStride: rule == .sum ? valueSize : valueStride, betaStride: betaStride,
-            outputKeyStride: keyStride, outputValueStride: valueStride)
-    }
-
-    /// This kernel reading q, k, v and dy back to back, writing dq, dk, dv at the original strides.
-    private var packedBackward: ChunkwiseKernel {
-        ChunkwiseKernel(
-            rule: rule, chunkSize: chunkSize, steps: steps, keySize: keySize, valueSize: valueSize, keyStride: keySize,
-            valueStride: valueSize, betaStride: betaStride, outputKeyStride: keyStride, outputValueStride: valueStride)
+            valueStride: vs, betaStride: betaStride, outputKeyStride: oks, outputValueStride: valueStride)
     }
 
     /// `forward` on copies of the sequence's q and k rows (and v for the sum rule) gathered into
@@ -157,7 +154,8 @@ public struct ChunkwiseKernel: Sendable {
             fwp_copy_rows(v, valueStride, rows.v, valueSize, steps, valueSize)
             vIn = UnsafePointer(rows.v)
         }
-        packedForward.forward(q: rows.q, k: rows.k, v: vIn, beta: beta, y: y, w: w, saved: saved, scratch: scratch)
+        packedKernel(valueStride: rule == .sum ? valueSize : valueStride, outputKeyStride: keyStride).forward(
+            q: rows.q, k: rows.k, v: vIn, beta: beta, y: y, w: w, saved: saved, scratch: scratch)
     }
 
     /// `backward` after `forwardPacked`: q, k (v) are read from `saved`, dy is gathered into
@@ -171,7 +169,7 @@ public struct ChunkwiseKernel: Sendable {
         let rows = packedRows(UnsafeMutablePointer(mutating: saved))
         fwp_copy_rows(dy, valueStride, packed, valueSize, steps, valueSize)
         guard featureMapped else {
-            packedBackward.backward(
+            packedKernel(valueStride: valueSize, outputKeyStride: keyStride).backward(
                 dy: packed, q: rows.q, k: rows.k, v: rows.v, beta: beta, saved: saved, dw: dw, scratch: scratch, dq: dq,
                 dk: dk, dv: dv, dbeta: dbeta, seeded: seeded)
             return
@@ -179,10 +177,7 @@ public struct ChunkwiseKernel: Sendable {
         // Gradients of the features into the workspace, then through the feature map into dq, dk.
         let nk = AlignedFloats.lineRounded(steps * keySize)
         let dqf = packed + AlignedFloats.lineRounded(steps * valueSize), dkf = dqf + nk
-        let inner = ChunkwiseKernel(
-            rule: rule, chunkSize: chunkSize, steps: steps, keySize: keySize, valueSize: valueSize, keyStride: keySize,
-            valueStride: valueSize, betaStride: betaStride, outputKeyStride: keySize, outputValueStride: valueStride)
-        inner.backward(
+        packedKernel(valueStride: valueSize, outputKeyStride: keySize).backward(
             dy: packed, q: rows.q, k: rows.k, v: rows.v, beta: beta, saved: saved, dw: dw, scratch: scratch, dq: dqf,
             dk: dkf, dv: dv, dbeta: dbeta, seeded: seeded)
         let sums = featureSums(UnsafeMutablePointer(mutating: saved))
