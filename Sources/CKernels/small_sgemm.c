@@ -87,8 +87,7 @@ FWP_INLINE FWP_AVX2 void column_panel(int masked, __m256i m0, __m256i m1, int m,
     }
 }
 
-// bt (k × n, row-major) ← op(B) for B stored n × k with row stride ldb; 8 × 8 tiles through
-// registers where both sizes allow, element by element at the edges.
+// An 8 × 8 tile of src (row stride lds) transposed into dst (row stride ldd) through registers.
 FWP_INLINE FWP_AVX2 void transpose8(const float *src, long lds, float *dst, long ldd) {
     __m256 r0 = _mm256_loadu_ps(src + 0 * lds), r1 = _mm256_loadu_ps(src + 1 * lds);
     __m256 r2 = _mm256_loadu_ps(src + 2 * lds), r3 = _mm256_loadu_ps(src + 3 * lds);
@@ -112,18 +111,8 @@ FWP_INLINE FWP_AVX2 void transpose8(const float *src, long lds, float *dst, long
     _mm256_storeu_ps(dst + 7 * ldd, _mm256_permute2f128_ps(s3, s7, 0x31));
 }
 
-static FWP_AVX2 void transpose(int n, int k, const float *b, long ldb, float *bt) {
-    int j = 0;
-    for (; j + 8 <= n; j += 8) {
-        int p = 0;
-        for (; p + 8 <= k; p += 8) transpose8(b + j * ldb + p, ldb, bt + p * n + j, n);
-        for (; p < k; p++)
-            for (int jj = j; jj < j + 8; jj++) bt[p * n + jj] = b[jj * ldb + p];
-    }
-    for (; j < n; j++)
-        for (int p = 0; p < k; p++) bt[p * n + j] = b[j * ldb + p];
-}
-
+// dst (cols × rows, row stride ldd) ← srcᵀ: 8 × 8 tiles through registers, element by element at
+// the edges. Also the small kernel's transposition of a transposed B operand.
 FWP_AVX2 void fwp_transpose(int rows, int cols, const float *src, int lds, float *dst, int ldd) {
     int j = 0;
     for (; j + 8 <= rows; j += 8) {
@@ -184,7 +173,7 @@ FWP_AVX2 void fwp_small_sgemm_sum(int m, int n, int count, const fwp_gemm_term *
         t[s].k = x->k;
         t[s].negate = x->negate;
         if (x->transpose_b) {
-            transpose(n, x->k, x->b, x->ldb, bt + used);
+            fwp_transpose(n, x->k, x->b, x->ldb, bt + used, n);  // op(B) = Bᵀ, k × n
             t[s].b = bt + used;
             t[s].ldb = n;
             used += (long)n * x->k;
