@@ -87,6 +87,10 @@ FWP_AVX2 void fwp_elu_plus_one_sum_normalize_strided(const float *x, long ldx, f
         // φ goes to y first (the row is then in L1), and is scaled in place once its sum is known.
         const float *xr = x + r * ldx;
         float *yr = y + r * ldy;
+        // The rows lie ldx floats apart (a head's slice of the projection), mostly outside the
+        // caches: fetch a few rows ahead, as fwp_copy_rows does.
+        if (r + 6 < rows)
+            for (long i = 0; i < n; i += 16) __builtin_prefetch(xr + 6 * ldx + i, 0, 3);
         __m256 acc = _mm256_setzero_ps();
         for (long i = 0; i < full; i += 8) {
             __m256 v = elu1(_mm256_loadu_ps(xr + i));
@@ -121,6 +125,12 @@ FWP_AVX2 void fwp_elu_plus_one_sum_normalize_backward_strided(const float *dy, l
     for (long r = 0; r < rows; r++) {
         const float *gr = dy + r * lddy, *yr = y + r * ldy;
         float *dr = dx + r * lddx;
+        if (r + 6 < rows)
+            for (long i = 0; i < n; i += 16) {
+                __builtin_prefetch(gr + 6 * lddy + i, 0, 3);
+                __builtin_prefetch(yr + 6 * ldy + i, 0, 3);
+                __builtin_prefetch(dr + 6 * lddx + i, 1, 3);
+            }
         __m256 acc = _mm256_setzero_ps();
         for (long i = 0; i < full; i += 8)
             acc = _mm256_fmadd_ps(_mm256_loadu_ps(gr + i), _mm256_loadu_ps(yr + i), acc);

@@ -1,5 +1,13 @@
 #include "fwp_kernels.h"
 
+void fwp_prefetch_rows(const float *p, long stride, long rows, long width) {
+    for (long r = 0; r < rows; r++) {
+        const float *row = p + r * stride;
+        for (long j = 0; j < width; j += 16) __builtin_prefetch(row + j, 0, 3);
+        if (width > 0) __builtin_prefetch(row + width - 1, 0, 3);  // a row's last line when it straddles
+    }
+}
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 

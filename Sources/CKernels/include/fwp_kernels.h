@@ -54,6 +54,10 @@ void fwp_transpose(int rows, int cols, const float *src, int lds, float *dst, in
 /// source a few rows ahead. Runs on any CPU.
 void fwp_copy_rows(const float *src, long lds, float *dst, long ldd, long rows, long width);
 
+/// Asks the cache hierarchy for rows r < rows of `width` floats at p + r · stride (a prefetch
+/// hint per 64-byte line; no effect on results). Runs on any CPU.
+void fwp_prefetch_rows(const float *p, long stride, long rows, long width);
+
 /// 1 when this CPU can run the element-wise kernels below (x86-64 with AVX2 and FMA), 0 otherwise.
 int fwp_vector_kernels_supported(void);
 
