@@ -48,16 +48,27 @@ FWP_INLINE FWP_AVX2 void accumulate(int rows, int masked, int neg, __m256i m0, _
 
 // One block of up to 4 rows × 16 columns of C (rows i…, columns j…), accumulated over every
 // term's k in 8 registers and stored once. `masked` selects partial-width loads/stores.
+// C ← C_in ± Σ (beta 1, alpha ±1: the state updates) starts the registers from C_in and folds
+// alpha into the terms' signs; alpha 1 skips the scaling: no floating-point work outside the
+// products' own FMAs in either case (which share the two FMA pipes with it).
 FWP_INLINE FWP_AVX2 void block(int rows, int masked, __m256i m0, __m256i m1, int nterms, const term_t *t, long i,
                                long j, float alpha, float beta, const float *cin, long ldcin, float *c, long ldc) {
     __m256 acc0[4], acc1[4];
+    int from_c = beta == 1.0f && (alpha == 1.0f || alpha == -1.0f);
+    int flip = from_c && alpha == -1.0f;
     for (int r = 0; r < 4; r++) {
         acc0[r] = _mm256_setzero_ps();
         acc1[r] = _mm256_setzero_ps();
     }
+    if (from_c)
+        for (int r = 0; r < rows; r++) {
+            const float *cir = cin + (i + r) * ldcin + j;
+            acc0[r] = masked ? _mm256_maskload_ps(cir, m0) : _mm256_loadu_ps(cir);
+            acc1[r] = masked ? _mm256_maskload_ps(cir + 8, m1) : _mm256_loadu_ps(cir + 8);
+        }
     for (int s = 0; s < nterms; s++) {
         const float *a = t[s].a + i * t[s].ars, *b = t[s].b + j;
-        if (t[s].negate)
+        if (t[s].negate != flip)
             accumulate(rows, masked, 1, m0, m1, t[s].k, a, t[s].ars, t[s].aps, b, t[s].ldb, acc0, acc1);
         else
             accumulate(rows, masked, 0, m0, m1, t[s].k, a, t[s].ars, t[s].aps, b, t[s].ldb, acc0, acc1);
@@ -66,12 +77,18 @@ FWP_INLINE FWP_AVX2 void block(int rows, int masked, __m256i m0, __m256i m1, int
     for (int r = 0; r < rows; r++) {
         float *cr = c + (i + r) * ldc + j;
         const float *cir = cin + (i + r) * ldcin + j;
-        __m256 x0 = _mm256_mul_ps(va, acc0[r]), x1 = _mm256_mul_ps(va, acc1[r]);
-        if (beta != 0) {
-            __m256 c0 = masked ? _mm256_maskload_ps(cir, m0) : _mm256_loadu_ps(cir);
-            __m256 c1 = masked ? _mm256_maskload_ps(cir + 8, m1) : _mm256_loadu_ps(cir + 8);
-            x0 = _mm256_fmadd_ps(vb, c0, x0);
-            x1 = _mm256_fmadd_ps(vb, c1, x1);
+        __m256 x0 = acc0[r], x1 = acc1[r];
+        if (!from_c) {
+            if (alpha != 1.0f) {
+                x0 = _mm256_mul_ps(va, x0);
+                x1 = _mm256_mul_ps(va, x1);
+            }
+            if (beta != 0) {
+                __m256 c0 = masked ? _mm256_maskload_ps(cir, m0) : _mm256_loadu_ps(cir);
+                __m256 c1 = masked ? _mm256_maskload_ps(cir + 8, m1) : _mm256_loadu_ps(cir + 8);
+                x0 = _mm256_fmadd_ps(vb, c0, x0);
+                x1 = _mm256_fmadd_ps(vb, c1, x1);
+            }
         }
         if (masked) {
             _mm256_maskstore_ps(cr, m0, x0);

@@ -23,7 +23,7 @@ import Testing
             for n in sizes {
                 let k = sizes[Int(rng.next() % UInt64(sizes.count))]
                 let flags = Int(rng.next() % 4)
-                let (alpha, beta): (Float, Float) = [(1, 0), (1, 1), (-0.5, 2)][Int(rng.next() % 3)]
+                let (alpha, beta): (Float, Float) = [(1, 0), (1, 1), (-1, 1), (-0.5, 2)][Int(rng.next() % 4)]
                 out.append(Case(m: m, n: n, k: k, transposeA: flags & 1 != 0, transposeB: flags & 2 != 0, alpha: alpha, beta: beta))
             }
         }
@@ -79,9 +79,11 @@ import Testing
 
     /// C ← alpha·AB + beta·C_in with the addend elsewhere: the same as copying C_in into C and
     /// accumulating, on the small kernel and (past its limits) on OpenBLAS; C_in is not changed.
-    @Test(arguments: [(16, 64, 16), (64, 64, 16), (5, 19, 3), (200, 130, 40)])
-    func productWithSeparateAddend(shape: (Int, Int, Int)) {
+    /// α = ±1 with β = 1 is the kernel's path that starts its registers from C_in.
+    @Test(arguments: [(16, 64, 16), (64, 64, 16), (5, 19, 3), (200, 130, 40)], [(-0.5, 2), (-1, 1), (1, 1)] as [(Float, Float)])
+    func productWithSeparateAddend(shape: (Int, Int, Int), scales: (Float, Float)) {
         let (m, n, k) = shape
+        let (alpha, beta) = scales
         var rng = FWPRandom(seed: UInt64(m * 1000 + n))
         let a = Tensor.normal(shape: [m, k], std: 1, using: &rng), b = Tensor.normal(shape: [k, n], std: 1, using: &rng)
         let cIn = Tensor.normal(shape: [m, n + 2], std: 1, using: &rng)  // padded rows
@@ -90,7 +92,7 @@ import Testing
             for j in 0..<n {
                 var acc = 0.0
                 for p in 0..<k { acc += Double(a[i, p]) * Double(b[p, j]) }
-                expected[i * n + j] = Float(-0.5 * acc + 2 * Double(cIn[i, j]))
+                expected[i * n + j] = Float(Double(alpha) * acc + Double(beta) * Double(cIn[i, j]))
             }
         }
         var c = [Float](repeating: .nan, count: m * n)
@@ -100,14 +102,14 @@ import Testing
                 cIn.withUnsafePointer { pci in
                     c.withUnsafeMutableBufferPointer {
                         BLAS.gemm(
-                            transposeA: false, transposeB: false, m: m, n: n, k: k, alpha: -0.5, a: pa, lda: k, b: pb,
-                            ldb: n, beta: 2, cIn: pci, ldcIn: n + 2, c: $0.baseAddress!, ldc: n)
+                            transposeA: false, transposeB: false, m: m, n: n, k: k, alpha: alpha, a: pa, lda: k, b: pb,
+                            ldb: n, beta: beta, cIn: pci, ldcIn: n + 2, c: $0.baseAddress!, ldc: n)
                     }
                 }
             }
         }
         let worst = zip(c, expected).map { abs($0 - $1) / (1 + abs($1)) }.max()!
-        #expect(worst < 1e-5, "\(m)×\(n)×\(k): worst \(worst)")
+        #expect(worst < 1e-5, "\(m)×\(n)×\(k) α=\(alpha) β=\(beta): worst \(worst)")
         #expect(cIn.storage == before, "C_in was modified")
     }
 
@@ -118,6 +120,7 @@ import Testing
     func productSumsMatchFloat64(terms count: Int, largeTerm: Bool) {
         let m = 13, n = 37
         let ks = [16, largeTerm ? 150 : 64, 9, 32]
+        let beta: Float = count == 4 ? 1 : 0.5  // β = 1: the registers start from C
         let flags = [(true, false), (false, true), (false, false), (true, true)]  // (transposeA, transposeB)
         var rng = FWPRandom(seed: UInt64(count * 10 + (largeTerm ? 1 : 0)))
         // op(A_t) is m × k (stored k × m when transposed), op(B_t) is k × n (stored n × k when transposed).
@@ -133,7 +136,7 @@ import Testing
         var expected = [Float](repeating: 0, count: m * n)
         for i in 0..<m {
             for j in 0..<n {
-                var acc = 0.5 * Double(c0[i * n + j])
+                var acc = Double(beta) * Double(c0[i * n + j])
                 for t in 0..<count {
                     var sum = 0.0
                     for p in 0..<ks[t] { sum += opA(t, i, p) * opB(t, p, j) }
@@ -157,7 +160,7 @@ import Testing
         }
         c.withUnsafeMutableBufferPointer {
             BLAS.gemmSum(
-                m: m, n: n, terms[0], terms[1], count > 2 ? terms[2] : nil, count > 3 ? terms[3] : nil, beta: 0.5,
+                m: m, n: n, terms[0], terms[1], count > 2 ? terms[2] : nil, count > 3 ? terms[3] : nil, beta: beta,
                 c: $0.baseAddress!, ldc: n)
         }
         let worst = zip(c, expected).map { abs($0 - $1) / (1 + abs($1)) }.max()!
