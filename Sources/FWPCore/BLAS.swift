@@ -26,8 +26,13 @@ public enum BLAS {
     public static func relaunchWithoutWorkerThreads() {
         #if os(Linux)
             guard getenv("OPENBLAS_NUM_THREADS") == nil else { return }
+            // The program's own path, not /proc/self/exe: the kernel names a process after the
+            // file it executes, and ps, pgrep and the journal should still see fwpd, not "exe".
+            var path = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+            let length = readlink("/proc/self/exe", &path, path.count - 1)
+            guard length > 0 else { return }
             setenv("OPENBLAS_NUM_THREADS", "1", 1)
-            execv("/proc/self/exe", CommandLine.unsafeArgv)
+            execv(path, CommandLine.unsafeArgv)
         #endif
     }
 

@@ -37,7 +37,8 @@ import ZeroMQ
     }
 
     /// Started without OPENBLAS_NUM_THREADS, fwpd re-executes itself with it set to 1 (same
-    /// process, still answering), so OpenBLAS starts no worker threads to spin beside the jobs.
+    /// process, still answering, still named fwpd), so OpenBLAS starts no worker threads to spin
+    /// beside the jobs.
     @Test func relaunchesWithSingleThreadedOpenBLAS() throws {
         let d = try DaemonProcess().start()
         defer { d.stop() }
@@ -45,6 +46,8 @@ import ZeroMQ
         let environ = try Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/environ"))
         let variables = environ.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
         #expect(variables.contains("OPENBLAS_NUM_THREADS=1"))
+        let name = try String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)
+        #expect(name == "fwpd\n", "process name \(name)")
         _ = try d.client().ok("health", [:])
     }
 
