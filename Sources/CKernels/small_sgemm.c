@@ -1,10 +1,12 @@
 #include "fwp_kernels.h"
 
 void fwp_prefetch_rows(const float *p, long stride, long rows, long width) {
+    if (width <= 0) return;
     for (long r = 0; r < rows; r++) {
-        const float *row = p + r * stride;
-        for (long j = 0; j < width; j += 16) __builtin_prefetch(row + j, 0, 3);
-        if (width > 0) __builtin_prefetch(row + width - 1, 0, 3);  // a row's last line when it straddles
+        // One hint per 64-byte line the row touches, from the line holding its first float.
+        const char *line = (const char *)((unsigned long)(p + r * stride) & ~63UL);
+        const char *end = (const char *)(p + r * stride + width);
+        for (; line < end; line += 64) __builtin_prefetch(line, 0, 3);
     }
 }
 
