@@ -68,7 +68,7 @@ let package = Package(
             exclude: ["Fixtures"]
         ),
         .testTarget(name: "FWPTasksTests", dependencies: ["FWPTasks", "FWPCore"]),
-        .testTarget(name: "FWPDaemonTests", dependencies: ["FWPProtocol", "ZeroMQ", "FWPStore", "FWPDaemon"]),
+        .testTarget(name: "FWPDaemonTests", dependencies: ["FWPProtocol", "ZeroMQ", "FWPStore", "FWPDaemon", "FWPCore"]),
     ],
     swiftLanguageModes: [.v6]
 )

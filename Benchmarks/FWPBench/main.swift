@@ -22,7 +22,7 @@
 import FWPCore
 import Foundation
 
-BLAS.relaunchWithoutWorkerThreads()
+BLAS.relaunchIfNeeded()
 var threads = 2, repeats = 5, json = false, context = 256, coreBatch = 8
 var lmAlgorithm = FastWeightAlgorithm.automatic
 var only: [String] = []
@@ -51,6 +51,7 @@ while let a = args.popFirst() {
 }
 if only.isEmpty { only = ["core", "lm"] }
 BLAS.setThreads(1)
+FileHandle.standardError.write(Data("fwp-bench: \(BLAS.blasCoreNote)\n".utf8))
 
 @MainActor func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
 
@@ -291,8 +292,8 @@ for what in only {
     case "lm": try benchLM()
     case "lm-delta", "lm-sum", "lm-softmax": try benchLM(only: String(what.dropFirst(3)))
     case "sgemm":
-        report("sgemm-1024", sgemmGflops(m: 1024, n: 1024, k: 1024), "GFLOP/s", ["blas_threads": 1])
-        report("sgemm-4096x512x128", sgemmGflops(m: 4096, n: 512, k: 128), "GFLOP/s", ["blas_threads": 1])
+        report("sgemm-1024", sgemmGflops(m: 1024, n: 1024, k: 1024), "GFLOP/s", ["blas_threads": 1, "blas_core": BLAS.coreName])
+        report("sgemm-4096x512x128", sgemmGflops(m: 4096, n: 512, k: 128), "GFLOP/s", ["blas_threads": 1, "blas_core": BLAS.coreName])
     case "sweep":
         for t in [256, 512, 1024, 2048] {
             for (name, attention, rule) in lmVariants {

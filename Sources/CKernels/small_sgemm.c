@@ -21,6 +21,17 @@ int fwp_small_sgemm_supported(void) {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 
+int fwp_cpu_vector_level(void) {
+    __builtin_cpu_init();
+    // __builtin_cpu_supports also checks that the OS saves the wider registers (XCR0).
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && fwp_small_sgemm_supported())
+        return 3;
+    if (fwp_small_sgemm_supported()) return 2;
+    if (__builtin_cpu_supports("avx")) return 1;
+    return 0;
+}
+
 // One term of a product sum, as the blocks read it: A(i, p) = a[i * ars + p * aps],
 // B(p, j) = b[p * ldb + j] (B already transposed where the caller asked), accumulated with its sign.
 typedef struct {
@@ -231,6 +242,8 @@ FWP_AVX2 void fwp_small_sgemm_add(int transpose_a, int transpose_b, int m, int n
 #else
 
 int fwp_small_sgemm_supported(void) { return 0; }
+
+int fwp_cpu_vector_level(void) { return 0; }
 
 void fwp_copy_rows(const float *src, long lds, float *dst, long ldd, long rows, long width) {
     for (long r = 0; r < rows; r++)

@@ -14,26 +14,81 @@ public enum BLAS {
         openblas_set_num_threads(Int32(count))
     }
 
-    /// Makes the process start OpenBLAS without worker threads; executables call it first thing.
+    /// Re-executes the program, once, with the OpenBLAS settings FWPCore wants; executables call
+    /// it first thing. Two settings are made through the environment, because OpenBLAS reads
+    /// them when the library loads, before `main`:
     ///
-    /// OpenBLAS creates its worker threads when the library loads, before `main`, sized by
-    /// OPENBLAS_NUM_THREADS (default: one per core). FWPCore runs every BLAS product on the
-    /// calling thread (`setThreads(1)`; parallelism comes from its own loops), yet those workers
-    /// spin (sched_yield) for a while after start and take a core from the compute threads:
-    /// `fwp-bench --only core-auto` measured 7% faster without them. When the variable is unset,
-    /// this sets it to 1 and re-executes the same program with the same arguments (same process
-    /// id); when it is set, or the re-execution fails, it returns and nothing changes.
-    public static func relaunchWithoutWorkerThreads() {
+    /// - OPENBLAS_NUM_THREADS=1. OpenBLAS creates its worker threads at load time (default: one
+    ///   per core). FWPCore runs every BLAS product on the calling thread (`setThreads(1)`;
+    ///   parallelism comes from its own loops), yet those workers spin (sched_yield) for a while
+    ///   after start and take a core from the compute threads: `fwp-bench --only core-auto`
+    ///   measured 7% faster without them.
+    /// - OPENBLAS_CORETYPE, only when OpenBLAS's own CPU detection fell back to pre-AVX2 kernels
+    ///   on a CPU with AVX2 or AVX-512 (`coreTypeOverride`). A library older than the CPU does
+    ///   that: Debian 12's OpenBLAS 0.3.21 takes a 2023 Xeon (family 6, model 207) for a
+    ///   Prescott and multiplies with SSE3, 5× slower than its SkylakeX (AVX-512) kernels there
+    ///   (docs/PERFORMANCE.md).
+    ///
+    /// A variable already set in the environment is left as it is (the user's choice wins).
+    /// When neither needs setting, or the re-execution fails, it returns and nothing changes.
+    /// The process keeps its id; `blasCoreNote` says afterwards what was chosen and why.
+    public static func relaunchIfNeeded() {
         #if os(Linux)
-            guard getenv("OPENBLAS_NUM_THREADS") == nil else { return }
+            let setThreads = getenv("OPENBLAS_NUM_THREADS") == nil
+            let coreType = getenv("OPENBLAS_CORETYPE") == nil ? coreTypeOverride(detected: coreName, vectorLevel: vectorLevel) : nil
+            guard setThreads || coreType != nil else { return }
             // The program's own path, not /proc/self/exe: the kernel names a process after the
             // file it executes, and ps, pgrep and the journal should still see fwpd, not "exe".
             var path = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
             let length = readlink("/proc/self/exe", &path, path.count - 1)
             guard length > 0 else { return }
-            setenv("OPENBLAS_NUM_THREADS", "1", 1)
+            if setThreads { setenv("OPENBLAS_NUM_THREADS", "1", 1) }
+            if let coreType {
+                setenv("OPENBLAS_CORETYPE", coreType, 1)
+                setenv(detectedCoreVariable, coreName, 1)
+            }
             execv(path, CommandLine.unsafeArgv)
         #endif
+    }
+
+    /// Where `relaunchIfNeeded` leaves the core name OpenBLAS detected before it was overridden.
+    static let detectedCoreVariable = "FWP_OPENBLAS_DETECTED_CORE"
+
+    /// OpenBLAS cores without AVX2 kernels: on a CPU with AVX2 these mean its detection fell
+    /// back (an unknown model), not that the CPU is old.
+    static let preAVX2Cores: Set<String> = [
+        "katmai", "coppermine", "northwood", "prescott", "banias", "core2", "penryn", "dunnington", "nehalem",
+        "atom", "sandybridge", "opteron", "opteron_sse3", "barcelona", "bobcat", "bulldozer", "piledriver",
+        "steamroller", "nano", "unknown",
+    ]
+
+    /// The OPENBLAS_CORETYPE to ask for when OpenBLAS detected `detected` on a CPU whose widest
+    /// vector extension is `vectorLevel` (`fwp_cpu_vector_level`: 3 AVX-512, 2 AVX2 + FMA), or
+    /// nil to keep OpenBLAS's choice. Only a fallback to a pre-AVX2 core is overridden: SkylakeX
+    /// (AVX-512 kernels) where AVX-512 is there, Haswell (AVX2) otherwise.
+    public static func coreTypeOverride(detected: String, vectorLevel: Int) -> String? {
+        guard preAVX2Cores.contains(detected.lowercased()) else { return nil }
+        switch vectorLevel {
+        case 3...: return "SkylakeX"
+        case 2: return "Haswell"
+        default: return nil
+        }
+    }
+
+    /// The kernel family OpenBLAS runs (Haswell, SkylakeX, Zen, Prescott, …).
+    public static var coreName: String { String(cString: openblas_get_corename()) }
+
+    /// The CPU's widest vector extension (`fwp_cpu_vector_level`).
+    public static var vectorLevel: Int { Int(fwp_cpu_vector_level()) }
+
+    /// One line for logs: OpenBLAS's kernel family, and whether `relaunchIfNeeded` chose it.
+    public static var blasCoreNote: String {
+        let core = coreName
+        if let detected = getenv(detectedCoreVariable).map({ String(cString: $0) }), detected.lowercased() != core.lowercased() {
+            return "OpenBLAS \(core) kernels (its CPU detection gave \(detected), which lacks this CPU's vector units; "
+                + "set OPENBLAS_CORETYPE to choose)"
+        }
+        return "OpenBLAS \(core) kernels"
     }
 
     /// OpenBLAS's current worker-thread count.

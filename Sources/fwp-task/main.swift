@@ -30,7 +30,7 @@ let usage = """
     NAME is a preset from the tasks folder or a module (retrieval, lm, eval, generate, exec).
     """
 
-BLAS.relaunchWithoutWorkerThreads()
+BLAS.relaunchIfNeeded()
 var args = Array(CommandLine.arguments.dropFirst())
 guard let command = args.first else { fail(usage) }
 args.removeFirst()

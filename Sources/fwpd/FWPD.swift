@@ -34,7 +34,7 @@ struct FWPD: AsyncParsableCommand {
     @Option(help: "Nice value (0–19) of the request-serving threads.") var requestNice: Int?
 
     func run() async throws {
-        BLAS.relaunchWithoutWorkerThreads()
+        BLAS.relaunchIfNeeded()
         var settings = DaemonConfig()
         let env = ProcessInfo.processInfo.environment
         do {

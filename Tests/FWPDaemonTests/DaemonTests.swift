@@ -1,3 +1,4 @@
+import FWPCore
 import FWPProtocol
 import FWPStore
 import Foundation
@@ -46,6 +47,17 @@ import ZeroMQ
         let environ = try Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/environ"))
         let variables = environ.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
         #expect(variables.contains("OPENBLAS_NUM_THREADS=1"))
+        // The kernel family: overridden exactly where this test process's OpenBLAS (started
+        // without the variable) detected a pre-AVX2 core on a CPU with AVX2 or AVX-512.
+        if ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] == nil {
+            let coreTypes = variables.filter { $0.hasPrefix("OPENBLAS_CORETYPE=") }
+            if let expected = BLAS.coreTypeOverride(detected: BLAS.coreName, vectorLevel: BLAS.vectorLevel) {
+                #expect(coreTypes == ["OPENBLAS_CORETYPE=\(expected)"])
+                #expect(variables.contains("FWP_OPENBLAS_DETECTED_CORE=\(BLAS.coreName)"))
+            } else {
+                #expect(coreTypes.isEmpty)
+            }
+        }
         let name = try String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)
         #expect(name == "fwpd\n", "process name \(name)")
         _ = try d.client().ok("health", [:])

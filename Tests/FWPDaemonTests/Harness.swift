@@ -64,9 +64,10 @@ final class DaemonProcess {
         let p = Process()
         p.executableURL = productsDirectory.appendingPathComponent("fwpd")
         p.arguments = arguments
-        // As a service manager would start it: fwpd sets OpenBLAS's thread count itself.
+        // As a service manager would start it: fwpd sets OpenBLAS's thread count (and, where
+        // OpenBLAS's CPU detection falls short, its kernel family) itself.
         var env = ProcessInfo.processInfo.environment
-        env.removeValue(forKey: "OPENBLAS_NUM_THREADS")
+        for key in ["OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "FWP_OPENBLAS_DETECTED_CORE"] { env.removeValue(forKey: key) }
         p.environment = env
         _ = FileManager.default.createFile(atPath: logURL.path, contents: nil)
         let log = try FileHandle(forWritingTo: logURL)

@@ -14,6 +14,10 @@ extern "C" {
 /// 1 when this CPU can run fwp_small_sgemm_add (x86-64 with AVX2 and FMA), 0 otherwise.
 int fwp_small_sgemm_supported(void);
 
+/// The widest x86-64 vector extension this CPU and OS support: 3 for AVX-512 (F, CD, BW, DQ, VL),
+/// 2 for AVX2 with FMA, 1 for AVX, 0 otherwise (and on other architectures).
+int fwp_cpu_vector_level(void);
+
 /// The largest n·k for which fwp_small_sgemm_add accepts transpose_b (it transposes B on the stack).
 #define FWP_SMALL_SGEMM_MAX_BT 16384
 
