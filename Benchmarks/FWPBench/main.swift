@@ -175,6 +175,9 @@ FileHandle.standardError.write(Data("fwp-bench: \(BLAS.blasCoreNote)\n".utf8))
 /// resident in cache, each product repeated until it takes a few milliseconds).
 @MainActor func benchSmallGemm() {
     let shapes: [(Int, Int, Int, Bool, Bool)] = [
+        // The chunkwise kernel's own (chunk 16, d 32 or 64): K Sᵀ, Q Kᵀ, the state update Vᵀ K.
+        (16, 64, 64, false, false), (16, 16, 64, false, true), (64, 64, 16, true, false),
+        (16, 32, 32, false, false), (16, 16, 32, false, true), (32, 32, 16, true, false),
         (32, 32, 32, false, false), (32, 32, 32, false, true), (32, 32, 32, true, false),
         (32, 64, 64, false, false), (32, 64, 64, false, true), (64, 64, 32, true, false),
         (64, 64, 64, false, false), (64, 64, 64, false, true), (64, 256, 32, false, true),

@@ -12,6 +12,8 @@ void fwp_prefetch_rows(const float *p, long stride, long rows, long width) {
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include <stdlib.h>
+#include <string.h>
 
 #define FWP_AVX2 __attribute__((target("avx2,fma")))
 #define FWP_INLINE static inline __attribute__((always_inline))
@@ -197,6 +199,130 @@ void fwp_copy_rows(const float *src, long lds, float *dst, long ldd, long rows, 
         for (long j = 0; j < width; j++) dst[r * ldd + j] = src[r * lds + j];
 }
 
+// --- AVX-512 ---------------------------------------------------------------------------------
+// The same product sums with 16-float registers, for CPUs with AVX-512 (fwp_cpu_vector_level 3):
+// blocks of up to 8 rows × 32 columns (16 accumulators, two per row), or × 16 columns for
+// narrower panels; column edges use mask registers, so no lane past n is read or written.
+#define FWP_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+
+FWP_INLINE FWP_AVX512 void accumulate512(int rows, int vecs, int masked, int neg, __mmask16 m0, __mmask16 m1, int k,
+                                         const float *a, long ars, long aps, const float *b, long ldb, __m512 *acc0,
+                                         __m512 *acc1) {
+    for (int p = 0; p < k; p++) {
+        const float *bp = b + p * ldb;
+        __m512 b0 = masked ? _mm512_maskz_loadu_ps(m0, bp) : _mm512_loadu_ps(bp);
+        __m512 b1 = _mm512_setzero_ps();
+        if (vecs == 2) b1 = masked ? _mm512_maskz_loadu_ps(m1, bp + 16) : _mm512_loadu_ps(bp + 16);
+        const float *ap = a + p * aps;
+        for (int r = 0; r < rows; r++) {
+            __m512 av = _mm512_set1_ps(ap[r * ars]);
+            acc0[r] = neg ? _mm512_fnmadd_ps(av, b0, acc0[r]) : _mm512_fmadd_ps(av, b0, acc0[r]);
+            if (vecs == 2) acc1[r] = neg ? _mm512_fnmadd_ps(av, b1, acc1[r]) : _mm512_fmadd_ps(av, b1, acc1[r]);
+        }
+    }
+}
+
+FWP_INLINE FWP_AVX512 __m512 load512(int masked, __mmask16 m, const float *p) {
+    return masked ? _mm512_maskz_loadu_ps(m, p) : _mm512_loadu_ps(p);
+}
+
+FWP_INLINE FWP_AVX512 void store512(int masked, __mmask16 m, float *p, __m512 x) {
+    if (masked)
+        _mm512_mask_storeu_ps(p, m, x);
+    else
+        _mm512_storeu_ps(p, x);
+}
+
+// One block of `rows` ≤ 8 rows × 16·vecs columns; the epilogue is the AVX2 block's.
+FWP_INLINE FWP_AVX512 void block512(int rows, int vecs, int masked, __mmask16 m0, __mmask16 m1, int nterms,
+                                    const term_t *t, long i, long j, float alpha, float beta, const float *cin,
+                                    long ldcin, float *c, long ldc) {
+    __m512 acc0[8], acc1[8];
+    int from_c = beta == 1.0f && (alpha == 1.0f || alpha == -1.0f);
+    int flip = from_c && alpha == -1.0f;
+    for (int r = 0; r < 8; r++) {
+        acc0[r] = _mm512_setzero_ps();
+        acc1[r] = _mm512_setzero_ps();
+    }
+    if (from_c)
+        for (int r = 0; r < rows; r++) {
+            const float *cir = cin + (i + r) * ldcin + j;
+            acc0[r] = load512(masked, m0, cir);
+            if (vecs == 2) acc1[r] = load512(masked, m1, cir + 16);
+        }
+    for (int s = 0; s < nterms; s++) {
+        const float *a = t[s].a + i * t[s].ars, *b = t[s].b + j;
+        if (t[s].negate != flip)
+            accumulate512(rows, vecs, masked, 1, m0, m1, t[s].k, a, t[s].ars, t[s].aps, b, t[s].ldb, acc0, acc1);
+        else
+            accumulate512(rows, vecs, masked, 0, m0, m1, t[s].k, a, t[s].ars, t[s].aps, b, t[s].ldb, acc0, acc1);
+    }
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    for (int r = 0; r < rows; r++) {
+        float *cr = c + (i + r) * ldc + j;
+        const float *cir = cin + (i + r) * ldcin + j;
+        __m512 x0 = acc0[r], x1 = acc1[r];
+        if (!from_c) {
+            if (alpha != 1.0f) {
+                x0 = _mm512_mul_ps(va, x0);
+                if (vecs == 2) x1 = _mm512_mul_ps(va, x1);
+            }
+            if (beta != 0) {
+                x0 = _mm512_fmadd_ps(vb, load512(masked, m0, cir), x0);
+                if (vecs == 2) x1 = _mm512_fmadd_ps(vb, load512(masked, m1, cir + 16), x1);
+            }
+        }
+        store512(masked, m0, cr, x0);
+        if (vecs == 2) store512(masked, m1, cr + 16, x1);
+    }
+}
+
+FWP_INLINE FWP_AVX512 void column_panel512(int vecs, int masked, __mmask16 m0, __mmask16 m1, int m, int nterms,
+                                           const term_t *t, long j, float alpha, float beta, const float *cin,
+                                           long ldcin, float *c, long ldc) {
+    int i = 0;
+    for (; i + 8 <= m; i += 8) block512(8, vecs, masked, m0, m1, nterms, t, i, j, alpha, beta, cin, ldcin, c, ldc);
+    switch (m - i) {
+    case 7: block512(7, vecs, masked, m0, m1, nterms, t, i, j, alpha, beta, cin, ldcin, c, ldc); break;
+    case 6: block512(6, vecs, masked, m0, m1, nterms, t, i, j, alpha, beta, cin, ldcin, c, ldc); break;
+    case 5: block512(5, vecs, masked, m0, m1, nterms, t, i, j, alpha, beta, cin, ldcin, c, ldc); break;
+    case 4: block512(4, vecs, masked, m0, m1, nterms, t, i, j, alpha, beta, cin, ldcin, c, ldc); break;
+    case 3: block512(3, vecs, masked, m0, m1, nterms, t, i, j, alpha, beta, cin, ldcin, c, ldc); break;
+    case 2: block512(2, vecs, masked, m0, m1, nterms, t, i, j, alpha, beta, cin, ldcin, c, ldc); break;
+    case 1: block512(1, vecs, masked, m0, m1, nterms, t, i, j, alpha, beta, cin, ldcin, c, ldc); break;
+    default: break;
+    }
+}
+
+static FWP_AVX512 void small_sgemm_sum512(int m, int n, int count, const term_t *t, float alpha, float beta,
+                                          const float *c_in, int ldc_in, float *c, int ldc) {
+    const __mmask16 all = 0xFFFF;
+    int j = 0;
+    for (; j + 32 <= n; j += 32) column_panel512(2, 0, all, all, m, count, t, j, alpha, beta, c_in, ldc_in, c, ldc);
+    int w = n - j;
+    if (w > 16)
+        column_panel512(2, 1, all, (__mmask16)((1u << (w - 16)) - 1), m, count, t, j, alpha, beta, c_in, ldc_in, c, ldc);
+    else if (w == 16)
+        column_panel512(1, 0, all, all, m, count, t, j, alpha, beta, c_in, ldc_in, c, ldc);
+    else if (w > 0)
+        column_panel512(1, 1, (__mmask16)((1u << w) - 1), 0, m, count, t, j, alpha, beta, c_in, ldc_in, c, ldc);
+}
+
+// Whether the product sums run on the AVX-512 blocks: on CPUs with AVX-512 unless the
+// environment sets FWP_AVX512=0 (which keeps the AVX2 blocks, for comparison and tests).
+static int use_avx512(void) {
+    static int cached = -1;
+    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (v < 0) {
+        const char *e = getenv("FWP_AVX512");
+        v = fwp_cpu_vector_level() >= 3 && !(e && strcmp(e, "0") == 0);
+        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
+int fwp_small_sgemm_uses_avx512(void) { return use_avx512(); }
+
 FWP_AVX2 void fwp_small_sgemm_sum(int m, int n, int count, const fwp_gemm_term *terms, float alpha, float beta,
                                   const float *c_in, int ldc_in, float *c, int ldc) {
     float bt[FWP_SMALL_SGEMM_MAX_BT] __attribute__((aligned(32)));
@@ -219,6 +345,10 @@ FWP_AVX2 void fwp_small_sgemm_sum(int m, int n, int count, const fwp_gemm_term *
             t[s].b = x->b;
             t[s].ldb = x->ldb;
         }
+    }
+    if (use_avx512()) {
+        small_sgemm_sum512(m, n, count, t, alpha, beta, c_in, ldc_in, c, ldc);
+        return;
     }
     __m256i none = _mm256_setzero_si256();
     int j = 0;
@@ -244,6 +374,8 @@ FWP_AVX2 void fwp_small_sgemm_add(int transpose_a, int transpose_b, int m, int n
 int fwp_small_sgemm_supported(void) { return 0; }
 
 int fwp_cpu_vector_level(void) { return 0; }
+
+int fwp_small_sgemm_uses_avx512(void) { return 0; }
 
 void fwp_copy_rows(const float *src, long lds, float *dst, long ldd, long rows, long width) {
     for (long r = 0; r < rows; r++)

@@ -4,7 +4,8 @@ import Testing
 
 @testable import FWPCore
 
-/// The small AVX2/FMA product kernel against a float64 triple loop written here: every
+/// The small product kernel (AVX-512 blocks where the CPU has them, AVX2/FMA otherwise or with
+/// FWP_AVX512=0, which `make test` also runs) against a float64 triple loop written here: every
 /// transpose combination, sizes around the 6 × 16 register block's edges, padded leading
 /// dimensions, alpha/beta, and C's padding left untouched.
 @Suite struct SmallGemmTests {
@@ -28,6 +29,12 @@ import Testing
             }
         }
         return out
+    }
+
+    /// The AVX-512 blocks run exactly where the CPU has AVX-512 and FWP_AVX512 is not "0".
+    @Test func avx512BlocksFollowTheCPUAndTheSwitch() {
+        let off = ProcessInfo.processInfo.environment["FWP_AVX512"] == "0"
+        #expect((fwp_small_sgemm_uses_avx512() != 0) == (BLAS.vectorLevel >= 3 && !off))
     }
 
     @Test(.enabled(if: BLAS.smallKernelSupported)) func smallKernelMatchesFloat64Reference() {

@@ -18,6 +18,9 @@ int fwp_small_sgemm_supported(void);
 /// 2 for AVX2 with FMA, 1 for AVX, 0 otherwise (and on other architectures).
 int fwp_cpu_vector_level(void);
 
+/// 1 when fwp_small_sgemm_add/_sum run their AVX-512 blocks (level 3 and FWP_AVX512 is not "0").
+int fwp_small_sgemm_uses_avx512(void);
+
 /// The largest n·k for which fwp_small_sgemm_add accepts transpose_b (it transposes B on the stack).
 #define FWP_SMALL_SGEMM_MAX_BT 16384
 
