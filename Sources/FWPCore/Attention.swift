@@ -153,8 +153,10 @@ public struct AttentionLayer: Sendable {
         let n = batch * steps, hd = heads * headSize, dh = headSize
         let width = projectionWidth
         let projected = project(x, p)
-        // Written in full by the row copies below.
-        var qRaw = Tensor(uninitializedShape: [n * heads, dh]), kRaw = qRaw, v = qRaw
+        // Written in full by the row copies below. Three separate allocations: `kRaw = qRaw`
+        // would share one array, and the first write to each would copy it (copy-on-write).
+        var qRaw = Tensor(uninitializedShape: [n * heads, dh])
+        var kRaw = Tensor(uninitializedShape: [n * heads, dh]), v = Tensor(uninitializedShape: [n * heads, dh])
         var betaLogits: Tensor? = beta != nil ? Tensor(uninitializedShape: [n, heads]) : nil
         projected.withUnsafePointer { pp in
             qRaw.withUnsafeMutablePointer { pq in
@@ -184,8 +186,16 @@ public struct AttentionLayer: Sendable {
                 &cache, betaLogits: betaLogits, buffers, state: &state, training: training, rng: &rng,
                 threads: threads)
         }
-        cache.attended = cache.core
-        if kind == .fastWeight && outputScale != 1 { Vec.scaleTensor(outputScale, &cache.attended) }
+        if kind == .fastWeight && outputScale != 1 {
+            // One pass into a new tensor (the backward still reads `core` unscaled).
+            cache.attended = Tensor(uninitializedShape: cache.core.shape)
+            let count = cache.core.count
+            cache.core.withUnsafePointer { pc in
+                cache.attended.withUnsafeMutablePointer { pa in Vec.scale(outputScale, from: pc, to: pa, count) }
+            }
+        } else {
+            cache.attended = cache.core
+        }
         return cache
     }
 
@@ -492,16 +502,16 @@ public struct AttentionLayer: Sendable {
         guard let beta else { return qkv.forward(x, p) }
         precondition(x.columns == qkv.inFeatures, "Linear expects \(qkv.inFeatures) features, got \(x.columns)")
         let width = projectionWidth, hd = 3 * heads * headSize
-        var y = Tensor(uninitializedShape: [x.rows, width])  // every row set below, then accumulated
+        var y = Tensor(uninitializedShape: [x.rows, width])  // written by the product (beta 0)
+        BLAS.gemm(x, projectionWeight(p), transposeB: true, beta: 0, into: &y)
         p.values[beta.bias!].withUnsafePointer { pb in
             y.withUnsafeMutablePointer { py in
                 for r in 0..<x.rows {
-                    (py + r * width).update(repeating: 0, count: hd)
-                    (py + r * width + hd).update(from: pb, count: heads)
+                    let row = py + r * width + hd
+                    for j in 0..<heads { row[j] += pb[j] }
                 }
             }
         }
-        BLAS.gemm(x, projectionWeight(p), transposeB: true, beta: 1, into: &y)
         return y
     }
 
@@ -712,6 +722,11 @@ public struct AttentionLayer: Sendable {
 }
 
 extension Vec {
+    /// y = alpha · x (x and y do not overlap).
+    static func scale(_ alpha: Float, from x: UnsafePointer<Float>, to y: UnsafeMutablePointer<Float>, _ n: Int) {
+        for i in 0..<n { y[i] = alpha * x[i] }
+    }
+
     static func scaleTensor(_ alpha: Float, _ x: inout Tensor) {
         let n = x.count
         x.withUnsafeMutablePointer { p in scale(alpha, p, n) }

@@ -265,10 +265,16 @@ public struct FeedForward: Sendable {
         return Cache(input: x, hidden: h)
     }
 
+    /// ReLU(x W₁ᵀ + b₁): the product with beta 0, then the bias and ReLU in one pass (not the
+    /// bias copied into every row first and the product accumulated onto it).
     private func hidden(_ x: Tensor, _ p: ParameterStore) -> Tensor {
-        var h = fc1.forward(x, p)
-        let n = h.count
-        h.withUnsafeMutablePointer { ph in Vec.relu(ph, n) }
+        precondition(x.columns == fc1.inFeatures, "Linear expects \(fc1.inFeatures) features, got \(x.columns)")
+        var h = Tensor(uninitializedShape: [x.rows, fc1.outFeatures])  // written by the product (beta 0)
+        BLAS.gemm(x, p.values[fc1.weight], transposeB: true, beta: 0, into: &h)
+        let rows = h.rows, n = h.columns
+        h.withUnsafeMutablePointer { ph in
+            p.values[fc1.bias!].withUnsafePointer { pb in Vec.addBiasRelu(ph, bias: pb, rows: rows, n) }
+        }
         return h
     }
 

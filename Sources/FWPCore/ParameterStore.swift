@@ -32,8 +32,9 @@ public struct ParameterStore: Sendable, Equatable {
 
     /// A store with the same names and shapes, all zeros.
     public func zerosLike() -> ParameterStore {
+        // New zero tensors, not `self` copied and then zeroed (a copy of every parameter first).
         var s = self
-        for i in s.values.indices { s.values[i].zero() }
+        for i in s.values.indices { s.values[i] = Tensor(shape: values[i].shape) }
         return s
     }
 

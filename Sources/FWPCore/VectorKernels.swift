@@ -198,6 +198,28 @@ enum Vec {
         }
     }
 
+    /// x[r, j] = max(x[r, j] + bias[j], 0) for `rows` rows of n.
+    @inlinable
+    static func addBiasRelu(_ x: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>, rows: Int, _ n: Int) {
+        let rb = UnsafeRawPointer(bias)
+        for r in 0..<rows {
+            let row = x + r * n
+            let rx = UnsafeMutableRawPointer(row)
+            var i = 0
+            while i + 8 <= n {
+                var v = rx.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+                v += rb.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+                v.replace(with: 0, where: v .< 0)
+                rx.storeBytes(of: v, toByteOffset: i * 4, as: SIMD8<Float>.self)
+                i += 8
+            }
+            while i < n {
+                row[i] = Swift.max(row[i] + bias[i], 0)
+                i += 1
+            }
+        }
+    }
+
     /// g[i] = 0 where out[i] ≤ 0 (ReLU's backward from its output).
     @inlinable
     static func reluBackward(_ g: UnsafeMutablePointer<Float>, output out: UnsafePointer<Float>, _ n: Int) {
