@@ -167,6 +167,40 @@ FWP_AVX2 void fwp_relu_backward_column_sums(const float *h, float *d, float *col
     }
 }
 
+FWP_AVX2 void fwp_softmax_row(float *row, long valid, long zeros) {
+    // Maximum, then e^(x − max) and its sum, then the scaling: three passes over ≤ a few KB.
+    long i = 0;
+    __m256 mv = _mm256_set1_ps(-INFINITY);
+    for (; i + 8 <= valid; i += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(row + i));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    float m = _mm_cvtss_f32(m4);
+    for (; i < valid; i++) m = row[i] > m ? row[i] : m;
+    const __m256 vm = _mm256_set1_ps(m);
+    __m256 acc = _mm256_setzero_ps();
+    for (i = 0; i + 8 <= valid; i += 8) {
+        __m256 x = _mm256_sub_ps(_mm256_loadu_ps(row + i), vm);
+        __m256 e = exp_nonpositive(x);
+        e = _mm256_blendv_ps(e, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+        _mm256_storeu_ps(row + i, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    if (i < valid) {
+        __m256i mask = tail_mask(valid - i);
+        __m256 x = _mm256_sub_ps(_mm256_maskload_ps(row + i, mask), vm);
+        __m256 e = exp_nonpositive(x);
+        e = _mm256_blendv_ps(e, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+        e = _mm256_and_ps(e, _mm256_castsi256_ps(mask));
+        _mm256_maskstore_ps(row + i, mask, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    const __m256 inv = _mm256_set1_ps(1.0f / hsum(acc));
+    for (i = 0; i + 8 <= valid; i += 8) _mm256_storeu_ps(row + i, _mm256_mul_ps(_mm256_loadu_ps(row + i), inv));
+    for (; i < valid; i++) row[i] *= _mm256_cvtss_f32(inv);
+    for (long j = 0; j < zeros; j++) row[valid + j] = 0;
+}
+
 FWP_AVX2 void fwp_sigmoid(const float *x, float *y, long n) {
     // σ(x) = 1 / (1 + e^−|x|) for x ≥ 0 and e^−|x| / (1 + e^−|x|) below: e^−|x| never overflows.
     const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
@@ -351,6 +385,7 @@ void fwp_elu_plus_one_sum_normalize_backward(const float *dy, const float *y, co
     __builtin_trap();
 }
 void fwp_sigmoid(const float *x, float *y, long n) { (void)x; (void)y; (void)n; __builtin_trap(); }
+void fwp_softmax_row(float *row, long valid, long zeros) { (void)row; (void)valid; (void)zeros; __builtin_trap(); }
 void fwp_elu_plus_one_sum_normalize_strided(const float *x, long ldx, float *y, long ldy, float *sums, long rows, long n,
                                             float epsilon) {
     (void)x; (void)ldx; (void)y; (void)ldy; (void)sums; (void)rows; (void)n; (void)epsilon;

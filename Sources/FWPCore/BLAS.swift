@@ -112,8 +112,8 @@ public enum BLAS {
     public static let smallKernelWork = 64 * 64 * 128
 
     @usableFromInline
-    static func usesSmallKernel(transposeB: Bool, m: Int, n: Int, k: Int) -> Bool {
-        smallKernel && m <= smallKernelLimit && n <= smallKernelLimit && k <= smallKernelLimit
+    static func usesSmallKernel(transposeB: Bool, m: Int, n: Int, k: Int, limit: Int = smallKernelLimit) -> Bool {
+        smallKernel && m <= limit && n <= limit && k <= limit
             && m * n * k <= smallKernelWork && (!transposeB || n * k <= Int(FWP_SMALL_SGEMM_MAX_BT))
     }
 
@@ -124,18 +124,21 @@ public enum BLAS {
     /// is enabled, the rest on OpenBLAS. With `cIn` the addend is read from there instead
     /// (C ← alpha · op(A) · op(B) + beta · C_in; row stride `ldcIn`, not overlapping C), which
     /// saves copying it into C first: the small kernel reads it in place, for OpenBLAS it is
-    /// copied into C and the product accumulated there.
+    /// copied into C and the product accumulated there. `smallLimit` raises the largest
+    /// dimension the small kernel takes (the work limit stays) for callers whose products
+    /// measured faster there.
     @inlinable
     public static func gemm(
         transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
         a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-        beta: Float, cIn: UnsafePointer<Float>? = nil, ldcIn: Int = 0, c: UnsafeMutablePointer<Float>, ldc: Int
+        beta: Float, cIn: UnsafePointer<Float>? = nil, ldcIn: Int = 0, c: UnsafeMutablePointer<Float>, ldc: Int,
+        smallLimit: Int = smallKernelLimit
     ) {
         if m == 0 || n == 0 { return }
         precondition(cIn == nil || ldcIn >= n, "bad leading dimension")
         if k > 0 {
             precondition(lda >= (transposeA ? m : k) && ldb >= (transposeB ? k : n) && ldc >= n, "bad leading dimension")
-            if usesSmallKernel(transposeB: transposeB, m: m, n: n, k: k) {
+            if usesSmallKernel(transposeB: transposeB, m: m, n: n, k: k, limit: smallLimit) {
                 runSmallKernel(
                     transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
                     b: b, ldb: ldb, beta: beta, cIn: cIn, ldcIn: ldcIn, c: c, ldc: ldc)

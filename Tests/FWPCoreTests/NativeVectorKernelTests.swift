@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 import Testing
 
@@ -9,6 +10,34 @@ import Testing
 @Suite(.enabled(if: VectorKernels.supported, "needs AVX2 and FMA"))
 struct NativeVectorKernelTests {
     static func elu1(_ x: Double) -> Double { x > 0 ? x + 1 : Foundation.exp(x) }
+
+    /// One causal softmax row: float64 softmax over the valid prefix (spread of 60 so that small
+    /// probabilities underflow towards 0), zeros after it, nothing written past them; NaN spreads.
+    @Test func softmaxRowMatchesDoublePrecision() {
+        var rng = FWPRandom(seed: 21)
+        for valid in [1, 2, 7, 8, 9, 15, 16, 17, 63, 64, 65, 200] {
+            for zeros in [0, 1, 9] {
+                let x = (0..<valid).map { _ in Float(rng.normal() * 20) }
+                var row = x + [Float](repeating: 5, count: zeros) + [-3]  // a guard element at the end
+                CKernels.fwp_softmax_row(&row, valid, zeros)
+                let m = Double(x.max()!)
+                let e = x.map { Foundation.exp(Double($0) - m) }
+                let sum = e.reduce(0, +)
+                for i in 0..<valid {
+                    // x − max is rounded to float first: relative error up to its rounding (|x|
+                    // + |max| ulps), plus the polynomial's; results below the smallest normal
+                    // float may be 0.
+                    let p = e[i] / sum, relative = 1e-6 + 1.2e-7 * (abs(Double(x[i])) + abs(m))
+                    #expect(abs(Double(row[i]) - p) <= relative * p + 1.2e-38, "valid \(valid) i \(i)")
+                }
+                for i in valid..<(valid + zeros) { #expect(row[i] == 0) }
+                #expect(row[valid + zeros] == -3, "wrote past the end at \(valid), \(zeros)")
+            }
+        }
+        var row: [Float] = [1, 2, .nan, 3, 4, 5, 6, 7, 8, 9]
+        CKernels.fwp_softmax_row(&row, 10, 0)
+        #expect(row.filter { !$0.isNaN }.isEmpty)
+    }
 
     @Test func eluPlusOneMatchesDoublePrecision() {
         var xs: [Float] = [-200, -88, -87.5, -87.3, -20, -1e-7, 0, 1e-7, 1, 50, .infinity, -.infinity, .nan]

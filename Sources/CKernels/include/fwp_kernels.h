@@ -68,6 +68,10 @@ void fwp_prefetch_rows(const float *p, long stride, long rows, long width);
 /// 1 when this CPU can run the element-wise kernels below (x86-64 with AVX2 and FMA), 0 otherwise.
 int fwp_vector_kernels_supported(void);
 
+/// In place: row[0..<valid] ← softmax(row[0..<valid]) (e^(x − max) / Σ; a NaN anywhere makes the
+/// row NaN), then row[valid..<valid + zeros] ← 0. One causal row of attention probabilities.
+void fwp_softmax_row(float *row, long valid, long zeros);
+
 /// y = x + 1 where x > 0, e^x elsewhere (NaN stays NaN). x and y may be the same array.
 void fwp_elu_plus_one(const float *x, float *y, long n);
 
