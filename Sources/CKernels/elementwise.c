@@ -201,6 +201,21 @@ FWP_AVX2 void fwp_softmax_row(float *row, long valid, long zeros) {
     for (long j = 0; j < zeros; j++) row[valid + j] = 0;
 }
 
+FWP_AVX2 void fwp_softmax_row_backward(const float *p, float *d, long valid, long zeros, float scale) {
+    long i = 0;
+    __m256 acc = _mm256_setzero_ps();
+    for (; i + 8 <= valid; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(p + i), _mm256_loadu_ps(d + i), acc);
+    float dot = hsum(acc);
+    for (; i < valid; i++) dot += p[i] * d[i];
+    const __m256 vdot = _mm256_set1_ps(dot), vs = _mm256_set1_ps(scale);
+    for (i = 0; i + 8 <= valid; i += 8) {
+        __m256 g = _mm256_sub_ps(_mm256_loadu_ps(d + i), vdot);
+        _mm256_storeu_ps(d + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(p + i), g), vs));
+    }
+    for (; i < valid; i++) d[i] = p[i] * (d[i] - dot) * scale;
+    for (long j = 0; j < zeros; j++) d[valid + j] = 0;
+}
+
 FWP_AVX2 void fwp_sigmoid(const float *x, float *y, long n) {
     // σ(x) = 1 / (1 + e^−|x|) for x ≥ 0 and e^−|x| / (1 + e^−|x|) below: e^−|x| never overflows.
     const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
@@ -386,6 +401,10 @@ void fwp_elu_plus_one_sum_normalize_backward(const float *dy, const float *y, co
 }
 void fwp_sigmoid(const float *x, float *y, long n) { (void)x; (void)y; (void)n; __builtin_trap(); }
 void fwp_softmax_row(float *row, long valid, long zeros) { (void)row; (void)valid; (void)zeros; __builtin_trap(); }
+void fwp_softmax_row_backward(const float *p, float *d, long valid, long zeros, float scale) {
+    (void)p; (void)d; (void)valid; (void)zeros; (void)scale;
+    __builtin_trap();
+}
 void fwp_elu_plus_one_sum_normalize_strided(const float *x, long ldx, float *y, long ldy, float *sums, long rows, long n,
                                             float epsilon) {
     (void)x; (void)ldx; (void)y; (void)ldy; (void)sums; (void)rows; (void)n; (void)epsilon;

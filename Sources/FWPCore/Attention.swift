@@ -653,7 +653,11 @@ public struct AttentionLayer: Sendable {
         let (batch, steps) = (cache.batch, cache.steps)
         let dh = headSize, hd = heads * headSize, seqs = batch * heads, n = batch * steps
         let scale = 1 / Float(dh).squareRoot()
-        var dq = Tensor(shape: [n, hd]), dk = dq, dv = dq
+        // Every row of each is written by a beta-0 block product below. Three allocations, not
+        // one shared array that each first write would copy.
+        var dq = Tensor(uninitializedShape: [n, hd]), dk = Tensor(uninitializedShape: [n, hd])
+        var dv = Tensor(uninitializedShape: [n, hd])
+        let native = VectorKernels.enabled  // each row of dS as one C kernel call
         dCore.withUnsafePointer { pdy in
             cache.qRaw.withUnsafePointer { pq in
                 cache.kRaw.withUnsafePointer { pk in
@@ -691,6 +695,10 @@ public struct AttentionLayer: Sendable {
                                                     // dS = P ⊙ (dP − rowsum(dP ⊙ P)), then scaled; zero up to the block's end.
                                                     for t in r0..<r1 {
                                                         let pr = P + t * steps, dr = dPp + t * steps
+                                                        if native {
+                                                            fwp_softmax_row_backward(pr, dr, t + 1, r1 - t - 1, scale)
+                                                            continue
+                                                        }
                                                         let dotv = Vec.dot(pr, dr, t + 1)
                                                         for j in 0...t { dr[j] = pr[j] * (dr[j] - dotv) * scale }
                                                         for j in (t + 1)..<r1 { dr[j] = 0 }

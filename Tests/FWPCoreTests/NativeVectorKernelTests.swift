@@ -39,6 +39,29 @@ struct NativeVectorKernelTests {
         #expect(row.filter { !$0.isNaN }.isEmpty)
     }
 
+    /// Softmax's row backward against float64: d ← p ⊙ (d − p·d) · scale on the valid prefix,
+    /// zeros after it, nothing written past them.
+    @Test func softmaxRowBackwardMatchesDoublePrecision() {
+        var rng = FWPRandom(seed: 22)
+        for valid in [1, 7, 8, 9, 31, 64, 65, 130] {
+            for zeros in [0, 3, 17] {
+                let p = (0..<valid).map { _ in Float(rng.uniform()) }
+                let d0 = (0..<valid).map { _ in Float(rng.normal()) }
+                var d = d0 + [Float](repeating: 4, count: zeros) + [-3]
+                CKernels.fwp_softmax_row_backward(p, &d, valid, zeros, 0.125)
+                let c = zip(p, d0).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
+                let bound = zip(p, d0).reduce(0.0) { $0 + abs(Double($1.0) * Double($1.1)) }
+                for i in 0..<valid {
+                    let exact = Double(p[i]) * (Double(d0[i]) - c) * 0.125
+                    let tolerance = 1e-6 * Double(p[i]) * (abs(Double(d0[i])) + bound) * 0.125 + 1e-30
+                    #expect(abs(Double(d[i]) - exact) <= tolerance, "valid \(valid) i \(i)")
+                }
+                for i in valid..<(valid + zeros) { #expect(d[i] == 0) }
+                #expect(d[valid + zeros] == -3, "wrote past the end at \(valid), \(zeros)")
+            }
+        }
+    }
+
     @Test func eluPlusOneMatchesDoublePrecision() {
         var xs: [Float] = [-200, -88, -87.5, -87.3, -20, -1e-7, 0, 1e-7, 1, 50, .infinity, -.infinity, .nan]
         var x: Float = -90

@@ -72,6 +72,10 @@ int fwp_vector_kernels_supported(void);
 /// row NaN), then row[valid..<valid + zeros] ← 0. One causal row of attention probabilities.
 void fwp_softmax_row(float *row, long valid, long zeros);
 
+/// Softmax's backward for one row, in place: with c = Σ p[j]·d[j] over the valid prefix,
+/// d[j] ← p[j] · (d[j] − c) · scale there, then d[valid..<valid + zeros] ← 0.
+void fwp_softmax_row_backward(const float *p, float *d, long valid, long zeros, float scale);
+
 /// y = x + 1 where x > 0, e^x elsewhere (NaN stays NaN). x and y may be the same array.
 void fwp_elu_plus_one(const float *x, float *y, long n);
 
