@@ -54,8 +54,16 @@ public struct AttentionLayer: Sendable {
     /// Recurrent or chunkwise computation of the fast-weight memory.
     public var algorithm = FastWeightAlgorithm.automatic
     /// Softmax: query steps per block of the causal products in training (blocks wholly above
-    /// the diagonal are skipped, about half the work); the result does not depend on it.
-    var causalBlock = 64
+    /// the diagonal are skipped, about half the work); the result does not depend on it. Nil:
+    /// `causalBlock(steps:)` chooses.
+    var causalBlock: Int? = nil
+
+    /// 32 up to T = 256 with the small kernel's AVX-512 blocks (more of the upper triangle
+    /// skipped; `fwp-bench --only lm-softmax` +4–5% against 64), 64 otherwise (at T = 1024 blocks
+    /// of 32 measured 8–10% slower: their long dV and dK products go to OpenBLAS 32 rows at a time).
+    func causalBlock(steps: Int) -> Int {
+        causalBlock ?? (steps <= 256 && fwp_small_sgemm_uses_avx512() != 0 ? 32 : 64)
+    }
     /// The softmax blocks' products (k up to T) run on the small kernel up to this dimension:
     /// with its AVX-512 blocks `fwp-bench --only lm-softmax` measured 5–7% faster at 256 than
     /// with OpenBLAS taking those over 128 (the AVX2 blocks keep the general limit).
@@ -406,6 +414,7 @@ public struct AttentionLayer: Sendable {
         // initialised (at T = 2048 zero-filling this buffer was a serial 67 MB memset per layer).
         var probs = UninitializedMemory.floats(seqs * steps * steps)
         let native = VectorKernels.enabled  // each row's softmax as one C kernel call
+        let block = causalBlock(steps: steps)
         cache.qRaw.withUnsafePointer { pq in
             cache.kRaw.withUnsafePointer { pk in
                 cache.v.withUnsafePointer { pv in
@@ -423,7 +432,7 @@ public struct AttentionLayer: Sendable {
                                 // only: the products skip the masked upper blocks (about half).
                                 var r0 = 0
                                 while r0 < steps {
-                                    let r1 = min(r0 + causalBlock, steps)
+                                    let r1 = min(r0 + block, steps)
                                     BLAS.gemm(
                                         transposeA: false, transposeB: true, m: r1 - r0, n: r1, k: dh, alpha: scale,
                                         a: sp.0.base + off + r0 * hd, lda: hd, b: sp.1.base + off, ldb: hd, beta: 0, c: P + r0 * steps,
@@ -683,7 +692,7 @@ public struct AttentionLayer: Sendable {
                                                 // and dQ needs columns [0, r1); column block [c0, c1) of dV
                                                 // and dK needs rows [c0, T). P is zero above the diagonal
                                                 // within each block and unset past it.
-                                                let block = causalBlock
+                                                let block = causalBlock(steps: steps)
                                                 var r0 = 0
                                                 while r0 < steps {
                                                     let r1 = min(r0 + block, steps)
