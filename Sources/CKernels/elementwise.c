@@ -79,8 +79,68 @@ FWP_AVX2 void fwp_elu_plus_one(const float *x, float *y, long n) {
     }
 }
 
+// --- AVX-512 versions (used where the small kernel uses its AVX-512 blocks) --------------------
+#define FWP_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+
+// exp_nonpositive with 16 lanes: the same reduction, polynomial and exponent construction.
+FWP_INLINE FWP_AVX512 __m512 exp_nonpositive512(__m512 x) {
+    const __m512 lo = _mm512_set1_ps(-87.33654f);
+    __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+    __m512 xc = _mm512_max_ps(x, lo);
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.98756915e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.39819995e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.33345190e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.16657959e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.66666655e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.00000012e-1f));
+    __m512 e = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0f));
+    __m512i ni = _mm512_cvtps_epi32(n);
+    __m512 sc = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(ni, _mm512_set1_epi32(127)), 23));
+    return _mm512_maskz_mul_ps((__mmask16)~under, e, sc);
+}
+
+FWP_INLINE FWP_AVX512 __m512 elu1_512(__m512 x) {
+    const __m512 zero = _mm512_setzero_ps();
+    __mmask16 pos = _mm512_cmp_ps_mask(x, zero, _CMP_GT_OQ);
+    __m512 y = exp_nonpositive512(_mm512_min_ps(x, zero));
+    y = _mm512_mask_blend_ps(pos, y, _mm512_add_ps(x, _mm512_set1_ps(1.0f)));
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), y, x);
+}
+
+static FWP_AVX512 void elu_sum_normalize_strided512(const float *x, long ldx, float *y, long ldy, float *sums,
+                                                    long rows, long n, float epsilon) {
+    for (long r = 0; r < rows; r++) {
+        const float *xr = x + r * ldx;
+        float *yr = y + r * ldy;
+        if (r + 6 < rows)
+            for (long i = 0; i < n; i += 16) __builtin_prefetch(xr + 6 * ldx + i, 0, 3);
+        __m512 acc = _mm512_setzero_ps();
+        for (long i = 0; i < n; i += 16) {
+            __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+            __m512 v = _mm512_maskz_mov_ps(m, elu1_512(_mm512_maskz_loadu_ps(m, xr + i)));
+            _mm512_mask_storeu_ps(yr + i, m, v);
+            acc = _mm512_add_ps(acc, v);
+        }
+        float s = _mm512_reduce_add_ps(acc) + epsilon;
+        sums[r] = s;
+        __m512 inv = _mm512_set1_ps(1.0f / s);
+        for (long i = 0; i < n; i += 16) {
+            __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+            _mm512_mask_storeu_ps(yr + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, yr + i), inv));
+        }
+    }
+}
+
 FWP_AVX2 void fwp_elu_plus_one_sum_normalize_strided(const float *x, long ldx, float *y, long ldy, float *sums,
                                                       long rows, long n, float epsilon) {
+    if (fwp_small_sgemm_uses_avx512()) {
+        elu_sum_normalize_strided512(x, ldx, y, ldy, sums, rows, n, epsilon);
+        return;
+    }
     long full = n & ~7L;
     __m256i m = tail_mask(n - full > 0 ? n - full : 1);
     for (long r = 0; r < rows; r++) {

@@ -120,7 +120,7 @@ struct NativeVectorKernelTests {
         return (phi, phi.map { $0 / s }, s)
     }
 
-    @Test(arguments: [1, 5, 8, 13, 64])
+    @Test(arguments: [1, 5, 8, 13, 17, 33, 64])
     func fusedEluSumNormalisationForwardAndBackward(columns n: Int) {
         var rng = FWPRandom(seed: UInt64(n))
         let rows = 9
