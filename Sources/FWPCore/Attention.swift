@@ -662,6 +662,9 @@ public struct AttentionLayer: Sendable {
         let (batch, steps) = (cache.batch, cache.steps)
         let dh = headSize, hd = heads * headSize, seqs = batch * heads, n = batch * steps
         let scale = 1 / Float(dh).squareRoot()
+        precondition(
+            cache.probabilities.count == seqs * steps * steps,
+            "softmax backward needs the probabilities of a forward without carried state")
         // Every row of each is written by a beta-0 block product below. Three allocations, not
         // one shared array that each first write would copy.
         var dq = Tensor(uninitializedShape: [n, hd]), dk = Tensor(uninitializedShape: [n, hd])
