@@ -664,7 +664,8 @@ public struct AttentionLayer: Sendable {
         let scale = 1 / Float(dh).squareRoot()
         precondition(
             cache.probabilities.count == seqs * steps * steps,
-            "softmax backward needs the probabilities of a forward without carried state")
+            "softmax backward needs the probabilities of a forward without carried state "
+                + "(softmax layers do not train through a carried key/value cache)")
         // Every row of each is written by a beta-0 block product below. Three allocations, not
         // one shared array that each first write would copy.
         var dq = Tensor(uninitializedShape: [n, hd]), dk = Tensor(uninitializedShape: [n, hd])
