@@ -30,6 +30,9 @@ public struct AttentionState: Sendable, Equatable {
     public var keys: [[Float]]
     public var values: [[Float]]
     public var length: Int
+
+    /// An empty state that holds a layer's place in `ModelState` while the layer runs.
+    static let placeholder = AttentionState(weights: [], normalizer: [], keys: [], values: [], length: 0)
 }
 
 /// Multi-head causal attention, fast-weight or softmax, with projections.
@@ -290,6 +293,8 @@ public struct AttentionLayer: Sendable {
         let dk = featureMap.outputSize, dv = headSize, seqs = batch * heads
         let kern = kernel(steps: steps)
         var weights = state?.weights ?? [Float](repeating: 0, count: seqs * dv * dk)
+        // `weights` is then the only reference (no copy-on-write of the state on the first write).
+        if state != nil { state!.weights = [] }
         let attn = normalization == .attention
         var zs = attn ? (state?.normalizer ?? [Float](repeating: 0, count: seqs * dk)) : [Float](repeating: 0, count: seqs * dk)
         precondition(weights.count == seqs * dv * dk, "carried state is for another batch size or shape")
@@ -366,6 +371,8 @@ public struct AttentionLayer: Sendable {
         let scale = 1 / Float(dh).squareRoot()
         if var st = state {
             // Recurrent use: append to each sequence's key/value cache and attend over all of it.
+            // `st` is then the only reference, so the caches grow in place (not copied per step).
+            state = nil
             precondition(st.keys.count == seqs, "carried state is for another batch size")
             for s in 0..<seqs {
                 let b = s / heads, h = s % heads

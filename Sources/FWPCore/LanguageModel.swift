@@ -146,7 +146,11 @@ public struct LanguageModel: Sendable {
         caches.reserveCapacity(blocks.count)
         for (i, block) in blocks.enumerated() {
             let (h1, c1) = block.norm1.forward(x, parameters)
+            // Moved out of `state` (an empty placeholder stays there until it is put back), so
+            // that its arrays are uniquely referenced and the layer updates them in place rather
+            // than copying the whole fast-weight state or key/value cache first (copy-on-write).
             var layerState = state?.layers[i]
+            if state != nil { state!.layers[i] = .placeholder }
             let ca: AttentionLayer.Cache, aMask: [Float]?
             if rate == 0 {
                 // No dropout: the output projection adds straight into the residual stream.
@@ -289,6 +293,8 @@ public struct LanguageModel: Sendable {
         precondition(tokens.count == state.batch, "one token per sequence")
         var rng = FWPRandom(seed: 0)
         var s: ModelState? = state
+        // Only `s` refers to the layers' arrays now, so `forward` updates them in place.
+        state = ModelState(layers: [], position: state.position, batch: state.batch)
         let (logits, _) = forward(tokens: tokens, batch: state.batch, state: &s, training: false, rng: &rng)
         state = s!
         return logits
