@@ -103,6 +103,9 @@ FWP_INLINE FWP_AVX512 __m512 exp_nonpositive512(__m512 x) {
     return _mm512_maskz_mul_ps((__mmask16)~under, e, sc);
 }
 
+// A mask of the first min(count, 16) lanes.
+FWP_INLINE __mmask16 lanes16(long count) { return count >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << count) - 1); }
+
 FWP_INLINE FWP_AVX512 __m512 elu1_512(__m512 x) {
     const __m512 zero = _mm512_setzero_ps();
     __mmask16 pos = _mm512_cmp_ps_mask(x, zero, _CMP_GT_OQ);
@@ -120,7 +123,7 @@ static FWP_AVX512 void elu_sum_normalize_strided512(const float *x, long ldx, fl
             for (long i = 0; i < n; i += 16) __builtin_prefetch(xr + 6 * ldx + i, 0, 3);
         __m512 acc = _mm512_setzero_ps();
         for (long i = 0; i < n; i += 16) {
-            __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+            __mmask16 m = lanes16(n - i);
             __m512 v = _mm512_maskz_mov_ps(m, elu1_512(_mm512_maskz_loadu_ps(m, xr + i)));
             _mm512_mask_storeu_ps(yr + i, m, v);
             acc = _mm512_add_ps(acc, v);
@@ -129,7 +132,7 @@ static FWP_AVX512 void elu_sum_normalize_strided512(const float *x, long ldx, fl
         sums[r] = s;
         __m512 inv = _mm512_set1_ps(1.0f / s);
         for (long i = 0; i < n; i += 16) {
-            __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+            __mmask16 m = lanes16(n - i);
             _mm512_mask_storeu_ps(yr + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, yr + i), inv));
         }
     }

@@ -421,7 +421,7 @@ public struct AttentionLayer: Sendable {
         // initialised (at T = 2048 zero-filling this buffer was a serial 67 MB memset per layer).
         var probs = UninitializedMemory.floats(seqs * steps * steps)
         let native = VectorKernels.enabled  // each row's softmax as one C kernel call
-        let block = causalBlock(steps: steps)
+        let block = causalBlock(steps: steps), smallLimit = softmaxSmallLimit
         cache.qRaw.withUnsafePointer { pq in
             cache.kRaw.withUnsafePointer { pk in
                 cache.v.withUnsafePointer { pv in
@@ -443,7 +443,7 @@ public struct AttentionLayer: Sendable {
                                     BLAS.gemm(
                                         transposeA: false, transposeB: true, m: r1 - r0, n: r1, k: dh, alpha: scale,
                                         a: sp.0.base + off + r0 * hd, lda: hd, b: sp.1.base + off, ldb: hd, beta: 0, c: P + r0 * steps,
-                                        ldc: steps, smallLimit: softmaxSmallLimit)
+                                        ldc: steps, smallLimit: smallLimit)
                                     for t in r0..<r1 {
                                         let row = P + t * steps
                                         if native {
@@ -458,7 +458,7 @@ public struct AttentionLayer: Sendable {
                                     BLAS.gemm(
                                         transposeA: false, transposeB: false, m: r1 - r0, n: dh, k: r1,
                                         a: P + r0 * steps, lda: steps, b: sp.2.base + off, ldb: hd, beta: 0,
-                                        c: sp.3.base + off + r0 * hd, ldc: hd, smallLimit: softmaxSmallLimit)
+                                        c: sp.3.base + off + r0 * hd, ldc: hd, smallLimit: smallLimit)
                                     r0 = r1
                                 }
                             }
@@ -678,6 +678,7 @@ public struct AttentionLayer: Sendable {
         var dq = Tensor(uninitializedShape: [n, hd]), dk = Tensor(uninitializedShape: [n, hd])
         var dv = Tensor(uninitializedShape: [n, hd])
         let native = VectorKernels.enabled  // each row of dS as one C kernel call
+        let smallLimit = softmaxSmallLimit
         dCore.withUnsafePointer { pdy in
             cache.qRaw.withUnsafePointer { pq in
                 cache.kRaw.withUnsafePointer { pk in
@@ -711,7 +712,7 @@ public struct AttentionLayer: Sendable {
                                                     BLAS.gemm(
                                                         transposeA: false, transposeB: true, m: r1 - r0, n: r1, k: dh,
                                                         a: c.0.base + off + r0 * hd, lda: hd, b: c.3.base + off, ldb: hd, beta: 0,
-                                                        c: dPp + r0 * steps, ldc: steps, smallLimit: softmaxSmallLimit)
+                                                        c: dPp + r0 * steps, ldc: steps, smallLimit: smallLimit)
                                                     // dS = P ⊙ (dP − rowsum(dP ⊙ P)), then scaled; zero up to the block's end.
                                                     for t in r0..<r1 {
                                                         let pr = P + t * steps, dr = dPp + t * steps
@@ -727,7 +728,7 @@ public struct AttentionLayer: Sendable {
                                                     BLAS.gemm(
                                                         transposeA: false, transposeB: false, m: r1 - r0, n: dh, k: r1,
                                                         a: dPp + r0 * steps, lda: steps, b: c.2.base + off, ldb: hd, beta: 0,
-                                                        c: m.0.base + off + r0 * hd, ldc: hd, smallLimit: softmaxSmallLimit)
+                                                        c: m.0.base + off + r0 * hd, ldc: hd, smallLimit: smallLimit)
                                                     r0 = r1
                                                 }
                                                 var c0 = 0
@@ -737,11 +738,11 @@ public struct AttentionLayer: Sendable {
                                                     BLAS.gemm(
                                                         transposeA: true, transposeB: false, m: c1 - c0, n: dh, k: steps - c0,
                                                         a: P + c0 * steps + c0, lda: steps, b: c.0.base + off + c0 * hd, ldb: hd, beta: 0,
-                                                        c: m.2.base + off + c0 * hd, ldc: hd, smallLimit: softmaxSmallLimit)
+                                                        c: m.2.base + off + c0 * hd, ldc: hd, smallLimit: smallLimit)
                                                     BLAS.gemm(
                                                         transposeA: true, transposeB: false, m: c1 - c0, n: dh, k: steps - c0,
                                                         a: dPp + c0 * steps + c0, lda: steps, b: c.1.base + off + c0 * hd, ldb: hd, beta: 0,
-                                                        c: m.1.base + off + c0 * hd, ldc: hd, smallLimit: softmaxSmallLimit)
+                                                        c: m.1.base + off + c0 * hd, ldc: hd, smallLimit: smallLimit)
                                                     c0 = c1
                                                 }
                                             }

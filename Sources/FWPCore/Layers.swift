@@ -21,19 +21,25 @@ public struct Linear: Sendable {
         self.bias = bias ? store.add("\(name).bias", Tensor(shape: [outFeatures])) : nil
     }
 
+    /// x Wᵀ for x of shape N × in, without the bias (a product with beta 0).
+    public func product(_ x: Tensor, _ p: ParameterStore) -> Tensor {
+        precondition(x.columns == inFeatures, "Linear expects \(inFeatures) features, got \(x.columns)")
+        var y = Tensor(uninitializedShape: [x.rows, outFeatures])  // written by the product (beta 0)
+        BLAS.gemm(x, p.values[weight], transposeB: true, beta: 0, into: &y)
+        return y
+    }
+
     /// y = x Wᵀ + b for x of shape N × in.
     public func forward(_ x: Tensor, _ p: ParameterStore) -> Tensor {
+        guard let bias else { return product(x, p) }
         precondition(x.columns == inFeatures, "Linear expects \(inFeatures) features, got \(x.columns)")
-        var y = Tensor(uninitializedShape: [x.rows, outFeatures])  // bias rows or beta 0 fill it
-        if let bias {
-            let b = p.values[bias]
-            y.withUnsafeMutablePointer { py in
-                b.withUnsafePointer { pb in
-                    for r in 0..<x.rows { (py + r * outFeatures).update(from: pb, count: outFeatures) }
-                }
+        var y = Tensor(uninitializedShape: [x.rows, outFeatures])  // the bias rows fill it
+        y.withUnsafeMutablePointer { py in
+            p.values[bias].withUnsafePointer { pb in
+                for r in 0..<x.rows { (py + r * outFeatures).update(from: pb, count: outFeatures) }
             }
         }
-        BLAS.gemm(x, p.values[weight], transposeB: true, beta: bias == nil ? 0 : 1, into: &y)
+        BLAS.gemm(x, p.values[weight], transposeB: true, beta: 1, into: &y)
         return y
     }
 
@@ -268,9 +274,7 @@ public struct FeedForward: Sendable {
     /// ReLU(x W₁ᵀ + b₁): the product with beta 0, then the bias and ReLU in one pass (not the
     /// bias copied into every row first and the product accumulated onto it).
     private func hidden(_ x: Tensor, _ p: ParameterStore) -> Tensor {
-        precondition(x.columns == fc1.inFeatures, "Linear expects \(fc1.inFeatures) features, got \(x.columns)")
-        var h = Tensor(uninitializedShape: [x.rows, fc1.outFeatures])  // written by the product (beta 0)
-        BLAS.gemm(x, p.values[fc1.weight], transposeB: true, beta: 0, into: &h)
+        var h = fc1.product(x, p)
         let rows = h.rows, n = h.columns
         h.withUnsafeMutablePointer { ph in
             p.values[fc1.bias!].withUnsafePointer { pb in Vec.addBiasRelu(ph, bias: pb, rows: rows, n) }

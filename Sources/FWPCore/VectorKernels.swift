@@ -181,23 +181,6 @@ enum Vec {
         return total
     }
 
-    /// x[i] = max(x[i], 0).
-    @inlinable
-    static func relu(_ x: UnsafeMutablePointer<Float>, _ n: Int) {
-        var i = 0
-        let rx = UnsafeMutableRawPointer(x)
-        while i + 8 <= n {
-            var v = rx.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
-            v.replace(with: 0, where: v .< 0)
-            rx.storeBytes(of: v, toByteOffset: i * 4, as: SIMD8<Float>.self)
-            i += 8
-        }
-        while i < n {
-            x[i] = Swift.max(x[i], 0)
-            i += 1
-        }
-    }
-
     /// x[r, j] = max(x[r, j] + bias[j], 0) for `rows` rows of n.
     @inlinable
     static func addBiasRelu(_ x: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>, rows: Int, _ n: Int) {

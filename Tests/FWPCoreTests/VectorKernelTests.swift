@@ -70,15 +70,16 @@ import Testing
         for i in 0..<n { g[i] = Float(i % 5) - 2 }
         Vec.eluPlusOneBackward(g, input: src, output: dst, into: dx, n)
         for i in 0..<n { #expect(dx[i] == (src[i] > 0 ? g[i] : g[i] * dst[i])) }
+        let bias = (0..<n).map { Float($0 % 3) * 0.5 - 0.5 }
         for i in 0..<n {
             dst[i] = src[i]
             g[i] = 1
         }
-        Vec.relu(dst, n)
+        Vec.addBiasRelu(dst, bias: bias, rows: 1, n)
         Vec.reluBackward(g, output: dst, n)
         for i in 0..<n {
-            #expect(dst[i] == max(src[i], 0))
-            #expect(g[i] == (src[i] > 0 ? 1 : 0))
+            #expect(dst[i] == max(src[i] + bias[i], 0))
+            #expect(g[i] == (src[i] + bias[i] > 0 ? 1 : 0))
         }
     }
 }
