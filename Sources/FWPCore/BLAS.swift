@@ -111,6 +111,27 @@ public enum BLAS {
     public static let smallKernelLimit = 128
     public static let smallKernelWork = 64 * 64 * 128
 
+    /// Whether the dense layers' products go to FWPCore's own AVX-512 kernel (`fwp_dense_sgemm`)
+    /// instead of OpenBLAS: true on CPUs with AVX-512 unless the environment sets
+    /// `FWP_DENSE_GEMM=0` (or `FWP_AVX512=0`, which turns off every AVX-512 kernel). On the CPU it
+    /// was written for it ran the LM's products 1.0–1.2× as fast as OpenBLAS's SkylakeX kernels
+    /// (docs/PERFORMANCE.md).
+    public static let denseKernel: Bool = {
+        let environment = ProcessInfo.processInfo.environment
+        return fwp_dense_sgemm_supported() != 0 && environment["FWP_DENSE_GEMM"] != "0" && environment["FWP_AVX512"] != "0"
+    }()
+
+    /// Products the dense kernel takes (past the small kernel's): at least `denseKernelMinimumRows`
+    /// rows of C and 16 columns, so that packing op(B) pays for itself, and op(B) at most
+    /// `denseKernelMaximumPack` floats when it is packed whole (op(A) not transposed).
+    public static let denseKernelMinimumRows = 32
+    public static let denseKernelMaximumPack = 1 << 22
+
+    @usableFromInline
+    static func usesDenseKernel(transposeA: Bool, m: Int, n: Int, k: Int) -> Bool {
+        denseKernel && m >= denseKernelMinimumRows && n >= 16 && (transposeA || n * k <= denseKernelMaximumPack)
+    }
+
     @usableFromInline
     static func usesSmallKernel(transposeB: Bool, m: Int, n: Int, k: Int, limit: Int = smallKernelLimit) -> Bool {
         smallKernel && m <= limit && n <= limit && k <= limit
@@ -146,6 +167,12 @@ public enum BLAS {
             }
         }
         if let cIn { for i in 0..<m { (c + i * ldc).update(from: cIn + i * ldcIn, count: n) } }
+        if k > 0 && usesDenseKernel(transposeA: transposeA, m: m, n: n, k: k) {
+            fwp_dense_sgemm(
+                transposeA ? 1 : 0, transposeB ? 1 : 0, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b,
+                Int32(ldb), beta, c, Int32(ldc))
+            return
+        }
         if k == 0 {
             // BLAS would only scale C; do that without calling it.
             for i in 0..<m { for j in 0..<n { c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j] } }

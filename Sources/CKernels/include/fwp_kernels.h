@@ -53,6 +53,16 @@ typedef struct fwp_gemm_term {
 void fwp_small_sgemm_sum(int m, int n, int count, const fwp_gemm_term *terms, float alpha, float beta,
                          const float *c_in, int ldc_in, float *c, int ldc);
 
+/// 1 when this CPU can run fwp_dense_sgemm (x86-64 with AVX-512: fwp_cpu_vector_level 3).
+int fwp_dense_sgemm_supported(void);
+
+/// C ← alpha · op(A) · op(B) + beta · C (row-major; op = transpose when flagged; op(A) m × k,
+/// op(B) k × n), for the dense layers' products: op(B) is packed into 32-column panels in a
+/// per-thread buffer, and C is read (beta ≠ 0) and written once. With beta == 0, C is not read.
+/// Requires fwp_dense_sgemm_supported().
+void fwp_dense_sgemm(int transpose_a, int transpose_b, int m, int n, int k, float alpha, const float *a, int lda,
+                     const float *b, int ldb, float beta, float *c, int ldc);
+
 /// dst (cols × rows, row stride ldd) ← the transpose of src (rows × cols, row stride lds), through
 /// 8 × 8 register tiles. Requires fwp_small_sgemm_supported().
 void fwp_transpose(int rows, int cols, const float *src, int lds, float *dst, int ldd);

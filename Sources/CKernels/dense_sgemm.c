@@ -1,0 +1,201 @@
+#include "fwp_kernels.h"
+
+// Matrix products of the model's dense layers (N × D activations against D × D' weights) on
+// AVX-512: op(B) is packed into panels of 32 columns (contiguous, 64-byte aligned, zero-padded),
+// then each block of 12 rows × 32 columns of C is accumulated in 24 registers over the whole
+// inner dimension, reading op(A) in place by broadcasts, and written once (alpha, beta applied
+// in the same pass). Against OpenBLAS this saves its separate pass over C for beta (a memset
+// when beta is 0) and its packing of A; docs/PERFORMANCE.md has the measurements.
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define FWP_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+#define FWP_INLINE static inline __attribute__((always_inline))
+// `rows` is a constant at every call of `block`; its loops over rows must unroll fully so the
+// 24 accumulators live in registers (clang otherwise keeps some 12-row cases in memory).
+
+enum { ROWS = 12, PANEL = 32 };
+
+// The calling thread's panel buffer, grown as needed and kept for its next product.
+static __thread float *panel_buffer;
+static __thread size_t panel_capacity;
+
+static float *panels(size_t floats) {
+    if (floats > panel_capacity) {
+        free(panel_buffer);
+        size_t bytes = (floats * sizeof(float) + 63) & ~(size_t)63;
+        panel_buffer = aligned_alloc(64, bytes);
+        if (!panel_buffer) __builtin_trap();
+        panel_capacity = bytes / sizeof(float);
+    }
+    return panel_buffer;
+}
+
+FWP_INLINE __mmask16 lanes(int w) { return w >= 16 ? (__mmask16)0xFFFF : w <= 0 ? 0 : (__mmask16)((1u << w) - 1); }
+
+// op(B) (k × n) into panels: panel p holds columns 32p … 32p + 31 as k rows of 32 floats.
+static FWP_AVX512 void pack_b(int transpose_b, int k, int n, const float *b, long ldb, float *out) {
+    int np = (n + PANEL - 1) / PANEL;
+    for (int p = 0; p < np; p++) {
+        int w = n - p * PANEL < PANEL ? n - p * PANEL : PANEL;
+        float *d = out + (long)p * k * PANEL;
+        if (!transpose_b) {
+            __mmask16 m0 = lanes(w), m1 = lanes(w - 16);
+            const float *s = b + p * PANEL;
+            for (int q = 0; q < k; q++) {
+                _mm512_store_ps(d + q * PANEL, _mm512_maskz_loadu_ps(m0, s + q * ldb));
+                _mm512_store_ps(d + q * PANEL + 16, _mm512_maskz_loadu_ps(m1, s + q * ldb + 16));
+            }
+        } else {
+            // op(B)(q, j) = b[j * ldb + q]: rows of b become the panel's columns.
+            const float *s = b + (long)p * PANEL * ldb;
+            if (w == PANEL) {
+                fwp_transpose(PANEL, k, s, (int)ldb, d, PANEL);
+            } else {
+                for (int q = 0; q < k; q++) memset(d + q * PANEL, 0, PANEL * sizeof(float));
+                fwp_transpose(w, k, s, (int)ldb, d, PANEL);
+            }
+        }
+    }
+}
+
+// One block of `rows` ≤ 12 rows × 32 columns (masks m0, m1 at the column edge), over all k.
+// op(A)(i, q) = a[i * ars + q * aps]. `rows`, `trans_a` are constants at each call site.
+FWP_INLINE FWP_AVX512 void block(int rows, int trans_a, int k, const float *a, long lda, const float *bp, float alpha,
+                                 float beta, float *c, long ldc, __mmask16 m0, __mmask16 m1) {
+    __m512 x0[ROWS], x1[ROWS];
+    _Pragma("clang loop unroll(full)")
+    for (int r = 0; r < ROWS; r++) {
+        x0[r] = _mm512_setzero_ps();
+        x1[r] = _mm512_setzero_ps();
+    }
+    if (trans_a) {
+        for (int q = 0; q < k; q++) {
+            __m512 b0 = _mm512_load_ps(bp + q * PANEL), b1 = _mm512_load_ps(bp + q * PANEL + 16);
+            const float *aq = a + q * lda;
+            _Pragma("clang loop unroll(full)")
+            for (int r = 0; r < rows; r++) {
+                __m512 av = _mm512_set1_ps(aq[r]);
+                x0[r] = _mm512_fmadd_ps(av, b0, x0[r]);
+                x1[r] = _mm512_fmadd_ps(av, b1, x1[r]);
+            }
+        }
+    } else {
+        // Four base pointers and one index reach all twelve rows (x86 scales 1, 2, 4, 8).
+        const float *p0 = a, *p3 = a + 3 * lda, *p6 = a + 6 * lda, *p9 = a + 9 * lda;
+        for (int q = 0; q < k; q++) {
+            __m512 b0 = _mm512_load_ps(bp + q * PANEL), b1 = _mm512_load_ps(bp + q * PANEL + 16);
+            _Pragma("clang loop unroll(full)")
+            for (int r = 0; r < rows; r++) {
+                const float *base = r < 3 ? p0 : r < 6 ? p3 : r < 9 ? p6 : p9;
+                __m512 av = _mm512_set1_ps(base[(r % 3) * lda + q]);
+                x0[r] = _mm512_fmadd_ps(av, b0, x0[r]);
+                x1[r] = _mm512_fmadd_ps(av, b1, x1[r]);
+            }
+        }
+    }
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    _Pragma("clang loop unroll(full)")
+    for (int r = 0; r < rows; r++) {
+        float *cr = c + r * ldc;
+        __m512 y0 = x0[r], y1 = x1[r];
+        if (alpha != 1.0f) {
+            y0 = _mm512_mul_ps(va, y0);
+            y1 = _mm512_mul_ps(va, y1);
+        }
+        if (beta == 1.0f) {
+            y0 = _mm512_add_ps(y0, _mm512_maskz_loadu_ps(m0, cr));
+            y1 = _mm512_add_ps(y1, _mm512_maskz_loadu_ps(m1, cr + 16));
+        } else if (beta != 0.0f) {
+            y0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, cr), y0);
+            y1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, cr + 16), y1);
+        }
+        _mm512_mask_storeu_ps(cr, m0, y0);
+        _mm512_mask_storeu_ps(cr + 16, m1, y1);
+    }
+}
+
+// Rows i … i + rows − 1 of C (from ci) against every panel; ai is where op(A)'s row i starts.
+FWP_INLINE FWP_AVX512 void row_block(int rows, int trans_a, int n, int k, const float *ai, long lda,
+                                     const float *packed, float alpha, float beta, float *ci, long ldc) {
+    int np = (n + PANEL - 1) / PANEL;
+    for (int p = 0; p < np; p++) {
+        int w = n - p * PANEL;
+        block(rows, trans_a, k, ai, lda, packed + (long)p * k * PANEL, alpha, beta, ci + p * PANEL, ldc, lanes(w),
+              lanes(w - 16));
+    }
+}
+
+static FWP_AVX512 void dense_a(int m, int n, int k, const float *a, long lda, const float *packed, float alpha,
+                               float beta, float *c, long ldc) {
+    long i = 0;
+    for (; i + ROWS <= m; i += ROWS) row_block(ROWS, 0, n, k, a + i * lda, lda, packed, alpha, beta, c + i * ldc, ldc);
+    switch (m - i) {
+#define REST(R) \
+    case R: row_block(R, 0, n, k, a + i * lda, lda, packed, alpha, beta, c + i * ldc, ldc); break;
+        REST(11) REST(10) REST(9) REST(8) REST(7) REST(6) REST(5) REST(4) REST(3) REST(2) REST(1)
+#undef REST
+    default: break;
+    }
+}
+
+// op(A) = Aᵀ (a weight gradient: the inner dimension is the batch's rows, long): in slices of
+// KC inner steps, each 12-column block of A is copied into a contiguous KC × 12 slab, so both
+// operands stream from L1/L2 in order; C accumulates across slices.
+enum { KC = 256 };
+
+static FWP_AVX512 void dense_at(int transpose_b, int m, int n, int k, const float *a, long lda, const float *b,
+                                long ldb, float *packed, float *slab, float alpha, float beta, float *c, long ldc) {
+    for (int kc = 0; kc < k || kc == 0; kc += KC) {
+        int kk = k - kc < KC ? k - kc : KC;
+        float sliceBeta = kc == 0 ? beta : 1.0f;
+        if (kk > 0) pack_b(transpose_b, kk, n, transpose_b ? b + kc : b + (long)kc * ldb, ldb, packed);
+        long i = 0;
+        for (; i < m; i += ROWS) {
+            int rows = m - i < ROWS ? (int)(m - i) : ROWS;
+            __mmask16 mr = lanes(rows);
+            for (int q = 0; q < kk; q++)
+                _mm512_mask_storeu_ps(slab + q * ROWS, 0x0FFF, _mm512_maskz_loadu_ps(mr, a + (long)(kc + q) * lda + i));
+            switch (rows) {
+#define SLAB(R) \
+    case R: row_block(R, 1, n, kk, slab, ROWS, packed, alpha, sliceBeta, c + i * ldc, ldc); break;
+                SLAB(12) SLAB(11) SLAB(10) SLAB(9) SLAB(8) SLAB(7) SLAB(6) SLAB(5) SLAB(4) SLAB(3) SLAB(2) SLAB(1)
+#undef SLAB
+            default: break;
+            }
+        }
+        if (k == 0) break;
+    }
+}
+
+int fwp_dense_sgemm_supported(void) { return fwp_cpu_vector_level() >= 3; }
+
+FWP_AVX512 void fwp_dense_sgemm(int transpose_a, int transpose_b, int m, int n, int k, float alpha, const float *a,
+                                int lda, const float *b, int ldb, float beta, float *c, int ldc) {
+    if (m <= 0 || n <= 0) return;
+    long np = (n + PANEL - 1) / PANEL;
+    if (transpose_a) {
+        float *packed = panels((size_t)np * PANEL * KC + (size_t)KC * ROWS);
+        dense_at(transpose_b, m, n, k, a, lda, b, ldb, packed, packed + np * PANEL * KC, alpha, beta, c, ldc);
+        return;
+    }
+    float *packed = panels((size_t)np * PANEL * (k > 0 ? k : 1));
+    if (k > 0) pack_b(transpose_b, k, n, b, ldb, packed);
+    dense_a(m, n, k, a, lda, packed, alpha, beta, c, ldc);
+}
+
+#else
+
+int fwp_dense_sgemm_supported(void) { return 0; }
+
+void fwp_dense_sgemm(int transpose_a, int transpose_b, int m, int n, int k, float alpha, const float *a, int lda,
+                     const float *b, int ldb, float beta, float *c, int ldc) {
+    (void)transpose_a, (void)transpose_b, (void)m, (void)n, (void)k, (void)alpha, (void)a, (void)lda, (void)b;
+    (void)ldb, (void)beta, (void)c, (void)ldc;
+    __builtin_trap();
+}
+
+#endif

@@ -1,0 +1,123 @@
+import Foundation
+import CKernels
+import Testing
+
+@testable import FWPCore
+
+/// The dense layers' AVX-512 product kernel (`fwp_dense_sgemm`) against a float64 triple loop
+/// written here: every transpose combination, sizes around its 12-row blocks, 32-column panels
+/// and 16-lane masks, inner dimensions around its 256-step slices (transposed A), padded leading
+/// dimensions, alpha/beta, and C's padding left untouched. Runs where the CPU has AVX-512.
+@Suite(.enabled(if: fwp_dense_sgemm_supported() != 0)) struct DenseGemmTests {
+    struct Case: CustomStringConvertible {
+        var m, n, k: Int
+        var transposeA, transposeB: Bool
+        var alpha, beta: Float
+        var description: String { "\(m)×\(n)×\(k) tA=\(transposeA) tB=\(transposeB) α=\(alpha) β=\(beta)" }
+    }
+
+    static func cases() -> [Case] {
+        let rows = [1, 11, 12, 13, 24, 37]
+        let columns = [1, 15, 16, 17, 31, 32, 33, 48, 70]
+        let depths = [1, 5, 64, 255, 256, 257, 530]
+        var rng = FWPRandom(seed: 21)
+        var out: [Case] = []
+        for m in rows {
+            for n in columns {
+                for flags in 0..<4 {
+                    let k = depths[Int(rng.next() % UInt64(depths.count))]
+                    let (alpha, beta): (Float, Float) = [(1, 0), (1, 1), (-1, 1), (-0.5, 2)][Int(rng.next() % 4)]
+                    out.append(Case(m: m, n: n, k: k, transposeA: flags & 1 != 0, transposeB: flags & 2 != 0, alpha: alpha, beta: beta))
+                }
+            }
+        }
+        return out
+    }
+
+    /// The worst error of one product relative to Σ|terms|, after checking C's padding.
+    static func run(_ c: Case, _ rng: inout FWPRandom) -> Double {
+        // Stored shapes: A is m×k (or k×m when transposed), B is k×n (or n×k); rows padded by 3.
+        let (ar, ac) = c.transposeA ? (c.k, c.m) : (c.m, c.k)
+        let (br, bc) = c.transposeB ? (c.n, c.k) : (c.k, c.n)
+        let lda = ac + 3, ldb = bc + 3, ldc = c.n + 3
+        let a = (0..<(ar * lda)).map { _ in Float(rng.normal()) }
+        let b = (0..<(br * ldb)).map { _ in Float(rng.normal()) }
+        let c0 = (0..<(c.m * ldc)).map { _ in Float(rng.normal()) }
+        // With beta 0, C must not be read: start it as NaN.
+        var out = c.beta == 0 ? [Float](repeating: .nan, count: c0.count) : c0
+        fwp_dense_sgemm(
+            c.transposeA ? 1 : 0, c.transposeB ? 1 : 0, Int32(c.m), Int32(c.n), Int32(c.k), c.alpha, a, Int32(lda), b,
+            Int32(ldb), c.beta, &out, Int32(ldc))
+        var worst = 0.0
+        for i in 0..<c.m {
+            for j in 0..<c.n {
+                var sum = 0.0, magnitude = 0.0
+                for p in 0..<c.k {
+                    let x = Double(c.transposeA ? a[p * lda + i] : a[i * lda + p])
+                    let y = Double(c.transposeB ? b[j * ldb + p] : b[p * ldb + j])
+                    sum += x * y
+                    magnitude += abs(x * y)
+                }
+                let cij = c.beta == 0 ? 0 : Double(c0[i * ldc + j])
+                let expected = Double(c.alpha) * sum + Double(c.beta) * cij
+                let scale = abs(Double(c.alpha)) * magnitude + abs(Double(c.beta) * cij) + 1e-30
+                worst = max(worst, abs(Double(out[i * ldc + j]) - expected) / scale)
+            }
+            for j in c.n..<ldc {
+                let before = c0[i * ldc + j], after = out[i * ldc + j]
+                #expect(c.beta == 0 ? after.isNaN : after == before, "\(c): padding changed")
+            }
+        }
+        return worst
+    }
+
+    @Test func matchesFloat64Reference() {
+        var rng = FWPRandom(seed: 22)
+        for c in Self.cases() {
+            let worst = Self.run(c, &rng)
+            #expect(worst < 1e-6, "\(c): relative error \(worst)")
+        }
+    }
+
+    /// The model's own shapes (a shard of 1,024 rows; D = 128, qkv + β = 388, FF 512) in the three
+    /// orientations the layers use: forward x Wᵀ, dX = dY W, dW += dYᵀ x.
+    @Test(arguments: [(128, 388), (128, 512), (512, 128)])
+    func layerShapesMatchFloat64(features: (Int, Int)) {
+        var rng = FWPRandom(seed: 23)
+        let (inF, outF) = features
+        for c in [
+            Case(m: 1024, n: outF, k: inF, transposeA: false, transposeB: true, alpha: 1, beta: 0),
+            Case(m: 1024, n: inF, k: outF, transposeA: false, transposeB: false, alpha: 1, beta: 0),
+            Case(m: outF, n: inF, k: 1024, transposeA: true, transposeB: false, alpha: 1, beta: 1),
+        ] {
+            let worst = Self.run(c, &rng)
+            #expect(worst < 1e-6, "\(c): relative error \(worst)")
+        }
+    }
+
+    /// BLAS.gemm sends the dense layers' products here exactly when the kernel is on and the shape
+    /// qualifies, and the result is OpenBLAS's to float32 rounding either way.
+    @Test func dispatchAgreesWithOpenBLAS() {
+        var rng = FWPRandom(seed: 24)
+        let off = ProcessInfo.processInfo.environment["FWP_DENSE_GEMM"] == "0" || ProcessInfo.processInfo.environment["FWP_AVX512"] == "0"
+        #expect(BLAS.denseKernel == !off)
+        for (m, n, k) in [(200, 150, 140), (BLAS.denseKernelMinimumRows - 1, 150, 140)] {
+            #expect(BLAS.usesDenseKernel(transposeA: false, m: m, n: n, k: k) == (!off && m >= BLAS.denseKernelMinimumRows))
+            let a = Tensor.normal(shape: [m, k], std: 1, using: &rng)
+            let b = Tensor.normal(shape: [n, k], std: 1, using: &rng)
+            var viaDispatch = Tensor(shape: [m, n]), viaOpenBLAS = Tensor(shape: [m, n])
+            BLAS.gemm(a, b, transposeB: true, into: &viaDispatch)
+            a.withUnsafePointer { pa in
+                b.withUnsafePointer { pb in
+                    viaOpenBLAS.withUnsafeMutablePointer { pc in
+                        BLAS.openBLASGemm(
+                            transposeA: false, transposeB: true, m: m, n: n, k: k, a: pa, lda: k, b: pb, ldb: k, beta: 0,
+                            c: pc, ldc: n)
+                    }
+                }
+            }
+            let diff = zip(viaDispatch.storage, viaOpenBLAS.storage).map { abs($0 - $1) }.max()!
+            #expect(diff < 1e-4, "\(m)×\(n)×\(k): max difference \(diff)")
+        }
+    }
+}
