@@ -62,10 +62,13 @@ static FWP_AVX512 void pack_b(int transpose_b, int k, int n, const float *b, lon
     }
 }
 
-// One block of `rows` ≤ 12 rows × 32 columns (masks m0, m1 at the column edge), over all k.
-// op(A)(i, q) = a[i * ars + q * aps]. `rows`, `trans_a` are constants at each call site.
+// One block of `rows` ≤ 12 rows × 32 columns (masks m0, m1 at the column edge), over all k:
+// C ← alpha · op(A) op(B) + beta · C, then + bias (per column, when given), then ReLU (when
+// asked). op(A)(i, q) is a[q * lda + i] with trans_a, a[i * lda + q] without. `rows` and
+// `trans_a` are constants at each call site.
 FWP_INLINE FWP_AVX512 void block(int rows, int trans_a, int k, const float *a, long lda, const float *bp, float alpha,
-                                 float beta, float *c, long ldc, __mmask16 m0, __mmask16 m1) {
+                                 float beta, float *c, long ldc, __mmask16 m0, __mmask16 m1, const float *bias,
+                                 int relu) {
     __m512 x0[ROWS], x1[ROWS];
     _Pragma("clang loop unroll(full)")
     for (int r = 0; r < ROWS; r++) {
@@ -97,7 +100,12 @@ FWP_INLINE FWP_AVX512 void block(int rows, int trans_a, int k, const float *a, l
             }
         }
     }
-    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta), zero = _mm512_setzero_ps();
+    __m512 bias0 = zero, bias1 = zero;
+    if (bias) {
+        bias0 = _mm512_maskz_loadu_ps(m0, bias);
+        bias1 = _mm512_maskz_loadu_ps(m1, bias + 16);
+    }
     _Pragma("clang loop unroll(full)")
     for (int r = 0; r < rows; r++) {
         float *cr = c + r * ldc;
@@ -113,6 +121,14 @@ FWP_INLINE FWP_AVX512 void block(int rows, int trans_a, int k, const float *a, l
             y0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, cr), y0);
             y1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, cr + 16), y1);
         }
+        if (bias) {
+            y0 = _mm512_add_ps(y0, bias0);
+            y1 = _mm512_add_ps(y1, bias1);
+        }
+        if (relu) {
+            y0 = _mm512_max_ps(y0, zero);
+            y1 = _mm512_max_ps(y1, zero);
+        }
         _mm512_mask_storeu_ps(cr, m0, y0);
         _mm512_mask_storeu_ps(cr + 16, m1, y1);
     }
@@ -120,22 +136,23 @@ FWP_INLINE FWP_AVX512 void block(int rows, int trans_a, int k, const float *a, l
 
 // Rows i … i + rows − 1 of C (from ci) against every panel; ai is where op(A)'s row i starts.
 FWP_INLINE FWP_AVX512 void row_block(int rows, int trans_a, int n, int k, const float *ai, long lda,
-                                     const float *packed, float alpha, float beta, float *ci, long ldc) {
+                                     const float *packed, float alpha, float beta, float *ci, long ldc,
+                                     const float *bias, int relu) {
     int np = (n + PANEL - 1) / PANEL;
     for (int p = 0; p < np; p++) {
         int w = n - p * PANEL;
         block(rows, trans_a, k, ai, lda, packed + (long)p * k * PANEL, alpha, beta, ci + p * PANEL, ldc, lanes(w),
-              lanes(w - 16));
+              lanes(w - 16), bias ? bias + p * PANEL : NULL, relu);
     }
 }
 
 static FWP_AVX512 void dense_a(int m, int n, int k, const float *a, long lda, const float *packed, float alpha,
-                               float beta, float *c, long ldc) {
+                               float beta, float *c, long ldc, const float *bias, int relu) {
     long i = 0;
-    for (; i + ROWS <= m; i += ROWS) row_block(ROWS, 0, n, k, a + i * lda, lda, packed, alpha, beta, c + i * ldc, ldc);
+    for (; i + ROWS <= m; i += ROWS) row_block(ROWS, 0, n, k, a + i * lda, lda, packed, alpha, beta, c + i * ldc, ldc, bias, relu);
     switch (m - i) {
 #define REST(R) \
-    case R: row_block(R, 0, n, k, a + i * lda, lda, packed, alpha, beta, c + i * ldc, ldc); break;
+    case R: row_block(R, 0, n, k, a + i * lda, lda, packed, alpha, beta, c + i * ldc, ldc, bias, relu); break;
         REST(11) REST(10) REST(9) REST(8) REST(7) REST(6) REST(5) REST(4) REST(3) REST(2) REST(1)
 #undef REST
     default: break;
@@ -161,7 +178,7 @@ static FWP_AVX512 void dense_at(int transpose_b, int m, int n, int k, const floa
                 _mm512_mask_storeu_ps(slab + q * ROWS, 0x0FFF, _mm512_maskz_loadu_ps(mr, a + (long)(kc + q) * lda + i));
             switch (rows) {
 #define SLAB(R) \
-    case R: row_block(R, 1, n, kk, slab, ROWS, packed, alpha, sliceBeta, c + i * ldc, ldc); break;
+    case R: row_block(R, 1, n, kk, slab, ROWS, packed, alpha, sliceBeta, c + i * ldc, ldc, NULL, 0); break;
                 SLAB(12) SLAB(11) SLAB(10) SLAB(9) SLAB(8) SLAB(7) SLAB(6) SLAB(5) SLAB(4) SLAB(3) SLAB(2) SLAB(1)
 #undef SLAB
             default: break;
@@ -175,7 +192,14 @@ int fwp_dense_sgemm_supported(void) { return fwp_cpu_vector_level() >= 3; }
 
 FWP_AVX512 void fwp_dense_sgemm(int transpose_a, int transpose_b, int m, int n, int k, float alpha, const float *a,
                                 int lda, const float *b, int ldb, float beta, float *c, int ldc) {
+    fwp_dense_sgemm_bias(transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, NULL, 0);
+}
+
+FWP_AVX512 void fwp_dense_sgemm_bias(int transpose_a, int transpose_b, int m, int n, int k, float alpha,
+                                     const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc,
+                                     const float *bias, int relu) {
     if (m <= 0 || n <= 0) return;
+    if (transpose_a && (bias || relu)) __builtin_trap();
     long np = (n + PANEL - 1) / PANEL;
     if (transpose_a) {
         float *packed = panels((size_t)np * PANEL * KC + (size_t)KC * ROWS);
@@ -184,7 +208,7 @@ FWP_AVX512 void fwp_dense_sgemm(int transpose_a, int transpose_b, int m, int n, 
     }
     float *packed = panels((size_t)np * PANEL * (k > 0 ? k : 1));
     if (k > 0) pack_b(transpose_b, k, n, b, ldb, packed);
-    dense_a(m, n, k, a, lda, packed, alpha, beta, c, ldc);
+    dense_a(m, n, k, a, lda, packed, alpha, beta, c, ldc, bias, relu);
 }
 
 #else
@@ -195,6 +219,13 @@ void fwp_dense_sgemm(int transpose_a, int transpose_b, int m, int n, int k, floa
                      const float *b, int ldb, float beta, float *c, int ldc) {
     (void)transpose_a, (void)transpose_b, (void)m, (void)n, (void)k, (void)alpha, (void)a, (void)lda, (void)b;
     (void)ldb, (void)beta, (void)c, (void)ldc;
+    __builtin_trap();
+}
+
+void fwp_dense_sgemm_bias(int transpose_a, int transpose_b, int m, int n, int k, float alpha, const float *a, int lda,
+                          const float *b, int ldb, float beta, float *c, int ldc, const float *bias, int relu) {
+    (void)transpose_a, (void)transpose_b, (void)m, (void)n, (void)k, (void)alpha, (void)a, (void)lda, (void)b;
+    (void)ldb, (void)beta, (void)c, (void)ldc, (void)bias, (void)relu;
     __builtin_trap();
 }
 

@@ -327,6 +327,46 @@ public enum BLAS {
         }
     }
 
+    /// y ← x Wᵀ + bias (y + x Wᵀ + bias with `accumulate`), then ReLU when asked: a dense layer's
+    /// forward product for x of N × in, W of out × in, y of N × out. The dense kernel adds the bias
+    /// and applies ReLU while it writes y; otherwise the product runs through `gemm` and a second
+    /// pass does the rest.
+    public static func linear(
+        _ x: Tensor, weight w: Tensor, bias: Tensor?, relu: Bool = false, accumulate: Bool = false, into y: inout Tensor
+    ) {
+        let (m, k, n) = (x.rows, x.columns, w.rows)
+        precondition(w.columns == k, "linear: input has \(k) features, the weight expects \(w.columns)")
+        precondition(y.rows == m && y.columns == n, "linear: output is \(y.rows)×\(y.columns), expected \(m)×\(n)")
+        precondition(bias.map { $0.count == n } ?? true, "linear: bias has \(bias?.count ?? 0) entries, expected \(n)")
+        let beta: Float = accumulate ? 1 : 0
+        let dense = k > 0 && m > 0 && n > 0 && usesDenseKernel(transposeA: false, m: m, n: n, k: k)
+            && !usesSmallKernel(transposeB: true, m: m, n: n, k: k)
+        x.withUnsafePointer { px in
+            w.withUnsafePointer { pw in
+                y.withUnsafeMutablePointer { py in
+                    func run(_ pb: UnsafePointer<Float>?) {
+                        if dense {
+                            fwp_dense_sgemm_bias(
+                                0, 1, Int32(m), Int32(n), Int32(k), 1, px, Int32(k), pw, Int32(k), beta, py, Int32(n), pb,
+                                relu ? 1 : 0)
+                            return
+                        }
+                        gemm(
+                            transposeA: false, transposeB: true, m: m, n: n, k: k, a: px, lda: k, b: pw, ldb: k, beta: beta,
+                            c: py, ldc: n)
+                        switch (pb, relu) {
+                        case (let pb?, true): Vec.addBiasRelu(py, bias: pb, rows: m, n)
+                        case (let pb?, false): for r in 0..<m { Vec.axpy(1, pb, py + r * n, n) }
+                        case (nil, true): for i in 0..<(m * n) { py[i] = max(py[i], 0) }
+                        case (nil, false): break
+                        }
+                    }
+                    if let bias { bias.withUnsafePointer { run($0) } } else { run(nil) }
+                }
+            }
+        }
+    }
+
     /// op(A) · op(B) as a new rank-2 tensor.
     public static func matmul(_ a: Tensor, transposeA: Bool = false, _ b: Tensor, transposeB: Bool = false) -> Tensor {
         let m = transposeA ? a.columns : a.rows

@@ -21,40 +21,20 @@ public struct Linear: Sendable {
         self.bias = bias ? store.add("\(name).bias", Tensor(shape: [outFeatures])) : nil
     }
 
-    /// x Wᵀ for x of shape N × in, without the bias (a product with beta 0).
-    public func product(_ x: Tensor, _ p: ParameterStore) -> Tensor {
+    /// y = x Wᵀ + b for x of shape N × in (ReLU(x Wᵀ + b) with `relu`), y written in one pass where
+    /// the dense kernel runs (`BLAS.linear`).
+    public func forward(_ x: Tensor, _ p: ParameterStore, relu: Bool = false) -> Tensor {
         precondition(x.columns == inFeatures, "Linear expects \(inFeatures) features, got \(x.columns)")
         var y = Tensor(uninitializedShape: [x.rows, outFeatures])  // written by the product (beta 0)
-        BLAS.gemm(x, p.values[weight], transposeB: true, beta: 0, into: &y)
+        BLAS.linear(x, weight: p.values[weight], bias: bias.map { p.values[$0] }, relu: relu, into: &y)
         return y
     }
 
-    /// y = x Wᵀ + b for x of shape N × in.
-    public func forward(_ x: Tensor, _ p: ParameterStore) -> Tensor {
-        guard let bias else { return product(x, p) }
-        precondition(x.columns == inFeatures, "Linear expects \(inFeatures) features, got \(x.columns)")
-        var y = Tensor(uninitializedShape: [x.rows, outFeatures])  // the bias rows fill it
-        y.withUnsafeMutablePointer { py in
-            p.values[bias].withUnsafePointer { pb in
-                for r in 0..<x.rows { (py + r * outFeatures).update(from: pb, count: outFeatures) }
-            }
-        }
-        BLAS.gemm(x, p.values[weight], transposeB: true, beta: 1, into: &y)
-        return y
-    }
-
-    /// y += x Wᵀ + b (a residual stream): the product accumulates into y, then the bias is added.
+    /// y += x Wᵀ + b (a residual stream): the product accumulates into y, with the bias.
     public func forward(_ x: Tensor, _ p: ParameterStore, addingTo y: inout Tensor) {
         precondition(x.columns == inFeatures, "Linear expects \(inFeatures) features, got \(x.columns)")
         precondition(y.rows == x.rows && y.columns == outFeatures, "Linear output is \(y.shape), expected [\(x.rows), \(outFeatures)]")
-        BLAS.gemm(x, p.values[weight], transposeB: true, beta: 1, into: &y)
-        if let bias {
-            let b = p.values[bias]
-            let n = outFeatures
-            y.withUnsafeMutablePointer { py in
-                b.withUnsafePointer { pb in for r in 0..<x.rows { Vec.axpy(1, pb, py + r * n, n) } }
-            }
-        }
+        BLAS.linear(x, weight: p.values[weight], bias: bias.map { p.values[$0] }, accumulate: true, into: &y)
     }
 
     /// Accumulates dW += dyᵀ x, db += Σ dy (unless the caller has: `biasDone`) and returns dx = dy W.
@@ -271,16 +251,8 @@ public struct FeedForward: Sendable {
         return Cache(input: x, hidden: h)
     }
 
-    /// ReLU(x W₁ᵀ + b₁): the product with beta 0, then the bias and ReLU in one pass (not the
-    /// bias copied into every row first and the product accumulated onto it).
-    private func hidden(_ x: Tensor, _ p: ParameterStore) -> Tensor {
-        var h = fc1.product(x, p)
-        let rows = h.rows, n = h.columns
-        h.withUnsafeMutablePointer { ph in
-            p.values[fc1.bias!].withUnsafePointer { pb in Vec.addBiasRelu(ph, bias: pb, rows: rows, n) }
-        }
-        return h
-    }
+    /// ReLU(x W₁ᵀ + b₁), written once where the dense kernel runs (`BLAS.linear`).
+    private func hidden(_ x: Tensor, _ p: ParameterStore) -> Tensor { fc1.forward(x, p, relu: true) }
 
     /// `native` selects the AVX2 C kernel (`VectorKernels`) for ReLU's gradient.
     public func backward(

@@ -95,6 +95,36 @@ import Testing
         }
     }
 
+    /// BLAS.linear (the dense kernel's bias and ReLU epilogue, or the product and a second pass)
+    /// against float64: y = [y +] x Wᵀ + b, then ReLU; both sizes the dense kernel takes and not.
+    @Test(arguments: [(37, 70, 45), (200, 388, 128), (5, 20, 7)], [(false, false), (true, false), (false, true), (true, true)])
+    func linearAddsBiasAndReLU(shape: (Int, Int, Int), flags: (Bool, Bool)) {
+        let (m, n, k) = shape
+        let (relu, accumulate) = flags
+        var rng = FWPRandom(seed: 25)
+        let x = Tensor.normal(shape: [m, k], std: 1, using: &rng)
+        let w = Tensor.normal(shape: [n, k], std: 1, using: &rng)
+        let bias = Tensor.normal(shape: [n], std: 1, using: &rng)
+        let y0 = Tensor.normal(shape: [m, n], std: 1, using: &rng)
+        var y = accumulate ? y0 : Tensor(shape: [m, n], repeating: .nan)
+        BLAS.linear(x, weight: w, bias: bias, relu: relu, accumulate: accumulate, into: &y)
+        var worst = 0.0
+        for i in 0..<m {
+            for j in 0..<n {
+                var sum = Double(bias.storage[j]) + (accumulate ? Double(y0.storage[i * n + j]) : 0)
+                var magnitude = abs(sum)
+                for p in 0..<k {
+                    let t = Double(x.storage[i * k + p]) * Double(w.storage[j * k + p])
+                    sum += t
+                    magnitude += abs(t)
+                }
+                let expected = relu ? max(sum, 0) : sum
+                worst = max(worst, abs(Double(y.storage[i * n + j]) - expected) / (magnitude + 1e-30))
+            }
+        }
+        #expect(worst < 1e-6, "\(m)×\(n)×\(k) relu=\(relu) accumulate=\(accumulate): relative error \(worst)")
+    }
+
     /// BLAS.gemm sends the dense layers' products here exactly when the kernel is on and the shape
     /// qualifies, and the result is OpenBLAS's to float32 rounding either way.
     @Test func dispatchAgreesWithOpenBLAS() {

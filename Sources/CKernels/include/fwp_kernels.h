@@ -63,6 +63,11 @@ int fwp_dense_sgemm_supported(void);
 void fwp_dense_sgemm(int transpose_a, int transpose_b, int m, int n, int k, float alpha, const float *a, int lda,
                      const float *b, int ldb, float beta, float *c, int ldc);
 
+/// fwp_dense_sgemm, then C[i, j] += bias[j] (when bias is not NULL), then C ← max(C, 0) (when relu
+/// is not 0), in the same pass over C. Only without transpose_a.
+void fwp_dense_sgemm_bias(int transpose_a, int transpose_b, int m, int n, int k, float alpha, const float *a, int lda,
+                          const float *b, int ldb, float beta, float *c, int ldc, const float *bias, int relu);
+
 /// dst (cols × rows, row stride ldd) ← the transpose of src (rows × cols, row stride lds), through
 /// 8 × 8 register tiles. Requires fwp_small_sgemm_supported().
 void fwp_transpose(int rows, int cols, const float *src, int lds, float *dst, int ldd);
