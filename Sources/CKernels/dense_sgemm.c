@@ -62,11 +62,12 @@ static FWP_AVX512 void pack_b(int transpose_b, int k, int n, const float *b, lon
     }
 }
 
-// One block of `rows` ≤ 12 rows × 32 columns (masks m0, m1 at the column edge), over all k:
+// One block of `rows` ≤ 12 rows × 32 columns (16 unless `wide`; masks m0, m1 at the column
+// edge), over all k:
 // C ← alpha · op(A) op(B) + beta · C, then + bias (per column, when given), then ReLU (when
-// asked). op(A)(i, q) is a[q * lda + i] with trans_a, a[i * lda + q] without. `rows` and
-// `trans_a` are constants at each call site.
-FWP_INLINE FWP_AVX512 void block(int rows, int trans_a, int k, const float *a, long lda, const float *bp, float alpha,
+// asked). op(A)(i, q) is a[q * lda + i] with trans_a, a[i * lda + q] without. `rows`, `wide`
+// and `trans_a` are constants at each call site.
+FWP_INLINE FWP_AVX512 void block(int rows, int wide, int trans_a, int k, const float *a, long lda, const float *bp, float alpha,
                                  float beta, float *c, long ldc, __mmask16 m0, __mmask16 m1, const float *bias,
                                  int relu) {
     __m512 x0[ROWS], x1[ROWS];
@@ -77,26 +78,26 @@ FWP_INLINE FWP_AVX512 void block(int rows, int trans_a, int k, const float *a, l
     }
     if (trans_a) {
         for (int q = 0; q < k; q++) {
-            __m512 b0 = _mm512_load_ps(bp + q * PANEL), b1 = _mm512_load_ps(bp + q * PANEL + 16);
+            __m512 b0 = _mm512_load_ps(bp + q * PANEL), b1 = wide ? _mm512_load_ps(bp + q * PANEL + 16) : b0;
             const float *aq = a + q * lda;
             _Pragma("clang loop unroll(full)")
             for (int r = 0; r < rows; r++) {
                 __m512 av = _mm512_set1_ps(aq[r]);
                 x0[r] = _mm512_fmadd_ps(av, b0, x0[r]);
-                x1[r] = _mm512_fmadd_ps(av, b1, x1[r]);
+                if (wide) x1[r] = _mm512_fmadd_ps(av, b1, x1[r]);
             }
         }
     } else {
         // Four base pointers and one index reach all twelve rows (x86 scales 1, 2, 4, 8).
         const float *p0 = a, *p3 = a + 3 * lda, *p6 = a + 6 * lda, *p9 = a + 9 * lda;
         for (int q = 0; q < k; q++) {
-            __m512 b0 = _mm512_load_ps(bp + q * PANEL), b1 = _mm512_load_ps(bp + q * PANEL + 16);
+            __m512 b0 = _mm512_load_ps(bp + q * PANEL), b1 = wide ? _mm512_load_ps(bp + q * PANEL + 16) : b0;
             _Pragma("clang loop unroll(full)")
             for (int r = 0; r < rows; r++) {
                 const float *base = r < 3 ? p0 : r < 6 ? p3 : r < 9 ? p6 : p9;
                 __m512 av = _mm512_set1_ps(base[(r % 3) * lda + q]);
                 x0[r] = _mm512_fmadd_ps(av, b0, x0[r]);
-                x1[r] = _mm512_fmadd_ps(av, b1, x1[r]);
+                if (wide) x1[r] = _mm512_fmadd_ps(av, b1, x1[r]);
             }
         }
     }
@@ -130,7 +131,7 @@ FWP_INLINE FWP_AVX512 void block(int rows, int trans_a, int k, const float *a, l
             y1 = _mm512_max_ps(y1, zero);
         }
         _mm512_mask_storeu_ps(cr, m0, y0);
-        _mm512_mask_storeu_ps(cr + 16, m1, y1);
+        if (wide) _mm512_mask_storeu_ps(cr + 16, m1, y1);
     }
 }
 
@@ -141,8 +142,12 @@ FWP_INLINE FWP_AVX512 void row_block(int rows, int trans_a, int n, int k, const 
     int np = (n + PANEL - 1) / PANEL;
     for (int p = 0; p < np; p++) {
         int w = n - p * PANEL;
-        block(rows, trans_a, k, ai, lda, packed + (long)p * k * PANEL, alpha, beta, ci + p * PANEL, ldc, lanes(w),
-              lanes(w - 16), bias ? bias + p * PANEL : NULL, relu);
+        const float *bp = packed + (long)p * k * PANEL, *bias_p = bias ? bias + p * PANEL : NULL;
+        if (w > 16)
+            block(rows, 1, trans_a, k, ai, lda, bp, alpha, beta, ci + p * PANEL, ldc, lanes(w), lanes(w - 16), bias_p,
+                  relu);
+        else  // a last panel of at most 16 columns: one register per row
+            block(rows, 0, trans_a, k, ai, lda, bp, alpha, beta, ci + p * PANEL, ldc, lanes(w), 0, bias_p, relu);
     }
 }
 
