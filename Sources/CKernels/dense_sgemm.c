@@ -37,7 +37,7 @@ static float *panels(size_t floats) {
 FWP_INLINE __mmask16 lanes(int w) { return w >= 16 ? (__mmask16)0xFFFF : w <= 0 ? 0 : (__mmask16)((1u << w) - 1); }
 
 // op(B) (k × n) into panels: panel p holds columns 32p … 32p + 31 as k rows of 32 floats.
-static FWP_AVX512 void pack_b(int transpose_b, int k, int n, const float *b, long ldb, float *out) {
+static __attribute__((noinline)) FWP_AVX512 void pack_b(int transpose_b, int k, int n, const float *b, long ldb, float *out) {
     int np = (n + PANEL - 1) / PANEL;
     for (int p = 0; p < np; p++) {
         int w = n - p * PANEL < PANEL ? n - p * PANEL : PANEL;
@@ -151,9 +151,30 @@ FWP_INLINE FWP_AVX512 void row_block(int rows, int trans_a, int n, int k, const 
     }
 }
 
-static FWP_AVX512 void dense_a(int m, int n, int k, const float *a, long lda, const float *packed, float alpha,
-                               float beta, float *c, long ldc, const float *bias, int relu) {
+static void pack_rows(int rows, int k, const float *a, long lda, float *slab);
+
+// A is packed into slabs (pack_rows) when C has at least this many panels to reuse each slab
+// over; with fewer, the transposition cost more than the in-place broadcasts.
+enum { PACK_A_PANELS = 8 };
+
+static FWP_AVX512 void dense_a(int m, int n, int k, const float *a, long lda, const float *packed, float *slab,
+                               float alpha, float beta, float *c, long ldc, const float *bias, int relu) {
     long i = 0;
+    if ((n + PANEL - 1) / PANEL >= PACK_A_PANELS) {
+        for (; i + ROWS <= m; i += ROWS) {
+            pack_rows(ROWS, k, a + i * lda, lda, slab);
+            row_block(ROWS, 1, n, k, slab, ROWS, packed, alpha, beta, c + i * ldc, ldc, bias, relu);
+        }
+        if (i < m) pack_rows((int)(m - i), k, a + i * lda, lda, slab);
+        switch (m - i) {
+#define REST(R) \
+    case R: row_block(R, 1, n, k, slab, ROWS, packed, alpha, beta, c + i * ldc, ldc, bias, relu); break;
+            REST(11) REST(10) REST(9) REST(8) REST(7) REST(6) REST(5) REST(4) REST(3) REST(2) REST(1)
+#undef REST
+        default: break;
+        }
+        return;
+    }
     for (; i + ROWS <= m; i += ROWS) row_block(ROWS, 0, n, k, a + i * lda, lda, packed, alpha, beta, c + i * ldc, ldc, bias, relu);
     switch (m - i) {
 #define REST(R) \
@@ -169,6 +190,67 @@ static FWP_AVX512 void dense_a(int m, int n, int k, const float *a, long lda, co
 // operands stream from L1/L2 in order; C accumulates across slices.
 enum { KC = 256 };
 
+// Columns i … i + rows − 1 of kk rows of A into a contiguous kk × 12 slab (zero past rows).
+static __attribute__((noinline)) FWP_AVX512 void pack_slab(int rows, int kk, const float *a, long lda, float *slab) {
+    __mmask16 mr = lanes(rows);
+    for (int q = 0; q < kk; q++) _mm512_mask_storeu_ps(slab + q * ROWS, 0x0FFF, _mm512_maskz_loadu_ps(mr, a + q * lda));
+}
+
+// Rows 0 … rows − 1 (≤ 12) of a k-column block of A (row stride lda) into a contiguous k × 12
+// slab, transposed (slab[q · 12 + r] = a[r · lda + q]; zero past rows), so the block's
+// broadcasts read one line in order instead of twelve rows far apart.
+static __attribute__((noinline)) FWP_AVX512 void pack_rows(int rows, int k, const float *a, long lda, float *slab) {
+    if (rows < ROWS) {
+        for (int q = 0; q < k; q++) {
+            for (int r = 0; r < rows; r++) slab[q * ROWS + r] = a[r * lda + q];
+            for (int r = rows; r < ROWS; r++) slab[q * ROWS + r] = 0;
+        }
+        return;
+    }
+    int q = 0;
+    for (; q + 8 <= k; q += 8) {
+        // Rows 0–7: one 8 × 8 transpose; rows 8–11: four rows of 8 as two 4 × 4 transposes.
+        __m256 r0 = _mm256_loadu_ps(a + 0 * lda + q), r1 = _mm256_loadu_ps(a + 1 * lda + q);
+        __m256 r2 = _mm256_loadu_ps(a + 2 * lda + q), r3 = _mm256_loadu_ps(a + 3 * lda + q);
+        __m256 r4 = _mm256_loadu_ps(a + 4 * lda + q), r5 = _mm256_loadu_ps(a + 5 * lda + q);
+        __m256 r6 = _mm256_loadu_ps(a + 6 * lda + q), r7 = _mm256_loadu_ps(a + 7 * lda + q);
+        __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+        __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+        __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+        __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+        __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+        __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+        __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+        __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+        float *d = slab + q * ROWS;
+        _mm256_storeu_ps(d + 0 * ROWS, _mm256_permute2f128_ps(s0, s4, 0x20));
+        _mm256_storeu_ps(d + 1 * ROWS, _mm256_permute2f128_ps(s1, s5, 0x20));
+        _mm256_storeu_ps(d + 2 * ROWS, _mm256_permute2f128_ps(s2, s6, 0x20));
+        _mm256_storeu_ps(d + 3 * ROWS, _mm256_permute2f128_ps(s3, s7, 0x20));
+        _mm256_storeu_ps(d + 4 * ROWS, _mm256_permute2f128_ps(s0, s4, 0x31));
+        _mm256_storeu_ps(d + 5 * ROWS, _mm256_permute2f128_ps(s1, s5, 0x31));
+        _mm256_storeu_ps(d + 6 * ROWS, _mm256_permute2f128_ps(s2, s6, 0x31));
+        _mm256_storeu_ps(d + 7 * ROWS, _mm256_permute2f128_ps(s3, s7, 0x31));
+        __m256 u0 = _mm256_loadu_ps(a + 8 * lda + q), u1 = _mm256_loadu_ps(a + 9 * lda + q);
+        __m256 u2 = _mm256_loadu_ps(a + 10 * lda + q), u3 = _mm256_loadu_ps(a + 11 * lda + q);
+        __m256 v0 = _mm256_unpacklo_ps(u0, u1), v1 = _mm256_unpackhi_ps(u0, u1);
+        __m256 v2 = _mm256_unpacklo_ps(u2, u3), v3 = _mm256_unpackhi_ps(u2, u3);
+        __m256 w0 = _mm256_shuffle_ps(v0, v2, 0x44), w1 = _mm256_shuffle_ps(v0, v2, 0xEE);
+        __m256 w2 = _mm256_shuffle_ps(v1, v3, 0x44), w3 = _mm256_shuffle_ps(v1, v3, 0xEE);
+        // w0 holds column q (low half) and q + 4 (high half), w1 q + 1 and q + 5, and so on.
+        _mm_storeu_ps(d + 0 * ROWS + 8, _mm256_castps256_ps128(w0));
+        _mm_storeu_ps(d + 1 * ROWS + 8, _mm256_castps256_ps128(w1));
+        _mm_storeu_ps(d + 2 * ROWS + 8, _mm256_castps256_ps128(w2));
+        _mm_storeu_ps(d + 3 * ROWS + 8, _mm256_castps256_ps128(w3));
+        _mm_storeu_ps(d + 4 * ROWS + 8, _mm256_extractf128_ps(w0, 1));
+        _mm_storeu_ps(d + 5 * ROWS + 8, _mm256_extractf128_ps(w1, 1));
+        _mm_storeu_ps(d + 6 * ROWS + 8, _mm256_extractf128_ps(w2, 1));
+        _mm_storeu_ps(d + 7 * ROWS + 8, _mm256_extractf128_ps(w3, 1));
+    }
+    for (; q < k; q++)
+        for (int r = 0; r < ROWS; r++) slab[q * ROWS + r] = a[r * lda + q];
+}
+
 static FWP_AVX512 void dense_at(int transpose_b, int m, int n, int k, const float *a, long lda, const float *b,
                                 long ldb, float *packed, float *slab, float alpha, float beta, float *c, long ldc) {
     for (int kc = 0; kc < k || kc == 0; kc += KC) {
@@ -178,9 +260,7 @@ static FWP_AVX512 void dense_at(int transpose_b, int m, int n, int k, const floa
         long i = 0;
         for (; i < m; i += ROWS) {
             int rows = m - i < ROWS ? (int)(m - i) : ROWS;
-            __mmask16 mr = lanes(rows);
-            for (int q = 0; q < kk; q++)
-                _mm512_mask_storeu_ps(slab + q * ROWS, 0x0FFF, _mm512_maskz_loadu_ps(mr, a + (long)(kc + q) * lda + i));
+            pack_slab(rows, kk, a + (long)kc * lda + i, lda, slab);
             switch (rows) {
 #define SLAB(R) \
     case R: row_block(R, 1, n, kk, slab, ROWS, packed, alpha, sliceBeta, c + i * ldc, ldc, NULL, 0); break;
@@ -211,9 +291,10 @@ FWP_AVX512 void fwp_dense_sgemm_bias(int transpose_a, int transpose_b, int m, in
         dense_at(transpose_b, m, n, k, a, lda, b, ldb, packed, packed + np * PANEL * KC, alpha, beta, c, ldc);
         return;
     }
-    float *packed = panels((size_t)np * PANEL * (k > 0 ? k : 1));
+    size_t depth = k > 0 ? (size_t)k : 1;
+    float *packed = panels((size_t)np * PANEL * depth + depth * ROWS);
     if (k > 0) pack_b(transpose_b, k, n, b, ldb, packed);
-    dense_a(m, n, k, a, lda, packed, alpha, beta, c, ldc, bias, relu);
+    dense_a(m, n, k, a, lda, packed, packed + np * PANEL * depth, alpha, beta, c, ldc, bias, relu);
 }
 
 #else

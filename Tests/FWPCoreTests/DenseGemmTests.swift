@@ -6,8 +6,9 @@ import Testing
 
 /// The dense layers' AVX-512 product kernel (`fwp_dense_sgemm`) against a float64 triple loop
 /// written here: every transpose combination, sizes around its 12-row blocks, 32-column panels
-/// and 16-lane masks, inner dimensions around its 256-step slices (transposed A), padded leading
-/// dimensions, alpha/beta, and C's padding left untouched. Runs where the CPU has AVX-512.
+/// and 16-lane masks, A read in place and packed (wide C), inner dimensions around its 256-step
+/// slices (transposed A) and 8-column transposes, padded leading dimensions, alpha/beta, and C's
+/// padding left untouched. Runs where the CPU has AVX-512.
 @Suite(.enabled(if: fwp_dense_sgemm_supported() != 0)) struct DenseGemmTests {
     struct Case: CustomStringConvertible {
         var m, n, k: Int
@@ -18,7 +19,7 @@ import Testing
 
     static func cases() -> [Case] {
         let rows = [1, 11, 12, 13, 24, 37]
-        let columns = [1, 15, 16, 17, 31, 32, 33, 48, 70]
+        let columns = [1, 15, 16, 17, 31, 32, 33, 48, 70, 260]  // 260: A packed (at least 8 panels)
         let depths = [1, 5, 64, 255, 256, 257, 530]
         var rng = FWPRandom(seed: 21)
         var out: [Case] = []
