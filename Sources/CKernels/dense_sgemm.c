@@ -9,6 +9,7 @@
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,17 +20,27 @@
 
 enum { ROWS = 12, PANEL = 32 };
 
-// The calling thread's panel buffer, grown as needed and kept for its next product.
+// The calling thread's panel buffer, grown as needed and kept for its next product; freed when
+// the thread exits (a pthread key's destructor), so worker threads that come and go in a
+// long-running process leave nothing behind.
 static __thread float *panel_buffer;
 static __thread size_t panel_capacity;
+static pthread_key_t panel_key;
+static pthread_once_t panel_key_once = PTHREAD_ONCE_INIT;
+
+static void panel_key_create(void) {
+    if (pthread_key_create(&panel_key, free) != 0) __builtin_trap();
+}
 
 static float *panels(size_t floats) {
     if (floats > panel_capacity) {
+        pthread_once(&panel_key_once, panel_key_create);
         free(panel_buffer);
         size_t bytes = (floats * sizeof(float) + 63) & ~(size_t)63;
         panel_buffer = aligned_alloc(64, bytes);
         if (!panel_buffer) __builtin_trap();
         panel_capacity = bytes / sizeof(float);
+        pthread_setspecific(panel_key, panel_buffer);
     }
     return panel_buffer;
 }
