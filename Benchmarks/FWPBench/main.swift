@@ -11,7 +11,8 @@
 //   lm        one training step (forward, backward, AdamW) of the byte-level LM: D=128, 4 layers,
 //             4 heads of 32, FF 512, T=256, B=16 — delta rule, sum rule, softmax; with the
 //             FLOP count per token and the fraction of the measured sgemm rate
-//   sgemm     OpenBLAS sgemm GFLOP/s on one thread (1024³ and the LM's FF shape)
+//   sgemm     OpenBLAS sgemm GFLOP/s on one thread (1024³ and the LM's FF shape), and the
+//             same products through BLAS.gemm where the dense kernel is on
 //   sweep     the lm step at T = 256 … 2048 with B·T = 4096
 //   generate  recurrent generation, batch 1: tokens/s and resident memory at 1K … 64K tokens
 //             of context (softmax up to 8K: its per-token cost grows with the context)
@@ -163,12 +164,33 @@ FileHandle.standardError.write(Data("fwp-bench: \(BLAS.blasCoreNote)\n".utf8))
     }
 }
 
-@MainActor func sgemmGflops(m: Int, n: Int, k: Int) -> Double {
+/// Single-thread GFLOP/s of one m × n × k product: through `BLAS.gemm` (our dense kernel where it
+/// runs), or through OpenBLAS itself.
+@MainActor func sgemmGflops(m: Int, n: Int, k: Int, openBLAS: Bool = false) -> Double {
     var rng = FWPRandom(seed: 3)
     let a = Tensor.normal(shape: [m, k], std: 1, using: &rng), b = Tensor.normal(shape: [k, n], std: 1, using: &rng)
     var c = Tensor(shape: [m, n])
-    let secs = medianSeconds { BLAS.gemm(a, b, into: &c) }
+    let secs = medianSeconds {
+        guard openBLAS else { return BLAS.gemm(a, b, into: &c) }
+        a.withUnsafePointer { pa in
+            b.withUnsafePointer { pb in
+                c.withUnsafeMutablePointer { pc in
+                    BLAS.openBLASGemm(
+                        transposeA: false, transposeB: false, m: m, n: n, k: k, a: pa, lda: k, b: pb, ldb: n, beta: 0,
+                        c: pc, ldc: n)
+                }
+            }
+        }
+    }
     return 2 * Double(m * n * k) / secs / 1e9
+}
+
+/// The machine's single-thread sgemm rate at 1024³ that the LM's FLOP fraction is taken of: the
+/// faster of OpenBLAS and the product `BLAS.gemm` runs, so that a kernel of our own in that path
+/// could only lower the fraction.
+@MainActor func referenceSgemmGflops() -> Double {
+    let viaGemm = sgemmGflops(m: 1024, n: 1024, k: 1024)
+    return BLAS.denseKernel ? max(viaGemm, sgemmGflops(m: 1024, n: 1024, k: 1024, openBLAS: true)) : viaGemm
 }
 
 /// GFLOP/s of one product shape on OpenBLAS and on the small kernel (single thread, operands
@@ -224,7 +246,7 @@ let lmVariants: [(String, AttentionKind, UpdateRule)] = [
 ]
 
 @MainActor func benchLM(only variant: String? = nil) throws {
-    let peak = sgemmGflops(m: 1024, n: 1024, k: 1024)
+    let peak = referenceSgemmGflops()
     for (name, attention, rule) in lmVariants where variant == nil || variant == name {
         let config = lmConfig(attention, rule)
         let tps = Double(16 * 256) / (try lmStepSeconds(config, batch: 16, steps: 256))
@@ -295,8 +317,12 @@ for what in only {
     case "lm": try benchLM()
     case "lm-delta", "lm-sum", "lm-softmax": try benchLM(only: String(what.dropFirst(3)))
     case "sgemm":
-        report("sgemm-1024", sgemmGflops(m: 1024, n: 1024, k: 1024), "GFLOP/s", ["blas_threads": 1, "blas_core": BLAS.coreName])
-        report("sgemm-4096x512x128", sgemmGflops(m: 4096, n: 512, k: 128), "GFLOP/s", ["blas_threads": 1, "blas_core": BLAS.coreName])
+        report("sgemm-1024", sgemmGflops(m: 1024, n: 1024, k: 1024, openBLAS: true), "GFLOP/s", ["blas_threads": 1, "blas_core": BLAS.coreName])
+        report("sgemm-4096x512x128", sgemmGflops(m: 4096, n: 512, k: 128, openBLAS: true), "GFLOP/s", ["blas_threads": 1, "blas_core": BLAS.coreName])
+        if BLAS.denseKernel {  // through BLAS.gemm: our dense kernel for the LM's shape, OpenBLAS at 1024³
+            report("gemm-1024", sgemmGflops(m: 1024, n: 1024, k: 1024), "GFLOP/s", [:])
+            report("gemm-4096x512x128", sgemmGflops(m: 4096, n: 512, k: 128), "GFLOP/s", ["kernel": "fwp_dense_sgemm"])
+        }
     case "sweep":
         for t in [256, 512, 1024, 2048] {
             for (name, attention, rule) in lmVariants {

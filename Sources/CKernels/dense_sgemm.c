@@ -199,7 +199,7 @@ static FWP_AVX512 void dense_a(int m, int n, int k, const float *a, long lda, co
 // op(A) = Aᵀ (a weight gradient: the inner dimension is the batch's rows, long): in slices of
 // KC inner steps, each 12-column block of A is copied into a contiguous KC × 12 slab, so both
 // operands stream from L1/L2 in order; C accumulates across slices.
-enum { KC = 256 };
+enum { KC = 128 };
 
 // Columns i … i + rows − 1 of kk rows of A into a contiguous kk × 12 slab (zero past rows).
 static __attribute__((noinline)) FWP_AVX512 void pack_slab(int rows, int kk, const float *a, long lda, float *slab) {

@@ -122,14 +122,16 @@ public enum BLAS {
     }()
 
     /// Products the dense kernel takes (past the small kernel's): at least `denseKernelMinimumRows`
-    /// rows of C and 16 columns, so that packing op(B) pays for itself, and op(B) at most
-    /// `denseKernelMaximumPack` floats when it is packed whole (op(A) not transposed).
+    /// rows of C and 16 columns, so that packing op(B) pays for itself, and, when op(A) is not
+    /// transposed (op(B) is then packed whole), an inner dimension of at most
+    /// `denseKernelMaximumDepth`: the model's layers have 128–512, and at 1024³ OpenBLAS was
+    /// faster (140 against 107 GFLOP/s, `fwp-bench --only sgemm`).
     public static let denseKernelMinimumRows = 32
-    public static let denseKernelMaximumPack = 1 << 22
+    public static let denseKernelMaximumDepth = 512
 
     @usableFromInline
     static func usesDenseKernel(transposeA: Bool, m: Int, n: Int, k: Int) -> Bool {
-        denseKernel && m >= denseKernelMinimumRows && n >= 16 && (transposeA || n * k <= denseKernelMaximumPack)
+        denseKernel && m >= denseKernelMinimumRows && n >= 16 && (transposeA || k <= denseKernelMaximumDepth)
     }
 
     @usableFromInline

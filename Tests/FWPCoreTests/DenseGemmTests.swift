@@ -6,7 +6,7 @@ import Testing
 
 /// The dense layers' AVX-512 product kernel (`fwp_dense_sgemm`) against a float64 triple loop
 /// written here: every transpose combination, sizes around its 12-row blocks, 32-column panels
-/// and 16-lane masks, A read in place and packed (wide C), inner dimensions around its 256-step
+/// and 16-lane masks, A read in place and packed (wide C), inner dimensions around its 128-step
 /// slices (transposed A) and 8-column transposes, padded leading dimensions, alpha/beta, and C's
 /// padding left untouched. Runs where the CPU has AVX-512.
 @Suite(.enabled(if: fwp_dense_sgemm_supported() != 0)) struct DenseGemmTests {
@@ -20,7 +20,7 @@ import Testing
     static func cases() -> [Case] {
         let rows = [1, 11, 12, 13, 24, 37]
         let columns = [1, 15, 16, 17, 31, 32, 33, 48, 70, 260]  // 260: A packed (at least 8 panels)
-        let depths = [1, 5, 64, 255, 256, 257, 530]
+        let depths = [1, 5, 64, 127, 128, 129, 257, 530]
         var rng = FWPRandom(seed: 21)
         var out: [Case] = []
         for m in rows {
@@ -161,6 +161,9 @@ import Testing
         var rng = FWPRandom(seed: 24)
         let off = ProcessInfo.processInfo.environment["FWP_DENSE_GEMM"] == "0" || ProcessInfo.processInfo.environment["FWP_AVX512"] == "0"
         #expect(BLAS.denseKernel == !off)
+        // Deep products with A in place stay on OpenBLAS; weight gradients (Aᵀ) slice any depth.
+        #expect(!BLAS.usesDenseKernel(transposeA: false, m: 1024, n: 1024, k: BLAS.denseKernelMaximumDepth + 1))
+        #expect(BLAS.usesDenseKernel(transposeA: true, m: 1024, n: 1024, k: 4096) == !off)
         for (m, n, k) in [(200, 150, 140), (BLAS.denseKernelMinimumRows - 1, 150, 140)] {
             #expect(BLAS.usesDenseKernel(transposeA: false, m: m, n: n, k: k) == (!off && m >= BLAS.denseKernelMinimumRows))
             let a = Tensor.normal(shape: [m, k], std: 1, using: &rng)
