@@ -2,8 +2,9 @@ import Foundation
 import CBLAS
 import CKernels
 
-/// The single boundary between FWPCore and its matrix-product kernels: OpenBLAS, and the small
-/// AVX2/FMA kernel in CKernels for products of a few kilobytes.
+/// The single boundary between FWPCore and its matrix-product kernels: OpenBLAS, the small
+/// AVX2/FMA kernel in CKernels for products of a few kilobytes, and (with AVX-512) CKernels'
+/// dense kernel for the model's layer-sized products.
 ///
 /// Every matrix product in the core goes through `gemm`, which checks its shapes and takes
 /// transpose flags instead of transposed copies. Gradients accumulate by passing `beta: 1`.
@@ -144,7 +145,7 @@ public enum BLAS {
     ///
     /// `m × k` is op(A), `k × n` is op(B), `m × n` is C; leading dimensions are row strides.
     /// Products within `smallKernelLimit` and `smallKernelWork` run on the small kernel when it
-    /// is enabled, the rest on OpenBLAS. With `cIn` the addend is read from there instead
+    /// is enabled, those `usesDenseKernel` accepts on the dense kernel, the rest on OpenBLAS. With `cIn` the addend is read from there instead
     /// (C ← alpha · op(A) · op(B) + beta · C_in; row stride `ldcIn`, not overlapping C), which
     /// saves copying it into C first: the small kernel reads it in place, for OpenBLAS it is
     /// copied into C and the product accumulated there. `smallLimit` raises the largest
