@@ -52,7 +52,7 @@ while let a = args.popFirst() {
 }
 if only.isEmpty { only = ["core", "lm"] }
 BLAS.setThreads(1)
-FileHandle.standardError.write(Data("fwp-bench: \(BLAS.blasCoreNote)\n".utf8))
+FileHandle.standardError.write(Data("fwp-bench: \(BLAS.kernelNote)\n".utf8))
 
 @MainActor func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
 

@@ -92,6 +92,14 @@ public enum BLAS {
         return "OpenBLAS \(core) kernels"
     }
 
+    /// One line for logs: which kernels run the products (`blasCoreNote`, and ours where they are on).
+    public static var kernelNote: String {
+        var own: [String] = []
+        if denseKernel { own.append("layer products on fwp's AVX-512 kernel") }
+        if smallKernel { own.append("small products on fwp's \(fwp_small_sgemm_uses_avx512() != 0 ? "AVX-512" : "AVX2") kernel") }
+        return own.isEmpty ? blasCoreNote : "\(own.joined(separator: ", ")), the rest on \(blasCoreNote)"
+    }
+
     /// OpenBLAS's current worker-thread count.
     public static var threads: Int { Int(openblas_get_num_threads()) }
 

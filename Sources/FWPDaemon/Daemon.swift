@@ -58,7 +58,7 @@ public final class Daemon: Service, @unchecked Sendable {
             logger.warning("job \(e.job): \(e.message ?? e.state?.rawValue ?? "")")
         }
         logger.info(
-            "fwpd \(FWPDVersion.string): requests on \(router.boundRequestEndpoint), events on \(router.boundPublishEndpoint), state in \(state.path), \(config.workers) worker(s) × \(config.effectiveThreadsPerJob) thread(s), \(presets.count) presets, CURVE \(config.curveSecretKeyFile == nil ? "off" : "on"), \(BLAS.blasCoreNote)"
+            "fwpd \(FWPDVersion.string): requests on \(router.boundRequestEndpoint), events on \(router.boundPublishEndpoint), state in \(state.path), \(config.workers) worker(s) × \(config.effectiveThreadsPerJob) thread(s), \(presets.count) presets, CURVE \(config.curveSecretKeyFile == nil ? "off" : "on"), \(BLAS.kernelNote)"
         )
     }
 
