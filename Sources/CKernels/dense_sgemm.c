@@ -47,6 +47,19 @@ static float *panels(size_t floats) {
 
 FWP_INLINE __mmask16 lanes(int w) { return w >= 16 ? (__mmask16)0xFFFF : w <= 0 ? 0 : (__mmask16)((1u << w) - 1); }
 
+// What a block does to C after alpha and beta: + bias[j] (per column), ReLU, · [gate[i, j] > 0]
+// (a ReLU's backward, gate being its output), then colsum[j] += the column's sum — each only
+// when set. Pointers are to column 0 (row 0 for the gate) of the whole product.
+typedef struct {
+    const float *bias;
+    int relu;
+    const float *gate;
+    long ldg;
+    float *colsum;
+} epilogue_t;
+
+static const epilogue_t plain = {0};
+
 // op(B) (k × n) into panels: panel p holds columns 32p … 32p + 31 as k rows of 32 floats.
 static __attribute__((noinline)) FWP_AVX512 void pack_b(int transpose_b, int k, int n, const float *b, long ldb, float *out) {
     int np = (n + PANEL - 1) / PANEL;
@@ -74,13 +87,12 @@ static __attribute__((noinline)) FWP_AVX512 void pack_b(int transpose_b, int k, 
 }
 
 // One block of `rows` ≤ 12 rows × 32 columns (16 unless `wide`; masks m0, m1 at the column
-// edge), over all k:
-// C ← alpha · op(A) op(B) + beta · C, then + bias (per column, when given), then ReLU (when
-// asked). op(A)(i, q) is a[q * lda + i] with trans_a, a[i * lda + q] without. `rows`, `wide`
-// and `trans_a` are constants at each call site.
-FWP_INLINE FWP_AVX512 void block(int rows, int wide, int trans_a, int k, const float *a, long lda, const float *bp, float alpha,
-                                 float beta, float *c, long ldc, __mmask16 m0, __mmask16 m1, const float *bias,
-                                 int relu) {
+// edge), over all k: C ← alpha · op(A) op(B) + beta · C, then the epilogue `e`; the block is
+// rows i … of C (at c) and columns j … (at c too). op(A)(i, q) is a[q * lda + i] with trans_a,
+// a[i * lda + q] without. `rows`, `wide` and `trans_a` are constants at each call site.
+FWP_INLINE FWP_AVX512 void block(int rows, int wide, int trans_a, int k, const float *a, long lda, const float *bp,
+                                 float alpha, float beta, float *c, long ldc, __mmask16 m0, __mmask16 m1,
+                                 const epilogue_t *e, long i, long j) {
     __m512 x0[ROWS], x1[ROWS];
     _Pragma("clang loop unroll(full)")
     for (int r = 0; r < ROWS; r++) {
@@ -113,7 +125,8 @@ FWP_INLINE FWP_AVX512 void block(int rows, int wide, int trans_a, int k, const f
         }
     }
     __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta), zero = _mm512_setzero_ps();
-    __m512 bias0 = zero, bias1 = zero;
+    const float *bias = e->bias ? e->bias + j : NULL;
+    __m512 bias0 = zero, bias1 = zero, sum0 = zero, sum1 = zero;
     if (bias) {
         bias0 = _mm512_maskz_loadu_ps(m0, bias);
         bias1 = _mm512_maskz_loadu_ps(m1, bias + 16);
@@ -137,28 +150,42 @@ FWP_INLINE FWP_AVX512 void block(int rows, int wide, int trans_a, int k, const f
             y0 = _mm512_add_ps(y0, bias0);
             y1 = _mm512_add_ps(y1, bias1);
         }
-        if (relu) {
+        if (e->relu) {
             y0 = _mm512_max_ps(y0, zero);
             y1 = _mm512_max_ps(y1, zero);
+        }
+        if (e->gate) {
+            const float *g = e->gate + (i + r) * e->ldg + j;
+            y0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m0, g), zero, _CMP_GT_OQ), y0);
+            y1 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m1, g + 16), zero, _CMP_GT_OQ), y1);
+        }
+        if (e->colsum) {
+            sum0 = _mm512_add_ps(sum0, y0);
+            sum1 = _mm512_add_ps(sum1, y1);
         }
         _mm512_mask_storeu_ps(cr, m0, y0);
         if (wide) _mm512_mask_storeu_ps(cr + 16, m1, y1);
     }
+    if (e->colsum) {
+        float *cs = e->colsum + j;
+        _mm512_mask_storeu_ps(cs, m0, _mm512_add_ps(_mm512_maskz_loadu_ps(m0, cs), sum0));
+        if (wide) _mm512_mask_storeu_ps(cs + 16, m1, _mm512_add_ps(_mm512_maskz_loadu_ps(m1, cs + 16), sum1));
+    }
 }
 
-// Rows i … i + rows − 1 of C (from ci) against every panel; ai is where op(A)'s row i starts.
+// Rows i … i + rows − 1 of C against every panel; ai is where op(A)'s row i starts.
 FWP_INLINE FWP_AVX512 void row_block(int rows, int trans_a, int n, int k, const float *ai, long lda,
-                                     const float *packed, float alpha, float beta, float *ci, long ldc,
-                                     const float *bias, int relu) {
+                                     const float *packed, float alpha, float beta, float *c, long ldc,
+                                     const epilogue_t *e, long i) {
     int np = (n + PANEL - 1) / PANEL;
     for (int p = 0; p < np; p++) {
         int w = n - p * PANEL;
-        const float *bp = packed + (long)p * k * PANEL, *bias_p = bias ? bias + p * PANEL : NULL;
+        const float *bp = packed + (long)p * k * PANEL;
+        float *cij = c + i * ldc + p * PANEL;
         if (w > 16)
-            block(rows, 1, trans_a, k, ai, lda, bp, alpha, beta, ci + p * PANEL, ldc, lanes(w), lanes(w - 16), bias_p,
-                  relu);
+            block(rows, 1, trans_a, k, ai, lda, bp, alpha, beta, cij, ldc, lanes(w), lanes(w - 16), e, i, p * PANEL);
         else  // a last panel of at most 16 columns: one register per row
-            block(rows, 0, trans_a, k, ai, lda, bp, alpha, beta, ci + p * PANEL, ldc, lanes(w), 0, bias_p, relu);
+            block(rows, 0, trans_a, k, ai, lda, bp, alpha, beta, cij, ldc, lanes(w), 0, e, i, p * PANEL);
     }
 }
 
@@ -169,27 +196,27 @@ static void pack_rows(int rows, int k, const float *a, long lda, float *slab);
 enum { PACK_A_PANELS = 8 };
 
 static FWP_AVX512 void dense_a(int m, int n, int k, const float *a, long lda, const float *packed, float *slab,
-                               float alpha, float beta, float *c, long ldc, const float *bias, int relu) {
+                               float alpha, float beta, float *c, long ldc, const epilogue_t *e) {
     long i = 0;
     if ((n + PANEL - 1) / PANEL >= PACK_A_PANELS) {
         for (; i + ROWS <= m; i += ROWS) {
             pack_rows(ROWS, k, a + i * lda, lda, slab);
-            row_block(ROWS, 1, n, k, slab, ROWS, packed, alpha, beta, c + i * ldc, ldc, bias, relu);
+            row_block(ROWS, 1, n, k, slab, ROWS, packed, alpha, beta, c, ldc, e, i);
         }
         if (i < m) pack_rows((int)(m - i), k, a + i * lda, lda, slab);
         switch (m - i) {
 #define REST(R) \
-    case R: row_block(R, 1, n, k, slab, ROWS, packed, alpha, beta, c + i * ldc, ldc, bias, relu); break;
+    case R: row_block(R, 1, n, k, slab, ROWS, packed, alpha, beta, c, ldc, e, i); break;
             REST(11) REST(10) REST(9) REST(8) REST(7) REST(6) REST(5) REST(4) REST(3) REST(2) REST(1)
 #undef REST
         default: break;
         }
         return;
     }
-    for (; i + ROWS <= m; i += ROWS) row_block(ROWS, 0, n, k, a + i * lda, lda, packed, alpha, beta, c + i * ldc, ldc, bias, relu);
+    for (; i + ROWS <= m; i += ROWS) row_block(ROWS, 0, n, k, a + i * lda, lda, packed, alpha, beta, c, ldc, e, i);
     switch (m - i) {
 #define REST(R) \
-    case R: row_block(R, 0, n, k, a + i * lda, lda, packed, alpha, beta, c + i * ldc, ldc, bias, relu); break;
+    case R: row_block(R, 0, n, k, a + i * lda, lda, packed, alpha, beta, c, ldc, e, i); break;
         REST(11) REST(10) REST(9) REST(8) REST(7) REST(6) REST(5) REST(4) REST(3) REST(2) REST(1)
 #undef REST
     default: break;
@@ -274,7 +301,7 @@ static FWP_AVX512 void dense_at(int transpose_b, int m, int n, int k, const floa
             pack_slab(rows, kk, a + (long)kc * lda + i, lda, slab);
             switch (rows) {
 #define SLAB(R) \
-    case R: row_block(R, 1, n, kk, slab, ROWS, packed, alpha, sliceBeta, c + i * ldc, ldc, NULL, 0); break;
+    case R: row_block(R, 1, n, kk, slab, ROWS, packed, alpha, sliceBeta, c, ldc, &plain, i); break;
                 SLAB(12) SLAB(11) SLAB(10) SLAB(9) SLAB(8) SLAB(7) SLAB(6) SLAB(5) SLAB(4) SLAB(3) SLAB(2) SLAB(1)
 #undef SLAB
             default: break;
@@ -291,6 +318,16 @@ FWP_AVX512 void fwp_dense_sgemm(int transpose_a, int transpose_b, int m, int n, 
     fwp_dense_sgemm_bias(transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, NULL, 0);
 }
 
+// The untransposed-A products (op(B) packed whole), with an epilogue.
+static FWP_AVX512 void dense_untransposed(int transpose_b, int m, int n, int k, float alpha, const float *a, int lda,
+                                          const float *b, int ldb, float beta, float *c, int ldc, const epilogue_t *e) {
+    long np = (n + PANEL - 1) / PANEL;
+    size_t depth = k > 0 ? (size_t)k : 1;
+    float *packed = panels((size_t)np * PANEL * depth + depth * ROWS);
+    if (k > 0) pack_b(transpose_b, k, n, b, ldb, packed);
+    dense_a(m, n, k, a, lda, packed, packed + np * PANEL * depth, alpha, beta, c, ldc, e);
+}
+
 FWP_AVX512 void fwp_dense_sgemm_bias(int transpose_a, int transpose_b, int m, int n, int k, float alpha,
                                      const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc,
                                      const float *bias, int relu) {
@@ -302,10 +339,20 @@ FWP_AVX512 void fwp_dense_sgemm_bias(int transpose_a, int transpose_b, int m, in
         dense_at(transpose_b, m, n, k, a, lda, b, ldb, packed, packed + np * PANEL * KC, alpha, beta, c, ldc);
         return;
     }
-    size_t depth = k > 0 ? (size_t)k : 1;
-    float *packed = panels((size_t)np * PANEL * depth + depth * ROWS);
-    if (k > 0) pack_b(transpose_b, k, n, b, ldb, packed);
-    dense_a(m, n, k, a, lda, packed, packed + np * PANEL * depth, alpha, beta, c, ldc, bias, relu);
+    epilogue_t e = plain;
+    e.bias = bias;
+    e.relu = relu;
+    dense_untransposed(transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, &e);
+}
+
+FWP_AVX512 void fwp_dense_sgemm_gated(int transpose_b, int m, int n, int k, const float *a, int lda, const float *b,
+                                      int ldb, float *c, int ldc, const float *gate, int ldg, float *colsum) {
+    if (m <= 0 || n <= 0) return;
+    epilogue_t e = plain;
+    e.gate = gate;
+    e.ldg = ldg;
+    e.colsum = colsum;
+    dense_untransposed(transpose_b, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc, &e);
 }
 
 #else
@@ -323,6 +370,13 @@ void fwp_dense_sgemm_bias(int transpose_a, int transpose_b, int m, int n, int k,
                           const float *b, int ldb, float beta, float *c, int ldc, const float *bias, int relu) {
     (void)transpose_a, (void)transpose_b, (void)m, (void)n, (void)k, (void)alpha, (void)a, (void)lda, (void)b;
     (void)ldb, (void)beta, (void)c, (void)ldc, (void)bias, (void)relu;
+    __builtin_trap();
+}
+
+void fwp_dense_sgemm_gated(int transpose_b, int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+                           float *c, int ldc, const float *gate, int ldg, float *colsum) {
+    (void)transpose_b, (void)m, (void)n, (void)k, (void)a, (void)lda, (void)b, (void)ldb, (void)c, (void)ldc;
+    (void)gate, (void)ldg, (void)colsum;
     __builtin_trap();
 }
 

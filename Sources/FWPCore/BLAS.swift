@@ -378,6 +378,29 @@ public enum BLAS {
         }
     }
 
+    /// dh ← (dy · W) ⊙ [gate > 0] and columnSums[j] += Σᵢ dh[i, j] (dy N × k, W k × n, gate and
+    /// dh N × n): a ReLU's backward and its bias gradient in the dense kernel's one pass over dh.
+    /// Only where the dense kernel takes the product (`usesDenseKernel`).
+    public static func gatedProduct(_ dy: Tensor, weight w: Tensor, gate: Tensor, into dh: inout Tensor, columnSums: inout Tensor) {
+        let (m, k, n) = (dy.rows, dy.columns, w.columns)
+        precondition(w.rows == k, "gatedProduct: dy has \(k) columns, the weight \(w.rows) rows")
+        precondition(gate.rows == m && gate.columns == n && dh.rows == m && dh.columns == n, "gatedProduct: shapes differ")
+        precondition(columnSums.count == n, "gatedProduct: \(columnSums.count) column sums for \(n) columns")
+        precondition(usesDenseKernel(transposeA: false, m: m, n: n, k: k), "gatedProduct needs the dense kernel")
+        dy.withUnsafePointer { pa in
+            w.withUnsafePointer { pb in
+                gate.withUnsafePointer { pg in
+                    dh.withUnsafeMutablePointer { pc in
+                        columnSums.withUnsafeMutablePointer { ps in
+                            fwp_dense_sgemm_gated(
+                                0, Int32(m), Int32(n), Int32(k), pa, Int32(k), pb, Int32(n), pc, Int32(n), pg, Int32(n), ps)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// op(A) · op(B) as a new rank-2 tensor.
     public static func matmul(_ a: Tensor, transposeA: Bool = false, _ b: Tensor, transposeB: Bool = false) -> Tensor {
         let m = transposeA ? a.columns : a.rows

@@ -41,9 +41,14 @@ public struct Linear: Sendable {
     public func backward(
         _ dy: Tensor, input x: Tensor, _ p: ParameterStore, _ g: inout ParameterStore, biasDone: Bool = false
     ) -> Tensor {
+        accumulateGradients(dy, input: x, &g, biasDone: biasDone)
+        return BLAS.matmul(dy, p.values[weight])
+    }
+
+    /// The parameter half of `backward`: dW += dyᵀ x and db += Σ dy (unless `biasDone`).
+    public func accumulateGradients(_ dy: Tensor, input x: Tensor, _ g: inout ParameterStore, biasDone: Bool = false) {
         BLAS.gemm(dy, transposeA: true, x, beta: 1, into: &g.values[weight])
         if let bias, !biasDone { addColumnSums(dy, into: &g.values[bias]) }
-        return BLAS.matmul(dy, p.values[weight])
     }
 }
 
@@ -258,6 +263,13 @@ public struct FeedForward: Sendable {
     public func backward(
         _ dy: Tensor, cache: Cache, _ p: ParameterStore, _ g: inout ParameterStore, native: Bool = VectorKernels.enabled
     ) -> Tensor {
+        if native, BLAS.usesDenseKernel(transposeA: false, m: dy.rows, n: fc2.inFeatures, k: fc2.outFeatures) {
+            // dh = (dy W₂) ⊙ [h > 0] and fc1's bias gradient, in the product's own pass.
+            fc2.accumulateGradients(dy, input: cache.hidden, &g)
+            var dh = Tensor(uninitializedShape: [dy.rows, fc2.inFeatures])  // written by the product
+            BLAS.gatedProduct(dy, weight: p.values[fc2.weight], gate: cache.hidden, into: &dh, columnSums: &g.values[fc1.bias!])
+            return fc1.backward(dh, input: cache.input, p, &g, biasDone: true)
+        }
         var dh = fc2.backward(dy, input: cache.hidden, p, &g)
         let rows = dh.rows, n = dh.columns
         guard native else {

@@ -126,6 +126,46 @@ import Testing
         #expect(worst < 1e-6, "\(m)×\(n)×\(k) relu=\(relu) accumulate=\(accumulate): relative error \(worst)")
     }
 
+    /// The gated product (a ReLU's backward with its bias gradient) against float64: dh = (dy W) ⊙
+    /// [h > 0], zero exactly where h ≤ 0 (h has exact zeros), and the column sums added to what
+    /// was there; A in place (70 columns) and packed (512).
+    @Test(arguments: [(37, 70, 45), (200, 512, 128)])
+    func gatedProductMatchesFloat64(shape: (Int, Int, Int)) {
+        let (m, n, k) = shape
+        var rng = FWPRandom(seed: 26)
+        let dy = Tensor.normal(shape: [m, k], std: 1, using: &rng)
+        let w = Tensor.normal(shape: [k, n], std: 1, using: &rng)
+        var gate = Tensor.normal(shape: [m, n], std: 1, using: &rng)
+        for i in stride(from: 0, to: gate.count, by: 7) { gate.storage[i] = 0 }
+        let sums0 = Tensor.normal(shape: [n], std: 1, using: &rng)
+        var dh = Tensor(shape: [m, n], repeating: .nan), sums = sums0
+        BLAS.gatedProduct(dy, weight: w, gate: gate, into: &dh, columnSums: &sums)
+        var worst = 0.0, worstSum = 0.0
+        for j in 0..<n {
+            var columnSum = Double(sums0.storage[j]), columnMagnitude = abs(columnSum)
+            for i in 0..<m {
+                var sum = 0.0, magnitude = 0.0
+                for p in 0..<k {
+                    let t = Double(dy.storage[i * k + p]) * Double(w.storage[p * n + j])
+                    sum += t
+                    magnitude += abs(t)
+                }
+                let open = gate.storage[i * n + j] > 0
+                let got = Double(dh.storage[i * n + j])
+                if open {
+                    worst = max(worst, abs(got - sum) / (magnitude + 1e-30))
+                    columnSum += sum
+                    columnMagnitude += magnitude
+                } else {
+                    #expect(got == 0, "(\(i), \(j)): \(got) where the gate is closed")
+                }
+            }
+            worstSum = max(worstSum, abs(Double(sums.storage[j]) - columnSum) / (columnMagnitude + 1e-30))
+        }
+        #expect(worst < 1e-6, "\(shape): relative error \(worst)")
+        #expect(worstSum < 1e-6, "\(shape): column sums' relative error \(worstSum)")
+    }
+
     /// Each thread's panel buffer is freed when the thread exits: a hundred short-lived threads,
     /// each packing a 4 MB operand, leave the resident size about where it was (400 MB more if
     /// the buffers leaked; glibc returns blocks this large to the system when they are freed).

@@ -239,6 +239,27 @@ struct NativeVectorKernelTests {
         #expect(gC.values[ff.fc1.bias!].storage.contains { $0 != 0 })
     }
 
+    /// With enough rows for the dense kernel (where the CPU has it), the ReLU backward and fc1's
+    /// bias gradient come from the gated product: the same gradients to float32 rounding.
+    @Test func feedForwardBackwardOnTheDenseKernelAgreesWithTheSwiftPasses() {
+        var store = ParameterStore()
+        var rng = FWPRandom(seed: 22)
+        let ff = FeedForward("ff", dimension: 20, hidden: 300, std: 0.5, outputStd: 0.5, store: &store, rng: &rng)
+        store.values[ff.fc1.bias!] = .normal(shape: [300], std: 0.3, using: &rng)
+        let x = Tensor.normal(shape: [64, 20], std: 1, using: &rng), dy = Tensor.normal(shape: [64, 20], std: 1, using: &rng)
+        let (_, cache) = ff.forward(x, store)
+        var gC = store.zerosLike(), gS = store.zerosLike()
+        let dxC = ff.backward(dy, cache: cache, store, &gC, native: true)
+        let dxS = ff.backward(dy, cache: cache, store, &gS, native: false)
+        func close(_ a: Tensor, _ b: Tensor) -> Bool {
+            let scale = b.storage.map { abs($0) }.max()! + 1e-6
+            return zip(a.storage, b.storage).allSatisfy { abs($0 - $1) <= 1e-5 * scale }
+        }
+        #expect(close(dxC, dxS))
+        for i in gS.values.indices { #expect(close(gC.values[i], gS.values[i]), "\(gS.names[i])") }
+        #expect(gC.values[ff.fc1.bias!].storage.contains { $0 != 0 })
+    }
+
     private func fwpEluPlusOne(_ x: [Float], _ y: inout [Float], _ n: Int) {
         x.withUnsafeBufferPointer { px in
             y.withUnsafeMutableBufferPointer { VectorKernels.eluPlusOne(px.baseAddress!, $0.baseAddress!, n, native: true) }

@@ -68,6 +68,12 @@ void fwp_dense_sgemm(int transpose_a, int transpose_b, int m, int n, int k, floa
 void fwp_dense_sgemm_bias(int transpose_a, int transpose_b, int m, int n, int k, float alpha, const float *a, int lda,
                           const float *b, int ldb, float beta, float *c, int ldc, const float *bias, int relu);
 
+/// C ← (A · op(B)) ⊙ [gate > 0] and colsum[j] += Σᵢ C[i, j] (A m × k, not transposed; gate m × n
+/// with row stride ldg): a ReLU's backward (gate its output) and its bias gradient fused into the
+/// product that makes the gradient. Requires fwp_dense_sgemm_supported().
+void fwp_dense_sgemm_gated(int transpose_b, int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+                           float *c, int ldc, const float *gate, int ldg, float *colsum);
+
 /// dst (cols × rows, row stride ldd) ← the transpose of src (rows × cols, row stride lds), through
 /// 8 × 8 register tiles. Requires fwp_small_sgemm_supported().
 void fwp_transpose(int rows, int cols, const float *src, int lds, float *dst, int ldd);
