@@ -3,9 +3,11 @@
 // Matrix products of the model's dense layers (N × D activations against D × D' weights) on
 // AVX-512: op(B) is packed into panels of 32 columns (contiguous, 64-byte aligned, zero-padded),
 // then each block of 12 rows × 32 columns of C is accumulated in 24 registers over the whole
-// inner dimension, reading op(A) in place by broadcasts, and written once (alpha, beta applied
-// in the same pass). Against OpenBLAS this saves its separate pass over C for beta (a memset
-// when beta is 0) and its packing of A; docs/PERFORMANCE.md has the measurements.
+// inner dimension (in slices for weight gradients), reading op(A) by broadcasts — in place, or
+// from a 12-row slab copied first for wide outputs and weight gradients — and written once, with
+// alpha, beta and an epilogue (a bias, ReLU, or a ReLU's backward with its column sums) applied
+// in the same pass. Against OpenBLAS this saves its separate pass over C for beta (a memset when
+// beta is 0) and the layers' own passes; docs/PERFORMANCE.md has the measurements.
 
 #if defined(__x86_64__)
 #include <immintrin.h>
