@@ -31,8 +31,9 @@ test: bootstrap
 	FWP_POISON_UNINITIALIZED=1 $(SWIFT) test $(TEST_FLAGS) --skip-build
 	# the core's tests again on the portable paths: every product on OpenBLAS, Swift element-wise loops
 	FWP_POISON_UNINITIALIZED=1 FWP_SMALL_GEMM=0 FWP_DENSE_GEMM=0 FWP_VECTOR_KERNELS=0 $(SWIFT) test $(TEST_FLAGS) --skip-build --filter FWPCoreTests
-	# on CPUs with AVX-512, the AVX2 versions of the kernels that have both (the first run used the AVX-512 ones)
-	FWP_POISON_UNINITIALIZED=1 FWP_AVX512=0 $(SWIFT) test $(TEST_FLAGS) --skip-build --filter 'SmallGemmTests|NativeVectorKernelTests|ChunkwiseKernelTests|EquivalenceTests'
+	# on CPUs with AVX-512, the AVX2 versions of the kernels that have both (the first run used the AVX-512 ones),
+	# and the dense layers' products back on OpenBLAS
+	FWP_POISON_UNINITIALIZED=1 FWP_AVX512=0 $(SWIFT) test $(TEST_FLAGS) --skip-build --filter 'SmallGemmTests|DenseGemmTests|NativeVectorKernelTests|ChunkwiseKernelTests|EquivalenceTests'
 	scripts/python-test
 
 demo: build

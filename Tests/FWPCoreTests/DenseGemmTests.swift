@@ -8,8 +8,12 @@ import Testing
 /// written here: every transpose combination, sizes around its 12-row blocks, 32-column panels
 /// and 16-lane masks, A read in place and packed (wide C), inner dimensions around its 128-step
 /// slices (transposed A) and 8-column transposes, padded leading dimensions, alpha/beta, and C's
-/// padding left untouched. Runs where the CPU has AVX-512.
-@Suite(.enabled(if: fwp_dense_sgemm_supported() != 0)) struct DenseGemmTests {
+/// padding left untouched. The kernel's own tests run where the CPU has AVX-512; those of
+/// `BLAS.linear`, `BLAS.gatedProduct` and the dispatch run everywhere (on their fallbacks where
+/// the kernel is off or missing).
+@Suite struct DenseGemmTests {
+    static let kernelSupported = fwp_dense_sgemm_supported() != 0
+
     struct Case: CustomStringConvertible {
         var m, n, k: Int
         var transposeA, transposeB: Bool
@@ -72,7 +76,7 @@ import Testing
         return worst
     }
 
-    @Test func matchesFloat64Reference() {
+    @Test(.enabled(if: kernelSupported)) func matchesFloat64Reference() {
         var rng = FWPRandom(seed: 22)
         for c in Self.cases() {
             let worst = Self.run(c, &rng)
@@ -82,7 +86,7 @@ import Testing
 
     /// The model's own shapes (a shard of 1,024 rows; D = 128, qkv + β = 388, FF 512) in the three
     /// orientations the layers use: forward x Wᵀ, dX = dY W, dW += dYᵀ x.
-    @Test(arguments: [(128, 388), (128, 512), (512, 128)])
+    @Test(.enabled(if: kernelSupported), arguments: [(128, 388), (128, 512), (512, 128)])
     func layerShapesMatchFloat64(features: (Int, Int)) {
         var rng = FWPRandom(seed: 23)
         let (inF, outF) = features
@@ -128,7 +132,7 @@ import Testing
 
     /// The gated product (a ReLU's backward with its bias gradient) against float64: dh = (dy W) ⊙
     /// [h > 0], zero exactly where h ≤ 0 (h has exact zeros), and the column sums added to what
-    /// was there; A in place (70 columns) and packed (512).
+    /// was there; A in place (70 columns) and packed (512); with FWP_DENSE_GEMM=0, the fallback.
     @Test(arguments: [(37, 70, 45), (200, 512, 128)])
     func gatedProductMatchesFloat64(shape: (Int, Int, Int)) {
         let (m, n, k) = shape
@@ -169,7 +173,7 @@ import Testing
     /// Each thread's panel buffer is freed when the thread exits: a hundred short-lived threads,
     /// each packing a 4 MB operand, leave the resident size about where it was (400 MB more if
     /// the buffers leaked; glibc returns blocks this large to the system when they are freed).
-    @Test func panelBuffersDoNotOutliveTheirThreads() {
+    @Test(.enabled(if: kernelSupported)) func panelBuffersDoNotOutliveTheirThreads() {
         func residentBytes() -> Int {
             let fields = (try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8))?.split(separator: " ") ?? []
             return fields.count > 1 ? (Int(fields[1]) ?? 0) * Int(sysconf(Int32(_SC_PAGESIZE))) : 0
@@ -200,6 +204,7 @@ import Testing
     @Test func dispatchAgreesWithOpenBLAS() {
         var rng = FWPRandom(seed: 24)
         let off = ProcessInfo.processInfo.environment["FWP_DENSE_GEMM"] == "0" || ProcessInfo.processInfo.environment["FWP_AVX512"] == "0"
+            || !Self.kernelSupported
         #expect(BLAS.denseKernel == !off)
         // Deep products with A in place stay on OpenBLAS; weight gradients (Aᵀ) slice any depth.
         #expect(!BLAS.usesDenseKernel(transposeA: false, m: 1024, n: 1024, k: BLAS.denseKernelMaximumDepth + 1))
