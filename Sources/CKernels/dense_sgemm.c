@@ -17,6 +17,8 @@
 
 #define FWP_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
 #define FWP_INLINE static inline __attribute__((always_inline))
+
+#include "transpose8.h"
 // `rows` is a constant at every call of `block`; its loops over rows must unroll fully so the
 // 24 accumulators live in registers (clang otherwise keeps some 12-row cases in memory).
 
@@ -250,27 +252,8 @@ static __attribute__((noinline)) FWP_AVX512 void pack_rows(int rows, int k, cons
     int q = 0;
     for (; q + 8 <= k; q += 8) {
         // Rows 0–7: one 8 × 8 transpose; rows 8–11: four rows of 8 as two 4 × 4 transposes.
-        __m256 r0 = _mm256_loadu_ps(a + 0 * lda + q), r1 = _mm256_loadu_ps(a + 1 * lda + q);
-        __m256 r2 = _mm256_loadu_ps(a + 2 * lda + q), r3 = _mm256_loadu_ps(a + 3 * lda + q);
-        __m256 r4 = _mm256_loadu_ps(a + 4 * lda + q), r5 = _mm256_loadu_ps(a + 5 * lda + q);
-        __m256 r6 = _mm256_loadu_ps(a + 6 * lda + q), r7 = _mm256_loadu_ps(a + 7 * lda + q);
-        __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-        __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-        __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
-        __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-        __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-        __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-        __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-        __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
         float *d = slab + q * ROWS;
-        _mm256_storeu_ps(d + 0 * ROWS, _mm256_permute2f128_ps(s0, s4, 0x20));
-        _mm256_storeu_ps(d + 1 * ROWS, _mm256_permute2f128_ps(s1, s5, 0x20));
-        _mm256_storeu_ps(d + 2 * ROWS, _mm256_permute2f128_ps(s2, s6, 0x20));
-        _mm256_storeu_ps(d + 3 * ROWS, _mm256_permute2f128_ps(s3, s7, 0x20));
-        _mm256_storeu_ps(d + 4 * ROWS, _mm256_permute2f128_ps(s0, s4, 0x31));
-        _mm256_storeu_ps(d + 5 * ROWS, _mm256_permute2f128_ps(s1, s5, 0x31));
-        _mm256_storeu_ps(d + 6 * ROWS, _mm256_permute2f128_ps(s2, s6, 0x31));
-        _mm256_storeu_ps(d + 7 * ROWS, _mm256_permute2f128_ps(s3, s7, 0x31));
+        transpose8(a + q, lda, d, ROWS);
         __m256 u0 = _mm256_loadu_ps(a + 8 * lda + q), u1 = _mm256_loadu_ps(a + 9 * lda + q);
         __m256 u2 = _mm256_loadu_ps(a + 10 * lda + q), u3 = _mm256_loadu_ps(a + 11 * lda + q);
         __m256 v0 = _mm256_unpacklo_ps(u0, u1), v1 = _mm256_unpackhi_ps(u0, u1);

@@ -14,12 +14,7 @@ import Testing
 @Suite struct DenseGemmTests {
     static let kernelSupported = fwp_dense_sgemm_supported() != 0
 
-    struct Case: CustomStringConvertible {
-        var m, n, k: Int
-        var transposeA, transposeB: Bool
-        var alpha, beta: Float
-        var description: String { "\(m)×\(n)×\(k) tA=\(transposeA) tB=\(transposeB) α=\(alpha) β=\(beta)" }
-    }
+    typealias Case = ProductCase
 
     static func cases() -> [Case] {
         let rows = [1, 11, 12, 13, 24, 37]
@@ -39,41 +34,13 @@ import Testing
         return out
     }
 
-    /// The worst error of one product relative to Σ|terms|, after checking C's padding.
+    /// The worst error of one product on the dense kernel (`float64ProductError`).
     static func run(_ c: Case, _ rng: inout FWPRandom) -> Double {
-        // Stored shapes: A is m×k (or k×m when transposed), B is k×n (or n×k); rows padded by 3.
-        let (ar, ac) = c.transposeA ? (c.k, c.m) : (c.m, c.k)
-        let (br, bc) = c.transposeB ? (c.n, c.k) : (c.k, c.n)
-        let lda = ac + 3, ldb = bc + 3, ldc = c.n + 3
-        let a = (0..<(ar * lda)).map { _ in Float(rng.normal()) }
-        let b = (0..<(br * ldb)).map { _ in Float(rng.normal()) }
-        let c0 = (0..<(c.m * ldc)).map { _ in Float(rng.normal()) }
-        // With beta 0, C must not be read: start it as NaN.
-        var out = c.beta == 0 ? [Float](repeating: .nan, count: c0.count) : c0
-        fwp_dense_sgemm(
-            c.transposeA ? 1 : 0, c.transposeB ? 1 : 0, Int32(c.m), Int32(c.n), Int32(c.k), c.alpha, a, Int32(lda), b,
-            Int32(ldb), c.beta, &out, Int32(ldc))
-        var worst = 0.0
-        for i in 0..<c.m {
-            for j in 0..<c.n {
-                var sum = 0.0, magnitude = 0.0
-                for p in 0..<c.k {
-                    let x = Double(c.transposeA ? a[p * lda + i] : a[i * lda + p])
-                    let y = Double(c.transposeB ? b[j * ldb + p] : b[p * ldb + j])
-                    sum += x * y
-                    magnitude += abs(x * y)
-                }
-                let cij = c.beta == 0 ? 0 : Double(c0[i * ldc + j])
-                let expected = Double(c.alpha) * sum + Double(c.beta) * cij
-                let scale = abs(Double(c.alpha)) * magnitude + abs(Double(c.beta) * cij) + 1e-30
-                worst = max(worst, abs(Double(out[i * ldc + j]) - expected) / scale)
-            }
-            for j in c.n..<ldc {
-                let before = c0[i * ldc + j], after = out[i * ldc + j]
-                #expect(c.beta == 0 ? after.isNaN : after == before, "\(c): padding changed")
-            }
+        float64ProductError(c, &rng) { a, lda, b, ldb, out, ldc in
+            fwp_dense_sgemm(
+                c.transposeA ? 1 : 0, c.transposeB ? 1 : 0, Int32(c.m), Int32(c.n), Int32(c.k), c.alpha, a, Int32(lda), b,
+                Int32(ldb), c.beta, out, Int32(ldc))
         }
-        return worst
     }
 
     @Test(.enabled(if: kernelSupported)) func matchesFloat64Reference() {
@@ -213,18 +180,7 @@ import Testing
             #expect(BLAS.usesDenseKernel(transposeA: false, m: m, n: n, k: k) == (!off && m >= BLAS.denseKernelMinimumRows))
             let a = Tensor.normal(shape: [m, k], std: 1, using: &rng)
             let b = Tensor.normal(shape: [n, k], std: 1, using: &rng)
-            var viaDispatch = Tensor(shape: [m, n]), viaOpenBLAS = Tensor(shape: [m, n])
-            BLAS.gemm(a, b, transposeB: true, into: &viaDispatch)
-            a.withUnsafePointer { pa in
-                b.withUnsafePointer { pb in
-                    viaOpenBLAS.withUnsafeMutablePointer { pc in
-                        BLAS.openBLASGemm(
-                            transposeA: false, transposeB: true, m: m, n: n, k: k, a: pa, lda: k, b: pb, ldb: k, beta: 0,
-                            c: pc, ldc: n)
-                    }
-                }
-            }
-            let diff = zip(viaDispatch.storage, viaOpenBLAS.storage).map { abs($0 - $1) }.max()!
+            let diff = dispatchDifferenceFromOpenBLAS(a, b)
             #expect(diff < 1e-4, "\(m)×\(n)×\(k): max difference \(diff)")
         }
     }

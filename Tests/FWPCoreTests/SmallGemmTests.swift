@@ -9,12 +9,7 @@ import Testing
 /// transpose combination, sizes around the 6 × 16 register block's edges, padded leading
 /// dimensions, alpha/beta, and C's padding left untouched.
 @Suite struct SmallGemmTests {
-    struct Case: CustomStringConvertible {
-        var m, n, k: Int
-        var transposeA, transposeB: Bool
-        var alpha, beta: Float
-        var description: String { "\(m)×\(n)×\(k) tA=\(transposeA) tB=\(transposeB) α=\(alpha) β=\(beta)" }
-    }
+    typealias Case = ProductCase
 
     static func cases() -> [Case] {
         let sizes = [1, 2, 5, 6, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 70]
@@ -40,45 +35,10 @@ import Testing
     @Test(.enabled(if: BLAS.smallKernelSupported)) func smallKernelMatchesFloat64Reference() {
         var rng = FWPRandom(seed: 12)
         for c in Self.cases() {
-            // Stored shapes: A is m×k (or k×m when transposed), B is k×n (or n×k); rows padded by 3.
-            let (ar, ac) = c.transposeA ? (c.k, c.m) : (c.m, c.k)
-            let (br, bc) = c.transposeB ? (c.n, c.k) : (c.k, c.n)
-            let lda = ac + 3, ldb = bc + 3, ldc = c.n + 3
-            let a = (0..<(ar * lda)).map { _ in Float(rng.normal()) }
-            let b = (0..<(br * ldb)).map { _ in Float(rng.normal()) }
-            let c0 = (0..<(c.m * ldc)).map { _ in Float(rng.normal()) }
-            // With beta 0, C must not be read: start it as NaN.
-            var out = c.beta == 0 ? [Float](repeating: .nan, count: c0.count) : c0
-            a.withUnsafeBufferPointer { pa in
-                b.withUnsafeBufferPointer { pb in
-                    out.withUnsafeMutableBufferPointer { pc in
-                        BLAS.smallKernelGemm(
-                            transposeA: c.transposeA, transposeB: c.transposeB, m: c.m, n: c.n, k: c.k, alpha: c.alpha,
-                            a: pa.baseAddress!, lda: lda, b: pb.baseAddress!, ldb: ldb, beta: c.beta, c: pc.baseAddress!,
-                            ldc: ldc)
-                    }
-                }
-            }
-            var worst = 0.0
-            for i in 0..<c.m {
-                for j in 0..<c.n {
-                    var sum = 0.0, magnitude = 0.0
-                    for p in 0..<c.k {
-                        let x = Double(c.transposeA ? a[p * lda + i] : a[i * lda + p])
-                        let y = Double(c.transposeB ? b[j * ldb + p] : b[p * ldb + j])
-                        sum += x * y
-                        magnitude += abs(x * y)
-                    }
-                    let cij = c.beta == 0 ? 0 : Double(c0[i * ldc + j])
-                    let expected = Double(c.alpha) * sum + Double(c.beta) * cij
-                    let scale = abs(Double(c.alpha)) * magnitude + abs(Double(c.beta) * cij) + 1e-30
-                    worst = max(worst, abs(Double(out[i * ldc + j]) - expected) / scale)
-                }
-                // The padding past column n is not part of C and must keep its value.
-                for j in c.n..<ldc {
-                    let before = c0[i * ldc + j], after = out[i * ldc + j]
-                    #expect(c.beta == 0 ? after.isNaN : after == before, "\(c): padding changed")
-                }
+            let worst = float64ProductError(c, &rng) { a, lda, b, ldb, out, ldc in
+                BLAS.smallKernelGemm(
+                    transposeA: c.transposeA, transposeB: c.transposeB, m: c.m, n: c.n, k: c.k, alpha: c.alpha, a: a,
+                    lda: lda, b: b, ldb: ldb, beta: c.beta, c: out, ldc: ldc)
             }
             #expect(worst < 1e-6, "\(c): relative error \(worst)")
         }
@@ -217,24 +177,14 @@ import Testing
     }
 
     @Test func dispatchAgreesWithOpenBLASOnEitherSideOfTheLimit() {
-        // BLAS.gemm picks the small kernel or OpenBLAS by size; both sides give the same product.
+        // BLAS.gemm picks the small kernel or, past its limit, the dense kernel or OpenBLAS; either way
+        // the product agrees with OpenBLAS.
         var rng = FWPRandom(seed: 13)
         for size in [64, BLAS.smallKernelLimit + 1] {
             #expect(BLAS.usesSmallKernel(transposeB: true, m: size, n: size, k: 40) == (BLAS.smallKernel && size == 64))
             let a = Tensor.normal(shape: [size, 40], std: 1, using: &rng)
             let b = Tensor.normal(shape: [size, 40], std: 1, using: &rng)
-            var viaDispatch = Tensor(shape: [size, size]), viaOpenBLAS = Tensor(shape: [size, size])
-            BLAS.gemm(a, b, transposeB: true, into: &viaDispatch)
-            a.withUnsafePointer { pa in
-                b.withUnsafePointer { pb in
-                    viaOpenBLAS.withUnsafeMutablePointer { pc in
-                        BLAS.openBLASGemm(
-                            transposeA: false, transposeB: true, m: size, n: size, k: 40, a: pa, lda: 40, b: pb, ldb: 40,
-                            beta: 0, c: pc, ldc: size)
-                    }
-                }
-            }
-            let diff = zip(viaDispatch.storage, viaOpenBLAS.storage).map { abs($0 - $1) }.max()!
+            let diff = dispatchDifferenceFromOpenBLAS(a, b)
             #expect(diff < 1e-4, "size \(size): max difference \(diff)")
         }
     }

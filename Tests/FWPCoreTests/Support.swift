@@ -99,3 +99,71 @@ func expectDirectionalDerivative(
     let ok = abs(numeric - predicted) <= 2e-4 + rtol * max(abs(numeric), abs(predicted))
     #expect(ok, "\(label): directional numeric \(numeric) vs analytic \(predicted)", sourceLocation: sourceLocation)
 }
+
+/// One product shape for the kernels' float64 tests: C ← alpha · op(A) · op(B) + beta · C.
+struct ProductCase: CustomStringConvertible {
+    var m, n, k: Int
+    var transposeA, transposeB: Bool
+    var alpha, beta: Float
+    var description: String { "\(m)×\(n)×\(k) tA=\(transposeA) tB=\(transposeB) α=\(alpha) β=\(beta)" }
+}
+
+/// Runs `product(a, lda, b, ldb, c, ldc)` on random operands of `c`'s shape (A stored m × k or
+/// k × m when transposed, B k × n or n × k, every row padded by 3; C starts as NaN when beta is 0,
+/// since it must not be read) and returns the worst error against a float64 triple loop,
+/// relative to Σ|terms|. Records an issue if the padding past column n changed.
+func float64ProductError(
+    _ c: ProductCase, _ rng: inout FWPRandom,
+    product: (UnsafePointer<Float>, Int, UnsafePointer<Float>, Int, UnsafeMutablePointer<Float>, Int) -> Void
+) -> Double {
+    let (ar, ac) = c.transposeA ? (c.k, c.m) : (c.m, c.k)
+    let (br, bc) = c.transposeB ? (c.n, c.k) : (c.k, c.n)
+    let lda = ac + 3, ldb = bc + 3, ldc = c.n + 3
+    let a = (0..<(ar * lda)).map { _ in Float(rng.normal()) }
+    let b = (0..<(br * ldb)).map { _ in Float(rng.normal()) }
+    let c0 = (0..<(c.m * ldc)).map { _ in Float(rng.normal()) }
+    var out = c.beta == 0 ? [Float](repeating: .nan, count: c0.count) : c0
+    a.withUnsafeBufferPointer { pa in
+        b.withUnsafeBufferPointer { pb in
+            out.withUnsafeMutableBufferPointer { pc in product(pa.baseAddress!, lda, pb.baseAddress!, ldb, pc.baseAddress!, ldc) }
+        }
+    }
+    var worst = 0.0
+    for i in 0..<c.m {
+        for j in 0..<c.n {
+            var sum = 0.0, magnitude = 0.0
+            for p in 0..<c.k {
+                let x = Double(c.transposeA ? a[p * lda + i] : a[i * lda + p])
+                let y = Double(c.transposeB ? b[j * ldb + p] : b[p * ldb + j])
+                sum += x * y
+                magnitude += abs(x * y)
+            }
+            let cij = c.beta == 0 ? 0 : Double(c0[i * ldc + j])
+            let expected = Double(c.alpha) * sum + Double(c.beta) * cij
+            let scale = abs(Double(c.alpha)) * magnitude + abs(Double(c.beta) * cij) + 1e-30
+            worst = max(worst, abs(Double(out[i * ldc + j]) - expected) / scale)
+        }
+        for j in c.n..<ldc {
+            let before = c0[i * ldc + j], after = out[i * ldc + j]
+            #expect(c.beta == 0 ? after.isNaN : after == before, "\(c): padding changed")
+        }
+    }
+    return worst
+}
+
+/// The largest difference between a · bᵀ through `BLAS.gemm` (whichever kernel it picks) and
+/// through OpenBLAS itself.
+func dispatchDifferenceFromOpenBLAS(_ a: Tensor, _ b: Tensor) -> Float {
+    let (m, n, k) = (a.rows, b.rows, a.columns)
+    var viaDispatch = Tensor(shape: [m, n]), viaOpenBLAS = Tensor(shape: [m, n])
+    BLAS.gemm(a, b, transposeB: true, into: &viaDispatch)
+    a.withUnsafePointer { pa in
+        b.withUnsafePointer { pb in
+            viaOpenBLAS.withUnsafeMutablePointer { pc in
+                BLAS.openBLASGemm(
+                    transposeA: false, transposeB: true, m: m, n: n, k: k, a: pa, lda: k, b: pb, ldb: k, beta: 0, c: pc, ldc: n)
+            }
+        }
+    }
+    return zip(viaDispatch.storage, viaOpenBLAS.storage).map { abs($0 - $1) }.max()!
+}
