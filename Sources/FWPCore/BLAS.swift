@@ -153,10 +153,11 @@ public enum BLAS {
     ///
     /// `m × k` is op(A), `k × n` is op(B), `m × n` is C; leading dimensions are row strides.
     /// Products within `smallKernelLimit` and `smallKernelWork` run on the small kernel when it
-    /// is enabled, those `usesDenseKernel` accepts on the dense kernel, the rest on OpenBLAS. With `cIn` the addend is read from there instead
-    /// (C ← alpha · op(A) · op(B) + beta · C_in; row stride `ldcIn`, not overlapping C), which
-    /// saves copying it into C first: the small kernel reads it in place, for OpenBLAS it is
-    /// copied into C and the product accumulated there. `smallLimit` raises the largest
+    /// is enabled, those `usesDenseKernel` accepts on the dense kernel, the rest on OpenBLAS.
+    /// With `cIn` the addend is read from there instead (C ← alpha · op(A) · op(B) + beta · C_in;
+    /// row stride `ldcIn`, not overlapping C), which saves copying it into C first: the small
+    /// kernel reads it in place, for the others it is copied into C and the product accumulated
+    /// there. `smallLimit` raises the largest
     /// dimension the small kernel takes (the work limit stays) for callers whose products
     /// measured faster there.
     @inlinable
