@@ -47,12 +47,25 @@ final class TemporaryDirectory {
     deinit { try? FileManager.default.removeItem(at: url) }
 
     /// Writes `text` to `name` and returns its path.
+    ///
+    /// The file is opened with O_CLOEXEC: tests run in parallel, and a child process that another
+    /// test spawns while this file is open for writing would otherwise keep that descriptor for
+    /// its whole life, and running the file (a script) would fail with ETXTBSY meanwhile.
     @discardableResult
     func file(_ name: String, _ text: String, executable: Bool = false) -> String {
         let u = url.appendingPathComponent(name)
         try! FileManager.default.createDirectory(at: u.deletingLastPathComponent(), withIntermediateDirectories: true)
-        try! Data(text.utf8).write(to: u)
-        if executable { try! FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: u.path) }
+        let fd = open(u.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, executable ? 0o755 : 0o644)
+        precondition(fd >= 0, "cannot create \(u.path): \(String(cString: strerror(errno)))")
+        let bytes = Array(text.utf8)
+        var written = 0
+        while written < bytes.count {
+            let n = bytes[written...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            precondition(n > 0, "cannot write \(u.path): \(String(cString: strerror(errno)))")
+            written += n
+        }
+        if executable { fchmod(fd, 0o755) }  // the mode given to open is masked by the umask
+        close(fd)
         return u.path
     }
 }
