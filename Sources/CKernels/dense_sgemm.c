@@ -18,7 +18,7 @@
 #define FWP_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
 #define FWP_INLINE static inline __attribute__((always_inline))
 
-#include "transpose8.h"
+#include "simd_shared.h"
 // `rows` is a constant at every call of `block`; its loops over rows must unroll fully so the
 // 24 accumulators live in registers (clang otherwise keeps some 12-row cases in memory).
 
@@ -49,8 +49,6 @@ static float *panels(size_t floats) {
     return panel_buffer;
 }
 
-FWP_INLINE __mmask16 lanes(int w) { return w >= 16 ? (__mmask16)0xFFFF : w <= 0 ? 0 : (__mmask16)((1u << w) - 1); }
-
 // What a block does to C after alpha and beta: + bias[j] (per column), ReLU, · [gate[i, j] > 0]
 // (a ReLU's backward, gate being its output), then colsum[j] += the column's sum — each only
 // when set. Pointers are to column 0 (row 0 for the gate) of the whole product.
@@ -71,7 +69,7 @@ static __attribute__((noinline)) FWP_AVX512 void pack_b(int transpose_b, int k, 
         int w = n - p * PANEL < PANEL ? n - p * PANEL : PANEL;
         float *d = out + (long)p * k * PANEL;
         if (!transpose_b) {
-            __mmask16 m0 = lanes(w), m1 = lanes(w - 16);
+            __mmask16 m0 = lanes16(w), m1 = lanes16(w - 16);
             const float *s = b + p * PANEL;
             for (int q = 0; q < k; q++) {
                 _mm512_store_ps(d + q * PANEL, _mm512_maskz_loadu_ps(m0, s + q * ldb));
@@ -187,9 +185,9 @@ FWP_INLINE FWP_AVX512 void row_block(int rows, int trans_a, int n, int k, const 
         const float *bp = packed + (long)p * k * PANEL;
         float *cij = c + i * ldc + p * PANEL;
         if (w > 16)
-            block(rows, 1, trans_a, k, ai, lda, bp, alpha, beta, cij, ldc, lanes(w), lanes(w - 16), e, i, p * PANEL);
+            block(rows, 1, trans_a, k, ai, lda, bp, alpha, beta, cij, ldc, lanes16(w), lanes16(w - 16), e, i, p * PANEL);
         else  // a last panel of at most 16 columns: one register per row
-            block(rows, 0, trans_a, k, ai, lda, bp, alpha, beta, cij, ldc, lanes(w), 0, e, i, p * PANEL);
+            block(rows, 0, trans_a, k, ai, lda, bp, alpha, beta, cij, ldc, lanes16(w), 0, e, i, p * PANEL);
     }
 }
 
@@ -234,7 +232,7 @@ enum { KC = 128 };
 
 // Columns i … i + rows − 1 of kk rows of A into a contiguous kk × 12 slab (zero past rows).
 static __attribute__((noinline)) FWP_AVX512 void pack_slab(int rows, int kk, const float *a, long lda, float *slab) {
-    __mmask16 mr = lanes(rows);
+    __mmask16 mr = lanes16(rows);
     for (int q = 0; q < kk; q++) _mm512_mask_storeu_ps(slab + q * ROWS, 0x0FFF, _mm512_maskz_loadu_ps(mr, a + q * lda));
 }
 

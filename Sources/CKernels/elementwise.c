@@ -10,25 +10,31 @@
 #define FWP_AVX2 __attribute__((target("avx2,fma")))
 #define FWP_INLINE static inline __attribute__((always_inline))
 
+#include "simd_shared.h"
+
 int fwp_vector_kernels_supported(void) { return fwp_small_sgemm_supported(); }
 
 // e^x for x ≤ 0 (callers clamp): Cody–Waite reduction x = n·ln2 + r, a degree-6 polynomial for
 // e^r on |r| ≤ ln2/2, and 2ⁿ built in the exponent field. Below −87.33 the result is 0.
-// NaN lanes are not handled here; callers put x back where x is NaN.
+// NaN lanes are not handled here; callers put x back where x is NaN. The constants serve the
+// 8- and 16-lane versions alike.
+#define EXP_LOWEST -87.33654f
+#define EXP_LOG2E 1.44269504f
+#define EXP_LN2_HI 0.693359375f
+#define EXP_LN2_LO -2.12194440e-4f
+static const float exp_poly[6] = {1.98756915e-4f, 1.39819995e-3f, 8.33345190e-3f,
+                                  4.16657959e-2f, 1.66666655e-1f, 5.00000012e-1f};
+
 FWP_INLINE FWP_AVX2 __m256 exp_nonpositive(__m256 x) {
-    const __m256 lo = _mm256_set1_ps(-87.33654f);
+    const __m256 lo = _mm256_set1_ps(EXP_LOWEST);
     __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
     __m256 xc = _mm256_max_ps(x, lo);
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504f)),
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(EXP_LOG2E)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.98756915e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.39819995e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.33345190e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.16657959e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.66666655e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.00000012e-1f));
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_HI), xc);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_LO), r);
+    __m256 p = _mm256_set1_ps(exp_poly[0]);
+    for (int i = 1; i < 6; i++) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(exp_poly[i]));
     __m256 e = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0f));
     // n ∈ [−126, 0]: 2ⁿ as one float with biased exponent n + 127 ≥ 1 (n = −126 is the smallest
     // normal), so no split is needed on this side.
@@ -82,29 +88,22 @@ FWP_AVX2 void fwp_elu_plus_one(const float *x, float *y, long n) {
 // --- AVX-512 versions (used where the small kernel uses its AVX-512 blocks) --------------------
 #define FWP_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
 
-// exp_nonpositive with 16 lanes: the same reduction, polynomial and exponent construction.
+// exp_nonpositive with 16 lanes: the same constants, reduction, polynomial and exponent.
 FWP_INLINE FWP_AVX512 __m512 exp_nonpositive512(__m512 x) {
-    const __m512 lo = _mm512_set1_ps(-87.33654f);
+    const __m512 lo = _mm512_set1_ps(EXP_LOWEST);
     __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
     __m512 xc = _mm512_max_ps(x, lo);
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504f)),
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(EXP_LOG2E)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.98756915e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.39819995e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.33345190e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.16657959e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.66666655e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.00000012e-1f));
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_HI), xc);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_LO), r);
+    __m512 p = _mm512_set1_ps(exp_poly[0]);
+    for (int i = 1; i < 6; i++) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(exp_poly[i]));
     __m512 e = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0f));
     __m512i ni = _mm512_cvtps_epi32(n);
     __m512 sc = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(ni, _mm512_set1_epi32(127)), 23));
     return _mm512_maskz_mul_ps((__mmask16)~under, e, sc);
 }
-
-// A mask of the first min(count, 16) lanes.
-FWP_INLINE __mmask16 lanes16(long count) { return count >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << count) - 1); }
 
 FWP_INLINE FWP_AVX512 __m512 elu1_512(__m512 x) {
     const __m512 zero = _mm512_setzero_ps();

@@ -18,7 +18,7 @@ void fwp_prefetch_rows(const float *p, long stride, long rows, long width) {
 #define FWP_AVX2 __attribute__((target("avx2,fma")))
 #define FWP_INLINE static inline __attribute__((always_inline))
 
-#include "transpose8.h"
+#include "simd_shared.h"
 
 int fwp_small_sgemm_supported(void) {
     __builtin_cpu_init();
@@ -279,11 +279,11 @@ static FWP_AVX512 void small_sgemm_sum512(int m, int n, int count, const term_t 
     for (; j + 32 <= n; j += 32) column_panel512(2, 0, all, all, m, count, t, j, alpha, beta, c_in, ldc_in, c, ldc);
     int w = n - j;
     if (w > 16)
-        column_panel512(2, 1, all, (__mmask16)((1u << (w - 16)) - 1), m, count, t, j, alpha, beta, c_in, ldc_in, c, ldc);
+        column_panel512(2, 1, all, lanes16(w - 16), m, count, t, j, alpha, beta, c_in, ldc_in, c, ldc);
     else if (w == 16)
         column_panel512(1, 0, all, all, m, count, t, j, alpha, beta, c_in, ldc_in, c, ldc);
     else if (w > 0)
-        column_panel512(1, 1, (__mmask16)((1u << w) - 1), 0, m, count, t, j, alpha, beta, c_in, ldc_in, c, ldc);
+        column_panel512(1, 1, lanes16(w), 0, m, count, t, j, alpha, beta, c_in, ldc_in, c, ldc);
 }
 
 // Whether the product sums run on the AVX-512 blocks: on CPUs with AVX-512 unless the

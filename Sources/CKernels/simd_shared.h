@@ -1,7 +1,12 @@
-// Shared by the small and dense product kernels (x86-64 only; include after <immintrin.h> and the
+// Helpers shared by the CKernels sources (x86-64 only; include after <immintrin.h> and the
 // FWP_INLINE definition).
-#ifndef FWP_TRANSPOSE8_H
-#define FWP_TRANSPOSE8_H
+#ifndef FWP_SIMD_SHARED_H
+#define FWP_SIMD_SHARED_H
+
+// A mask of the first count lanes of 16 (none when count ≤ 0, all when count ≥ 16).
+FWP_INLINE __mmask16 lanes16(long count) {
+    return count >= 16 ? (__mmask16)0xFFFF : count <= 0 ? 0 : (__mmask16)((1u << count) - 1);
+}
 
 // An 8 × 8 tile of src (row stride lds) transposed into dst (row stride ldd) through registers.
 FWP_INLINE __attribute__((target("avx2"))) void transpose8(const float *src, long lds, float *dst, long ldd) {
