@@ -381,17 +381,23 @@ public enum BLAS {
 
     /// dh ← (dy · W) ⊙ [gate > 0] and columnSums[j] += Σᵢ dh[i, j] (dy N × k, W k × n, gate and
     /// dh N × n): a ReLU's backward and its bias gradient in the dense kernel's one pass over dh
-    /// where it takes the product (`usesDenseKernel`), otherwise the product and then one pass.
-    public static func gatedProduct(_ dy: Tensor, weight w: Tensor, gate: Tensor, into dh: inout Tensor, columnSums: inout Tensor) {
+    /// where it takes the product (`usesDenseKernel`), otherwise the product and then one pass
+    /// (the AVX2 C kernel with `native`, a Swift loop without).
+    public static func gatedProduct(
+        _ dy: Tensor, weight w: Tensor, gate: Tensor, into dh: inout Tensor, columnSums: inout Tensor,
+        native: Bool = VectorKernels.enabled
+    ) {
         let (m, k, n) = (dy.rows, dy.columns, w.columns)
         precondition(w.rows == k, "gatedProduct: dy has \(k) columns, the weight \(w.rows) rows")
         precondition(gate.rows == m && gate.columns == n && dh.rows == m && dh.columns == n, "gatedProduct: shapes differ")
         precondition(columnSums.count == n, "gatedProduct: \(columnSums.count) column sums for \(n) columns")
         guard usesDenseKernel(transposeA: false, m: m, n: n, k: k) else {
             gemm(dy, w, into: &dh)
+            precondition(!native || VectorKernels.supported, "the vector kernels need AVX2 and FMA")
             gate.withUnsafePointer { pg in
                 dh.withUnsafeMutablePointer { pc in
                     columnSums.withUnsafeMutablePointer { ps in
+                        if native { return fwp_relu_backward_column_sums(pg, pc, ps, m, n) }
                         for i in 0..<m {
                             for j in 0..<n {
                                 if !(pg[i * n + j] > 0) { pc[i * n + j] = 0 }

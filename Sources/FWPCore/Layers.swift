@@ -263,26 +263,18 @@ public struct FeedForward: Sendable {
     public func backward(
         _ dy: Tensor, cache: Cache, _ p: ParameterStore, _ g: inout ParameterStore, native: Bool = VectorKernels.enabled
     ) -> Tensor {
-        if native, BLAS.usesDenseKernel(transposeA: false, m: dy.rows, n: fc2.inFeatures, k: fc2.outFeatures) {
-            // dh = (dy W₂) ⊙ [h > 0] and fc1's bias gradient, in the product's own pass.
-            fc2.accumulateGradients(dy, input: cache.hidden, &g)
-            var dh = Tensor(uninitializedShape: [dy.rows, fc2.inFeatures])  // written by the product
-            BLAS.gatedProduct(dy, weight: p.values[fc2.weight], gate: cache.hidden, into: &dh, columnSums: &g.values[fc1.bias!])
-            return fc1.backward(dh, input: cache.input, p, &g, biasDone: true)
-        }
-        var dh = fc2.backward(dy, input: cache.hidden, p, &g)
-        let rows = dh.rows, n = dh.columns
         guard native else {
+            var dh = fc2.backward(dy, input: cache.hidden, p, &g)
+            let rows = dh.rows, n = dh.columns
             cache.hidden.withUnsafePointer { ph in dh.withUnsafeMutablePointer { Vec.reluBackward($0, output: ph, rows * n) } }
             return fc1.backward(dh, input: cache.input, p, &g)
         }
-        // ReLU's gradient and fc1's bias gradient (column sums, the same sums row by row) in one pass.
-        precondition(VectorKernels.supported, "the vector kernels need AVX2 and FMA")
-        cache.hidden.withUnsafePointer { ph in
-            dh.withUnsafeMutablePointer { pd in
-                g.values[fc1.bias!].withUnsafeMutablePointer { fwp_relu_backward_column_sums(ph, pd, $0, rows, n) }
-            }
-        }
+        // dh = (dy W₂) ⊙ [h > 0] and fc1's bias gradient (column sums) together: in the dense
+        // kernel's pass over dh where it runs, otherwise one C pass after the product.
+        fc2.accumulateGradients(dy, input: cache.hidden, &g)
+        var dh = Tensor(uninitializedShape: [dy.rows, fc2.inFeatures])  // written by the product
+        BLAS.gatedProduct(
+            dy, weight: p.values[fc2.weight], gate: cache.hidden, into: &dh, columnSums: &g.values[fc1.bias!], native: true)
         return fc1.backward(dh, input: cache.input, p, &g, biasDone: true)
     }
 }
