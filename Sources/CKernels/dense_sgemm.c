@@ -10,10 +10,14 @@
 // beta is 0) and the layers' own passes; docs/PERFORMANCE.md has the measurements.
 
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #define FWP_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
 #define FWP_INLINE static inline __attribute__((always_inline))
@@ -88,6 +92,62 @@ static __attribute__((noinline)) FWP_AVX512 void pack_b(int transpose_b, int k, 
     }
 }
 
+// Row i of a block of C (columns j … j + 31 at cr; masks m0, m1 at the column edge; the second
+// half only when `wide`), its product y0, y1 accumulated: C ← alpha · y + beta · C, then the
+// epilogue e (its bias's columns preloaded in bias0, bias1); the row's values are added into
+// *sum0, *sum1 when e has column sums.
+FWP_INLINE FWP_AVX512 void finish_row(int wide, __m512 y0, __m512 y1, float *cr, __mmask16 m0, __mmask16 m1,
+                                      float alpha, float beta, const epilogue_t *e, __m512 bias0, __m512 bias1,
+                                      long i, long j, __m512 *sum0, __m512 *sum1) {
+    __m512 zero = _mm512_setzero_ps();
+    if (alpha != 1.0f) {
+        y0 = _mm512_mul_ps(_mm512_set1_ps(alpha), y0);
+        y1 = _mm512_mul_ps(_mm512_set1_ps(alpha), y1);
+    }
+    if (beta == 1.0f) {
+        y0 = _mm512_add_ps(y0, _mm512_maskz_loadu_ps(m0, cr));
+        y1 = _mm512_add_ps(y1, _mm512_maskz_loadu_ps(m1, cr + 16));
+    } else if (beta != 0.0f) {
+        y0 = _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(m0, cr), y0);
+        y1 = _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(m1, cr + 16), y1);
+    }
+    if (e->bias) {
+        y0 = _mm512_add_ps(y0, bias0);
+        y1 = _mm512_add_ps(y1, bias1);
+    }
+    if (e->relu) {
+        y0 = _mm512_max_ps(y0, zero);
+        y1 = _mm512_max_ps(y1, zero);
+    }
+    if (e->gate) {
+        const float *g = e->gate + i * e->ldg + j;
+        y0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m0, g), zero, _CMP_GT_OQ), y0);
+        y1 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m1, g + 16), zero, _CMP_GT_OQ), y1);
+    }
+    if (e->colsum) {
+        *sum0 = _mm512_add_ps(*sum0, y0);
+        *sum1 = _mm512_add_ps(*sum1, y1);
+    }
+    _mm512_mask_storeu_ps(cr, m0, y0);
+    if (wide) _mm512_mask_storeu_ps(cr + 16, m1, y1);
+}
+
+// The bias's columns j … j + 31 (zero past the masks, or without a bias).
+FWP_INLINE FWP_AVX512 void load_bias(const epilogue_t *e, long j, __mmask16 m0, __mmask16 m1, __m512 *bias0,
+                                     __m512 *bias1) {
+    *bias0 = e->bias ? _mm512_maskz_loadu_ps(m0, e->bias + j) : _mm512_setzero_ps();
+    *bias1 = e->bias ? _mm512_maskz_loadu_ps(m1, e->bias + j + 16) : _mm512_setzero_ps();
+}
+
+// Adds a block's column sums (finish_row's *sum0, *sum1) into e's, when it has them.
+FWP_INLINE FWP_AVX512 void finish_sums(int wide, __mmask16 m0, __mmask16 m1, const epilogue_t *e, long j, __m512 sum0,
+                                       __m512 sum1) {
+    if (!e->colsum) return;
+    float *cs = e->colsum + j;
+    _mm512_mask_storeu_ps(cs, m0, _mm512_add_ps(_mm512_maskz_loadu_ps(m0, cs), sum0));
+    if (wide) _mm512_mask_storeu_ps(cs + 16, m1, _mm512_add_ps(_mm512_maskz_loadu_ps(m1, cs + 16), sum1));
+}
+
 // One block of `rows` ≤ 12 rows × 32 columns (16 unless `wide`; masks m0, m1 at the column
 // edge), over all k: C ← alpha · op(A) op(B) + beta · C, then the epilogue `e`; the block is
 // rows i … of C (at c) and columns j … (at c too). op(A)(i, q) is a[q * lda + i] with trans_a,
@@ -126,53 +186,12 @@ FWP_INLINE FWP_AVX512 void block(int rows, int wide, int trans_a, int k, const f
             }
         }
     }
-    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta), zero = _mm512_setzero_ps();
-    const float *bias = e->bias ? e->bias + j : NULL;
-    __m512 bias0 = zero, bias1 = zero, sum0 = zero, sum1 = zero;
-    if (bias) {
-        bias0 = _mm512_maskz_loadu_ps(m0, bias);
-        bias1 = _mm512_maskz_loadu_ps(m1, bias + 16);
-    }
+    __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps(), bias0, bias1;
+    load_bias(e, j, m0, m1, &bias0, &bias1);
     _Pragma("clang loop unroll(full)")
-    for (int r = 0; r < rows; r++) {
-        float *cr = c + r * ldc;
-        __m512 y0 = x0[r], y1 = x1[r];
-        if (alpha != 1.0f) {
-            y0 = _mm512_mul_ps(va, y0);
-            y1 = _mm512_mul_ps(va, y1);
-        }
-        if (beta == 1.0f) {
-            y0 = _mm512_add_ps(y0, _mm512_maskz_loadu_ps(m0, cr));
-            y1 = _mm512_add_ps(y1, _mm512_maskz_loadu_ps(m1, cr + 16));
-        } else if (beta != 0.0f) {
-            y0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, cr), y0);
-            y1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, cr + 16), y1);
-        }
-        if (bias) {
-            y0 = _mm512_add_ps(y0, bias0);
-            y1 = _mm512_add_ps(y1, bias1);
-        }
-        if (e->relu) {
-            y0 = _mm512_max_ps(y0, zero);
-            y1 = _mm512_max_ps(y1, zero);
-        }
-        if (e->gate) {
-            const float *g = e->gate + (i + r) * e->ldg + j;
-            y0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m0, g), zero, _CMP_GT_OQ), y0);
-            y1 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m1, g + 16), zero, _CMP_GT_OQ), y1);
-        }
-        if (e->colsum) {
-            sum0 = _mm512_add_ps(sum0, y0);
-            sum1 = _mm512_add_ps(sum1, y1);
-        }
-        _mm512_mask_storeu_ps(cr, m0, y0);
-        if (wide) _mm512_mask_storeu_ps(cr + 16, m1, y1);
-    }
-    if (e->colsum) {
-        float *cs = e->colsum + j;
-        _mm512_mask_storeu_ps(cs, m0, _mm512_add_ps(_mm512_maskz_loadu_ps(m0, cs), sum0));
-        if (wide) _mm512_mask_storeu_ps(cs + 16, m1, _mm512_add_ps(_mm512_maskz_loadu_ps(m1, cs + 16), sum1));
-    }
+    for (int r = 0; r < rows; r++)
+        finish_row(wide, x0[r], x1[r], c + r * ldc, m0, m1, alpha, beta, e, bias0, bias1, i + r, j, &sum0, &sum1);
+    finish_sums(wide, m0, m1, e, j, sum0, sum1);
 }
 
 // Rows i … i + rows − 1 of C against every panel; ai is where op(A)'s row i starts.
@@ -294,6 +313,236 @@ static FWP_AVX512 void dense_at(int transpose_b, int m, int n, int k, const floa
     }
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// The same products on AMX tiles (Intel's matrix unit, where the CPU and the OS provide it), at
+// float32 accuracy. Each float32 x is split exactly into three bfloat16 parts, x = h + m + l (h
+// its leading 8 significant bits, m the next 8, l the last 8: truncations, so each difference is
+// exact), and op(A) op(B) is accumulated in float32 tiles from the six products of parts whose
+// weight reaches 2^-16 of the leading one: hₐh_b, hₐm_b, mₐh_b, hₐl_b, mₐm_b, lₐh_b. Each
+// bf16 × bf16 product is exact in float32; the three left out (mₐl_b, lₐm_b, lₐl_b) are below
+// 2^-24 |a||b|, float32's own rounding unit. This splitting is the "bf16x6" of Henry, Tang and
+// Heinecke (ARITH 2019). One tile instruction does 16 × 16 × 32 multiply-adds, so six of them
+// still beat float32 FMAs; docs/PERFORMANCE.md has the rates and the accuracy measured against
+// float64.
+//
+// Packed layouts (bf16 as uint16_t), one 1 KB tile per part, three parts (h, m, l) in a row:
+// op(A): per 16-row half of a 32-row block, per block of 32 inner steps, 16 rows × 32 values;
+// op(B): per 16-column block, per block of 32 inner steps, 16 rows of pairs (the tile unit's
+// "VNNI" layout: row p holds op(B)(2p, j), op(B)(2p + 1, j) side by side for j < 16).
+
+#define FWP_AMX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+
+enum { TILE = 16, TILE_K = 32, PART = TILE * TILE_K, PARTS = 3, AMX_KC = 128 };
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((packed)) tile_config_t;
+
+static int amx_available;
+static pthread_once_t amx_once = PTHREAD_ONCE_INIT;
+
+static void amx_probe(void) {
+    if (fwp_cpu_vector_level() < 3) return;
+    unsigned eax, ebx, ecx, edx;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return;
+    if (!(edx & (1u << 22)) || !(edx & (1u << 24))) return;  // AMX-BF16, AMX-TILE
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & (3u << 17)) != (3u << 17)) return;  // the OS manages tile config and data (XCR0)
+    // Linux hands out the 8 KB of tile state per process on request (ARCH_REQ_XCOMP_PERM for
+    // XFEATURE_XTILEDATA); it refuses when it cannot, and then the AVX-512 kernel runs.
+    amx_available = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+}
+
+int fwp_dense_sgemm_amx_supported(void) {
+    pthread_once(&amx_once, amx_probe);
+    return amx_available;
+}
+
+static int amx_default(void) {
+    static int cached = -1;
+    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (v < 0) {
+        const char *env = getenv("FWP_AMX");
+        v = fwp_dense_sgemm_amx_supported() && !(env && strcmp(env, "0") == 0);
+        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
+static __thread int amx_mode = -1;
+
+int fwp_dense_sgemm_uses_amx(void) {
+    return amx_mode < 0 ? amx_default() : amx_mode && fwp_dense_sgemm_amx_supported();
+}
+
+int fwp_dense_sgemm_set_amx(int mode) {
+    amx_mode = mode < 0 ? -1 : mode != 0;
+    return fwp_dense_sgemm_uses_amx();
+}
+
+// 16 floats' three parts, each in the upper half of its 32-bit lane (the lower half zero).
+FWP_INLINE FWP_AMX void split3(__m512 x, __m512i *h, __m512i *m, __m512i *l) {
+    const __m512i top = _mm512_set1_epi32((int)0xFFFF0000u);
+    __m512i hi = _mm512_and_si512(_mm512_castps_si512(x), top);
+    __m512 rest = _mm512_sub_ps(x, _mm512_castsi512_ps(hi));
+    __m512i mid = _mm512_and_si512(_mm512_castps_si512(rest), top);
+    *h = hi;
+    *m = mid;
+    *l = _mm512_and_si512(_mm512_castps_si512(_mm512_sub_ps(rest, _mm512_castsi512_ps(mid))), top);
+}
+
+// Rows 0 … rows − 1 (≤ 16; zero past them) of a row-major matrix (k contiguous, row stride lda),
+// kk inner steps (zero past them), into one half of a packed op(A) block.
+static __attribute__((noinline)) FWP_AMX void amx_pack_a(int rows, int kk, const float *a, long lda, uint16_t *dst) {
+    int nkb = (kk + TILE_K - 1) / TILE_K;
+    __m512i upper = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29, 27, 25,
+                                     23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    for (int r = 0; r < TILE; r++) {
+        const float *ar = a + r * lda;
+        for (int kb = 0; kb < nkb; kb++) {
+            int q = kb * TILE_K;
+            __m512 x0 = _mm512_setzero_ps(), x1 = _mm512_setzero_ps();
+            if (r < rows) {
+                x0 = _mm512_maskz_loadu_ps(lanes16(kk - q), ar + q);
+                x1 = _mm512_maskz_loadu_ps(lanes16(kk - q - 16), ar + q + 16);
+            }
+            __m512i h0, m0, l0, h1, m1, l1;
+            split3(x0, &h0, &m0, &l0);
+            split3(x1, &h1, &m1, &l1);
+            uint16_t *d = dst + (long)kb * PARTS * PART + r * TILE_K;
+            _mm512_store_si512(d, _mm512_permutex2var_epi16(h0, upper, h1));
+            _mm512_store_si512(d + PART, _mm512_permutex2var_epi16(m0, upper, m1));
+            _mm512_store_si512(d + 2 * PART, _mm512_permutex2var_epi16(l0, upper, l1));
+        }
+    }
+}
+
+// op(B) (kk × n, row-major at s with row stride lds) into nbe 16-column blocks (zero past n and
+// kk); each block holds nkb k-blocks of three parts.
+static __attribute__((noinline)) FWP_AMX void amx_pack_b(int kk, int n, int nbe, const float *s, long lds, uint16_t *dst) {
+    int nkb = (kk + TILE_K - 1) / TILE_K;
+    for (int cb = 0; cb < nbe; cb++) {
+        __mmask16 mask = lanes16(n - cb * TILE);
+        const float *sc = s + cb * TILE;
+        for (int kb = 0; kb < nkb; kb++) {
+            uint16_t *d = dst + ((long)cb * nkb + kb) * PARTS * PART;
+            for (int p = 0; p < TILE; p++) {
+                int q = kb * TILE_K + 2 * p;
+                __m512 x0 = _mm512_setzero_ps(), x1 = _mm512_setzero_ps();
+                if (q < kk) x0 = _mm512_maskz_loadu_ps(mask, sc + q * lds);
+                if (q + 1 < kk) x1 = _mm512_maskz_loadu_ps(mask, sc + (q + 1) * lds);
+                __m512i h0, m0, l0, h1, m1, l1;
+                split3(x0, &h0, &m0, &l0);
+                split3(x1, &h1, &m1, &l1);
+                // A pair per 32-bit lane: op(B)(q, j) in its lower half, op(B)(q + 1, j) in its upper.
+                _mm512_store_si512(d + p * TILE_K, _mm512_or_si512(h1, _mm512_srli_epi32(h0, 16)));
+                _mm512_store_si512(d + PART + p * TILE_K, _mm512_or_si512(m1, _mm512_srli_epi32(m0, 16)));
+                _mm512_store_si512(d + 2 * PART + p * TILE_K, _mm512_or_si512(l1, _mm512_srli_epi32(l0, 16)));
+            }
+        }
+    }
+}
+
+// Rows i … i + 31 × columns j … j + 31 of the product over nkb k-blocks (tiles 0–3 accumulate;
+// a0, a1 are the two 16-row halves' packed parts, b0, b1 the two 16-column blocks'), stored to
+// out (32 × 32). Each B part is loaded once per k-block and the A parts (reused from L1 for
+// every column block) once per product; the smaller products come first.
+FWP_INLINE FWP_AMX void amx_block(int nkb, const uint16_t *a0, const uint16_t *a1, const uint16_t *b0,
+                                  const uint16_t *b1, float *out) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int kb = 0; kb < nkb; kb++) {
+        long o = (long)kb * PARTS * PART;
+#define AMX_TERM(pa, pb, load_b)                                                          \
+    _tile_loadd(4, a0 + o + (pa) * PART, 64);                                             \
+    _tile_loadd(5, a1 + o + (pa) * PART, 64);                                             \
+    if (load_b) {                                                                         \
+        _tile_loadd(6, b0 + o + (pb) * PART, 64);                                         \
+        _tile_loadd(7, b1 + o + (pb) * PART, 64);                                         \
+    }                                                                                     \
+    _tile_dpbf16ps(0, 4, 6);                                                              \
+    _tile_dpbf16ps(1, 4, 7);                                                              \
+    _tile_dpbf16ps(2, 5, 6);                                                              \
+    _tile_dpbf16ps(3, 5, 7);
+        AMX_TERM(2, 0, 1) AMX_TERM(1, 0, 0) AMX_TERM(0, 0, 0) AMX_TERM(1, 1, 1) AMX_TERM(0, 1, 0) AMX_TERM(0, 2, 1)
+#undef AMX_TERM
+    }
+    _tile_stored(0, out, 128);
+    _tile_stored(1, out + 16, 128);
+    _tile_stored(2, out + 16 * 32, 128);
+    _tile_stored(3, out + 16 * 32 + 16, 128);
+}
+
+// C ← alpha · op(A) op(B) + beta · C, then the epilogue e (only without trans_a), on AMX: op(B)
+// is packed whole (in slices of AMX_KC inner steps for weight gradients, trans_a, whose inner
+// dimension is the batch's rows), then for each 32-row block op(A) is packed (L1-sized) and run
+// against every 32-column block. Transposed operands are transposed (fwp_transpose) first.
+static FWP_AMX void dense_amx(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, long lda,
+                              const float *b, long ldb, float beta, float *c, long ldc, const epilogue_t *e) {
+    int kc = trans_a ? AMX_KC : k > 0 ? k : 1;
+    int kcmax = k < kc ? k : kc;
+    int nkbmax = (kcmax + TILE_K - 1) / TILE_K;
+    int nbe = ((n + TILE - 1) / TILE + 1) & ~1;  // 16-column blocks, padded to whole pairs
+    size_t blockParts = (size_t)nkbmax * PARTS * PART;  // bf16 per 16-row or 16-column block
+    size_t bFloats = (size_t)nbe * blockParts / 2, aFloats = blockParts;  // two halves of bf16
+    size_t tFloats = trans_b ? (size_t)kcmax * n : 0, sFloats = trans_a ? (size_t)kcmax * 2 * TILE : 0;
+    float *buffer = panels(bFloats + aFloats + tFloats + sFloats + 16);
+    uint16_t *bp = (uint16_t *)buffer, *ap = (uint16_t *)(buffer + bFloats);
+    float *tb = buffer + bFloats + aFloats, *sa = tb + tFloats;
+    float out[2 * TILE * 2 * TILE] __attribute__((aligned(64)));
+    tile_config_t config;
+    memset(&config, 0, sizeof config);
+    config.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        config.rows[t] = TILE;
+        config.colsb[t] = 64;
+    }
+    _tile_loadconfig(&config);
+    for (int q0 = 0; q0 < k || q0 == 0; q0 += kc) {
+        int kk = k - q0 < kc ? k - q0 : kc, nkb = (kk + TILE_K - 1) / TILE_K;
+        size_t partsPerBlock = (size_t)nkb * PARTS * PART;
+        float sliceBeta = q0 == 0 ? beta : 1.0f;
+        if (trans_b) {
+            if (kk > 0) fwp_transpose(n, kk, b + q0, (int)ldb, tb, n);
+            amx_pack_b(kk, n, nbe, tb, n, bp);
+        } else {
+            amx_pack_b(kk, n, nbe, b + (long)q0 * ldb, ldb, bp);
+        }
+        for (long i = 0; i < m; i += 2 * TILE) {
+            int rows = m - i < 2 * TILE ? (int)(m - i) : 2 * TILE;
+            const float *ai = a + i * lda + q0;
+            long lds = lda;
+            if (trans_a) {  // op(A)'s rows i … are columns of a: transposed into sa (rows × kk)
+                if (kk > 0) fwp_transpose(kk, rows, a + (long)q0 * lda + i, (int)lda, sa, kk);
+                ai = sa;
+                lds = kk;
+            }
+            amx_pack_a(rows < TILE ? rows : TILE, kk, ai, lds, ap);
+            amx_pack_a(rows > TILE ? rows - TILE : 0, kk, ai + TILE * lds, lds, ap + partsPerBlock);
+            for (long j = 0; j < n; j += 2 * TILE) {
+                const uint16_t *b0 = bp + (j / TILE) * partsPerBlock;
+                amx_block(nkb, ap, ap + partsPerBlock, b0, b0 + partsPerBlock, out);
+                __mmask16 m0 = lanes16(n - j), m1 = lanes16(n - j - 16);
+                __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps(), bias0, bias1;
+                load_bias(e, j, m0, m1, &bias0, &bias1);
+                for (int r = 0; r < rows; r++)
+                    finish_row(1, _mm512_load_ps(out + r * 32), _mm512_load_ps(out + r * 32 + 16),
+                               c + (i + r) * ldc + j, m0, m1, alpha, sliceBeta, e, bias0, bias1, i + r, j, &sum0,
+                               &sum1);
+                finish_sums(1, m0, m1, e, j, sum0, sum1);
+            }
+        }
+        if (k == 0) break;
+    }
+    _tile_release();
+}
+
 int fwp_dense_sgemm_supported(void) { return fwp_cpu_vector_level() >= 3; }
 
 FWP_AVX512 void fwp_dense_sgemm(int transpose_a, int transpose_b, int m, int n, int k, float alpha, const float *a,
@@ -316,6 +565,13 @@ FWP_AVX512 void fwp_dense_sgemm_bias(int transpose_a, int transpose_b, int m, in
                                      const float *bias, int relu) {
     if (m <= 0 || n <= 0) return;
     if (transpose_a && (bias || relu)) __builtin_trap();
+    if (fwp_dense_sgemm_uses_amx()) {
+        epilogue_t e = plain;
+        e.bias = bias;
+        e.relu = relu;
+        dense_amx(transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, &e);
+        return;
+    }
     long np = (n + PANEL - 1) / PANEL;
     if (transpose_a) {
         float *packed = panels((size_t)np * PANEL * KC + (size_t)KC * ROWS);
@@ -335,12 +591,22 @@ FWP_AVX512 void fwp_dense_sgemm_gated(int transpose_b, int m, int n, int k, cons
     e.gate = gate;
     e.ldg = ldg;
     e.colsum = colsum;
+    if (fwp_dense_sgemm_uses_amx()) {
+        dense_amx(0, transpose_b, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc, &e);
+        return;
+    }
     dense_untransposed(transpose_b, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc, &e);
 }
 
 #else
 
 int fwp_dense_sgemm_supported(void) { return 0; }
+int fwp_dense_sgemm_amx_supported(void) { return 0; }
+int fwp_dense_sgemm_uses_amx(void) { return 0; }
+int fwp_dense_sgemm_set_amx(int mode) {
+    (void)mode;
+    return 0;
+}
 
 void fwp_dense_sgemm(int transpose_a, int transpose_b, int m, int n, int k, float alpha, const float *a, int lda,
                      const float *b, int ldb, float beta, float *c, int ldc) {

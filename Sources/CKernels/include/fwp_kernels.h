@@ -74,6 +74,20 @@ void fwp_dense_sgemm_bias(int transpose_a, int transpose_b, int m, int n, int k,
 void fwp_dense_sgemm_gated(int transpose_b, int m, int n, int k, const float *a, int lda, const float *b, int ldb,
                            float *c, int ldc, const float *gate, int ldg, float *colsum);
 
+/// 1 when fwp_dense_sgemm* can run on AMX tiles: x86-64 with AMX-TILE, AMX-BF16 and AVX-512, and
+/// an OS that grants this process the tile state (the first call asks Linux for it). There the
+/// products are accumulated from six bfloat16 products of each operand's exact three-part split,
+/// at float32 accuracy (dense_sgemm.c explains).
+int fwp_dense_sgemm_amx_supported(void);
+
+/// 1 when the calling thread's fwp_dense_sgemm* products run on AMX: where supported, unless
+/// FWP_AMX=0 in the environment or fwp_dense_sgemm_set_amx chose otherwise for this thread.
+int fwp_dense_sgemm_uses_amx(void);
+
+/// For the calling thread only: 1 runs fwp_dense_sgemm* on AMX where supported, 0 on AVX-512
+/// FMAs, -1 returns to the process's default. Returns fwp_dense_sgemm_uses_amx().
+int fwp_dense_sgemm_set_amx(int mode);
+
 /// dst (cols × rows, row stride ldd) ← the transpose of src (rows × cols, row stride lds), through
 /// 8 × 8 register tiles. Requires fwp_small_sgemm_supported().
 void fwp_transpose(int rows, int cols, const float *src, int lds, float *dst, int ldd);
