@@ -34,6 +34,8 @@ test: bootstrap
 	# on CPUs with AVX-512, the AVX2 versions of the kernels that have both (the first run used the AVX-512 ones),
 	# and the dense layers' products back on OpenBLAS
 	FWP_POISON_UNINITIALIZED=1 FWP_AVX512=0 $(SWIFT) test $(TEST_FLAGS) --skip-build --filter 'SmallGemmTests|DenseGemmTests|NativeVectorKernelTests|ChunkwiseKernelTests|EquivalenceTests'
+	# on CPUs with AMX, the layers' products on its tiles (FWP_AMX=1; elsewhere the AVX-512 kernel again)
+	FWP_POISON_UNINITIALIZED=1 FWP_AMX=1 $(SWIFT) test $(TEST_FLAGS) --skip-build --filter 'DenseGemmTests|NativeVectorKernelTests|EquivalenceTests|LayerGradientTests|TrainingTests'
 	scripts/python-test
 
 demo: build

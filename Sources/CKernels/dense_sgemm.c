@@ -367,7 +367,7 @@ static int amx_default(void) {
     int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
     if (v < 0) {
         const char *env = getenv("FWP_AMX");
-        v = fwp_dense_sgemm_amx_supported() && !(env && strcmp(env, "0") == 0);
+        v = env && strcmp(env, "1") == 0 && fwp_dense_sgemm_amx_supported();
         __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
     }
     return v;

@@ -95,7 +95,9 @@ public enum BLAS {
     /// One line for logs: which kernels run the products (`blasCoreNote`, and ours where they are on).
     public static var kernelNote: String {
         var own: [String] = []
-        if denseKernel { own.append("layer products on fwp's AVX-512 kernel") }
+        if denseKernel {
+            own.append(denseAMX ? "layer products on fwp's AMX kernel (bf16x6, FWP_AMX=1)" : "layer products on fwp's AVX-512 kernel")
+        }
         if smallKernel { own.append("small products on fwp's \(fwp_small_sgemm_uses_avx512() != 0 ? "AVX-512" : "AVX2") kernel") }
         return own.isEmpty ? blasCoreNote : "\(own.joined(separator: ", ")), the rest on \(blasCoreNote)"
     }
@@ -129,6 +131,11 @@ public enum BLAS {
         let environment = ProcessInfo.processInfo.environment
         return fwp_dense_sgemm_supported() != 0 && environment["FWP_DENSE_GEMM"] != "0" && environment["FWP_AVX512"] != "0"
     }()
+
+    /// Whether the dense kernel runs its products on AMX tiles (`FWP_AMX=1` on a CPU and OS that
+    /// provide them; CKernels' `fwp_dense_sgemm_amx_supported`): float32 accuracy from six bfloat16
+    /// products of each operand's exact three-part split. Worker threads follow the process default.
+    public static var denseAMX: Bool { denseKernel && fwp_dense_sgemm_uses_amx() != 0 }
 
     /// Products the dense kernel takes (past the small kernel's): at least `denseKernelMinimumRows`
     /// rows of C and 16 columns, so that packing op(B) pays for itself, and, when op(A) is not

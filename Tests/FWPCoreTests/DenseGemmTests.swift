@@ -4,15 +4,33 @@ import Testing
 
 @testable import FWPCore
 
-/// The dense layers' AVX-512 product kernel (`fwp_dense_sgemm`) against a float64 triple loop
-/// written here: every transpose combination, sizes around its 12-row blocks, 32-column panels
-/// and 16-lane masks, A read in place and packed (wide C), inner dimensions around its 128-step
-/// slices (transposed A) and 8-column transposes, padded leading dimensions, alpha/beta, and C's
-/// padding left untouched. The kernel's own tests run where the CPU has AVX-512; those of
-/// `BLAS.linear`, `BLAS.gatedProduct` and the dispatch run everywhere (on their fallbacks where
-/// the kernel is off or missing).
+/// The dense layers' product kernel (`fwp_dense_sgemm`) against a float64 triple loop written
+/// here: every transpose combination, sizes around its 12-row blocks, 32-column panels and
+/// 16-lane masks (AVX-512), its 16-row/column tiles and 32-step k-blocks (AMX), A read in place
+/// and packed (wide C), inner dimensions around its 128-step slices (transposed A) and 8-column
+/// transposes, padded leading dimensions, alpha/beta, and C's padding left untouched — on each
+/// engine the CPU has (AVX-512 FMAs; AMX tiles where supported, chosen per thread). The kernel's
+/// own tests run where the CPU has AVX-512; those of `BLAS.linear`, `BLAS.gatedProduct` and the
+/// dispatch run everywhere (on their fallbacks where the kernel is off or missing).
 @Suite struct DenseGemmTests {
     static let kernelSupported = fwp_dense_sgemm_supported() != 0
+    static let amxSupported = fwp_dense_sgemm_amx_supported() != 0
+
+    /// The dense kernel's engines on this CPU: AVX-512 FMAs, then AMX tiles where supported.
+    static let engines: [Engine] = amxSupported ? [.avx512, .amx] : [.avx512]
+
+    enum Engine: Int32, CustomStringConvertible, Sendable {
+        case avx512 = 0, amx = 1
+        var description: String { self == .amx ? "AMX" : "AVX-512" }
+
+        /// Runs body with the calling thread's dense products on this engine (where the kernel
+        /// runs at all), then returns the thread to the process's default.
+        func run<T>(_ body: () throws -> T) rethrows -> T {
+            fwp_dense_sgemm_set_amx(rawValue)
+            defer { fwp_dense_sgemm_set_amx(-1) }
+            return try body()
+        }
+    }
 
     typealias Case = ProductCase
 
@@ -43,18 +61,69 @@ import Testing
         }
     }
 
-    @Test(.enabled(if: kernelSupported)) func matchesFloat64Reference() {
+    @Test(.enabled(if: kernelSupported), arguments: engines) func matchesFloat64Reference(engine: Engine) {
         var rng = FWPRandom(seed: 22)
-        for c in Self.cases() {
-            let worst = Self.run(c, &rng)
-            #expect(worst < 1e-6, "\(c): relative error \(worst)")
+        engine.run {
+            for c in Self.cases() {
+                let worst = Self.run(c, &rng)
+                #expect(worst < 1e-6, "\(engine) \(c): relative error \(worst)")
+            }
         }
+    }
+
+    /// The AMX engine's three-part split keeps float32's accuracy: with one inner step, each
+    /// element of C is a single product x·y of full 24-bit significands, which the six bf16
+    /// products must give to within a few float32 rounding units (the three left out are below
+    /// 2⁻²⁴ |xy|; each of the six additions rounds once). Keeping only the three largest products
+    /// would leave errors near 2⁻¹⁶ |xy|, and plain bfloat16 near 2⁻⁸.
+    @Test(.enabled(if: amxSupported)) func amxSplitKeepsFloat32Accuracy() {
+        var rng = FWPRandom(seed: 27)
+        let (m, n) = (48, 40)
+        // Significands with every bit set somewhere, over a wide range of exponents.
+        let a = (0..<m).map { _ in Float(rng.normal()) * Float(sign: .plus, exponent: Int(rng.next() % 40) - 20, significand: 1) }
+        let b = (0..<n).map { _ in Float(rng.normal()) * Float(sign: .plus, exponent: Int(rng.next() % 40) - 20, significand: 1) }
+        var c = [Float](repeating: .nan, count: m * n)
+        Engine.amx.run { fwp_dense_sgemm(0, 0, Int32(m), Int32(n), 1, 1, a, 1, b, Int32(n), 0, &c, Int32(n)) }
+        var worst = 0.0
+        for i in 0..<m {
+            for j in 0..<n {
+                let exact = Double(a[i]) * Double(b[j])
+                worst = max(worst, abs(Double(c[i * n + j]) - exact) / abs(exact))
+            }
+        }
+        #expect(worst <= 8 * 0x1p-24, "worst relative error \(worst) (\(worst / 0x1p-24) float32 rounding units)")
+    }
+
+    /// A NaN or infinity in an operand reaches C (as NaN on AMX, whose split subtracts ∞ − ∞),
+    /// and a product with no inner steps leaves beta · C.
+    @Test(.enabled(if: kernelSupported), arguments: engines) func specialValues(engine: Engine) {
+        let (m, n, k) = (40, 36, 20)
+        for poison in [Float.nan, .infinity] {
+            var a = [Float](repeating: 0.5, count: m * k)
+            a[3 * k + 7] = poison
+            let b = [Float](repeating: 0.25, count: k * n)
+            var c = [Float](repeating: .nan, count: m * n)
+            engine.run { fwp_dense_sgemm(0, 0, Int32(m), Int32(n), Int32(k), 1, a, Int32(k), b, Int32(n), 0, &c, Int32(n)) }
+            for i in 0..<m {
+                for j in 0..<n {
+                    let v = c[i * n + j]
+                    if i == 3 {
+                        #expect(!v.isFinite, "\(engine): row 3 holds \(poison) × 0.25 but C(3, \(j)) = \(v)")
+                    } else {
+                        #expect(v == 0.5 * 0.25 * Float(k), "\(engine): C(\(i), \(j)) = \(v)")
+                    }
+                }
+            }
+        }
+        var c = [Float](repeating: 3, count: m * n)
+        engine.run { fwp_dense_sgemm(0, 0, Int32(m), Int32(n), 0, 1, [Float](repeating: 1, count: m), 1, [Float](repeating: 1, count: n), Int32(n), 0.5, &c, Int32(n)) }
+        #expect(c.allSatisfy { $0 == 1.5 }, "\(engine): k = 0 must leave beta · C")
     }
 
     /// The model's own shapes (a shard of 1,024 rows; D = 128, qkv + β = 388, FF 512) in the three
     /// orientations the layers use: forward x Wᵀ, dX = dY W, dW += dYᵀ x.
-    @Test(.enabled(if: kernelSupported), arguments: [(128, 388), (128, 512), (512, 128)])
-    func layerShapesMatchFloat64(features: (Int, Int)) {
+    @Test(.enabled(if: kernelSupported), arguments: engines, [(128, 388), (128, 512), (512, 128)])
+    func layerShapesMatchFloat64(engine: Engine, features: (Int, Int)) {
         var rng = FWPRandom(seed: 23)
         let (inF, outF) = features
         for c in [
@@ -62,8 +131,8 @@ import Testing
             Case(m: 1024, n: inF, k: outF, transposeA: false, transposeB: false, alpha: 1, beta: 0),
             Case(m: outF, n: inF, k: 1024, transposeA: true, transposeB: false, alpha: 1, beta: 1),
         ] {
-            let worst = Self.run(c, &rng)
-            #expect(worst < 1e-6, "\(c): relative error \(worst)")
+            let worst = engine.run { Self.run(c, &rng) }
+            #expect(worst < 1e-6, "\(engine) \(c): relative error \(worst)")
         }
     }
 
@@ -71,6 +140,10 @@ import Testing
     /// against float64: y = [y +] x Wᵀ + b, then ReLU; both sizes the dense kernel takes and not.
     @Test(arguments: [(37, 70, 45), (200, 388, 128), (5, 20, 7)], [(false, false), (true, false), (false, true), (true, true)])
     func linearAddsBiasAndReLU(shape: (Int, Int, Int), flags: (Bool, Bool)) {
+        for engine in Self.engines { Self.checkLinear(engine: engine, shape: shape, flags: flags) }
+    }
+
+    static func checkLinear(engine: Engine, shape: (Int, Int, Int), flags: (Bool, Bool)) {
         let (m, n, k) = shape
         let (relu, accumulate) = flags
         var rng = FWPRandom(seed: 25)
@@ -79,7 +152,7 @@ import Testing
         let bias = Tensor.normal(shape: [n], std: 1, using: &rng)
         let y0 = Tensor.normal(shape: [m, n], std: 1, using: &rng)
         var y = accumulate ? y0 : Tensor(shape: [m, n], repeating: .nan)
-        BLAS.linear(x, weight: w, bias: bias, relu: relu, accumulate: accumulate, into: &y)
+        engine.run { BLAS.linear(x, weight: w, bias: bias, relu: relu, accumulate: accumulate, into: &y) }
         var worst = 0.0
         for i in 0..<m {
             for j in 0..<n {
@@ -94,7 +167,7 @@ import Testing
                 worst = max(worst, abs(Double(y.storage[i * n + j]) - expected) / (magnitude + 1e-30))
             }
         }
-        #expect(worst < 1e-6, "\(m)×\(n)×\(k) relu=\(relu) accumulate=\(accumulate): relative error \(worst)")
+        #expect(worst < 1e-6, "\(engine) \(m)×\(n)×\(k) relu=\(relu) accumulate=\(accumulate): relative error \(worst)")
     }
 
     /// The gated product (a ReLU's backward with its bias gradient) against float64: dh = (dy W) ⊙
@@ -102,6 +175,10 @@ import Testing
     /// was there; A in place (70 columns) and packed (512); with FWP_DENSE_GEMM=0, the fallback.
     @Test(arguments: [(37, 70, 45), (200, 512, 128)])
     func gatedProductMatchesFloat64(shape: (Int, Int, Int)) {
+        for engine in Self.engines { Self.checkGated(engine: engine, shape: shape) }
+    }
+
+    static func checkGated(engine: Engine, shape: (Int, Int, Int)) {
         let (m, n, k) = shape
         var rng = FWPRandom(seed: 26)
         let dy = Tensor.normal(shape: [m, k], std: 1, using: &rng)
@@ -110,7 +187,7 @@ import Testing
         for i in stride(from: 0, to: gate.count, by: 7) { gate.storage[i] = 0 }
         let sums0 = Tensor.normal(shape: [n], std: 1, using: &rng)
         var dh = Tensor(shape: [m, n], repeating: .nan), sums = sums0
-        BLAS.gatedProduct(dy, weight: w, gate: gate, into: &dh, columnSums: &sums)
+        engine.run { BLAS.gatedProduct(dy, weight: w, gate: gate, into: &dh, columnSums: &sums) }
         var worst = 0.0, worstSum = 0.0
         for j in 0..<n {
             var columnSum = Double(sums0.storage[j]), columnMagnitude = abs(columnSum)
@@ -128,13 +205,13 @@ import Testing
                     columnSum += sum
                     columnMagnitude += magnitude
                 } else {
-                    #expect(got == 0, "(\(i), \(j)): \(got) where the gate is closed")
+                    #expect(got == 0, "\(engine) (\(i), \(j)): \(got) where the gate is closed")
                 }
             }
             worstSum = max(worstSum, abs(Double(sums.storage[j]) - columnSum) / (columnMagnitude + 1e-30))
         }
-        #expect(worst < 1e-6, "\(shape): relative error \(worst)")
-        #expect(worstSum < 1e-6, "\(shape): column sums' relative error \(worstSum)")
+        #expect(worst < 1e-6, "\(engine) \(shape): relative error \(worst)")
+        #expect(worstSum < 1e-6, "\(engine) \(shape): column sums' relative error \(worstSum)")
     }
 
     /// Each thread's panel buffer is freed when the thread exits: a hundred short-lived threads,
@@ -173,6 +250,8 @@ import Testing
         let off = ProcessInfo.processInfo.environment["FWP_DENSE_GEMM"] == "0" || ProcessInfo.processInfo.environment["FWP_AVX512"] == "0"
             || !Self.kernelSupported
         #expect(BLAS.denseKernel == !off)
+        // AMX only on request (FWP_AMX=1), where the CPU and OS provide it.
+        #expect(BLAS.denseAMX == (!off && Self.amxSupported && ProcessInfo.processInfo.environment["FWP_AMX"] == "1"))
         // Deep products with A in place stay on OpenBLAS; weight gradients (Aᵀ) slice any depth.
         #expect(!BLAS.usesDenseKernel(transposeA: false, m: 1024, n: 1024, k: BLAS.denseKernelMaximumDepth + 1))
         #expect(BLAS.usesDenseKernel(transposeA: true, m: 1024, n: 1024, k: 4096) == !off)
