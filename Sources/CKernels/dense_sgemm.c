@@ -8,6 +8,9 @@
 // alpha, beta and an epilogue (a bias, ReLU, or a ReLU's backward with its column sums) applied
 // in the same pass. Against OpenBLAS this saves its separate pass over C for beta (a memset when
 // beta is 0) and the layers' own passes; docs/PERFORMANCE.md has the measurements.
+// With FWP_AMX=1 on a CPU with AMX, the same products run on its tiles instead, at float32
+// accuracy (three-part bfloat16 splits; the second half of this file), through the same
+// epilogue.
 
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -352,9 +355,11 @@ static void amx_probe(void) {
     unsigned lo, hi;
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
     if ((lo & (3u << 17)) != (3u << 17)) return;  // the OS manages tile config and data (XCR0)
+#if defined(__linux__)
     // Linux hands out the 8 KB of tile state per process on request (ARCH_REQ_XCOMP_PERM for
     // XFEATURE_XTILEDATA); it refuses when it cannot, and then the AVX-512 kernel runs.
     amx_available = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+#endif
 }
 
 int fwp_dense_sgemm_amx_supported(void) {
