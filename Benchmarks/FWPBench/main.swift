@@ -321,7 +321,9 @@ for what in only {
         report("sgemm-4096x512x128", sgemmGflops(m: 4096, n: 512, k: 128, openBLAS: true), "GFLOP/s", ["blas_threads": 1, "blas_core": BLAS.coreName])
         if BLAS.denseKernel {  // through BLAS.gemm: our dense kernel for the LM's shape, OpenBLAS at 1024³
             report("gemm-1024", sgemmGflops(m: 1024, n: 1024, k: 1024), "GFLOP/s", [:])
-            report("gemm-4096x512x128", sgemmGflops(m: 4096, n: 512, k: 128), "GFLOP/s", ["kernel": "fwp_dense_sgemm"])
+            report(
+                "gemm-4096x512x128", sgemmGflops(m: 4096, n: 512, k: 128), "GFLOP/s",
+                ["kernel": BLAS.denseAMX ? "fwp_dense_sgemm-amx" : "fwp_dense_sgemm"])
         }
     case "sweep":
         for t in [256, 512, 1024, 2048] {
