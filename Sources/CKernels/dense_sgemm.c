@@ -565,28 +565,54 @@ static FWP_AVX512 void dense_untransposed(int transpose_b, int m, int n, int k, 
     dense_a(m, n, k, a, lda, packed, packed + np * PANEL * depth, alpha, beta, c, ldc, e);
 }
 
+#ifndef DENSE_CHUNK_BYTES
+// The most bytes of packed op(B) one pass over op(A) works against: wider outputs (a word-level
+// vocabulary's logits, tens of thousands of columns) go in column chunks of this much, so the
+// panels stay in L2 (2 MB per core on the Xeon this was measured on) instead of streaming from
+// memory for every block of rows (docs/PERFORMANCE.md, ninth pass). The byte-level LM's products
+// (up to 512 columns at depth 128, 128 at 512) fit in one chunk.
+#define DENSE_CHUNK_BYTES (512 << 10)
+#endif
+
+// One product on the engine the thread uses, with op(B) and C split into column chunks whose
+// packed panels fit DENSE_CHUNK_BYTES; the chunks are independent (each element of C sees the
+// same operations in the same order whatever the chunking).
+static FWP_AVX512 void dense_product(int transpose_a, int transpose_b, int m, int n, int k, float alpha, const float *a,
+                                     int lda, const float *b, int ldb, float beta, float *c, int ldc,
+                                     const epilogue_t *e) {
+    int amx = fwp_dense_sgemm_uses_amx();
+    long depth = transpose_a ? (k < (amx ? AMX_KC : KC) ? k : (amx ? AMX_KC : KC)) : k;
+    long bytesPerColumn = (depth > 0 ? depth : 1) * (amx ? 2 * PARTS : (long)sizeof(float));
+    long chunk = DENSE_CHUNK_BYTES / bytesPerColumn / (2 * TILE) * (2 * TILE);  // whole panels and tile pairs
+    if (chunk < 2 * TILE) chunk = 2 * TILE;
+    for (long j = 0; j < n; j += chunk) {
+        int w = n - j < chunk ? (int)(n - j) : (int)chunk;
+        const float *bj = transpose_b ? b + j * ldb : b + j;
+        epilogue_t ej = *e;
+        if (e->bias) ej.bias = e->bias + j;
+        if (e->gate) ej.gate = e->gate + j;
+        if (e->colsum) ej.colsum = e->colsum + j;
+        if (amx) {
+            dense_amx(transpose_a, transpose_b, m, w, k, alpha, a, lda, bj, ldb, beta, c + j, ldc, &ej);
+        } else if (transpose_a) {
+            long np = (w + PANEL - 1) / PANEL;
+            float *packed = panels((size_t)np * PANEL * KC + (size_t)KC * ROWS);
+            dense_at(transpose_b, m, w, k, a, lda, bj, ldb, packed, packed + np * PANEL * KC, alpha, beta, c + j, ldc);
+        } else {
+            dense_untransposed(transpose_b, m, w, k, alpha, a, lda, bj, ldb, beta, c + j, ldc, &ej);
+        }
+    }
+}
+
 FWP_AVX512 void fwp_dense_sgemm_bias(int transpose_a, int transpose_b, int m, int n, int k, float alpha,
                                      const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc,
                                      const float *bias, int relu) {
     if (m <= 0 || n <= 0) return;
     if (transpose_a && (bias || relu)) __builtin_trap();
-    if (fwp_dense_sgemm_uses_amx()) {
-        epilogue_t e = plain;
-        e.bias = bias;
-        e.relu = relu;
-        dense_amx(transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, &e);
-        return;
-    }
-    long np = (n + PANEL - 1) / PANEL;
-    if (transpose_a) {
-        float *packed = panels((size_t)np * PANEL * KC + (size_t)KC * ROWS);
-        dense_at(transpose_b, m, n, k, a, lda, b, ldb, packed, packed + np * PANEL * KC, alpha, beta, c, ldc);
-        return;
-    }
     epilogue_t e = plain;
     e.bias = bias;
     e.relu = relu;
-    dense_untransposed(transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, &e);
+    dense_product(transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, &e);
 }
 
 FWP_AVX512 void fwp_dense_sgemm_gated(int transpose_b, int m, int n, int k, const float *a, int lda, const float *b,
@@ -596,11 +622,7 @@ FWP_AVX512 void fwp_dense_sgemm_gated(int transpose_b, int m, int n, int k, cons
     e.gate = gate;
     e.ldg = ldg;
     e.colsum = colsum;
-    if (fwp_dense_sgemm_uses_amx()) {
-        dense_amx(0, transpose_b, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc, &e);
-        return;
-    }
-    dense_untransposed(transpose_b, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc, &e);
+    dense_product(0, transpose_b, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc, &e);
 }
 
 #else

@@ -71,6 +71,24 @@ import Testing
         }
     }
 
+    /// Outputs wider than one chunk of packed panels (512 KB: 256 columns at depth 512, 160 on
+    /// AMX; 1,024 for weight gradients' 128-row slices) run in column chunks; every orientation
+    /// across the chunk edges, with padded strides.
+    @Test(.enabled(if: kernelSupported), arguments: engines) func wideOutputsRunInColumnChunks(engine: Engine) {
+        var rng = FWPRandom(seed: 28)
+        engine.run {
+            for c in [
+                Case(m: 40, n: 600, k: 512, transposeA: false, transposeB: true, alpha: 1, beta: 0),
+                Case(m: 37, n: 530, k: 500, transposeA: false, transposeB: false, alpha: -0.5, beta: 2),
+                Case(m: 13, n: 1100, k: 129, transposeA: true, transposeB: false, alpha: 1, beta: 1),
+                Case(m: 21, n: 1090, k: 200, transposeA: true, transposeB: true, alpha: 2, beta: 0),
+            ] {
+                let worst = Self.run(c, &rng)
+                #expect(worst < 1e-6, "\(engine) \(c): relative error \(worst)")
+            }
+        }
+    }
+
     /// The AMX engine's three-part split keeps float32's accuracy: with one inner step, each
     /// element of C is a single product x·y of full 24-bit significands, which the six bf16
     /// products must give to within a few float32 rounding units (the three left out are below
@@ -137,8 +155,9 @@ import Testing
     }
 
     /// BLAS.linear (the dense kernel's bias and ReLU epilogue, or the product and a second pass)
-    /// against float64: y = [y +] x Wᵀ + b, then ReLU; both sizes the dense kernel takes and not.
-    @Test(arguments: [(37, 70, 45), (200, 388, 128), (5, 20, 7)], [(false, false), (true, false), (false, true), (true, true)])
+    /// against float64: y = [y +] x Wᵀ + b, then ReLU; both sizes the dense kernel takes and not,
+    /// and one it splits into column chunks (600 columns at depth 512).
+    @Test(arguments: [(37, 70, 45), (200, 388, 128), (5, 20, 7), (40, 600, 512)], [(false, false), (true, false), (false, true), (true, true)])
     func linearAddsBiasAndReLU(shape: (Int, Int, Int), flags: (Bool, Bool)) {
         for engine in Self.engines { Self.checkLinear(engine: engine, shape: shape, flags: flags) }
     }
@@ -172,8 +191,9 @@ import Testing
 
     /// The gated product (a ReLU's backward with its bias gradient) against float64: dh = (dy W) ⊙
     /// [h > 0], zero exactly where h ≤ 0 (h has exact zeros), and the column sums added to what
-    /// was there; A in place (70 columns) and packed (512); with FWP_DENSE_GEMM=0, the fallback.
-    @Test(arguments: [(37, 70, 45), (200, 512, 128)])
+    /// was there; A in place (70 columns) and packed (512), and in column chunks (600 columns at
+    /// depth 512); with FWP_DENSE_GEMM=0, the fallback.
+    @Test(arguments: [(37, 70, 45), (200, 512, 128), (40, 600, 512)])
     func gatedProductMatchesFloat64(shape: (Int, Int, Int)) {
         for engine in Self.engines { Self.checkGated(engine: engine, shape: shape) }
     }
