@@ -592,12 +592,27 @@ static FWP_AVX512 void dense_product(int transpose_a, int transpose_b, int m, in
         if (e->bias) ej.bias = e->bias + j;
         if (e->gate) ej.gate = e->gate + j;
         if (e->colsum) ej.colsum = e->colsum + j;
-        if (amx) {
-            dense_amx(transpose_a, transpose_b, m, w, k, alpha, a, lda, bj, ldb, beta, c + j, ldc, &ej);
-        } else if (transpose_a) {
-            long np = (w + PANEL - 1) / PANEL;
-            float *packed = panels((size_t)np * PANEL * KC + (size_t)KC * ROWS);
-            dense_at(transpose_b, m, w, k, a, lda, bj, ldb, packed, packed + np * PANEL * KC, alpha, beta, c + j, ldc);
+        if (transpose_a) {
+            // Weight gradients run their inner dimension in slices, each adding into C: when C
+            // is larger than L2 (a vocabulary's rows) it goes in row chunks of about 256 KB, all
+            // slices for one chunk before the next, so C is not streamed once per slice.
+            long rowsPerChunk = (long)m * w * (long)sizeof(float) <= DENSE_CHUNK_BYTES
+                                    ? m
+                                    : (DENSE_CHUNK_BYTES / 2) / ((long)w * (long)sizeof(float)) / 96 * 96;
+            if (rowsPerChunk < 96) rowsPerChunk = 96;
+            for (long i = 0; i < m; i += rowsPerChunk) {
+                int h = m - i < rowsPerChunk ? (int)(m - i) : (int)rowsPerChunk;
+                if (amx) {
+                    dense_amx(1, transpose_b, h, w, k, alpha, a + i, lda, bj, ldb, beta, c + i * ldc + j, ldc, &ej);
+                } else {
+                    long np = (w + PANEL - 1) / PANEL;
+                    float *packed = panels((size_t)np * PANEL * KC + (size_t)KC * ROWS);
+                    dense_at(transpose_b, h, w, k, a + i, lda, bj, ldb, packed, packed + np * PANEL * KC, alpha, beta,
+                             c + i * ldc + j, ldc);
+                }
+            }
+        } else if (amx) {
+            dense_amx(0, transpose_b, m, w, k, alpha, a, lda, bj, ldb, beta, c + j, ldc, &ej);
         } else {
             dense_untransposed(transpose_b, m, w, k, alpha, a, lda, bj, ldb, beta, c + j, ldc, &ej);
         }

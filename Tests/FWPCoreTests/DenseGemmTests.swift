@@ -72,9 +72,10 @@ import Testing
     }
 
     /// Outputs wider than one chunk of packed panels (512 KB: 256 columns at depth 512, 160 on
-    /// AMX; 1,024 for weight gradients' 128-row slices) run in column chunks; every orientation
-    /// across the chunk edges, with padded strides.
-    @Test(.enabled(if: kernelSupported), arguments: engines) func wideOutputsRunInColumnChunks(engine: Engine) {
+    /// AMX; 1,024 for weight gradients' 128-row slices) run in column chunks, and weight
+    /// gradients with more than 512 KB of C in row chunks (480 rows at 130 columns); every
+    /// orientation across the chunk edges, with padded strides.
+    @Test(.enabled(if: kernelSupported), arguments: engines) func largeOutputsRunInChunks(engine: Engine) {
         var rng = FWPRandom(seed: 28)
         engine.run {
             for c in [
@@ -82,6 +83,8 @@ import Testing
                 Case(m: 37, n: 530, k: 500, transposeA: false, transposeB: false, alpha: -0.5, beta: 2),
                 Case(m: 13, n: 1100, k: 129, transposeA: true, transposeB: false, alpha: 1, beta: 1),
                 Case(m: 21, n: 1090, k: 200, transposeA: true, transposeB: true, alpha: 2, beta: 0),
+                Case(m: 1100, n: 130, k: 150, transposeA: true, transposeB: false, alpha: 1, beta: 1),
+                Case(m: 1000, n: 140, k: 40, transposeA: true, transposeB: true, alpha: -1, beta: 0.5),
             ] {
                 let worst = Self.run(c, &rng)
                 #expect(worst < 1e-6, "\(engine) \(c): relative error \(worst)")
