@@ -575,8 +575,9 @@ static FWP_AVX512 void dense_untransposed(int transpose_b, int m, int n, int k, 
 #endif
 
 // One product on the engine the thread uses, with op(B) and C split into column chunks whose
-// packed panels fit DENSE_CHUNK_BYTES; the chunks are independent (each element of C sees the
-// same operations in the same order whatever the chunking).
+// packed panels fit DENSE_CHUNK_BYTES (and a weight gradient's C into row chunks when it is
+// larger than that); the chunks are independent, and each element of C sees the same
+// operations in the same order whatever the chunking.
 static FWP_AVX512 void dense_product(int transpose_a, int transpose_b, int m, int n, int k, float alpha, const float *a,
                                      int lda, const float *b, int ldb, float beta, float *c, int ldc,
                                      const epilogue_t *e) {
