@@ -96,7 +96,13 @@ public enum BLAS {
     public static var kernelNote: String {
         var own: [String] = []
         if denseKernel {
-            own.append(denseAMX ? "layer products on fwp's AMX kernel (bf16x6, FWP_AMX=1)" : "layer products on fwp's AVX-512 kernel")
+            if denseAMX {
+                own.append("layer products on fwp's AMX kernel (bf16x6, FWP_AMX=1)")
+            } else if ProcessInfo.processInfo.environment["FWP_AMX"] == "1" {
+                own.append("layer products on fwp's AVX-512 kernel (FWP_AMX=1 asked for AMX, which this CPU or OS does not provide)")
+            } else {
+                own.append("layer products on fwp's AVX-512 kernel")
+            }
         }
         if smallKernel { own.append("small products on fwp's \(fwp_small_sgemm_uses_avx512() != 0 ? "AVX-512" : "AVX2") kernel") }
         return own.isEmpty ? blasCoreNote : "\(own.joined(separator: ", ")), the rest on \(blasCoreNote)"

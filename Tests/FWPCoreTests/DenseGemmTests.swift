@@ -275,6 +275,7 @@ import Testing
         #expect(BLAS.denseKernel == !off)
         // AMX only on request (FWP_AMX=1), where the CPU and OS provide it.
         #expect(BLAS.denseAMX == (!off && Self.amxSupported && ProcessInfo.processInfo.environment["FWP_AMX"] == "1"))
+        #expect(BLAS.kernelNote.contains("fwp's AMX kernel") == BLAS.denseAMX, "\(BLAS.kernelNote)")
         // Deep products with A in place stay on OpenBLAS; weight gradients (Aᵀ) slice any depth.
         #expect(!BLAS.usesDenseKernel(transposeA: false, m: 1024, n: 1024, k: BLAS.denseKernelMaximumDepth + 1))
         #expect(BLAS.usesDenseKernel(transposeA: true, m: 1024, n: 1024, k: 4096) == !off)
