@@ -581,8 +581,8 @@ static FWP_AVX512 void dense_untransposed(int transpose_b, int m, int n, int k, 
 static FWP_AVX512 void dense_product(int transpose_a, int transpose_b, int m, int n, int k, float alpha, const float *a,
                                      int lda, const float *b, int ldb, float beta, float *c, int ldc,
                                      const epilogue_t *e) {
-    int amx = fwp_dense_sgemm_uses_amx();
-    long depth = transpose_a ? (k < (amx ? AMX_KC : KC) ? k : (amx ? AMX_KC : KC)) : k;
+    int amx = fwp_dense_sgemm_uses_amx(), slice = amx ? AMX_KC : KC;
+    long depth = transpose_a && k > slice ? slice : k;  // op(B) rows packed at a time
     long bytesPerColumn = (depth > 0 ? depth : 1) * (amx ? 2 * PARTS : (long)sizeof(float));
     long chunk = DENSE_CHUNK_BYTES / bytesPerColumn / (2 * TILE) * (2 * TILE);  // whole panels and tile pairs
     if (chunk < 2 * TILE) chunk = 2 * TILE;
