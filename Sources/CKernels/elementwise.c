@@ -113,8 +113,45 @@ FWP_INLINE FWP_AVX512 __m512 elu1_512(__m512 x) {
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), y, x);
 }
 
+// Rows of at most 64 floats (a head's features): the row's φ stays in four registers between
+// its sum and its scaling. Storing φ and reading it back, as the general loop below does, costs
+// a stall per vector here: a masked store cannot forward its data to the load that follows it.
+static FWP_AVX512 void elu_sum_normalize_short512(const float *x, long ldx, float *y, long ldy, float *sums, long rows,
+                                                  long n, float epsilon) {
+    __mmask16 m0 = lanes16(n), m1 = lanes16(n - 16), m2 = lanes16(n - 32), m3 = lanes16(n - 48);
+    for (long r = 0; r < rows; r++) {
+        const float *xr = x + r * ldx;
+        float *yr = y + r * ldy;
+        if (r + 6 < rows)
+            for (long i = 0; i < n; i += 16) __builtin_prefetch(xr + 6 * ldx + i, 0, 3);
+        __m512 v0 = _mm512_maskz_mov_ps(m0, elu1_512(_mm512_maskz_loadu_ps(m0, xr)));
+        __m512 v1 = _mm512_maskz_mov_ps(m1, elu1_512(_mm512_maskz_loadu_ps(m1, xr + 16)));
+        __m512 v2 = _mm512_setzero_ps(), v3 = _mm512_setzero_ps();
+        if (n > 32) {
+            v2 = _mm512_maskz_mov_ps(m2, elu1_512(_mm512_maskz_loadu_ps(m2, xr + 32)));
+            v3 = _mm512_maskz_mov_ps(m3, elu1_512(_mm512_maskz_loadu_ps(m3, xr + 48)));
+        }
+        // The same additions in the same order as the general loop: one accumulator, vector by vector.
+        __m512 acc = _mm512_add_ps(_mm512_add_ps(_mm512_setzero_ps(), v0), v1);
+        if (n > 32) acc = _mm512_add_ps(_mm512_add_ps(acc, v2), v3);
+        float s = _mm512_reduce_add_ps(acc) + epsilon;
+        sums[r] = s;
+        __m512 inv = _mm512_set1_ps(1.0f / s);
+        _mm512_mask_storeu_ps(yr, m0, _mm512_mul_ps(v0, inv));
+        _mm512_mask_storeu_ps(yr + 16, m1, _mm512_mul_ps(v1, inv));
+        if (n > 32) {
+            _mm512_mask_storeu_ps(yr + 32, m2, _mm512_mul_ps(v2, inv));
+            _mm512_mask_storeu_ps(yr + 48, m3, _mm512_mul_ps(v3, inv));
+        }
+    }
+}
+
 static FWP_AVX512 void elu_sum_normalize_strided512(const float *x, long ldx, float *y, long ldy, float *sums,
                                                     long rows, long n, float epsilon) {
+    if (n <= 64) {
+        elu_sum_normalize_short512(x, ldx, y, ldy, sums, rows, n, epsilon);
+        return;
+    }
     for (long r = 0; r < rows; r++) {
         const float *xr = x + r * ldx;
         float *yr = y + r * ldy;
@@ -178,9 +215,48 @@ FWP_AVX2 void fwp_elu_plus_one_sum_normalize(const float *x, float *y, float *su
     fwp_elu_plus_one_sum_normalize_strided(x, n, y, n, sums, rows, n, epsilon);
 }
 
+// The backward for rows of at most 64 floats on AVX-512: each row's dy and y are loaded once
+// into registers and used for both the dot product and the output.
+static FWP_AVX512 void elu_sum_normalize_backward_short512(const float *dy, long lddy, const float *y, long ldy,
+                                                           const float *sums, float *dx, long lddx, long rows,
+                                                           long n) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    __mmask16 m[4] = {lanes16(n), lanes16(n - 16), lanes16(n - 32), lanes16(n - 48)};
+    int vecs = (int)((n + 15) / 16);
+    for (long r = 0; r < rows; r++) {
+        const float *gr = dy + r * lddy, *yr = y + r * ldy;
+        float *dr = dx + r * lddx;
+        if (r + 6 < rows)
+            for (long i = 0; i < n; i += 16) {
+                __builtin_prefetch(gr + 6 * lddy + i, 0, 3);
+                __builtin_prefetch(yr + 6 * ldy + i, 0, 3);
+                __builtin_prefetch(dr + 6 * lddx + i, 1, 3);
+            }
+        __m512 g[4], yv[4], acc = _mm512_setzero_ps();
+        for (int v = 0; v < 4; v++) {
+            if (v >= vecs) break;
+            g[v] = _mm512_maskz_loadu_ps(m[v], gr + 16 * v);
+            yv[v] = _mm512_maskz_loadu_ps(m[v], yr + 16 * v);
+            acc = _mm512_fmadd_ps(g[v], yv[v], acc);
+        }
+        __m512 c = _mm512_set1_ps(_mm512_reduce_add_ps(acc)), s = _mm512_set1_ps(sums[r]);
+        __m512 inv = _mm512_set1_ps(1.0f / sums[r]);
+        for (int v = 0; v < 4; v++) {
+            if (v >= vecs) break;
+            // dφ = (dy − dy·y) / s times ELU + 1's derivative min(φ, 1), φ = y·s (as below).
+            __m512 dphi = _mm512_mul_ps(_mm512_sub_ps(g[v], c), inv);
+            _mm512_mask_storeu_ps(dr + 16 * v, m[v], _mm512_mul_ps(dphi, _mm512_min_ps(_mm512_mul_ps(yv[v], s), one)));
+        }
+    }
+}
+
 FWP_AVX2 void fwp_elu_plus_one_sum_normalize_backward_strided(const float *dy, long lddy, const float *y, long ldy,
                                                                const float *sums, float *dx, long lddx, long rows,
                                                                long n) {
+    if (n <= 64 && fwp_small_sgemm_uses_avx512()) {
+        elu_sum_normalize_backward_short512(dy, lddy, y, ldy, sums, dx, lddx, rows, n);
+        return;
+    }
     long full = n & ~7L;
     __m256i m = tail_mask(n - full > 0 ? n - full : 1);
     const __m256 one = _mm256_set1_ps(1.0f);
