@@ -225,25 +225,40 @@ public struct LanguageModel: Sendable {
         return g
     }
 
-    /// At most this many shards of a batch are computed independently (see `lossAndGradients`).
-    public static let maximumShards = 4
+    /// Where `lossAndGradients` cuts a batch into shards of whole sequences: the bounds, from 0 to
+    /// `batch`. The shards are a quarter of the batch, a quarter, three sixteenths, three
+    /// sixteenths, then a sixteenth twice (rounded to whole sequences; empty ones dropped): 4, 4,
+    /// 3, 3, 1, 1 sequences of a batch of 16. Threads take shards in order, so the small ones come
+    /// last and whichever thread is free first takes them: when one core runs slower than the
+    /// other (another process or tenant on it), the step no longer waits for it to finish a whole
+    /// quarter of the batch alone (docs/PERFORMANCE.md, tenth pass). The bounds depend on the
+    /// batch size only.
+    public static func shardBounds(batch: Int) -> [Int] {
+        var bounds: [Int] = []
+        for sixteenths in [0, 4, 8, 11, 14, 15, 16] {
+            let b = (batch * sixteenths + 8) / 16
+            if bounds.last != b { bounds.append(b) }
+        }
+        return bounds
+    }
 
     /// Mean cross-entropy of predicting `targets` from `tokens` and its gradients.
     ///
-    /// The batch is split into up to `maximumShards` shards of whole sequences, each run forward
-    /// and backward on its own (in parallel when `threads` allows), and the shards' gradients are
+    /// The batch is split into shards of whole sequences (`shardBounds`), each run forward and
+    /// backward on its own (in parallel when `threads` allows), and the shards' gradients are
     /// summed in shard order. Every shard divides by the whole batch's target count, so this is
-    /// the full-batch gradient; the shard count depends only on the batch size, never on the
-    /// thread count, so results do not depend on `threads`. Each shard draws its dropout masks
-    /// from its own child of `rng`. FAVOR+ models, which redraw one projection per step for the
-    /// whole batch, run as a single shard.
+    /// the full-batch gradient; the shards depend only on the batch size, never on the thread
+    /// count, so results do not depend on `threads`. Each shard draws its dropout masks from its
+    /// own child of `rng`. FAVOR+ models, which redraw one projection per step for the whole
+    /// batch, run as a single shard.
     public func lossAndGradients(
         tokens: [Int], targets: [Int], batch: Int, state: inout ModelState?, training: Bool, rng: inout FWPRandom
     ) -> (loss: Double, gradients: ParameterStore) {
         precondition(batch >= 1 && tokens.count % batch == 0 && targets.count == tokens.count)
         var favor = false
         if case .favor = config.featureMap, config.attention == .fastWeight { favor = true }
-        let shards = favor ? 1 : min(batch, LanguageModel.maximumShards)
+        let bounds = favor ? [0, batch] : LanguageModel.shardBounds(batch: batch)
+        let shards = bounds.count - 1
         if shards == 1 {
             let (logits, cache) = forward(tokens: tokens, batch: batch, state: &state, training: training, rng: &rng)
             let (loss, dLogits) = CrossEntropy.lossAndGradient(logits: logits, targets: targets)
@@ -251,7 +266,6 @@ public struct LanguageModel: Sendable {
         }
         let steps = tokens.count / batch
         let counted = targets.filter { $0 >= 0 }.count
-        let bounds = (0...shards).map { $0 * batch / shards }
         let rngs = (0..<shards).map { _ in rng.split() }
         let states = state.map { st in (0..<shards).map { st.slice(bounds[$0]..<bounds[$0 + 1]) } }
         let outer = min(threads.count, shards)
