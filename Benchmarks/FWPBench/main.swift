@@ -2,11 +2,13 @@
 //
 //   swift build -c release --product fwp-bench
 //   .build/release/fwp-bench [--threads N] [--repeats R] [--json] [--only WHAT] [--context T] [--batch B]
+//                            [--head-size d]
 //
 // WHAT (default: core lm):
 //   core      the delta-rule memory alone (ELU+1 + sum normalisation on q, k; β = σ(logits);
 //             the recurrence), forward + backward, B=8 H=4 T=256 d=64: recurrent, chunkwise
-//             C ∈ {16, 32, 64, 128}, and the automatic choice (`--batch B` for another B; core-auto too)
+//             C ∈ {16, 32, 64, 128}, and the automatic choice (`--batch B` for another B,
+//             `--head-size d` for another d, e.g. 32, the LM's; core-auto too)
 //   layer     one whole attention layer (projections included) at the same shape
 //   lm        one training step (forward, backward, AdamW) of the byte-level LM: D=128, 4 layers,
 //             4 heads of 32, FF 512, T=256, B=16 — delta rule, sum rule, softmax; with the
@@ -24,7 +26,7 @@ import FWPCore
 import Foundation
 
 BLAS.relaunchIfNeeded()
-var threads = 2, repeats = 5, json = false, context = 256, coreBatch = 8
+var threads = 2, repeats = 5, json = false, context = 256, coreBatch = 8, coreHeadSize = 64
 var lmAlgorithm = FastWeightAlgorithm.automatic
 var only: [String] = []
 var args = CommandLine.arguments.dropFirst()
@@ -35,6 +37,7 @@ while let a = args.popFirst() {
     case "--only": only.append(args.popFirst() ?? "")
     case "--context": context = Int(args.popFirst() ?? "") ?? context
     case "--batch": coreBatch = max(1, Int(args.popFirst() ?? "") ?? coreBatch)
+    case "--head-size": coreHeadSize = max(1, Int(args.popFirst() ?? "") ?? coreHeadSize)
     case "--json": json = true
     case "--algorithm":
         // recurrent | chunkN | auto: how fast-weight layers of the lm workloads run
@@ -45,7 +48,7 @@ while let a = args.popFirst() {
     case "--blas-threads": _ = args.popFirst()  // accepted for older command lines; BLAS stays at 1
     default:
         FileHandle.standardError.write(
-            "usage: fwp-bench [--threads N] [--repeats R] [--json] [--only core|layer|lm|sgemm|sweep|generate|memory] [--context T] [--batch B]\n"
+            "usage: fwp-bench [--threads N] [--repeats R] [--json] [--only core|layer|lm|sgemm|sweep|generate|memory] [--context T] [--batch B] [--head-size d]\n"
                 .data(using: .utf8)!)
         exit(2)
     }
@@ -104,7 +107,7 @@ FileHandle.standardError.write(Data("fwp-bench: \(BLAS.kernelNote)\n".utf8))
 }
 
 @MainActor func benchCore(_ label: String, algorithm: FastWeightAlgorithm) throws {
-    let (b, h, t, d) = (coreBatch, 4, 256, 64)
+    let (b, h, t, d) = (coreBatch, 4, 256, coreHeadSize)
     let probe = try AttentionProbe(config: coreConfig(h: h, d: d), threads: threads)
     var rng = FWPRandom(seed: 1)
     let q = Tensor.normal(shape: [b * t, h * d], std: 1, using: &rng)
@@ -112,7 +115,7 @@ FileHandle.standardError.write(Data("fwp-bench: \(BLAS.kernelNote)\n".utf8))
     let v = Tensor.normal(shape: [b * t, h * d], std: 1, using: &rng)
     let beta = Tensor.normal(shape: [b * t, h], std: 1, using: &rng)
     let secs = medianSeconds { _ = probe.coreForwardBackward(q: q, k: k, v: v, betaLogits: beta, batch: b, algorithm: algorithm) }
-    report(label, Double(b * t) / secs, "tokens/s", ["shape": "B\(b) H4 T256 d64"])
+    report(label, Double(b * t) / secs, "tokens/s", ["shape": "B\(b) H4 T256 d\(d)"])
 }
 
 @MainActor func benchLayer() throws {
