@@ -226,16 +226,15 @@ public struct LanguageModel: Sendable {
     }
 
     /// Where `lossAndGradients` cuts a batch into shards of whole sequences: the bounds, from 0 to
-    /// `batch`. The shards are a quarter of the batch, a quarter, three sixteenths, three
-    /// sixteenths, then a sixteenth twice (rounded to whole sequences; empty ones dropped): 4, 4,
-    /// 3, 3, 1, 1 sequences of a batch of 16. Threads take shards in order, so the small ones come
-    /// last and whichever thread is free first takes them: when one core runs slower than the
-    /// other (another process or tenant on it), the step no longer waits for it to finish a whole
-    /// quarter of the batch alone (docs/PERFORMANCE.md, tenth pass). The bounds depend on the
-    /// batch size only.
+    /// `batch`. The shards shrink: 4, 3, 3, 2, 2, 1 and 1 sixteenths of the batch (rounded to
+    /// whole sequences; empty ones dropped), so 4, 3, 3, 2, 2, 1, 1 sequences of a batch of 16.
+    /// Threads take shards in order, so the small ones come last and go to whichever thread is
+    /// free first: when one core runs slower than the other (another process or tenant on it),
+    /// the step no longer waits for it to finish a quarter of the batch alone (docs/PERFORMANCE.md,
+    /// tenth pass). The bounds depend on the batch size only.
     public static func shardBounds(batch: Int) -> [Int] {
         var bounds: [Int] = []
-        for sixteenths in [0, 4, 8, 11, 14, 15, 16] {
+        for sixteenths in [0, 4, 7, 10, 12, 14, 15, 16] {
             let b = (batch * sixteenths + 8) / 16
             if bounds.last != b { bounds.append(b) }
         }
