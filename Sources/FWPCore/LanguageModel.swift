@@ -285,9 +285,17 @@ public struct LanguageModel: Sendable {
         }
         var loss = 0.0
         for i in 0..<shards { loss += results[i]!.loss }
-        var gradients = results[0]!.gradients
-        gradients.accumulate((1..<shards).map { results[$0]!.gradients }, threads: threads)
-        if state != nil { state = ModelState.concatenate((0..<shards).map { results[$0]!.state! }) }
+        // The shards' results are moved out of their slots, so that adding into the first
+        // shard's gradients does not copy them first.
+        var gradients = ParameterStore(), rest: [ParameterStore] = [], endStates: [ModelState] = []
+        for i in 0..<shards {
+            let r = results[i]!
+            results[i] = nil
+            if i == 0 { gradients = r.gradients } else { rest.append(r.gradients) }
+            if let s = r.state { endStates.append(s) }
+        }
+        if state != nil { state = ModelState.concatenate(endStates) }
+        gradients.accumulate(rest, threads: threads)
         return (loss, gradients)
     }
 

@@ -58,15 +58,16 @@ public struct AdamW: Sendable, Equatable {
 
     /// Applies one update and returns the gradient norm before clipping.
     ///
-    /// Large tensors are updated by `threads` in parallel ranges; every element's update is the
-    /// same arithmetic whichever thread does it, so results do not depend on the thread count.
+    /// The tensors are updated by `threads` in fixed pieces (`ParameterStore.pieces`); every
+    /// element's update is the same arithmetic whichever thread does it, so results do not depend
+    /// on the thread count.
     @discardableResult
     public mutating func update(
         _ parameters: inout ParameterStore, gradients: ParameterStore, threads: ComputeThreads = ComputeThreads(1)
     ) -> Double {
         precondition(parameters.names == gradients.names, "gradients do not match parameters")
         step += 1
-        let norm = gradients.globalNorm()
+        let norm = gradients.globalNorm(threads: threads)
         let clip: Float = (maxGradientNorm > 0 && norm > maxGradientNorm) ? Float(maxGradientNorm / (norm + 1e-6)) : 1
         let lr = schedule.rate(at: step)
         let b1 = Float(beta1), b2 = Float(beta2)
@@ -75,29 +76,67 @@ public struct AdamW: Sendable, Equatable {
         let stepSize = Float(lr) / c1
         let sqrtC2 = c2.squareRoot()
         let eps = Float(epsilon)
-        for i in parameters.values.indices {
-            let decay = parameters.values[i].rank >= 2 ? Float(lr * weightDecay) : 0
-            let n = parameters.values[i].count
-            gradients.values[i].withUnsafePointer { g in
-                firstMoment.values[i].withUnsafeMutablePointer { m in
-                    secondMoment.values[i].withUnsafeMutablePointer { v in
-                        parameters.values[i].withUnsafeMutablePointer { p in
-                            let s = (SharedConstPointer(g), SharedPointer(m), SharedPointer(v), SharedPointer(p))
-                            threads.forEachRowRange(n, minimumRows: 8192) { range in
-                                let (g, m, v, p) = (s.0.base, s.1.base, s.2.base, s.3.base)
-                                for j in range {
-                                    let gj = g[j] * clip
-                                    m[j] = b1 * m[j] + (1 - b1) * gj
-                                    v[j] = b2 * v[j] + (1 - b2) * gj * gj
-                                    p[j] -= decay * p[j]
-                                    p[j] -= stepSize * m[j] / (v[j].squareRoot() / sqrtC2 + eps)
-                                }
-                            }
+        let decays = parameters.values.map { $0.rank >= 2 ? Float(lr * weightDecay) : 0 }
+        // One parallel pass over fixed pieces of every tensor (not one per tensor); the moments
+        // are moved out of self for it, so that no copy is made.
+        let pieces = parameters.pieces()
+        var m = firstMoment, v = secondMoment
+        firstMoment = ParameterStore()
+        secondMoment = ParameterStore()
+        gradients.withBaseAddresses { (g: [SharedConstPointer?]) in
+            m.withBaseAddresses { m in
+                v.withBaseAddresses { v in
+                    parameters.withBaseAddresses { p in
+                        threads.forEach(pieces.count) { piece in
+                            let (t, range) = pieces[piece]
+                            AdamW.step(
+                                g[t]!.base, m[t]!.base, v[t]!.base, p[t]!.base, range, clip: clip, b1: b1, b2: b2,
+                                decay: decays[t], stepSize: stepSize, sqrtC2: sqrtC2, eps: eps)
                         }
                     }
                 }
             }
         }
+        firstMoment = m
+        secondMoment = v
         return norm
+    }
+
+    /// The update of elements `range`, eight lanes at a time: each lane does the scalar loop's
+    /// operations in its order (no fused multiply-adds), so every element gets the same bits as
+    /// one at a time.
+    @inline(__always)
+    static func step(
+        _ g: UnsafePointer<Float>, _ m: UnsafeMutablePointer<Float>, _ v: UnsafeMutablePointer<Float>,
+        _ p: UnsafeMutablePointer<Float>, _ range: Range<Int>, clip: Float, b1: Float, b2: Float, decay: Float,
+        stepSize: Float, sqrtC2: Float, eps: Float
+    ) {
+        typealias V = SIMD8<Float>
+        var j = range.lowerBound
+        let (rg, rm, rv, rp) = (UnsafeRawPointer(g), UnsafeMutableRawPointer(m), UnsafeMutableRawPointer(v), UnsafeMutableRawPointer(p))
+        let (vclip, vb1, vb2, vdecay) = (V(repeating: clip), V(repeating: b1), V(repeating: b2), V(repeating: decay))
+        let (c1, c2) = (V(repeating: 1 - b1), V(repeating: 1 - b2))
+        let (vstep, vsqrtC2, veps) = (V(repeating: stepSize), V(repeating: sqrtC2), V(repeating: eps))
+        while j + 8 <= range.upperBound {
+            let o = j * 4
+            let gj = rg.loadUnaligned(fromByteOffset: o, as: V.self) * vclip
+            let mj = vb1 * rm.loadUnaligned(fromByteOffset: o, as: V.self) + c1 * gj
+            let vj = vb2 * rv.loadUnaligned(fromByteOffset: o, as: V.self) + c2 * gj * gj
+            var pj = rp.loadUnaligned(fromByteOffset: o, as: V.self)
+            pj -= vdecay * pj
+            pj -= vstep * mj / (vj.squareRoot() / vsqrtC2 + veps)
+            rm.storeBytes(of: mj, toByteOffset: o, as: V.self)
+            rv.storeBytes(of: vj, toByteOffset: o, as: V.self)
+            rp.storeBytes(of: pj, toByteOffset: o, as: V.self)
+            j += 8
+        }
+        while j < range.upperBound {
+            let gj = g[j] * clip
+            m[j] = b1 * m[j] + (1 - b1) * gj
+            v[j] = b2 * v[j] + (1 - b2) * gj * gj
+            p[j] -= decay * p[j]
+            p[j] -= stepSize * m[j] / (v[j].squareRoot() / sqrtC2 + eps)
+            j += 1
+        }
     }
 }

@@ -49,32 +49,107 @@ public struct ParameterStore: Sendable, Equatable {
     }
 
     /// Adds each of `others` (same names and shapes) element-wise, in order: every element is
-    /// ((x + o₀) + o₁) + …, the same sums as repeated `accumulate(_:)`. Large tensors are split
-    /// into ranges run by `threads` (results do not depend on the thread count).
+    /// ((x + o₀) + o₁) + …, the same sums as repeated `accumulate(_:)`. The tensors are cut into
+    /// fixed pieces (`pieces`) run by `threads` in one parallel pass (results do not depend on the
+    /// thread count).
     public mutating func accumulate(_ others: [ParameterStore], threads: ComputeThreads = ComputeThreads(1)) {
-        for other in others { precondition(other.names == names, "stores differ") }
-        for i in values.indices {
-            let n = values[i].count
-            for other in others { precondition(other.values[i].count == n, "tensor sizes differ") }
-            let sources = others.map { $0.values[i] }
-            values[i].withUnsafeMutablePointer { px in
-                let dst = SharedPointer(px)
-                threads.forEachRowRange(n, minimumRows: 8192) { range in
-                    for src in sources {
-                        src.withUnsafePointer { ps in
-                            for j in range { dst.base[j] += ps[j] }
-                        }
+        for other in others {
+            precondition(other.names == names, "stores differ")
+            for i in values.indices { precondition(other.values[i].count == values[i].count, "tensor sizes differ") }
+        }
+        let pieces = self.pieces()
+        withBaseAddresses { dst in
+            ParameterStore.withBaseAddresses(of: others) { sources in
+                threads.forEach(pieces.count) { p in
+                    let (t, range) = pieces[p]
+                    let d = dst[t]!.base
+                    for source in sources {
+                        let s = source[t]!.base
+                        for j in range { d[j] += s[j] }
                     }
                 }
             }
         }
     }
 
+    /// Element ranges of at most `size` that cover every tensor, in order: the unit of the
+    /// parallel element-wise passes over a whole store (one pass for all tensors instead of one
+    /// per tensor). They depend on the shapes only.
+    func pieces(size: Int = 1 << 14) -> [(tensor: Int, range: Range<Int>)] {
+        var out: [(tensor: Int, range: Range<Int>)] = []
+        for (t, v) in values.enumerated() {
+            var start = 0
+            while start < v.count {
+                out.append((t, start..<min(v.count, start + size)))
+                start += size
+            }
+        }
+        return out
+    }
+
+    /// Calls `body` with the address of every tensor's elements (nil for empty tensors), valid
+    /// only during the call.
+    mutating func withBaseAddresses<R>(_ body: ([SharedPointer?]) -> R) -> R {
+        values.withUnsafeMutableBufferPointer { tensors in
+            var addresses: [SharedPointer?] = []
+            addresses.reserveCapacity(tensors.count)
+            func nest(_ i: Int) -> R {
+                if i == tensors.count { return body(addresses) }
+                if tensors[i].count == 0 {
+                    addresses.append(nil)
+                    return nest(i + 1)
+                }
+                return tensors[i].withUnsafeMutablePointer { p in
+                    addresses.append(SharedPointer(p))
+                    return nest(i + 1)
+                }
+            }
+            return nest(0)
+        }
+    }
+
+    /// Read-only `withBaseAddresses`.
+    func withBaseAddresses<R>(_ body: ([SharedConstPointer?]) -> R) -> R {
+        values.withUnsafeBufferPointer { tensors in
+            var addresses: [SharedConstPointer?] = []
+            addresses.reserveCapacity(tensors.count)
+            func nest(_ i: Int) -> R {
+                if i == tensors.count { return body(addresses) }
+                if tensors[i].count == 0 {
+                    addresses.append(nil)
+                    return nest(i + 1)
+                }
+                return tensors[i].withUnsafePointer { p in
+                    addresses.append(SharedConstPointer(p))
+                    return nest(i + 1)
+                }
+            }
+            return nest(0)
+        }
+    }
+
+    /// `withBaseAddresses` of several stores at once: body gets one address list per store.
+    static func withBaseAddresses<R>(of stores: [ParameterStore], _ body: ([[SharedConstPointer?]]) -> R) -> R {
+        var lists: [[SharedConstPointer?]] = []
+        func nest(_ s: Int) -> R {
+            if s == stores.count { return body(lists) }
+            return stores[s].withBaseAddresses { (addresses: [SharedConstPointer?]) in
+                lists.append(addresses)
+                return nest(s + 1)
+            }
+        }
+        return nest(0)
+    }
+
     /// Total number of scalars.
     public var scalarCount: Int { values.reduce(0) { $0 + $1.count } }
 
-    /// √(Σ over all tensors of Σ x²), accumulated in Double.
-    public func globalNorm() -> Double {
-        values.reduce(0.0) { $0 + $1.squaredNorm() }.squareRoot()
+    /// √(Σ over all tensors of Σ x²), accumulated in Double; each tensor's sum is taken by one of
+    /// `threads` and the sums are added in tensor order, so the result does not depend on them.
+    public func globalNorm(threads: ComputeThreads = ComputeThreads(1)) -> Double {
+        let sums = ResultSlots<Double>(values.count)
+        let tensors = values
+        threads.forEach(tensors.count) { i in sums[i] = tensors[i].squaredNorm() }
+        return (0..<values.count).reduce(0.0) { $0 + sums[$1]! }.squareRoot()
     }
 }

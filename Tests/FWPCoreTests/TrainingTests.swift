@@ -183,6 +183,45 @@ func unigramEntropyNats(_ text: [Int]) -> Double {
 
     /// Large tensors are updated in parallel ranges: with 2 threads every element must come out
     /// exactly as with 1, and the one-pass sum of several gradient stores must equal repeated sums.
+    /// The update's eight-lane loop gives every element the bits of the scalar formula (no fused
+    /// multiply-adds, the same order), including the elements past the last full lane group.
+    @Test func adamStepMatchesTheScalarFormulaBitForBit() {
+        var rng = FWPRandom(seed: 21)
+        let n = 45
+        let g = Tensor.normal(shape: [n], std: 3, using: &rng).storage
+        var m = Tensor.normal(shape: [n], std: 1, using: &rng).storage
+        var v = Tensor.normal(shape: [n], std: 1, using: &rng).storage.map { $0 * $0 }
+        var p = Tensor.normal(shape: [n], std: 1, using: &rng).storage
+        let (clip, b1, b2, decay, stepSize, sqrtC2, eps): (Float, Float, Float, Float, Float, Float, Float) =
+            (0.7, 0.9, 0.999, 1e-3, 0.0123, 0.0447, 1e-8)
+        var (em, ev, ep) = (m, v, p)
+        for j in 0..<n {
+            let gj = g[j] * clip
+            em[j] = b1 * em[j] + (1 - b1) * gj
+            ev[j] = b2 * ev[j] + (1 - b2) * gj * gj
+            ep[j] -= decay * ep[j]
+            ep[j] -= stepSize * em[j] / (ev[j].squareRoot() / sqrtC2 + eps)
+        }
+        g.withUnsafeBufferPointer { g in
+            m.withUnsafeMutableBufferPointer { m in
+                v.withUnsafeMutableBufferPointer { v in
+                    p.withUnsafeMutableBufferPointer { p in
+                        // From element 3: lane groups that start off the array's alignment.
+                        AdamW.step(
+                            g.baseAddress!, m.baseAddress!, v.baseAddress!, p.baseAddress!, 3..<n, clip: clip, b1: b1,
+                            b2: b2, decay: decay, stepSize: stepSize, sqrtC2: sqrtC2, eps: eps)
+                        AdamW.step(
+                            g.baseAddress!, m.baseAddress!, v.baseAddress!, p.baseAddress!, 0..<3, clip: clip, b1: b1,
+                            b2: b2, decay: decay, stepSize: stepSize, sqrtC2: sqrtC2, eps: eps)
+                    }
+                }
+            }
+        }
+        #expect(m.map(\.bitPattern) == em.map(\.bitPattern))
+        #expect(v.map(\.bitPattern) == ev.map(\.bitPattern))
+        #expect(p.map(\.bitPattern) == ep.map(\.bitPattern))
+    }
+
     @Test func adamAndAccumulateDoNotDependOnThreads() {
         var rng = FWPRandom(seed: 9)
         var p = ParameterStore()
