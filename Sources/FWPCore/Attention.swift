@@ -165,28 +165,8 @@ public struct AttentionLayer: Sendable {
         _ x: Tensor, batch: Int, steps: Int, _ p: ParameterStore, _ buffers: ParameterStore,
         state: inout AttentionState?, training: Bool, rng: inout FWPRandom, threads: ComputeThreads
     ) -> Cache {
-        let n = batch * steps, hd = heads * headSize, dh = headSize
-        let width = projectionWidth
-        let projected = project(x, p)
-        // Written in full by the row copies below. Three separate allocations: `kRaw = qRaw`
-        // would share one array, and the first write to each would copy it (copy-on-write).
-        var qRaw = Tensor(uninitializedShape: [n * heads, dh])
-        var kRaw = Tensor(uninitializedShape: [n * heads, dh]), v = Tensor(uninitializedShape: [n * heads, dh])
-        var betaLogits: Tensor? = beta != nil ? Tensor(uninitializedShape: [n, heads]) : nil
-        projected.withUnsafePointer { pp in
-            qRaw.withUnsafeMutablePointer { pq in
-                kRaw.withUnsafeMutablePointer { pk in
-                    v.withUnsafeMutablePointer { pv in
-                        fwp_copy_rows(pp, width, pq, hd, n, hd)
-                        fwp_copy_rows(pp + hd, width, pk, hd, n, hd)
-                        fwp_copy_rows(pp + 2 * hd, width, pv, hd, n, hd)
-                    }
-                }
-            }
-            if betaLogits != nil {
-                betaLogits!.withUnsafeMutablePointer { pb in fwp_copy_rows(pp + 3 * hd, width, pb, heads, n, heads) }
-            }
-        }
+        let n = batch * steps, hd = heads * headSize
+        let (qRaw, kRaw, v, betaLogits) = projectParts(x, p)
         var cache = Cache(
             input: x, qRaw: qRaw, kRaw: kRaw, v: v, qPhi: qRaw, kPhi: kRaw, qSums: [], kSums: [], q: qRaw, k: kRaw,
             // Fast-weight layers allocate `core` themselves (uninitialised where every row is
@@ -509,8 +489,7 @@ public struct AttentionLayer: Sendable {
     private var projectionWidth: Int { 3 * heads * headSize + (beta != nil ? heads : 0) }
 
     /// The weight of the input projection: qkv's rows, then β's rows for the delta rule, so that
-    /// q, k, v and the β logits come from one product that reads x once (and the backward makes
-    /// one dx product instead of two and a sum).
+    /// the backward makes one dx product for q, k, v and the β logits instead of four and a sum.
     private func projectionWeight(_ p: ParameterStore) -> Tensor {
         guard let beta else { return p.values[qkv.weight] }
         var w = Tensor(uninitializedShape: [projectionWidth, qkv.inFeatures])  // both parts copied in
@@ -522,23 +501,35 @@ public struct AttentionLayer: Sendable {
         return w
     }
 
-    /// x · projectionWeightᵀ (+ β's bias in the β columns): N × projectionWidth.
-    private func project(_ x: Tensor, _ p: ParameterStore) -> Tensor {
-        guard let beta else { return qkv.forward(x, p) }
+    /// q, k, v and the β logits from x, each by its own product into its own tensor (the rows of
+    /// qkv's weight for q, then k, then v): the layer reads them there. (One N × projectionWidth
+    /// product with its columns copied out afterwards cost those copies, 0.5–1% of the LM step.)
+    private func projectParts(_ x: Tensor, _ p: ParameterStore) -> (q: Tensor, k: Tensor, v: Tensor, betaLogits: Tensor?) {
         precondition(x.columns == qkv.inFeatures, "Linear expects \(qkv.inFeatures) features, got \(x.columns)")
-        let width = projectionWidth, hd = 3 * heads * headSize
-        var y = Tensor(uninitializedShape: [x.rows, width])  // written by the product (beta 0)
-        BLAS.gemm(x, projectionWeight(p), transposeB: true, beta: 0, into: &y)
-        p.values[beta.bias!].withUnsafePointer { pb in
-            y.withUnsafeMutablePointer { py in
-                for r in 0..<x.rows {
-                    let row = py + r * width + hd
-                    for j in 0..<heads { row[j] += pb[j] }
+        let n = x.rows, hd = heads * headSize, d = qkv.inFeatures
+        // Shaped as the layer reads them: one row per position and head. Three allocations: one
+        // array shared by all three would be copied on each first write.
+        var parts = (0..<3).map { _ in Tensor(uninitializedShape: [n * heads, headSize]) }
+        x.withUnsafePointer { px in
+            p.values[qkv.weight].withUnsafePointer { pw in
+                for i in 0..<3 {
+                    parts[i].withUnsafeMutablePointer { py in  // beta 0: written in full
+                        BLAS.gemm(
+                            transposeA: false, transposeB: true, m: n, n: hd, k: d, a: px, lda: d, b: pw + i * hd * d,
+                            ldb: d, beta: 0, c: py, ldc: hd)
+                    }
                 }
             }
         }
-        return y
+        var betaLogits: Tensor? = nil
+        if let beta {
+            var b = Tensor(uninitializedShape: [n, heads])
+            BLAS.linear(x, weight: p.values[beta.weight], bias: p.values[beta.bias!], into: &b)
+            betaLogits = b
+        }
+        return (parts[0], parts[1], parts[2], betaLogits)
     }
+
 
     /// The backward pass of `fastWeightCoreForward`: gradients of qRaw, kRaw, v and the β logits.
     func fastWeightCoreBackward(_ dCore: Tensor, cache: Cache, threads: ComputeThreads)
