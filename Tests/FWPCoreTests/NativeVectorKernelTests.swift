@@ -174,7 +174,7 @@ struct NativeVectorKernelTests {
         #expect(worst < 2e-6, "worst relative difference \(worst)")
     }
 
-    @Test(arguments: [6, 128, 131]) func layerNormAgreesWithTheSwiftLoops(dimension n: Int) {
+    @Test(arguments: [6, 100, 128, 131]) func layerNormAgreesWithTheSwiftLoops(dimension n: Int) {
         var store = ParameterStore()
         let ln = LayerNorm("ln", dimension: n, store: &store)
         var rng = FWPRandom(seed: UInt64(n))
