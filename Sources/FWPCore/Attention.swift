@@ -530,7 +530,6 @@ public struct AttentionLayer: Sendable {
         return (parts[0], parts[1], parts[2], betaLogits)
     }
 
-
     /// The backward pass of `fastWeightCoreForward`: gradients of qRaw, kRaw, v and the β logits.
     func fastWeightCoreBackward(_ dCore: Tensor, cache: Cache, threads: ComputeThreads)
         -> (Tensor, Tensor, Tensor, Tensor?)
