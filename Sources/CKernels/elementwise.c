@@ -215,6 +215,16 @@ FWP_AVX2 void fwp_elu_plus_one_sum_normalize(const float *x, float *y, float *su
     fwp_elu_plus_one_sum_normalize_strided(x, n, y, n, sums, rows, n, epsilon);
 }
 
+// The rows the ELU + 1 backward reads and writes six rows ahead (dy and y to read, dx to write):
+// they lie a head's width apart, mostly outside the caches.
+FWP_INLINE void prefetch_backward_rows(const float *g, const float *y, const float *d, long n) {
+    for (long i = 0; i < n; i += 16) {
+        __builtin_prefetch(g + i, 0, 3);
+        __builtin_prefetch(y + i, 0, 3);
+        __builtin_prefetch(d + i, 1, 3);
+    }
+}
+
 // The backward for rows of at most 64 floats on AVX-512: each row's dy and y are loaded once
 // into registers and used for both the dot product and the output.
 static FWP_AVX512 void elu_sum_normalize_backward_short512(const float *dy, long lddy, const float *y, long ldy,
@@ -226,12 +236,7 @@ static FWP_AVX512 void elu_sum_normalize_backward_short512(const float *dy, long
     for (long r = 0; r < rows; r++) {
         const float *gr = dy + r * lddy, *yr = y + r * ldy;
         float *dr = dx + r * lddx;
-        if (r + 6 < rows)
-            for (long i = 0; i < n; i += 16) {
-                __builtin_prefetch(gr + 6 * lddy + i, 0, 3);
-                __builtin_prefetch(yr + 6 * ldy + i, 0, 3);
-                __builtin_prefetch(dr + 6 * lddx + i, 1, 3);
-            }
+        if (r + 6 < rows) prefetch_backward_rows(gr + 6 * lddy, yr + 6 * ldy, dr + 6 * lddx, n);
         __m512 g[4], yv[4], acc = _mm512_setzero_ps();
         for (int v = 0; v < 4; v++) {
             if (v >= vecs) break;
@@ -263,12 +268,7 @@ FWP_AVX2 void fwp_elu_plus_one_sum_normalize_backward_strided(const float *dy, l
     for (long r = 0; r < rows; r++) {
         const float *gr = dy + r * lddy, *yr = y + r * ldy;
         float *dr = dx + r * lddx;
-        if (r + 6 < rows)
-            for (long i = 0; i < n; i += 16) {
-                __builtin_prefetch(gr + 6 * lddy + i, 0, 3);
-                __builtin_prefetch(yr + 6 * ldy + i, 0, 3);
-                __builtin_prefetch(dr + 6 * lddx + i, 1, 3);
-            }
+        if (r + 6 < rows) prefetch_backward_rows(gr + 6 * lddy, yr + 6 * ldy, dr + 6 * lddx, n);
         __m256 acc = _mm256_setzero_ps();
         for (long i = 0; i < full; i += 8)
             acc = _mm256_fmadd_ps(_mm256_loadu_ps(gr + i), _mm256_loadu_ps(yr + i), acc);

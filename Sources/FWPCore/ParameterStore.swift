@@ -91,36 +91,39 @@ public struct ParameterStore: Sendable, Equatable {
     /// only during the call.
     mutating func withBaseAddresses<R>(_ body: ([SharedPointer?]) -> R) -> R {
         values.withUnsafeMutableBufferPointer { tensors in
-            var addresses: [SharedPointer?] = []
-            addresses.reserveCapacity(tensors.count)
-            func nest(_ i: Int) -> R {
-                if i == tensors.count { return body(addresses) }
-                if tensors[i].count == 0 {
-                    addresses.append(nil)
-                    return nest(i + 1)
-                }
-                return tensors[i].withUnsafeMutablePointer { p in
-                    addresses.append(SharedPointer(p))
-                    return nest(i + 1)
-                }
-            }
-            return nest(0)
+            ParameterStore.nestAddresses(
+                tensors.count, isEmpty: { tensors[$0].count == 0 },
+                enter: { i, next in tensors[i].withUnsafeMutablePointer { next(SharedPointer($0)) } }, body)
         }
     }
 
     /// Read-only `withBaseAddresses`.
     func withBaseAddresses<R>(_ body: ([SharedConstPointer?]) -> R) -> R {
         values.withUnsafeBufferPointer { tensors in
-            var addresses: [SharedConstPointer?] = []
-            addresses.reserveCapacity(tensors.count)
+            ParameterStore.nestAddresses(
+                tensors.count, isEmpty: { tensors[$0].count == 0 },
+                enter: { i, next in tensors[i].withUnsafePointer { next(SharedConstPointer($0)) } }, body)
+        }
+    }
+
+    /// Enters item 0's pointer scope, within it item 1's, and so on (`enter(i, next)` holds item
+    /// i's pointer while `next` runs), then calls body with all of them (nil for empty items).
+    private static func nestAddresses<P, R>(
+        _ count: Int, isEmpty: (Int) -> Bool, enter: (Int, (P) -> R) -> R, _ body: ([P?]) -> R
+    ) -> R {
+        // `enter` runs within itself (item i's call holds item i + 1's); as an escaping closure
+        // type that is allowed. It still does not outlive this call.
+        withoutActuallyEscaping(enter) { enter in
+            var addresses: [P?] = []
+            addresses.reserveCapacity(count)
             func nest(_ i: Int) -> R {
-                if i == tensors.count { return body(addresses) }
-                if tensors[i].count == 0 {
+                if i == count { return body(addresses) }
+                if isEmpty(i) {
                     addresses.append(nil)
                     return nest(i + 1)
                 }
-                return tensors[i].withUnsafePointer { p in
-                    addresses.append(SharedConstPointer(p))
+                return enter(i) { p in
+                    addresses.append(p)
                     return nest(i + 1)
                 }
             }
