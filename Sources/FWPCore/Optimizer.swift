@@ -66,6 +66,15 @@ public struct AdamW: Sendable, Equatable {
         _ parameters: inout ParameterStore, gradients: ParameterStore, threads: ComputeThreads = ComputeThreads(1)
     ) -> Double {
         precondition(parameters.names == gradients.names, "gradients do not match parameters")
+        precondition(
+            firstMoment.values.count == parameters.values.count && secondMoment.values.count == parameters.values.count,
+            "the optimiser's moments are for another model")
+        for i in parameters.values.indices {
+            let n = parameters.values[i].count
+            precondition(
+                gradients.values[i].count == n && firstMoment.values[i].count == n && secondMoment.values[i].count == n,
+                "\(parameters.names[i]): gradient or moments differ in size from the parameter")
+        }
         step += 1
         let norm = gradients.globalNorm(threads: threads)
         let clip: Float = (maxGradientNorm > 0 && norm > maxGradientNorm) ? Float(maxGradientNorm / (norm + 1e-6)) : 1
@@ -113,7 +122,8 @@ public struct AdamW: Sendable, Equatable {
     ) {
         typealias V = SIMD8<Float>
         var j = range.lowerBound
-        let (rg, rm, rv, rp) = (UnsafeRawPointer(g), UnsafeMutableRawPointer(m), UnsafeMutableRawPointer(v), UnsafeMutableRawPointer(p))
+        let rg = UnsafeRawPointer(g)
+        let (rm, rv, rp) = (UnsafeMutableRawPointer(m), UnsafeMutableRawPointer(v), UnsafeMutableRawPointer(p))
         let (vclip, vb1, vb2, vdecay) = (V(repeating: clip), V(repeating: b1), V(repeating: b2), V(repeating: decay))
         let (c1, c2) = (V(repeating: 1 - b1), V(repeating: 1 - b2))
         let (vstep, vsqrtC2, veps) = (V(repeating: stepSize), V(repeating: sqrtC2), V(repeating: eps))
