@@ -113,35 +113,39 @@ FWP_INLINE FWP_AVX512 __m512 elu1_512(__m512 x) {
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), y, x);
 }
 
+// Masks of the first n lanes of each of `count` 16-float vectors (none past n); returns how
+// many vectors a row of n floats spans. For the short-row paths below, which keep a row in
+// registers.
+FWP_INLINE int row_masks16(long n, __mmask16 *mk, int count) {
+    for (int v = 0; v < count; v++) mk[v] = lanes16(n - 16 * v);
+    return (int)((n + 15) / 16);
+}
+
 // Rows of at most 64 floats (a head's features): the row's φ stays in four registers between
 // its sum and its scaling. Storing φ and reading it back, as the general loop below does, costs
 // a stall per vector here: a masked store cannot forward its data to the load that follows it.
 static FWP_AVX512 void elu_sum_normalize_short512(const float *x, long ldx, float *y, long ldy, float *sums, long rows,
                                                   long n, float epsilon) {
-    __mmask16 m0 = lanes16(n), m1 = lanes16(n - 16), m2 = lanes16(n - 32), m3 = lanes16(n - 48);
+    __mmask16 m[4];
+    int vecs = row_masks16(n, m, 4);
     for (long r = 0; r < rows; r++) {
         const float *xr = x + r * ldx;
         float *yr = y + r * ldy;
         if (r + 6 < rows)
             for (long i = 0; i < n; i += 16) __builtin_prefetch(xr + 6 * ldx + i, 0, 3);
-        __m512 v0 = _mm512_maskz_mov_ps(m0, elu1_512(_mm512_maskz_loadu_ps(m0, xr)));
-        __m512 v1 = _mm512_maskz_mov_ps(m1, elu1_512(_mm512_maskz_loadu_ps(m1, xr + 16)));
-        __m512 v2 = _mm512_setzero_ps(), v3 = _mm512_setzero_ps();
-        if (n > 32) {
-            v2 = _mm512_maskz_mov_ps(m2, elu1_512(_mm512_maskz_loadu_ps(m2, xr + 32)));
-            v3 = _mm512_maskz_mov_ps(m3, elu1_512(_mm512_maskz_loadu_ps(m3, xr + 48)));
-        }
         // The same additions in the same order as the general loop: one accumulator, vector by vector.
-        __m512 acc = _mm512_add_ps(_mm512_add_ps(_mm512_setzero_ps(), v0), v1);
-        if (n > 32) acc = _mm512_add_ps(_mm512_add_ps(acc, v2), v3);
+        __m512 phi[4], acc = _mm512_setzero_ps();
+        for (int v = 0; v < 4; v++) {
+            if (v >= vecs) break;
+            phi[v] = _mm512_maskz_mov_ps(m[v], elu1_512(_mm512_maskz_loadu_ps(m[v], xr + 16 * v)));
+            acc = _mm512_add_ps(acc, phi[v]);
+        }
         float s = _mm512_reduce_add_ps(acc) + epsilon;
         sums[r] = s;
         __m512 inv = _mm512_set1_ps(1.0f / s);
-        _mm512_mask_storeu_ps(yr, m0, _mm512_mul_ps(v0, inv));
-        _mm512_mask_storeu_ps(yr + 16, m1, _mm512_mul_ps(v1, inv));
-        if (n > 32) {
-            _mm512_mask_storeu_ps(yr + 32, m2, _mm512_mul_ps(v2, inv));
-            _mm512_mask_storeu_ps(yr + 48, m3, _mm512_mul_ps(v3, inv));
+        for (int v = 0; v < 4; v++) {
+            if (v >= vecs) break;
+            _mm512_mask_storeu_ps(yr + 16 * v, m[v], _mm512_mul_ps(phi[v], inv));
         }
     }
 }
@@ -231,8 +235,8 @@ static FWP_AVX512 void elu_sum_normalize_backward_short512(const float *dy, long
                                                            const float *sums, float *dx, long lddx, long rows,
                                                            long n) {
     const __m512 one = _mm512_set1_ps(1.0f);
-    __mmask16 m[4] = {lanes16(n), lanes16(n - 16), lanes16(n - 32), lanes16(n - 48)};
-    int vecs = (int)((n + 15) / 16);
+    __mmask16 m[4];
+    int vecs = row_masks16(n, m, 4);
     for (long r = 0; r < rows; r++) {
         const float *gr = dy + r * lddy, *yr = y + r * ldy;
         float *dr = dx + r * lddx;
@@ -374,9 +378,8 @@ FWP_AVX2 void fwp_sigmoid(const float *x, float *y, long n) {
 // loop below, in 16 lanes.
 static FWP_AVX512 void layer_norm_forward_short512(const float *x, const float *gamma, const float *beta, float *y,
                                                    float *xhat, float *rstd, long rows, long n, float epsilon) {
-    int vecs = (int)((n + 15) / 16);
     __mmask16 mk[8];
-    for (int v = 0; v < 8; v++) mk[v] = lanes16(n - 16 * v);
+    int vecs = row_masks16(n, mk, 8);
     for (long r = 0; r < rows; r++) {
         const float *xr = x + r * n;
         __m512 xv[8], acc = _mm512_setzero_ps();
@@ -409,9 +412,8 @@ static FWP_AVX512 void layer_norm_forward_short512(const float *x, const float *
 static FWP_AVX512 void layer_norm_backward_short512(const float *dy, const float *xhat, const float *gamma,
                                                     const float *rstd, float *dx, int accumulate, float *dgamma,
                                                     float *dbeta, long rows, long n) {
-    int vecs = (int)((n + 15) / 16);
     __mmask16 mk[8];
-    for (int v = 0; v < 8; v++) mk[v] = lanes16(n - 16 * v);
+    int vecs = row_masks16(n, mk, 8);
     __m512 vn = _mm512_set1_ps((float)n);
     for (long r = 0; r < rows; r++) {
         const float *dr = dy + r * n, *hr = xhat + r * n;

@@ -133,15 +133,10 @@ public struct ParameterStore: Sendable, Equatable {
 
     /// `withBaseAddresses` of several stores at once: body gets one address list per store.
     static func withBaseAddresses<R>(of stores: [ParameterStore], _ body: ([[SharedConstPointer?]]) -> R) -> R {
-        var lists: [[SharedConstPointer?]] = []
-        func nest(_ s: Int) -> R {
-            if s == stores.count { return body(lists) }
-            return stores[s].withBaseAddresses { (addresses: [SharedConstPointer?]) in
-                lists.append(addresses)
-                return nest(s + 1)
-            }
-        }
-        return nest(0)
+        nestAddresses(
+            stores.count, isEmpty: { _ in false },
+            enter: { s, next in stores[s].withBaseAddresses { (addresses: [SharedConstPointer?]) in next(addresses) } }
+        ) { lists in body(lists.map { $0! }) }
     }
 
     /// Total number of scalars.
