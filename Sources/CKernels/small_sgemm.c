@@ -129,9 +129,21 @@ FWP_INLINE FWP_AVX2 void column_panel(int masked, __m256i m0, __m256i m1, int m,
     }
 }
 
-// dst (cols × rows, row stride ldd) ← srcᵀ: 8 × 8 tiles through registers, element by element at
-// the edges. Also the small kernel's transposition of a transposed B operand.
+static int use_avx512(void);
+static void transpose16_tiles(int rows, int cols, const float *src, int lds, float *dst, int ldd);
+
+// dst (cols × rows, row stride ldd) ← srcᵀ: 16 × 16 tiles through registers where AVX-512 runs,
+// then 8 × 8 tiles, element by element at the edges. Also the small kernel's transposition of a
+// transposed B operand.
 FWP_AVX2 void fwp_transpose(int rows, int cols, const float *src, int lds, float *dst, int ldd) {
+    if (rows >= 16 && cols >= 16 && use_avx512()) {
+        int r16 = rows / 16 * 16, c16 = cols / 16 * 16;
+        transpose16_tiles(r16, c16, src, lds, dst, ldd);
+        // The rest: the columns past c16 of the first r16 rows, then the rows past r16.
+        if (c16 < cols) fwp_transpose(r16, cols - c16, src + c16, lds, dst + (long)c16 * ldd, ldd);
+        if (r16 < rows) fwp_transpose(rows - r16, cols, src + (long)r16 * lds, lds, dst + r16, ldd);
+        return;
+    }
     int j = 0;
     for (; j + 8 <= rows; j += 8) {
         int p = 0;
@@ -284,6 +296,42 @@ static FWP_AVX512 void small_sgemm_sum512(int m, int n, int count, const term_t 
         column_panel512(1, 0, all, all, m, count, t, j, alpha, beta, c_in, ldc_in, c, ldc);
     else if (w > 0)
         column_panel512(1, 1, lanes16(w), 0, m, count, t, j, alpha, beta, c_in, ldc_in, c, ldc);
+}
+
+// A 16 × 16 tile of src (row stride lds) transposed into dst (row stride ldd): pairs of rows
+// interleaved, then pairs of pairs, then 128-bit quarters twice (64 shuffles for 256 floats).
+FWP_INLINE FWP_AVX512 void transpose16(const float *src, long lds, float *dst, long ldd) {
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + i * lds);
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    // r[4g + q] now holds, in each 128-bit quarter l, column 4l + q of rows 4g … 4g + 3.
+    for (int q = 0; q < 4; q++) {
+        t[q] = _mm512_shuffle_f32x4(r[q], r[4 + q], 0x88);       // quarters 0, 2 of rows 0–7
+        t[4 + q] = _mm512_shuffle_f32x4(r[q], r[4 + q], 0xDD);   // quarters 1, 3
+        t[8 + q] = _mm512_shuffle_f32x4(r[8 + q], r[12 + q], 0x88);
+        t[12 + q] = _mm512_shuffle_f32x4(r[8 + q], r[12 + q], 0xDD);
+    }
+    for (int q = 0; q < 4; q++) {
+        // column q (quarter 0), 4 + q (1), 8 + q (2), 12 + q (3)
+        _mm512_storeu_ps(dst + (q + 0) * ldd, _mm512_shuffle_f32x4(t[q], t[8 + q], 0x88));
+        _mm512_storeu_ps(dst + (q + 8) * ldd, _mm512_shuffle_f32x4(t[q], t[8 + q], 0xDD));
+        _mm512_storeu_ps(dst + (q + 4) * ldd, _mm512_shuffle_f32x4(t[4 + q], t[12 + q], 0x88));
+        _mm512_storeu_ps(dst + (q + 12) * ldd, _mm512_shuffle_f32x4(t[4 + q], t[12 + q], 0xDD));
+    }
+}
+
+static FWP_AVX512 void transpose16_tiles(int rows, int cols, const float *src, int lds, float *dst, int ldd) {
+    for (int i = 0; i < rows; i += 16)
+        for (int j = 0; j < cols; j += 16) transpose16(src + (long)i * lds + j, lds, dst + (long)j * ldd + i, ldd);
 }
 
 // Whether the product sums run on the AVX-512 blocks: on CPUs with AVX-512 unless the

@@ -18,6 +18,10 @@ import CKernels
 /// O(T·(C + d_value) + T/C·d_value·d_dot) per sequence, linear in T), differentiating each
 /// product by hand (derivation in docs/MODEL.md).
 ///
+/// With the small kernel and the vector kernels on, the loops over chunks run in C (CKernels'
+/// chunkwise.c: the same products in the same order, so the same bits, without the Swift loop's
+/// own work between products; chunks of 16 keep their C × C steps in AVX-512 registers).
+///
 /// It covers the sum and delta rules without attention normalisation; `FastWeightKernel` (the
 /// fused per-row recurrence) remains for attention normalisation and for step-by-step inference.
 public struct ChunkwiseKernel: Sendable {
@@ -41,6 +45,9 @@ public struct ChunkwiseKernel: Sendable {
     /// returns their gradients before it. Requires `VectorKernels.supported`.
     public let featureMapped: Bool
     public let betaStride: Int
+    /// Whether the loops over chunks run in C where they can (`nativeShape`); off, they run in
+    /// Swift (for tests that compare the two).
+    var nativeLoops = true
 
     public init(
         rule: UpdateRule, chunkSize: Int, steps: Int, keySize: Int, valueSize: Int, keyStride: Int,
@@ -192,6 +199,10 @@ public struct ChunkwiseKernel: Sendable {
         y: UnsafeMutablePointer<Float>, w: UnsafeMutablePointer<Float>,
         saved: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>
     ) {
+        if var shape = nativeShape {
+            fwp_chunkwise_forward(&shape, q, k, v, beta, y, w, saved, scratch)
+            return
+        }
         let C = chunkSize, dk = keySize, dv = valueSize, ks = keyStride, vs = valueStride, ovs = outputValueStride
         let isDelta = rule == .delta
         let A = scratch + C * C
@@ -260,6 +271,10 @@ public struct ChunkwiseKernel: Sendable {
         dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
         dbeta: UnsafeMutablePointer<Float>?, seeded: Bool = false
     ) {
+        if var shape = nativeShape {
+            fwp_chunkwise_backward(&shape, dy, q, k, v, beta, saved, dw, scratch, dq, dk, dv, dbeta, seeded ? 1 : 0)
+            return
+        }
         let C = chunkSize, nk = keySize, nv = valueSize, ks = keyStride, vs = valueStride
         let oks = outputKeyStride, ovs = outputValueStride
         let isDelta = rule == .delta
@@ -366,6 +381,24 @@ public struct ChunkwiseKernel: Sendable {
                 beta: 1, c: dw, ldc: nk)
             if let dbeta { for j in 0..<c { dbeta[(t0 + j) * betaStride] = db[j] } }
         }
+    }
+
+    /// This kernel's shape for the C loops (`fwp_chunkwise_forward`, `fwp_chunkwise_backward`),
+    /// when they apply: with the small kernel and the vector kernels on, and every product of a
+    /// chunk within the small kernel's limits (the Swift loop would send each of them there too).
+    /// The C loops make the same calls in the same order, so the results are the same.
+    private var nativeShape: fwp_chunkwise_shape? {
+        let dims = [chunkSize, keySize, valueSize]
+        guard nativeLoops, BLAS.smallKernel, VectorKernels.enabled, dims.allSatisfy({ $0 <= BLAS.smallKernelLimit }),
+            chunkSize * keySize * valueSize <= BLAS.smallKernelWork,
+            keySize * valueSize <= Int(FWP_SMALL_SGEMM_MAX_BT)
+        else { return nil }
+        return fwp_chunkwise_shape(
+            delta: rule == .delta ? 1 : 0, chunk: Int32(chunkSize), steps: Int32(steps), key_size: Int32(keySize),
+            value_size: Int32(valueSize), key_stride: keyStride, value_stride: valueStride,
+            output_key_stride: outputKeyStride, output_value_stride: outputValueStride, beta_stride: betaStride,
+            u_offset: savedUOffset, m_offset: savedMOffset, x_offset: savedXOffset, p_offset: savedPOffset,
+            g_offset: savedGOffset)
     }
 
     /// Asks for chunk `ci`'s v rows, which the forward reads at their stride (a head's slice of

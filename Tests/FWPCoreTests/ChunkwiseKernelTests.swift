@@ -112,6 +112,60 @@ import Testing
         #expect(array(dbP, T * heads) == array(dbC, T * heads), "packed dβ")
     }
 
+    /// The loops over chunks in C (`fwp_chunkwise_forward`, `_backward`) against the Swift loops:
+    /// the same products in the same order, so every output, the saved arrays and every gradient
+    /// are the same bits. The model's shape (d = 32, chunks of 16: the C path's 16-row steps in
+    /// registers), a partial last chunk, uneven widths, and the sum rule.
+    @Test(
+        .enabled(if: BLAS.smallKernel && VectorKernels.enabled),
+        arguments: [
+            (UpdateRule.delta, 64, 16, 32, 32), (.delta, 37, 16, 32, 32), (.delta, 37, 8, 12, 9), (.delta, 48, 16, 16, 24),
+            (.sum, 37, 16, 32, 32), (.sum, 37, 8, 12, 9),
+        ])
+    func nativeLoopsMatchTheSwiftLoopsBitForBit(_ rule: UpdateRule, _ T: Int, _ chunk: Int, _ dk: Int, _ dv: Int) {
+        let heads = 3, h = 1, ks = heads * dk, vs = heads * dv
+        var rng = FWPRandom(seed: UInt64(T * 7 + dk))
+        func rand(_ n: Int, _ scale: Float) -> [Float] { (0..<n).map { _ in Float(rng.normal()) * scale } }
+        let q = rand(T * ks, 0.2), k = rand(T * ks, 0.2), v = rand(T * vs, 1), dy = rand(T * vs, 1)
+        let beta = (0..<(T * heads)).map { _ in Float(rng.uniform()) * 0.9 + 0.05 }
+        let w0 = rand(dv * dk, 0.5), dwSeed = rand(dv * dk, 0.3)
+        let isDelta = rule == .delta
+        let owned = OwnedBuffers()
+        let buf = owned.copy
+        func array(_ p: UnsafeMutablePointer<Float>, _ n: Int) -> [Float] { Array(UnsafeBufferPointer(start: p, count: n)) }
+        func run(native: Bool) -> [[Float]] {
+            var ch = ChunkwiseKernel(
+                rule: rule, chunkSize: chunk, steps: T, keySize: dk, valueSize: dv, keyStride: ks, valueStride: vs,
+                betaStride: heads)
+            ch.nativeLoops = native
+            let pb: UnsafeMutablePointer<Float>? = isDelta ? buf(beta) + h : nil
+            let y = buf([Float](repeating: 0, count: T * vs)), w = buf(w0)
+            let saved = buf([Float](repeating: .nan, count: ch.savedCount))
+            let dq = buf([Float](repeating: 0, count: T * ks)), dkO = buf([Float](repeating: 0, count: T * ks))
+            let dvO = buf([Float](repeating: 0, count: T * vs)), db = buf([Float](repeating: 0, count: T * heads))
+            let dw = buf(dwSeed)
+            ch.forward(
+                q: buf(q) + h * dk, k: buf(k) + h * dk, v: buf(v) + h * dv, beta: pb, y: y + h * dv, w: w, saved: saved,
+                scratch: buf([Float](repeating: .nan, count: ch.scratchCount)))
+            ch.backward(
+                dy: buf(dy) + h * dv, q: buf(q) + h * dk, k: buf(k) + h * dk, v: buf(v) + h * dv, beta: pb, saved: saved,
+                dw: dw, scratch: buf([Float](repeating: .nan, count: ch.scratchCount)), dq: dq + h * dk,
+                dk: dkO + h * dk, dv: dvO + h * dv, dbeta: isDelta ? db + h : nil, seeded: true)
+            return [
+                array(y, T * vs), array(w, dv * dk), array(saved, ch.savedCount), array(dq, T * ks), array(dkO, T * ks),
+                array(dvO, T * vs), array(db, T * heads), array(dw, dv * dk),
+            ]
+        }
+        let native = run(native: true), swift = run(native: false)
+        for (i, name) in ["y", "final state", "saved", "dq", "dk", "dv", "dβ", "dw"].enumerated() {
+            // Bitwise, so NaN-safe: the saved space starts as NaN and a partial last chunk leaves
+            // the columns past its length unwritten, in both.
+            #expect(native[i].map(\.bitPattern) == swift[i].map(\.bitPattern), "\(name)")
+            if name != "saved" { #expect(!native[i].contains { $0.isNaN }, "\(name) has NaN") }
+        }
+        #expect(native[0].contains { $0 != 0 } && native[3].contains { $0 != 0 }, "outputs were written")
+    }
+
     /// With `featureMapped` the packed kernel takes raw q, k and applies ELU + 1 with sum
     /// normalisation itself: exactly the feature map's own C pass, then the plain packed kernel,
     /// then the feature map's backward.

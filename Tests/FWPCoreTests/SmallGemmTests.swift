@@ -158,7 +158,8 @@ import Testing
     }
 
     @Test func transposeMovesEveryElementAndNothingElse() {
-        for (rows, cols) in [(1, 1), (3, 5), (8, 8), (9, 17), (16, 64), (64, 64), (24, 7)] {
+        // 16 × 16 tiles (AVX-512) with rows, columns or both left over, then 8 × 8 tiles and single elements.
+        for (rows, cols) in [(1, 1), (3, 5), (8, 8), (9, 17), (16, 64), (64, 64), (24, 7), (16, 17), (47, 16), (33, 50), (37, 70)] {
             let ldd = rows + 2
             expectMoves(rows: rows, cols: cols, into: cols * ldd, index: { r, c in c * ldd + r }) { src, lds, dst in
                 BLAS.transpose(rows: rows, cols: cols, src, lds: lds, into: dst, ldd: ldd)
