@@ -309,14 +309,31 @@ public enum CrossEntropy {
     ///
     /// `normalizer` overrides the count of targeted rows that the mean divides by (used when a
     /// batch is split into shards: each shard divides by the whole batch's count).
-    public static func lossAndGradient(logits: Tensor, targets: [Int], normalizer: Int? = nil) -> (
+    ///
+    /// `native` runs the rows through the C kernel (`fwp_cross_entropy`: one pass for the maximum,
+    /// one for e^(x − max) and its sum, one for the scaling), the Swift loops otherwise.
+    public static func lossAndGradient(
+        logits: Tensor, targets: [Int], normalizer: Int? = nil, native: Bool = VectorKernels.enabled
+    ) -> (
         loss: Double, gradient: Tensor
     ) {
         let v = logits.columns, rows = logits.rows
         precondition(targets.count == rows, "one target per row")
-        var grad = Tensor(shape: logits.shape)
         let counted = normalizer ?? targets.filter { $0 >= 0 }.count
         let scale = counted > 0 ? 1 / Float(counted) : 0
+        if native {
+            for t in targets { precondition(t < v, "target \(t) outside vocabulary of \(v)") }
+            var grad = Tensor(uninitializedShape: logits.shape)  // every row written
+            let total = logits.withUnsafePointer { pl in
+                grad.withUnsafeMutablePointer { pg in
+                    targets.withUnsafeBufferPointer { pt in
+                        fwp_cross_entropy(pl, pt.baseAddress, pg, rows, v, scale)
+                    }
+                }
+            }
+            return (counted > 0 ? total / Double(counted) : 0, grad)
+        }
+        var grad = Tensor(shape: logits.shape)
         var total = 0.0
         logits.withUnsafePointer { pl in
             grad.withUnsafeMutablePointer { pg in

@@ -11,6 +11,42 @@ import Testing
 struct NativeVectorKernelTests {
     static func elu1(_ x: Double) -> Double { x > 0 ? x + 1 : Foundation.exp(x) }
 
+    /// Softmax cross-entropy rows against float64: the loss (log Σ e^x − x_target, summed and
+    /// divided by the count) and the gradient scale · (softmax − onehot); rows with a negative
+    /// target are not counted and get a zero gradient; widths around the 8- and 16-lane blocks.
+    @Test func crossEntropyMatchesDoublePrecision() {
+        var rng = FWPRandom(seed: 5)
+        for width in [1, 3, 8, 15, 16, 17, 40, 256, 257] {
+            let rows = 6
+            // all-negative logits for some rows (the maximum must not come from padding lanes)
+            let x = (0..<(rows * width)).map { i in Float(rng.normal() * 6) - (i / width == 2 ? 50 : 0) }
+            let targets = (0..<rows).map { r in r == 4 ? -1 : Int(rng.next() % UInt64(width)) }
+            let logits = Tensor(shape: [rows, width], storage: x)
+            let (loss, grad) = CrossEntropy.lossAndGradient(logits: logits, targets: targets, normalizer: 7, native: true)
+            var total = 0.0
+            for r in 0..<rows {
+                let row = x[(r * width)..<((r + 1) * width)].map(Double.init)
+                let m = row.max()!, sum = row.map { Foundation.exp($0 - m) }.reduce(0, +)
+                for j in 0..<width {
+                    let g = Double(grad.storage[r * width + j])
+                    guard targets[r] >= 0 else {
+                        #expect(g == 0, "ignored row \(r) has gradient")
+                        continue
+                    }
+                    let expected = (Foundation.exp(row[j] - m) / sum - (j == targets[r] ? 1 : 0)) / 7
+                    // p − 1 at the target cancels: a float rounding unit of the scale (1/7) on top.
+                    #expect(abs(g - expected) <= 2e-6 * abs(expected) + 2e-8, "width \(width) row \(r) column \(j)")
+                }
+                if targets[r] >= 0 { total += Foundation.log(sum) + m - row[targets[r]] }
+            }
+            #expect(abs(loss - total / 7) <= 1e-5 * abs(total / 7) + 1e-6, "width \(width): loss \(loss), expected \(total / 7)")
+        }
+        // NaN logits give a NaN loss.
+        let (nanLoss, _) = CrossEntropy.lossAndGradient(
+            logits: Tensor(shape: [1, 20], storage: (0..<20).map { $0 == 7 ? .nan : Float($0) }), targets: [3], native: true)
+        #expect(nanLoss.isNaN)
+    }
+
     /// One causal softmax row: float64 softmax over the valid prefix (spread of 60 so that small
     /// probabilities underflow towards 0), zeros after it, nothing written past them; NaN spreads.
     @Test func softmaxRowMatchesDoublePrecision() {

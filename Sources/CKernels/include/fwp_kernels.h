@@ -135,6 +135,13 @@ void fwp_elu_plus_one_sum_normalize_backward_strided(const float *dy, long lddy,
 /// y = 1 / (1 + e^−x), computed without overflow for any x (NaN stays NaN).
 void fwp_sigmoid(const float *x, float *y, long n);
 
+/// Softmax cross-entropy of `rows` rows of n logits against targets[r] (< n; negative: the row is
+/// ignored and its gradient row zeroed): grad[r] ← scale · (softmax(logits[r]) − onehot(target))
+/// and the return value Σ over counted rows of −log softmax(logits[r])[target], each term
+/// computed in float as log Σ e^(x − max) + max − x[target] and added in double. Requires
+/// fwp_vector_kernels_supported().
+double fwp_cross_entropy(const float *logits, const long *targets, float *grad, long rows, long n, float scale);
+
 /// ReLU's gradient and the next layer's bias gradient in one pass over `rows` rows of n:
 /// d ← d where h > 0, else 0 (h is the ReLU's output); colsum[j] += Σ_rows d (row by row).
 void fwp_relu_backward_column_sums(const float *h, float *d, float *colsum, long rows, long n);
