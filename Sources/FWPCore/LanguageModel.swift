@@ -185,15 +185,10 @@ public struct LanguageModel: Sendable {
         }
         if state != nil { state!.position += steps }
         let (h, cn) = finalNorm.forward(x, parameters)
-        var logits = Tensor(shape: [h.rows, config.vocabularySize])
-        let bias = parameters.values[headBias]
-        logits.withUnsafeMutablePointer { pl in
-            bias.withUnsafePointer { pb in
-                for r in 0..<h.rows { (pl + r * config.vocabularySize).update(from: pb, count: config.vocabularySize) }
-            }
-        }
-        let w = parameters.values[head?.weight ?? embedding.weight]
-        BLAS.gemm(h, w, transposeB: true, beta: 1, into: &logits)
+        // Written by the product, the bias added as it stores each row (`BLAS.linear`).
+        var logits = Tensor(uninitializedShape: [h.rows, config.vocabularySize])
+        BLAS.linear(
+            h, weight: parameters.values[head?.weight ?? embedding.weight], bias: parameters.values[headBias], into: &logits)
         return (
             logits,
             Cache(tokens: tokens, batch: batch, steps: steps, embeddingMask: embMask, blocks: caches, finalNorm: cn, finalHidden: h)
