@@ -261,11 +261,13 @@ public struct AttentionLayer: Sendable {
         }
     }
 
-    private func chunkwiseKernel(steps: Int, chunk: Int) -> ChunkwiseKernel {
+    /// The chunkwise kernel for sequences of `steps`; with `outputStride` its backward writes dq,
+    /// dk and dv at that row stride (into the input projection's gradient).
+    private func chunkwiseKernel(steps: Int, chunk: Int, outputStride: Int? = nil) -> ChunkwiseKernel {
         ChunkwiseKernel(
             rule: rule, chunkSize: chunk, steps: steps, keySize: featureMap.outputSize, valueSize: headSize,
             keyStride: heads * featureMap.outputSize, valueStride: heads * headSize, betaStride: heads,
-            featureMapped: featureMapInKernel(steps: steps))
+            outputKeyStride: outputStride, outputValueStride: outputStride, featureMapped: featureMapInKernel(steps: steps))
     }
 
     private func fastWeightForward(_ cache: inout Cache, state: inout AttentionState?, threads: ComputeThreads) {
@@ -457,18 +459,27 @@ public struct AttentionLayer: Sendable {
         if kind == .fastWeight && outputScale != 1 { Vec.scaleTensor(outputScale, &dCore) }
         var dqRaw: Tensor, dkRaw: Tensor, dv: Tensor
         var dBetaLogit: Tensor? = nil
+        let width = projectionWidth
+        var dProjected = Tensor(uninitializedShape: [n, width])  // every column written below
+        // Where the chunkwise kernel applies the feature map itself, it writes dq, dk and dv
+        // straight into their columns of dProjected, not into tensors of their own to be copied.
+        let direct = kind == .fastWeight && cache.chunkSize != nil && featureMapInKernel(steps: cache.steps)
         if kind == .softmax {
             (dqRaw, dkRaw, dv) = softmaxBackward(dCore, cache: cache, threads: threads)
+        } else if direct {
+            (dqRaw, dkRaw, dv, dBetaLogit) = dProjected.withUnsafeMutablePointer { pp in
+                fastWeightCoreBackward(dCore, cache: cache, threads: threads, into: SharedPointer(pp))
+            }
         } else {
             (dqRaw, dkRaw, dv, dBetaLogit) = fastWeightCoreBackward(dCore, cache: cache, threads: threads)
         }
-        let width = projectionWidth
         precondition((beta != nil) == (dBetaLogit != nil), "β gradient missing")
-        var dProjected = Tensor(uninitializedShape: [n, width])  // every column written below
         dProjected.withUnsafeMutablePointer { pp in
-            dqRaw.withUnsafePointer { fwp_copy_rows($0, hd, pp, width, n, hd) }
-            dkRaw.withUnsafePointer { fwp_copy_rows($0, hd, pp + hd, width, n, hd) }
-            dv.withUnsafePointer { fwp_copy_rows($0, hd, pp + 2 * hd, width, n, hd) }
+            if !direct {
+                dqRaw.withUnsafePointer { fwp_copy_rows($0, hd, pp, width, n, hd) }
+                dkRaw.withUnsafePointer { fwp_copy_rows($0, hd, pp + hd, width, n, hd) }
+                dv.withUnsafePointer { fwp_copy_rows($0, hd, pp + 2 * hd, width, n, hd) }
+            }
             dBetaLogit?.withUnsafePointer { fwp_copy_rows($0, heads, pp + 3 * hd, width, n, heads) }
         }
         _ = dh
@@ -531,11 +542,14 @@ public struct AttentionLayer: Sendable {
     }
 
     /// The backward pass of `fastWeightCoreForward`: gradients of qRaw, kRaw, v and the β logits.
-    func fastWeightCoreBackward(_ dCore: Tensor, cache: Cache, threads: ComputeThreads)
-        -> (Tensor, Tensor, Tensor, Tensor?)
-    {
+    /// With `projected` (only where the chunkwise kernel applies the feature map itself), the
+    /// gradients of qRaw, kRaw and v go to its columns 0, H·d and 2·H·d instead (rows of
+    /// `projectionWidth` floats: the input projection's gradient) and come back empty.
+    func fastWeightCoreBackward(
+        _ dCore: Tensor, cache: Cache, threads: ComputeThreads, into projected: SharedPointer? = nil
+    ) -> (Tensor, Tensor, Tensor, Tensor?) {
         let n = cache.batch * cache.steps
-        var (dq, dk, dv, dbeta) = fastWeightBackward(dCore, cache: cache, threads: threads)
+        var (dq, dk, dv, dbeta) = fastWeightBackward(dCore, cache: cache, threads: threads, into: projected)
         let dqRaw: Tensor, dkRaw: Tensor
         if featureMapInKernel(steps: cache.steps) {
             (dqRaw, dkRaw) = (dq, dk)  // already through the feature map (see fastWeightCoreForward)
@@ -562,15 +576,17 @@ public struct AttentionLayer: Sendable {
         return (dqRaw, dkRaw, dv, dBetaLogit)
     }
 
-    private func fastWeightBackward(_ dCore: Tensor, cache: Cache, threads: ComputeThreads)
-        -> (Tensor, Tensor, Tensor, Tensor?)
-    {
+    private func fastWeightBackward(
+        _ dCore: Tensor, cache: Cache, threads: ComputeThreads, into projected: SharedPointer? = nil
+    ) -> (Tensor, Tensor, Tensor, Tensor?) {
         let (batch, steps) = (cache.batch, cache.steps)
         let dk = featureMap.outputSize, dv = headSize, seqs = batch * heads, n = batch * steps
+        precondition(projected == nil || cache.chunkSize != nil, "only the chunkwise kernel writes into the projection")
         let kern = kernel(steps: steps)
         // The chunkwise backward writes (not accumulates) every row of dq, dk, dv and dβ.
         let make = { (shape: [Int]) in cache.chunkSize != nil ? Tensor(uninitializedShape: shape) : Tensor(shape: shape) }
-        var dq = make([n * heads, dk]), dkT = make([n * heads, dk]), dvT = make([n * heads, dv])
+        let outputRows = projected == nil ? n * heads : 0
+        var dq = make([outputRows, dk]), dkT = make([outputRows, dk]), dvT = make([outputRows, dv])
         var dbeta: Tensor? = rule == .delta ? make([n * heads]) : nil
         var weights = cache.finalWeights
         var zs = cache.finalNormalizer.isEmpty ? [Float](repeating: 0, count: seqs * dk) : cache.finalNormalizer
@@ -603,7 +619,11 @@ public struct AttentionLayer: Sendable {
                                                             let sdb = isDelta ? pdb.baseAddress.map(SharedPointer.init) : nil
                                                             let ssaved = !ps.isEmpty ? ps.baseAddress.map(SharedConstPointer.init) : nil
                                                             let savedPerSequence = cache.saved.count / seqs
-                                                            let chunked = cache.chunkSize.map { chunkwiseKernel(steps: steps, chunk: $0) }
+                                                            let width = projectionWidth, hd = heads * headSize
+                                                            let chunked = cache.chunkSize.map {
+                                                                chunkwiseKernel(
+                                                                    steps: steps, chunk: $0, outputStride: projected == nil ? nil : width)
+                                                            }
                                                             let sden = attn ? pden.baseAddress.map(SharedConstPointer.init) : nil
                                                             let sbeta = pb.map(SharedConstPointer.init)
                                                             threads.forEach(seqs) { s in
@@ -615,12 +635,17 @@ public struct AttentionLayer: Sendable {
                                                                     let sw = AlignedFloats.lineRounded(dv * dk)
                                                                     let work = AlignedFloats(count: sc + sw + chunked.packedCount)
                                                                     let scratch = work.base
+                                                                    // Sequence s's rows: in dq, dk, dv of their own, or in
+                                                                    // its head's columns of the projection's gradient.
+                                                                    let (pdq, pdk, pdv) = projected.map { pp in
+                                                                        let base = pp.base + b * steps * width
+                                                                        return (base + h * dk, base + hd + h * dk, base + 2 * hd + h * dv)
+                                                                    } ?? (m.0.base + row * dk, m.1.base + row * dk, m.2.base + row * dv)
                                                                     chunked.backwardPacked(
                                                                         dy: c.0.base + row * dv, beta: sbeta.map { $0.base + row },
                                                                         saved: ssaved!.base + s * savedPerSequence, dw: scratch + sc,
-                                                                        scratch: scratch, dq: m.0.base + row * dk, dk: m.1.base + row * dk,
-                                                                        dv: m.2.base + row * dv, dbeta: sdb.map { $0.base + row },
-                                                                        packed: scratch + sc + sw)
+                                                                        scratch: scratch, dq: pdq, dk: pdk, dv: pdv,
+                                                                        dbeta: sdb.map { $0.base + row }, packed: scratch + sc + sw)
                                                                     return
                                                                 }
                                                                 var scratch = [Float](repeating: 0, count: dv * dk + 2 * dk + dv)

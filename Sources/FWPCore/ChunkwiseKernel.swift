@@ -127,11 +127,11 @@ public struct ChunkwiseKernel: Sendable {
     }
 
     /// This kernel reading q and k back to back (from `packedRows`) and v, dy at `valueStride`,
-    /// writing dq, dk at `outputKeyStride` and y, dv at the original value stride.
+    /// writing dq, dk at `outputKeyStride` and y, dv at this kernel's `outputValueStride`.
     private func packedKernel(valueStride vs: Int, outputKeyStride oks: Int) -> ChunkwiseKernel {
         ChunkwiseKernel(
             rule: rule, chunkSize: chunkSize, steps: steps, keySize: keySize, valueSize: valueSize, keyStride: keySize,
-            valueStride: vs, betaStride: betaStride, outputKeyStride: oks, outputValueStride: valueStride)
+            valueStride: vs, betaStride: betaStride, outputKeyStride: oks, outputValueStride: outputValueStride)
     }
 
     /// `forward` on copies of the sequence's q and k rows (and v for the sum rule) gathered into
@@ -161,12 +161,13 @@ public struct ChunkwiseKernel: Sendable {
             fwp_copy_rows(v, valueStride, rows.v, valueSize, steps, valueSize)
             vIn = UnsafePointer(rows.v)
         }
-        packedKernel(valueStride: rule == .sum ? valueSize : valueStride, outputKeyStride: keyStride).forward(
+        packedKernel(valueStride: rule == .sum ? valueSize : valueStride, outputKeyStride: outputKeyStride).forward(
             q: rows.q, k: rows.k, v: vIn, beta: beta, y: y, w: w, saved: saved, scratch: scratch)
     }
 
     /// `backward` after `forwardPacked`: q, k (v) are read from `saved`, dy is gathered into
-    /// `packed`; dq, dk, dv and dβ are written at their strides. Results are identical to `backward`'s.
+    /// `packed`; dq, dk (at `outputKeyStride`), dv (at `outputValueStride`) and dβ are written at
+    /// their strides. Results are identical to `backward`'s.
     public func backwardPacked(
         dy: UnsafePointer<Float>, beta: UnsafePointer<Float>?, saved: UnsafePointer<Float>,
         dw: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>,
@@ -176,7 +177,7 @@ public struct ChunkwiseKernel: Sendable {
         let rows = packedRows(UnsafeMutablePointer(mutating: saved))
         fwp_copy_rows(dy, valueStride, packed, valueSize, steps, valueSize)
         guard featureMapped else {
-            packedKernel(valueStride: valueSize, outputKeyStride: keyStride).backward(
+            packedKernel(valueStride: valueSize, outputKeyStride: outputKeyStride).backward(
                 dy: packed, q: rows.q, k: rows.k, v: rows.v, beta: beta, saved: saved, dw: dw, scratch: scratch, dq: dq,
                 dk: dk, dv: dv, dbeta: dbeta, seeded: seeded)
             return
@@ -188,8 +189,10 @@ public struct ChunkwiseKernel: Sendable {
             dy: packed, q: rows.q, k: rows.k, v: rows.v, beta: beta, saved: saved, dw: dw, scratch: scratch, dq: dqf,
             dk: dkf, dv: dv, dbeta: dbeta, seeded: seeded)
         let sums = featureSums(UnsafeMutablePointer(mutating: saved))
-        fwp_elu_plus_one_sum_normalize_backward_strided(dqf, keySize, rows.q, keySize, sums.q, dq, keyStride, steps, keySize)
-        fwp_elu_plus_one_sum_normalize_backward_strided(dkf, keySize, rows.k, keySize, sums.k, dk, keyStride, steps, keySize)
+        fwp_elu_plus_one_sum_normalize_backward_strided(
+            dqf, keySize, rows.q, keySize, sums.q, dq, outputKeyStride, steps, keySize)
+        fwp_elu_plus_one_sum_normalize_backward_strided(
+            dkf, keySize, rows.k, keySize, sums.k, dk, outputKeyStride, steps, keySize)
     }
 
     /// Runs the recurrence from state `w` (d_value × d_dot, row-major), leaving the final state in
