@@ -452,10 +452,15 @@ public struct AttentionLayer: Sendable {
         cache.probabilities = probs
     }
 
-    /// Accumulates parameter gradients and returns dx.
-    func backward(_ dOut: Tensor, cache: Cache, _ p: ParameterStore, _ g: inout ParameterStore, threads: ComputeThreads) -> Tensor {
+    /// Accumulates parameter gradients and returns dx. With `overwrite` the gradients of the
+    /// weights in `overwrittenGradients` are written, not added (g's entries for them may be
+    /// uninitialised).
+    func backward(
+        _ dOut: Tensor, cache: Cache, _ p: ParameterStore, _ g: inout ParameterStore, threads: ComputeThreads,
+        overwrite: Bool = false
+    ) -> Tensor {
         let n = cache.batch * cache.steps, hd = heads * headSize, dh = headSize
-        var dCore = out.backward(dOut, input: cache.attended, p, &g)
+        var dCore = out.backward(dOut, input: cache.attended, p, &g, overwrite: overwrite)
         if kind == .fastWeight && outputScale != 1 { Vec.scaleTensor(outputScale, &dCore) }
         var dqRaw: Tensor, dkRaw: Tensor, dv: Tensor
         var dBetaLogit: Tensor? = nil
@@ -483,18 +488,31 @@ public struct AttentionLayer: Sendable {
             dBetaLogit?.withUnsafePointer { fwp_copy_rows($0, heads, pp + 3 * hd, width, n, heads) }
         }
         _ = dh
-        guard let beta, let dBetaLogit else { return qkv.backward(dProjected, input: cache.input, p, &g) }
+        guard let beta, let dBetaLogit else {
+            return qkv.backward(dProjected, input: cache.input, p, &g, overwrite: overwrite)
+        }
         // One product for the weight gradients of qkv and β together, split into the two.
         var dw = Tensor(uninitializedShape: [width, qkv.inFeatures])  // beta 0: written in full
         BLAS.gemm(dProjected, transposeA: true, cache.input, beta: 0, into: &dw)
         let split = 3 * hd * qkv.inFeatures
         dw.withUnsafePointer { pw in
-            g.values[qkv.weight].withUnsafeMutablePointer { Vec.axpy(1, pw, $0, split) }
-            g.values[beta.weight].withUnsafeMutablePointer { Vec.axpy(1, pw + split, $0, heads * qkv.inFeatures) }
+            g.values[qkv.weight].withUnsafeMutablePointer {
+                if overwrite { $0.update(from: pw, count: split) } else { Vec.axpy(1, pw, $0, split) }
+            }
+            g.values[beta.weight].withUnsafeMutablePointer {
+                if overwrite {
+                    $0.update(from: pw + split, count: heads * qkv.inFeatures)
+                } else {
+                    Vec.axpy(1, pw + split, $0, heads * qkv.inFeatures)
+                }
+            }
         }
         addColumnSums(dBetaLogit, into: &g.values[beta.bias!])
         return BLAS.matmul(dProjected, projectionWeight(p))
     }
+
+    /// The weights whose gradients `backward` writes with `overwrite`.
+    var overwrittenGradients: [Int] { [qkv.weight, out.weight] + (beta.map { [$0.weight] } ?? []) }
 
     /// Columns of the input projection: q, k, v, and for the delta rule the H β logits.
     private var projectionWidth: Int { 3 * heads * headSize + (beta != nil ? heads : 0) }

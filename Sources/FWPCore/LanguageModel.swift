@@ -197,10 +197,13 @@ public struct LanguageModel: Sendable {
 
     /// Gradients of the loss with respect to every parameter, given dL/dlogits.
     public func backward(_ dLogits: Tensor, cache: Cache) -> ParameterStore {
-        var g = parameters.zerosLike()
+        // The weight matrices' gradients are each written once, by a product that overwrites
+        // them (the output layer's first, before a tied embedding's rows are added into it):
+        // left uninitialised here rather than zeroed and added into.
+        var g = parameters.zerosLike(leavingUninitialized: overwrittenGradients)
         addColumnSums(dLogits, into: &g.values[headBias])
         let wIndex = head?.weight ?? embedding.weight
-        BLAS.gemm(dLogits, transposeA: true, cache.finalHidden, beta: 1, into: &g.values[wIndex])
+        BLAS.gemm(dLogits, transposeA: true, cache.finalHidden, beta: 0, into: &g.values[wIndex])
         var dx = finalNorm.backward(BLAS.matmul(dLogits, parameters.values[wIndex]), cache: cache.finalNorm, parameters, &g)
         /// dx masked by a dropout mask, or dx itself (no copy) without one.
         func masked(_ dx: Tensor, _ mask: [Float]?) -> Tensor {
@@ -210,14 +213,27 @@ public struct LanguageModel: Sendable {
             return d
         }
         for (block, c) in zip(blocks, cache.blocks).reversed() {
-            let dh2 = block.feedForward.backward(masked(dx, c.feedForwardMask), cache: c.feedForward, parameters, &g)
+            let dh2 = block.feedForward.backward(
+                masked(dx, c.feedForwardMask), cache: c.feedForward, parameters, &g, overwrite: true)
             block.norm2.backward(dh2, cache: c.norm2, parameters, &g, addingTo: &dx)
-            let dh1 = block.attention.backward(masked(dx, c.attentionMask), cache: c.attention, parameters, &g, threads: threads)
+            let dh1 = block.attention.backward(
+                masked(dx, c.attentionMask), cache: c.attention, parameters, &g, threads: threads, overwrite: true)
             block.norm1.backward(dh1, cache: c.norm1, parameters, &g, addingTo: &dx)
         }
         Dropout.apply(cache.embeddingMask, to: &dx)
         embedding.backward(dx, tokens: cache.tokens, &g)
         return g
+    }
+
+    /// The parameters whose gradients `backward` writes before anything adds into them: every
+    /// attention and feed-forward weight matrix, and the output layer's (or the tied embedding).
+    var overwrittenGradients: Set<Int> {
+        var s: Set<Int> = [head?.weight ?? embedding.weight]
+        for block in blocks {
+            s.formUnion(block.attention.overwrittenGradients)
+            s.formUnion(block.feedForward.overwrittenGradients)
+        }
+        return s
     }
 
     /// Where `lossAndGradients` cuts a batch into shards of whole sequences: the bounds, from 0 to

@@ -38,16 +38,21 @@ public struct Linear: Sendable {
     }
 
     /// Accumulates dW += dyᵀ x, db += Σ dy (unless the caller has: `biasDone`) and returns dx = dy W.
+    /// With `overwrite`, dW ← dyᵀ x instead (g's entry for W may be uninitialised).
     public func backward(
-        _ dy: Tensor, input x: Tensor, _ p: ParameterStore, _ g: inout ParameterStore, biasDone: Bool = false
+        _ dy: Tensor, input x: Tensor, _ p: ParameterStore, _ g: inout ParameterStore, biasDone: Bool = false,
+        overwrite: Bool = false
     ) -> Tensor {
-        accumulateGradients(dy, input: x, &g, biasDone: biasDone)
+        accumulateGradients(dy, input: x, &g, biasDone: biasDone, overwrite: overwrite)
         return BLAS.matmul(dy, p.values[weight])
     }
 
-    /// The parameter half of `backward`: dW += dyᵀ x and db += Σ dy (unless `biasDone`).
-    public func accumulateGradients(_ dy: Tensor, input x: Tensor, _ g: inout ParameterStore, biasDone: Bool = false) {
-        BLAS.gemm(dy, transposeA: true, x, beta: 1, into: &g.values[weight])
+    /// The parameter half of `backward`: dW += dyᵀ x (dW ← dyᵀ x with `overwrite`) and db += Σ dy
+    /// (unless `biasDone`).
+    public func accumulateGradients(
+        _ dy: Tensor, input x: Tensor, _ g: inout ParameterStore, biasDone: Bool = false, overwrite: Bool = false
+    ) {
+        BLAS.gemm(dy, transposeA: true, x, beta: overwrite ? 0 : 1, into: &g.values[weight])
         if let bias, !biasDone { addColumnSums(dy, into: &g.values[bias]) }
     }
 }
@@ -259,24 +264,29 @@ public struct FeedForward: Sendable {
     /// ReLU(x W₁ᵀ + b₁), written once where the dense kernel runs (`BLAS.linear`).
     private func hidden(_ x: Tensor, _ p: ParameterStore) -> Tensor { fc1.forward(x, p, relu: true) }
 
-    /// `native` selects the AVX2 C kernel (`VectorKernels`) for ReLU's gradient.
+    /// `native` selects the AVX2 C kernel (`VectorKernels`) for ReLU's gradient. With `overwrite`
+    /// the two weights' gradients are written, not added (g's entries for them may be uninitialised).
     public func backward(
-        _ dy: Tensor, cache: Cache, _ p: ParameterStore, _ g: inout ParameterStore, native: Bool = VectorKernels.enabled
+        _ dy: Tensor, cache: Cache, _ p: ParameterStore, _ g: inout ParameterStore, native: Bool = VectorKernels.enabled,
+        overwrite: Bool = false
     ) -> Tensor {
         guard native else {
-            var dh = fc2.backward(dy, input: cache.hidden, p, &g)
+            var dh = fc2.backward(dy, input: cache.hidden, p, &g, overwrite: overwrite)
             let rows = dh.rows, n = dh.columns
             cache.hidden.withUnsafePointer { ph in dh.withUnsafeMutablePointer { Vec.reluBackward($0, output: ph, rows * n) } }
-            return fc1.backward(dh, input: cache.input, p, &g)
+            return fc1.backward(dh, input: cache.input, p, &g, overwrite: overwrite)
         }
         // dh = (dy W₂) ⊙ [h > 0] and fc1's bias gradient (column sums) together: in the dense
         // kernel's pass over dh where it runs, otherwise one C pass after the product.
-        fc2.accumulateGradients(dy, input: cache.hidden, &g)
+        fc2.accumulateGradients(dy, input: cache.hidden, &g, overwrite: overwrite)
         var dh = Tensor(uninitializedShape: [dy.rows, fc2.inFeatures])  // written by the product
         BLAS.gatedProduct(
             dy, weight: p.values[fc2.weight], gate: cache.hidden, into: &dh, columnSums: &g.values[fc1.bias!], native: true)
-        return fc1.backward(dh, input: cache.input, p, &g, biasDone: true)
+        return fc1.backward(dh, input: cache.input, p, &g, biasDone: true, overwrite: overwrite)
     }
+
+    /// The weights whose gradients `backward` writes with `overwrite`.
+    var overwrittenGradients: [Int] { [fc1.weight, fc2.weight] }
 }
 
 /// Inverted dropout: keeps each element with probability 1 − p and scales kept ones by 1/(1 − p).

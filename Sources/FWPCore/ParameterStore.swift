@@ -38,6 +38,16 @@ public struct ParameterStore: Sendable, Equatable {
         return s
     }
 
+    /// The same names and shapes, zeros except the tensors in `skip`, left uninitialised (NaN
+    /// when poisoning is on) for a caller that writes every element of them first.
+    func zerosLike(leavingUninitialized skip: Set<Int>) -> ParameterStore {
+        var s = self
+        for i in s.values.indices {
+            s.values[i] = skip.contains(i) ? Tensor(uninitializedShape: values[i].shape) : Tensor(shape: values[i].shape)
+        }
+        return s
+    }
+
     /// Sets every tensor to zero in place.
     public mutating func zeroAll() {
         for i in values.indices { values[i].zero() }
