@@ -84,7 +84,7 @@ public struct Embedding: Sendable {
 
     /// Rows of the table for each token.
     public func forward(_ tokens: [Int], _ p: ParameterStore) -> Tensor {
-        var y = Tensor(shape: [tokens.count, dimension])
+        var y = Tensor(uninitializedShape: [tokens.count, dimension])  // every row copied in below
         let w = p.values[weight]
         w.withUnsafePointer { pw in
             y.withUnsafeMutablePointer { py in
