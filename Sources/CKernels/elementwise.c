@@ -580,87 +580,76 @@ FWP_AVX2 void fwp_chunk_dbeta_lower(const float *g, float *da, const float *b, i
         for (int j = 0; j < i; j++) da[(long)j * ld + i] = da[(long)i * ld + j];
 }
 
-// Softmax cross-entropy, a row of n logits at a time, 16 lanes: the maximum, e^(x − max) into
-// the gradient row with its sum (four accumulators), then the scaling and the target's −scale.
-static FWP_AVX512 double cross_entropy512(const float *logits, const long *targets, float *grad, long rows, long n,
-                                          float scale) {
-    double total = 0;
-    for (long r = 0; r < rows; r++) {
-        const float *x = logits + r * n;
-        float *g = grad + r * n;
-        long t = targets[r];
-        if (t < 0) {
-            memset(g, 0, sizeof(float) * (size_t)n);
-            continue;
-        }
-        const __m512 ninf = _mm512_set1_ps(-INFINITY);
-        __m512 mv = ninf;
-        for (long i = 0; i < n; i += 16) mv = _mm512_max_ps(mv, _mm512_mask_loadu_ps(ninf, lanes16(n - i), x + i));
-        const float m = _mm512_reduce_max_ps(mv);
-        const __m512 vm = _mm512_set1_ps(m);
-        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-        for (long i = 0, v = 0; i < n; i += 16, v++) {
-            __mmask16 mk = lanes16(n - i);
-            __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + i), vm);
-            __m512 e = exp_nonpositive512(d);
-            e = _mm512_mask_mov_ps(e, _mm512_cmp_ps_mask(d, d, _CMP_UNORD_Q), d);  // NaN stays NaN
-            e = _mm512_maskz_mov_ps(mk, e);
-            _mm512_mask_storeu_ps(g + i, mk, e);
-            acc[v & 3] = _mm512_add_ps(acc[v & 3], e);
-        }
-        float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
-        const __m512 f = _mm512_set1_ps(1.0f / sum * scale);
-        for (long i = 0; i < n; i += 16) {
-            __mmask16 mk = lanes16(n - i);
-            _mm512_mask_storeu_ps(g + i, mk, _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, g + i), f));
-        }
-        g[t] -= scale;
-        total += (double)(logf(sum) + m - x[t]);
+// One row of softmax cross-entropy, 16 lanes: the maximum (*max), e^(x − max) into g with its
+// sum (four accumulators; returned), then g scaled by scale / sum. NaN logits stay NaN.
+static FWP_AVX512 float cross_entropy_row512(const float *x, float *g, long n, float scale, float *max) {
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    __m512 mv = ninf;
+    for (long i = 0; i < n; i += 16) mv = _mm512_max_ps(mv, _mm512_mask_loadu_ps(ninf, lanes16(n - i), x + i));
+    const float m = _mm512_reduce_max_ps(mv);
+    const __m512 vm = _mm512_set1_ps(m);
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (long i = 0, v = 0; i < n; i += 16, v++) {
+        __mmask16 mk = lanes16(n - i);
+        __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + i), vm);
+        __m512 e = exp_nonpositive512(d);
+        e = _mm512_mask_mov_ps(e, _mm512_cmp_ps_mask(d, d, _CMP_UNORD_Q), d);
+        e = _mm512_maskz_mov_ps(mk, e);
+        _mm512_mask_storeu_ps(g + i, mk, e);
+        acc[v & 3] = _mm512_add_ps(acc[v & 3], e);
     }
-    return total;
+    float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+    const __m512 f = _mm512_set1_ps(1.0f / sum * scale);
+    for (long i = 0; i < n; i += 16) {
+        __mmask16 mk = lanes16(n - i);
+        _mm512_mask_storeu_ps(g + i, mk, _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, g + i), f));
+    }
+    *max = m;
+    return sum;
 }
 
-// The same with 8 lanes.
-static FWP_AVX2 double cross_entropy256(const float *logits, const long *targets, float *grad, long rows, long n,
-                                        float scale) {
-    double total = 0;
-    for (long r = 0; r < rows; r++) {
-        const float *x = logits + r * n;
-        float *g = grad + r * n;
-        long t = targets[r];
-        if (t < 0) {
-            memset(g, 0, sizeof(float) * (size_t)n);
-            continue;
-        }
-        float m = -INFINITY;
-        for (long i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
-        const __m256 vm = _mm256_set1_ps(m);
-        __m256 acc = _mm256_setzero_ps();
-        for (long i = 0; i < n; i += 8) {
-            __m256i mk = tail_mask(n - i < 8 ? n - i : 1);
-            __m256 d = _mm256_sub_ps(load_upto(x + i, n - i, mk), vm);
-            __m256 e = exp_nonpositive(d);
-            e = _mm256_blendv_ps(e, d, _mm256_cmp_ps(d, d, _CMP_UNORD_Q));
-            if (n - i < 8) e = _mm256_and_ps(e, _mm256_castsi256_ps(mk));
-            store_upto(g + i, n - i, mk, e);
-            acc = _mm256_add_ps(acc, e);
-        }
-        float sum = hsum(acc);
-        const __m256 f = _mm256_set1_ps(1.0f / sum * scale);
-        for (long i = 0; i < n; i += 8) {
-            __m256i mk = tail_mask(n - i < 8 ? n - i : 1);
-            store_upto(g + i, n - i, mk, _mm256_mul_ps(load_upto(g + i, n - i, mk), f));
-        }
-        g[t] -= scale;
-        total += (double)(logf(sum) + m - x[t]);
+// The same with 8 lanes (one accumulator).
+static FWP_AVX2 float cross_entropy_row256(const float *x, float *g, long n, float scale, float *max) {
+    float m = -INFINITY;
+    for (long i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+    const __m256 vm = _mm256_set1_ps(m);
+    __m256 acc = _mm256_setzero_ps();
+    for (long i = 0; i < n; i += 8) {
+        __m256i mk = tail_mask(n - i < 8 ? n - i : 1);
+        __m256 d = _mm256_sub_ps(load_upto(x + i, n - i, mk), vm);
+        __m256 e = exp_nonpositive(d);
+        e = _mm256_blendv_ps(e, d, _mm256_cmp_ps(d, d, _CMP_UNORD_Q));
+        if (n - i < 8) e = _mm256_and_ps(e, _mm256_castsi256_ps(mk));
+        store_upto(g + i, n - i, mk, e);
+        acc = _mm256_add_ps(acc, e);
     }
-    return total;
+    float sum = hsum(acc);
+    const __m256 f = _mm256_set1_ps(1.0f / sum * scale);
+    for (long i = 0; i < n; i += 8) {
+        __m256i mk = tail_mask(n - i < 8 ? n - i : 1);
+        store_upto(g + i, n - i, mk, _mm256_mul_ps(load_upto(g + i, n - i, mk), f));
+    }
+    *max = m;
+    return sum;
 }
 
 double fwp_cross_entropy(const float *logits, const long *targets, float *grad, long rows, long n, float scale) {
     if (n <= 0) return 0;
-    return fwp_small_sgemm_uses_avx512() ? cross_entropy512(logits, targets, grad, rows, n, scale)
-                                         : cross_entropy256(logits, targets, grad, rows, n, scale);
+    const int wide = fwp_small_sgemm_uses_avx512();
+    double total = 0;
+    for (long r = 0; r < rows; r++) {
+        const float *x = logits + r * n;
+        float *g = grad + r * n;
+        long t = targets[r];
+        if (t < 0) {
+            memset(g, 0, sizeof(float) * (size_t)n);
+            continue;
+        }
+        float m, sum = wide ? cross_entropy_row512(x, g, n, scale, &m) : cross_entropy_row256(x, g, n, scale, &m);
+        g[t] -= scale;
+        total += (double)(logf(sum) + m - x[t]);
+    }
+    return total;
 }
 
 #else
