@@ -166,6 +166,56 @@ import Testing
         #expect(native[0].contains { $0 != 0 } && native[3].contains { $0 != 0 }, "outputs were written")
     }
 
+    /// Output strides of their own (the attention writes dq, dk, dv into the input projection's
+    /// gradient this way): the same values as with the input strides, at the new places, and
+    /// nothing written between them.
+    @Test(.enabled(if: VectorKernels.supported), arguments: [UpdateRule.delta, .sum])
+    func packedBackwardWritesAtItsOutputStrides(_ rule: UpdateRule) {
+        let heads = 2, d = 16, T = 40, h = 1, ks = heads * d, wide = 3 * ks + 5
+        var rng = FWPRandom(seed: 13)
+        func rand(_ n: Int) -> [Float] { (0..<n).map { _ in Float(rng.normal()) } }
+        let q = rand(T * ks), k = rand(T * ks), v = rand(T * ks), dy = rand(T * ks)
+        let beta = (0..<(T * heads)).map { _ in Float(rng.uniform()) * 0.9 + 0.05 }
+        let owned = OwnedBuffers()
+        let buf = owned.copy
+        let pb: UnsafeMutablePointer<Float>? = rule == .delta ? buf(beta) + h : nil
+        func run(outputStride: Int?) -> (dq: [Float], dk: [Float], dv: [Float]) {
+            let ch = ChunkwiseKernel(
+                rule: rule, chunkSize: 16, steps: T, keySize: d, valueSize: d, keyStride: ks, valueStride: ks,
+                betaStride: heads, outputKeyStride: outputStride, outputValueStride: outputStride, featureMapped: true)
+            let forwardKernel = ChunkwiseKernel(
+                rule: rule, chunkSize: 16, steps: T, keySize: d, valueSize: d, keyStride: ks, valueStride: ks,
+                betaStride: heads, featureMapped: true)
+            let saved = buf([Float](repeating: .nan, count: ch.packedSavedCount))
+            forwardKernel.forwardPacked(
+                q: buf(q) + h * d, k: buf(k) + h * d, v: buf(v) + h * d, beta: pb, y: buf([Float](repeating: 0, count: T * ks)) + h * d,
+                w: buf([Float](repeating: 0, count: d * d)), saved: saved,
+                scratch: buf([Float](repeating: .nan, count: ch.scratchCount)))
+            let os = outputStride ?? ks, n = T * os
+            let out = buf([Float](repeating: 7, count: 3 * n))  // dq, dk, dv regions, 7 where nothing is written
+            ch.backwardPacked(
+                dy: buf(dy) + h * d, beta: pb, saved: saved, dw: buf([Float](repeating: 0, count: d * d)),
+                scratch: buf([Float](repeating: .nan, count: ch.scratchCount)), dq: out + h * d, dk: out + n + h * d,
+                dv: out + 2 * n + h * d, dbeta: rule == .delta ? buf([Float](repeating: 0, count: T * heads)) + h : nil,
+                packed: buf([Float](repeating: .nan, count: ch.packedCount)))
+            let all = Array(UnsafeBufferPointer(start: out, count: 3 * n))
+            return (Array(all[0..<n]), Array(all[n..<(2 * n)]), Array(all[(2 * n)...]))
+        }
+        let base = run(outputStride: nil), strided = run(outputStride: wide)
+        for (a, b, name) in [(base.dq, strided.dq, "dq"), (base.dk, strided.dk, "dk"), (base.dv, strided.dv, "dv")] {
+            for t in 0..<T {
+                for j in 0..<(wide) {
+                    let value = b[t * wide + j]
+                    if j >= h * d && j < h * d + d {
+                        #expect(value == a[t * ks + j], "\(name) row \(t) column \(j)")
+                    } else {
+                        #expect(value == 7, "\(name) written outside its rows at \(t), \(j)")
+                    }
+                }
+            }
+        }
+    }
+
     /// With `featureMapped` the packed kernel takes raw q, k and applies ELU + 1 with sum
     /// normalisation itself: exactly the feature map's own C pass, then the plain packed kernel,
     /// then the feature map's backward.
