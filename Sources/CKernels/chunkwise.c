@@ -115,7 +115,7 @@ void fwp_chunkwise_forward(const fwp_chunkwise_shape *s, const float *q, const f
         gemm(0, 0, c, c, dk, 1, qc, (int)ks, Kt, c, 0, NULL, 0, P, C);
         mask_upper(P, c, C);
         fwp_gemm_term terms[2] = {term(0, 0, dk, 0, qc, ks, St, dv), term(0, 0, c, 0, P, C, ut, ldu)};
-        fwp_small_sgemm_sum(c, dv, 2, terms, 1, 0, yc, (int)ovs, yc, (int)ovs);
+        fwp_small_sgemm_sum(c, dv, 2, terms, s->output_scale, 0, yc, (int)ovs, yc, (int)ovs);
         gemm(1, 0, dv, dk, c, 1, ut, (int)ldu, kc, (int)ks, 1, S, dk, ci + 1 < chunks ? saved + (long)(ci + 1) * dv * dk : w,
              dk);
     }

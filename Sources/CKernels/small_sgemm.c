@@ -178,6 +178,32 @@ static FWP_AVX2 void copy_rows_avx2(const float *src, long lds, float *dst, long
     }
 }
 
+static FWP_AVX2 void copy_rows_scaled_avx2(const float *src, long lds, float *dst, long ldd, long rows, long width,
+                                            float scale) {
+    const long ahead = 6;
+    const __m256 s = _mm256_set1_ps(scale);
+    for (long r = 0; r < rows; r++) {
+        const float *sr = src + r * lds;
+        float *d = dst + r * ldd;
+        if (r + ahead < rows)
+            for (long j = 0; j < width; j += 16) __builtin_prefetch(sr + ahead * lds + j, 0, 3);
+        long j = 0;
+        for (; j + 8 <= width; j += 8) _mm256_storeu_ps(d + j, _mm256_mul_ps(_mm256_loadu_ps(sr + j), s));
+        for (; j < width; j++) d[j] = sr[j] * scale;
+    }
+}
+
+void fwp_copy_rows_scaled(const float *src, long lds, float *dst, long ldd, long rows, long width, float scale) {
+    if (scale == 1.0f) {
+        fwp_copy_rows(src, lds, dst, ldd, rows, width);
+    } else if (fwp_small_sgemm_supported()) {
+        copy_rows_scaled_avx2(src, lds, dst, ldd, rows, width, scale);
+    } else {
+        for (long r = 0; r < rows; r++)
+            for (long j = 0; j < width; j++) dst[r * ldd + j] = src[r * lds + j] * scale;
+    }
+}
+
 void fwp_copy_rows(const float *src, long lds, float *dst, long ldd, long rows, long width) {
     static int avx2 = -1;
     if (avx2 < 0) avx2 = fwp_small_sgemm_supported();
@@ -406,6 +432,11 @@ int fwp_small_sgemm_uses_avx512(void) { return 0; }
 void fwp_copy_rows(const float *src, long lds, float *dst, long ldd, long rows, long width) {
     for (long r = 0; r < rows; r++)
         for (long j = 0; j < width; j++) dst[r * ldd + j] = src[r * lds + j];
+}
+
+void fwp_copy_rows_scaled(const float *src, long lds, float *dst, long ldd, long rows, long width, float scale) {
+    for (long r = 0; r < rows; r++)
+        for (long j = 0; j < width; j++) dst[r * ldd + j] = src[r * lds + j] * scale;
 }
 
 void fwp_transpose(int rows, int cols, const float *src, int lds, float *dst, int ldd) {

@@ -126,6 +126,8 @@ public struct AttentionLayer: Sendable {
         var beta: Tensor?  // (N·H), after the sigmoid
         var saved: AlignedFloats, denominators: [Float]
         var chunkSize: Int?  // set when the chunkwise kernel ran; `saved` then holds its data
+        /// Whether `core` already holds outputScale · y (the chunkwise kernel's product applied it).
+        var outputScaled = false
         var core: Tensor  // N × H·d_head, before outputScale
         var attended: Tensor  // N × H·d_head, after outputScale (input of `out`)
         var probabilities: [Float]  // softmax: B·H blocks of T × T
@@ -181,8 +183,8 @@ public struct AttentionLayer: Sendable {
                 &cache, betaLogits: betaLogits, buffers, state: &state, training: training, rng: &rng,
                 threads: threads)
         }
-        if kind == .fastWeight && outputScale != 1 {
-            // One pass into a new tensor (the backward still reads `core` unscaled).
+        if kind == .fastWeight && outputScale != 1 && !cache.outputScaled {
+            // One pass into a new tensor (the recurrence's backward reads `core` unscaled).
             cache.attended = Tensor(uninitializedShape: cache.core.shape)
             let count = cache.core.count
             cache.core.withUnsafePointer { pc in
@@ -263,11 +265,14 @@ public struct AttentionLayer: Sendable {
 
     /// The chunkwise kernel for sequences of `steps`; with `outputStride` its backward writes dq,
     /// dk and dv at that row stride (into the input projection's gradient).
-    private func chunkwiseKernel(steps: Int, chunk: Int, outputStride: Int? = nil) -> ChunkwiseKernel {
+    private func chunkwiseKernel(
+        steps: Int, chunk: Int, outputStride: Int? = nil, outputScale: Float = 1
+    ) -> ChunkwiseKernel {
         ChunkwiseKernel(
             rule: rule, chunkSize: chunk, steps: steps, keySize: featureMap.outputSize, valueSize: headSize,
             keyStride: heads * featureMap.outputSize, valueStride: heads * headSize, betaStride: heads,
-            outputKeyStride: outputStride, outputValueStride: outputStride, featureMapped: featureMapInKernel(steps: steps))
+            outputKeyStride: outputStride, outputValueStride: outputStride, featureMapped: featureMapInKernel(steps: steps),
+            outputScale: outputScale)
     }
 
     private func fastWeightForward(_ cache: inout Cache, state: inout AttentionState?, threads: ComputeThreads) {
@@ -282,7 +287,9 @@ public struct AttentionLayer: Sendable {
         precondition(weights.count == seqs * dv * dk, "carried state is for another batch size or shape")
         let chunk = chunkSize(steps: steps)
         cache.chunkSize = chunk
-        let chunked = chunk.map { chunkwiseKernel(steps: steps, chunk: $0) }
+        // The chunkwise kernel applies the output scale in the product that makes y.
+        cache.outputScaled = chunk != nil && outputScale != 1
+        let chunked = chunk.map { chunkwiseKernel(steps: steps, chunk: $0, outputScale: outputScale) }
         // Each sequence's part starts on a cache line. The chunkwise forward writes every saved
         // float and every output row; only the recurrence relies on zeroed buffers.
         let savedPerSequence = AlignedFloats.lineRounded(chunked?.packedSavedCount ?? (rule == .delta ? steps * dv : 0))
@@ -461,7 +468,8 @@ public struct AttentionLayer: Sendable {
     ) -> Tensor {
         let n = cache.batch * cache.steps, hd = heads * headSize, dh = headSize
         var dCore = out.backward(dOut, input: cache.attended, p, &g, overwrite: overwrite)
-        if kind == .fastWeight && outputScale != 1 { Vec.scaleTensor(outputScale, &dCore) }
+        // (where the chunkwise kernel scaled its output, it scales this gradient as it gathers it)
+        if kind == .fastWeight && outputScale != 1 && !cache.outputScaled { Vec.scaleTensor(outputScale, &dCore) }
         var dqRaw: Tensor, dkRaw: Tensor, dv: Tensor
         var dBetaLogit: Tensor? = nil
         let width = projectionWidth
@@ -640,7 +648,8 @@ public struct AttentionLayer: Sendable {
                                                             let width = projectionWidth, hd = heads * headSize
                                                             let chunked = cache.chunkSize.map {
                                                                 chunkwiseKernel(
-                                                                    steps: steps, chunk: $0, outputStride: projected == nil ? nil : width)
+                                                                    steps: steps, chunk: $0, outputStride: projected == nil ? nil : width,
+                                                                    outputScale: cache.outputScaled ? outputScale : 1)
                                                             }
                                                             let sden = attn ? pden.baseAddress.map(SharedConstPointer.init) : nil
                                                             let sbeta = pb.map(SharedConstPointer.init)

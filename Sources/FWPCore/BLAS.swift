@@ -235,8 +235,10 @@ public enum BLAS {
     /// as in `gemm`). On the small kernel every register block of C accumulates all terms before
     /// it is stored, so C is loaded and stored once instead of once per term; otherwise (or when
     /// a term is too large for it) the terms are products accumulated one after another.
+    /// With `alpha`, C ← alpha · Σ ±op(Aᵢ) · op(Bᵢ) + beta · C_in (on the small kernel, alpha times
+    /// the block's sum, rounded once).
     public static func gemmSum(
-        m: Int, n: Int, _ t0: Term, _ t1: Term, _ t2: Term? = nil, _ t3: Term? = nil, beta: Float,
+        m: Int, n: Int, _ t0: Term, _ t1: Term, _ t2: Term? = nil, _ t3: Term? = nil, alpha: Float = 1, beta: Float,
         cIn: UnsafePointer<Float>? = nil, ldcIn: Int = 0, c: UnsafeMutablePointer<Float>, ldc: Int
     ) {
         if m == 0 || n == 0 { return }
@@ -259,7 +261,7 @@ public enum BLAS {
             withUnsafePointer(to: &kernelTerms) { p in
                 p.withMemoryRebound(to: fwp_gemm_term.self, capacity: 4) { pt in
                     fwp_small_sgemm_sum(
-                        Int32(m), Int32(n), Int32(count), pt, 1, beta, cIn ?? UnsafePointer(c),
+                        Int32(m), Int32(n), Int32(count), pt, alpha, beta, cIn ?? UnsafePointer(c),
                         Int32(cIn == nil ? ldc : ldcIn), c, Int32(ldc))
                 }
             }
@@ -269,7 +271,7 @@ public enum BLAS {
             let term = t!
             gemm(
                 transposeA: term.transposeA, transposeB: term.transposeB, m: m, n: n, k: term.k,
-                alpha: term.negate ? -1 : 1, a: term.a, lda: term.lda, b: term.b, ldb: term.ldb,
+                alpha: term.negate ? -alpha : alpha, a: term.a, lda: term.lda, b: term.b, ldb: term.ldb,
                 beta: i == 0 ? beta : 1, cIn: i == 0 ? cIn : nil, ldcIn: i == 0 ? ldcIn : 0, c: c, ldc: ldc)
         }
     }

@@ -45,6 +45,10 @@ public struct ChunkwiseKernel: Sendable {
     /// returns their gradients before it. Requires `VectorKernels.supported`.
     public let featureMapped: Bool
     public let betaStride: Int
+    /// The forward writes outputScale · y (the attention's 1/√d folded into the product that
+    /// makes y, not a pass of its own); `backwardPacked` then takes the gradient of that scaled
+    /// output and scales it back as it gathers it. The plain `backward` requires 1.
+    public let outputScale: Float
     /// Whether the loops over chunks run in C where they can (`nativeShape`); off, they run in
     /// Swift (for tests that compare the two).
     var nativeLoops = true
@@ -52,8 +56,9 @@ public struct ChunkwiseKernel: Sendable {
     public init(
         rule: UpdateRule, chunkSize: Int, steps: Int, keySize: Int, valueSize: Int, keyStride: Int,
         valueStride: Int, betaStride: Int, outputKeyStride: Int? = nil, outputValueStride: Int? = nil,
-        featureMapped: Bool = false
+        featureMapped: Bool = false, outputScale: Float = 1
     ) {
+        self.outputScale = outputScale
         precondition(!featureMapped || VectorKernels.supported, "the fused feature map needs AVX2 and FMA")
         self.featureMapped = featureMapped
         precondition(chunkSize >= 1 && steps >= 0)
@@ -128,10 +133,13 @@ public struct ChunkwiseKernel: Sendable {
 
     /// This kernel reading q and k back to back (from `packedRows`) and v, dy at `valueStride`,
     /// writing dq, dk at `outputKeyStride` and y, dv at this kernel's `outputValueStride`.
-    private func packedKernel(valueStride vs: Int, outputKeyStride oks: Int) -> ChunkwiseKernel {
-        ChunkwiseKernel(
+    private func packedKernel(valueStride vs: Int, outputKeyStride oks: Int, outputScale: Float = 1) -> ChunkwiseKernel {
+        var kernel = ChunkwiseKernel(
             rule: rule, chunkSize: chunkSize, steps: steps, keySize: keySize, valueSize: valueSize, keyStride: keySize,
-            valueStride: vs, betaStride: betaStride, outputKeyStride: oks, outputValueStride: outputValueStride)
+            valueStride: vs, betaStride: betaStride, outputKeyStride: oks, outputValueStride: outputValueStride,
+            outputScale: outputScale)
+        kernel.nativeLoops = nativeLoops
+        return kernel
     }
 
     /// `forward` on copies of the sequence's q and k rows (and v for the sum rule) gathered into
@@ -161,7 +169,9 @@ public struct ChunkwiseKernel: Sendable {
             fwp_copy_rows(v, valueStride, rows.v, valueSize, steps, valueSize)
             vIn = UnsafePointer(rows.v)
         }
-        packedKernel(valueStride: rule == .sum ? valueSize : valueStride, outputKeyStride: outputKeyStride).forward(
+        packedKernel(
+            valueStride: rule == .sum ? valueSize : valueStride, outputKeyStride: outputKeyStride, outputScale: outputScale
+        ).forward(
             q: rows.q, k: rows.k, v: vIn, beta: beta, y: y, w: w, saved: saved, scratch: scratch)
     }
 
@@ -175,7 +185,8 @@ public struct ChunkwiseKernel: Sendable {
         dbeta: UnsafeMutablePointer<Float>?, seeded: Bool = false, packed: UnsafeMutablePointer<Float>
     ) {
         let rows = packedRows(UnsafeMutablePointer(mutating: saved))
-        fwp_copy_rows(dy, valueStride, packed, valueSize, steps, valueSize)
+        // The gradient of the scaled output, times the scale: the gradient of y itself.
+        fwp_copy_rows_scaled(dy, valueStride, packed, valueSize, steps, valueSize, outputScale)
         guard featureMapped else {
             packedKernel(valueStride: valueSize, outputKeyStride: outputKeyStride).backward(
                 dy: packed, q: rows.q, k: rows.k, v: rows.v, beta: beta, saved: saved, dw: dw, scratch: scratch, dq: dq,
@@ -256,7 +267,7 @@ public struct ChunkwiseKernel: Sendable {
             maskUpper(P, c: c, ld: C)
             BLAS.gemmSum(
                 m: c, n: dv, .init(k: dk, a: qc, lda: ks, b: St, ldb: dv), .init(k: c, a: P, lda: C, b: ut, ldb: ldu),
-                beta: 0, c: yc, ldc: ovs)
+                alpha: outputScale, beta: 0, c: yc, ldc: ovs)
             // S ← S + Ũᵀ K, into the next chunk's slot (or w after the last chunk)
             BLAS.gemm(
                 transposeA: true, transposeB: false, m: dv, n: dk, k: c, a: ut, lda: ldu, b: kc, ldb: ks, beta: 1,
@@ -274,6 +285,7 @@ public struct ChunkwiseKernel: Sendable {
         dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
         dbeta: UnsafeMutablePointer<Float>?, seeded: Bool = false
     ) {
+        precondition(outputScale == 1, "the plain backward takes the gradient of an unscaled output")
         if var shape = nativeShape {
             fwp_chunkwise_backward(&shape, dy, q, k, v, beta, saved, dw, scratch, dq, dk, dv, dbeta, seeded ? 1 : 0)
             return
@@ -401,7 +413,7 @@ public struct ChunkwiseKernel: Sendable {
             value_size: Int32(valueSize), key_stride: keyStride, value_stride: valueStride,
             output_key_stride: outputKeyStride, output_value_stride: outputValueStride, beta_stride: betaStride,
             u_offset: savedUOffset, m_offset: savedMOffset, x_offset: savedXOffset, p_offset: savedPOffset,
-            g_offset: savedGOffset)
+            g_offset: savedGOffset, output_scale: outputScale)
     }
 
     /// Asks for chunk `ci`'s v rows, which the forward reads at their stride (a head's slice of

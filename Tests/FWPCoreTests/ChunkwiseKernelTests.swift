@@ -156,7 +156,23 @@ import Testing
                 array(dvO, T * vs), array(db, T * heads), array(dw, dv * dk),
             ]
         }
+        // The forward with an output scale (1/√32, not a power of two): y scaled in the product.
+        func scaledForward(native: Bool) -> [Float] {
+            var ch = ChunkwiseKernel(
+                rule: rule, chunkSize: chunk, steps: T, keySize: dk, valueSize: dv, keyStride: ks, valueStride: vs,
+                betaStride: heads, outputScale: 1 / Float(32).squareRoot())
+            ch.nativeLoops = native
+            let y = buf([Float](repeating: 0, count: T * vs))
+            ch.forward(
+                q: buf(q) + h * dk, k: buf(k) + h * dk, v: buf(v) + h * dv, beta: isDelta ? buf(beta) + h : nil,
+                y: y + h * dv, w: buf(w0), saved: buf([Float](repeating: .nan, count: ch.savedCount)),
+                scratch: buf([Float](repeating: .nan, count: ch.scratchCount)))
+            return array(y, T * vs)
+        }
+        #expect(scaledForward(native: true).map(\.bitPattern) == scaledForward(native: false).map(\.bitPattern), "scaled y")
         let native = run(native: true), swift = run(native: false)
+        let scale = 1 / Float(32).squareRoot()
+        #expect(zip(scaledForward(native: true), native[0]).allSatisfy { $0 == scale * $1 }, "y scaled in the product, rounded once")
         for (i, name) in ["y", "final state", "saved", "dq", "dk", "dv", "dβ", "dw"].enumerated() {
             // Bitwise, so NaN-safe: the saved space starts as NaN and a partial last chunk leaves
             // the columns past its length unwritten, in both.

@@ -98,6 +98,9 @@ void fwp_transpose(int rows, int cols, const float *src, int lds, float *dst, in
 /// source a few rows ahead. Runs on any CPU.
 void fwp_copy_rows(const float *src, long lds, float *dst, long ldd, long rows, long width);
 
+/// fwp_copy_rows with every element multiplied by scale (one rounding; a plain copy when scale is 1).
+void fwp_copy_rows_scaled(const float *src, long lds, float *dst, long ldd, long rows, long width, float scale);
+
 /// Asks the cache hierarchy for rows r < rows of `width` floats at p + r · stride (a prefetch
 /// hint per 64-byte line; no effect on results). Runs on any CPU.
 void fwp_prefetch_rows(const float *p, long stride, long rows, long width);
@@ -163,6 +166,7 @@ typedef struct fwp_chunkwise_shape {
     int delta, chunk, steps, key_size, value_size;
     long key_stride, value_stride, output_key_stride, output_value_stride, beta_stride;
     long u_offset, m_offset, x_offset, p_offset, g_offset;
+    float output_scale;  // the forward writes output_scale · y
 } fwp_chunkwise_shape;
 
 /// ChunkwiseKernel.forward's loop over chunks, on the small kernel and the C × C helpers below
