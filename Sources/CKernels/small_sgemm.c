@@ -155,15 +155,21 @@ FWP_AVX2 void fwp_transpose(int rows, int cols, const float *src, int lds, float
         for (int p = 0; p < cols; p++) dst[(long)p * ldd + j] = src[(long)j * lds + p];
 }
 
-// Rows of `width` floats from src (stride lds) to dst (stride ldd), prefetching the source a few
-// rows ahead: the model's per-head rows lie H·d floats apart, mostly outside L1 and L2.
-static FWP_AVX2 void copy_rows_avx2(const float *src, long lds, float *dst, long ldd, long rows, long width) {
+// Asks for row r + 6 of `rows` rows of src: the model's per-head rows lie H·d floats apart,
+// mostly outside L1 and L2, and the row copies below read them a few rows ahead.
+FWP_INLINE void prefetch_row_ahead(const float *src, long lds, long r, long rows, long width) {
     const long ahead = 6;
+    if (r + ahead < rows)
+        for (long j = 0; j < width; j += 16) __builtin_prefetch(src + (r + ahead) * lds + j, 0, 3);
+}
+
+// Rows of `width` floats from src (stride lds) to dst (stride ldd), prefetching the source a few
+// rows ahead.
+static FWP_AVX2 void copy_rows_avx2(const float *src, long lds, float *dst, long ldd, long rows, long width) {
     for (long r = 0; r < rows; r++) {
         const float *s = src + r * lds;
         float *d = dst + r * ldd;
-        if (r + ahead < rows)
-            for (long j = 0; j < width; j += 16) __builtin_prefetch(s + ahead * lds + j, 0, 3);
+        prefetch_row_ahead(src, lds, r, rows, width);
         long j = 0;
         for (; j + 32 <= width; j += 32) {
             __m256 a = _mm256_loadu_ps(s + j), b = _mm256_loadu_ps(s + j + 8);
@@ -180,13 +186,11 @@ static FWP_AVX2 void copy_rows_avx2(const float *src, long lds, float *dst, long
 
 static FWP_AVX2 void copy_rows_scaled_avx2(const float *src, long lds, float *dst, long ldd, long rows, long width,
                                             float scale) {
-    const long ahead = 6;
     const __m256 s = _mm256_set1_ps(scale);
     for (long r = 0; r < rows; r++) {
         const float *sr = src + r * lds;
         float *d = dst + r * ldd;
-        if (r + ahead < rows)
-            for (long j = 0; j < width; j += 16) __builtin_prefetch(sr + ahead * lds + j, 0, 3);
+        prefetch_row_ahead(src, lds, r, rows, width);
         long j = 0;
         for (; j + 8 <= width; j += 8) _mm256_storeu_ps(d + j, _mm256_mul_ps(_mm256_loadu_ps(sr + j), s));
         for (; j < width; j++) d[j] = sr[j] * scale;
