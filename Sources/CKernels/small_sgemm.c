@@ -197,10 +197,17 @@ static FWP_AVX2 void copy_rows_scaled_avx2(const float *src, long lds, float *ds
     }
 }
 
+// Whether the row copies run their AVX2 loops (asked of the CPU once).
+static int copy_rows_avx2_supported(void) {
+    static int avx2 = -1;
+    if (avx2 < 0) avx2 = fwp_small_sgemm_supported();
+    return avx2;
+}
+
 void fwp_copy_rows_scaled(const float *src, long lds, float *dst, long ldd, long rows, long width, float scale) {
     if (scale == 1.0f) {
         fwp_copy_rows(src, lds, dst, ldd, rows, width);
-    } else if (fwp_small_sgemm_supported()) {
+    } else if (copy_rows_avx2_supported()) {
         copy_rows_scaled_avx2(src, lds, dst, ldd, rows, width, scale);
     } else {
         for (long r = 0; r < rows; r++)
@@ -209,9 +216,7 @@ void fwp_copy_rows_scaled(const float *src, long lds, float *dst, long ldd, long
 }
 
 void fwp_copy_rows(const float *src, long lds, float *dst, long ldd, long rows, long width) {
-    static int avx2 = -1;
-    if (avx2 < 0) avx2 = fwp_small_sgemm_supported();
-    if (avx2) {
+    if (copy_rows_avx2_supported()) {
         copy_rows_avx2(src, lds, dst, ldd, rows, width);
         return;
     }

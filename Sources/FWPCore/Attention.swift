@@ -125,9 +125,9 @@ public struct AttentionLayer: Sendable {
         var q: Tensor, k: Tensor  // what the memory saw
         var beta: Tensor?  // (N·H), after the sigmoid
         var saved: AlignedFloats, denominators: [Float]
-        var chunkSize: Int?  // set when the chunkwise kernel ran; `saved` then holds its data
-        /// Whether `core` already holds outputScale · y (the chunkwise kernel's product applied it).
-        var outputScaled = false
+        /// Set when the chunkwise kernel ran; `saved` then holds its data, and `core` already holds
+        /// outputScale · y (the kernel's product applied the scale).
+        var chunkSize: Int?
         var core: Tensor  // N × H·d_head, before outputScale
         var attended: Tensor  // N × H·d_head, after outputScale (input of `out`)
         var probabilities: [Float]  // softmax: B·H blocks of T × T
@@ -183,7 +183,7 @@ public struct AttentionLayer: Sendable {
                 &cache, betaLogits: betaLogits, buffers, state: &state, training: training, rng: &rng,
                 threads: threads)
         }
-        if kind == .fastWeight && outputScale != 1 && !cache.outputScaled {
+        if kind == .fastWeight && outputScale != 1 && cache.chunkSize == nil {
             // One pass into a new tensor (the recurrence's backward reads `core` unscaled).
             cache.attended = Tensor(uninitializedShape: cache.core.shape)
             let count = cache.core.count
@@ -288,7 +288,6 @@ public struct AttentionLayer: Sendable {
         let chunk = chunkSize(steps: steps)
         cache.chunkSize = chunk
         // The chunkwise kernel applies the output scale in the product that makes y.
-        cache.outputScaled = chunk != nil && outputScale != 1
         let chunked = chunk.map { chunkwiseKernel(steps: steps, chunk: $0, outputScale: outputScale) }
         // Each sequence's part starts on a cache line. The chunkwise forward writes every saved
         // float and every output row; only the recurrence relies on zeroed buffers.
@@ -466,10 +465,10 @@ public struct AttentionLayer: Sendable {
         _ dOut: Tensor, cache: Cache, _ p: ParameterStore, _ g: inout ParameterStore, threads: ComputeThreads,
         overwrite: Bool = false
     ) -> Tensor {
-        let n = cache.batch * cache.steps, hd = heads * headSize, dh = headSize
+        let n = cache.batch * cache.steps, hd = heads * headSize
         var dCore = out.backward(dOut, input: cache.attended, p, &g, overwrite: overwrite)
         // (where the chunkwise kernel scaled its output, it scales this gradient as it gathers it)
-        if kind == .fastWeight && outputScale != 1 && !cache.outputScaled { Vec.scaleTensor(outputScale, &dCore) }
+        if kind == .fastWeight && outputScale != 1 && cache.chunkSize == nil { Vec.scaleTensor(outputScale, &dCore) }
         var dqRaw: Tensor, dkRaw: Tensor, dv: Tensor
         var dBetaLogit: Tensor? = nil
         let width = projectionWidth
@@ -495,7 +494,6 @@ public struct AttentionLayer: Sendable {
             }
             dBetaLogit?.withUnsafePointer { fwp_copy_rows($0, heads, pp + 3 * hd, width, n, heads) }
         }
-        _ = dh
         guard let beta, let dBetaLogit else {
             return qkv.backward(dProjected, input: cache.input, p, &g, overwrite: overwrite)
         }
@@ -649,7 +647,7 @@ public struct AttentionLayer: Sendable {
                                                             let chunked = cache.chunkSize.map {
                                                                 chunkwiseKernel(
                                                                     steps: steps, chunk: $0, outputStride: projected == nil ? nil : width,
-                                                                    outputScale: cache.outputScaled ? outputScale : 1)
+                                                                    outputScale: outputScale)
                                                             }
                                                             let sden = attn ? pden.baseAddress.map(SharedConstPointer.init) : nil
                                                             let sbeta = pb.map(SharedConstPointer.init)

@@ -31,16 +31,12 @@ public struct ParameterStore: Sendable, Equatable {
     }
 
     /// A store with the same names and shapes, all zeros.
-    public func zerosLike() -> ParameterStore {
-        // New zero tensors, not `self` copied and then zeroed (a copy of every parameter first).
-        var s = self
-        for i in s.values.indices { s.values[i] = Tensor(shape: values[i].shape) }
-        return s
-    }
+    public func zerosLike() -> ParameterStore { zerosLike(leavingUninitialized: []) }
 
     /// The same names and shapes, zeros except the tensors in `skip`, left uninitialised (NaN
     /// when poisoning is on) for a caller that writes every element of them first.
     func zerosLike(leavingUninitialized skip: Set<Int>) -> ParameterStore {
+        // New tensors, not `self` copied and then overwritten (a copy of every parameter first).
         var s = self
         for i in s.values.indices {
             s.values[i] = skip.contains(i) ? Tensor(uninitializedShape: values[i].shape) : Tensor(shape: values[i].shape)
