@@ -38,12 +38,17 @@ int fwp_cpu_vector_level(void) {
 
 // One term of a product sum, as the blocks read it: A(i, p) = a[i * ars + p * aps],
 // B(p, j) = b[p * ldb + j] (B already transposed where the caller asked), accumulated with its sign.
+// k and negate are not neighbours, so that copying them from the caller's fwp_gemm_term stays
+// two 4-byte loads: as neighbours the compiler merged them into one 8-byte load, which the
+// caller's two 4-byte stores (just made) cannot forward to, and the stall that followed was about
+// a tenth of the chunkwise kernel's time (docs/PERFORMANCE.md, twelfth pass).
 typedef struct {
+    int negate;
     const float *a;
     long ars, aps;
     const float *b;
     long ldb;
-    int k, negate;
+    int k;
 } term_t;
 
 // Accumulates one term into a block's registers. `rows` and `neg` are constants at each call
