@@ -502,16 +502,15 @@ public struct AttentionLayer: Sendable {
         BLAS.gemm(dProjected, transposeA: true, cache.input, beta: 0, into: &dw)
         let split = 3 * hd * qkv.inFeatures
         dw.withUnsafePointer { pw in
-            g.values[qkv.weight].withUnsafeMutablePointer {
-                if overwrite { $0.update(from: pw, count: split) } else { Vec.axpy(1, pw, $0, split) }
-            }
-            g.values[beta.weight].withUnsafeMutablePointer {
-                if overwrite {
-                    $0.update(from: pw + split, count: heads * qkv.inFeatures)
-                } else {
-                    Vec.axpy(1, pw + split, $0, heads * qkv.inFeatures)
+            /// The part of dw from `offset` written into (or, without `overwrite`, added to) g's entry `index`.
+            func put(_ offset: Int, into index: Int) {
+                let count = g.values[index].count
+                g.values[index].withUnsafeMutablePointer {
+                    if overwrite { $0.update(from: pw + offset, count: count) } else { Vec.axpy(1, pw + offset, $0, count) }
                 }
             }
+            put(0, into: qkv.weight)
+            put(split, into: beta.weight)
         }
         addColumnSums(dBetaLogit, into: &g.values[beta.bias!])
         return BLAS.matmul(dProjected, projectionWeight(p))
