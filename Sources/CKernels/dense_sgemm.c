@@ -1,13 +1,15 @@
 #include "fwp_kernels.h"
 
 // Matrix products of the model's dense layers (N × D activations against D × D' weights) on
-// AVX-512: op(B) is packed into panels of 32 columns (contiguous, 64-byte aligned, zero-padded),
-// then each block of 12 rows × 32 columns of C is accumulated in 24 registers over the whole
+// AVX-512: op(B) is packed into panels of 64 columns (contiguous, 64-byte aligned, zero-padded),
+// then each block of 6 rows × 64 columns of C is accumulated in 24 registers over the whole
 // inner dimension (in slices for weight gradients), reading op(A) by broadcasts — in place, or
-// from a 12-row slab copied first for wide outputs and weight gradients — and written once, with
-// alpha, beta and an epilogue (a bias, ReLU, or a ReLU's backward with its column sums) applied
-// in the same pass. Against OpenBLAS this saves its separate pass over C for beta (a memset when
-// beta is 0) and the layers' own passes; docs/PERFORMANCE.md has the measurements.
+// for weight gradients from a 12-column slab copied first — and written once, with alpha, beta
+// and an epilogue (a bias, ReLU, or a ReLU's backward with its column sums) applied in the same
+// pass. Against OpenBLAS this saves its separate pass over C for beta (a memset when beta is 0)
+// and the layers' own passes; docs/PERFORMANCE.md has the measurements. Six rows × four
+// registers take 10 loads (6 broadcasts, 4 of the panel) per 24 FMAs where 12 × 32 took 14
+// (thirteenth pass there).
 // With FWP_AMX=1 on a CPU with AMX, the same products run on its tiles instead, at float32
 // accuracy (three-part bfloat16 splits; the second half of this file), through the same
 // epilogue.
@@ -27,9 +29,10 @@
 
 #include "simd_shared.h"
 // `rows` is a constant at every call of `block`; its loops over rows must unroll fully so the
-// 24 accumulators live in registers (clang otherwise keeps some 12-row cases in memory).
+// 24 accumulators live in registers (clang otherwise kept some 12-row cases of the earlier
+// 12 × 32 blocks in memory).
 
-enum { ROWS = 12, PANEL = 32 };
+enum { ROWS = 6, VECS = 4, PANEL = 16 * VECS, SLAB = 2 * ROWS };
 
 // The calling thread's panel buffer, grown as needed and kept for its next product; freed when
 // the thread exits (a pthread key's destructor), so worker threads that come and go in a
@@ -69,18 +72,22 @@ typedef struct {
 
 static const epilogue_t plain = {0};
 
-// op(B) (k × n) into panels: panel p holds columns 32p … 32p + 31 as k rows of 32 floats.
+// op(B) (k × n) into panels: panel p holds columns 64p … 64p + 63 as k rows of 64 floats.
 static __attribute__((noinline)) FWP_AVX512 void pack_b(int transpose_b, int k, int n, const float *b, long ldb, float *out) {
     int np = (n + PANEL - 1) / PANEL;
     for (int p = 0; p < np; p++) {
         int w = n - p * PANEL < PANEL ? n - p * PANEL : PANEL;
         float *d = out + (long)p * k * PANEL;
         if (!transpose_b) {
-            __mmask16 m0 = lanes16(w), m1 = lanes16(w - 16);
+            __mmask16 m0 = lanes16(w), m1 = lanes16(w - 16), m2 = lanes16(w - 32), m3 = lanes16(w - 48);
             const float *s = b + p * PANEL;
             for (int q = 0; q < k; q++) {
-                _mm512_store_ps(d + q * PANEL, _mm512_maskz_loadu_ps(m0, s + q * ldb));
-                _mm512_store_ps(d + q * PANEL + 16, _mm512_maskz_loadu_ps(m1, s + q * ldb + 16));
+                const float *sq = s + q * ldb;
+                float *dq = d + q * PANEL;
+                _mm512_store_ps(dq, _mm512_maskz_loadu_ps(m0, sq));
+                _mm512_store_ps(dq + 16, _mm512_maskz_loadu_ps(m1, sq + 16));
+                _mm512_store_ps(dq + 32, _mm512_maskz_loadu_ps(m2, sq + 32));
+                _mm512_store_ps(dq + 48, _mm512_maskz_loadu_ps(m3, sq + 48));
             }
         } else {
             // op(B)(q, j) = b[j * ldb + q]: rows of b become the panel's columns.
@@ -95,106 +102,100 @@ static __attribute__((noinline)) FWP_AVX512 void pack_b(int transpose_b, int k, 
     }
 }
 
-// Row i of a block of C (columns j … j + 31 at cr; masks m0, m1 at the column edge; the second
-// half only when `wide`), its product y0, y1 accumulated: C ← alpha · y + beta · C, then the
-// epilogue e (its bias's columns preloaded in bias0, bias1); the row's values are added into
-// *sum0, *sum1 when e has column sums.
-FWP_INLINE FWP_AVX512 void finish_row(int wide, __m512 y0, __m512 y1, float *cr, __mmask16 m0, __mmask16 m1,
-                                      float alpha, float beta, const epilogue_t *e, __m512 bias0, __m512 bias1,
-                                      long i, long j, __m512 *sum0, __m512 *sum1) {
+// Row i of a block of C (`vecs` registers y[0 …] of 16 columns from column j, at cr; masks mk
+// at the column edge), its product accumulated: C ← alpha · y + beta · C, then the epilogue e
+// (its bias's columns preloaded in bias[]); the row's values are added into sum[] when e has
+// column sums.
+FWP_INLINE FWP_AVX512 void finish_row(int vecs, const __m512 *y, float *cr, const __mmask16 *mk, float alpha,
+                                      float beta, const epilogue_t *e, const __m512 *bias, long i, long j,
+                                      __m512 *sum) {
     __m512 zero = _mm512_setzero_ps();
-    if (alpha != 1.0f) {
-        y0 = _mm512_mul_ps(_mm512_set1_ps(alpha), y0);
-        y1 = _mm512_mul_ps(_mm512_set1_ps(alpha), y1);
+    _Pragma("clang loop unroll(full)")
+    for (int v = 0; v < vecs; v++) {
+        __m512 x = y[v];
+        if (alpha != 1.0f) x = _mm512_mul_ps(_mm512_set1_ps(alpha), x);
+        if (beta == 1.0f)
+            x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mk[v], cr + 16 * v));
+        else if (beta != 0.0f)
+            x = _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(mk[v], cr + 16 * v), x);
+        if (e->bias) x = _mm512_add_ps(x, bias[v]);
+        if (e->relu) x = _mm512_max_ps(x, zero);
+        if (e->gate) {
+            const float *g = e->gate + i * e->ldg + j + 16 * v;
+            x = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(mk[v], g), zero, _CMP_GT_OQ), x);
+        }
+        if (e->colsum) sum[v] = _mm512_add_ps(sum[v], x);
+        _mm512_mask_storeu_ps(cr + 16 * v, mk[v], x);
     }
-    if (beta == 1.0f) {
-        y0 = _mm512_add_ps(y0, _mm512_maskz_loadu_ps(m0, cr));
-        y1 = _mm512_add_ps(y1, _mm512_maskz_loadu_ps(m1, cr + 16));
-    } else if (beta != 0.0f) {
-        y0 = _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(m0, cr), y0);
-        y1 = _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(m1, cr + 16), y1);
-    }
-    if (e->bias) {
-        y0 = _mm512_add_ps(y0, bias0);
-        y1 = _mm512_add_ps(y1, bias1);
-    }
-    if (e->relu) {
-        y0 = _mm512_max_ps(y0, zero);
-        y1 = _mm512_max_ps(y1, zero);
-    }
-    if (e->gate) {
-        const float *g = e->gate + i * e->ldg + j;
-        y0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m0, g), zero, _CMP_GT_OQ), y0);
-        y1 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m1, g + 16), zero, _CMP_GT_OQ), y1);
-    }
-    if (e->colsum) {
-        *sum0 = _mm512_add_ps(*sum0, y0);
-        *sum1 = _mm512_add_ps(*sum1, y1);
-    }
-    _mm512_mask_storeu_ps(cr, m0, y0);
-    if (wide) _mm512_mask_storeu_ps(cr + 16, m1, y1);
 }
 
-// The bias's columns j … j + 31 (zero past the masks, or without a bias).
-FWP_INLINE FWP_AVX512 void load_bias(const epilogue_t *e, long j, __mmask16 m0, __mmask16 m1, __m512 *bias0,
-                                     __m512 *bias1) {
-    *bias0 = e->bias ? _mm512_maskz_loadu_ps(m0, e->bias + j) : _mm512_setzero_ps();
-    *bias1 = e->bias ? _mm512_maskz_loadu_ps(m1, e->bias + j + 16) : _mm512_setzero_ps();
+// The bias's columns j … j + 16·vecs − 1 (zero past the masks, or without a bias).
+FWP_INLINE FWP_AVX512 void load_bias(int vecs, const epilogue_t *e, long j, const __mmask16 *mk, __m512 *bias) {
+    _Pragma("clang loop unroll(full)")
+    for (int v = 0; v < vecs; v++)
+        bias[v] = e->bias ? _mm512_maskz_loadu_ps(mk[v], e->bias + j + 16 * v) : _mm512_setzero_ps();
 }
 
-// Adds a block's column sums (finish_row's *sum0, *sum1) into e's, when it has them.
-FWP_INLINE FWP_AVX512 void finish_sums(int wide, __mmask16 m0, __mmask16 m1, const epilogue_t *e, long j, __m512 sum0,
-                                       __m512 sum1) {
+// Adds a block's column sums (finish_row's sum[]) into e's, when it has them.
+FWP_INLINE FWP_AVX512 void finish_sums(int vecs, const __mmask16 *mk, const epilogue_t *e, long j, const __m512 *sum) {
     if (!e->colsum) return;
     float *cs = e->colsum + j;
-    _mm512_mask_storeu_ps(cs, m0, _mm512_add_ps(_mm512_maskz_loadu_ps(m0, cs), sum0));
-    if (wide) _mm512_mask_storeu_ps(cs + 16, m1, _mm512_add_ps(_mm512_maskz_loadu_ps(m1, cs + 16), sum1));
+    _Pragma("clang loop unroll(full)")
+    for (int v = 0; v < vecs; v++)
+        _mm512_mask_storeu_ps(cs + 16 * v, mk[v], _mm512_add_ps(_mm512_maskz_loadu_ps(mk[v], cs + 16 * v), sum[v]));
 }
 
-// One block of `rows` ≤ 12 rows × 32 columns (16 unless `wide`; masks m0, m1 at the column
-// edge), over all k: C ← alpha · op(A) op(B) + beta · C, then the epilogue `e`; the block is
-// rows i … of C (at c) and columns j … (at c too). op(A)(i, q) is a[q * lda + i] with trans_a,
-// a[i * lda + q] without. `rows`, `wide` and `trans_a` are constants at each call site.
-FWP_INLINE FWP_AVX512 void block(int rows, int wide, int trans_a, int k, const float *a, long lda, const float *bp,
-                                 float alpha, float beta, float *c, long ldc, __mmask16 m0, __mmask16 m1,
+// One block of `rows` ≤ 6 rows × 16·vecs columns (masks mk at the column edge), over all k:
+// C ← alpha · op(A) op(B) + beta · C, then the epilogue `e`; the block is rows i … of C (at c)
+// and columns j … (at c too). op(A)(i, q) is a[q * lda + i] with trans_a, a[i * lda + q]
+// without. `rows`, `vecs` and `trans_a` are constants at each call site. The panel is zero past
+// n, so its loads need no masks.
+FWP_INLINE FWP_AVX512 void block(int rows, int vecs, int trans_a, int k, const float *a, long lda, const float *bp,
+                                 float alpha, float beta, float *c, long ldc, const __mmask16 *mk,
                                  const epilogue_t *e, long i, long j) {
-    __m512 x0[ROWS], x1[ROWS];
+    __m512 x[ROWS][VECS];
     _Pragma("clang loop unroll(full)")
     for (int r = 0; r < ROWS; r++) {
-        x0[r] = _mm512_setzero_ps();
-        x1[r] = _mm512_setzero_ps();
+        _Pragma("clang loop unroll(full)")
+        for (int v = 0; v < VECS; v++) x[r][v] = _mm512_setzero_ps();
     }
     if (trans_a) {
         for (int q = 0; q < k; q++) {
-            __m512 b0 = _mm512_load_ps(bp + q * PANEL), b1 = wide ? _mm512_load_ps(bp + q * PANEL + 16) : b0;
+            __m512 b[VECS];
+            _Pragma("clang loop unroll(full)")
+            for (int v = 0; v < vecs; v++) b[v] = _mm512_load_ps(bp + q * PANEL + 16 * v);
             const float *aq = a + q * lda;
             _Pragma("clang loop unroll(full)")
             for (int r = 0; r < rows; r++) {
                 __m512 av = _mm512_set1_ps(aq[r]);
-                x0[r] = _mm512_fmadd_ps(av, b0, x0[r]);
-                if (wide) x1[r] = _mm512_fmadd_ps(av, b1, x1[r]);
+                _Pragma("clang loop unroll(full)")
+                for (int v = 0; v < vecs; v++) x[r][v] = _mm512_fmadd_ps(av, b[v], x[r][v]);
             }
         }
     } else {
-        // Four base pointers and one index reach all twelve rows (x86 scales 1, 2, 4, 8).
-        const float *p0 = a, *p3 = a + 3 * lda, *p6 = a + 6 * lda, *p9 = a + 9 * lda;
+        // Two base pointers and one index reach all six rows (x86 scales 1, 2, 4, 8).
+        const float *p0 = a, *p3 = a + 3 * lda;
         for (int q = 0; q < k; q++) {
-            __m512 b0 = _mm512_load_ps(bp + q * PANEL), b1 = wide ? _mm512_load_ps(bp + q * PANEL + 16) : b0;
+            __m512 b[VECS];
+            _Pragma("clang loop unroll(full)")
+            for (int v = 0; v < vecs; v++) b[v] = _mm512_load_ps(bp + q * PANEL + 16 * v);
             _Pragma("clang loop unroll(full)")
             for (int r = 0; r < rows; r++) {
-                const float *base = r < 3 ? p0 : r < 6 ? p3 : r < 9 ? p6 : p9;
+                const float *base = r < 3 ? p0 : p3;
                 __m512 av = _mm512_set1_ps(base[(r % 3) * lda + q]);
-                x0[r] = _mm512_fmadd_ps(av, b0, x0[r]);
-                if (wide) x1[r] = _mm512_fmadd_ps(av, b1, x1[r]);
+                _Pragma("clang loop unroll(full)")
+                for (int v = 0; v < vecs; v++) x[r][v] = _mm512_fmadd_ps(av, b[v], x[r][v]);
             }
         }
     }
-    __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps(), bias0, bias1;
-    load_bias(e, j, m0, m1, &bias0, &bias1);
+    __m512 sum[VECS], bias[VECS];
+    _Pragma("clang loop unroll(full)")
+    for (int v = 0; v < VECS; v++) sum[v] = _mm512_setzero_ps();
+    load_bias(vecs, e, j, mk, bias);
     _Pragma("clang loop unroll(full)")
     for (int r = 0; r < rows; r++)
-        finish_row(wide, x0[r], x1[r], c + r * ldc, m0, m1, alpha, beta, e, bias0, bias1, i + r, j, &sum0, &sum1);
-    finish_sums(wide, m0, m1, e, j, sum0, sum1);
+        finish_row(vecs, x[r], c + r * ldc, mk, alpha, beta, e, bias, i + r, j, sum);
+    finish_sums(vecs, mk, e, j, sum);
 }
 
 // Rows i … i + rows − 1 of C against every panel; ai is where op(A)'s row i starts.
@@ -206,92 +207,51 @@ FWP_INLINE FWP_AVX512 void row_block(int rows, int trans_a, int n, int k, const 
         int w = n - p * PANEL;
         const float *bp = packed + (long)p * k * PANEL;
         float *cij = c + i * ldc + p * PANEL;
-        if (w > 16)
-            block(rows, 1, trans_a, k, ai, lda, bp, alpha, beta, cij, ldc, lanes16(w), lanes16(w - 16), e, i, p * PANEL);
-        else  // a last panel of at most 16 columns: one register per row
-            block(rows, 0, trans_a, k, ai, lda, bp, alpha, beta, cij, ldc, lanes16(w), 0, e, i, p * PANEL);
+        __mmask16 mk[VECS];
+        for (int v = 0; v < VECS; v++) mk[v] = lanes16(w - 16 * v);
+        // a last panel narrower than 64 columns: only the registers it needs
+        switch (w >= PANEL ? VECS : (w + 15) / 16) {
+        case 4: block(rows, 4, trans_a, k, ai, lda, bp, alpha, beta, cij, ldc, mk, e, i, p * PANEL); break;
+        case 3: block(rows, 3, trans_a, k, ai, lda, bp, alpha, beta, cij, ldc, mk, e, i, p * PANEL); break;
+        case 2: block(rows, 2, trans_a, k, ai, lda, bp, alpha, beta, cij, ldc, mk, e, i, p * PANEL); break;
+        default: block(rows, 1, trans_a, k, ai, lda, bp, alpha, beta, cij, ldc, mk, e, i, p * PANEL); break;
+        }
     }
 }
 
-static void pack_rows(int rows, int k, const float *a, long lda, float *slab);
-
-// A is packed into slabs (pack_rows) when C has at least this many panels to reuse each slab
-// over; with fewer, the transposition cost more than the in-place broadcasts.
-enum { PACK_A_PANELS = 8 };
-
-static FWP_AVX512 void dense_a(int m, int n, int k, const float *a, long lda, const float *packed, float *slab,
-                               float alpha, float beta, float *c, long ldc, const epilogue_t *e) {
-    long i = 0;
-    if ((n + PANEL - 1) / PANEL >= PACK_A_PANELS) {
-        for (; i + ROWS <= m; i += ROWS) {
-            pack_rows(ROWS, k, a + i * lda, lda, slab);
-            row_block(ROWS, 1, n, k, slab, ROWS, packed, alpha, beta, c, ldc, e, i);
-        }
-        if (i < m) pack_rows((int)(m - i), k, a + i * lda, lda, slab);
-        switch (m - i) {
-#define REST(R) \
-    case R: row_block(R, 1, n, k, slab, ROWS, packed, alpha, beta, c, ldc, e, i); break;
-            REST(11) REST(10) REST(9) REST(8) REST(7) REST(6) REST(5) REST(4) REST(3) REST(2) REST(1)
-#undef REST
-        default: break;
-        }
-        return;
-    }
-    for (; i + ROWS <= m; i += ROWS) row_block(ROWS, 0, n, k, a + i * lda, lda, packed, alpha, beta, c, ldc, e, i);
-    switch (m - i) {
-#define REST(R) \
-    case R: row_block(R, 0, n, k, a + i * lda, lda, packed, alpha, beta, c, ldc, e, i); break;
-        REST(11) REST(10) REST(9) REST(8) REST(7) REST(6) REST(5) REST(4) REST(3) REST(2) REST(1)
-#undef REST
+// Rows i … i + rows − 1 (rows ≤ 6, a constant at each call) against every panel.
+FWP_INLINE FWP_AVX512 void row_block_any(int rows, int trans_a, int n, int k, const float *ai, long lda,
+                                         const float *packed, float alpha, float beta, float *c, long ldc,
+                                         const epilogue_t *e, long i) {
+    switch (rows) {
+#define ROWS_CASE(R) \
+    case R: row_block(R, trans_a, n, k, ai, lda, packed, alpha, beta, c, ldc, e, i); break;
+        ROWS_CASE(6) ROWS_CASE(5) ROWS_CASE(4) ROWS_CASE(3) ROWS_CASE(2) ROWS_CASE(1)
+#undef ROWS_CASE
     default: break;
     }
 }
 
+// op(A) read in place: a block's six rows (6 × k floats, 3 KB at the model's k = 128) stay in
+// L1 across the panels. Blocks of 12 rows × 32 columns here had needed A packed (transposed)
+// into slabs for wide outputs; six rows do not (docs/PERFORMANCE.md, thirteenth pass).
+static FWP_AVX512 void dense_a(int m, int n, int k, const float *a, long lda, const float *packed, float alpha,
+                               float beta, float *c, long ldc, const epilogue_t *e) {
+    long i = 0;
+    for (; i + ROWS <= m; i += ROWS) row_block(ROWS, 0, n, k, a + i * lda, lda, packed, alpha, beta, c, ldc, e, i);
+    if (i < m) row_block_any((int)(m - i), 0, n, k, a + i * lda, lda, packed, alpha, beta, c, ldc, e, i);
+}
+
 // op(A) = Aᵀ (a weight gradient: the inner dimension is the batch's rows, long): in slices of
 // KC inner steps, each 12-column block of A is copied into a contiguous KC × 12 slab, so both
-// operands stream from L1/L2 in order; C accumulates across slices.
+// operands stream from L1/L2 in order, and feeds two blocks of 6 rows of C; C accumulates
+// across slices.
 enum { KC = 128 };
 
 // Columns i … i + rows − 1 of kk rows of A into a contiguous kk × 12 slab (zero past rows).
 static __attribute__((noinline)) FWP_AVX512 void pack_slab(int rows, int kk, const float *a, long lda, float *slab) {
     __mmask16 mr = lanes16(rows);
-    for (int q = 0; q < kk; q++) _mm512_mask_storeu_ps(slab + q * ROWS, 0x0FFF, _mm512_maskz_loadu_ps(mr, a + q * lda));
-}
-
-// Rows 0 … rows − 1 (≤ 12) of a k-column block of A (row stride lda) into a contiguous k × 12
-// slab, transposed (slab[q · 12 + r] = a[r · lda + q]; zero past rows), so the block's
-// broadcasts read one line in order instead of twelve rows far apart.
-static __attribute__((noinline)) FWP_AVX512 void pack_rows(int rows, int k, const float *a, long lda, float *slab) {
-    if (rows < ROWS) {
-        for (int q = 0; q < k; q++) {
-            for (int r = 0; r < rows; r++) slab[q * ROWS + r] = a[r * lda + q];
-            for (int r = rows; r < ROWS; r++) slab[q * ROWS + r] = 0;
-        }
-        return;
-    }
-    int q = 0;
-    for (; q + 8 <= k; q += 8) {
-        // Rows 0–7: one 8 × 8 transpose; rows 8–11: four rows of 8 as two 4 × 4 transposes.
-        float *d = slab + q * ROWS;
-        transpose8(a + q, lda, d, ROWS);
-        __m256 u0 = _mm256_loadu_ps(a + 8 * lda + q), u1 = _mm256_loadu_ps(a + 9 * lda + q);
-        __m256 u2 = _mm256_loadu_ps(a + 10 * lda + q), u3 = _mm256_loadu_ps(a + 11 * lda + q);
-        __m256 v0 = _mm256_unpacklo_ps(u0, u1), v1 = _mm256_unpackhi_ps(u0, u1);
-        __m256 v2 = _mm256_unpacklo_ps(u2, u3), v3 = _mm256_unpackhi_ps(u2, u3);
-        __m256 w0 = _mm256_shuffle_ps(v0, v2, 0x44), w1 = _mm256_shuffle_ps(v0, v2, 0xEE);
-        __m256 w2 = _mm256_shuffle_ps(v1, v3, 0x44), w3 = _mm256_shuffle_ps(v1, v3, 0xEE);
-        // w0 holds column q (low half) and q + 4 (high half), w1 q + 1 and q + 5, and so on.
-        _mm_storeu_ps(d + 0 * ROWS + 8, _mm256_castps256_ps128(w0));
-        _mm_storeu_ps(d + 1 * ROWS + 8, _mm256_castps256_ps128(w1));
-        _mm_storeu_ps(d + 2 * ROWS + 8, _mm256_castps256_ps128(w2));
-        _mm_storeu_ps(d + 3 * ROWS + 8, _mm256_castps256_ps128(w3));
-        _mm_storeu_ps(d + 4 * ROWS + 8, _mm256_extractf128_ps(w0, 1));
-        _mm_storeu_ps(d + 5 * ROWS + 8, _mm256_extractf128_ps(w1, 1));
-        _mm_storeu_ps(d + 6 * ROWS + 8, _mm256_extractf128_ps(w2, 1));
-        _mm_storeu_ps(d + 7 * ROWS + 8, _mm256_extractf128_ps(w3, 1));
-    }
-    for (; q < k; q++)
-        for (int r = 0; r < ROWS; r++) slab[q * ROWS + r] = a[r * lda + q];
+    for (int q = 0; q < kk; q++) _mm512_mask_storeu_ps(slab + q * SLAB, 0x0FFF, _mm512_maskz_loadu_ps(mr, a + q * lda));
 }
 
 static FWP_AVX512 void dense_at(int transpose_b, int m, int n, int k, const float *a, long lda, const float *b,
@@ -300,22 +260,23 @@ static FWP_AVX512 void dense_at(int transpose_b, int m, int n, int k, const floa
         int kk = k - kc < KC ? k - kc : KC;
         float sliceBeta = kc == 0 ? beta : 1.0f;
         if (kk > 0) pack_b(transpose_b, kk, n, transpose_b ? b + kc : b + (long)kc * ldb, ldb, packed);
-        long i = 0;
-        for (; i < m; i += ROWS) {
-            int rows = m - i < ROWS ? (int)(m - i) : ROWS;
+        for (long i = 0; i < m; i += SLAB) {
+            int rows = m - i < SLAB ? (int)(m - i) : SLAB;
             pack_slab(rows, kk, a + (long)kc * lda + i, lda, slab);
-            switch (rows) {
-#define SLAB(R) \
-    case R: row_block(R, 1, n, kk, slab, ROWS, packed, alpha, sliceBeta, c, ldc, &plain, i); break;
-                SLAB(12) SLAB(11) SLAB(10) SLAB(9) SLAB(8) SLAB(7) SLAB(6) SLAB(5) SLAB(4) SLAB(3) SLAB(2) SLAB(1)
-#undef SLAB
-            default: break;
+            if (rows == SLAB) {
+                row_block(ROWS, 1, n, kk, slab, SLAB, packed, alpha, sliceBeta, c, ldc, &plain, i);
+                row_block(ROWS, 1, n, kk, slab + ROWS, SLAB, packed, alpha, sliceBeta, c, ldc, &plain, i + ROWS);
+            } else {
+                int first = rows < ROWS ? rows : ROWS;
+                row_block_any(first, 1, n, kk, slab, SLAB, packed, alpha, sliceBeta, c, ldc, &plain, i);
+                if (rows > ROWS)
+                    row_block_any(rows - ROWS, 1, n, kk, slab + ROWS, SLAB, packed, alpha, sliceBeta, c, ldc, &plain,
+                                  i + ROWS);
             }
         }
         if (k == 0) break;
     }
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // The same products on AMX tiles (Intel's matrix unit, where the CPU and the OS provide it), at
@@ -533,14 +494,14 @@ static FWP_AMX void dense_amx(int trans_a, int trans_b, int m, int n, int k, flo
             for (long j = 0; j < n; j += 2 * TILE) {
                 const uint16_t *b0 = bp + (j / TILE) * partsPerBlock;
                 amx_block(nkb, ap, ap + partsPerBlock, b0, b0 + partsPerBlock, out);
-                __mmask16 m0 = lanes16(n - j), m1 = lanes16(n - j - 16);
-                __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps(), bias0, bias1;
-                load_bias(e, j, m0, m1, &bias0, &bias1);
-                for (int r = 0; r < rows; r++)
-                    finish_row(1, _mm512_load_ps(out + r * 32), _mm512_load_ps(out + r * 32 + 16),
-                               c + (i + r) * ldc + j, m0, m1, alpha, sliceBeta, e, bias0, bias1, i + r, j, &sum0,
-                               &sum1);
-                finish_sums(1, m0, m1, e, j, sum0, sum1);
+                __mmask16 mk[2] = {lanes16(n - j), lanes16(n - j - 16)};
+                __m512 sum[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, bias[2];
+                load_bias(2, e, j, mk, bias);
+                for (int r = 0; r < rows; r++) {
+                    __m512 y[2] = {_mm512_load_ps(out + r * 32), _mm512_load_ps(out + r * 32 + 16)};
+                    finish_row(2, y, c + (i + r) * ldc + j, mk, alpha, sliceBeta, e, bias, i + r, j, sum);
+                }
+                finish_sums(2, mk, e, j, sum);
             }
         }
         if (k == 0) break;
@@ -560,9 +521,9 @@ static FWP_AVX512 void dense_untransposed(int transpose_b, int m, int n, int k, 
                                           const float *b, int ldb, float beta, float *c, int ldc, const epilogue_t *e) {
     long np = (n + PANEL - 1) / PANEL;
     size_t depth = k > 0 ? (size_t)k : 1;
-    float *packed = panels((size_t)np * PANEL * depth + depth * ROWS);
+    float *packed = panels((size_t)np * PANEL * depth);
     if (k > 0) pack_b(transpose_b, k, n, b, ldb, packed);
-    dense_a(m, n, k, a, lda, packed, packed + np * PANEL * depth, alpha, beta, c, ldc, e);
+    dense_a(m, n, k, a, lda, packed, alpha, beta, c, ldc, e);
 }
 
 #ifndef DENSE_CHUNK_BYTES
@@ -584,8 +545,8 @@ static FWP_AVX512 void dense_product(int transpose_a, int transpose_b, int m, in
     int amx = fwp_dense_sgemm_uses_amx(), slice = amx ? AMX_KC : KC;
     long depth = transpose_a && k > slice ? slice : k;  // op(B) rows packed at a time
     long bytesPerColumn = (depth > 0 ? depth : 1) * (amx ? 2 * PARTS : (long)sizeof(float));
-    long chunk = DENSE_CHUNK_BYTES / bytesPerColumn / (2 * TILE) * (2 * TILE);  // whole panels and tile pairs
-    if (chunk < 2 * TILE) chunk = 2 * TILE;
+    long chunk = DENSE_CHUNK_BYTES / bytesPerColumn / PANEL * PANEL;  // whole panels (and tile pairs: PANEL is 64)
+    if (chunk < PANEL) chunk = PANEL;
     for (long j = 0; j < n; j += chunk) {
         int w = n - j < chunk ? (int)(n - j) : (int)chunk;
         const float *bj = transpose_b ? b + j * ldb : b + j;
@@ -607,7 +568,7 @@ static FWP_AVX512 void dense_product(int transpose_a, int transpose_b, int m, in
                     dense_amx(1, transpose_b, h, w, k, alpha, a + i, lda, bj, ldb, beta, c + i * ldc + j, ldc, &ej);
                 } else {
                     long np = (w + PANEL - 1) / PANEL;
-                    float *packed = panels((size_t)np * PANEL * KC + (size_t)KC * ROWS);
+                    float *packed = panels((size_t)np * PANEL * KC + (size_t)KC * SLAB);
                     dense_at(transpose_b, h, w, k, a + i, lda, bj, ldb, packed, packed + np * PANEL * KC, alpha, beta,
                              c + i * ldc + j, ldc);
                 }

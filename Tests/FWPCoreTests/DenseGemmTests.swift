@@ -5,9 +5,9 @@ import Testing
 @testable import FWPCore
 
 /// The dense layers' product kernel (`fwp_dense_sgemm`) against a float64 triple loop written
-/// here: every transpose combination, sizes around its 12-row blocks, 32-column panels and
-/// 16-lane masks (AVX-512), its 16-row/column tiles and 32-step k-blocks (AMX), A read in place
-/// and packed (wide C), inner dimensions around its 128-step slices (transposed A) and 8-column
+/// here: every transpose combination, sizes around its 6-row blocks, 12-column slabs, 64-column
+/// panels and 16-lane masks (AVX-512), its 16-row/column tiles and 32-step k-blocks (AMX), wide
+/// and narrow C, inner dimensions around its 128-step slices (transposed A) and 8-column
 /// transposes, padded leading dimensions, alpha/beta, and C's padding left untouched — on each
 /// engine the CPU has (AVX-512 FMAs; AMX tiles where supported, chosen per thread). The kernel's
 /// own tests run where the CPU has AVX-512; those of `BLAS.linear`, `BLAS.gatedProduct` and the
@@ -35,8 +35,8 @@ import Testing
     typealias Case = ProductCase
 
     static func cases() -> [Case] {
-        let rows = [1, 11, 12, 13, 24, 37]
-        let columns = [1, 15, 16, 17, 31, 32, 33, 48, 70, 260]  // 260: A packed (at least 8 panels)
+        let rows = [1, 5, 6, 7, 11, 12, 13, 24, 37]
+        let columns = [1, 15, 16, 17, 31, 32, 33, 48, 63, 64, 65, 70, 130, 260]
         let depths = [1, 5, 64, 127, 128, 129, 257, 530]
         var rng = FWPRandom(seed: 21)
         var out: [Case] = []
@@ -71,7 +71,7 @@ import Testing
         }
     }
 
-    /// Outputs wider than one chunk of packed panels (512 KB: 256 columns at depth 512, 160 on
+    /// Outputs wider than one chunk of packed panels (512 KB: 256 columns at depth 512, 128 on
     /// AMX; 1,024 for weight gradients' 128-row slices) run in column chunks, and weight
     /// gradients with more than 512 KB of C in row chunks (480 rows at 130 columns); every
     /// orientation across the chunk edges, with padded strides.
@@ -194,7 +194,7 @@ import Testing
 
     /// The gated product (a ReLU's backward with its bias gradient) against float64: dh = (dy W) ⊙
     /// [h > 0], zero exactly where h ≤ 0 (h has exact zeros), and the column sums added to what
-    /// was there; A in place (70 columns) and packed (512), and in column chunks (600 columns at
+    /// was there; a narrow (70 columns) and a wide (512) output, and column chunks (600 columns at
     /// depth 512); with FWP_DENSE_GEMM=0, the fallback.
     @Test(arguments: [(37, 70, 45), (200, 512, 128), (40, 600, 512)])
     func gatedProductMatchesFloat64(shape: (Int, Int, Int)) {

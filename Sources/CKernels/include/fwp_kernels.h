@@ -57,7 +57,7 @@ void fwp_small_sgemm_sum(int m, int n, int count, const fwp_gemm_term *terms, fl
 int fwp_dense_sgemm_supported(void);
 
 /// C ← alpha · op(A) · op(B) + beta · C (row-major; op = transpose when flagged; op(A) m × k,
-/// op(B) k × n), for the dense layers' products: op(B) is packed into 32-column panels in a
+/// op(B) k × n), for the dense layers' products: op(B) is packed into 64-column panels in a
 /// per-thread buffer, and C is read (beta ≠ 0) and written once. With beta == 0, C is not read.
 /// Requires fwp_dense_sgemm_supported().
 void fwp_dense_sgemm(int transpose_a, int transpose_b, int m, int n, int k, float alpha, const float *a, int lda,
