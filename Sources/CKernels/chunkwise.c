@@ -47,6 +47,33 @@ static FWP_AVX512 void scale_and_dbeta16(const float *minv, const float *b, floa
     _mm512_storeu_ps(db, acc);
 }
 
+// The gradient through the inverse for one chunk of 16: dA ← −M⁻ᵀ dA M⁻ᵀ, as the two products
+// tmp = M⁻ᵀ dA and dA = −tmp M⁻ᵀ would give it on the small kernel (each element summed over p
+// in ascending order by FMAs from zero, then negated), with dA's rows and M⁻ᵀ's in registers.
+// M⁻¹ is unit lower triangular with exact zeros above the diagonal, so row i of tmp starts at
+// p = i: the terms before it add exact zeros.
+static FWP_AVX512 void inverse_backward16(const float *minv, float *da, float *tmp) {
+    float mt[256] __attribute__((aligned(64)));
+    __m512 acc[16];
+    for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+    // tmp's rows accumulate together, p outer, so that sixteen FMA chains run side by side.
+    for (int p = 0; p < 16; p++) {
+        const __m512 row = _mm512_loadu_ps(da + p * 16);
+        for (int i = 0; i <= p; i++) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(minv[p * 16 + i]), row, acc[i]);
+    }
+    for (int i = 0; i < 16; i++) {
+        _mm512_storeu_ps(tmp + i * 16, acc[i]);
+        acc[i] = _mm512_setzero_ps();
+    }
+    fwp_transpose(16, 16, minv, 16, mt, 16);
+    for (int p = 0; p < 16; p++) {
+        const __m512 row = _mm512_load_ps(mt + p * 16);
+        for (int i = 0; i < 16; i++) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(tmp[i * 16 + p]), row, acc[i]);
+    }
+    const __m512 minus = _mm512_set1_ps(-1.0f);
+    for (int i = 0; i < 16; i++) _mm512_storeu_ps(da + i * 16, _mm512_mul_ps(minus, acc[i]));
+}
+
 static int full16(int c, int C) { return c == 16 && C == 16 && fwp_small_sgemm_uses_avx512(); }
 #else
 static int full16(int c, int C) { (void)c, (void)C; return 0; }
@@ -54,6 +81,7 @@ static void inverse_and_scale16(const float *g, const float *b, float *minv, flo
 static void scale_and_dbeta16(const float *minv, const float *b, float *a, float *da, float *db) {
     (void)minv, (void)b, (void)a, (void)da, (void)db;
 }
+static void inverse_backward16(const float *minv, float *da, float *tmp) { (void)minv, (void)da, (void)tmp; }
 #endif
 
 static void gemm(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda, const float *b, int ldb,
@@ -170,8 +198,12 @@ void fwp_chunkwise_backward(const fwp_chunkwise_shape *s, const float *dy, const
             fwp_chunk_dbeta_inverse(minv, dA, bcont, c, C, db);
         }
         gemm(1, 0, c, nv, c, 1, A, C, dU, nv, 0, NULL, 0, dvc, (int)ovs);
-        gemm(1, 0, c, c, c, 1, minv, C, dA, C, 0, NULL, 0, tmp, C);
-        gemm(0, 1, c, c, c, -1, tmp, C, minv, C, 0, NULL, 0, dA, C);
+        if (full16(c, C)) {
+            inverse_backward16(minv, dA, tmp);
+        } else {
+            gemm(1, 0, c, c, c, 1, minv, C, dA, C, 0, NULL, 0, tmp, C);
+            gemm(0, 1, c, c, c, -1, tmp, C, minv, C, 0, NULL, 0, dA, C);
+        }
         const float *G = saved + s->g_offset + (long)t0 * C;
         fwp_chunk_dbeta_lower(G, dA, bcont, c, C, db);
         fwp_gemm_term t_dk[4] = {dKQ, dKU, term(0, 0, nv, 1, dvc, ovs, S, nk), term(0, 0, c, 0, dA, C, kc, ks)};

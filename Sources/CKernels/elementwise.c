@@ -558,7 +558,27 @@ FWP_AVX2 void fwp_chunk_dbeta_inverse(const float *minv, float *da, const float 
     }
 }
 
+// A full chunk of 16 (c = ld = 16) with AVX-512: each row of E and G is one register, the
+// row's dβ a reduction of their product, and E + Eᵀ through one 16 × 16 transpose (fwp_transpose)
+// instead of 120 scalar column stores (which were 4% of the chunkwise loops' cycles).
+static FWP_AVX512 void chunk_dbeta_lower16(const float *g, float *da, const float *b, float *db) {
+    float scaled[256] __attribute__((aligned(64))), mirrored[256] __attribute__((aligned(64)));
+    for (int i = 0; i < 16; i++) {
+        __mmask16 below = (__mmask16)((1u << i) - 1);
+        __m512 e = _mm512_maskz_loadu_ps(below, da + i * 16);
+        db[i] += _mm512_reduce_add_ps(_mm512_mul_ps(e, _mm512_maskz_loadu_ps(below, g + i * 16)));
+        _mm512_store_ps(scaled + i * 16, _mm512_mul_ps(e, _mm512_set1_ps(b[i])));
+    }
+    fwp_transpose(16, 16, scaled, 16, mirrored, 16);
+    for (int i = 0; i < 16; i++)
+        _mm512_storeu_ps(da + i * 16, _mm512_add_ps(_mm512_load_ps(scaled + i * 16), _mm512_load_ps(mirrored + i * 16)));
+}
+
 FWP_AVX2 void fwp_chunk_dbeta_lower(const float *g, float *da, const float *b, int c, int ld, float *db) {
+    if (c == 16 && ld == 16 && fwp_small_sgemm_uses_avx512()) {
+        chunk_dbeta_lower16(g, da, b, db);
+        return;
+    }
     for (int i = 0; i < c; i++) {
         float *er = da + (long)i * ld;
         __m256 acc = _mm256_setzero_ps(), bi = _mm256_set1_ps(b[i]);
