@@ -219,7 +219,8 @@ FWP_INLINE FWP_AVX512 void row_block(int rows, int trans_a, int n, int k, const 
     }
 }
 
-// Rows i … i + rows − 1 (rows ≤ 6, a constant at each call) against every panel.
+// Rows i … i + rows − 1 (1 ≤ rows ≤ 6) against every panel: the switch makes `rows` a constant
+// for `block`.
 FWP_INLINE FWP_AVX512 void row_block_any(int rows, int trans_a, int n, int k, const float *ai, long lda,
                                          const float *packed, float alpha, float beta, float *c, long ldc,
                                          const epilogue_t *e, long i) {
@@ -263,16 +264,11 @@ static FWP_AVX512 void dense_at(int transpose_b, int m, int n, int k, const floa
         for (long i = 0; i < m; i += SLAB) {
             int rows = m - i < SLAB ? (int)(m - i) : SLAB;
             pack_slab(rows, kk, a + (long)kc * lda + i, lda, slab);
-            if (rows == SLAB) {
-                row_block(ROWS, 1, n, kk, slab, SLAB, packed, alpha, sliceBeta, c, ldc, &plain, i);
-                row_block(ROWS, 1, n, kk, slab + ROWS, SLAB, packed, alpha, sliceBeta, c, ldc, &plain, i + ROWS);
-            } else {
-                int first = rows < ROWS ? rows : ROWS;
-                row_block_any(first, 1, n, kk, slab, SLAB, packed, alpha, sliceBeta, c, ldc, &plain, i);
-                if (rows > ROWS)
-                    row_block_any(rows - ROWS, 1, n, kk, slab + ROWS, SLAB, packed, alpha, sliceBeta, c, ldc, &plain,
-                                  i + ROWS);
-            }
+            // the slab's first six columns, then the rest
+            row_block_any(rows < ROWS ? rows : ROWS, 1, n, kk, slab, SLAB, packed, alpha, sliceBeta, c, ldc, &plain, i);
+            if (rows > ROWS)
+                row_block_any(rows - ROWS, 1, n, kk, slab + ROWS, SLAB, packed, alpha, sliceBeta, c, ldc, &plain,
+                              i + ROWS);
         }
         if (k == 0) break;
     }
