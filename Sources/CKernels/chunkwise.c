@@ -98,6 +98,24 @@ static void mask_upper(float *p, int c, int ld) {
     for (int i = 0; i + 1 < c; i++) memset(p + (long)i * ld + i + 1, 0, sizeof(float) * (size_t)(c - i - 1));
 }
 
+// Asks, for writing, for what the forward's chunk ci will write to `saved`: its causal(Q Kᵀ),
+// Ũ, X, M⁻¹ and K Kᵀ rows and the slot of the state it ends with. These lines are written once
+// and read by the backward much later; a store to a line outside the caches waits while it is
+// read, so the forward asks for them two chunks ahead (docs/PERFORMANCE.md, fourteenth pass).
+static void prefetch_forward_outputs(const fwp_chunkwise_shape *s, int ci, int chunks, float *saved) {
+    const int C = s->chunk, nk = s->key_size, nv = s->value_size;
+    const long t0 = (long)ci * C, c = s->steps - t0 < C ? s->steps - t0 : C;
+    const float *arr[6] = {saved + s->p_offset + t0 * C, saved + s->u_offset + t0 * nv, saved + s->x_offset + t0 * nv,
+                           saved + s->m_offset + t0 * C, saved + s->g_offset + t0 * C,
+                           saved + (long)(ci + 1) * nv * nk};
+    const long len[6] = {c * C, c * nv, c * nv, c * C, c * C, (long)nv * nk};
+    for (int a = 0; a < 6; a++) {
+        if ((a > 0 && a < 5 && !s->delta) || (a == 5 && ci + 1 >= chunks)) continue;
+        const char *line = (const char *)((unsigned long)arr[a] & ~63UL), *end = (const char *)(arr[a] + len[a]);
+        for (; line < end; line += 64) __builtin_prefetch(line, 1, 3);
+    }
+}
+
 void fwp_chunkwise_forward(const fwp_chunkwise_shape *s, const float *q, const float *k, const float *v,
                            const float *beta, float *y, float *w, float *saved, float *scratch) {
     const int C = s->chunk, dk = s->key_size, dv = s->value_size, steps = s->steps;
@@ -114,6 +132,7 @@ void fwp_chunkwise_forward(const fwp_chunkwise_shape *s, const float *q, const f
         const float *S = saved + (long)ci * dv * dk;
         fwp_transpose(dv, dk, S, dk, St, dv);
         fwp_transpose(c, dk, kc, (int)ks, Kt, c);
+        if (ci + 2 < chunks) prefetch_forward_outputs(s, ci + 2, chunks, saved);
         if (ci + 1 < chunks) {
             int t1 = t0 + C;
             fwp_prefetch_rows(v + t1 * vs, vs, steps - t1 < C ? steps - t1 : C, dv);
@@ -149,6 +168,42 @@ void fwp_chunkwise_forward(const fwp_chunkwise_shape *s, const float *q, const f
     }
 }
 
+// Asks for `rows` rows of `width` floats (stride floats apart): into L1 (near) or L2.
+static void prefetch_rows_to(const float *p, long stride, long rows, long width, int near) {
+    for (long r = 0; r < rows; r++) {
+        const char *line = (const char *)((unsigned long)(p + r * stride) & ~63UL);
+        const char *end = (const char *)(p + r * stride + width);
+        for (; line < end; line += 64) {
+            if (near)
+                __builtin_prefetch(line, 0, 3);
+            else
+                __builtin_prefetch(line, 0, 2);
+        }
+    }
+}
+
+// What the backward reads of chunk ci: its start state, the forward's saved arrays and its q, k
+// and dy rows, all written long before (the saved arrays by the forward, outside the caches by
+// now). The backward asks for the chunk before the one it works on into L1 and the one before
+// that into L2, so that these lines arrive while a chunk's products run (docs/PERFORMANCE.md,
+// fourteenth pass).
+static void prefetch_backward_chunk(const fwp_chunkwise_shape *s, int ci, const float *q, const float *k,
+                                    const float *dy, const float *saved, int near) {
+    const int C = s->chunk, nk = s->key_size, nv = s->value_size;
+    const long t0 = (long)ci * C, c = s->steps - t0 < C ? s->steps - t0 : C;
+    prefetch_rows_to(saved + (long)ci * nv * nk, nk, nv, nk, near);
+    prefetch_rows_to(saved + s->p_offset + t0 * C, C, c, C, near);
+    prefetch_rows_to(q + t0 * s->key_stride, s->key_stride, c, nk, near);
+    prefetch_rows_to(k + t0 * s->key_stride, s->key_stride, c, nk, near);
+    prefetch_rows_to(dy + t0 * s->value_stride, s->value_stride, c, nv, near);
+    if (s->delta) {
+        prefetch_rows_to(saved + s->u_offset + t0 * nv, nv, c, nv, near);
+        prefetch_rows_to(saved + s->x_offset + t0 * nv, nv, c, nv, near);
+        prefetch_rows_to(saved + s->m_offset + t0 * C, C, c, C, near);
+        prefetch_rows_to(saved + s->g_offset + t0 * C, C, c, C, near);
+    }
+}
+
 void fwp_chunkwise_backward(const fwp_chunkwise_shape *s, const float *dy, const float *q, const float *k,
                             const float *v, const float *beta, const float *saved, float *dw, float *scratch, float *dq,
                             float *dk, float *dv, float *dbeta, int seeded) {
@@ -168,7 +223,8 @@ void fwp_chunkwise_backward(const fwp_chunkwise_shape *s, const float *dy, const
         const float *ut = delta ? saved + s->u_offset + (long)t0 * nv : vc;
         const long ldu = delta ? nv : vs;
         const float *P = saved + s->p_offset + (long)t0 * C;
-        if (ci > 0) fwp_prefetch_rows(saved + (long)(ci - 1) * nv * nk, nk, nv, nk);
+        if (ci > 0) prefetch_backward_chunk(s, ci - 1, q, k, dy, saved, 1);
+        if (ci > 1) prefetch_backward_chunk(s, ci - 2, q, k, dy, saved, 0);
         float *dUt = delta ? dU : dvc;
         const long lddu = delta ? nv : ovs;
         fwp_gemm_term t_du[2] = {term(1, 0, c, 0, P, C, dyc, vs), term(0, 1, nk, 0, kc, ks, dw, nk)};
