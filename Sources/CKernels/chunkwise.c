@@ -8,6 +8,8 @@
 
 #include <string.h>
 
+#include "prefetch.h"
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define FWP_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
@@ -105,15 +107,14 @@ static void mask_upper(float *p, int c, int ld) {
 static void prefetch_forward_outputs(const fwp_chunkwise_shape *s, int ci, int chunks, float *saved) {
     const int C = s->chunk, nk = s->key_size, nv = s->value_size;
     const long t0 = (long)ci * C, c = s->steps - t0 < C ? s->steps - t0 : C;
-    const float *arr[6] = {saved + s->p_offset + t0 * C, saved + s->u_offset + t0 * nv, saved + s->x_offset + t0 * nv,
-                           saved + s->m_offset + t0 * C, saved + s->g_offset + t0 * C,
-                           saved + (long)(ci + 1) * nv * nk};
-    const long len[6] = {c * C, c * nv, c * nv, c * C, c * C, (long)nv * nk};
-    for (int a = 0; a < 6; a++) {
-        if ((a > 0 && a < 5 && !s->delta) || (a == 5 && ci + 1 >= chunks)) continue;
-        const char *line = (const char *)((unsigned long)arr[a] & ~63UL), *end = (const char *)(arr[a] + len[a]);
-        for (; line < end; line += 64) __builtin_prefetch(line, 1, 3);
+    fwp_prefetch_lines(saved + s->p_offset + t0 * C, c * C, FWP_WRITE);
+    if (s->delta) {
+        fwp_prefetch_lines(saved + s->u_offset + t0 * nv, c * nv, FWP_WRITE);
+        fwp_prefetch_lines(saved + s->x_offset + t0 * nv, c * nv, FWP_WRITE);
+        fwp_prefetch_lines(saved + s->m_offset + t0 * C, c * C, FWP_WRITE);
+        fwp_prefetch_lines(saved + s->g_offset + t0 * C, c * C, FWP_WRITE);
     }
+    if (ci + 1 < chunks) fwp_prefetch_lines(saved + (long)(ci + 1) * nv * nk, (long)nv * nk, FWP_WRITE);
 }
 
 void fwp_chunkwise_forward(const fwp_chunkwise_shape *s, const float *q, const float *k, const float *v,
@@ -168,39 +169,25 @@ void fwp_chunkwise_forward(const fwp_chunkwise_shape *s, const float *q, const f
     }
 }
 
-// Asks for `rows` rows of `width` floats (stride floats apart): into L1 (near) or L2.
-static void prefetch_rows_to(const float *p, long stride, long rows, long width, int near) {
-    for (long r = 0; r < rows; r++) {
-        const char *line = (const char *)((unsigned long)(p + r * stride) & ~63UL);
-        const char *end = (const char *)(p + r * stride + width);
-        for (; line < end; line += 64) {
-            if (near)
-                __builtin_prefetch(line, 0, 3);
-            else
-                __builtin_prefetch(line, 0, 2);
-        }
-    }
-}
-
 // What the backward reads of chunk ci: its start state, the forward's saved arrays and its q, k
 // and dy rows, all written long before (the saved arrays by the forward, outside the caches by
 // now). The backward asks for the chunk before the one it works on into L1 and the one before
 // that into L2, so that these lines arrive while a chunk's products run (docs/PERFORMANCE.md,
 // fourteenth pass).
 static void prefetch_backward_chunk(const fwp_chunkwise_shape *s, int ci, const float *q, const float *k,
-                                    const float *dy, const float *saved, int near) {
+                                    const float *dy, const float *saved, int how) {
     const int C = s->chunk, nk = s->key_size, nv = s->value_size;
     const long t0 = (long)ci * C, c = s->steps - t0 < C ? s->steps - t0 : C;
-    prefetch_rows_to(saved + (long)ci * nv * nk, nk, nv, nk, near);
-    prefetch_rows_to(saved + s->p_offset + t0 * C, C, c, C, near);
-    prefetch_rows_to(q + t0 * s->key_stride, s->key_stride, c, nk, near);
-    prefetch_rows_to(k + t0 * s->key_stride, s->key_stride, c, nk, near);
-    prefetch_rows_to(dy + t0 * s->value_stride, s->value_stride, c, nv, near);
+    fwp_prefetch_lines(saved + (long)ci * nv * nk, (long)nv * nk, how);
+    fwp_prefetch_lines(saved + s->p_offset + t0 * C, c * C, how);
+    fwp_prefetch_row_lines(q + t0 * s->key_stride, s->key_stride, c, nk, how);
+    fwp_prefetch_row_lines(k + t0 * s->key_stride, s->key_stride, c, nk, how);
+    fwp_prefetch_row_lines(dy + t0 * s->value_stride, s->value_stride, c, nv, how);
     if (s->delta) {
-        prefetch_rows_to(saved + s->u_offset + t0 * nv, nv, c, nv, near);
-        prefetch_rows_to(saved + s->x_offset + t0 * nv, nv, c, nv, near);
-        prefetch_rows_to(saved + s->m_offset + t0 * C, C, c, C, near);
-        prefetch_rows_to(saved + s->g_offset + t0 * C, C, c, C, near);
+        fwp_prefetch_lines(saved + s->u_offset + t0 * nv, c * nv, how);
+        fwp_prefetch_lines(saved + s->x_offset + t0 * nv, c * nv, how);
+        fwp_prefetch_lines(saved + s->m_offset + t0 * C, c * C, how);
+        fwp_prefetch_lines(saved + s->g_offset + t0 * C, c * C, how);
     }
 }
 
@@ -223,8 +210,8 @@ void fwp_chunkwise_backward(const fwp_chunkwise_shape *s, const float *dy, const
         const float *ut = delta ? saved + s->u_offset + (long)t0 * nv : vc;
         const long ldu = delta ? nv : vs;
         const float *P = saved + s->p_offset + (long)t0 * C;
-        if (ci > 0) prefetch_backward_chunk(s, ci - 1, q, k, dy, saved, 1);
-        if (ci > 1) prefetch_backward_chunk(s, ci - 2, q, k, dy, saved, 0);
+        if (ci > 0) prefetch_backward_chunk(s, ci - 1, q, k, dy, saved, FWP_READ_L1);
+        if (ci > 1) prefetch_backward_chunk(s, ci - 2, q, k, dy, saved, FWP_READ_L2);
         float *dUt = delta ? dU : dvc;
         const long lddu = delta ? nv : ovs;
         fwp_gemm_term t_du[2] = {term(1, 0, c, 0, P, C, dyc, vs), term(0, 1, nk, 0, kc, ks, dw, nk)};

@@ -12,6 +12,7 @@
 #define FWP_INLINE static inline __attribute__((always_inline))
 
 #include "simd_shared.h"
+#include "prefetch.h"
 
 int fwp_vector_kernels_supported(void) { return fwp_small_sgemm_supported(); }
 
@@ -122,16 +123,11 @@ FWP_INLINE int row_masks16(long n, __mmask16 *mk, int count) {
     return (int)((n + 15) / 16);
 }
 
-// How many rows ahead the row loops below ask for their output rows, and the asking: the step
-// writes its activations fresh, mostly into lines outside the caches, and a store to such a line
-// waits while the line is read; asked for early (for writing), the lines arrive while the rows
-// before them are computed (docs/PERFORMANCE.md, fourteenth pass).
+// How many rows ahead the row loops below ask for their output rows (fwp_prefetch_lines, for
+// writing): the step writes its activations fresh, mostly into lines outside the caches, and a
+// store to such a line waits while the line is read; asked for early, the lines arrive while the
+// rows before them are computed (docs/PERFORMANCE.md, fourteenth pass).
 enum { WRITE_AHEAD = 16 };
-
-FWP_INLINE void prefetch_row_for_writing(const float *row, long n) {
-    const char *line = (const char *)((unsigned long)row & ~63UL), *end = (const char *)(row + n);
-    for (; line < end; line += 64) __builtin_prefetch(line, 1, 3);
-}
 
 // Rows of at most 64 floats (a head's features): the row's φ stays in four registers between
 // its sum and its scaling. Storing φ and reading it back, as the general loop below does, costs
@@ -145,7 +141,7 @@ static FWP_AVX512 void elu_sum_normalize_short512(const float *x, long ldx, floa
         float *yr = y + r * ldy;
         if (r + 6 < rows)
             for (long i = 0; i < n; i += 16) __builtin_prefetch(xr + 6 * ldx + i, 0, 3);
-        if (r + WRITE_AHEAD < rows) prefetch_row_for_writing(yr + WRITE_AHEAD * ldy, n);
+        if (r + WRITE_AHEAD < rows) fwp_prefetch_lines(yr + WRITE_AHEAD * ldy, n, FWP_WRITE);
         // The same additions in the same order as the general loop: one accumulator, vector by vector.
         __m512 phi[4], acc = _mm512_setzero_ps();
         for (int v = 0; v < 4; v++) {
@@ -396,8 +392,8 @@ static FWP_AVX512 void layer_norm_forward_short512(const float *x, const float *
     for (long r = 0; r < rows; r++) {
         const float *xr = x + r * n;
         if (r + WRITE_AHEAD < rows) {
-            prefetch_row_for_writing(y + (r + WRITE_AHEAD) * n, n);
-            prefetch_row_for_writing(xhat + (r + WRITE_AHEAD) * n, n);
+            fwp_prefetch_lines(y + (r + WRITE_AHEAD) * n, n, FWP_WRITE);
+            fwp_prefetch_lines(xhat + (r + WRITE_AHEAD) * n, n, FWP_WRITE);
         }
         __m512 xv[8], acc = _mm512_setzero_ps();
         for (int v = 0; v < 8; v++) {
@@ -434,7 +430,7 @@ static FWP_AVX512 void layer_norm_backward_short512(const float *dy, const float
     __m512 vn = _mm512_set1_ps((float)n);
     for (long r = 0; r < rows; r++) {
         const float *dr = dy + r * n, *hr = xhat + r * n;
-        if (r + WRITE_AHEAD < rows) prefetch_row_for_writing(dx + (r + WRITE_AHEAD) * n, n);
+        if (r + WRITE_AHEAD < rows) fwp_prefetch_lines(dx + (r + WRITE_AHEAD) * n, n, FWP_WRITE);
         __m512 d[8], h[8], sg = _mm512_setzero_ps(), sgh = _mm512_setzero_ps();
         for (int v = 0; v < 8; v++) {
             if (v >= vecs) break;
@@ -677,7 +673,7 @@ double fwp_cross_entropy(const float *logits, const long *targets, float *grad, 
     for (long r = 0; r < rows; r++) {
         const float *x = logits + r * n;
         float *g = grad + r * n;
-        if (r + WRITE_AHEAD < rows) prefetch_row_for_writing(grad + (r + WRITE_AHEAD) * n, n);
+        if (r + WRITE_AHEAD < rows) fwp_prefetch_lines(grad + (r + WRITE_AHEAD) * n, n, FWP_WRITE);
         long t = targets[r];
         if (t < 0) {
             memset(g, 0, sizeof(float) * (size_t)n);

@@ -1,13 +1,8 @@
 #include "fwp_kernels.h"
+#include "prefetch.h"
 
 void fwp_prefetch_rows(const float *p, long stride, long rows, long width) {
-    if (width <= 0) return;
-    for (long r = 0; r < rows; r++) {
-        // One hint per 64-byte line the row touches, from the line holding its first float.
-        const char *line = (const char *)((unsigned long)(p + r * stride) & ~63UL);
-        const char *end = (const char *)(p + r * stride + width);
-        for (; line < end; line += 64) __builtin_prefetch(line, 0, 3);
-    }
+    fwp_prefetch_row_lines(p, stride, rows, width, FWP_READ_L1);
 }
 
 #if defined(__x86_64__)
