@@ -29,7 +29,7 @@ let package = Package(
             path: "Sources/CZeroMQ",
             providers: [.apt(["libzmq3-dev"])]
         ),
-        .target(name: "CKernels"),
+        .target(name: "CKernels", exclude: ["README.md"]),
         .target(
             name: "FWPCore",
             dependencies: ["CBLAS", "CKernels"]

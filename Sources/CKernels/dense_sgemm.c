@@ -324,16 +324,8 @@ int fwp_dense_sgemm_amx_supported(void) {
     return amx_available;
 }
 
-static int amx_default(void) {
-    static int cached = -1;
-    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
-    if (v < 0) {
-        const char *env = getenv("FWP_AMX");
-        v = env && strcmp(env, "1") == 0 && fwp_dense_sgemm_amx_supported();
-        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
-    }
-    return v;
-}
+// FWP_AMX=1 (fwp_dispatch.h) on a CPU and OS that provide the tiles.
+static int amx_default(void) { return fwp_dispatch()->amx_requested && fwp_dense_sgemm_amx_supported(); }
 
 static __thread int amx_mode = -1;
 
@@ -505,7 +497,6 @@ static FWP_AMX void dense_amx(int trans_a, int trans_b, int m, int n, int k, flo
     _tile_release();
 }
 
-int fwp_dense_sgemm_supported(void) { return fwp_cpu_vector_level() >= 3; }
 
 FWP_AVX512 void fwp_dense_sgemm(int transpose_a, int transpose_b, int m, int n, int k, float alpha, const float *a,
                                 int lda, const float *b, int ldb, float beta, float *c, int ldc) {
@@ -600,7 +591,6 @@ FWP_AVX512 void fwp_dense_sgemm_gated(int transpose_b, int m, int n, int k, cons
 
 #else
 
-int fwp_dense_sgemm_supported(void) { return 0; }
 int fwp_dense_sgemm_amx_supported(void) { return 0; }
 int fwp_dense_sgemm_uses_amx(void) { return 0; }
 int fwp_dense_sgemm_set_amx(int mode) {

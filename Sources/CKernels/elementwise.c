@@ -14,8 +14,6 @@
 #include "simd_shared.h"
 #include "prefetch.h"
 
-int fwp_vector_kernels_supported(void) { return fwp_small_sgemm_supported(); }
-
 // e^x for x ≤ 0 (callers clamp): Cody–Waite reduction x = n·ln2 + r, a degree-6 polynomial for
 // e^r on |r| ≤ ln2/2, and 2ⁿ built in the exponent field. Below −87.33 the result is 0.
 // NaN lanes are not handled here; callers put x back where x is NaN. The constants serve the
@@ -688,7 +686,6 @@ double fwp_cross_entropy(const float *logits, const long *targets, float *grad, 
 
 #else
 
-int fwp_vector_kernels_supported(void) { return 0; }
 void fwp_unit_lower_inverse(const float *g, const float *b, int c, int ld, float *minv) {
     (void)g; (void)b; (void)c; (void)ld; (void)minv;
     __builtin_trap();

@@ -15,22 +15,6 @@ void fwp_prefetch_rows(const float *p, long stride, long rows, long width) {
 
 #include "simd_shared.h"
 
-int fwp_small_sgemm_supported(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
-
-int fwp_cpu_vector_level(void) {
-    __builtin_cpu_init();
-    // __builtin_cpu_supports also checks that the OS saves the wider registers (XCR0).
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && fwp_small_sgemm_supported())
-        return 3;
-    if (fwp_small_sgemm_supported()) return 2;
-    if (__builtin_cpu_supports("avx")) return 1;
-    return 0;
-}
-
 // One term of a product sum, as the blocks read it: A(i, p) = a[i * ars + p * aps],
 // B(p, j) = b[p * ldb + j] (B already transposed where the caller asked), accumulated with its sign.
 // k and negate are not neighbours, so that copying them from the caller's fwp_gemm_term stays
@@ -369,20 +353,9 @@ static FWP_AVX512 void transpose16_tiles(int rows, int cols, const float *src, i
         for (int j = 0; j < cols; j += 16) transpose16(src + (long)i * lds + j, lds, dst + (long)j * ldd + i, ldd);
 }
 
-// Whether the product sums run on the AVX-512 blocks: on CPUs with AVX-512 unless the
-// environment sets FWP_AVX512=0 (which keeps the AVX2 blocks, for comparison and tests).
-static int use_avx512(void) {
-    static int cached = -1;
-    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
-    if (v < 0) {
-        const char *e = getenv("FWP_AVX512");
-        v = fwp_cpu_vector_level() >= 3 && !(e && strcmp(e, "0") == 0);
-        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
-    }
-    return v;
-}
-
-int fwp_small_sgemm_uses_avx512(void) { return use_avx512(); }
+// Whether the product sums run on the AVX-512 blocks: fwp_dispatch.h (FWP_AVX512=0 keeps the AVX2
+// blocks, for comparison and tests).
+static int use_avx512(void) { return fwp_dispatch()->avx512; }
 
 FWP_AVX2 void fwp_small_sgemm_sum(int m, int n, int count, const fwp_gemm_term *terms, float alpha, float beta,
                                   const float *c_in, int ldc_in, float *c, int ldc) {
@@ -431,12 +404,6 @@ FWP_AVX2 void fwp_small_sgemm_add(int transpose_a, int transpose_b, int m, int n
 }
 
 #else
-
-int fwp_small_sgemm_supported(void) { return 0; }
-
-int fwp_cpu_vector_level(void) { return 0; }
-
-int fwp_small_sgemm_uses_avx512(void) { return 0; }
 
 void fwp_copy_rows(const float *src, long lds, float *dst, long ldd, long rows, long width) {
     for (long r = 0; r < rows; r++)

@@ -120,7 +120,7 @@ struct SharedConstPointer: @unchecked Sendable {
 /// Poisoning is on when the environment sets `FWP_POISON_UNINITIALIZED=1` (the test suite does)
 /// or after `setPoison(true)`; it changes no result of correct code.
 public enum UninitializedMemory {
-    private static let poison = Atomic<Bool>(ProcessInfo.processInfo.environment["FWP_POISON_UNINITIALIZED"] == "1")
+    private static let poison = Atomic<Bool>(KernelDispatch.poisonUninitialized)
 
     public static func setPoison(_ on: Bool) { poison.store(on, ordering: .relaxed) }
     public static var isPoisoned: Bool { poison.load(ordering: .relaxed) }

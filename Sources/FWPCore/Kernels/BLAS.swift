@@ -80,7 +80,7 @@ public enum BLAS {
     public static var coreName: String { String(cString: openblas_get_corename()) }
 
     /// The CPU's widest vector extension (`fwp_cpu_vector_level`).
-    public static var vectorLevel: Int { Int(fwp_cpu_vector_level()) }
+    public static var vectorLevel: Int { KernelDispatch.vectorLevel }
 
     /// One line for logs: OpenBLAS's kernel family, and whether `relaunchIfNeeded` chose it.
     public static var blasCoreNote: String {
@@ -98,13 +98,13 @@ public enum BLAS {
         if denseKernel {
             if denseAMX {
                 own.append("layer products on fwp's AMX kernel (bf16x6, FWP_AMX=1)")
-            } else if ProcessInfo.processInfo.environment["FWP_AMX"] == "1" {
+            } else if KernelDispatch.amxRequested {
                 own.append("layer products on fwp's AVX-512 kernel (FWP_AMX=1 asked for AMX, which this CPU or OS does not provide)")
             } else {
                 own.append("layer products on fwp's AVX-512 kernel")
             }
         }
-        if smallKernel { own.append("small products on fwp's \(fwp_small_sgemm_uses_avx512() != 0 ? "AVX-512" : "AVX2") kernel") }
+        if smallKernel { own.append("small products on fwp's \(KernelDispatch.avx512 ? "AVX-512" : "AVX2") kernel") }
         return own.isEmpty ? blasCoreNote : "\(own.joined(separator: ", ")), the rest on \(blasCoreNote)"
     }
 
@@ -116,27 +116,20 @@ public enum BLAS {
 
     /// Whether small products go to FWPCore's own AVX2/FMA kernel (CKernels) instead of OpenBLAS:
     /// true on CPUs with AVX2 and FMA unless the environment sets `FWP_SMALL_GEMM=0`.
-    public static let smallKernel: Bool =
-        smallKernelSupported && ProcessInfo.processInfo.environment["FWP_SMALL_GEMM"] != "0"
+    public static let smallKernel: Bool = KernelDispatch.smallGemm
 
     /// Whether this CPU can run the small kernel at all (AVX2 and FMA), whatever FWP_SMALL_GEMM says.
-    public static let smallKernelSupported: Bool = fwp_small_sgemm_supported() != 0
+    public static let smallKernelSupported: Bool = KernelDispatch.smallGemmSupported
 
     /// The largest dimension sent to the small kernel, and the largest m·n·k: above them
-    /// OpenBLAS's packing pays for itself (`fwp-bench --only smallgemm`: 32³ 1.3–1.8×, 64³
-    /// 1.0–1.3×, 128³ 0.8× of OpenBLAS here; docs/PERFORMANCE.md).
+    /// OpenBLAS's packing pays for itself (`fwp-bench --only smallgemm` compares the two).
     public static let smallKernelLimit = 128
     public static let smallKernelWork = 64 * 64 * 128
 
     /// Whether the dense layers' products go to FWPCore's own AVX-512 kernel (`fwp_dense_sgemm`)
     /// instead of OpenBLAS: true on CPUs with AVX-512 unless the environment sets
-    /// `FWP_DENSE_GEMM=0` (or `FWP_AVX512=0`, which turns off every AVX-512 kernel). On the CPU it
-    /// was written for it ran the LM's products 1.0–1.2× as fast as OpenBLAS's SkylakeX kernels
-    /// (docs/PERFORMANCE.md).
-    public static let denseKernel: Bool = {
-        let environment = ProcessInfo.processInfo.environment
-        return fwp_dense_sgemm_supported() != 0 && environment["FWP_DENSE_GEMM"] != "0" && environment["FWP_AVX512"] != "0"
-    }()
+    /// `FWP_DENSE_GEMM=0` (or `FWP_AVX512=0`, which turns off every AVX-512 kernel).
+    public static let denseKernel: Bool = KernelDispatch.denseGemm
 
     /// Whether the dense kernel runs its products on AMX tiles (`FWP_AMX=1` on a CPU and OS that
     /// provide them; CKernels' `fwp_dense_sgemm_amx_supported`): float32 accuracy from six bfloat16

@@ -65,12 +65,12 @@ public struct AttentionLayer: Sendable {
     /// skipped; `fwp-bench --only lm-softmax` +4–5% against 64), 64 otherwise (at T = 1024 blocks
     /// of 32 measured 8–10% slower: their long dV and dK products go to OpenBLAS 32 rows at a time).
     func causalBlock(steps: Int) -> Int {
-        causalBlock ?? (steps <= 256 && fwp_small_sgemm_uses_avx512() != 0 ? 32 : 64)
+        causalBlock ?? (steps <= 256 && KernelDispatch.avx512 ? 32 : 64)
     }
     /// The softmax blocks' products (k up to T) run on the small kernel up to this dimension:
     /// with its AVX-512 blocks `fwp-bench --only lm-softmax` measured 5–7% faster at 256 than
     /// with OpenBLAS taking those over 128 (the AVX2 blocks keep the general limit).
-    var softmaxSmallLimit: Int { fwp_small_sgemm_uses_avx512() != 0 ? 256 : BLAS.smallKernelLimit }
+    var softmaxSmallLimit: Int { KernelDispatch.avx512 ? 256 : BLAS.smallKernelLimit }
 
     init(
         prefix: String, config: LMConfig, store: inout ParameterStore, buffers: inout ParameterStore,

@@ -10,10 +10,10 @@ import Foundation
 /// compute the same functions to float32 rounding; they are not bit-identical (FMA).
 public enum VectorKernels {
     /// Whether this CPU can run the C kernels (AVX2 and FMA).
-    public static let supported: Bool = fwp_vector_kernels_supported() != 0
+    public static let supported: Bool = KernelDispatch.vectorKernelsSupported
 
     /// Whether FWPCore uses them: `supported` unless the environment sets `FWP_VECTOR_KERNELS=0`.
-    public static let enabled: Bool = supported && ProcessInfo.processInfo.environment["FWP_VECTOR_KERNELS"] != "0"
+    public static let enabled: Bool = KernelDispatch.vectorKernels
 
     /// ELU + 1 of n floats (`native` picks the C kernel; it must be `supported`).
     static func eluPlusOne(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int, native: Bool = enabled) {
