@@ -30,7 +30,7 @@ final class EventPublisher: @unchecked Sendable {
 }
 
 /// Claims queued jobs and runs them on a Dispatch worker pool, `workers` at a time.
-final class Scheduler: @unchecked Sendable {
+final class Scheduler: JobControl, @unchecked Sendable {
     let config: DaemonConfig
     let store: JobStore
     let registry: TaskRegistry
@@ -57,6 +57,8 @@ final class Scheduler: @unchecked Sendable {
     }
 
     var runningCount: Int { condition.withLock { running.count } }
+
+    func publish(_ event: JobEvent) { publisher.publish(event) }
 
     func start() {
         let t = Thread { [self] in loop() }
@@ -157,7 +159,7 @@ final class Scheduler: @unchecked Sendable {
         do {
             defer { context.flushEvents() }
             guard let module = registry.module(named: job.task) else {
-                throw WireError("unknown_task", "task module '\(job.task)' is not registered")
+                throw WireError(.unknownTask, "task module '\(job.task)' is not registered")
             }
             let parameters = try module.validate(job.parameters)
             let result = try module.run(parameters, context: context)
@@ -176,11 +178,11 @@ final class Scheduler: @unchecked Sendable {
         } catch TaskError.failed(let code, let message) {
             outcome = (.failed, nil, WireError(code, message))
         } catch let e as ParameterError {
-            outcome = (.failed, nil, WireError("invalid_parameter", e.description, details: ["parameter": .string(e.parameter)]))
+            outcome = (.failed, nil, WireError(.invalidParameter, e.description, details: ["parameter": .string(e.parameter)]))
         } catch let e as WireError {
             outcome = (.failed, nil, e)
         } catch {
-            outcome = (.failed, nil, WireError("internal", "\(error)"))
+            outcome = (.failed, nil, WireError(.internal, "\(error)"))
         }
         do {
             publisher.publish(try store.finish(job.id, state: outcome.0, result: outcome.1, error: outcome.2))

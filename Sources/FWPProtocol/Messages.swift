@@ -10,10 +10,8 @@ public enum FWPWire {
     public static let version = "FWP1"
     /// Requests larger than this (all frames together) get a `too_large` error.
     public static let maximumRequestBytes = 1 << 20
-    /// Every command the daemon understands.
-    public static let commands = [
-        "submit", "status", "list", "cancel", "events", "checkpoints", "export", "tasks", "health", "metrics",
-    ]
+    /// Every command the daemon understands (`Command`'s names).
+    public static let commands = Command.allCases.map(\.rawValue)
 }
 
 /// A job's lifecycle state.
@@ -24,11 +22,11 @@ public enum JobState: String, Codable, Sendable, CaseIterable {
 
 /// A structured error: a stable code for programs and a message for people.
 public struct WireError: Codable, Error, Equatable, Sendable, CustomStringConvertible {
-    public var code: String
+    public var code: ErrorCode
     public var message: String
     public var details: [String: JSONValue]?
 
-    public init(_ code: String, _ message: String, details: [String: JSONValue]? = nil) {
+    public init(_ code: ErrorCode, _ message: String, details: [String: JSONValue]? = nil) {
         self.code = code
         self.message = message
         self.details = details

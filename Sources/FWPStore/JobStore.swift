@@ -195,7 +195,7 @@ public final class JobStore: Sendable {
                 sql: """
                     UPDATE jobs SET state = ?, finished_at = ?, lease_until = NULL, result = ?, error_code = ?, error_message = ?
                     WHERE id = ?
-                    """, arguments: [state.rawValue, Self.now(), result?.jsonText, error?.code, error?.message, id])
+                    """, arguments: [state.rawValue, Self.now(), result?.jsonText, error?.code.rawValue, error?.message, id])
             return try Self.appendEvent(db, job: id, JobEvent(job: id, seq: 0, time: Self.now(), kind: "state", state: state, result: result, error: error))
         }
     }
@@ -218,10 +218,10 @@ public final class JobStore: Sendable {
             for row in try Row.fetchAll(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE state = 'running'")) {
                 let job = try Self.job(row)
                 if job.attempt >= job.maxAttempts {
-                    let err = WireError("attempts_exhausted", "the daemon stopped during attempt \(job.attempt) of \(job.maxAttempts)")
+                    let err = WireError(.attemptsExhausted, "the daemon stopped during attempt \(job.attempt) of \(job.maxAttempts)")
                     try db.execute(
                         sql: "UPDATE jobs SET state = 'failed', finished_at = ?, lease_until = NULL, error_code = ?, error_message = ? WHERE id = ?",
-                        arguments: [Self.now(), err.code, err.message, job.id])
+                        arguments: [Self.now(), err.code.rawValue, err.message, job.id])
                     events.append(try Self.appendEvent(db, job: job.id, JobEvent(job: job.id, seq: 0, time: Self.now(), kind: "state", state: .failed, error: err)))
                 } else {
                     try db.cachedStatement(sql: "UPDATE jobs SET state = 'queued', lease_until = NULL WHERE id = ?").execute(arguments: [job.id])
@@ -266,7 +266,7 @@ public final class JobStore: Sendable {
     static func appendEvent(_ db: Database, job: Int64, _ event: JobEvent) throws -> JobEvent {
         try db.cachedStatement(sql: "UPDATE jobs SET last_seq = last_seq + 1 WHERE id = ?").execute(arguments: [job])
         guard let seq = try Int64.fetchOne(try db.cachedStatement(sql: "SELECT last_seq FROM jobs WHERE id = ?"), arguments: [job]) else {
-            throw WireError("not_found", "job \(job) does not exist")
+            throw WireError(.notFound, "job \(job) does not exist")
         }
         var e = event
         e.job = job
@@ -324,7 +324,7 @@ public final class JobStore: Sendable {
         return JobInfo(
             id: r[0], task: r[1], preset: r[2], parameters: params, priority: r[4], state: state, attempt: r[6], maxAttempts: r[7],
             idempotencyKey: r[8], createdAt: r[9], startedAt: r[10], finishedAt: r[11],
-            result: resultText.flatMap { try? JSONValue.parse($0) }, error: code.map { WireError($0, r[16] ?? "") },
+            result: resultText.flatMap { try? JSONValue.parse($0) }, error: code.map { WireError(ErrorCode($0), r[16] ?? "") },
             cancelRequested: r[13], lastSeq: r[17])
     }
 }

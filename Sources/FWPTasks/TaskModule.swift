@@ -63,7 +63,7 @@ public enum TaskError: Error, Equatable, CustomStringConvertible, Sendable {
     /// The context asked the task to stop.
     case cancelled
     /// The task failed; `code` is stable (for clients), `message` is for people.
-    case failed(code: String, message: String)
+    case failed(code: ErrorCode, message: String)
 
     public var description: String {
         switch self {

@@ -67,7 +67,7 @@ final class Client {
         }
         let status = String(decoding: frames[1], as: UTF8.self)
         if status == "error" {
-            let e = (try? WireJSON.decode(WireError.self, from: frames[2])) ?? WireError("unknown", "unreadable error reply")
+            let e = (try? WireJSON.decode(WireError.self, from: frames[2])) ?? WireError(ErrorCode("unknown"), "unreadable error reply")
             throw CtlError(message: "\(e.code): \(e.message)", code: Exit.requestFailed)
         }
         let body = try JSONDecoder().decode(JSONValue.self, from: Data(frames[2]))

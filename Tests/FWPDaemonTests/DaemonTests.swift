@@ -184,7 +184,7 @@ import ZeroMQ
         let before = try c.ok("list", [:])
         func code(_ frames: [[UInt8]]) throws -> String? {
             guard let f = try c.raw(frames), f.count == 3, String(decoding: f[1], as: UTF8.self) == "error" else { return nil }
-            return try WireJSON.decode(WireError.self, from: f[2]).code
+            return try WireJSON.decode(WireError.self, from: f[2]).code.rawValue
         }
         let v = Array("FWP1".utf8)
         #expect(try code([v]) == "bad_frame")

@@ -81,7 +81,7 @@ final class DaemonProcess {
             if (try? client.call("health", [:], timeout: 0.1)) != nil { return self }
             guard p.isRunning else { break }
         }
-        throw WireError("start_failed", "fwpd did not come up: \(self.log())")
+        throw WireError(ErrorCode("start_failed"), "fwpd did not come up: \(self.log())")
     }
 
     func log() -> String { (try? String(contentsOf: logURL, encoding: .utf8)) ?? "" }
@@ -142,7 +142,7 @@ final class TestClient {
     /// A command; returns ("ok" | "error", body). Throws on timeout.
     func call(_ command: String, _ body: [String: JSONValue], timeout: Double = 10) throws -> (String, JSONValue) {
         guard let f = try raw([Array("FWP1".utf8), Array(command.utf8), WireJSON.encode(JSONValue.object(body))], timeout: timeout) else {
-            throw WireError("timeout", "no reply to \(command)")
+            throw WireError(ErrorCode("timeout"), "no reply to \(command)")
         }
         return (String(decoding: f[1], as: UTF8.self), try JSONDecoder().decode(JSONValue.self, from: Data(f[2])))
     }
@@ -150,7 +150,7 @@ final class TestClient {
     /// The reply body of a command that must succeed.
     func ok(_ command: String, _ body: [String: JSONValue] = [:]) throws -> JSONValue {
         let (status, reply) = try call(command, body)
-        guard status == "ok" else { throw WireError("unexpected_error", "\(command): \(reply.jsonText)") }
+        guard status == "ok" else { throw WireError(ErrorCode("unexpected_error"), "\(command): \(reply.jsonText)") }
         return reply
     }
 
@@ -172,7 +172,7 @@ final class TestClient {
             if condition(j) { return j }
             usleep(50_000)
         }
-        throw WireError("timeout", "job \(id) did not reach the expected state: \(try job(id))")
+        throw WireError(ErrorCode("timeout"), "job \(id) did not reach the expected state: \(try job(id))")
     }
 }
 

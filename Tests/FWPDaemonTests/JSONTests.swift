@@ -42,7 +42,7 @@ import Testing
         let job = JobInfo(
             id: 12, task: "lm", preset: nil, parameters: ["lr": 0.003, "name": "a/b \"q\"", "layers": 2, "nested": .object(["x": .array([1, .null])])],
             priority: -3, state: .failed, attempt: 2, maxAttempts: 3, idempotencyKey: "k-1", createdAt: 1_764_400_000.125, startedAt: nil,
-            finishedAt: 1_764_400_010.5, result: .object(["best": 3.02]), error: WireError("diverged", "loss is nan", details: ["step": 7]),
+            finishedAt: 1_764_400_010.5, result: .object(["best": 3.02]), error: WireError(ErrorCode("diverged"), "loss is nan", details: ["step": 7]),
             cancelRequested: true, lastSeq: 41)
         let event = JobEvent(job: 12, seq: 3, time: 1_764_400_001.75, kind: "progress", step: 10, total: 600, loss: 2.5, tokensPerSecond: 21_000.5)
         let foundation = JSONEncoder()
@@ -57,7 +57,7 @@ import Testing
         try check(job)
         try check(event)
         try check([job, job])
-        try check(WireError("bad", "message"))
+        try check(WireError(ErrorCode("bad"), "message"))
         try check(CheckpointInfo(id: 1, job: 12, step: 100, path: "/x/y.safetensors", size: 1 << 40, sha256: "ab", best: false, createdAt: 5))
         #expect(!String(decoding: WireJSON.encode(event), as: UTF8.self).contains("null"))
     }

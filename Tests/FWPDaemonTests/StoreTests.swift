@@ -35,7 +35,7 @@ import Testing
         _ = try store.claim(leaseSeconds: 60)
         _ = try store.recoverInterrupted()
         #expect(try store.job(job.id)?.state == .failed, "second attempt of two used up")
-        #expect(try store.job(job.id)?.error?.code == "attempts_exhausted")
+        #expect(try store.job(job.id)?.error?.code == .attemptsExhausted)
         #expect(try store.job(job.id + 1) == nil)
     }
 

@@ -158,9 +158,9 @@ import Testing
     @Test func crashingChildFailsTheJob() throws {
         let dir = TemporaryDirectory()
         let crash = dir.file("crash.sh", "#!/bin/sh\necho '{\"step\": 1}'\nexit 3\n", executable: true)
-        #expect(throws: TaskError.failed(code: "exit_status", message: "\(crash) exited with status 3")) { try run(["program": .string(crash)]) }
+        #expect(throws: TaskError.failed(code: .exitStatus, message: "\(crash) exited with status 3")) { try run(["program": .string(crash)]) }
         let segv = dir.file("segv.sh", "#!/bin/sh\nkill -SEGV $$\n", executable: true)
-        #expect(throws: TaskError.failed(code: "signal", message: "\(segv) was killed by signal 11")) { try run(["program": .string(segv)]) }
+        #expect(throws: TaskError.failed(code: .signal, message: "\(segv) was killed by signal 11")) { try run(["program": .string(segv)]) }
     }
 
     @Test func hangingChildIsKilledOnCancel() throws {
@@ -172,7 +172,7 @@ import Testing
         #expect(throws: TaskError.cancelled) { try run(["program": .string(hang), "grace": 0.5], context: ctx) }
         #expect(Date().timeIntervalSince(start) < 10, "SIGKILL after the grace period ends it")
         let timeout = dir.file("slow.sh", "#!/bin/sh\nsleep 60\n", executable: true)
-        #expect(throws: TaskError.failed(code: "timeout", message: "\(timeout) ran longer than 0.3 s and was stopped")) {
+        #expect(throws: TaskError.failed(code: .timeout, message: "\(timeout) ran longer than 0.3 s and was stopped")) {
             try run(["program": .string(timeout), "timeout": 0.3, "grace": 0.2])
         }
     }

@@ -113,13 +113,13 @@ public struct ExecTask: TaskModule {
         child.closePipes()
         if stopReason == "cancelled" { throw TaskError.cancelled }
         if stopReason == "timeout" {
-            throw TaskError.failed(code: "timeout", message: "\(program) ran longer than \(timeout) s and was stopped")
+            throw TaskError.failed(code: .timeout, message: "\(program) ran longer than \(timeout) s and was stopped")
         }
         if wasSignaled(status) {
-            throw TaskError.failed(code: "signal", message: "\(program) was killed by signal \(termSignal(status))")
+            throw TaskError.failed(code: .signal, message: "\(program) was killed by signal \(termSignal(status))")
         }
         let code = exitStatus(status)
-        guard code == 0 else { throw TaskError.failed(code: "exit_status", message: "\(program) exited with status \(code)") }
+        guard code == 0 else { throw TaskError.failed(code: .exitStatus, message: "\(program) exited with status \(code)") }
         return result.get() ?? .object(["exit_status": 0])
     }
 
@@ -156,7 +156,7 @@ final class ChildProcess: @unchecked Sendable {
         // Close-on-exec (set right after pipe(2); pipe2 is not visible from Swift), so that children spawned concurrently by other jobs do not inherit these
         // ends (a leaked write end would keep the reader from ever seeing end of file).
         guard pipe(&outPipe) == 0, pipe(&errPipe) == 0 else {
-            throw TaskError.failed(code: "spawn_failed", message: "pipe: \(String(cString: strerror(errno)))")
+            throw TaskError.failed(code: .spawnFailed, message: "pipe: \(String(cString: strerror(errno)))")
         }
         for fd in outPipe + errPipe { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         var actions = posix_spawn_file_actions_t()
@@ -196,7 +196,7 @@ final class ChildProcess: @unchecked Sendable {
         guard rc == 0 else {
             close(outPipe[0])
             close(errPipe[0])
-            throw TaskError.failed(code: "spawn_failed", message: "cannot start \(program): \(String(cString: strerror(rc)))")
+            throw TaskError.failed(code: .spawnFailed, message: "cannot start \(program): \(String(cString: strerror(rc)))")
         }
         pid = child
         stdout = outPipe[0]

@@ -5,23 +5,23 @@ import Foundation
 /// Loads a language-model checkpoint's model and tokenizer, with the parameter name in errors.
 func loadLanguageModel(_ path: String, parameter: String) throws -> (LanguageModel, Tokenizer, TrainingCheckpoint) {
     guard let data = FileManager.default.contents(atPath: path) else {
-        throw TaskError.failed(code: "unreadable_input", message: "parameter '\(parameter)': cannot read \(path)")
+        throw TaskError.failed(code: .unreadableInput, message: "parameter '\(parameter)': cannot read \(path)")
     }
     let c: TrainingCheckpoint
     do {
         c = try TrainingCheckpoint.decode(data)
     } catch {
-        throw TaskError.failed(code: "bad_checkpoint", message: "parameter '\(parameter)': \(error)")
+        throw TaskError.failed(code: .badCheckpoint, message: "parameter '\(parameter)': \(error)")
     }
     var tokenizer = Tokenizer.bytes
     if let json = c.extra["tokenizer"] {
         guard let t = try? JSONDecoder().decode(Tokenizer.self, from: Data(json.utf8)) else {
-            throw TaskError.failed(code: "bad_checkpoint", message: "parameter '\(parameter)': the stored tokenizer does not parse")
+            throw TaskError.failed(code: .badCheckpoint, message: "parameter '\(parameter)': the stored tokenizer does not parse")
         }
         tokenizer = t
     }
     guard tokenizer.size == c.model.config.vocabularySize else {
-        throw TaskError.failed(code: "bad_checkpoint", message: "parameter '\(parameter)': tokenizer and model vocabulary differ")
+        throw TaskError.failed(code: .badCheckpoint, message: "parameter '\(parameter)': tokenizer and model vocabulary differ")
     }
     return (c.model, tokenizer, c)
 }

@@ -116,7 +116,7 @@ public struct LanguageModelTask: TaskModule {
         let batch = p.int("batch"), segment = p.int("segment"), steps = p.int("steps"), carry = p.bool("carry")
         let stream = BatchedStream(tokens: trainTokens, batch: batch, segment: segment)
         guard stream.segmentsPerRow > 0 else {
-            throw TaskError.failed(code: "text_too_short", message: "train holds \(trainTokens.count) tokens, too few for \(batch) rows of \(segment + 1)")
+            throw TaskError.failed(code: .textTooShort, message: "train holds \(trainTokens.count) tokens, too few for \(batch) rows of \(segment + 1)")
         }
         let evalBatch = max(1, min(batch, validTokens.count / (segment + 1)))
         let config = try modelConfig(p, vocabulary: tokenizer.size)
@@ -136,7 +136,7 @@ public struct LanguageModelTask: TaskModule {
             let c = try TrainingCheckpoint.decode(data, expecting: config)
             guard let o = c.optimizer, let r = c.rng, let b = c.extra["best_valid_loss"].flatMap(Double.init),
                 let n = c.extra["bad_evals"].flatMap(Int.init), c.extra["tokenizer"] == tokenizer.json
-            else { throw TaskError.failed(code: "bad_checkpoint", message: "checkpoint lacks training state or has another vocabulary") }
+            else { throw TaskError.failed(code: .badCheckpoint, message: "checkpoint lacks training state or has another vocabulary") }
             model.parameters = c.model.parameters
             model.buffers = c.model.buffers
             optimizer = o
@@ -186,7 +186,7 @@ public struct LanguageModelTask: TaskModule {
             if index == 0 && carry { state = model.initialState(batch: batch) }  // a new pass over the data
             let (x, y) = stream.batch(index)
             let (loss, grads) = model.lossAndGradients(tokens: x, targets: y, batch: batch, state: &state, training: true, rng: &rng)
-            guard loss.isFinite else { throw TaskError.failed(code: "diverged", message: "training loss is \(loss) at step \(optimizer.step + 1)") }
+            guard loss.isFinite else { throw TaskError.failed(code: .diverged, message: "training loss is \(loss) at step \(optimizer.step + 1)") }
             optimizer.update(&model.parameters, gradients: grads, threads: model.threads)
             lastTrain = loss
             if let e = meter.event(step: optimizer.step, loss: loss, itemsPerStep: tokensPerStep, metrics: languageMetrics(loss, level: level)) {
@@ -238,12 +238,12 @@ public struct LanguageModelTask: TaskModule {
         let byName = Dictionary(tensors.map { ($0.name, $0.tensor) }, uniquingKeysWith: { a, _ in a })
         for i in s.layers.indices {
             guard let w = byName["state.\(i).weights"], w.count == s.layers[i].weights.count else {
-                throw TaskError.failed(code: "bad_checkpoint", message: "carried state of layer \(i) is missing or has the wrong size")
+                throw TaskError.failed(code: .badCheckpoint, message: "carried state of layer \(i) is missing or has the wrong size")
             }
             s.layers[i].weights = w.storage
             if !s.layers[i].normalizer.isEmpty {
                 guard let z = byName["state.\(i).normalizer"], z.count == s.layers[i].normalizer.count else {
-                    throw TaskError.failed(code: "bad_checkpoint", message: "carried normaliser of layer \(i) is missing")
+                    throw TaskError.failed(code: .badCheckpoint, message: "carried normaliser of layer \(i) is missing")
                 }
                 s.layers[i].normalizer = z.storage
             }

@@ -39,7 +39,7 @@ func evaluateStream(
     var count = stream.segmentsPerRow
     if maxSegments > 0 { count = min(count, maxSegments) }
     guard count > 0 else {
-        throw TaskError.failed(code: "text_too_short", message: "the evaluation text holds too few tokens for \(batch) rows of \(segment + 1)")
+        throw TaskError.failed(code: .textTooShort, message: "the evaluation text holds too few tokens for \(batch) rows of \(segment + 1)")
     }
     var state: ModelState? = carry ? model.initialState(batch: batch) : nil
     var total = 0.0

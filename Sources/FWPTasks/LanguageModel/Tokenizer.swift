@@ -125,7 +125,7 @@ func checkTextFile(_ path: String, parameter: String, level: Tokenizer.Level) th
 /// Reads a whole text file as data, with the parameter name in the error.
 func readTextFile(_ path: String, parameter: String) throws -> Data {
     guard let d = FileManager.default.contents(atPath: path) else {
-        throw TaskError.failed(code: "unreadable_input", message: "parameter '\(parameter)': cannot read \(path)")
+        throw TaskError.failed(code: .unreadableInput, message: "parameter '\(parameter)': cannot read \(path)")
     }
     return d
 }

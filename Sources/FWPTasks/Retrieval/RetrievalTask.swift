@@ -78,7 +78,7 @@ public struct RetrievalTask: TaskModule {
             model.buffers = c.buffers
             guard let o = c.optimizer, let r = c.rng, let b = c.extra["best"].flatMap(Double.init),
                 let a = c.extra["best_accuracy"].flatMap(Double.init), let n = c.extra["bad_evals"].flatMap(Int.init)
-            else { throw TaskError.failed(code: "bad_checkpoint", message: "retrieval checkpoint lacks training state") }
+            else { throw TaskError.failed(code: .badCheckpoint, message: "retrieval checkpoint lacks training state") }
             optimizer = o
             rng = r
             (best, bestAccuracy, badEvals) = (b, a, n)
@@ -101,7 +101,7 @@ public struct RetrievalTask: TaskModule {
             }
             let batch = RetrievalBatch.sample(config, count: p.int("batch"), allKeys: false, using: &rng)
             let (loss, _, g) = model.loss(batch, gradients: true)
-            guard loss.isFinite else { throw TaskError.failed(code: "diverged", message: "training loss is \(loss) at step \(optimizer.step + 1)") }
+            guard loss.isFinite else { throw TaskError.failed(code: .diverged, message: "training loss is \(loss) at step \(optimizer.step + 1)") }
             optimizer.update(&model.parameters, gradients: g!)
             let step = optimizer.step
             if let e = meter.event(step: step, loss: loss, itemsPerStep: p.int("batch"), metrics: ["best_eval_loss": best.isFinite ? .number(best) : .null]) {

@@ -1,0 +1,267 @@
+import FWPCore
+import FWPStore
+import FWPTasks
+import Foundation
+
+/// What the request handler asks of the running daemon besides the store: publish an event,
+/// start claiming queued work, stop a running job, refresh the job gauges. The scheduler provides
+/// it; tests provide a recorder.
+protocol JobControl: AnyObject, Sendable {
+    func publish(_ event: JobEvent)
+    func wake()
+    /// Asks the running job `id` to stop; false when it is not running here.
+    func cancel(_ id: Int64) -> Bool
+    func updateGauges()
+}
+
+/// A reply: the JSON body and, for `export`, the checkpoint's bytes as a fourth frame.
+struct Reply {
+    var body: [UInt8]
+    var attachment: [UInt8]? = nil
+}
+
+/// Answers requests without sockets: one method per `Command`, each validating its body before
+/// it reads or changes anything. `Router` frames requests and replies around it; tests call it
+/// directly.
+///
+/// Not thread-safe: one thread (the router's) calls `handle`.
+final class RequestHandler: @unchecked Sendable {
+    let config: DaemonConfig
+    let store: JobStore
+    let control: any JobControl
+    let registry: TaskRegistry
+    let presets: [String: Preset]
+    let metrics: DaemonMetrics
+    /// Whether CURVE is on (reported by `health`).
+    let curve: Bool
+    let started = Date()
+    /// The last `status` reply per job, reused while the job is unchanged.
+    private var statusReplies: [Int64: (JobInfo, [UInt8])] = [:]
+
+    init(
+        config: DaemonConfig, store: JobStore, control: any JobControl, registry: TaskRegistry, presets: [String: Preset],
+        metrics: DaemonMetrics, curve: Bool
+    ) {
+        self.config = config
+        self.store = store
+        self.control = control
+        self.registry = registry
+        self.presets = presets
+        self.metrics = metrics
+        self.curve = curve
+    }
+
+    /// Handles one request's command frame and body; every failure is a `WireError`.
+    func handle(command name: String, body raw: [UInt8]) -> Result<Reply, WireError> {
+        guard let command = Command(rawValue: name) else {
+            metrics.request("unknown")
+            return .failure(
+                WireError(
+                    .unknownCommand, "unknown command '\(String(name.prefix(64)))'; known: \(FWPWire.commands.joined(separator: ", "))"))
+        }
+        metrics.request(command.rawValue)
+        return Result {
+            let parsed: JSONValue
+            do { parsed = try JSONValue.parse(Data(raw)) } catch { throw WireError(.invalidJSON, "the body is not valid JSON") }
+            guard case .object(let fields) = parsed else {
+                throw WireError(.invalidJSON, "the body must be a JSON object, got \(parsed.typeName)")
+            }
+            return try handle(command, RequestBody(fields))
+        }.mapError { ($0 as? WireError) ?? WireError(.internal, "\($0)") }
+    }
+
+    /// One case per command: adding a command to `Command` makes this switch incomplete.
+    func handle(_ command: Command, _ body: RequestBody) throws -> Reply {
+        switch command {
+        case .submit: return Reply(body: try submit(body))
+        case .status: return Reply(body: try status(body))
+        case .list: return Reply(body: try list(body))
+        case .cancel: return Reply(body: try cancel(body))
+        case .events: return Reply(body: try events(body))
+        case .checkpoints: return Reply(body: try checkpoints(body))
+        case .export: return try export(body)
+        case .tasks: return Reply(body: try tasks(body))
+        case .health: return Reply(body: try health(body))
+        case .metrics: return Reply(body: try metricsText(body))
+        }
+    }
+
+    func submit(_ b: RequestBody) throws -> [UInt8] {
+        try b.allow(["task", "preset", "parameters", "priority", "idempotency_key", "max_attempts"])
+        let taskName = try b.string("task"), presetName = try b.string("preset")
+        guard (taskName == nil) != (presetName == nil) else {
+            throw WireError(.invalidRequest, "give exactly one of 'task' and 'preset'")
+        }
+        var given = try b.object("parameters") ?? [:]
+        let module: any TaskModule
+        if let presetName {
+            guard let p = presets[presetName] else {
+                throw WireError(.unknownTask, "no preset '\(presetName)'; presets: \(presets.keys.sorted().joined(separator: ", "))")
+            }
+            guard let m = registry.module(named: p.module) else {
+                throw WireError(.unknownTask, "preset '\(presetName)' names task module '\(p.module)', which is not registered")
+            }
+            module = m
+            given = p.merged(with: given)
+        } else {
+            guard let name = taskName, let m = registry.module(named: name) else {
+                throw WireError(.unknownTask, "no task module '\(taskName ?? "")'; modules: \(registry.names.joined(separator: ", "))")
+            }
+            module = m
+        }
+        let priority = try b.int("priority", min: -1000, max: 1000) ?? 0
+        let maxAttempts = try b.int("max_attempts", min: 1, max: 100) ?? config.defaultMaxAttempts
+        let key = try b.string("idempotency_key")
+        if let key, key.isEmpty || key.utf8.count > 200 {
+            throw WireError(.invalidRequest, "field 'idempotency_key' must be 1 to 200 bytes")
+        }
+        let parameters: TaskParameters
+        do { parameters = try module.validate(given) } catch let e as ParameterError {
+            throw WireError(.invalidParameter, e.description, details: ["parameter": .string(e.parameter)])
+        } catch {
+            throw WireError(.invalidParameter, "\(error)")
+        }
+        let (job, created, first) = try store.submit(
+            task: module.name, preset: presetName, parameters: parameters.values, priority: priority, idempotencyKey: key,
+            maxAttempts: maxAttempts)
+        if created {
+            metrics.submitted.increment()
+            if let first { control.publish(first) }
+            control.wake()
+        }
+        return WireJSON.encode(SubmitReply(job: job, created: created))
+    }
+
+    func status(_ b: RequestBody) throws -> [UInt8] {
+        try b.allow(["job"])
+        let info = try job(try b.requiredInt("job"))
+        if let (cached, bytes) = statusReplies[info.id], cached == info { return bytes }
+        let bytes = WireJSON.encode(info)
+        if statusReplies.count >= 1024 { statusReplies.removeAll(keepingCapacity: true) }
+        statusReplies[info.id] = (info, bytes)
+        return bytes
+    }
+
+    func list(_ b: RequestBody) throws -> [UInt8] {
+        try b.allow(["state", "after", "limit"])
+        var state: JobState? = nil
+        if let s = try b.string("state") {
+            guard let v = JobState(rawValue: s) else {
+                throw WireError(.invalidRequest, "field 'state' must be one of \(JobState.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            state = v
+        }
+        let limit = try b.int("limit", min: 1, max: 1000) ?? 100
+        let jobs = try store.list(state: state, after: Int64(try b.int("after", min: 0) ?? 0), limit: limit)
+        return WireJSON.encode(ListReply(jobs: jobs, next: jobs.count == limit ? jobs.last?.id : nil))
+    }
+
+    func cancel(_ b: RequestBody) throws -> [UInt8] {
+        try b.allow(["job"])
+        let id = Int64(try b.requiredInt("job"))
+        guard let (info, event) = try store.requestCancel(id) else { throw WireError(.notFound, "no job \(id)") }
+        if let event { control.publish(event) }
+        if info.state == .running { _ = control.cancel(id) }
+        return WireJSON.encode(info)
+    }
+
+    func events(_ b: RequestBody) throws -> [UInt8] {
+        try b.allow(["job", "after", "limit"])
+        let id = Int64(try b.requiredInt("job"))
+        let info = try job(Int(id))
+        let bodies = try store.eventBodies(
+            job: id, after: Int64(try b.int("after", min: 0) ?? 0), limit: try b.int("limit", min: 1, max: 10_000) ?? 1000)
+        // The stored events are already wire JSON: splice them instead of decoding and
+        // re-encoding each (keys in sorted order: events, last_seq, state).
+        var out = Array("{\"events\":[".utf8)
+        for (i, body) in bodies.enumerated() {
+            if i > 0 { out.append(UInt8(ascii: ",")) }
+            out.append(contentsOf: body.utf8)
+        }
+        out.append(contentsOf: "],\"last_seq\":\(info.lastSeq),\"state\":\"\(info.state.rawValue)\"}".utf8)
+        return out
+    }
+
+    func checkpoints(_ b: RequestBody) throws -> [UInt8] {
+        try b.allow(["job"])
+        let id = try b.requiredInt("job")
+        _ = try job(id)
+        return WireJSON.encode(CheckpointsReply(checkpoints: try store.checkpoints(job: Int64(id))))
+    }
+
+    func export(_ b: RequestBody) throws -> Reply {
+        try b.allow(["job", "checkpoint", "best"])
+        let id = try b.requiredInt("job")
+        _ = try job(id)
+        let all = try store.checkpoints(job: Int64(id))
+        let chosen: CheckpointInfo?
+        if let cid = try b.int("checkpoint", min: 1) {
+            chosen = all.first { $0.id == Int64(cid) }
+        } else if try b.bool("best") == true {
+            chosen = all.first { $0.best }
+        } else {
+            chosen = all.first { !$0.best }
+        }
+        guard let c = chosen else { throw WireError(.notFound, "job \(id) has no such checkpoint") }
+        guard let data = FileManager.default.contents(atPath: c.path), SHA256.hex(data) == c.sha256 else {
+            throw WireError(.corruptCheckpoint, "checkpoint \(c.id) of job \(id) is missing or does not match its sha256")
+        }
+        return Reply(body: WireJSON.encode(c), attachment: Array(data))
+    }
+
+    func tasks(_ b: RequestBody) throws -> [UInt8] {
+        try b.allow([])
+        let modules = registry.names.compactMap { name -> JSONValue? in
+            guard let m = registry.module(named: name) else { return nil }
+            return .object(["name": .string(name), "summary": .string(m.summary), "parameters": (try? encode(m.parameters)) ?? .null])
+        }
+        let presetList = try encode(presets.values.sorted { $0.name < $1.name })
+        return Array(JSONValue.object(["modules": .array(modules), "presets": presetList]).jsonBytes)
+    }
+
+    func health(_ b: RequestBody) throws -> [UInt8] {
+        try b.allow([])
+        let counts = try store.counts()
+        return Array(
+            JSONValue.object([
+                "status": "ok", "version": .string(FWPDVersion.string), "pid": .number(Double(ProcessInfo.processInfo.processIdentifier)),
+                "uptime_seconds": .number(Date().timeIntervalSince(started)), "workers": .number(Double(config.workers)),
+                "running": .number(Double(counts[.running] ?? 0)), "queued": .number(Double(counts[.queued] ?? 0)),
+                "curve": .bool(curve),
+            ]).jsonBytes)
+    }
+
+    func metricsText(_ b: RequestBody) throws -> [UInt8] {
+        try b.allow([])
+        control.updateGauges()
+        return Array(JSONValue.object(["text": .string(metrics.text())]).jsonBytes)
+    }
+
+    private func job(_ id: Int) throws -> JobInfo {
+        guard let j = try store.job(Int64(id)) else { throw WireError(.notFound, "no job \(id)") }
+        return j
+    }
+
+    private func encode<T: Encodable>(_ value: T) throws -> JSONValue { try WireEncoder().encode(value) }
+}
+
+struct SubmitReply: Encodable {
+    let job: JobInfo
+    let created: Bool
+}
+
+struct ListReply: Encodable {
+    let jobs: [JobInfo]
+    let next: Int64?
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(jobs, forKey: .jobs)
+        try c.encode(next, forKey: .next)  // null on the last page, as documented
+    }
+    enum CodingKeys: String, CodingKey { case jobs, next }
+}
+
+struct CheckpointsReply: Encodable {
+    let checkpoints: [CheckpointInfo]
+}
+

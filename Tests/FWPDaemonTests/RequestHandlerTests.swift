@@ -1,0 +1,107 @@
+import FWPProtocol
+import FWPStore
+@testable import FWPTasks
+import Foundation
+import Synchronization
+import Testing
+
+@testable import FWPDaemon
+
+/// Records what the handler asks of the scheduler.
+final class RecordingControl: JobControl {
+    let calls = Mutex<[String]>([])
+    func publish(_ event: JobEvent) { calls.withLock { $0.append("publish \(event.job)") } }
+    func wake() { calls.withLock { $0.append("wake") } }
+    func cancel(_ id: Int64) -> Bool {
+        calls.withLock { $0.append("cancel \(id)") }
+        return true
+    }
+    func updateGauges() { calls.withLock { $0.append("gauges") } }
+}
+
+/// The request handler without sockets or a daemon: a real store in a temporary folder.
+@Suite struct RequestHandlerTests {
+    let store: JobStore
+    let control = RecordingControl()
+    let handler: RequestHandler
+
+    init() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fwp-handler-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        store = try JobStore(path: dir.appendingPathComponent("fwpd.sqlite").path)
+        let preset = Preset(name: "tiny", module: "retrieval", description: "", parameters: ["keys": 4])
+        handler = RequestHandler(
+            config: DaemonConfig(), store: store, control: control, registry: .builtIn, presets: ["tiny": preset],
+            metrics: DaemonMetrics(), curve: false)
+    }
+
+    func request(_ command: String, _ body: String) -> Result<Reply, WireError> {
+        handler.handle(command: command, body: Array(body.utf8))
+    }
+
+    func code(_ command: String, _ body: String) -> ErrorCode? {
+        if case .failure(let e) = request(command, body) { return e.code }
+        return nil
+    }
+
+    @Test func everyCommandHasAHandler() {
+        // A command the wire lists but the handler does not know would answer unknown_command.
+        for command in Command.allCases {
+            #expect(code(command.rawValue, "{}") != .unknownCommand, "\(command)")
+        }
+        #expect(code("frobnicate", "{}") == .unknownCommand)
+    }
+
+    @Test func badBodiesAreRefusedBeforeAnythingIsStored() throws {
+        #expect(code("submit", "not json") == .invalidJSON)
+        #expect(code("submit", "[1]") == .invalidJSON)
+        #expect(code("submit", #"{"task":"retrieval","preset":"tiny"}"#) == .invalidRequest)
+        #expect(code("submit", #"{"task":"nope"}"#) == .unknownTask)
+        #expect(code("submit", #"{"preset":"nope"}"#) == .unknownTask)
+        #expect(code("submit", #"{"task":"retrieval","colour":1}"#) == .invalidRequest)
+        #expect(code("submit", #"{"task":"retrieval","priority":5000}"#) == .invalidRequest)
+        #expect(code("submit", #"{"task":"retrieval","parameters":{"keys":-3}}"#) == .invalidParameter)
+        #expect(code("status", #"{"job":"one"}"#) == .invalidRequest)
+        #expect(code("status", #"{"job":99}"#) == .notFound)
+        #expect(code("list", #"{"state":"sleeping"}"#) == .invalidRequest)
+        #expect(code("cancel", #"{"job":99}"#) == .notFound)
+        #expect(try store.list(state: nil, after: 0, limit: 10).isEmpty)
+        #expect(control.calls.withLock { $0 }.isEmpty)
+    }
+
+    @Test func submitStoresPublishesAndWakesOnce() throws {
+        guard case .success(let reply) = request("submit", #"{"preset":"tiny","idempotency_key":"k1"}"#) else {
+            Issue.record("submit failed")
+            return
+        }
+        let first = try WireJSON.decode(JSONValue.self, from: reply.body)
+        let id = try #require(first["job"]?["id"]?.doubleValue).rounded()
+        #expect(first["created"] == .bool(true))
+        #expect(try store.job(Int64(id))?.parameters["keys"] == .number(4))
+        #expect(control.calls.withLock { $0 } == ["publish \(Int(id))", "wake"])
+        // The same key again: the same job, nothing new stored or published.
+        guard case .success(let again) = request("submit", #"{"preset":"tiny","idempotency_key":"k1"}"#) else {
+            Issue.record("repeated submit failed")
+            return
+        }
+        #expect(try WireJSON.decode(JSONValue.self, from: again.body)["created"] == .bool(false))
+        #expect(control.calls.withLock { $0 }.count == 2)
+        #expect(try store.list(state: nil, after: 0, limit: 10).count == 1)
+    }
+
+    /// PROTOCOL.md's two error tables list exactly `ErrorCode`'s codes, with the same meanings.
+    @Test func protocolDocumentListsEveryErrorCode() throws {
+        let doc = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("docs/PROTOCOL.md")
+        let text = try String(contentsOf: doc, encoding: .utf8)
+        var rows: [(String, String)] = []
+        for line in text.split(separator: "\n") where line.hasPrefix("| `") {
+            let cells = line.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
+            guard cells.count == 2, cells[0].hasPrefix("`"), cells[0].hasSuffix("`") else { continue }
+            rows.append((String(cells[0].dropFirst().dropLast()), cells[1]))
+        }
+        let expected = (ErrorCode.requestErrors + ErrorCode.jobFailures).map { ($0.code.rawValue, $0.meaning) }
+        #expect(rows.map(\.0) == expected.map(\.0))
+        #expect(rows.map(\.1) == expected.map(\.1))
+    }
+}
