@@ -34,6 +34,10 @@ BLAS.relaunchIfNeeded()
 var args = Array(CommandLine.arguments.dropFirst())
 guard let command = args.first else { fail(usage) }
 args.removeFirst()
+if ["-h", "--help", "help"].contains(command) {
+    say(usage)
+    exit(0)
+}
 var overrides: [String: JSONValue] = [:]
 var stateDir: String? = nil
 var threads = max(1, ProcessInfo.processInfo.activeProcessorCount)

@@ -104,6 +104,65 @@ import Testing
         #expect(r1["best_valid_loss"] == r2["best_valid_loss"])
     }
 
+    /// eval carries exactly when the checkpoint was trained carrying, unless told otherwise; the
+    /// carrying evaluation of a carried model equals the lm task's own validation.
+    @Test func evalFollowsTheCheckpointsTrainingMode() throws {
+        let dir = TemporaryDirectory()
+        let train = dir.file("train.txt", sampleText(lines: 300, seed: 16))
+        let valid = dir.file("valid.txt", sampleText(lines: 40, seed: 17))
+        for carry in [false, true] {
+            let ctx = MemoryContext()
+            let r = try run(
+                LanguageModelTask(), Self.tiny.merging(["train": .string(train), "valid": .string(valid), "batch": 1, "carry": .bool(carry)]) { $1 },
+                context: ctx)
+            let best = dir.url.appendingPathComponent("best-\(carry).safetensors")
+            try ctx.checkpoints.last { $0.best }!.data.write(to: best)
+            #expect(try TrainingCheckpoint.decode(Data(contentsOf: best)).extra["carry"] == "\(carry)")
+            let e = try run(EvalTask(), ["checkpoint": .string(best.path), "text": .string(valid)])
+            #expect(e["carry"] == .bool(carry))
+            #expect(e["loss"] == r["best_valid_loss"], "carry \(carry): eval as the training's validation")
+            let other = try run(EvalTask(), ["checkpoint": .string(best.path), "text": .string(valid), "carry": .bool(!carry)])
+            #expect(other["carry"] == .bool(!carry) && other["loss"] != e["loss"])
+        }
+    }
+
+    /// A model shared without optimiser state (no `optimizer.*` tensors, no `optimizer`/`step`
+    /// metadata) loads for eval and generate, and lm refuses to resume from it by name.
+    @Test func modelWithoutOptimizerStateLoadsForEvalButNotForResuming() throws {
+        let dir = TemporaryDirectory()
+        let train = dir.file("train.txt", sampleText(lines: 300, seed: 18))
+        let ctx = MemoryContext()
+        let given = Self.tiny.merging(["train": .string(train), "steps": 10]) { $1 }
+        _ = try run(LanguageModelTask(), given, context: ctx)
+        var c = try TrainingCheckpoint.decode(ctx.checkpoints.last!.data)
+        c.optimizer = nil
+        c.rng = nil
+        let bytes = c.encoded()
+        let names = try Safetensors.decode(bytes).tensors.map(\.name)
+        #expect(!names.contains { $0.hasPrefix("optimizer.") })
+        let shared = dir.url.appendingPathComponent("shared.safetensors")
+        try bytes.write(to: shared)
+        let e = try run(EvalTask(), ["checkpoint": .string(shared.path), "text": .string(train)])
+        #expect(e["loss"]?.doubleValue?.isFinite == true)
+        let g = try run(GenerateTask(), ["checkpoint": .string(shared.path), "max_tokens": 5, "temperature": 0])
+        #expect(g["tokens"] == 5)
+        let resume = MemoryContext(checkpoints: [(10, bytes, false)])
+        #expect(throws: TaskError.self) { try run(LanguageModelTask(), given.merging(["steps": 20]) { $1 }, context: resume) }
+    }
+
+    /// The carried position is stored exactly past 2^24 tokens, where float32 would round it;
+    /// files that hold it as a float32 tensor still load.
+    @Test func carriedPositionIsExact() throws {
+        let model = try LanguageModel(config: LMConfig(vocabularySize: 256, modelSize: 16, layers: 1, heads: 2, headSize: 8, feedForwardSize: 32), seed: 1)
+        let fresh = model.initialState(batch: 1)
+        let tensors = fresh.layers.enumerated().map { ("state.\($0.offset).weights", Tensor(shape: [$0.element.weights.count], storage: $0.element.weights)) }
+        let exact = try LanguageModelTask().restoreState(tensors, position: "16777217", into: fresh)
+        #expect(exact.position == 16_777_217)
+        let old = try LanguageModelTask().restoreState(tensors + [("state.position", Tensor(shape: [1], storage: [4096]))], position: nil, into: fresh)
+        #expect(old.position == 4096)
+        #expect(throws: TaskError.self) { try LanguageModelTask().restoreState(tensors, position: "-3", into: fresh) }
+    }
+
     @Test func evalAndGenerateUseTheCheckpoint() throws {
         let dir = TemporaryDirectory()
         let train = dir.file("train.txt", sampleText(lines: 300, seed: 6))

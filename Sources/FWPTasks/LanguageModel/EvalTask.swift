@@ -44,7 +44,7 @@ public struct EvalTask: TaskModule {
     public let summary = """
         Evaluates a language-model checkpoint on a text file: mean loss and perplexity (word level) or bits \
         per byte (byte level), with or without carrying fast weights across segments (carry = true is the \
-        paper's evaluation without context truncation).
+        paper's evaluation without context truncation; by default the checkpoint's own training mode).
         """
 
     public let parameters: [ParameterSpec] = [
@@ -52,14 +52,15 @@ public struct EvalTask: TaskModule {
         ParameterSpec("text", .path, "the text to evaluate on"),
         ParameterSpec("segment", .integer, "tokens per segment (0: the checkpoint's training segment)", default: 0, minimum: 0, maximum: 65536),
         ParameterSpec("batch", .integer, "contiguous rows the text is cut into", default: 1, minimum: 1, maximum: 4096),
-        ParameterSpec("carry", .boolean, "carry fast weights across segments", default: false),
+        ParameterSpec(
+            "carry", .boolean, "carry fast weights across segments (unset: as the checkpoint was trained)", optional: true),
     ]
 
     public func check(_ p: TaskParameters) throws {
         try checkCheckpointFile(p.string("checkpoint"), parameter: "checkpoint")
         let (model, tokenizer, _) = try loadLanguageModel(p.string("checkpoint"), parameter: "checkpoint")
         try checkTextFile(p.string("text"), parameter: "text", level: tokenizer.level)
-        if p.bool("carry") && model.config.attention == .softmax {
+        if p.has("carry") && p.bool("carry") && model.config.attention == .softmax {
             throw ParameterError("carry", "carrying state needs a fast-weight model; this checkpoint is softmax")
         }
     }
@@ -68,16 +69,26 @@ public struct EvalTask: TaskModule {
         BLAS.setThreads(1)  // parallelism comes from the per-sequence loops; see docs/PERFORMANCE.md
         var (model, tokenizer, c) = try loadLanguageModel(p.string("checkpoint"), parameter: "checkpoint")
         model.threads = ComputeThreads(max(1, context.threads))
+        let carry = p.has("carry") ? p.bool("carry") : trainedWithCarry(c)
         var segment = p.int("segment")
         if segment == 0 { segment = Int(c.extra["segment"] ?? "") ?? 256 }
         let tokens = tokenizer.encode(try readTextFile(p.string("text"), parameter: "text"))
         context.emit(ProgressEvent(kind: "log", message: "evaluating \(tokens.count) tokens in segments of \(segment)"))
         let (loss, n) = try evaluateStream(
-            model, tokens: tokens, batch: p.int("batch"), segment: segment, carry: p.bool("carry"), cancelled: { context.isCancelled })
-        var result: [String: JSONValue] = ["loss": .number(loss), "tokens": .number(Double(n)), "carry": .bool(p.bool("carry"))]
+            model, tokens: tokens, batch: p.int("batch"), segment: segment, carry: carry, cancelled: { context.isCancelled })
+        var result: [String: JSONValue] = ["loss": .number(loss), "tokens": .number(Double(n)), "carry": .bool(carry)]
         for (k, v) in languageMetrics(loss, level: tokenizer.level) { result[k] = v }
         return .object(result)
     }
+}
+
+/// Whether a checkpoint's model was trained carrying fast weights across segments: its
+/// `extra.carry` metadata, or, in files written before that existed, carried-state tensors.
+/// Softmax models never carry.
+func trainedWithCarry(_ c: TrainingCheckpoint) -> Bool {
+    guard c.model.config.attention != .softmax else { return false }
+    if let flag = c.extra["carry"] { return flag == "true" }
+    return c.extraTensors.contains { $0.name.hasPrefix("state.") }
 }
 
 /// Sampling text from a checkpoint with the recurrent (constant-memory) form.

@@ -147,7 +147,7 @@ public struct LanguageModelTask: TaskModule {
             for (name, t) in c.extraTensors where name.hasPrefix("best.") {
                 if let i = bestParameters.index(of: String(name.dropFirst(5))) { bestParameters.values[i] = t }
             }
-            if carry { state = try restoreState(c.extraTensors, into: model.initialState(batch: batch)) }
+            if carry { state = try restoreState(c.extraTensors, position: c.extra["state.position"], into: model.initialState(batch: batch)) }
             context.log(.info, "resuming from step \(o.step)")
         }
 
@@ -158,18 +158,17 @@ public struct LanguageModelTask: TaskModule {
                     extraTensors.append(("state.\(i).weights", Tensor(shape: [l.weights.count], storage: l.weights)))
                     if !l.normalizer.isEmpty { extraTensors.append(("state.\(i).normalizer", Tensor(shape: [l.normalizer.count], storage: l.normalizer))) }
                 }
-                extraTensors.append(("state.position", Tensor(shape: [1], storage: [Float(state.position)])))
             }
             if !improved {
                 for (n, t) in zip(bestParameters.names, bestParameters.values) { extraTensors.append(("best.\(n)", t)) }
             }
-            let data = TrainingCheckpoint(
-                model: model, optimizer: optimizer, rng: rng,
-                extra: [
-                    "task": "lm", "tokenizer": tokenizer.json, "segment": "\(segment)", "best_valid_loss": "\(best)",
-                    "bad_evals": "\(badEvals)", "data.segment_index": "\(optimizer.step % stream.segmentsPerRow)",
-                ], extraTensors: extraTensors
-            ).encoded()
+            var extra = [
+                "task": "lm", "tokenizer": tokenizer.json, "segment": "\(segment)", "carry": "\(carry)", "best_valid_loss": "\(best)",
+                "bad_evals": "\(badEvals)", "data.segment_index": "\(optimizer.step % stream.segmentsPerRow)",
+            ]
+            // The position as an exact decimal integer (a float32 tensor is exact only to 2^24 tokens).
+            if let state { extra["state.position"] = "\(state.position)" }
+            let data = TrainingCheckpoint(model: model, optimizer: optimizer, rng: rng, extra: extra, extraTensors: extraTensors).encoded()
             try context.saveCheckpoint(data, step: optimizer.step, best: improved)
         }
 
@@ -233,7 +232,9 @@ public struct LanguageModelTask: TaskModule {
         return .object(result)
     }
 
-    func restoreState(_ tensors: [(name: String, tensor: Tensor)], into fresh: ModelState) throws -> ModelState {
+    /// The carried state from a checkpoint's `extra.state.*` tensors and its position: the
+    /// `extra.state.position` metadata, or in files written before it existed a float32 tensor.
+    func restoreState(_ tensors: [(name: String, tensor: Tensor)], position: String?, into fresh: ModelState) throws -> ModelState {
         var s = fresh
         let byName = Dictionary(tensors.map { ($0.name, $0.tensor) }, uniquingKeysWith: { a, _ in a })
         for i in s.layers.indices {
@@ -248,7 +249,14 @@ public struct LanguageModelTask: TaskModule {
                 s.layers[i].normalizer = z.storage
             }
         }
-        s.position = Int(byName["state.position"]?.storage.first ?? 0)
+        if let position {
+            guard let p = Int(position), p >= 0 else {
+                throw TaskError.failed(code: .badCheckpoint, message: "the carried position in the metadata is not a whole number")
+            }
+            s.position = p
+        } else {
+            s.position = Int(byName["state.position"]?.storage.first ?? 0)
+        }
         return s
     }
 }
