@@ -37,17 +37,13 @@ public struct AttentionProbe: Sendable {
         var layer = self.layer
         layer.algorithm = algorithm
         let n = q.rows, steps = n / batch
-        let hd = layer.heads * layer.headSize
         let flat = { (t: Tensor) in t.reshaped([n * layer.heads, layer.headSize]) }
-        var cache = AttentionLayer.Cache(
-            input: q, qRaw: flat(q), kRaw: flat(k), v: flat(v), qPhi: q, kPhi: k, qSums: [], kSums: [], q: q, k: k,
-            beta: nil, saved: .empty, denominators: [], chunkSize: nil, core: Tensor(shape: [0, hd]),
-            attended: Tensor(shape: [0, hd]), probabilities: [], finalWeights: [], finalNormalizer: [], projection: nil,
-            batch: batch, steps: steps)
+        let memory = layer.fastWeight
+        var cache = FastWeightAttention.Cache(
+            qRaw: flat(q), kRaw: flat(k), v: flat(v), batch: batch, steps: steps, heads: layer.heads, headSize: layer.headSize)
         var none: AttentionState? = nil
         var rng = FWPRandom(seed: 0)
-        layer.fastWeightCoreForward(
-            &cache, betaLogits: betaLogits, buffers, state: &none, training: false, rng: &rng, threads: threads)
-        return layer.fastWeightCoreBackward(cache.core, cache: cache, threads: threads).0
+        memory.forward(&cache, betaLogits: betaLogits, buffers, state: &none, training: false, rng: &rng, threads: threads)
+        return memory.backward(cache.core, cache: cache, threads: threads).0
     }
 }

@@ -1,0 +1,303 @@
+import CKernels
+import Foundation
+
+/// Which attention a layer uses.
+public enum AttentionKind: String, Sendable, Codable, CaseIterable {
+    /// Causal softmax attention (the Transformer baseline).
+    case softmax
+    /// A fast-weight memory (linear attention, delta rule, …).
+    case fastWeight = "fast-weight"
+}
+
+/// How a fast-weight layer computes its recurrence over a segment.
+public enum FastWeightAlgorithm: Sendable, Equatable {
+    /// Chunkwise for segments of at least `ChunkwiseKernel.minimumSteps` steps without attention
+    /// normalisation, the fused recurrence otherwise (step-by-step inference, short segments).
+    case automatic
+    /// Always the fused per-row recurrence (`FastWeightKernel`).
+    case recurrent
+    /// The chunkwise form with this chunk size where it applies (no attention normalisation).
+    case chunkwise(Int)
+}
+
+/// The carried state of one attention layer for a batch of B sequences.
+public struct AttentionState: Sendable, Equatable {
+    /// Fast weights, B·H blocks of d_head × d_dot (row-major), for fast-weight layers.
+    public var weights: [Float]
+    /// Normaliser z, B·H blocks of d_dot, for attention normalisation.
+    public var normalizer: [Float]
+    /// Cached keys and values for softmax layers: per (b, h), `length` rows of d_head.
+    public var keys: [[Float]]
+    public var values: [[Float]]
+    public var length: Int
+
+    /// An empty state that holds a layer's place in `ModelState` while the layer runs.
+    static let placeholder = AttentionState(weights: [], normalizer: [], keys: [], values: [], length: 0)
+}
+
+/// Multi-head causal attention, fast-weight or softmax, with projections.
+///
+/// Parameters (prefix `layers.{i}.attn`): `qkv.weight` (3·H·d_head × D; rows are q, k, v),
+/// `out.weight` (D × H·d_head), and for the delta rule `beta.weight` (H × D), `beta.bias` (H).
+/// FAVOR+ layers keep a buffer `favor_projection` (m × d_head) used in evaluation.
+public struct AttentionLayer: Sendable {
+    public let kind: AttentionKind
+    public let heads: Int
+    public let headSize: Int
+    public let featureMap: FeatureMap
+    public let rule: UpdateRule
+    public let normalization: Normalization
+    /// Factor applied to fast-weight outputs (1/√d_head when enabled in the config).
+    public let outputScale: Float
+    public let qkv: Linear
+    public let out: Linear
+    public let beta: Linear?
+    /// Index of the FAVOR+ projection in the model's buffer store.
+    public let favorBuffer: Int?
+    /// Recurrent or chunkwise computation of the fast-weight memory.
+    public var algorithm = FastWeightAlgorithm.automatic
+    /// Softmax: query steps per block of the causal products in training (`SoftmaxAttention`);
+    /// nil lets it choose. The result does not depend on it.
+    var causalBlock: Int? = nil
+
+    init(
+        prefix: String, config: LMConfig, store: inout ParameterStore, buffers: inout ParameterStore,
+        rng: inout FWPRandom
+    ) {
+        let d = config.modelSize, hd = config.heads * config.headSize
+        kind = config.attention
+        heads = config.heads
+        headSize = config.headSize
+        featureMap = FeatureMap(config.featureMap, inputSize: config.headSize)
+        rule = config.updateRule
+        normalization = config.normalization
+        outputScale = config.scaleOutput ? 1 / Float(config.headSize).squareRoot() : 1
+        let std = config.initStd
+        qkv = Linear("\(prefix).qkv", in: d, out: 3 * hd, bias: false, std: std, store: &store, rng: &rng)
+        if kind == .fastWeight && rule == .delta {
+            beta = Linear("\(prefix).beta", in: d, out: heads, bias: true, std: std, store: &store, rng: &rng)
+        } else {
+            beta = nil
+        }
+        out = Linear(
+            "\(prefix).out", in: hd, out: d, bias: false, std: std / (2 * Float(config.layers)).squareRoot(),
+            store: &store, rng: &rng)
+        if kind == .fastWeight, case .favor(let m) = config.featureMap {
+            favorBuffer = buffers.add(
+                "\(prefix).favor_projection",
+                FeatureMap.favorProjection(features: m, inputSize: config.headSize, using: &rng))
+        } else {
+            favorBuffer = nil
+        }
+    }
+
+    var keySize: Int { kind == .softmax ? headSize : featureMap.outputSize }
+
+    /// The fast-weight memory between this layer's projections (fast-weight layers).
+    var fastWeight: FastWeightAttention {
+        FastWeightAttention(
+            heads: heads, headSize: headSize, featureMap: featureMap, rule: rule, normalization: normalization,
+            outputScale: outputScale, favorBuffer: favorBuffer, algorithm: algorithm)
+    }
+
+    /// The softmax attention between this layer's projections (softmax layers).
+    var softmax: SoftmaxAttention { SoftmaxAttention(heads: heads, headSize: headSize, causalBlock: causalBlock) }
+
+    /// A zero state for `batch` sequences.
+    public func initialState(batch: Int) -> AttentionState {
+        let fw = kind == .fastWeight
+        return AttentionState(
+            weights: fw ? [Float](repeating: 0, count: batch * heads * headSize * keySize) : [],
+            normalizer: fw && normalization == .attention ? [Float](repeating: 0, count: batch * heads * keySize) : [],
+            keys: fw ? [] : Array(repeating: [], count: batch * heads),
+            values: fw ? [] : Array(repeating: [], count: batch * heads),
+            length: 0)
+    }
+
+    /// Everything the backward pass needs: the layer's input and attended output, and the
+    /// memory's own cache.
+    struct Cache {
+        var input: Tensor
+        var attended: Tensor  // N × H·d_head (input of `out`)
+        var memory: Memory
+        var batch: Int, steps: Int
+
+        enum Memory {
+            case softmax(SoftmaxAttention.Cache)
+            case fastWeight(FastWeightAttention.Cache)
+        }
+    }
+
+    /// The layer's output for x (B·T × D, batch-major) and the cache for `backward`.
+    ///
+    /// `state`, if given, is the carried state at entry and is replaced by the state after the
+    /// segment (fast-weight layers: truncated BPTT, no gradient flows into it).
+    func forward(
+        _ x: Tensor, batch: Int, steps: Int, _ p: ParameterStore, _ buffers: ParameterStore,
+        state: inout AttentionState?, training: Bool, rng: inout FWPRandom, threads: ComputeThreads
+    ) -> (Tensor, Cache) {
+        let cache = attend(
+            x, batch: batch, steps: steps, p, buffers, state: &state, training: training, rng: &rng, threads: threads)
+        return (out.forward(cache.attended, p), cache)
+    }
+
+    /// `forward` with the output added to `residual` by the output projection itself (one pass
+    /// over the residual stream instead of an output tensor and a sum).
+    func forward(
+        _ x: Tensor, batch: Int, steps: Int, _ p: ParameterStore, _ buffers: ParameterStore,
+        state: inout AttentionState?, training: Bool, rng: inout FWPRandom, threads: ComputeThreads,
+        addingTo residual: inout Tensor
+    ) -> Cache {
+        let cache = attend(
+            x, batch: batch, steps: steps, p, buffers, state: &state, training: training, rng: &rng, threads: threads)
+        out.forward(cache.attended, p, addingTo: &residual)
+        return cache
+    }
+
+    /// Everything up to the output projection; `attended` is its input.
+    private func attend(
+        _ x: Tensor, batch: Int, steps: Int, _ p: ParameterStore, _ buffers: ParameterStore,
+        state: inout AttentionState?, training: Bool, rng: inout FWPRandom, threads: ComputeThreads
+    ) -> Cache {
+        let n = batch * steps, hd = heads * headSize
+        let (qRaw, kRaw, v, betaLogits) = projectParts(x, p)
+        switch kind {
+        case .softmax:
+            var c = SoftmaxAttention.Cache(qRaw: qRaw, kRaw: kRaw, v: v, core: Tensor(shape: [n, hd]), probabilities: [], batch: batch, steps: steps)
+            softmax.forward(&c, state: &state, threads: threads)
+            return Cache(input: x, attended: c.core, memory: .softmax(c), batch: batch, steps: steps)
+        case .fastWeight:
+            let memory = fastWeight
+            var c = FastWeightAttention.Cache(qRaw: qRaw, kRaw: kRaw, v: v, batch: batch, steps: steps, heads: heads, headSize: headSize)
+            memory.forward(&c, betaLogits: betaLogits, buffers, state: &state, training: training, rng: &rng, threads: threads)
+            return Cache(input: x, attended: memory.attended(c), memory: .fastWeight(c), batch: batch, steps: steps)
+        }
+    }
+
+    /// Accumulates parameter gradients and returns dx. With `overwrite` the gradients of the
+    /// weights in `overwrittenGradients` are written, not added (g's entries for them may be
+    /// uninitialised).
+    func backward(
+        _ dOut: Tensor, cache: Cache, _ p: ParameterStore, _ g: inout ParameterStore, threads: ComputeThreads,
+        overwrite: Bool = false
+    ) -> Tensor {
+        let n = cache.batch * cache.steps, hd = heads * headSize
+        let dAttended = out.backward(dOut, input: cache.attended, p, &g, overwrite: overwrite)
+        var dqRaw: Tensor, dkRaw: Tensor, dv: Tensor
+        var dBetaLogit: Tensor? = nil
+        let width = projectionWidth
+        var dProjected = Tensor(uninitializedShape: [n, width])  // every column written below
+        var direct = false
+        switch cache.memory {
+        case .softmax(let c):
+            (dqRaw, dkRaw, dv) = softmax.backward(dAttended, cache: c, threads: threads)
+        case .fastWeight(let c):
+            let memory = fastWeight
+            let dCore = memory.coreGradient(dAttended, cache: c)
+            // Where the chunkwise kernel applies the feature map itself, it writes dq, dk and dv
+            // straight into their columns of dProjected, not into tensors of their own to be copied.
+            direct = c.chunkSize != nil && memory.featureMapInKernel(steps: c.steps)
+            if direct {
+                (dqRaw, dkRaw, dv, dBetaLogit) = dProjected.withUnsafeMutablePointer { pp in
+                    memory.backward(dCore, cache: c, threads: threads, into: SharedPointer(pp))
+                }
+            } else {
+                (dqRaw, dkRaw, dv, dBetaLogit) = memory.backward(dCore, cache: c, threads: threads)
+            }
+        }
+        precondition((beta != nil) == (dBetaLogit != nil), "β gradient missing")
+        dProjected.withUnsafeMutablePointer { pp in
+            if !direct {
+                dqRaw.withUnsafePointer { fwp_copy_rows($0, hd, pp, width, n, hd) }
+                dkRaw.withUnsafePointer { fwp_copy_rows($0, hd, pp + hd, width, n, hd) }
+                dv.withUnsafePointer { fwp_copy_rows($0, hd, pp + 2 * hd, width, n, hd) }
+            }
+            dBetaLogit?.withUnsafePointer { fwp_copy_rows($0, heads, pp + 3 * hd, width, n, heads) }
+        }
+        guard let beta, let dBetaLogit else {
+            return qkv.backward(dProjected, input: cache.input, p, &g, overwrite: overwrite)
+        }
+        // One product for the weight gradients of qkv and β together, split into the two.
+        var dw = Tensor(uninitializedShape: [width, qkv.inFeatures])  // beta 0: written in full
+        BLAS.gemm(dProjected, transposeA: true, cache.input, beta: 0, into: &dw)
+        let split = 3 * hd * qkv.inFeatures
+        dw.withUnsafePointer { pw in
+            /// The part of dw from `offset` written into (or, without `overwrite`, added to) g's entry `index`.
+            func put(_ offset: Int, into index: Int) {
+                let count = g.values[index].count
+                g.values[index].withUnsafeMutablePointer {
+                    if overwrite { $0.update(from: pw + offset, count: count) } else { Vec.axpy(1, pw + offset, $0, count) }
+                }
+            }
+            put(0, into: qkv.weight)
+            put(split, into: beta.weight)
+        }
+        addColumnSums(dBetaLogit, into: &g.values[beta.bias!])
+        return BLAS.matmul(dProjected, projectionWeight(p))
+    }
+
+    /// The weights whose gradients `backward` writes with `overwrite`.
+    var overwrittenGradients: [Int] { [qkv.weight, out.weight] + (beta.map { [$0.weight] } ?? []) }
+
+    /// Columns of the input projection: q, k, v, and for the delta rule the H β logits.
+    private var projectionWidth: Int { 3 * heads * headSize + (beta != nil ? heads : 0) }  // as FastWeightAttention's
+
+    /// The weight of the input projection: qkv's rows, then β's rows for the delta rule, so that
+    /// the backward makes one dx product for q, k, v and the β logits instead of four and a sum.
+    private func projectionWeight(_ p: ParameterStore) -> Tensor {
+        guard let beta else { return p.values[qkv.weight] }
+        var w = Tensor(uninitializedShape: [projectionWidth, qkv.inFeatures])  // both parts copied in
+        let split = 3 * heads * headSize * qkv.inFeatures
+        w.withUnsafeMutablePointer { pw in
+            p.values[qkv.weight].withUnsafePointer { pw.update(from: $0, count: split) }
+            p.values[beta.weight].withUnsafePointer { (pw + split).update(from: $0, count: heads * qkv.inFeatures) }
+        }
+        return w
+    }
+
+    /// q, k, v and the β logits from x, each by its own product into its own tensor (the rows of
+    /// qkv's weight for q, then k, then v): the layer reads them there. (One N × projectionWidth
+    /// product with its columns copied out afterwards cost those copies, 0.5–1% of the LM step.)
+    private func projectParts(_ x: Tensor, _ p: ParameterStore) -> (q: Tensor, k: Tensor, v: Tensor, betaLogits: Tensor?) {
+        precondition(x.columns == qkv.inFeatures, "Linear expects \(qkv.inFeatures) features, got \(x.columns)")
+        let n = x.rows, hd = heads * headSize, d = qkv.inFeatures
+        // Shaped as the layer reads them: one row per position and head. Three allocations: one
+        // array shared by all three would be copied on each first write.
+        var parts = (0..<3).map { _ in Tensor(uninitializedShape: [n * heads, headSize]) }
+        x.withUnsafePointer { px in
+            p.values[qkv.weight].withUnsafePointer { pw in
+                for i in 0..<3 {
+                    parts[i].withUnsafeMutablePointer { py in  // beta 0: written in full
+                        BLAS.gemm(
+                            transposeA: false, transposeB: true, m: n, n: hd, k: d, a: px, lda: d, b: pw + i * hd * d,
+                            ldb: d, beta: 0, c: py, ldc: hd)
+                    }
+                }
+            }
+        }
+        var betaLogits: Tensor? = nil
+        if let beta {
+            var b = Tensor(uninitializedShape: [n, heads])
+            BLAS.linear(x, weight: p.values[beta.weight], bias: p.values[beta.bias!], into: &b)
+            betaLogits = b
+        }
+        return (parts[0], parts[1], parts[2], betaLogits)
+    }
+}
+
+extension Vec {
+    /// y = alpha · x (x and y do not overlap).
+    static func scale(_ alpha: Float, from x: UnsafePointer<Float>, to y: UnsafeMutablePointer<Float>, _ n: Int) {
+        for i in 0..<n { y[i] = alpha * x[i] }
+    }
+
+    static func scaleTensor(_ alpha: Float, _ x: inout Tensor) {
+        let n = x.count
+        x.withUnsafeMutablePointer { p in scale(alpha, p, n) }
+    }
+
+    static func addTensor(_ x: Tensor, into y: inout Tensor) {
+        precondition(x.count == y.count)
+        x.withUnsafePointer { px in y.withUnsafeMutablePointer { py in axpy(1, px, py, x.count) } }
+    }
+}

@@ -1,0 +1,231 @@
+import CKernels
+import Foundation
+
+/// Causal softmax attention between an attention layer's projections (the Transformer
+/// baseline): in training, blockwise products that skip the blocks above the diagonal, with the
+/// T × T probabilities kept per head for the backward; in recurrent use, a key/value cache.
+struct SoftmaxAttention: Sendable {
+    let heads: Int
+    let headSize: Int
+    /// Softmax: query steps per block of the causal products in training (blocks wholly above
+    /// the diagonal are skipped, about half the work); the result does not depend on it. Nil:
+    /// `causalBlock(steps:)` chooses.
+    var causalBlock: Int? = nil
+
+    /// 32 up to T = 256 with the small kernel's AVX-512 blocks (more of the upper triangle
+    /// skipped; `fwp-bench --only lm-softmax` +4–5% against 64), 64 otherwise (at T = 1024 blocks
+    /// of 32 measured 8–10% slower: their long dV and dK products go to OpenBLAS 32 rows at a time).
+    func causalBlock(steps: Int) -> Int {
+        causalBlock ?? (steps <= 256 && KernelDispatch.avx512 ? 32 : 64)
+    }
+    /// The softmax blocks' products (k up to T) run on the small kernel up to this dimension:
+    /// with its AVX-512 blocks `fwp-bench --only lm-softmax` measured 5–7% faster at 256 than
+    /// with OpenBLAS taking those over 128 (the AVX2 blocks keep the general limit).
+    var softmaxSmallLimit: Int { KernelDispatch.avx512 ? 256 : BLAS.smallKernelLimit }
+
+    /// Everything the backward pass needs.
+    struct Cache {
+        var qRaw: Tensor, kRaw: Tensor, v: Tensor  // (N·H) × d_head
+        var core: Tensor  // N × H·d_head
+        var probabilities: [Float]  // B·H blocks of T × T
+        var batch: Int, steps: Int
+    }
+
+    func forward(_ cache: inout Cache, state: inout AttentionState?, threads: ComputeThreads) {
+        let (batch, steps) = (cache.batch, cache.steps)
+        let dh = headSize, hd = heads * headSize, seqs = batch * heads
+        let scale = 1 / Float(dh).squareRoot()
+        if var st = state {
+            // Recurrent use: append to each sequence's key/value cache and attend over all of it.
+            // `st` is then the only reference, so the caches grow in place (not copied per step).
+            state = nil
+            precondition(st.keys.count == seqs, "carried state is for another batch size")
+            for s in 0..<seqs {
+                let b = s / heads, h = s % heads
+                for t in 0..<steps {
+                    let r = (b * steps + t) * hd + h * dh
+                    st.keys[s].append(contentsOf: cache.kRaw.storage[r..<r + dh])
+                    st.values[s].append(contentsOf: cache.v.storage[r..<r + dh])
+                }
+            }
+            let past = st.length
+            for s in 0..<seqs {
+                let b = s / heads, h = s % heads
+                let total = past + steps
+                for t in 0..<steps {
+                    let r = (b * steps + t) * hd + h * dh
+                    let visible = past + t + 1
+                    var scores = [Float](repeating: 0, count: visible)
+                    var m = -Float.infinity
+                    st.keys[s].withUnsafeBufferPointer { pk in
+                        cache.qRaw.withUnsafePointer { pq in
+                            for j in 0..<visible {
+                                scores[j] = Vec.dot(pq + r, pk.baseAddress! + j * dh, dh) * scale
+                                m = max(m, scores[j])
+                            }
+                        }
+                    }
+                    var sum: Float = 0
+                    for j in 0..<visible {
+                        scores[j] = expf(scores[j] - m)
+                        sum += scores[j]
+                    }
+                    for c in 0..<dh {
+                        var acc: Float = 0
+                        for j in 0..<visible { acc += scores[j] * st.values[s][j * dh + c] }
+                        cache.core.storage[r + c] = acc / sum
+                    }
+                }
+                _ = total
+            }
+            st.length += steps
+            state = st
+            return
+        }
+        // Each row block writes columns [0, r1) of its rows (zeros above the diagonal); columns
+        // past the block's end are never read, here or in the backward pass, so nothing else is
+        // initialised (at T = 2048 zero-filling this buffer was a serial 67 MB memset per layer).
+        var probs = UninitializedMemory.floats(seqs * steps * steps)
+        let native = VectorKernels.enabled  // each row's softmax as one C kernel call
+        let block = causalBlock(steps: steps), smallLimit = softmaxSmallLimit
+        cache.qRaw.withUnsafePointer { pq in
+            cache.kRaw.withUnsafePointer { pk in
+                cache.v.withUnsafePointer { pv in
+                    cache.core.withUnsafeMutablePointer { py in
+                        probs.withUnsafeMutableBufferPointer { pp in
+                            let sp = (
+                                SharedConstPointer(pq), SharedConstPointer(pk), SharedConstPointer(pv), SharedPointer(py),
+                                SharedPointer(pp.baseAddress!)
+                            )
+                            threads.forEach(seqs) { s in
+                                let b = s / heads, h = s % heads
+                                let off = b * steps * hd + h * dh
+                                let P = sp.4.base + s * steps * steps
+                                // Row blocks of `causalBlock` query steps see keys up to the block's end
+                                // only: the products skip the masked upper blocks (about half).
+                                var r0 = 0
+                                while r0 < steps {
+                                    let r1 = min(r0 + block, steps)
+                                    BLAS.gemm(
+                                        transposeA: false, transposeB: true, m: r1 - r0, n: r1, k: dh, alpha: scale,
+                                        a: sp.0.base + off + r0 * hd, lda: hd, b: sp.1.base + off, ldb: hd, beta: 0, c: P + r0 * steps,
+                                        ldc: steps, smallLimit: smallLimit)
+                                    for t in r0..<r1 {
+                                        let row = P + t * steps
+                                        if native {
+                                            fwp_softmax_row(row, t + 1, r1 - t - 1)
+                                            continue
+                                        }
+                                        let m = Vec.maximum(row, t + 1)
+                                        let sum = Vec.expShifted(row, row, t + 1, shift: m)
+                                        Vec.scale(1 / sum, row, t + 1)
+                                        (row + t + 1).update(repeating: 0, count: r1 - t - 1)
+                                    }
+                                    BLAS.gemm(
+                                        transposeA: false, transposeB: false, m: r1 - r0, n: dh, k: r1,
+                                        a: P + r0 * steps, lda: steps, b: sp.2.base + off, ldb: hd, beta: 0,
+                                        c: sp.3.base + off + r0 * hd, ldc: hd, smallLimit: smallLimit)
+                                    r0 = r1
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        cache.probabilities = probs
+    }
+
+    func backward(_ dCore: Tensor, cache: Cache, threads: ComputeThreads) -> (Tensor, Tensor, Tensor) {
+        let (batch, steps) = (cache.batch, cache.steps)
+        let dh = headSize, hd = heads * headSize, seqs = batch * heads, n = batch * steps
+        let scale = 1 / Float(dh).squareRoot()
+        precondition(
+            cache.probabilities.count == seqs * steps * steps,
+            "softmax backward needs the probabilities of a forward without carried state "
+                + "(softmax layers do not train through a carried key/value cache)")
+        // Every row of each is written by a beta-0 block product below. Three allocations, not
+        // one shared array that each first write would copy.
+        var dq = Tensor(uninitializedShape: [n, hd]), dk = Tensor(uninitializedShape: [n, hd])
+        var dv = Tensor(uninitializedShape: [n, hd])
+        let native = VectorKernels.enabled  // each row of dS as one C kernel call
+        let smallLimit = softmaxSmallLimit
+        dCore.withUnsafePointer { pdy in
+            cache.qRaw.withUnsafePointer { pq in
+                cache.kRaw.withUnsafePointer { pk in
+                    cache.v.withUnsafePointer { pv in
+                        cache.probabilities.withUnsafeBufferPointer { pp in
+                            dq.withUnsafeMutablePointer { pdq in
+                                dk.withUnsafeMutablePointer { pdk in
+                                    dv.withUnsafeMutablePointer { pdv in
+                                        let c = (
+                                            SharedConstPointer(pdy), SharedConstPointer(pq), SharedConstPointer(pk),
+                                            SharedConstPointer(pv), SharedConstPointer(pp.baseAddress!)
+                                        )
+                                        let m = (SharedPointer(pdq), SharedPointer(pdk), SharedPointer(pdv))
+                                        threads.forEach(seqs) { s in
+                                            let b = s / heads, h = s % heads
+                                            let off = b * steps * hd + h * dh
+                                            let P = c.4.base + s * steps * steps
+                                            // Written where read, as P in the forward pass.
+                                            var dP = UninitializedMemory.floats(steps * steps)
+                                            dP.withUnsafeMutableBufferPointer { dpb in
+                                                let dPp = dpb.baseAddress!
+                                                // Blocks as in the forward pass: row block [r0, r1) of dP, dS
+                                                // and dQ needs columns [0, r1); column block [c0, c1) of dV
+                                                // and dK needs rows [c0, T). P is zero above the diagonal
+                                                // within each block and unset past it.
+                                                let block = causalBlock(steps: steps)
+                                                var r0 = 0
+                                                while r0 < steps {
+                                                    let r1 = min(r0 + block, steps)
+                                                    // dP = dY Vᵀ
+                                                    BLAS.gemm(
+                                                        transposeA: false, transposeB: true, m: r1 - r0, n: r1, k: dh,
+                                                        a: c.0.base + off + r0 * hd, lda: hd, b: c.3.base + off, ldb: hd, beta: 0,
+                                                        c: dPp + r0 * steps, ldc: steps, smallLimit: smallLimit)
+                                                    // dS = P ⊙ (dP − rowsum(dP ⊙ P)), then scaled; zero up to the block's end.
+                                                    for t in r0..<r1 {
+                                                        let pr = P + t * steps, dr = dPp + t * steps
+                                                        if native {
+                                                            fwp_softmax_row_backward(pr, dr, t + 1, r1 - t - 1, scale)
+                                                            continue
+                                                        }
+                                                        let dotv = Vec.dot(pr, dr, t + 1)
+                                                        for j in 0...t { dr[j] = pr[j] * (dr[j] - dotv) * scale }
+                                                        for j in (t + 1)..<r1 { dr[j] = 0 }
+                                                    }
+                                                    // dQ = dS K
+                                                    BLAS.gemm(
+                                                        transposeA: false, transposeB: false, m: r1 - r0, n: dh, k: r1,
+                                                        a: dPp + r0 * steps, lda: steps, b: c.2.base + off, ldb: hd, beta: 0,
+                                                        c: m.0.base + off + r0 * hd, ldc: hd, smallLimit: smallLimit)
+                                                    r0 = r1
+                                                }
+                                                var c0 = 0
+                                                while c0 < steps {
+                                                    let c1 = min(c0 + block, steps)
+                                                    // dV = Pᵀ dY and dK = dSᵀ Q over rows [c0, T)
+                                                    BLAS.gemm(
+                                                        transposeA: true, transposeB: false, m: c1 - c0, n: dh, k: steps - c0,
+                                                        a: P + c0 * steps + c0, lda: steps, b: c.0.base + off + c0 * hd, ldb: hd, beta: 0,
+                                                        c: m.2.base + off + c0 * hd, ldc: hd, smallLimit: smallLimit)
+                                                    BLAS.gemm(
+                                                        transposeA: true, transposeB: false, m: c1 - c0, n: dh, k: steps - c0,
+                                                        a: dPp + c0 * steps + c0, lda: steps, b: c.1.base + off + c0 * hd, ldb: hd, beta: 0,
+                                                        c: m.1.base + off + c0 * hd, ldc: hd, smallLimit: smallLimit)
+                                                    c0 = c1
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return (dq, dk, dv)
+    }
+}
