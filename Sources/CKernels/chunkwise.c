@@ -103,7 +103,7 @@ static void mask_upper(float *p, int c, int ld) {
 // Asks, for writing, for what the forward's chunk ci will write to `saved`: its causal(Q Kᵀ),
 // Ũ, X, M⁻¹ and K Kᵀ rows and the slot of the state it ends with. These lines are written once
 // and read by the backward much later; a store to a line outside the caches waits while it is
-// read, so the forward asks for them two chunks ahead (docs/PERFORMANCE.md, fourteenth pass).
+// read, so the forward asks for them two chunks ahead.
 static void prefetch_forward_outputs(const fwp_chunkwise_shape *s, int ci, int chunks, float *saved) {
     const int C = s->chunk, nk = s->key_size, nv = s->value_size;
     const long t0 = (long)ci * C, c = s->steps - t0 < C ? s->steps - t0 : C;
@@ -172,8 +172,7 @@ void fwp_chunkwise_forward(const fwp_chunkwise_shape *s, const float *q, const f
 // What the backward reads of chunk ci: its start state, the forward's saved arrays and its q, k
 // and dy rows, all written long before (the saved arrays by the forward, outside the caches by
 // now). The backward asks for the chunk before the one it works on into L1 and the one before
-// that into L2, so that these lines arrive while a chunk's products run (docs/PERFORMANCE.md,
-// fourteenth pass).
+// that into L2, so that these lines arrive while a chunk's products run.
 static void prefetch_backward_chunk(const fwp_chunkwise_shape *s, int ci, const float *q, const float *k,
                                     const float *dy, const float *saved, int how) {
     const int C = s->chunk, nk = s->key_size, nv = s->value_size;

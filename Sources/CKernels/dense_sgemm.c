@@ -7,9 +7,8 @@
 // for weight gradients from a 12-column slab copied first — and written once, with alpha, beta
 // and an epilogue (a bias, ReLU, or a ReLU's backward with its column sums) applied in the same
 // pass. Against OpenBLAS this saves its separate pass over C for beta (a memset when beta is 0)
-// and the layers' own passes; docs/PERFORMANCE.md has the measurements. Six rows × four
-// registers take 10 loads (6 broadcasts, 4 of the panel) per 24 FMAs where 12 × 32 took 14
-// (thirteenth pass there).
+// and the layers' own passes. Six rows × four registers take 10 loads (6 broadcasts, 4 of the
+// panel) per 24 FMAs, where 12 × 32 blocks took 14.
 // With FWP_AMX=1 on a CPU with AMX, the same products run on its tiles instead, at float32
 // accuracy (three-part bfloat16 splits; the second half of this file), through the same
 // epilogue.
@@ -234,8 +233,7 @@ FWP_INLINE FWP_AVX512 void row_block_any(int rows, int trans_a, int n, int k, co
 }
 
 // op(A) read in place: a block's six rows (6 × k floats, 3 KB at the model's k = 128) stay in
-// L1 across the panels. Blocks of 12 rows × 32 columns here had needed A packed (transposed)
-// into slabs for wide outputs; six rows do not (docs/PERFORMANCE.md, thirteenth pass).
+// L1 across the panels, so A needs no packing (12-row blocks would, for wide outputs).
 static FWP_AVX512 void dense_a(int m, int n, int k, const float *a, long lda, const float *packed, float alpha,
                                float beta, float *c, long ldc, const epilogue_t *e) {
     long i = 0;
@@ -283,8 +281,7 @@ static FWP_AVX512 void dense_at(int transpose_b, int m, int n, int k, const floa
 // bf16 × bf16 product is exact in float32; the three left out (mₐl_b, lₐm_b, lₐl_b) are below
 // 2^-24 |a||b|, float32's own rounding unit. This splitting is the "bf16x6" of Henry, Tang and
 // Heinecke (ARITH 2019). One tile instruction does 16 × 16 × 32 multiply-adds, so six of them
-// still beat float32 FMAs; docs/PERFORMANCE.md has the rates and the accuracy measured against
-// float64.
+// can beat float32 FMAs; the tests check the accuracy against float64.
 //
 // Packed layouts (bf16 as uint16_t), one 1 KB tile per part, three parts (h, m, l) in a row:
 // op(A): per 16-row half of a 32-row block, per block of 32 inner steps, 16 rows × 32 values;
@@ -516,8 +513,7 @@ static FWP_AVX512 void dense_untransposed(int transpose_b, int m, int n, int k, 
 #ifndef DENSE_CHUNK_BYTES
 // The most bytes of packed op(B) one pass over op(A) works against: wider outputs (a word-level
 // vocabulary's logits, tens of thousands of columns) go in column chunks of this much, so the
-// panels stay in L2 (2 MB per core on the Xeon this was measured on) instead of streaming from
-// memory for every block of rows (docs/PERFORMANCE.md, ninth pass). The byte-level LM's products
+// panels stay in L2 instead of streaming from memory for every block of rows. The byte-level LM's products
 // (up to 512 columns at depth 128, 128 at 512) fit in one chunk.
 #define DENSE_CHUNK_BYTES (512 << 10)
 #endif

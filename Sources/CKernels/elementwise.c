@@ -124,7 +124,7 @@ FWP_INLINE int row_masks16(long n, __mmask16 *mk, int count) {
 // How many rows ahead the row loops below ask for their output rows (fwp_prefetch_lines, for
 // writing): the step writes its activations fresh, mostly into lines outside the caches, and a
 // store to such a line waits while the line is read; asked for early, the lines arrive while the
-// rows before them are computed (docs/PERFORMANCE.md, fourteenth pass).
+// rows before them are computed.
 enum { WRITE_AHEAD = 16 };
 
 // Rows of at most 64 floats (a head's features): the row's φ stays in four registers between
@@ -571,7 +571,7 @@ FWP_AVX2 void fwp_chunk_dbeta_inverse(const float *minv, float *da, const float 
 
 // A full chunk of 16 (c = ld = 16) with AVX-512: each row of E and G is one register, the
 // row's dβ a reduction of their product, and E + Eᵀ through one 16 × 16 transpose (fwp_transpose)
-// instead of 120 scalar column stores (which were 4% of the chunkwise loops' cycles).
+// instead of 120 scalar column stores.
 static FWP_AVX512 void chunk_dbeta_lower16(const float *g, float *da, const float *b, float *db) {
     float scaled[256] __attribute__((aligned(64))), mirrored[256] __attribute__((aligned(64)));
     for (int i = 0; i < 16; i++) {

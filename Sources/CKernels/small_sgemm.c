@@ -19,8 +19,7 @@ void fwp_prefetch_rows(const float *p, long stride, long rows, long width) {
 // B(p, j) = b[p * ldb + j] (B already transposed where the caller asked), accumulated with its sign.
 // k and negate are not neighbours, so that copying them from the caller's fwp_gemm_term stays
 // two 4-byte loads: as neighbours the compiler merged them into one 8-byte load, which the
-// caller's two 4-byte stores (just made) cannot forward to, and the stall that followed was about
-// a tenth of the chunkwise kernel's time (docs/PERFORMANCE.md, twelfth pass).
+// caller's two 4-byte stores (just made) cannot forward to, and the chunkwise loops stalled on it.
 typedef struct {
     int negate;
     const float *a;

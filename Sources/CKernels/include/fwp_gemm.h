@@ -71,8 +71,8 @@ int fwp_dense_sgemm_amx_supported(void);
 
 /// 1 when the calling thread's fwp_dense_sgemm* products run on AMX: where supported, when
 /// FWP_AMX=1 is in the environment or fwp_dense_sgemm_set_amx chose it for this thread. (Off by
-/// default: on a shared machine the tile unit's throughput halves whenever a neighbour uses it;
-/// docs/PERFORMANCE.md has the measurements.)
+/// default: on a shared machine the tile unit's throughput depends on what the neighbours run;
+/// docs/ARCHITECTURE.md, decision 9.)
 int fwp_dense_sgemm_uses_amx(void);
 
 /// For the calling thread only: 1 runs fwp_dense_sgemm* on AMX where supported, 0 on AVX-512

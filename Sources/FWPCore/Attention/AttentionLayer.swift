@@ -256,8 +256,8 @@ public struct AttentionLayer: Sendable {
     }
 
     /// q, k, v and the β logits from x, each by its own product into its own tensor (the rows of
-    /// qkv's weight for q, then k, then v): the layer reads them there. (One N × projectionWidth
-    /// product with its columns copied out afterwards cost those copies, 0.5–1% of the LM step.)
+    /// qkv's weight for q, then k, then v): the layer reads them there, with no columns to copy
+    /// out of one N × projectionWidth product.
     private func projectParts(_ x: Tensor, _ p: ParameterStore) -> (q: Tensor, k: Tensor, v: Tensor, betaLogits: Tensor?) {
         precondition(x.columns == qkv.inFeatures, "Linear expects \(qkv.inFeatures) features, got \(x.columns)")
         let n = x.rows, hd = heads * headSize, d = qkv.inFeatures

@@ -13,14 +13,14 @@ struct SoftmaxAttention: Sendable {
     var causalBlock: Int? = nil
 
     /// 32 up to T = 256 with the small kernel's AVX-512 blocks (more of the upper triangle
-    /// skipped; `fwp-bench --only lm-softmax` +4–5% against 64), 64 otherwise (at T = 1024 blocks
-    /// of 32 measured 8–10% slower: their long dV and dK products go to OpenBLAS 32 rows at a time).
+    /// skipped), 64 otherwise (longer blocks of 32 send their long dV and dK products to OpenBLAS
+    /// 32 rows at a time, which costs more than the skipped blocks save).
     func causalBlock(steps: Int) -> Int {
         causalBlock ?? (steps <= 256 && KernelDispatch.avx512 ? 32 : 64)
     }
     /// The softmax blocks' products (k up to T) run on the small kernel up to this dimension:
-    /// with its AVX-512 blocks `fwp-bench --only lm-softmax` measured 5–7% faster at 256 than
-    /// with OpenBLAS taking those over 128 (the AVX2 blocks keep the general limit).
+    /// 256 with its AVX-512 blocks, which beat OpenBLAS there; the AVX2 blocks keep the general
+    /// limit (`fwp-bench --only lm-softmax` compares).
     var softmaxSmallLimit: Int { KernelDispatch.avx512 ? 256 : BLAS.smallKernelLimit }
 
     /// Everything the backward pass needs.

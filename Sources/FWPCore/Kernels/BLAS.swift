@@ -22,13 +22,11 @@ public enum BLAS {
     /// - OPENBLAS_NUM_THREADS=1. OpenBLAS creates its worker threads at load time (default: one
     ///   per core). FWPCore runs every BLAS product on the calling thread (`setThreads(1)`;
     ///   parallelism comes from its own loops), yet those workers spin (sched_yield) for a while
-    ///   after start and take a core from the compute threads: `fwp-bench --only core-auto`
-    ///   measured 7% faster without them.
+    ///   after start and take a core from the compute threads.
     /// - OPENBLAS_CORETYPE, only when OpenBLAS's own CPU detection fell back to pre-AVX2 kernels
     ///   on a CPU with AVX2 or AVX-512 (`coreTypeOverride`). A library older than the CPU does
     ///   that: Debian 12's OpenBLAS 0.3.21 takes a 2023 Xeon (family 6, model 207) for a
-    ///   Prescott and multiplies with SSE3, 5× slower than its SkylakeX (AVX-512) kernels there
-    ///   (docs/PERFORMANCE.md).
+    ///   Prescott and multiplies with SSE3 instead of its SkylakeX (AVX-512) kernels.
     ///
     /// A variable already set in the environment is left as it is (the user's choice wins).
     /// When neither needs setting, or the re-execution fails, it returns and nothing changes.
@@ -139,8 +137,8 @@ public enum BLAS {
     /// Products the dense kernel takes (past the small kernel's): at least `denseKernelMinimumRows`
     /// rows of C and 16 columns, so that packing op(B) pays for itself, and, when op(A) is not
     /// transposed (op(B) is then packed whole), an inner dimension of at most
-    /// `denseKernelMaximumDepth`: the model's layers have 128–512, and at 1024³ OpenBLAS was
-    /// faster (140 against 107 GFLOP/s, `fwp-bench --only sgemm`).
+    /// `denseKernelMaximumDepth`: the model's layers have 128–512, and at large squares such as
+    /// 1024³ OpenBLAS is faster (`fwp-bench --only sgemm` compares).
     public static let denseKernelMinimumRows = 32
     public static let denseKernelMaximumDepth = 512
 
@@ -163,9 +161,8 @@ public enum BLAS {
     /// With `cIn` the addend is read from there instead (C ← alpha · op(A) · op(B) + beta · C_in;
     /// row stride `ldcIn`, not overlapping C), which saves copying it into C first: the small
     /// kernel reads it in place, for the others it is copied into C and the product accumulated
-    /// there. `smallLimit` raises the largest
-    /// dimension the small kernel takes (the work limit stays) for callers whose products
-    /// measured faster there.
+    /// there. `smallLimit` raises the largest dimension the small kernel takes (the work limit
+    /// stays) for callers whose products run faster there.
     @inlinable
     public static func gemm(
         transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,

@@ -241,8 +241,8 @@ public struct LanguageModel: Sendable {
     /// whole sequences; empty ones dropped), so 4, 3, 3, 2, 2, 1, 1 sequences of a batch of 16.
     /// Threads take shards in order, so the small ones come last and go to whichever thread is
     /// free first: when one core runs slower than the other (another process or tenant on it),
-    /// the step no longer waits for it to finish a quarter of the batch alone (docs/PERFORMANCE.md,
-    /// tenth pass). The bounds depend on the batch size only.
+    /// the step no longer waits for it to finish a quarter of the batch alone. The bounds depend
+    /// on the batch size only.
     public static func shardBounds(batch: Int) -> [Int] {
         var bounds: [Int] = []
         for sixteenths in [0, 4, 7, 10, 12, 14, 15, 16] {

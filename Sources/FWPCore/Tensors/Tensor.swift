@@ -19,8 +19,7 @@ public struct Tensor: Equatable, Sendable {
     }
 
     /// A tensor whose elements are not initialised, for outputs that are written in full before
-    /// they are read (a GEMM with beta 0, a row-wise map): zero-filling them first cost ~3% of
-    /// the LM step.
+    /// they are read (a GEMM with beta 0, a row-wise map), so that no pass zero-fills them first.
     init(uninitializedShape shape: [Int]) {
         precondition(shape.allSatisfy { $0 >= 0 }, "negative extent in shape \(shape)")
         self.shape = shape

@@ -66,7 +66,7 @@ public struct EvalTask: TaskModule {
     }
 
     public func run(_ p: TaskParameters, context: TaskContext) throws -> JSONValue {
-        BLAS.setThreads(1)  // parallelism comes from the per-sequence loops; see docs/PERFORMANCE.md
+        BLAS.setThreads(1)  // parallelism comes from fwp's own loops (docs/ARCHITECTURE.md, decision 15)
         var (model, tokenizer, c) = try loadLanguageModel(p.string("checkpoint"), parameter: "checkpoint")
         model.threads = ComputeThreads(max(1, context.threads))
         let carry = p.has("carry") ? p.bool("carry") : trainedWithCarry(c)

@@ -99,7 +99,7 @@ public struct LanguageModelTask: TaskModule {
 
     public func run(_ p: TaskParameters, context: TaskContext) throws -> JSONValue {
         let threads = max(1, context.threads)
-        BLAS.setThreads(1)  // parallelism comes from the per-sequence loops; see docs/PERFORMANCE.md
+        BLAS.setThreads(1)  // parallelism comes from fwp's own loops (docs/ARCHITECTURE.md, decision 15)
         let level = Tokenizer.Level(rawValue: p.string("level"))!
         let f = files(p)
         let trainData = try readTextFile(f.train, parameter: "train")

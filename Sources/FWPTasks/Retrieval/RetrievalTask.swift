@@ -59,7 +59,7 @@ public struct RetrievalTask: TaskModule {
     }
 
     public func run(_ p: TaskParameters, context: TaskContext) throws -> JSONValue {
-        BLAS.setThreads(1)  // parallelism comes from the per-sequence loops; see docs/PERFORMANCE.md
+        BLAS.setThreads(1)  // parallelism comes from fwp's own loops (docs/ARCHITECTURE.md, decision 15)
         let config = config(p)
         let seed = UInt64(p.int("seed"))
         var model = RetrievalModel(config: config, seed: seed)
