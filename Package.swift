@@ -35,6 +35,7 @@ let package = Package(
             dependencies: ["CBLAS", "CKernels"]
         ),
         .target(name: "FWPProtocol"),
+        .target(name: "FWPConsole", dependencies: ["FWPProtocol"]),
         .target(name: "FWPTasks", dependencies: ["FWPCore", "FWPProtocol"]),
         .target(name: "ZeroMQ", dependencies: ["CZeroMQ"]),
         .target(name: "FWPStore", dependencies: ["FWPProtocol", .product(name: "GRDB", package: "GRDB.swift")]),
@@ -57,9 +58,9 @@ let package = Package(
         ),
         .executableTarget(
             name: "fwpctl",
-            dependencies: ["FWPProtocol", "ZeroMQ", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["FWPProtocol", "FWPConsole", "ZeroMQ", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
-        .executableTarget(name: "fwp-task", dependencies: ["FWPCore", "FWPTasks"]),
+        .executableTarget(name: "fwp-task", dependencies: ["FWPCore", "FWPTasks", "FWPConsole"]),
         .executableTarget(name: "fwp-bench", dependencies: ["FWPCore"], path: "Benchmarks/FWPBench"),
         .executableTarget(name: "fwp-load", dependencies: ["FWPProtocol", "ZeroMQ"], path: "Benchmarks/FWPLoad"),
         .testTarget(

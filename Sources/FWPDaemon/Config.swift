@@ -1,4 +1,5 @@
 import Foundation
+import FWPTasks
 
 /// fwpd's settings. Defaults are embedded; `etc/fwpd.toml` documents each one.
 /// Precedence: defaults < config file < `FWPD_*` environment variables < command-line flags.
@@ -16,7 +17,7 @@ public struct DaemonConfig: Equatable, Sendable {
     /// Folder of preset manifests.
     public var tasksDirectory = "tasks"
     /// Step checkpoints kept per job (the best one is kept besides).
-    public var checkpointsKept = 3
+    public var checkpointsKept = CheckpointRetention.defaultKept
     /// Attempts a job gets by default (a crash or kill -9 during a run uses one).
     public var defaultMaxAttempts = 3
     /// Requests larger than this get a `too_large` error.

@@ -15,7 +15,7 @@ final class JobContext: TaskContext, @unchecked Sendable {
     let store: JobStore
     let publisher: EventPublisher
     let checkpointDirectory: URL
-    let keep: Int
+    let retention: CheckpointRetention
     let threads: Int
     let logger: Logger
     let metrics: DaemonMetrics
@@ -27,13 +27,13 @@ final class JobContext: TaskContext, @unchecked Sendable {
     private var shuttingDown = false
 
     init(
-        job: JobInfo, store: JobStore, publisher: EventPublisher, stateDirectory: URL, keep: Int, threads: Int, logger: Logger,
+        job: JobInfo, store: JobStore, publisher: EventPublisher, stateDirectory: URL, retention: CheckpointRetention, threads: Int, logger: Logger,
         metrics: DaemonMetrics
     ) throws {
         self.job = job
         self.store = store
         self.publisher = publisher
-        self.keep = keep
+        self.retention = retention
         self.threads = threads
         self.metrics = metrics
         var l = logger
@@ -52,9 +52,7 @@ final class JobContext: TaskContext, @unchecked Sendable {
     func requestShutdown() { lock.withLock { shuttingDown = true } }
 
     func emit(_ e: ProgressEvent) {
-        let event = JobEvent(
-            job: job.id, seq: 0, time: Date().timeIntervalSince1970, kind: e.kind, step: e.step, total: e.total, loss: e.loss,
-            metrics: e.metrics.isEmpty ? nil : e.metrics, tokensPerSecond: e.tokensPerSecond, etaSeconds: e.etaSeconds, message: e.message)
+        let event = JobEvent(job: job.id, seq: 0, time: Date().timeIntervalSince1970, e)
         eventQueue.async { [store, publisher, metrics, logger, job] in
             do {
                 publisher.publish(try store.appendEvent(event))
@@ -79,19 +77,17 @@ final class JobContext: TaskContext, @unchecked Sendable {
     }
 
     func saveCheckpoint(_ data: Data, step: Int, best: Bool) throws {
-        let name = String(format: "step-%010d.safetensors", step)
-        let url = checkpointDirectory.appendingPathComponent(name)
+        let url = checkpointDirectory.appendingPathComponent(CheckpointRetention.stepFileName(step))
         try writeFileDurably(data, to: url)
         let digest = SHA256.hex(data)
         _ = try store.addCheckpoint(job: job.id, step: step, path: url.path, size: Int64(data.count), sha256: digest, best: false)
         if best {
-            let bestURL = checkpointDirectory.appendingPathComponent("best.safetensors")
+            let bestURL = checkpointDirectory.appendingPathComponent(CheckpointRetention.bestFileName)
             try writeFileDurably(data, to: bestURL)
             for old in try store.checkpoints(job: job.id) where old.best { try store.deleteCheckpoint(id: old.id) }
             _ = try store.addCheckpoint(job: job.id, step: step, path: bestURL.path, size: Int64(data.count), sha256: digest, best: true)
         }
-        // Keep the newest `keep` step checkpoints.
-        for old in try store.checkpoints(job: job.id).filter({ !$0.best }).dropFirst(keep) {
+        for old in retention.expired(newestFirst: try store.checkpoints(job: job.id).filter({ !$0.best })) {
             try? FileManager.default.removeItem(atPath: old.path)
             try store.deleteCheckpoint(id: old.id)
         }

@@ -132,7 +132,7 @@ final class Scheduler: JobControl, @unchecked Sendable {
 
     private func launch(_ job: JobInfo) throws {
         let context = try JobContext(
-            job: job, store: store, publisher: publisher, stateDirectory: stateDirectory, keep: config.checkpointsKept,
+            job: job, store: store, publisher: publisher, stateDirectory: stateDirectory, retention: CheckpointRetention(kept: config.checkpointsKept),
             threads: config.effectiveThreadsPerJob, logger: logger, metrics: metrics)
         condition.withLock { running[job.id] = context }
         finished.enter()

@@ -84,29 +84,40 @@ public struct JobInfo: Codable, Equatable, Sendable {
     }
 }
 
-/// One stored and published event of a job.
+/// One stored and published event of a job: a task's `ProgressEvent`, or a lifecycle change
+/// (`kind` "state", with `state`, and `result` or `error` at the end), under the job's id, its
+/// per-job sequence number and the time. On the wire its fields are one flat JSON object.
 public struct JobEvent: Codable, Equatable, Sendable {
     public var job: Int64
     /// Per-job sequence number, from 1, without gaps.
     public var seq: Int64
     /// Unix time in seconds.
     public var time: Double
-    /// `state` (lifecycle changes), `progress`, `eval`, `text`, `log`, `checkpoint`, …
-    public var kind: String
+    /// What happened: kind, step, loss, metrics, message, ….
+    public var event: ProgressEvent
     public var state: JobState?
-    public var step: Int?
-    public var total: Int?
-    public var loss: Double?
-    public var metrics: [String: JSONValue]?
-    public var tokensPerSecond: Double?
-    public var etaSeconds: Double?
-    public var message: String?
     public var result: JSONValue?
     public var error: WireError?
 
-    enum CodingKeys: String, CodingKey {
-        case job, seq, time, kind, state, step, total, loss, metrics, message, result, error
-        case tokensPerSecond = "tokens_per_second", etaSeconds = "eta_seconds"
+    public var kind: String {
+        get { event.kind }
+        set { event.kind = newValue }
+    }
+    public var step: Int? { event.step }
+    public var total: Int? { event.total }
+    public var loss: Double? { event.loss }
+    /// nil when the event has none.
+    public var metrics: [String: JSONValue]? { event.metrics.isEmpty ? nil : event.metrics }
+    public var tokensPerSecond: Double? { event.tokensPerSecond }
+    public var etaSeconds: Double? { event.etaSeconds }
+    public var message: String? { event.message }
+
+    /// A task's event as job `job`'s.
+    public init(job: Int64, seq: Int64, time: Double, _ event: ProgressEvent) {
+        self.job = job
+        self.seq = seq
+        self.time = time
+        self.event = event
     }
 
     public init(
@@ -117,17 +128,36 @@ public struct JobEvent: Codable, Equatable, Sendable {
         self.job = job
         self.seq = seq
         self.time = time
-        self.kind = kind
+        event = ProgressEvent(
+            kind: kind, step: step, total: total, loss: loss, metrics: metrics ?? [:], tokensPerSecond: tokensPerSecond,
+            etaSeconds: etaSeconds, message: message)
         self.state = state
-        self.step = step
-        self.total = total
-        self.loss = loss
-        self.metrics = metrics
-        self.tokensPerSecond = tokensPerSecond
-        self.etaSeconds = etaSeconds
-        self.message = message
         self.result = result
         self.error = error
+    }
+
+    enum CodingKeys: String, CodingKey { case job, seq, time, state, result, error }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        job = try c.decode(Int64.self, forKey: .job)
+        seq = try c.decode(Int64.self, forKey: .seq)
+        time = try c.decode(Double.self, forKey: .time)
+        state = try c.decodeIfPresent(JobState.self, forKey: .state)
+        result = try c.decodeIfPresent(JSONValue.self, forKey: .result)
+        error = try c.decodeIfPresent(WireError.self, forKey: .error)
+        event = try ProgressEvent(from: decoder)
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(job, forKey: .job)
+        try c.encode(seq, forKey: .seq)
+        try c.encode(time, forKey: .time)
+        try c.encodeIfPresent(state, forKey: .state)
+        try c.encodeIfPresent(result, forKey: .result)
+        try c.encodeIfPresent(error, forKey: .error)
+        try event.encode(to: encoder)
     }
 }
 

@@ -1,33 +1,6 @@
 @_exported import FWPProtocol
 import Foundation
 
-/// A progress event a task emits: training progress, an evaluation, generated text, a log line.
-public struct ProgressEvent: Codable, Equatable, Sendable {
-    /// `progress`, `eval`, `text`, `checkpoint`, `log` or a task's own kind.
-    public var kind: String
-    public var step: Int?
-    public var total: Int?
-    public var loss: Double?
-    public var metrics: [String: JSONValue]
-    public var tokensPerSecond: Double?
-    public var etaSeconds: Double?
-    public var message: String?
-
-    public init(
-        kind: String, step: Int? = nil, total: Int? = nil, loss: Double? = nil, metrics: [String: JSONValue] = [:],
-        tokensPerSecond: Double? = nil, etaSeconds: Double? = nil, message: String? = nil
-    ) {
-        self.kind = kind
-        self.step = step
-        self.total = total
-        self.loss = loss
-        self.metrics = metrics
-        self.tokensPerSecond = tokensPerSecond
-        self.etaSeconds = etaSeconds
-        self.message = message
-    }
-}
-
 /// Severity of a task's log line.
 public enum TaskLogLevel: String, Codable, Sendable { case debug, info, warning, error }
 

@@ -7,6 +7,7 @@
 // NAME is a preset (tasks/NAME.json) or a module. A run resumes from the newest valid checkpoint
 // in its state directory (default ./var/fwp-task/NAME) unless --fresh; Ctrl-C stops it after the
 // current step, and the same command resumes it.
+import FWPConsole
 import FWPCore
 import FWPTasks
 import Foundation
@@ -114,7 +115,7 @@ case "run":
     } catch { fail("\(error)") }
     let dir = URL(fileURLWithPath: stateDir ?? "var/fwp-task/\(name)")
     if fresh { try? FileManager.default.removeItem(at: dir.appendingPathComponent("checkpoints")) }
-    let printer = EventPrinter(json: json)
+    let printer = ProgressView(json: json)
     let context: DirectoryContext
     do { context = try DirectoryContext(directory: dir, threads: threads, printer: printer) } catch {
         fail("cannot use state directory \(dir.path): \(error)")
@@ -122,7 +123,7 @@ case "run":
     signal(SIGINT, SIG_IGN)
     let sigint = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
     sigint.setEventHandler {
-        printer.log(.warning, "interrupt: stopping after the current step")
+        printer.log("warning", "interrupt: stopping after the current step")
         context.cancel()
     }
     sigint.resume()
@@ -135,7 +136,7 @@ case "run":
         } else {
             say("result:")
             for (k, v) in (result.objectValue ?? ["value": result]).sorted(by: { $0.key < $1.key }) {
-                say("  \(k): \(EventPrinter.format(v))")
+                say("  \(k): \(ProgressView.format(v))")
             }
             say("checkpoints: \(context.checkpoints.path)")
         }

@@ -1,3 +1,4 @@
+import FWPConsole
 import FWPProtocol
 import Foundation
 import ZeroMQ
@@ -61,77 +62,5 @@ func follow(_ job: Int64, client: Client, options: Connection, json: Bool) throw
     case .succeeded: return
     case .cancelled: throw CtlError(message: "job \(job) was cancelled", code: Exit.jobCancelled)
     default: throw CtlError(message: "job \(job) failed", code: Exit.jobFailed)
-    }
-}
-
-/// Renders events: a live progress bar on a terminal, plain lines otherwise.
-final class ProgressView {
-    let json: Bool
-    let live = isatty(1) == 1
-    var barShown = false
-    var lastPrinted = Date.distantPast
-
-    init(json: Bool) { self.json = json }
-
-    func show(_ e: JobEvent) {
-        if json {
-            print(String(decoding: WireJSON.encode(e), as: UTF8.self))
-            fflush(nil)
-            return
-        }
-        switch e.kind {
-        case "progress":
-            let line = bar(e)
-            if live {
-                print("\r\u{1B}[K" + line, terminator: "")
-                barShown = true
-            } else if Date().timeIntervalSince(lastPrinted) >= 2 || e.step == e.total {
-                print(line)
-                lastPrinted = Date()
-            }
-        case "text":
-            clear()
-            print(e.message ?? "", terminator: "")
-        default:
-            clear()
-            var line = "[\(e.kind)]"
-            if let s = e.state { line += " \(s.rawValue)" }
-            if let s = e.step { line += " step \(s)" }
-            if let l = e.loss { line += String(format: " loss %.4f", l) }
-            for (k, v) in (e.metrics ?? [:]).sorted(by: { $0.key < $1.key }) { line += " \(k) \(format(v))" }
-            if let m = e.message, e.kind != "checkpoint" { line += " \(m)" }
-            if let err = e.error { line += " \(err.code): \(err.message)" }
-            if let r = e.result { line += "\nresult: \(r.jsonText)" }
-            print(line)
-        }
-        fflush(nil)
-    }
-
-    func finish() { clear() }
-
-    private func clear() {
-        if barShown {
-            print("")
-            barShown = false
-        }
-    }
-
-    private func format(_ v: JSONValue) -> String {
-        if case .number(let n) = v { return n.rounded() == n && abs(n) < 1e12 ? String(Int64(n)) : String(format: "%.4g", n) }
-        return v.jsonText
-    }
-
-    private func bar(_ e: JobEvent) -> String {
-        let step = e.step ?? 0, total = max(e.total ?? 1, 1), width = 24
-        let filled = min(width, step * width / total)
-        var s = "[" + String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled) + "] \(step)/\(total)"
-        if let l = e.loss { s += String(format: "  loss %.4f", l) }
-        for (k, v) in (e.metrics ?? [:]).sorted(by: { $0.key < $1.key }) where !k.hasPrefix("best") { s += "  \(k) \(format(v))" }
-        if let r = e.tokensPerSecond { s += String(format: "  %.0f tok/s", r) }
-        if let eta = e.etaSeconds {
-            let t = Int(eta.rounded())
-            s += String(format: "  ETA %d:%02d", t / 60, t % 60)
-        }
-        return s
     }
 }
