@@ -63,13 +63,14 @@ let package = Package(
         .executableTarget(name: "fwp-task", dependencies: ["FWPCore", "FWPTasks", "FWPConsole"]),
         .executableTarget(name: "fwp-bench", dependencies: ["FWPCore"], path: "Benchmarks/FWPBench"),
         .executableTarget(name: "fwp-load", dependencies: ["FWPProtocol", "ZeroMQ"], path: "Benchmarks/FWPLoad"),
-        .testTarget(
-            name: "FWPCoreTests",
-            dependencies: ["FWPCore", "CZeroMQ"],
-            exclude: ["Fixtures"]
-        ),
+        .testTarget(name: "FWPCoreTests", dependencies: ["FWPCore", "CKernels"], exclude: ["Fixtures"]),
+        .testTarget(name: "FWPProtocolTests", dependencies: ["FWPProtocol"]),
+        .testTarget(name: "FWPConsoleTests", dependencies: ["FWPConsole", "FWPProtocol"]),
+        .testTarget(name: "ZeroMQTests", dependencies: ["ZeroMQ", "CZeroMQ"]),
+        .testTarget(name: "FWPStoreTests", dependencies: ["FWPStore", "FWPProtocol"]),
         .testTarget(name: "FWPTasksTests", dependencies: ["FWPTasks", "FWPCore"]),
-        .testTarget(name: "FWPDaemonTests", dependencies: ["FWPProtocol", "ZeroMQ", "FWPStore", "FWPDaemon", "FWPCore"]),
+        .testTarget(
+            name: "FWPDaemonTests", dependencies: ["FWPDaemon", "FWPTasks", "FWPStore", "FWPProtocol", "ZeroMQ", "FWPCore"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,4 +1,3 @@
-import CZeroMQ
 import Testing
 
 @testable import FWPCore
@@ -23,11 +22,5 @@ import Testing
         #expect(BLAS.coreTypeOverride(detected: "SapphireRapids", vectorLevel: 3) == nil)
         #expect(!BLAS.coreName.isEmpty)
         #expect((0...3).contains(BLAS.vectorLevel))
-    }
-
-    @Test func libzmqLinks() {
-        var major: Int32 = 0, minor: Int32 = 0, patch: Int32 = 0
-        zmq_version(&major, &minor, &patch)
-        #expect(major >= 4)
     }
 }
