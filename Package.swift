@@ -17,6 +17,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", exact: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", exact: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", exact: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-crypto", exact: "3.12.3"),
+        .package(url: "https://github.com/LebJe/TOMLKit", exact: "0.6.0"),
     ],
     targets: [
         .systemLibrary(
@@ -38,7 +40,9 @@ let package = Package(
         .target(name: "FWPConsole", dependencies: ["FWPProtocol"]),
         .target(name: "FWPTasks", dependencies: ["FWPCore", "FWPProtocol"]),
         .target(name: "ZeroMQ", dependencies: ["CZeroMQ"]),
-        .target(name: "FWPStore", dependencies: ["FWPProtocol", .product(name: "GRDB", package: "GRDB.swift")]),
+        .target(
+            name: "FWPStore",
+            dependencies: ["FWPProtocol", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "FWPDaemon",
             dependencies: [
@@ -46,6 +50,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
             ]
         ),
         .executableTarget(

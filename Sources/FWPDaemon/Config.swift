@@ -1,5 +1,6 @@
 import Foundation
 import FWPTasks
+import TOMLKit
 
 /// fwpd's settings. Defaults are embedded; `etc/fwpd.toml` documents each one.
 /// Precedence: defaults < config file < `FWPD_*` environment variables < command-line flags.
@@ -71,31 +72,50 @@ public struct DaemonConfig: Equatable, Sendable {
         }),
     ]
 
-    /// Applies a config file (a TOML subset: `key = value` lines, optional `[fwpd]` section,
-    /// strings in double quotes, integers, numbers, true/false, `#` comments).
+    /// Applies a TOML config file (parsed by TOMLKit, any valid TOML): settings at the top level
+    /// or in an `[fwpd]` table, as strings, integers, floats or booleans. Errors name the file, the
+    /// line and the setting.
     public mutating func apply(file path: String) throws {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw ConfigError("cannot read config file \(path)") }
-        for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            var line = raw.trimmingCharacters(in: .whitespaces)
-            if line.isEmpty || line.hasPrefix("#") { continue }
-            if line.hasPrefix("[") {
-                guard line == "[fwpd]" else { throw ConfigError("\(path):\(n + 1): unknown section \(line)") }
-                continue
+        let table: TOMLTable
+        do { table = try TOMLTable(string: text) } catch let e as TOMLParseError {
+            throw ConfigError("\(path):\(e.source.begin.line):\(e.source.begin.column): not valid TOML: \(e.description)")
+        }
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        /// Where `key` is set: the first line that assigns it, for messages.
+        func location(_ key: String) -> String {
+            let n = lines.firstIndex { line in
+                let t = line.drop { $0 == " " || $0 == "\t" }
+                for form in [key, "\"\(key)\"", "'\(key)'"] where t.hasPrefix(form) {
+                    if t.dropFirst(form.count).drop(while: { $0 == " " || $0 == "\t" }).first == "=" { return true }
+                }
+                return false
             }
-            guard let eq = line.firstIndex(of: "=") else { throw ConfigError("\(path):\(n + 1): expected key = value") }
-            let key = line[..<eq].trimmingCharacters(in: .whitespaces)
-            line = line[line.index(after: eq)...].trimmingCharacters(in: .whitespaces)
-            var value: String
-            if line.hasPrefix("\"") {
-                guard let end = line.dropFirst().firstIndex(of: "\"") else { throw ConfigError("\(path):\(n + 1): unterminated string") }
-                value = String(line[line.index(after: line.startIndex)..<end])
+            return n.map { "\(path):\($0 + 1)" } ?? path
+        }
+        var entries: [(key: String, value: any TOMLValueConvertible)] = []
+        for key in table.keys {
+            guard let value = table[key] else { continue }
+            if value.type == .table {
+                guard key == "fwpd", let section = value.table else { throw ConfigError("\(location(key)): unknown section [\(key)]") }
+                for k in section.keys { if let v = section[k] { entries.append((k, v)) } }
             } else {
-                value = line.split(separator: "#", maxSplits: 1).first.map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
+                entries.append((key, value))
             }
+        }
+        for (key, value) in entries {
             guard let setting = Self.settings.first(where: { $0.key == key }) else {
-                throw ConfigError("\(path):\(n + 1): unknown setting '\(key)'")
+                throw ConfigError("\(location(key)): unknown setting '\(key)'")
             }
-            do { try setting.set(&self, value) } catch let e as ConfigError { throw ConfigError("\(path):\(n + 1): \(e.message)") }
+            let text: String
+            switch value.type {
+            case .string: text = value.string ?? ""
+            case .int: text = String(value.int ?? 0)
+            case .double: text = String(value.double ?? 0)
+            case .bool: text = (value.bool ?? false) ? "true" : "false"
+            default: throw ConfigError("\(location(key)): \(key) must be a string, a number or true/false")
+            }
+            do { try setting.set(&self, text) } catch let e as ConfigError { throw ConfigError("\(location(key)): \(e.message)") }
         }
     }
 

@@ -79,7 +79,7 @@ final class JobContext: TaskContext, @unchecked Sendable {
     func saveCheckpoint(_ data: Data, step: Int, best: Bool) throws {
         let url = checkpointDirectory.appendingPathComponent(CheckpointRetention.stepFileName(step))
         try writeFileDurably(data, to: url)
-        let digest = SHA256.hex(data)
+        let digest = Digest.sha256Hex(data)
         _ = try store.addCheckpoint(job: job.id, step: step, path: url.path, size: Int64(data.count), sha256: digest, best: false)
         if best {
             let bestURL = checkpointDirectory.appendingPathComponent(CheckpointRetention.bestFileName)
@@ -102,7 +102,7 @@ final class JobContext: TaskContext, @unchecked Sendable {
                 logger.warning("checkpoint \(c.path) is missing; trying an older one")
                 continue
             }
-            guard SHA256.hex(data) == c.sha256 else {
+            guard Digest.sha256Hex(data) == c.sha256 else {
                 logger.warning("checkpoint \(c.path) does not match its sha256; trying an older one")
                 continue
             }

@@ -203,7 +203,7 @@ final class RequestHandler: @unchecked Sendable {
             chosen = all.first { !$0.best }
         }
         guard let c = chosen else { throw WireError(.notFound, "job \(id) has no such checkpoint") }
-        guard let data = FileManager.default.contents(atPath: c.path), SHA256.hex(data) == c.sha256 else {
+        guard let data = FileManager.default.contents(atPath: c.path), Digest.sha256Hex(data) == c.sha256 else {
             throw WireError(.corruptCheckpoint, "checkpoint \(c.id) of job \(id) is missing or does not match its sha256")
         }
         return Reply(body: WireJSON.encode(c), attachment: Array(data))

@@ -27,6 +27,36 @@ import Testing
         #expect(c.workers == 4 && c.stateDirectory == "/srv/fwpd" && c.logLevel == "debug")
     }
 
+    /// Any valid TOML is read: quoted keys, literal strings, a dotted table, comments after values;
+    /// invalid TOML is refused with its line.
+    @Test func fullTOMLIsAccepted() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cfg-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let file = dir.appendingPathComponent("fwpd.toml")
+        try """
+            # top-level settings and the [fwpd] table mix
+            "workers" = 3
+            [fwpd]
+            state_dir = '/srv/fwpd # not a comment'
+            lease_seconds = 1.5e1  # fifteen
+            allow_insecure_remote = false
+            log_level = \"\"\"warning\"\"\"
+            """.write(to: file, atomically: true, encoding: .utf8)
+        var c = DaemonConfig()
+        try c.apply(file: file.path)
+        #expect(c.workers == 3 && c.stateDirectory == "/srv/fwpd # not a comment" && c.leaseSeconds == 15 && c.logLevel == "warning")
+        try "workers = 2\nworkers = 3\n".write(to: file, atomically: true, encoding: .utf8)
+        do {
+            try c.apply(file: file.path)
+            Issue.record("a key set twice was accepted")
+        } catch let e as ConfigError { #expect(e.message.contains("fwpd.toml:2") && e.message.contains("not valid TOML")) }
+        try "[other]\nworkers = 2\n".write(to: file, atomically: true, encoding: .utf8)
+        do {
+            try c.apply(file: file.path)
+            Issue.record("an unknown section was accepted")
+        } catch let e as ConfigError { #expect(e.message.contains("unknown section [other]")) }
+    }
+
     @Test func badSettingsAreNamed() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cfg-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
