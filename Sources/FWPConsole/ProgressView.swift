@@ -1,5 +1,6 @@
 import FWPProtocol
 import Foundation
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -9,12 +10,14 @@ import Foundation
 /// terminal a live progress bar that other events interrupt, elsewhere one line per event (and a
 /// progress line at most every two seconds, plus the last); with `json`, each event's wire JSON
 /// on a line of its own. Thread-safe.
-public final class ProgressView: @unchecked Sendable {
+public final class ProgressView: Sendable {
     public let json: Bool
     let live: Bool
-    private let lock = NSLock()
-    private var barShown = false
-    private var lastProgressLine = Date.distantPast
+    private struct State {
+        var barShown = false
+        var lastProgressLine = Date.distantPast
+    }
+    private let state = Mutex(State())
 
     /// `live` defaults to whether standard output is a terminal.
     public init(json: Bool, live: Bool = isatty(1) == 1) {
@@ -24,55 +27,55 @@ public final class ProgressView: @unchecked Sendable {
 
     /// Shows a job's stored or published event.
     public func show(_ e: JobEvent) {
-        lock.withLock {
+        state.withLock { state in
             if json { return write(String(decoding: WireJSON.encode(e), as: UTF8.self) + "\n") }
-            render(e.event, state: e.state, error: e.error, result: e.result)
+            render(e.event, jobState: e.state, error: e.error, result: e.result, &state)
         }
     }
 
     /// Shows a task's event (no job around it).
     public func show(_ e: ProgressEvent) {
-        lock.withLock {
+        state.withLock { state in
             if json { return write(String(decoding: WireJSON.encode(e), as: UTF8.self) + "\n") }
-            render(e, state: nil, error: nil, result: nil)
+            render(e, jobState: nil, error: nil, result: nil, &state)
         }
     }
 
     /// A log line on standard error, below the progress bar.
     public func log(_ level: String, _ message: String) {
-        lock.withLock {
-            clearBar()
+        state.withLock { state in
+            clearBar(&state)
             FileHandle.standardError.write(Data("[\(level)] \(message)\n".utf8))
         }
     }
 
     /// Ends the progress bar's line, if one is shown.
-    public func finish() { lock.withLock { clearBar() } }
+    public func finish() { state.withLock { clearBar(&$0) } }
 
-    private func render(_ e: ProgressEvent, state: JobState?, error: WireError?, result: JSONValue?) {
+    private func render(_ e: ProgressEvent, jobState: JobState?, error: WireError?, result: JSONValue?, _ state: inout State) {
         switch e.kind {
         case "progress":
             let line = Self.bar(e)
             if live {
                 write("\r\u{1B}[K" + line)
-                barShown = true
-            } else if Date().timeIntervalSince(lastProgressLine) >= 2 || e.step == e.total {
+                state.barShown = true
+            } else if Date().timeIntervalSince(state.lastProgressLine) >= 2 || e.step == e.total {
                 write(line + "\n")
-                lastProgressLine = Date()
+                state.lastProgressLine = Date()
             }
         case "text":
-            clearBar()
+            clearBar(&state)
             write(e.message ?? "")
         default:
-            clearBar()
-            write(Self.line(e, state: state, error: error, result: result) + "\n")
+            clearBar(&state)
+            write(Self.line(e, state: jobState, error: error, result: result) + "\n")
         }
     }
 
-    private func clearBar() {
-        if barShown {
+    private func clearBar(_ state: inout State) {
+        if state.barShown {
             write("\n")
-            barShown = false
+            state.barShown = false
         }
     }
 

@@ -3,6 +3,7 @@ import FWPStore
 import FWPTasks
 import Foundation
 import Logging
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -10,7 +11,7 @@ import Logging
 
 /// The context a job's task runs in inside fwpd: events stored then published, checkpoints
 /// written durably with a sha256 row, cancellation from clients or shutdown.
-final class JobContext: TaskContext, @unchecked Sendable {
+final class JobContext: TaskContext, Sendable {
     let job: JobInfo
     let store: JobStore
     let publisher: EventPublisher
@@ -19,12 +20,11 @@ final class JobContext: TaskContext, @unchecked Sendable {
     let threads: Int
     let logger: Logger
     let metrics: DaemonMetrics
-    private let lock = NSLock()
     /// Stores and publishes this job's events in order, off the task's thread: a training step
     /// never waits for SQLite's fsync or for a write transaction another request holds.
     private let eventQueue = DispatchQueue(label: "fwpd.job-events")
-    private var cancelRequested = false
-    private var shuttingDown = false
+    /// Whether a client asked to cancel, and whether the daemon is stopping.
+    private let flags: Mutex<(cancelRequested: Bool, shuttingDown: Bool)>
 
     init(
         job: JobInfo, store: JobStore, publisher: EventPublisher, stateDirectory: URL, retention: CheckpointRetention, threads: Int, logger: Logger,
@@ -41,15 +41,15 @@ final class JobContext: TaskContext, @unchecked Sendable {
         self.logger = l
         checkpointDirectory = stateDirectory.appendingPathComponent("checkpoints").appendingPathComponent("job-\(job.id)")
         try FileManager.default.createDirectory(at: checkpointDirectory, withIntermediateDirectories: true)
-        cancelRequested = job.cancelRequested
+        flags = Mutex((job.cancelRequested, false))
     }
 
-    var isCancelled: Bool { lock.withLock { cancelRequested || shuttingDown } }
-    var checkpointBeforeStopping: Bool { lock.withLock { shuttingDown } }
-    var isShuttingDown: Bool { lock.withLock { shuttingDown } }
-    var wasCancelledByUser: Bool { lock.withLock { cancelRequested } }
-    func requestCancel() { lock.withLock { cancelRequested = true } }
-    func requestShutdown() { lock.withLock { shuttingDown = true } }
+    var isCancelled: Bool { flags.withLock { $0.cancelRequested || $0.shuttingDown } }
+    var checkpointBeforeStopping: Bool { flags.withLock { $0.shuttingDown } }
+    var isShuttingDown: Bool { flags.withLock { $0.shuttingDown } }
+    var wasCancelledByUser: Bool { flags.withLock { $0.cancelRequested } }
+    func requestCancel() { flags.withLock { $0.cancelRequested = true } }
+    func requestShutdown() { flags.withLock { $0.shuttingDown = true } }
 
     func emit(_ e: ProgressEvent) {
         let event = JobEvent(job: job.id, seq: 0, time: Date().timeIntervalSince1970, e)

@@ -1,13 +1,12 @@
 import Foundation
 import Prometheus
+import Synchronization
 
 /// The daemon's Prometheus metrics (served by the `metrics` command as text).
-final class DaemonMetrics: @unchecked Sendable {
+final class DaemonMetrics: Sendable {
     let registry = PrometheusCollectorRegistry()
-    private let lock = NSLock()
-    private var requestCounters: [String: Counter] = [:]
-    private var errorCounters: [String: Counter] = [:]
-    private var finishedCounters: [String: Counter] = [:]
+    /// Labelled counters made on first use, by metric name and label value.
+    private let counters = Mutex<[String: [String: Counter]]>([:])
     let submitted: Counter
     let running: Gauge
     let queued: Gauge
@@ -21,24 +20,24 @@ final class DaemonMetrics: @unchecked Sendable {
     }
 
     func request(_ command: String) {
-        labelled(&requestCounters, "fwpd_requests_total", label: "command", command, help: "Requests handled").increment()
+        labelled("fwpd_requests_total", label: "command", command, help: "Requests handled").increment()
     }
 
     func error(_ code: String) {
-        labelled(&errorCounters, "fwpd_request_errors_total", label: "code", code, help: "Requests answered with an error").increment()
+        labelled("fwpd_request_errors_total", label: "code", code, help: "Requests answered with an error").increment()
     }
 
     func finished(_ state: String) {
-        labelled(&finishedCounters, "fwpd_jobs_finished_total", label: "state", state, help: "Jobs that reached a final state").increment()
+        labelled("fwpd_jobs_finished_total", label: "state", state, help: "Jobs that reached a final state").increment()
     }
 
     /// The counter `name{label="value"}`, made on first use.
-    private func labelled(_ cache: inout [String: Counter], _ name: String, label: String, _ value: String, help: String) -> Counter {
-        lock.withLock {
-            if let c = cache[value] { return c }
+    private func labelled(_ name: String, label: String, _ value: String, help: String) -> Counter {
+        counters.withLock { counters in
+            if let c = counters[name]?[value] { return c }
             let c = registry.makeCounter(
                 descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: [(label, value)])
-            cache[value] = c
+            counters[name, default: [:]][value] = c
             return c
         }
     }

@@ -4,6 +4,7 @@ import FWPTasks
 import Foundation
 import Logging
 import ZeroMQ
+import Synchronization
 
 /// The I/O thread: owns the ROUTER (requests), PUB (events), the inproc PULL that collects
 /// events from workers, and the ZAP handler for CURVE. Nothing else touches these sockets.
@@ -19,8 +20,7 @@ final class Router: @unchecked Sendable {
     let pull: ZMQSocket
     var zap: ZMQSocket?
     var allowedKeys: Set<String> = []
-    private let stopLock = NSLock()
-    private var stopRequested = false
+    private let stopRequested = Mutex(false)
     private let stopped = DispatchSemaphore(value: 0)
 
     init(
@@ -80,7 +80,7 @@ final class Router: @unchecked Sendable {
         if config.requestNice > 0 { Self.lowerRequestThreadPriority(to: Int32(config.requestNice), logger: logger) }
         var sockets = [router, pull]
         if let zap { sockets.append(zap) }
-        while !stopLock.withLock({ stopRequested }) {
+        while !stopRequested.withLock({ $0 }) {
             do {
                 let ready = try ZMQSocket.poll(sockets, timeoutMilliseconds: 100)
                 if ready[1] { forwardEvents() }
@@ -124,7 +124,7 @@ final class Router: @unchecked Sendable {
 
     /// Ends the loop and waits until the sockets are closed.
     func stop() {
-        stopLock.withLock { stopRequested = true }
+        stopRequested.withLock { $0 = true }
         stopped.wait()
     }
 

@@ -4,29 +4,30 @@ import FWPTasks
 import Foundation
 import Logging
 import ZeroMQ
+import Synchronization
 
 /// Hands events from worker threads to the I/O thread, which owns the PUB socket.
 ///
 /// ZeroMQ sockets are not thread-safe; workers share one inproc PUSH socket behind a lock, and
 /// the I/O thread forwards what arrives on its PULL end to PUB.
-final class EventPublisher: @unchecked Sendable {
+final class EventPublisher: Sendable {
     static let endpoint = "inproc://fwpd-events"
-    private let socket: ZMQSocket
-    private let lock = NSLock()
+    private let socket: Mutex<ZMQSocket>
 
     /// Connects to the PULL end, which must already be bound.
     init(context: ZMQContext) throws {
-        socket = try context.socket(.push)
-        try socket.connect(Self.endpoint)
+        let push = try context.socket(.push)
+        try push.connect(Self.endpoint)
+        socket = Mutex(push)
     }
 
     func publish(_ event: JobEvent) {
-        lock.withLock {
+        socket.withLock { socket in
             do { try socket.send([Array("job.\(event.job)".utf8), WireJSON.encode(event)]) } catch {}
         }
     }
 
-    func close() { lock.withLock { socket.close() } }
+    func close() { socket.withLock { $0.close() } }
 }
 
 /// Claims queued jobs and runs them on a Dispatch worker pool, `workers` at a time.

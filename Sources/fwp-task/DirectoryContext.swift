@@ -2,19 +2,19 @@ import FWPConsole
 import FWPCore
 import FWPTasks
 import Foundation
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
 #endif
 
 /// A task context over a state directory: checkpoints in `<state>/checkpoints`, events printed.
-final class DirectoryContext: TaskContext, @unchecked Sendable {
+final class DirectoryContext: TaskContext, Sendable {
     let directory: URL
     let threads: Int
     let retention: CheckpointRetention
     let printer: ProgressView
-    private let lock = NSLock()
-    private var cancelled = false
+    private let cancelled = Mutex(false)
 
     init(directory: URL, threads: Int, retention: CheckpointRetention = CheckpointRetention(), printer: ProgressView) throws {
         self.directory = directory
@@ -26,8 +26,8 @@ final class DirectoryContext: TaskContext, @unchecked Sendable {
 
     var checkpoints: URL { directory.appendingPathComponent("checkpoints") }
 
-    var isCancelled: Bool { lock.withLock { cancelled } }
-    func cancel() { lock.withLock { cancelled = true } }
+    var isCancelled: Bool { cancelled.withLock { $0 } }
+    func cancel() { cancelled.withLock { $0 = true } }
 
     func emit(_ event: ProgressEvent) { printer.show(event) }
 

@@ -1,5 +1,6 @@
 import FWPProtocol
 import Foundation
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -137,12 +138,11 @@ private func termSignal(_ s: Int32) -> Int32 { s & 0x7f }
 private func exitStatus(_ s: Int32) -> Int32 { (s >> 8) & 0xff }
 
 /// A value shared between threads behind a lock.
-final class LockedBox<T>: @unchecked Sendable {
-    private var value: T
-    private let lock = NSLock()
-    init(_ value: T) { self.value = value }
-    func get() -> T { lock.withLock { value } }
-    func set(_ v: T) { lock.withLock { value = v } }
+final class LockedBox<T: Sendable>: Sendable {
+    private let value: Mutex<T>
+    init(_ value: T) { self.value = Mutex(value) }
+    func get() -> T { value.withLock { $0 } }
+    func set(_ v: T) { value.withLock { $0 = v } }
 }
 
 /// A child process in its own process group with piped stdout and stderr (posix_spawn).
