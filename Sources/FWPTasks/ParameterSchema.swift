@@ -58,14 +58,28 @@ public struct TaskParameters: Equatable, Sendable {
 
     public init(_ values: [String: JSONValue]) { self.values = values }
 
-    public func int(_ name: String) -> Int { Int(values[name]?.doubleValue ?? 0) }
-    public func double(_ name: String) -> Double { values[name]?.doubleValue ?? 0 }
-    public func string(_ name: String) -> String { values[name]?.stringValue ?? "" }
-    public func bool(_ name: String) -> Bool { values[name]?.boolValue ?? false }
-    /// The string value, or nil when the optional parameter was left out.
-    public func optionalString(_ name: String) -> String? { values[name]?.stringValue }
+    /// Whether the optional parameter `name` was given.
     public func has(_ name: String) -> Bool { values[name].map { $0 != .null } ?? false }
 
+    /// The values as `T`, whose properties are the parameters' names in camelCase (`model_size`
+    /// → `modelSize`; an optional parameter left out is nil). A value `T` cannot hold (an enum
+    /// case that does not exist, say) is a `ParameterError` naming the parameter.
+    public func decode<T: Decodable>(_ type: T.Type) throws -> T {
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        do {
+            return try decoder.decode(T.self, from: Data(json.jsonBytes))
+        } catch let error as DecodingError {
+            let (path, reason): ([any CodingKey], String)
+            switch error {
+            case .dataCorrupted(let c): (path, reason) = (c.codingPath, c.debugDescription)
+            case .keyNotFound(let key, let c): (path, reason) = (c.codingPath + [key], "is required")
+            case .typeMismatch(_, let c), .valueNotFound(_, let c): (path, reason) = (c.codingPath, c.debugDescription)
+            @unknown default: (path, reason) = ([], "\(error)")
+            }
+            throw ParameterError(path.first.map { snakeCase($0.stringValue) } ?? "parameters", reason)
+        }
+    }
     /// The parameters as one JSON object.
     public var json: JSONValue { .object(values) }
 }
@@ -109,6 +123,19 @@ extension Array where Element == ParameterSpec {
         }
         return TaskParameters(out)
     }
+}
+
+/// `modelSize` → `model_size`: a Swift property's name as the schema spells it.
+func snakeCase(_ name: String) -> String {
+    var out = ""
+    for c in name {
+        if c.isUppercase {
+            out += "_" + c.lowercased()
+        } else {
+            out.append(c)
+        }
+    }
+    return out
 }
 
 private func format(_ x: Double) -> String {

@@ -47,28 +47,41 @@ public enum TaskError: Error, Equatable, CustomStringConvertible, Sendable {
 }
 
 /// A task module: a named, parameterised kind of job.
+///
+/// Its `parameters` schema is the single description of what it accepts (names, types, defaults,
+/// ranges, choices; served to clients by `tasks`). Validated values are decoded into the module's
+/// own `Parameters` struct, whose properties are the schema's names in camelCase (`model_size` →
+/// `modelSize`); `check` and `run` read only that struct.
 public protocol TaskModule: Sendable {
+    /// The module's parameters as Swift values.
+    associatedtype Parameters: Decodable & Sendable
     /// Unique name, as used in submits and presets.
     var name: String { get }
     /// One paragraph on what the task does and what it returns.
     var summary: String { get }
     /// The parameters it accepts, with defaults and ranges.
     var parameters: [ParameterSpec] { get }
-    /// Task-specific checks beyond the schema (files exist, combinations make sense).
-    func check(_ parameters: TaskParameters) throws
+    /// Task-specific checks beyond the schema (files exist, combinations make sense); errors are
+    /// `ParameterError`s naming a parameter.
+    func check(_ p: Parameters) throws
     /// Runs the job to completion, resuming from `context.latestCheckpoint()` if there is one.
     /// Returns the result; throws `TaskError.cancelled` when stopped.
-    func run(_ parameters: TaskParameters, context: TaskContext) throws -> JSONValue
+    func run(_ p: Parameters, context: TaskContext) throws -> JSONValue
 }
 
 extension TaskModule {
-    public func check(_ parameters: TaskParameters) throws {}
+    public func check(_ p: Parameters) throws {}
 
-    /// Schema validation followed by `check`: everything a job must pass before it is queued.
+    /// Schema validation, decoding and `check`: everything a job must pass before it is queued.
     public func validate(_ given: [String: JSONValue]) throws -> TaskParameters {
-        let p = try parameters.validate(given)
-        try check(p)
-        return p
+        let values = try parameters.validate(given)
+        try check(try values.decode(Parameters.self))
+        return values
+    }
+
+    /// Runs the job on validated values (as stored with the job).
+    public func run(_ values: TaskParameters, context: TaskContext) throws -> JSONValue {
+        try run(try values.decode(Parameters.self), context: context)
     }
 }
 

@@ -30,23 +30,32 @@ public struct ExecTask: TaskModule {
         ParameterSpec("timeout", .number, "stop the program after this many seconds (0: never)", default: 0, minimum: 0),
     ]
 
-    func arguments(_ p: TaskParameters) throws -> [String] {
-        let raw = p.string("args").trimmingCharacters(in: .whitespaces)
+    /// The schema's parameters as Swift values.
+    public struct Parameters: Decodable, Sendable {
+        var program: String
+        var args: String
+        var directory: String?
+        var grace: Double
+        var timeout: Double
+    }
+
+    func arguments(_ p: Parameters) throws -> [String] {
+        let raw = p.args.trimmingCharacters(in: .whitespaces)
         if raw.hasPrefix("[") {
-            guard case .array(let items) = try? JSONValue.parse(raw), items.allSatisfy({ $0.stringValue != nil }) else {
-                throw ParameterError("args", "must be a JSON array of strings")
-            }
-            return items.map { $0.stringValue! }
+            guard case .array(let items) = try? JSONValue.parse(raw) else { throw ParameterError("args", "must be a JSON array of strings") }
+            let strings = items.compactMap(\.stringValue)
+            guard strings.count == items.count else { throw ParameterError("args", "must be a JSON array of strings") }
+            return strings
         }
         return raw.split(separator: " ").map(String.init)
     }
 
-    public func check(_ p: TaskParameters) throws {
-        let program = p.string("program")
+    public func check(_ p: Parameters) throws {
+        let program = p.program
         guard FileManager.default.isExecutableFile(atPath: program) else {
             throw ParameterError("program", "\(program) does not exist or is not executable")
         }
-        if let dir = p.optionalString("directory") {
+        if let dir = p.directory {
             var isDir: ObjCBool = false
             guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
                 throw ParameterError("directory", "\(dir) is not a directory")
@@ -55,9 +64,9 @@ public struct ExecTask: TaskModule {
         _ = try arguments(p)
     }
 
-    public func run(_ p: TaskParameters, context: TaskContext) throws -> JSONValue {
-        let program = p.string("program")
-        let child = try ChildProcess(program: program, arguments: try arguments(p), directory: p.optionalString("directory"))
+    public func run(_ p: Parameters, context: TaskContext) throws -> JSONValue {
+        let program = p.program
+        let child = try ChildProcess(program: program, arguments: try arguments(p), directory: p.directory)
         let result = LockedBox<JSONValue?>(nil)
         let done = DispatchGroup()
         done.enter()
@@ -83,7 +92,7 @@ public struct ExecTask: TaskModule {
             done.leave()
         }
         let start = Date()
-        let timeout = p.double("timeout"), grace = p.double("grace")
+        let timeout = p.timeout, grace = p.grace
         var stopReason: String? = nil
         var termSentAt: Date? = nil
         var status: Int32 = 0

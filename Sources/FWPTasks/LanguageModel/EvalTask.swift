@@ -56,26 +56,36 @@ public struct EvalTask: TaskModule {
             "carry", .boolean, "carry fast weights across segments (unset: as the checkpoint was trained)", optional: true),
     ]
 
-    public func check(_ p: TaskParameters) throws {
-        try checkCheckpointFile(p.string("checkpoint"), parameter: "checkpoint")
-        let (model, tokenizer, _) = try loadLanguageModel(p.string("checkpoint"), parameter: "checkpoint")
-        try checkTextFile(p.string("text"), parameter: "text", level: tokenizer.level)
-        if p.has("carry") && p.bool("carry") && model.config.attention == .softmax {
+    /// The schema's parameters as Swift values.
+    public struct Parameters: Decodable, Sendable {
+        var checkpoint: String
+        var text: String
+        var segment: Int
+        var batch: Int
+        /// nil: as the checkpoint was trained.
+        var carry: Bool?
+    }
+
+    public func check(_ p: Parameters) throws {
+        try checkCheckpointFile(p.checkpoint, parameter: "checkpoint")
+        let (model, tokenizer, _) = try loadLanguageModel(p.checkpoint, parameter: "checkpoint")
+        try checkTextFile(p.text, parameter: "text", level: tokenizer.level)
+        if p.carry == true && model.config.attention == .softmax {
             throw ParameterError("carry", "carrying state needs a fast-weight model; this checkpoint is softmax")
         }
     }
 
-    public func run(_ p: TaskParameters, context: TaskContext) throws -> JSONValue {
+    public func run(_ p: Parameters, context: TaskContext) throws -> JSONValue {
         BLAS.setThreads(1)  // parallelism comes from fwp's own loops (docs/ARCHITECTURE.md, decision 15)
-        var (model, tokenizer, c) = try loadLanguageModel(p.string("checkpoint"), parameter: "checkpoint")
+        var (model, tokenizer, c) = try loadLanguageModel(p.checkpoint, parameter: "checkpoint")
         model.threads = ComputeThreads(max(1, context.threads))
-        let carry = p.has("carry") ? p.bool("carry") : trainedWithCarry(c)
-        var segment = p.int("segment")
+        let carry = p.carry ?? trainedWithCarry(c)
+        var segment = p.segment
         if segment == 0 { segment = Int(c.extra["segment"] ?? "") ?? 256 }
-        let tokens = tokenizer.encode(try readTextFile(p.string("text"), parameter: "text"))
+        let tokens = tokenizer.encode(try readTextFile(p.text, parameter: "text"))
         context.emit(ProgressEvent(kind: "log", message: "evaluating \(tokens.count) tokens in segments of \(segment)"))
         let (loss, n) = try evaluateStream(
-            model, tokens: tokens, batch: p.int("batch"), segment: segment, carry: carry, cancelled: { context.isCancelled })
+            model, tokens: tokens, batch: p.batch, segment: segment, carry: carry, cancelled: { context.isCancelled })
         var result: [String: JSONValue] = ["loss": .number(loss), "tokens": .number(Double(n)), "carry": .bool(carry)]
         for (k, v) in languageMetrics(loss, level: tokenizer.level) { result[k] = v }
         return .object(result)
@@ -110,15 +120,25 @@ public struct GenerateTask: TaskModule {
         ParameterSpec("seed", .integer, "sampling seed", default: 1, minimum: 0, maximum: 9_007_199_254_740_991),
     ]
 
-    public func check(_ p: TaskParameters) throws {
-        try checkCheckpointFile(p.string("checkpoint"), parameter: "checkpoint")
+    /// The schema's parameters as Swift values.
+    public struct Parameters: Decodable, Sendable {
+        var checkpoint: String
+        var prompt: String
+        var maxTokens: Int
+        var temperature: Double
+        var topK: Int
+        var seed: UInt64
     }
 
-    public func run(_ p: TaskParameters, context: TaskContext) throws -> JSONValue {
+    public func check(_ p: Parameters) throws {
+        try checkCheckpointFile(p.checkpoint, parameter: "checkpoint")
+    }
+
+    public func run(_ p: Parameters, context: TaskContext) throws -> JSONValue {
         BLAS.setThreads(1)
-        let (model, tokenizer, _) = try loadLanguageModel(p.string("checkpoint"), parameter: "checkpoint")
-        var prompt = tokenizer.encode(p.string("prompt"))
-        if tokenizer.level == .word && !p.string("prompt").hasSuffix("\n"), prompt.last == tokenizer.encode("\n").last {
+        let (model, tokenizer, _) = try loadLanguageModel(p.checkpoint, parameter: "checkpoint")
+        var prompt = tokenizer.encode(p.prompt)
+        if tokenizer.level == .word && !p.prompt.hasSuffix("\n"), prompt.last == tokenizer.encode("\n").last {
             prompt.removeLast()  // continue the prompt's line rather than start a new one
         }
         if prompt.isEmpty { prompt = [tokenizer.encode("\n").first ?? 10] }
@@ -128,13 +148,13 @@ public struct GenerateTask: TaskModule {
             if context.isCancelled { throw TaskError.cancelled }
             logits = model.step(tokens: [t], state: &state)
         }
-        var rng = FWPRandom(seed: UInt64(p.int("seed")))
+        var rng = FWPRandom(seed: p.seed)
         var generated: [Int] = []
         var pending: [Int] = []
-        let total = p.int("max_tokens"), start = Date()
+        let total = p.maxTokens, start = Date()
         for i in 0..<total {
             if context.isCancelled { throw TaskError.cancelled }
-            let next = sample(logits.storage, temperature: p.double("temperature"), topK: p.int("top_k"), rng: &rng)
+            let next = sample(logits.storage, temperature: p.temperature, topK: p.topK, rng: &rng)
             generated.append(next)
             pending.append(next)
             // Emit whole characters: hold back a byte sequence that is not yet valid UTF-8.

@@ -48,59 +48,93 @@ public struct LanguageModelTask: TaskModule {
         ParameterSpec("seed", .integer, "seed of initialisation, dropout and FAVOR+ draws", default: 1, minimum: 0, maximum: 9_007_199_254_740_991),
     ]
 
+    /// The schema's parameters as Swift values.
+    public struct Parameters: Decodable, Sendable {
+        var train: String?
+        var valid: String?
+        var test: String?
+        var dataDir: String?
+        var validFraction: Double
+        var level: Tokenizer.Level
+        var layers: Int
+        var modelSize: Int
+        var heads: Int
+        var headSize: Int
+        var ff: Int
+        var attention: AttentionKind
+        var featureMap: FeatureMapKind
+        var rule: UpdateRule
+        var normalization: Normalization
+        var dropout: Double
+        var tied: Bool
+        var positions: Bool
+        var batch: Int
+        var segment: Int
+        var carry: Bool
+        var steps: Int
+        var lr: Double
+        var warmup: Int
+        var weightDecay: Double
+        var clip: Double
+        var evalEvery: Int
+        var evalSegments: Int
+        var patience: Int
+        var seed: UInt64
+    }
+
     struct Files {
         var train: String, valid: String?, test: String?
     }
 
-    func files(_ p: TaskParameters) -> Files {
-        if let dir = p.optionalString("data_dir") {
+    func files(_ p: Parameters) -> Files {
+        if let dir = p.dataDir {
             let u = URL(fileURLWithPath: dir)
             return Files(
                 train: u.appendingPathComponent("wiki.train.tokens").path, valid: u.appendingPathComponent("wiki.valid.tokens").path,
                 test: u.appendingPathComponent("wiki.test.tokens").path)
         }
-        return Files(train: p.optionalString("train") ?? "", valid: p.optionalString("valid"), test: p.optionalString("test"))
+        return Files(train: p.train ?? "", valid: p.valid, test: p.test)
     }
 
-    func modelConfig(_ p: TaskParameters, vocabulary: Int) throws -> LMConfig {
-        guard let fm = FeatureMapKind(name: p.string("feature_map")) else {
-            throw ParameterError("feature_map", "must be elu, dpfp-ν, favor-m or identity, got '\(p.string("feature_map"))'")
-        }
-        let config = LMConfig(
-            vocabularySize: vocabulary, modelSize: p.int("model_size"), layers: p.int("layers"), heads: p.int("heads"),
-            headSize: p.int("head_size"), feedForwardSize: p.int("ff"), attention: AttentionKind(rawValue: p.string("attention"))!,
-            featureMap: fm, updateRule: UpdateRule(rawValue: p.string("rule"))!,
-            normalization: Normalization(rawValue: p.string("normalization"))!, dropout: Float(p.double("dropout")),
-            tiedEmbeddings: p.bool("tied"), sinusoidalPositions: p.bool("positions"))
-        do {
-            try config.validate()
-        } catch FWPError.invalidConfig(let field, let reason) {
-            let names = ["featureMap": "feature_map", "modelSize": "model_size", "normalization": "normalization", "dropout": "dropout"]
-            throw ParameterError(names[field] ?? field, reason)
-        }
-        return config
+    func modelConfig(_ p: Parameters, vocabulary: Int) -> LMConfig {
+        LMConfig(
+            vocabularySize: vocabulary, modelSize: p.modelSize, layers: p.layers, heads: p.heads, headSize: p.headSize,
+            feedForwardSize: p.ff, attention: p.attention, featureMap: p.featureMap, updateRule: p.rule,
+            normalization: p.normalization, dropout: Float(p.dropout), tiedEmbeddings: p.tied, sinusoidalPositions: p.positions)
     }
 
-    public func check(_ p: TaskParameters) throws {
-        let hasDir = p.has("data_dir"), hasTrain = p.has("train")
-        if hasDir == hasTrain { throw ParameterError(hasDir ? "data_dir" : "train", "give exactly one of train and data_dir") }
-        let level = Tokenizer.Level(rawValue: p.string("level"))!
-        let f = files(p)
-        try checkTextFile(f.train, parameter: hasDir ? "data_dir" : "train", level: level)
-        if let v = f.valid { try checkTextFile(v, parameter: hasDir ? "data_dir" : "valid", level: level) }
-        if let t = f.test { try checkTextFile(t, parameter: hasDir ? "data_dir" : "test", level: level) }
-        _ = try modelConfig(p, vocabulary: 256)
-        if p.bool("carry") && p.string("attention") == "softmax" {
+    /// Rules between parameters, named as the schema names them; the model config's own
+    /// validation (LMConfig.validate) then finds nothing left to refuse.
+    public func check(_ p: Parameters) throws {
+        if (p.dataDir != nil) == (p.train != nil) {
+            throw ParameterError(p.dataDir != nil ? "data_dir" : "train", "give exactly one of train and data_dir")
+        }
+        switch p.featureMap {
+        case .dpfp(let nu) where nu >= 2 * p.headSize:
+            throw ParameterError("feature_map", "DPFP's ν must be below 2·head_size (\(2 * p.headSize))")
+        case .identity where p.attention == .fastWeight && p.normalization == .attention:
+            throw ParameterError("normalization", "attention normalisation needs a positive feature map (not identity)")
+        default: break
+        }
+        if p.positions && p.modelSize % 2 != 0 {
+            throw ParameterError("model_size", "must be even with sinusoidal positions, got \(p.modelSize)")
+        }
+        if p.carry && p.attention == .softmax {
             throw ParameterError("carry", "carrying state across segments needs fast-weight attention")
         }
+        let f = files(p)
+        let hasDir = p.dataDir != nil
+        try checkTextFile(f.train, parameter: hasDir ? "data_dir" : "train", level: p.level)
+        if let v = f.valid { try checkTextFile(v, parameter: hasDir ? "data_dir" : "valid", level: p.level) }
+        if let t = f.test { try checkTextFile(t, parameter: hasDir ? "data_dir" : "test", level: p.level) }
     }
 
     static let format = TrainingCheckpoint.format
 
-    public func run(_ p: TaskParameters, context: TaskContext) throws -> JSONValue {
+    public func run(_ p: Parameters, context: TaskContext) throws -> JSONValue {
         let threads = max(1, context.threads)
         BLAS.setThreads(1)  // parallelism comes from fwp's own loops (docs/ARCHITECTURE.md, decision 15)
-        let level = Tokenizer.Level(rawValue: p.string("level"))!
+        let level = p.level
         let f = files(p)
         let trainData = try readTextFile(f.train, parameter: "train")
         let tokenizer = level == .byte ? Tokenizer.bytes : Tokenizer.words(trainingText: String(decoding: trainData, as: UTF8.self))
@@ -109,24 +143,24 @@ public struct LanguageModelTask: TaskModule {
         if let v = f.valid {
             validTokens = tokenizer.encode(try readTextFile(v, parameter: "valid"))
         } else {
-            let cut = trainTokens.count - Int(Double(trainTokens.count) * p.double("valid_fraction"))
+            let cut = trainTokens.count - Int(Double(trainTokens.count) * p.validFraction)
             validTokens = Array(trainTokens[cut...])
             trainTokens = Array(trainTokens[..<cut])
         }
-        let batch = p.int("batch"), segment = p.int("segment"), steps = p.int("steps"), carry = p.bool("carry")
+        let batch = p.batch, segment = p.segment, steps = p.steps, carry = p.carry
         let stream = BatchedStream(tokens: trainTokens, batch: batch, segment: segment)
         guard stream.segmentsPerRow > 0 else {
             throw TaskError.failed(code: .textTooShort, message: "train holds \(trainTokens.count) tokens, too few for \(batch) rows of \(segment + 1)")
         }
         let evalBatch = max(1, min(batch, validTokens.count / (segment + 1)))
-        let config = try modelConfig(p, vocabulary: tokenizer.size)
-        let seed = UInt64(p.int("seed"))
+        let config = modelConfig(p, vocabulary: tokenizer.size)
+        let seed = p.seed
         var model = try LanguageModel(config: config, seed: seed)
         model.threads = ComputeThreads(threads)
         var optimizer = AdamW(
             parameters: model.parameters,
-            schedule: LearningRateSchedule(peak: p.double("lr"), warmupSteps: p.int("warmup"), totalSteps: steps, minimum: p.double("lr") / 10),
-            weightDecay: p.double("weight_decay"), maxGradientNorm: p.double("clip"))
+            schedule: LearningRateSchedule(peak: p.lr, warmupSteps: p.warmup, totalSteps: steps, minimum: p.lr / 10),
+            weightDecay: p.weightDecay, maxGradientNorm: p.clip)
         var rng = FWPRandom(seed: seed &+ 0x7EA1)
         var state: ModelState? = carry ? model.initialState(batch: batch) : nil
         var best = Double.infinity, badEvals = 0
@@ -191,9 +225,9 @@ public struct LanguageModelTask: TaskModule {
             if let e = meter.event(step: optimizer.step, loss: loss, itemsPerStep: tokensPerStep, metrics: languageMetrics(loss, level: level)) {
                 context.emit(e)
             }
-            if optimizer.step % p.int("eval_every") == 0 || optimizer.step == steps {
+            if optimizer.step % p.evalEvery == 0 || optimizer.step == steps {
                 let (vloss, _) = try evaluateStream(
-                    model, tokens: validTokens, batch: evalBatch, segment: segment, carry: carry, maxSegments: p.int("eval_segments"),
+                    model, tokens: validTokens, batch: evalBatch, segment: segment, carry: carry, maxSegments: p.evalSegments,
                     cancelled: { context.isCancelled })
                 let improved = vloss < best
                 if improved {
@@ -207,7 +241,7 @@ public struct LanguageModelTask: TaskModule {
                 metrics["best_valid_loss"] = .number(best)
                 context.emit(ProgressEvent(kind: "eval", step: optimizer.step, total: steps, loss: vloss, metrics: metrics))
                 try checkpoint(improved: improved)
-                if p.int("patience") > 0 && badEvals >= p.int("patience") {
+                if p.patience > 0 && badEvals >= p.patience {
                     reason = "no_improvement"
                     break
                 }

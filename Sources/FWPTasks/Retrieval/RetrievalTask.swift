@@ -31,22 +31,37 @@ public struct RetrievalTask: TaskModule {
         ParameterSpec("seed", .integer, "seed of initialisation and data", default: 1, minimum: 0, maximum: 9_007_199_254_740_991),
     ]
 
-    public func check(_ p: TaskParameters) throws {
-        let a = p.string("attention")
+    /// The schema's parameters as Swift values.
+    public struct Parameters: Decodable, Sendable {
+        var keys: Int
+        var setting: Int
+        var attention: String
+        var rule: UpdateRule
+        var keySize: Int
+        var batch: Int
+        var lr: Double
+        var maxSteps: Int
+        var evalEvery: Int
+        var evalSequences: Int
+        var patience: Int
+        var targetLoss: Double
+        var seed: UInt64
+    }
+
+    public func check(_ p: Parameters) throws {
+        let a = p.attention
         if a != "linear" && a != "softmax" {
             guard let kind = FeatureMapKind(name: a), kind != .identity, kind != .eluPlusOne else {
                 throw ParameterError("attention", "must be linear, dpfp-ν, favor-m or softmax, got '\(a)'")
             }
-            if case .dpfp(let nu) = kind, nu >= 2 * p.int("key_size") {
-                throw ParameterError("attention", "DPFP's ν must be below 2·key_size (\(2 * p.int("key_size")))")
+            if case .dpfp(let nu) = kind, nu >= 2 * p.keySize {
+                throw ParameterError("attention", "DPFP's ν must be below 2·key_size (\(2 * p.keySize))")
             }
         }
     }
 
-    func config(_ p: TaskParameters) -> RetrievalConfig {
-        RetrievalConfig(
-            keys: p.int("keys"), setting: p.int("setting"), attention: p.string("attention"),
-            rule: UpdateRule(rawValue: p.string("rule"))!, keySize: p.int("key_size"))
+    func config(_ p: Parameters) -> RetrievalConfig {
+        RetrievalConfig(keys: p.keys, setting: p.setting, attention: p.attention, rule: p.rule, keySize: p.keySize)
     }
 
     static let format = "fwp.retrieval.v1"
@@ -58,15 +73,15 @@ public struct RetrievalTask: TaskModule {
         return String(decoding: try! e.encode(c), as: UTF8.self)
     }
 
-    public func run(_ p: TaskParameters, context: TaskContext) throws -> JSONValue {
+    public func run(_ p: Parameters, context: TaskContext) throws -> JSONValue {
         BLAS.setThreads(1)  // parallelism comes from fwp's own loops (docs/ARCHITECTURE.md, decision 15)
         let config = config(p)
-        let seed = UInt64(p.int("seed"))
+        let seed = p.seed
         var model = RetrievalModel(config: config, seed: seed)
-        var optimizer = AdamW(parameters: model.parameters, schedule: LearningRateSchedule(peak: p.double("lr")))
+        var optimizer = AdamW(parameters: model.parameters, schedule: LearningRateSchedule(peak: p.lr))
         var rng = FWPRandom(seed: seed &+ 0x5EED)
         var best = Double.infinity, bestAccuracy = 0.0, badEvals = 0
-        let maxSteps = p.int("max_steps"), evalEvery = p.int("eval_every")
+        let maxSteps = p.maxSteps, evalEvery = p.evalEvery
         if let data = try context.latestCheckpoint() {
             let c = try CheckpointContents.decode(data, format: Self.format) { json in
                 guard let stored = try? JSONDecoder().decode(RetrievalConfig.self, from: Data(json.utf8)), stored == config else {
@@ -99,17 +114,17 @@ public struct RetrievalTask: TaskModule {
                 if context.checkpointBeforeStopping { try checkpoint(improved: false) }
                 throw TaskError.cancelled
             }
-            let batch = RetrievalBatch.sample(config, count: p.int("batch"), allKeys: false, using: &rng)
+            let batch = RetrievalBatch.sample(config, count: p.batch, allKeys: false, using: &rng)
             let (loss, _, g) = model.loss(batch, gradients: true)
             guard loss.isFinite else { throw TaskError.failed(code: .diverged, message: "training loss is \(loss) at step \(optimizer.step + 1)") }
             optimizer.update(&model.parameters, gradients: g!)
             let step = optimizer.step
-            if let e = meter.event(step: step, loss: loss, itemsPerStep: p.int("batch"), metrics: ["best_eval_loss": best.isFinite ? .number(best) : .null]) {
+            if let e = meter.event(step: step, loss: loss, itemsPerStep: p.batch, metrics: ["best_eval_loss": best.isFinite ? .number(best) : .null]) {
                 context.emit(e)
             }
             if step % evalEvery == 0 || step == maxSteps {
                 var evalRng = FWPRandom(seed: seed ^ (0x9E37_79B9 &* UInt64(step)))
-                let evalBatch = RetrievalBatch.sample(config, count: p.int("eval_sequences"), allKeys: true, using: &evalRng)
+                let evalBatch = RetrievalBatch.sample(config, count: p.evalSequences, allKeys: true, using: &evalRng)
                 let (evalLoss, accuracy, _) = model.loss(evalBatch, gradients: false)
                 lastEval = evalLoss
                 let improved = evalLoss < best
@@ -124,11 +139,11 @@ public struct RetrievalTask: TaskModule {
                     "accuracy": .number(accuracy), "best_eval_loss": .number(best),
                 ]))
                 try checkpoint(improved: improved)
-                if best <= p.double("target_loss") {
+                if best <= p.targetLoss {
                     reason = "target_loss"
                     break
                 }
-                if badEvals >= p.int("patience") {
+                if badEvals >= p.patience {
                     reason = "no_improvement"
                     break
                 }
