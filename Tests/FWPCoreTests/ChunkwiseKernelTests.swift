@@ -274,7 +274,7 @@ import Testing
         let qT = Tensor(shape: [T * heads, d], storage: qRaw), kT = Tensor(shape: [T * heads, d], storage: kRaw)
         let (_, qF, qS) = SumNormalization.eluPlusOneForward(qT, native: true)
         let (_, kF, kS) = SumNormalization.eluPlusOneForward(kT, native: true)
-        let plain = run(false, q: qF.storage, k: kF.storage)
+        let plain = run(false, q: qF.elements, k: kF.elements)
         let dqRaw = SumNormalization.eluPlusOneBackward(
             Tensor(shape: [T * heads, d], storage: plain.dq), input: qT, phi: Tensor(shape: [0, d]), output: qF, sums: qS,
             native: true)

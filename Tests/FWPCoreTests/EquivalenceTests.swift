@@ -86,7 +86,7 @@ import Testing
         var state: ModelState? = model.initialState(batch: 1)
         let (first, _) = model.forward(tokens: Array(seq[..<5]), batch: 1, state: &state, training: false, rng: &rng)
         let (second, _) = model.forward(tokens: Array(seq[5...]), batch: 1, state: &state, training: false, rng: &rng)
-        let joined = Tensor(shape: full.shape, storage: first.storage + second.storage)
+        let joined = Tensor(shape: full.shape, storage: first.elements + second.elements)
         #expect(maxRelativeError(joined, full, floor: 1e-2) < 1e-5)
         #expect(state?.position == seq.count)
     }

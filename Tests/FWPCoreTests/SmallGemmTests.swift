@@ -115,7 +115,7 @@ import Testing
         var c = c0.storage
         func ptr(_ x: Tensor) -> UnsafeMutablePointer<Float> {
             let p = UnsafeMutablePointer<Float>.allocate(capacity: x.count)
-            p.initialize(from: x.storage, count: x.count)
+            p.initialize(from: x.elements, count: x.count)
             return p
         }
         let pa = a.map(ptr), pb = b.map(ptr)

@@ -34,7 +34,7 @@ import Testing
             var r = FWPRandom(seed: 7)
             let (loss, g) = model.lossAndGradients(
                 tokens: tokens, targets: targets, batch: batch, state: &none, training: true, rng: &r)
-            return (loss, g.values.map(\.storage))
+            return (loss, g.values.map(\.elements))
         }
         // The switch is process-wide and other tests may run meanwhile; poisoning changes no
         // result of correct code, so they are unaffected either way. It is restored afterwards.

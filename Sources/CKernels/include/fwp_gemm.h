@@ -72,7 +72,7 @@ int fwp_dense_sgemm_amx_supported(void);
 /// 1 when the calling thread's fwp_dense_sgemm* products run on AMX: where supported, when
 /// FWP_AMX=1 is in the environment or fwp_dense_sgemm_set_amx chose it for this thread. (Off by
 /// default: on a shared machine the tile unit's throughput depends on what the neighbours run;
-/// docs/ARCHITECTURE.md, decision 9.)
+/// docs/ARCHITECTURE.md: "AMX is opt-in".)
 int fwp_dense_sgemm_uses_amx(void);
 
 /// For the calling thread only: 1 runs fwp_dense_sgemm* on AMX where supported, 0 on AVX-512

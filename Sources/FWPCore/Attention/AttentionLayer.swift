@@ -23,9 +23,9 @@ public enum FastWeightAlgorithm: Sendable, Equatable {
 /// The carried state of one attention layer for a batch of B sequences.
 public struct AttentionState: Sendable, Equatable {
     /// Fast weights, B·H blocks of d_head × d_dot (row-major), for fast-weight layers.
-    public var weights: [Float]
+    public var weights: TensorStorage
     /// Normaliser z, B·H blocks of d_dot, for attention normalisation.
-    public var normalizer: [Float]
+    public var normalizer: TensorStorage
     /// Cached keys and values for softmax layers: per (b, h), `length` rows of d_head.
     public var keys: [[Float]]
     public var values: [[Float]]
@@ -107,8 +107,8 @@ public struct AttentionLayer: Sendable {
     public func initialState(batch: Int) -> AttentionState {
         let fw = kind == .fastWeight
         return AttentionState(
-            weights: fw ? [Float](repeating: 0, count: batch * heads * headSize * keySize) : [],
-            normalizer: fw && normalization == .attention ? [Float](repeating: 0, count: batch * heads * keySize) : [],
+            weights: fw ? TensorStorage(repeating: 0, count: batch * heads * headSize * keySize) : [],
+            normalizer: fw && normalization == .attention ? TensorStorage(repeating: 0, count: batch * heads * keySize) : [],
             keys: fw ? [] : Array(repeating: [], count: batch * heads),
             values: fw ? [] : Array(repeating: [], count: batch * heads),
             length: 0)

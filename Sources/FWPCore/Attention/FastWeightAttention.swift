@@ -25,12 +25,12 @@ struct FastWeightAttention: Sendable {
         var qSums: [Float], kSums: [Float]
         var q: Tensor, k: Tensor  // what the memory saw
         var beta: Tensor?  // (N·H), after the sigmoid
-        var saved: AlignedFloats, denominators: [Float]
+        var saved: AlignedFloats, denominators: TensorStorage
         /// Set when the chunkwise kernel ran; `saved` then holds its data, and `core` already holds
         /// outputScale · y (the kernel's product applied the scale).
         var chunkSize: Int?
         var core: Tensor  // N × H·d_head
-        var finalWeights: [Float], finalNormalizer: [Float]
+        var finalWeights: TensorStorage, finalNormalizer: TensorStorage
         var projection: Tensor?
         var batch: Int, steps: Int
 
@@ -163,11 +163,11 @@ struct FastWeightAttention: Sendable {
         let (batch, steps) = (cache.batch, cache.steps)
         let dk = featureMap.outputSize, dv = headSize, seqs = batch * heads
         let kern = kernel(steps: steps)
-        var weights = state?.weights ?? [Float](repeating: 0, count: seqs * dv * dk)
+        var weights = state?.weights ?? TensorStorage(repeating: 0, count: seqs * dv * dk)
         // `weights` is then the only reference (no copy-on-write of the state on the first write).
         if state != nil { state!.weights = [] }
         let attn = normalization == .attention
-        var zs = attn ? (state?.normalizer ?? [Float](repeating: 0, count: seqs * dk)) : [Float](repeating: 0, count: seqs * dk)
+        var zs = attn ? (state?.normalizer ?? TensorStorage(repeating: 0, count: seqs * dk)) : TensorStorage(repeating: 0, count: seqs * dk)
         precondition(weights.count == seqs * dv * dk, "carried state is for another batch size or shape")
         let chunk = chunkSize(steps: steps)
         cache.chunkSize = chunk
@@ -179,51 +179,30 @@ struct FastWeightAttention: Sendable {
         cache.saved = AlignedFloats(count: seqs * savedPerSequence, zeroed: chunked == nil)
         let coreShape = [batch * steps, heads * dv]
         cache.core = chunked != nil ? Tensor(uninitializedShape: coreShape) : Tensor(shape: coreShape)
-        cache.denominators = [Float](repeating: 0, count: attn ? seqs * steps : 0)
-        let q = cache.q, k = cache.k, v = cache.v
-        let betaT = cache.beta
-        q.withUnsafePointer { pq in
-            k.withUnsafePointer { pk in
-                v.withUnsafePointer { pv in
-                    cache.core.withUnsafeMutablePointer { py in
-                        weights.withUnsafeMutableBufferPointer { pw in
-                            zs.withUnsafeMutableBufferPointer { pz in
-                                do {  // the saved buffer stays alive in `cache`
-                                    let ps = UnsafeMutableBufferPointer(start: cache.saved.base, count: cache.saved.count)
-                                    cache.denominators.withUnsafeMutableBufferPointer { pden in
-                                        let pb = betaT?.storage.withUnsafeBufferPointer { $0.baseAddress! }
-                                        let sp = (
-                                            SharedConstPointer(pq), SharedConstPointer(pk), SharedConstPointer(pv),
-                                            SharedPointer(py), SharedPointer(pw.baseAddress!), SharedPointer(pz.baseAddress!)
-                                        )
-                                        // Empty arrays may still have a base address: choose by variant, not by pointer.
-                                        let sSaved = savedPerSequence > 0 ? ps.baseAddress.map(SharedPointer.init) : nil
-                                        let sDen = attn ? pden.baseAddress.map(SharedPointer.init) : nil
-                                        let sBeta = pb.map(SharedConstPointer.init)
-                                        threads.forEach(seqs) { s in
-                                            let b = s / heads, h = s % heads
-                                            let row = b * steps * heads + h
-                                            if let chunked {
-                                                let work = AlignedFloats(count: chunked.scratchCount)  // cache-line aligned
-                                                chunked.forwardPacked(
-                                                    q: sp.0.base + row * dk, k: sp.1.base + row * dk, v: sp.2.base + row * dv,
-                                                    beta: sBeta.map { $0.base + row }, y: sp.3.base + row * dv,
-                                                    w: sp.4.base + s * dv * dk, saved: sSaved!.base + s * savedPerSequence,
-                                                    scratch: work.base)
-                                                return
-                                            }
-                                            kern.forward(
-                                                q: sp.0.base + row * dk, k: sp.1.base + row * dk, v: sp.2.base + row * dv,
-                                                beta: sBeta.map { $0.base + row },
-                                                y: sp.3.base + row * dv, w: sp.4.base + s * dv * dk, z: sp.5.base + s * dk,
-                                                saved: sSaved.map { $0.base + s * savedPerSequence },
-                                                denominators: sDen.map { $0.base + s * steps })
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
+        cache.denominators = TensorStorage(repeating: 0, count: attn ? seqs * steps : 0)
+        let (q, k, v, beta, saved) = (cache.q, cache.k, cache.v, cache.beta, cache.saved)
+        // Sequence s = (b, h): its rows start at row (b·T·H + h) of q, k, v, y and β, its state at
+        // s·d_v·d_k of W and s·d_k of z; savedPerSequence floats of `saved` and T denominators each.
+        let pq = SharedConstPointer(q.pointer), pk = SharedConstPointer(k.pointer), pv = SharedConstPointer(v.pointer)
+        let pb = beta.map { SharedConstPointer($0.pointer) }
+        let py = SharedPointer(cache.core.mutablePointer())
+        let pw = SharedPointer(weights.mutablePointer()), pz = SharedPointer(zs.mutablePointer())
+        let pSaved = savedPerSequence > 0 ? SharedPointer(saved.base) : nil
+        let pDen = attn ? SharedPointer(cache.denominators.mutablePointer()) : nil
+        borrowing(q, k, v, beta, saved, cache.core, weights, zs, cache.denominators) {
+            threads.forEach(seqs) { s in
+                let row = (s / heads) * steps * heads + s % heads
+                if let chunked {
+                    let work = AlignedFloats(count: chunked.scratchCount)  // cache-line aligned
+                    chunked.forwardPacked(
+                        q: pq.base + row * dk, k: pk.base + row * dk, v: pv.base + row * dv, beta: pb.map { $0.base + row },
+                        y: py.base + row * dv, w: pw.base + s * dv * dk, saved: pSaved!.base + s * savedPerSequence,
+                        scratch: work.base)
+                } else {
+                    kern.forward(
+                        q: pq.base + row * dk, k: pk.base + row * dk, v: pv.base + row * dv, beta: pb.map { $0.base + row },
+                        y: py.base + row * dv, w: pw.base + s * dv * dk, z: pz.base + s * dk,
+                        saved: pSaved.map { $0.base + s * savedPerSequence }, denominators: pDen.map { $0.base + s * steps })
                 }
             }
         }
@@ -284,95 +263,60 @@ struct FastWeightAttention: Sendable {
         var dq = make([outputRows, dk]), dkT = make([outputRows, dk]), dvT = make([outputRows, dv])
         var dbeta: Tensor? = rule == .delta ? make([n * heads]) : nil
         var weights = cache.finalWeights
-        var zs = cache.finalNormalizer.isEmpty ? [Float](repeating: 0, count: seqs * dk) : cache.finalNormalizer
-        var dbStorage = dbeta?.storage ?? []
-        dCore.withUnsafePointer { pdy in
-            cache.core.withUnsafePointer { py in
-                cache.q.withUnsafePointer { pq in
-                    cache.k.withUnsafePointer { pk in
-                        cache.v.withUnsafePointer { pv in
-                            dq.withUnsafeMutablePointer { pdq in
-                                dkT.withUnsafeMutablePointer { pdk in
-                                    dvT.withUnsafeMutablePointer { pdv in
-                                        weights.withUnsafeMutableBufferPointer { pw in
-                                            zs.withUnsafeMutableBufferPointer { pz in
-                                                dbStorage.withUnsafeMutableBufferPointer { pdb in
-                                                    do {  // the saved buffer stays alive in `cache`
-                                                        let ps = UnsafeBufferPointer(start: cache.saved.base, count: cache.saved.count)
-                                                        cache.denominators.withUnsafeBufferPointer { pden in
-                                                            let pb = cache.beta?.storage.withUnsafeBufferPointer { $0.baseAddress! }
-                                                            let c = (
-                                                                SharedConstPointer(pdy), SharedConstPointer(py), SharedConstPointer(pq),
-                                                                SharedConstPointer(pk), SharedConstPointer(pv)
-                                                            )
-                                                            let m = (
-                                                                SharedPointer(pdq), SharedPointer(pdk), SharedPointer(pdv),
-                                                                SharedPointer(pw.baseAddress!), SharedPointer(pz.baseAddress!)
-                                                            )
-                                                            // Empty arrays may still have a base address.
-                                                            let isDelta = rule == .delta, attn = normalization == .attention
-                                                            let sdb = isDelta ? pdb.baseAddress.map(SharedPointer.init) : nil
-                                                            let ssaved = !ps.isEmpty ? ps.baseAddress.map(SharedConstPointer.init) : nil
-                                                            let savedPerSequence = cache.saved.count / seqs
-                                                            let width = projectionWidth, hd = heads * headSize
-                                                            let chunked = cache.chunkSize.map {
-                                                                chunkwiseKernel(
-                                                                    steps: steps, chunk: $0, outputStride: projected == nil ? nil : width,
-                                                                    outputScale: outputScale)
-                                                            }
-                                                            let sden = attn ? pden.baseAddress.map(SharedConstPointer.init) : nil
-                                                            let sbeta = pb.map(SharedConstPointer.init)
-                                                            threads.forEach(seqs) { s in
-                                                                let b = s / heads, h = s % heads
-                                                                let row = b * steps * heads + h
-                                                                if let chunked {
-                                                                    // Aligned workspace: scratch, dS, then the packed rows.
-                                                                    let sc = AlignedFloats.lineRounded(chunked.scratchCount)
-                                                                    let sw = AlignedFloats.lineRounded(dv * dk)
-                                                                    let work = AlignedFloats(count: sc + sw + chunked.packedCount)
-                                                                    let scratch = work.base
-                                                                    // Sequence s's rows: in dq, dk, dv of their own, or in
-                                                                    // its head's columns of the projection's gradient.
-                                                                    let (pdq, pdk, pdv) = projected.map { pp in
-                                                                        let base = pp.base + b * steps * width
-                                                                        return (base + h * dk, base + hd + h * dk, base + 2 * hd + h * dv)
-                                                                    } ?? (m.0.base + row * dk, m.1.base + row * dk, m.2.base + row * dv)
-                                                                    chunked.backwardPacked(
-                                                                        dy: c.0.base + row * dv, beta: sbeta.map { $0.base + row },
-                                                                        saved: ssaved!.base + s * savedPerSequence, dw: scratch + sc,
-                                                                        scratch: scratch, dq: pdq, dk: pdk, dv: pdv,
-                                                                        dbeta: sdb.map { $0.base + row }, packed: scratch + sc + sw)
-                                                                    return
-                                                                }
-                                                                var scratch = [Float](repeating: 0, count: dv * dk + 2 * dk + dv)
-                                                                scratch.withUnsafeMutableBufferPointer { sc in
-                                                                    let base = sc.baseAddress!
-                                                                    kern.backward(
-                                                                        dy: c.0.base + row * dv, y: c.1.base + row * dv,
-                                                                        q: c.2.base + row * dk, k: c.3.base + row * dk, v: c.4.base + row * dv,
-                                                                        beta: sbeta.map { $0.base + row },
-                                                                        saved: isDelta ? ssaved.map { $0.base + s * savedPerSequence } : nil,
-                                                                        denominators: sden.map { $0.base + s * steps },
-                                                                        w: m.3.base + s * dv * dk, z: m.4.base + s * dk,
-                                                                        dw: base, dzAccumulator: base + dv * dk, scratch: base + dv * dk + 2 * dk,
-                                                                        dq: m.0.base + row * dk, dk: m.1.base + row * dk, dv: m.2.base + row * dv,
-                                                                        dbeta: sdb.map { $0.base + row })
-                                                                }
-                                                            }
-                                                        }
-                                                    }
-                                                }
-                                            }
-                                        }
-                                    }
-                                }
-                            }
-                        }
+        var zs = cache.finalNormalizer.isEmpty ? TensorStorage(repeating: 0, count: seqs * dk) : cache.finalNormalizer
+        let isDelta = rule == .delta, attn = normalization == .attention
+        let savedPerSequence = cache.saved.count / seqs
+        let width = projectionWidth, hd = heads * headSize
+        let chunked = cache.chunkSize.map {
+            chunkwiseKernel(steps: steps, chunk: $0, outputStride: projected == nil ? nil : width, outputScale: outputScale)
+        }
+        let (y, q, k, v, beta, saved, denominators) = (cache.core, cache.q, cache.k, cache.v, cache.beta, cache.saved, cache.denominators)
+        let pdy = SharedConstPointer(dCore.pointer), py = SharedConstPointer(y.pointer)
+        let pq = SharedConstPointer(q.pointer), pk = SharedConstPointer(k.pointer), pv = SharedConstPointer(v.pointer)
+        let pb = beta.map { SharedConstPointer($0.pointer) }
+        let pSaved = saved.count > 0 ? SharedConstPointer(UnsafePointer(saved.base)) : nil
+        let pDen = attn ? SharedConstPointer(denominators.pointer) : nil
+        let pdq = SharedPointer(dq.mutablePointer()), pdk = SharedPointer(dkT.mutablePointer()), pdv = SharedPointer(dvT.mutablePointer())
+        var pdb: SharedPointer? = nil
+        if isDelta, dbeta != nil { pdb = SharedPointer(dbeta!.mutablePointer()) }
+        let pw = SharedPointer(weights.mutablePointer()), pz = SharedPointer(zs.mutablePointer())
+        borrowing(dCore, y, q, k, v, beta, saved, denominators, dq, dkT, dvT, dbeta, weights, zs) {
+            threads.forEach(seqs) { s in
+                let b = s / heads, h = s % heads
+                let row = b * steps * heads + h
+                if let chunked {
+                    // Aligned workspace: scratch, dS, then the packed rows.
+                    let sc = AlignedFloats.lineRounded(chunked.scratchCount)
+                    let sw = AlignedFloats.lineRounded(dv * dk)
+                    let work = AlignedFloats(count: sc + sw + chunked.packedCount)
+                    let scratch = work.base
+                    // Sequence s's rows: in dq, dk, dv of their own, or in its head's columns of
+                    // the projection's gradient.
+                    let (dqRow, dkRow, dvRow) =
+                        projected.map { pp in
+                            let base = pp.base + b * steps * width
+                            return (base + h * dk, base + hd + h * dk, base + 2 * hd + h * dv)
+                        } ?? (pdq.base + row * dk, pdk.base + row * dk, pdv.base + row * dv)
+                    chunked.backwardPacked(
+                        dy: pdy.base + row * dv, beta: pb.map { $0.base + row }, saved: pSaved!.base + s * savedPerSequence,
+                        dw: scratch + sc, scratch: scratch, dq: dqRow, dk: dkRow, dv: dvRow, dbeta: pdb.map { $0.base + row },
+                        packed: scratch + sc + sw)
+                } else {
+                    var scratch = [Float](repeating: 0, count: dv * dk + 2 * dk + dv)
+                    scratch.withUnsafeMutableBufferPointer { sc in
+                        let base = sc.baseAddress!
+                        kern.backward(
+                            dy: pdy.base + row * dv, y: py.base + row * dv, q: pq.base + row * dk, k: pk.base + row * dk,
+                            v: pv.base + row * dv, beta: pb.map { $0.base + row },
+                            saved: isDelta ? pSaved.map { $0.base + s * savedPerSequence } : nil,
+                            denominators: pDen.map { $0.base + s * steps }, w: pw.base + s * dv * dk, z: pz.base + s * dk,
+                            dw: base, dzAccumulator: base + dv * dk, scratch: base + dv * dk + 2 * dk,
+                            dq: pdq.base + row * dk, dk: pdk.base + row * dk, dv: pdv.base + row * dv,
+                            dbeta: pdb.map { $0.base + row })
                     }
                 }
             }
         }
-        if dbeta != nil { dbeta!.storage = dbStorage }
         return (dq, dkT, dvT, dbeta)
     }
 }

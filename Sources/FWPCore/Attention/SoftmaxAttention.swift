@@ -27,7 +27,7 @@ struct SoftmaxAttention: Sendable {
     struct Cache {
         var qRaw: Tensor, kRaw: Tensor, v: Tensor  // (N·H) × d_head
         var core: Tensor  // N × H·d_head
-        var probabilities: [Float]  // B·H blocks of T × T
+        var probabilities: TensorStorage  // B·H blocks of T × T
         var batch: Int, steps: Int
     }
 
@@ -85,51 +85,43 @@ struct SoftmaxAttention: Sendable {
         // Each row block writes columns [0, r1) of its rows (zeros above the diagonal); columns
         // past the block's end are never read, here or in the backward pass, so nothing else is
         // initialised (at T = 2048 zero-filling this buffer was a serial 67 MB memset per layer).
-        var probs = UninitializedMemory.floats(seqs * steps * steps)
+        var probs = TensorStorage(uninitializedCount: seqs * steps * steps)
         let native = VectorKernels.enabled  // each row's softmax as one C kernel call
         let block = causalBlock(steps: steps), smallLimit = softmaxSmallLimit
-        cache.qRaw.withUnsafePointer { pq in
-            cache.kRaw.withUnsafePointer { pk in
-                cache.v.withUnsafePointer { pv in
-                    cache.core.withUnsafeMutablePointer { py in
-                        probs.withUnsafeMutableBufferPointer { pp in
-                            let sp = (
-                                SharedConstPointer(pq), SharedConstPointer(pk), SharedConstPointer(pv), SharedPointer(py),
-                                SharedPointer(pp.baseAddress!)
-                            )
-                            threads.forEach(seqs) { s in
-                                let b = s / heads, h = s % heads
-                                let off = b * steps * hd + h * dh
-                                let P = sp.4.base + s * steps * steps
-                                // Row blocks of `causalBlock` query steps see keys up to the block's end
-                                // only: the products skip the masked upper blocks (about half).
-                                var r0 = 0
-                                while r0 < steps {
-                                    let r1 = min(r0 + block, steps)
-                                    BLAS.gemm(
-                                        transposeA: false, transposeB: true, m: r1 - r0, n: r1, k: dh, alpha: scale,
-                                        a: sp.0.base + off + r0 * hd, lda: hd, b: sp.1.base + off, ldb: hd, beta: 0, c: P + r0 * steps,
-                                        ldc: steps, smallLimit: smallLimit)
-                                    for t in r0..<r1 {
-                                        let row = P + t * steps
-                                        if native {
-                                            fwp_softmax_row(row, t + 1, r1 - t - 1)
-                                            continue
-                                        }
-                                        let m = Vec.maximum(row, t + 1)
-                                        let sum = Vec.expShifted(row, row, t + 1, shift: m)
-                                        Vec.scale(1 / sum, row, t + 1)
-                                        (row + t + 1).update(repeating: 0, count: r1 - t - 1)
-                                    }
-                                    BLAS.gemm(
-                                        transposeA: false, transposeB: false, m: r1 - r0, n: dh, k: r1,
-                                        a: P + r0 * steps, lda: steps, b: sp.2.base + off, ldb: hd, beta: 0,
-                                        c: sp.3.base + off + r0 * hd, ldc: hd, smallLimit: smallLimit)
-                                    r0 = r1
-                                }
-                            }
+        let (q, k, v) = (cache.qRaw, cache.kRaw, cache.v)
+        let pq = SharedConstPointer(q.pointer), pk = SharedConstPointer(k.pointer), pv = SharedConstPointer(v.pointer)
+        let py = SharedPointer(cache.core.mutablePointer()), pp = SharedPointer(probs.mutablePointer())
+        borrowing(q, k, v, cache.core, probs) {
+            threads.forEach(seqs) { s in
+                let b = s / heads, h = s % heads
+                let off = b * steps * hd + h * dh  // sequence b's first row, head h's columns
+                let P = pp.base + s * steps * steps
+                // Row blocks of `causalBlock` query steps see keys up to the block's end only: the
+                // products skip the masked upper blocks (about half).
+                var r0 = 0
+                while r0 < steps {
+                    let r1 = min(r0 + block, steps)
+                    // S = Q Kᵀ / √d over the block's rows and columns [0, r1)
+                    BLAS.gemm(
+                        transposeA: false, transposeB: true, m: r1 - r0, n: r1, k: dh, alpha: scale, a: pq.base + off + r0 * hd,
+                        lda: hd, b: pk.base + off, ldb: hd, beta: 0, c: P + r0 * steps, ldc: steps, smallLimit: smallLimit)
+                    // P = causal softmax(S), zero up to the block's end
+                    for t in r0..<r1 {
+                        let row = P + t * steps
+                        if native {
+                            fwp_softmax_row(row, t + 1, r1 - t - 1)
+                            continue
                         }
+                        let m = Vec.maximum(row, t + 1)
+                        let sum = Vec.expShifted(row, row, t + 1, shift: m)
+                        Vec.scale(1 / sum, row, t + 1)
+                        (row + t + 1).update(repeating: 0, count: r1 - t - 1)
                     }
+                    // Y = P V
+                    BLAS.gemm(
+                        transposeA: false, transposeB: false, m: r1 - r0, n: dh, k: r1, a: P + r0 * steps, lda: steps,
+                        b: pv.base + off, ldb: hd, beta: 0, c: py.base + off + r0 * hd, ldc: hd, smallLimit: smallLimit)
+                    r0 = r1
                 }
             }
         }
@@ -150,78 +142,60 @@ struct SoftmaxAttention: Sendable {
         var dv = Tensor(uninitializedShape: [n, hd])
         let native = VectorKernels.enabled  // each row of dS as one C kernel call
         let smallLimit = softmaxSmallLimit
-        dCore.withUnsafePointer { pdy in
-            cache.qRaw.withUnsafePointer { pq in
-                cache.kRaw.withUnsafePointer { pk in
-                    cache.v.withUnsafePointer { pv in
-                        cache.probabilities.withUnsafeBufferPointer { pp in
-                            dq.withUnsafeMutablePointer { pdq in
-                                dk.withUnsafeMutablePointer { pdk in
-                                    dv.withUnsafeMutablePointer { pdv in
-                                        let c = (
-                                            SharedConstPointer(pdy), SharedConstPointer(pq), SharedConstPointer(pk),
-                                            SharedConstPointer(pv), SharedConstPointer(pp.baseAddress!)
-                                        )
-                                        let m = (SharedPointer(pdq), SharedPointer(pdk), SharedPointer(pdv))
-                                        threads.forEach(seqs) { s in
-                                            let b = s / heads, h = s % heads
-                                            let off = b * steps * hd + h * dh
-                                            let P = c.4.base + s * steps * steps
-                                            // Written where read, as P in the forward pass.
-                                            var dP = UninitializedMemory.floats(steps * steps)
-                                            dP.withUnsafeMutableBufferPointer { dpb in
-                                                let dPp = dpb.baseAddress!
-                                                // Blocks as in the forward pass: row block [r0, r1) of dP, dS
-                                                // and dQ needs columns [0, r1); column block [c0, c1) of dV
-                                                // and dK needs rows [c0, T). P is zero above the diagonal
-                                                // within each block and unset past it.
-                                                let block = causalBlock(steps: steps)
-                                                var r0 = 0
-                                                while r0 < steps {
-                                                    let r1 = min(r0 + block, steps)
-                                                    // dP = dY Vᵀ
-                                                    BLAS.gemm(
-                                                        transposeA: false, transposeB: true, m: r1 - r0, n: r1, k: dh,
-                                                        a: c.0.base + off + r0 * hd, lda: hd, b: c.3.base + off, ldb: hd, beta: 0,
-                                                        c: dPp + r0 * steps, ldc: steps, smallLimit: smallLimit)
-                                                    // dS = P ⊙ (dP − rowsum(dP ⊙ P)), then scaled; zero up to the block's end.
-                                                    for t in r0..<r1 {
-                                                        let pr = P + t * steps, dr = dPp + t * steps
-                                                        if native {
-                                                            fwp_softmax_row_backward(pr, dr, t + 1, r1 - t - 1, scale)
-                                                            continue
-                                                        }
-                                                        let dotv = Vec.dot(pr, dr, t + 1)
-                                                        for j in 0...t { dr[j] = pr[j] * (dr[j] - dotv) * scale }
-                                                        for j in (t + 1)..<r1 { dr[j] = 0 }
-                                                    }
-                                                    // dQ = dS K
-                                                    BLAS.gemm(
-                                                        transposeA: false, transposeB: false, m: r1 - r0, n: dh, k: r1,
-                                                        a: dPp + r0 * steps, lda: steps, b: c.2.base + off, ldb: hd, beta: 0,
-                                                        c: m.0.base + off + r0 * hd, ldc: hd, smallLimit: smallLimit)
-                                                    r0 = r1
-                                                }
-                                                var c0 = 0
-                                                while c0 < steps {
-                                                    let c1 = min(c0 + block, steps)
-                                                    // dV = Pᵀ dY and dK = dSᵀ Q over rows [c0, T)
-                                                    BLAS.gemm(
-                                                        transposeA: true, transposeB: false, m: c1 - c0, n: dh, k: steps - c0,
-                                                        a: P + c0 * steps + c0, lda: steps, b: c.0.base + off + c0 * hd, ldb: hd, beta: 0,
-                                                        c: m.2.base + off + c0 * hd, ldc: hd, smallLimit: smallLimit)
-                                                    BLAS.gemm(
-                                                        transposeA: true, transposeB: false, m: c1 - c0, n: dh, k: steps - c0,
-                                                        a: dPp + c0 * steps + c0, lda: steps, b: c.1.base + off + c0 * hd, ldb: hd, beta: 0,
-                                                        c: m.1.base + off + c0 * hd, ldc: hd, smallLimit: smallLimit)
-                                                    c0 = c1
-                                                }
-                                            }
-                                        }
-                                    }
-                                }
+        let (q, k, v, probs) = (cache.qRaw, cache.kRaw, cache.v, cache.probabilities)
+        let pdy = SharedConstPointer(dCore.pointer), pq = SharedConstPointer(q.pointer), pk = SharedConstPointer(k.pointer)
+        let pv = SharedConstPointer(v.pointer), pp = SharedConstPointer(probs.pointer)
+        let pdq = SharedPointer(dq.mutablePointer()), pdk = SharedPointer(dk.mutablePointer()), pdv = SharedPointer(dv.mutablePointer())
+        let block = causalBlock(steps: steps)
+        borrowing(dCore, q, k, v, probs, dq, dk, dv) {
+            threads.forEach(seqs) { s in
+                let b = s / heads, h = s % heads
+                let off = b * steps * hd + h * dh  // sequence b's first row, head h's columns
+                let P = pp.base + s * steps * steps
+                // Written where read, as P in the forward pass.
+                var dPStorage = TensorStorage(uninitializedCount: steps * steps)
+                let dP = dPStorage.mutablePointer()
+                borrowing(dPStorage) {
+                    // Blocks as in the forward pass: row block [r0, r1) of dP, dS and dQ needs
+                    // columns [0, r1); column block [c0, c1) of dV and dK needs rows [c0, T).
+                    // P is zero above the diagonal within each block and unset past it.
+                    var r0 = 0
+                    while r0 < steps {
+                        let r1 = min(r0 + block, steps)
+                        // dP = dY Vᵀ
+                        BLAS.gemm(
+                            transposeA: false, transposeB: true, m: r1 - r0, n: r1, k: dh, a: pdy.base + off + r0 * hd, lda: hd,
+                            b: pv.base + off, ldb: hd, beta: 0, c: dP + r0 * steps, ldc: steps, smallLimit: smallLimit)
+                        // dS = P ⊙ (dP − rowsum(dP ⊙ P)), then scaled; zero up to the block's end.
+                        for t in r0..<r1 {
+                            let pr = P + t * steps, dr = dP + t * steps
+                            if native {
+                                fwp_softmax_row_backward(pr, dr, t + 1, r1 - t - 1, scale)
+                                continue
                             }
+                            let dotv = Vec.dot(pr, dr, t + 1)
+                            for j in 0...t { dr[j] = pr[j] * (dr[j] - dotv) * scale }
+                            for j in (t + 1)..<r1 { dr[j] = 0 }
                         }
+                        // dQ = dS K
+                        BLAS.gemm(
+                            transposeA: false, transposeB: false, m: r1 - r0, n: dh, k: r1, a: dP + r0 * steps, lda: steps,
+                            b: pk.base + off, ldb: hd, beta: 0, c: pdq.base + off + r0 * hd, ldc: hd, smallLimit: smallLimit)
+                        r0 = r1
+                    }
+                    var c0 = 0
+                    while c0 < steps {
+                        let c1 = min(c0 + block, steps)
+                        // dV = Pᵀ dY and dK = dSᵀ Q over rows [c0, T)
+                        BLAS.gemm(
+                            transposeA: true, transposeB: false, m: c1 - c0, n: dh, k: steps - c0, a: P + c0 * steps + c0,
+                            lda: steps, b: pdy.base + off + c0 * hd, ldb: hd, beta: 0, c: pdv.base + off + c0 * hd, ldc: hd,
+                            smallLimit: smallLimit)
+                        BLAS.gemm(
+                            transposeA: true, transposeB: false, m: c1 - c0, n: dh, k: steps - c0, a: dP + c0 * steps + c0,
+                            lda: steps, b: pq.base + off + c0 * hd, ldb: hd, beta: 0, c: pdk.base + off + c0 * hd, ldc: hd,
+                            smallLimit: smallLimit)
+                        c0 = c1
                     }
                 }
             }

@@ -23,18 +23,19 @@ public struct ModelState: Sendable, Equatable {
 
 extension AttentionState {
     func slice(_ range: Range<Int>, batch: Int) -> AttentionState {
-        func part<T>(_ a: [T]) -> [T] {
-            if a.isEmpty { return a }
+        func part<C: RandomAccessCollection>(_ a: C) -> [C.Element] where C.Index == Int {
+            if a.isEmpty { return [] }
             let per = a.count / batch
             return Array(a[(range.lowerBound * per)..<(range.upperBound * per)])
         }
         return AttentionState(
-            weights: part(weights), normalizer: part(normalizer), keys: part(keys), values: part(values), length: length)
+            weights: TensorStorage(part(weights)), normalizer: TensorStorage(part(normalizer)), keys: part(keys), values: part(values),
+            length: length)
     }
 
     static func concatenate(_ parts: [AttentionState]) -> AttentionState {
         AttentionState(
-            weights: parts.flatMap(\.weights), normalizer: parts.flatMap(\.normalizer), keys: parts.flatMap(\.keys),
+            weights: TensorStorage(parts.flatMap(\.weights)), normalizer: TensorStorage(parts.flatMap(\.normalizer)), keys: parts.flatMap(\.keys),
             values: parts.flatMap(\.values), length: parts[0].length)
     }
 }

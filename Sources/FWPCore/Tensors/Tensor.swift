@@ -3,19 +3,20 @@ import Synchronization
 
 /// A dense, row-major Float32 tensor with value semantics.
 ///
-/// Storage is a Swift array, so copies are copy-on-write; hot loops reach the memory through
-/// `withUnsafeBufferPointer` / `withUnsafeMutableBufferPointer` and BLAS.
+/// Its elements live in a `TensorStorage` (cache-line aligned, copy on write). Hot loops reach
+/// the memory through `withUnsafePointer` / `withUnsafeMutablePointer`, or, for several tensors
+/// at once, through `pointer` / `mutablePointer()` inside one `borrowing(...)` scope.
 public struct Tensor: Equatable, Sendable {
     /// The extent of each dimension, outermost first.
     public private(set) var shape: [Int]
     /// The elements in row-major order.
-    public var storage: [Float]
+    public var storage: TensorStorage
 
     /// A tensor of the given shape filled with `value`.
     public init(shape: [Int], repeating value: Float = 0) {
         precondition(shape.allSatisfy { $0 >= 0 }, "negative extent in shape \(shape)")
         self.shape = shape
-        self.storage = [Float](repeating: value, count: shape.reduce(1, *))
+        self.storage = TensorStorage(repeating: value, count: shape.reduce(1, *))
     }
 
     /// A tensor whose elements are not initialised, for outputs that are written in full before
@@ -23,15 +24,25 @@ public struct Tensor: Equatable, Sendable {
     init(uninitializedShape shape: [Int]) {
         precondition(shape.allSatisfy { $0 >= 0 }, "negative extent in shape \(shape)")
         self.shape = shape
-        self.storage = UninitializedMemory.floats(shape.reduce(1, *))
+        self.storage = TensorStorage(uninitializedCount: shape.reduce(1, *))
     }
 
     /// A tensor of the given shape over `storage`, whose count must match the shape.
     public init(shape: [Int], storage: [Float]) {
         precondition(shape.reduce(1, *) == storage.count, "shape \(shape) does not hold \(storage.count) elements")
         self.shape = shape
+        self.storage = TensorStorage(storage)
+    }
+
+    /// A tensor of the given shape over `storage` (shared until either side writes).
+    public init(shape: [Int], storage: TensorStorage) {
+        precondition(shape.reduce(1, *) == storage.count, "shape \(shape) does not hold \(storage.count) elements")
+        self.shape = shape
         self.storage = storage
     }
+
+    /// The elements as an array (a copy).
+    public var elements: [Float] { Array(storage) }
 
     /// The number of elements.
     @inlinable public var count: Int { storage.count }
@@ -69,14 +80,26 @@ public struct Tensor: Equatable, Sendable {
 
     /// Calls `body` with a pointer to the elements.
     @inlinable public func withUnsafePointer<R>(_ body: (UnsafePointer<Float>) throws -> R) rethrows -> R {
-        try storage.withUnsafeBufferPointer { try body($0.baseAddress!) }
+        try withExtendedLifetime(storage.buffer) { try body(storage.buffer.base) }
     }
 
     /// Calls `body` with a mutable pointer to the elements.
     @inlinable public mutating func withUnsafeMutablePointer<R>(
         _ body: (UnsafeMutablePointer<Float>) throws -> R
     ) rethrows -> R {
-        try storage.withUnsafeMutableBufferPointer { try body($0.baseAddress!) }
+        storage.makeUnique()
+        return try withExtendedLifetime(storage.buffer) { try body(storage.buffer.base) }
+    }
+
+    /// The elements' address, for reading. Valid while this tensor is alive and unchanged: use
+    /// it inside `borrowing(...)`, which keeps the tensors it is given alive.
+    @inlinable public var pointer: UnsafePointer<Float> { UnsafePointer(storage.buffer.base) }
+
+    /// The elements' address, for writing: gives the tensor its own storage first (copy on
+    /// write). Valid while this tensor is alive and not copied: use it inside `borrowing(...)`.
+    @inlinable public mutating func mutablePointer() -> UnsafeMutablePointer<Float> {
+        storage.makeUnique()
+        return storage.buffer.base
     }
 
     /// Sum of all elements, accumulated in Double.
@@ -124,7 +147,7 @@ public enum UninitializedMemory {
     public static func setPoison(_ on: Bool) { poison.store(on, ordering: .relaxed) }
     public static var isPoisoned: Bool { poison.load(ordering: .relaxed) }
 
-    /// n floats, uninitialised (or NaN when poisoning).
+    /// n floats in an array, uninitialised (or NaN when poisoning).
     static func floats(_ n: Int) -> [Float] {
         if poison.load(ordering: .relaxed) { return [Float](repeating: .nan, count: n) }
         return [Float](unsafeUninitializedCapacity: n) { _, count in count = n }
@@ -135,9 +158,17 @@ public enum UninitializedMemory {
 /// kernel streams: a Swift array's elements start 32 bytes into a 16-byte-aligned block, so
 /// half of its 32-byte loads straddle two cache lines. The chunkwise kernel's saved states and
 /// its workspace live here. Uninitialised unless `zeroed` (NaN when poisoning is on).
-final class AlignedFloats: @unchecked Sendable {
-    let base: UnsafeMutablePointer<Float>
-    let count: Int
+@usableFromInline final class AlignedFloats: @unchecked Sendable {
+    @usableFromInline let base: UnsafeMutablePointer<Float>
+    @usableFromInline let count: Int
+
+    /// `count` floats whose values the caller writes next (no poisoning).
+    init(count: Int, initialized: Bool) {
+        precondition(count >= 0)
+        self.count = count
+        base = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * 4, alignment: 64)
+            .bindMemory(to: Float.self, capacity: max(count, 1))
+    }
 
     init(count: Int, zeroed: Bool = false) {
         precondition(count >= 0)
@@ -157,4 +188,11 @@ final class AlignedFloats: @unchecked Sendable {
 
     /// n rounded up to a whole number of cache lines (16 floats).
     static func lineRounded(_ n: Int) -> Int { (n + 15) / 16 * 16 }
+}
+
+/// Runs `body` with `values` kept alive to its end, so that the `pointer`s and
+/// `mutablePointer()`s taken from those tensors stay valid inside it: one scope for every
+/// operand of a loop, instead of one nested `withUnsafe…` closure per tensor.
+@inlinable func borrowing<each T, R>(_ values: repeat each T, body: () throws -> R) rethrows -> R {
+    try withExtendedLifetime((repeat each values)) { try body() }
 }

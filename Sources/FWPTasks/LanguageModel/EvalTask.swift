@@ -76,7 +76,7 @@ public struct EvalTask: TaskModule {
     }
 
     public func run(_ p: Parameters, context: TaskContext) throws -> JSONValue {
-        BLAS.setThreads(1)  // parallelism comes from fwp's own loops (docs/ARCHITECTURE.md, decision 15)
+        BLAS.setThreads(1)  // parallelism comes from fwp's own loops (docs/ARCHITECTURE.md: "OpenBLAS starts without worker threads")
         var (model, tokenizer, c) = try loadLanguageModel(p.checkpoint, parameter: "checkpoint")
         model.threads = ComputeThreads(max(1, context.threads))
         let carry = p.carry ?? trainedWithCarry(c)
@@ -154,7 +154,7 @@ public struct GenerateTask: TaskModule {
         let total = p.maxTokens, start = Date()
         for i in 0..<total {
             if context.isCancelled { throw TaskError.cancelled }
-            let next = sample(logits.storage, temperature: p.temperature, topK: p.topK, rng: &rng)
+            let next = sample(logits.elements, temperature: p.temperature, topK: p.topK, rng: &rng)
             generated.append(next)
             pending.append(next)
             // Emit whole characters: hold back a byte sequence that is not yet valid UTF-8.

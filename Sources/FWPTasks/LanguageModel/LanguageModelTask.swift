@@ -133,7 +133,7 @@ public struct LanguageModelTask: TaskModule {
 
     public func run(_ p: Parameters, context: TaskContext) throws -> JSONValue {
         let threads = max(1, context.threads)
-        BLAS.setThreads(1)  // parallelism comes from fwp's own loops (docs/ARCHITECTURE.md, decision 15)
+        BLAS.setThreads(1)  // parallelism comes from fwp's own loops (docs/ARCHITECTURE.md: "OpenBLAS starts without worker threads")
         let level = p.level
         let f = files(p)
         let trainData = try readTextFile(f.train, parameter: "train")

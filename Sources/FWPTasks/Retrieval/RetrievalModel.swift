@@ -205,7 +205,7 @@ public struct RetrievalModel: Sendable {
                 rule: config.rule, attentionNormalization: !delta, steps: l, keySize: dd, valueSize: s, keyStride: dd,
                 valueStride: s, betaStride: 1)
             let zeroQ = [Float](repeating: 0, count: l * dd)
-            let betaStorage = betaT?.storage ?? [Float](repeating: 1, count: nSeq * l)  // unused by the sum rule
+            let betaStorage = betaT?.storage ?? TensorStorage(repeating: 1, count: nSeq * l)  // unused by the sum rule
             var qi = 0
             for b in 0..<nSeq {
                 var w = [Float](repeating: 0, count: s * dd), z = [Float](repeating: 0, count: dd)

@@ -74,7 +74,7 @@ public struct RetrievalTask: TaskModule {
     }
 
     public func run(_ p: Parameters, context: TaskContext) throws -> JSONValue {
-        BLAS.setThreads(1)  // parallelism comes from fwp's own loops (docs/ARCHITECTURE.md, decision 15)
+        BLAS.setThreads(1)  // parallelism comes from fwp's own loops (docs/ARCHITECTURE.md: "OpenBLAS starts without worker threads")
         let config = config(p)
         let seed = p.seed
         var model = RetrievalModel(config: config, seed: seed)
