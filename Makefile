@@ -8,7 +8,7 @@ TEST_FLAGS   := -c release -Xswiftc -enable-testing
 PREFIX       ?= /usr/local
 DESTDIR      ?=
 
-.PHONY: help bootstrap build test demo stop install fixtures clean
+.PHONY: help bootstrap build test demo stop install fixtures format clean
 
 help:
 	@echo "make demo       install what is missing, build, start fwpd, train the lm-bytes-small preset"
@@ -17,6 +17,7 @@ help:
 	@echo "make install    binaries, systemd unit, config and presets under PREFIX=$(PREFIX) (root)"
 	@echo "make test       install what is missing, build, run the whole test suite"
 	@echo "make fixtures   regenerate the float64 reference fixtures (needs python3 + numpy)"
+	@echo "make format     format every Swift file with swift format (.swift-format); make test checks it"
 	@echo "make build      release build of everything"
 
 bootstrap:
@@ -26,6 +27,7 @@ build: bootstrap
 	$(SWIFT) build -c release
 
 test: bootstrap
+	scripts/format-check
 	$(SWIFT) build $(TEST_FLAGS) --build-tests
 	# buffers the core leaves uninitialised start as NaN in tests (see UninitializedMemory)
 	FWP_POISON_UNINITIALIZED=1 $(SWIFT) test $(TEST_FLAGS) --skip-build
@@ -58,6 +60,9 @@ install: build
 
 fixtures:
 	python3 Tests/Reference/reference.py Tests/FWPCoreTests/Fixtures
+
+format:
+	$(SWIFT) format format --in-place --recursive --parallel Sources Tests Benchmarks Package.swift
 
 clean:
 	rm -rf .build

@@ -42,7 +42,10 @@ let package = Package(
         .target(name: "ZeroMQ", dependencies: ["CZeroMQ"]),
         .target(
             name: "FWPStore",
-            dependencies: ["FWPProtocol", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "Crypto", package: "swift-crypto")]),
+            dependencies: [
+                "FWPProtocol", .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]),
         .target(
             name: "FWPDaemon",
             dependencies: [
@@ -63,7 +66,10 @@ let package = Package(
         ),
         .executableTarget(
             name: "fwpctl",
-            dependencies: ["FWPProtocol", "FWPConsole", "ZeroMQ", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: [
+                "FWPProtocol", "FWPConsole", "ZeroMQ",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
         ),
         .executableTarget(name: "fwp-task", dependencies: ["FWPCore", "FWPTasks", "FWPConsole"]),
         .executableTarget(name: "fwp-bench", dependencies: ["FWPCore"], path: "Benchmarks/FWPBench"),
@@ -75,7 +81,8 @@ let package = Package(
         .testTarget(name: "FWPStoreTests", dependencies: ["FWPStore", "FWPProtocol"]),
         .testTarget(name: "FWPTasksTests", dependencies: ["FWPTasks", "FWPCore"]),
         .testTarget(
-            name: "FWPDaemonTests", dependencies: ["FWPDaemon", "FWPTasks", "FWPStore", "FWPProtocol", "ZeroMQ", "FWPCore"]),
+            name: "FWPDaemonTests",
+            dependencies: ["FWPDaemon", "FWPTasks", "FWPStore", "FWPProtocol", "ZeroMQ", "FWPCore"]),
     ],
     swiftLanguageModes: [.v6]
 )

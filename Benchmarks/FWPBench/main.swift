@@ -42,7 +42,9 @@ while let a = args.popFirst() {
     case "--algorithm":
         // recurrent | chunkN | auto: how fast-weight layers of the lm workloads run
         let a = args.popFirst() ?? ""
-        if a == "recurrent" { lmAlgorithm = .recurrent } else if a.hasPrefix("chunk"), let c = Int(a.dropFirst(5)) {
+        if a == "recurrent" {
+            lmAlgorithm = .recurrent
+        } else if a.hasPrefix("chunk"), let c = Int(a.dropFirst(5)) {
             lmAlgorithm = .chunkwise(c)
         }
     case "--blas-threads": _ = args.popFirst()  // accepted for older command lines; BLAS stays at 1
@@ -81,7 +83,8 @@ FileHandle.standardError.write(Data("fwp-bench: \(BLAS.kernelNote)\n".utf8))
         FileHandle.standardOutput.write(data + Data("\n".utf8))
     } else {
         let detail = extra.keys.sorted().map { "\($0)=\(extra[$0]!)" }.joined(separator: " ")
-        let line = String(format: "%-22@ %14.1f %@  %@\n", name as NSString, value, unit as NSString, detail as NSString)
+        let line = String(
+            format: "%-22@ %14.1f %@  %@\n", name as NSString, value, unit as NSString, detail as NSString)
         FileHandle.standardOutput.write(Data(line.utf8))
     }
 }
@@ -114,7 +117,9 @@ FileHandle.standardError.write(Data("fwp-bench: \(BLAS.kernelNote)\n".utf8))
     let k = Tensor.normal(shape: [b * t, h * d], std: 1, using: &rng)
     let v = Tensor.normal(shape: [b * t, h * d], std: 1, using: &rng)
     let beta = Tensor.normal(shape: [b * t, h], std: 1, using: &rng)
-    let secs = medianSeconds { _ = probe.coreForwardBackward(q: q, k: k, v: v, betaLogits: beta, batch: b, algorithm: algorithm) }
+    let secs = medianSeconds {
+        _ = probe.coreForwardBackward(q: q, k: k, v: v, betaLogits: beta, batch: b, algorithm: algorithm)
+    }
     report(label, Double(b * t) / secs, "tokens/s", ["shape": "B\(b) H4 T256 d\(d)"])
 }
 
@@ -210,7 +215,8 @@ FileHandle.standardError.write(Data("fwp-bench: \(BLAS.kernelNote)\n".utf8))
     ]
     var rng = FWPRandom(seed: 4)
     for (m, n, k, ta, tb) in shapes {
-        let a = Tensor.normal(shape: [m * k], std: 1, using: &rng), b = Tensor.normal(shape: [k * n], std: 1, using: &rng)
+        let a = Tensor.normal(shape: [m * k], std: 1, using: &rng),
+            b = Tensor.normal(shape: [k * n], std: 1, using: &rng)
         var c = Tensor(shape: [m * n])
         let reps = max(1, 4_000_000 / (m * n * k))
         let lda = ta ? m : k, ldb = tb ? k : n
@@ -223,11 +229,13 @@ FileHandle.standardError.write(Data("fwp-bench: \(BLAS.kernelNote)\n".utf8))
                             for _ in 0..<reps {
                                 if backend == "small" {
                                     BLAS.smallKernelGemm(
-                                        transposeA: ta, transposeB: tb, m: m, n: n, k: k, a: pa, lda: lda, b: pb, ldb: ldb,
+                                        transposeA: ta, transposeB: tb, m: m, n: n, k: k, a: pa, lda: lda, b: pb,
+                                        ldb: ldb,
                                         beta: 1, c: pc, ldc: n)
                                 } else {
                                     BLAS.openBLASGemm(
-                                        transposeA: ta, transposeB: tb, m: m, n: n, k: k, a: pa, lda: lda, b: pb, ldb: ldb,
+                                        transposeA: ta, transposeB: tb, m: m, n: n, k: k, a: pa, lda: lda, b: pb,
+                                        ldb: ldb,
                                         beta: 1, c: pc, ldc: n)
                                 }
                             }
@@ -240,7 +248,10 @@ FileHandle.standardError.write(Data("fwp-bench: \(BLAS.kernelNote)\n".utf8))
         let shape = "\(m)x\(n)x\(k)\(ta ? " At" : "")\(tb ? " Bt" : "")"
         report(
             "gemm \(shape)", rates["small"]!, "GFLOP/s",
-            ["openblas": (rates["openblas"]! * 10).rounded() / 10, "ratio": (rates["small"]! / rates["openblas"]! * 100).rounded() / 100])
+            [
+                "openblas": (rates["openblas"]! * 10).rounded() / 10,
+                "ratio": (rates["small"]! / rates["openblas"]! * 100).rounded() / 100,
+            ])
     }
 }
 
@@ -320,8 +331,12 @@ for what in only {
     case "lm": try benchLM()
     case "lm-delta", "lm-sum", "lm-softmax": try benchLM(only: String(what.dropFirst(3)))
     case "sgemm":
-        report("sgemm-1024", sgemmGflops(m: 1024, n: 1024, k: 1024, openBLAS: true), "GFLOP/s", ["blas_threads": 1, "blas_core": BLAS.coreName])
-        report("sgemm-4096x512x128", sgemmGflops(m: 4096, n: 512, k: 128, openBLAS: true), "GFLOP/s", ["blas_threads": 1, "blas_core": BLAS.coreName])
+        report(
+            "sgemm-1024", sgemmGflops(m: 1024, n: 1024, k: 1024, openBLAS: true), "GFLOP/s",
+            ["blas_threads": 1, "blas_core": BLAS.coreName])
+        report(
+            "sgemm-4096x512x128", sgemmGflops(m: 4096, n: 512, k: 128, openBLAS: true), "GFLOP/s",
+            ["blas_threads": 1, "blas_core": BLAS.coreName])
         if BLAS.denseKernel {  // through BLAS.gemm: our dense kernel for the LM's shape, OpenBLAS at 1024³
             report("gemm-1024", sgemmGflops(m: 1024, n: 1024, k: 1024), "GFLOP/s", [:])
             report(

@@ -43,12 +43,18 @@ func parseOptions() -> Options {
         case "--key-prefix": o.keyPrefix = value(a)
         case "--submit-every": o.submitEvery = Int(value(a)) ?? -1
         default:
-            FileHandle.standardError.write(Data("fwp-load: unknown option \(a)\nusage: fwp-load --endpoint E --job N [--clients 32] [--seconds 30] [--rate R] [--key-prefix P] [--submit-every N]\n".utf8))
+            FileHandle.standardError.write(
+                Data(
+                    "fwp-load: unknown option \(a)\nusage: fwp-load --endpoint E --job N [--clients 32] [--seconds 30] [--rate R] [--key-prefix P] [--submit-every N]\n"
+                        .utf8))
             exit(2)
         }
     }
     guard !o.endpoint.isEmpty, o.job > 0, o.clients > 0, o.seconds > 0, o.rate >= 0, o.submitEvery >= 0 else {
-        FileHandle.standardError.write(Data("fwp-load: --endpoint and a positive --job are required; clients, seconds > 0; rate, submit-every ≥ 0\n".utf8))
+        FileHandle.standardError.write(
+            Data(
+                "fwp-load: --endpoint and a positive --job are required; clients, seconds > 0; rate, submit-every ≥ 0\n"
+                    .utf8))
         exit(2)
     }
     return o
@@ -92,7 +98,8 @@ func runClient(_ o: Options, context: ZMQContext, index: Int, into r: ClientResu
             ? [
                 version, Array("submit".utf8),
                 Array(
-                    "{\"task\":\"retrieval\",\"parameters\":{\"keys\":4,\"max_steps\":1},\"priority\":-1,\"idempotency_key\":\"\(o.keyPrefix)-\(index)-\(n)\"}".utf8),
+                    "{\"task\":\"retrieval\",\"parameters\":{\"keys\":4,\"max_steps\":1},\"priority\":-1,\"idempotency_key\":\"\(o.keyPrefix)-\(index)-\(n)\"}"
+                        .utf8),
             ] : [version, Array("status".utf8), statusBody]
         let t0 = now()
         n += 1
@@ -139,13 +146,22 @@ group.wait()
 let elapsed = now() - started
 var usage = rusage()
 getrusage(RUSAGE_SELF.rawValue, &usage)
-let cpu = Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) * 1e-6 + Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) * 1e-6
+let cpu =
+    Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) * 1e-6 + Double(usage.ru_stime.tv_sec) + Double(
+        usage.ru_stime.tv_usec) * 1e-6
 let status = results.flatMap(\.status), submit = results.flatMap(\.submit)
 let out: JSONValue = .object([
     "clients": .number(Double(options.clients)), "seconds": .number(elapsed), "rate": .number(options.rate),
-    "status": .object(["count": .number(Double(status.count)), "p50_ms": .number(quantile(status, 0.5) * 1000), "p99_ms": .number(quantile(status, 0.99) * 1000)]),
-    "submit": .object(["count": .number(Double(submit.count)), "p50_ms": .number(quantile(submit, 0.5) * 1000), "p99_ms": .number(quantile(submit, 0.99) * 1000)]),
-    "failed": .number(Double(results.map(\.failed).reduce(0, +))), "lost": .number(Double(results.map(\.lost).reduce(0, +))),
+    "status": .object([
+        "count": .number(Double(status.count)), "p50_ms": .number(quantile(status, 0.5) * 1000),
+        "p99_ms": .number(quantile(status, 0.99) * 1000),
+    ]),
+    "submit": .object([
+        "count": .number(Double(submit.count)), "p50_ms": .number(quantile(submit, 0.5) * 1000),
+        "p99_ms": .number(quantile(submit, 0.99) * 1000),
+    ]),
+    "failed": .number(Double(results.map(\.failed).reduce(0, +))),
+    "lost": .number(Double(results.map(\.lost).reduce(0, +))),
     "cpu_seconds": .number(cpu),
 ])
 print(out.jsonText)

@@ -52,7 +52,9 @@ public final class ProgressView: Sendable {
     /// Ends the progress bar's line, if one is shown.
     public func finish() { state.withLock { clearBar(&$0) } }
 
-    private func render(_ e: ProgressEvent, jobState: JobState?, error: WireError?, result: JSONValue?, _ state: inout State) {
+    private func render(
+        _ e: ProgressEvent, jobState: JobState?, error: WireError?, result: JSONValue?, _ state: inout State
+    ) {
         switch e.kind {
         case "progress":
             let line = Self.bar(e)
@@ -86,9 +88,13 @@ public final class ProgressView: Sendable {
     public static func bar(_ e: ProgressEvent) -> String {
         let step = e.step ?? 0, total = max(e.total ?? 1, 1), width = 24
         let filled = min(width, step * width / total)
-        var s = "[" + String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled) + "] \(step)/\(total)"
+        var s =
+            "[" + String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+            + "] \(step)/\(total)"
         if let l = e.loss { s += String(format: "  loss %.4f", l) }
-        for (k, v) in e.metrics.sorted(by: { $0.key < $1.key }) where !k.hasPrefix("best") { s += "  \(k) \(format(v))" }
+        for (k, v) in e.metrics.sorted(by: { $0.key < $1.key }) where !k.hasPrefix("best") {
+            s += "  \(k) \(format(v))"
+        }
         if let r = e.tokensPerSecond { s += String(format: "  %.0f tok/s", r) }
         if let eta = e.etaSeconds { s += "  ETA " + duration(eta) }
         return s
@@ -96,7 +102,9 @@ public final class ProgressView: Sendable {
 
     /// One line for any other event: `[kind] state step loss metrics message error`, and the
     /// result on a line of its own.
-    public static func line(_ e: ProgressEvent, state: JobState? = nil, error: WireError? = nil, result: JSONValue? = nil) -> String {
+    public static func line(
+        _ e: ProgressEvent, state: JobState? = nil, error: WireError? = nil, result: JSONValue? = nil
+    ) -> String {
         var line = "[\(e.kind)]"
         if let s = state { line += " \(s.rawValue)" }
         if let s = e.step { line += " step \(s)" }
@@ -110,13 +118,16 @@ public final class ProgressView: Sendable {
 
     /// Whole numbers without a fraction, others to four significant digits, the rest as JSON.
     public static func format(_ v: JSONValue) -> String {
-        if case .number(let n) = v { return n.rounded() == n && abs(n) < 1e12 ? String(Int64(n)) : String(format: "%.4g", n) }
+        if case .number(let n) = v {
+            return n.rounded() == n && abs(n) < 1e12 ? String(Int64(n)) : String(format: "%.4g", n)
+        }
         return v.jsonText
     }
 
     /// m:ss, or h:mm:ss from an hour on.
     public static func duration(_ seconds: Double) -> String {
         let t = Int(seconds.rounded())
-        return t >= 3600 ? String(format: "%d:%02d:%02d", t / 3600, t / 60 % 60, t % 60) : String(format: "%d:%02d", t / 60, t % 60)
+        return t >= 3600
+            ? String(format: "%d:%02d:%02d", t / 3600, t / 60 % 60, t % 60) : String(format: "%d:%02d", t / 60, t % 60)
     }
 }

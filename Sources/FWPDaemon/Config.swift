@@ -42,44 +42,86 @@ public struct DaemonConfig: Equatable, Sendable {
     public init() {}
 
     /// Every setting as (file key, environment variable, flag) with a setter from text.
-    static let settings: [(key: String, env: String, flag: String, set: @Sendable (inout DaemonConfig, String) throws -> Void)] = [
-        ("state_dir", "FWPD_STATE_DIR", "--state-dir", { $0.stateDirectory = $1 }),
-        ("request_endpoint", "FWPD_REQUEST_ENDPOINT", "--request-endpoint", { $0.requestEndpoint = $1 }),
-        ("publish_endpoint", "FWPD_PUBLISH_ENDPOINT", "--publish-endpoint", { $0.publishEndpoint = $1 }),
-        ("workers", "FWPD_WORKERS", "--workers", { $0.workers = try positive($1, "workers") }),
-        ("threads_per_job", "FWPD_THREADS_PER_JOB", "--threads-per-job", { $0.threadsPerJob = try nonNegative($1, "threads_per_job") }),
-        ("tasks_dir", "FWPD_TASKS_DIR", "--tasks-dir", { $0.tasksDirectory = $1 }),
-        ("checkpoints_kept", "FWPD_CHECKPOINTS_KEPT", "--checkpoints-kept", { $0.checkpointsKept = try positive($1, "checkpoints_kept") }),
-        ("max_attempts", "FWPD_MAX_ATTEMPTS", "--max-attempts", { $0.defaultMaxAttempts = try positive($1, "max_attempts") }),
-        ("max_request_bytes", "FWPD_MAX_REQUEST_BYTES", "--max-request-bytes", { $0.maxRequestBytes = try positive($1, "max_request_bytes") }),
-        ("max_message_bytes", "FWPD_MAX_MESSAGE_BYTES", "--max-message-bytes", { $0.maxMessageBytes = Int64(try positive($1, "max_message_bytes")) }),
-        ("lease_seconds", "FWPD_LEASE_SECONDS", "--lease-seconds", {
-            guard let v = Double($1), v > 0 else { throw ConfigError("lease_seconds must be a positive number, got '\($1)'") }
-            $0.leaseSeconds = v
-        }),
-        ("curve_secret_key_file", "FWPD_CURVE_SECRET_KEY_FILE", "--curve-secret-key-file", { $0.curveSecretKeyFile = $1.isEmpty ? nil : $1 }),
-        ("curve_allowed_keys_file", "FWPD_CURVE_ALLOWED_KEYS_FILE", "--curve-allowed-keys-file", { $0.curveAllowedKeysFile = $1.isEmpty ? nil : $1 }),
-        ("allow_insecure_remote", "FWPD_ALLOW_INSECURE_REMOTE", "--allow-insecure-remote", { $0.allowInsecureRemote = try boolean($1, "allow_insecure_remote") }),
-        ("log_level", "FWPD_LOG_LEVEL", "--log-level", {
-            guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains($1) else {
-                throw ConfigError("log_level must be trace, debug, info, notice, warning, error or critical, got '\($1)'")
-            }
-            $0.logLevel = $1
-        }),
-        ("request_nice", "FWPD_REQUEST_NICE", "--request-nice", {
-            guard let v = Int($1), (0...19).contains(v) else { throw ConfigError("request_nice must be an integer from 0 to 19, got '\($1)'") }
-            $0.requestNice = v
-        }),
-    ]
+    static let settings:
+        [(key: String, env: String, flag: String, set: @Sendable (inout DaemonConfig, String) throws -> Void)] = [
+            ("state_dir", "FWPD_STATE_DIR", "--state-dir", { $0.stateDirectory = $1 }),
+            ("request_endpoint", "FWPD_REQUEST_ENDPOINT", "--request-endpoint", { $0.requestEndpoint = $1 }),
+            ("publish_endpoint", "FWPD_PUBLISH_ENDPOINT", "--publish-endpoint", { $0.publishEndpoint = $1 }),
+            ("workers", "FWPD_WORKERS", "--workers", { $0.workers = try positive($1, "workers") }),
+            (
+                "threads_per_job", "FWPD_THREADS_PER_JOB", "--threads-per-job",
+                { $0.threadsPerJob = try nonNegative($1, "threads_per_job") }
+            ),
+            ("tasks_dir", "FWPD_TASKS_DIR", "--tasks-dir", { $0.tasksDirectory = $1 }),
+            (
+                "checkpoints_kept", "FWPD_CHECKPOINTS_KEPT", "--checkpoints-kept",
+                { $0.checkpointsKept = try positive($1, "checkpoints_kept") }
+            ),
+            (
+                "max_attempts", "FWPD_MAX_ATTEMPTS", "--max-attempts",
+                { $0.defaultMaxAttempts = try positive($1, "max_attempts") }
+            ),
+            (
+                "max_request_bytes", "FWPD_MAX_REQUEST_BYTES", "--max-request-bytes",
+                { $0.maxRequestBytes = try positive($1, "max_request_bytes") }
+            ),
+            (
+                "max_message_bytes", "FWPD_MAX_MESSAGE_BYTES", "--max-message-bytes",
+                { $0.maxMessageBytes = Int64(try positive($1, "max_message_bytes")) }
+            ),
+            (
+                "lease_seconds", "FWPD_LEASE_SECONDS", "--lease-seconds",
+                {
+                    guard let v = Double($1), v > 0 else {
+                        throw ConfigError("lease_seconds must be a positive number, got '\($1)'")
+                    }
+                    $0.leaseSeconds = v
+                }
+            ),
+            (
+                "curve_secret_key_file", "FWPD_CURVE_SECRET_KEY_FILE", "--curve-secret-key-file",
+                { $0.curveSecretKeyFile = $1.isEmpty ? nil : $1 }
+            ),
+            (
+                "curve_allowed_keys_file", "FWPD_CURVE_ALLOWED_KEYS_FILE", "--curve-allowed-keys-file",
+                { $0.curveAllowedKeysFile = $1.isEmpty ? nil : $1 }
+            ),
+            (
+                "allow_insecure_remote", "FWPD_ALLOW_INSECURE_REMOTE", "--allow-insecure-remote",
+                { $0.allowInsecureRemote = try boolean($1, "allow_insecure_remote") }
+            ),
+            (
+                "log_level", "FWPD_LOG_LEVEL", "--log-level",
+                {
+                    guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains($1) else {
+                        throw ConfigError(
+                            "log_level must be trace, debug, info, notice, warning, error or critical, got '\($1)'")
+                    }
+                    $0.logLevel = $1
+                }
+            ),
+            (
+                "request_nice", "FWPD_REQUEST_NICE", "--request-nice",
+                {
+                    guard let v = Int($1), (0...19).contains(v) else {
+                        throw ConfigError("request_nice must be an integer from 0 to 19, got '\($1)'")
+                    }
+                    $0.requestNice = v
+                }
+            ),
+        ]
 
     /// Applies a TOML config file (parsed by TOMLKit, any valid TOML): settings at the top level
     /// or in an `[fwpd]` table, as strings, integers, floats or booleans. Errors name the file, the
     /// line and the setting.
     public mutating func apply(file path: String) throws {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw ConfigError("cannot read config file \(path)") }
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw ConfigError("cannot read config file \(path)")
+        }
         let table: TOMLTable
         do { table = try TOMLTable(string: text) } catch let e as TOMLParseError {
-            throw ConfigError("\(path):\(e.source.begin.line):\(e.source.begin.column): not valid TOML: \(e.description)")
+            throw ConfigError(
+                "\(path):\(e.source.begin.line):\(e.source.begin.column): not valid TOML: \(e.description)")
         }
         let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
         /// Where `key` is set: the first line that assigns it, for messages.
@@ -97,7 +139,9 @@ public struct DaemonConfig: Equatable, Sendable {
         for key in table.keys {
             guard let value = table[key] else { continue }
             if value.type == .table {
-                guard key == "fwpd", let section = value.table else { throw ConfigError("\(location(key)): unknown section [\(key)]") }
+                guard key == "fwpd", let section = value.table else {
+                    throw ConfigError("\(location(key)): unknown section [\(key)]")
+                }
                 for k in section.keys { if let v = section[k] { entries.append((k, v)) } }
             } else {
                 entries.append((key, value))
@@ -115,7 +159,9 @@ public struct DaemonConfig: Equatable, Sendable {
             case .bool: text = (value.bool ?? false) ? "true" : "false"
             default: throw ConfigError("\(location(key)): \(key) must be a string, a number or true/false")
             }
-            do { try setting.set(&self, text) } catch let e as ConfigError { throw ConfigError("\(location(key)): \(e.message)") }
+            do { try setting.set(&self, text) } catch let e as ConfigError {
+                throw ConfigError("\(location(key)): \(e.message)")
+            }
         }
     }
 
@@ -131,7 +177,8 @@ public struct DaemonConfig: Equatable, Sendable {
         if !allowInsecureRemote && curveSecretKeyFile == nil {
             for e in [requestEndpoint, publishEndpoint] where !Self.isLocal(e) {
                 throw ConfigError(
-                    "refusing to bind \(e) without CURVE: set curve_secret_key_file (and curve_allowed_keys_file), or allow_insecure_remote = true")
+                    "refusing to bind \(e) without CURVE: set curve_secret_key_file (and curve_allowed_keys_file), or allow_insecure_remote = true"
+                )
             }
         }
         if curveSecretKeyFile != nil && curveAllowedKeysFile == nil {
@@ -182,7 +229,9 @@ extension DaemonConfig {
     /// Applies command-line flags given as (flag, value) pairs.
     public mutating func apply(flags: [(String, String)]) throws {
         for (flag, value) in flags {
-            guard let s = Self.settings.first(where: { $0.flag == flag }) else { throw ConfigError("unknown flag \(flag)") }
+            guard let s = Self.settings.first(where: { $0.flag == flag }) else {
+                throw ConfigError("unknown flag \(flag)")
+            }
             try s.set(&self, value)
         }
     }

@@ -30,7 +30,8 @@ public final class Daemon: Service, @unchecked Sendable {
         self.config = config
         self.logger = logger
         let state = URL(fileURLWithPath: config.stateDirectory)
-        try FileManager.default.createDirectory(at: state.appendingPathComponent("checkpoints"), withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            at: state.appendingPathComponent("checkpoints"), withIntermediateDirectories: true)
         lockFD = open(state.appendingPathComponent("fwpd.lock").path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard lockFD >= 0, flock(lockFD, LOCK_EX | LOCK_NB) == 0 else {
             throw ConfigError("another fwpd is using \(state.path) (fwpd.lock is held)")
@@ -49,9 +50,11 @@ public final class Daemon: Service, @unchecked Sendable {
         try pull.bind(EventPublisher.endpoint)
         publisher = try EventPublisher(context: zmq)
         let metrics = DaemonMetrics()
-        scheduler = Scheduler(config: config, store: store, registry: registry, publisher: publisher, logger: logger, metrics: metrics)
+        scheduler = Scheduler(
+            config: config, store: store, registry: registry, publisher: publisher, logger: logger, metrics: metrics)
         router = try Router(
-            config: config, zmq: zmq, store: store, scheduler: scheduler, registry: registry, presets: presets, metrics: metrics,
+            config: config, zmq: zmq, store: store, scheduler: scheduler, registry: registry, presets: presets,
+            metrics: metrics,
             logger: logger, pull: pull)
         for e in try store.recoverInterrupted() {
             publisher.publish(e)
@@ -85,7 +88,8 @@ public final class Daemon: Service, @unchecked Sendable {
         router.stop()
         publisher.close()
         zmq.terminate()
-        try? FileManager.default.removeItem(at: URL(fileURLWithPath: config.stateDirectory).appendingPathComponent("fwpd.pid"))
+        try? FileManager.default.removeItem(
+            at: URL(fileURLWithPath: config.stateDirectory).appendingPathComponent("fwpd.pid"))
         flock(lockFD, LOCK_UN)
         close(lockFD)
         logger.info("stopped")

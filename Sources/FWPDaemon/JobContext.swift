@@ -27,7 +27,8 @@ final class JobContext: TaskContext, Sendable {
     private let flags: Mutex<(cancelRequested: Bool, shuttingDown: Bool)>
 
     init(
-        job: JobInfo, store: JobStore, publisher: EventPublisher, stateDirectory: URL, retention: CheckpointRetention, threads: Int, logger: Logger,
+        job: JobInfo, store: JobStore, publisher: EventPublisher, stateDirectory: URL, retention: CheckpointRetention,
+        threads: Int, logger: Logger,
         metrics: DaemonMetrics
     ) throws {
         self.job = job
@@ -39,7 +40,8 @@ final class JobContext: TaskContext, Sendable {
         var l = logger
         l[metadataKey: "job"] = "\(job.id)"
         self.logger = l
-        checkpointDirectory = stateDirectory.appendingPathComponent("checkpoints").appendingPathComponent("job-\(job.id)")
+        checkpointDirectory = stateDirectory.appendingPathComponent("checkpoints").appendingPathComponent(
+            "job-\(job.id)")
         try FileManager.default.createDirectory(at: checkpointDirectory, withIntermediateDirectories: true)
         flags = Mutex((job.cancelRequested, false))
     }
@@ -80,18 +82,23 @@ final class JobContext: TaskContext, Sendable {
         let url = checkpointDirectory.appendingPathComponent(CheckpointRetention.stepFileName(step))
         try writeFileDurably(data, to: url)
         let digest = Digest.sha256Hex(data)
-        _ = try store.addCheckpoint(job: job.id, step: step, path: url.path, size: Int64(data.count), sha256: digest, best: false)
+        _ = try store.addCheckpoint(
+            job: job.id, step: step, path: url.path, size: Int64(data.count), sha256: digest, best: false)
         if best {
             let bestURL = checkpointDirectory.appendingPathComponent(CheckpointRetention.bestFileName)
             try writeFileDurably(data, to: bestURL)
             for old in try store.checkpoints(job: job.id) where old.best { try store.deleteCheckpoint(id: old.id) }
-            _ = try store.addCheckpoint(job: job.id, step: step, path: bestURL.path, size: Int64(data.count), sha256: digest, best: true)
+            _ = try store.addCheckpoint(
+                job: job.id, step: step, path: bestURL.path, size: Int64(data.count), sha256: digest, best: true)
         }
         for old in retention.expired(newestFirst: try store.checkpoints(job: job.id).filter({ !$0.best })) {
             try? FileManager.default.removeItem(atPath: old.path)
             try store.deleteCheckpoint(id: old.id)
         }
-        emit(ProgressEvent(kind: "checkpoint", step: step, metrics: ["bytes": .number(Double(data.count)), "best": .bool(best)], message: url.path))
+        emit(
+            ProgressEvent(
+                kind: "checkpoint", step: step, metrics: ["bytes": .number(Double(data.count)), "best": .bool(best)],
+                message: url.path))
     }
 
     /// The newest step checkpoint whose file matches its recorded sha256; older ones are tried

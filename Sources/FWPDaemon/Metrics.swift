@@ -13,10 +13,19 @@ final class DaemonMetrics: Sendable {
     let tokens: Gauge
 
     init() {
-        submitted = registry.makeCounter(descriptor: MetricNameDescriptor(metricName: "fwpd_jobs_submitted_total", unitName: "", helpText: "Jobs accepted by submit"))
-        running = registry.makeGauge(descriptor: MetricNameDescriptor(metricName: "fwpd_jobs_running", unitName: "", helpText: "Jobs running now"))
-        queued = registry.makeGauge(descriptor: MetricNameDescriptor(metricName: "fwpd_jobs_queued", unitName: "", helpText: "Jobs waiting in the queue"))
-        tokens = registry.makeGauge(descriptor: MetricNameDescriptor(metricName: "fwpd_training_tokens_per_second", unitName: "", helpText: "Throughput last reported by a running job"))
+        submitted = registry.makeCounter(
+            descriptor: MetricNameDescriptor(
+                metricName: "fwpd_jobs_submitted_total", unitName: "", helpText: "Jobs accepted by submit"))
+        running = registry.makeGauge(
+            descriptor: MetricNameDescriptor(
+                metricName: "fwpd_jobs_running", unitName: "", helpText: "Jobs running now"))
+        queued = registry.makeGauge(
+            descriptor: MetricNameDescriptor(
+                metricName: "fwpd_jobs_queued", unitName: "", helpText: "Jobs waiting in the queue"))
+        tokens = registry.makeGauge(
+            descriptor: MetricNameDescriptor(
+                metricName: "fwpd_training_tokens_per_second", unitName: "",
+                helpText: "Throughput last reported by a running job"))
     }
 
     func request(_ command: String) {
@@ -36,7 +45,8 @@ final class DaemonMetrics: Sendable {
         counters.withLock { counters in
             if let c = counters[name]?[value] { return c }
             let c = registry.makeCounter(
-                descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: [(label, value)])
+                descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help),
+                labels: [(label, value)])
             counters[name, default: [:]][value] = c
             return c
         }

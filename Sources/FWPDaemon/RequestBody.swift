@@ -8,7 +8,10 @@ struct RequestBody {
 
     func allow(_ names: Set<String>) throws {
         if let unknown = fields.keys.sorted().first(where: { !names.contains($0) }) {
-            throw WireError(.invalidRequest, "unknown field '\(unknown)'" + (names.isEmpty ? "" : "; allowed: \(names.sorted().joined(separator: ", "))"))
+            throw WireError(
+                .invalidRequest,
+                "unknown field '\(unknown)'"
+                    + (names.isEmpty ? "" : "; allowed: \(names.sorted().joined(separator: ", "))"))
         }
     }
 
@@ -29,19 +32,25 @@ struct RequestBody {
 
     func string(_ name: String) throws -> String? {
         guard let v = fields[name], v != .null else { return nil }
-        guard case .string(let s) = v else { throw WireError(.invalidRequest, "field '\(name)' must be a string, got \(v.typeName)") }
+        guard case .string(let s) = v else {
+            throw WireError(.invalidRequest, "field '\(name)' must be a string, got \(v.typeName)")
+        }
         return s
     }
 
     func bool(_ name: String) throws -> Bool? {
         guard let v = fields[name], v != .null else { return nil }
-        guard case .bool(let x) = v else { throw WireError(.invalidRequest, "field '\(name)' must be true or false, got \(v.typeName)") }
+        guard case .bool(let x) = v else {
+            throw WireError(.invalidRequest, "field '\(name)' must be true or false, got \(v.typeName)")
+        }
         return x
     }
 
     func object(_ name: String) throws -> [String: JSONValue]? {
         guard let v = fields[name], v != .null else { return nil }
-        guard case .object(let o) = v else { throw WireError(.invalidRequest, "field '\(name)' must be an object, got \(v.typeName)") }
+        guard case .object(let o) = v else {
+            throw WireError(.invalidRequest, "field '\(name)' must be an object, got \(v.typeName)")
+        }
         return o
     }
 }

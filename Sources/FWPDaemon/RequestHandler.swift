@@ -39,7 +39,8 @@ final class RequestHandler: @unchecked Sendable {
     private var statusReplies: [Int64: (JobInfo, [UInt8])] = [:]
 
     init(
-        config: DaemonConfig, store: JobStore, control: any JobControl, registry: TaskRegistry, presets: [String: Preset],
+        config: DaemonConfig, store: JobStore, control: any JobControl, registry: TaskRegistry,
+        presets: [String: Preset],
         metrics: DaemonMetrics, curve: Bool
     ) {
         self.config = config
@@ -57,12 +58,15 @@ final class RequestHandler: @unchecked Sendable {
             metrics.request("unknown")
             return .failure(
                 WireError(
-                    .unknownCommand, "unknown command '\(String(name.prefix(64)))'; known: \(FWPWire.commands.joined(separator: ", "))"))
+                    .unknownCommand,
+                    "unknown command '\(String(name.prefix(64)))'; known: \(FWPWire.commands.joined(separator: ", "))"))
         }
         metrics.request(command.rawValue)
         return Result {
             let parsed: JSONValue
-            do { parsed = try JSONValue.parse(Data(raw)) } catch { throw WireError(.invalidJSON, "the body is not valid JSON") }
+            do { parsed = try JSONValue.parse(Data(raw)) } catch {
+                throw WireError(.invalidJSON, "the body is not valid JSON")
+            }
             guard case .object(let fields) = parsed else {
                 throw WireError(.invalidJSON, "the body must be a JSON object, got \(parsed.typeName)")
             }
@@ -96,16 +100,21 @@ final class RequestHandler: @unchecked Sendable {
         let module: any TaskModule
         if let presetName {
             guard let p = presets[presetName] else {
-                throw WireError(.unknownTask, "no preset '\(presetName)'; presets: \(presets.keys.sorted().joined(separator: ", "))")
+                throw WireError(
+                    .unknownTask, "no preset '\(presetName)'; presets: \(presets.keys.sorted().joined(separator: ", "))"
+                )
             }
             guard let m = registry.module(named: p.module) else {
-                throw WireError(.unknownTask, "preset '\(presetName)' names task module '\(p.module)', which is not registered")
+                throw WireError(
+                    .unknownTask, "preset '\(presetName)' names task module '\(p.module)', which is not registered")
             }
             module = m
             given = p.merged(with: given)
         } else {
             guard let name = taskName, let m = registry.module(named: name) else {
-                throw WireError(.unknownTask, "no task module '\(taskName ?? "")'; modules: \(registry.names.joined(separator: ", "))")
+                throw WireError(
+                    .unknownTask,
+                    "no task module '\(taskName ?? "")'; modules: \(registry.names.joined(separator: ", "))")
             }
             module = m
         }
@@ -122,7 +131,8 @@ final class RequestHandler: @unchecked Sendable {
             throw WireError(.invalidParameter, "\(error)")
         }
         let (job, created, first) = try store.submit(
-            task: module.name, preset: presetName, parameters: parameters.values, priority: priority, idempotencyKey: key,
+            task: module.name, preset: presetName, parameters: parameters.values, priority: priority,
+            idempotencyKey: key,
             maxAttempts: maxAttempts)
         if created {
             metrics.submitted.increment()
@@ -147,7 +157,9 @@ final class RequestHandler: @unchecked Sendable {
         var state: JobState? = nil
         if let s = try b.string("state") {
             guard let v = JobState(rawValue: s) else {
-                throw WireError(.invalidRequest, "field 'state' must be one of \(JobState.allCases.map(\.rawValue).joined(separator: ", "))")
+                throw WireError(
+                    .invalidRequest,
+                    "field 'state' must be one of \(JobState.allCases.map(\.rawValue).joined(separator: ", "))")
             }
             state = v
         }
@@ -170,7 +182,8 @@ final class RequestHandler: @unchecked Sendable {
         let id = Int64(try b.requiredInt("job"))
         let info = try job(Int(id))
         let bodies = try store.eventBodies(
-            job: id, after: Int64(try b.int("after", min: 0) ?? 0), limit: try b.int("limit", min: 1, max: 10_000) ?? 1000)
+            job: id, after: Int64(try b.int("after", min: 0) ?? 0),
+            limit: try b.int("limit", min: 1, max: 10_000) ?? 1000)
         // The stored events are already wire JSON: splice them instead of decoding and
         // re-encoding each (keys in sorted order: events, last_seq, state).
         var out = Array("{\"events\":[".utf8)
@@ -204,7 +217,8 @@ final class RequestHandler: @unchecked Sendable {
         }
         guard let c = chosen else { throw WireError(.notFound, "job \(id) has no such checkpoint") }
         guard let data = FileManager.default.contents(atPath: c.path), Digest.sha256Hex(data) == c.sha256 else {
-            throw WireError(.corruptCheckpoint, "checkpoint \(c.id) of job \(id) is missing or does not match its sha256")
+            throw WireError(
+                .corruptCheckpoint, "checkpoint \(c.id) of job \(id) is missing or does not match its sha256")
         }
         return Reply(body: WireJSON.encode(c), attachment: Array(data))
     }
@@ -213,7 +227,10 @@ final class RequestHandler: @unchecked Sendable {
         try b.allow([])
         let modules = registry.names.compactMap { name -> JSONValue? in
             guard let m = registry.module(named: name) else { return nil }
-            return .object(["name": .string(name), "summary": .string(m.summary), "parameters": (try? encode(m.parameters)) ?? .null])
+            return .object([
+                "name": .string(name), "summary": .string(m.summary),
+                "parameters": (try? encode(m.parameters)) ?? .null,
+            ])
         }
         let presetList = try encode(presets.values.sorted { $0.name < $1.name })
         return Array(JSONValue.object(["modules": .array(modules), "presets": presetList]).jsonBytes)
@@ -224,8 +241,10 @@ final class RequestHandler: @unchecked Sendable {
         let counts = try store.counts()
         return Array(
             JSONValue.object([
-                "status": "ok", "version": .string(FWPDVersion.string), "pid": .number(Double(ProcessInfo.processInfo.processIdentifier)),
-                "uptime_seconds": .number(Date().timeIntervalSince(started)), "workers": .number(Double(config.workers)),
+                "status": "ok", "version": .string(FWPDVersion.string),
+                "pid": .number(Double(ProcessInfo.processInfo.processIdentifier)),
+                "uptime_seconds": .number(Date().timeIntervalSince(started)),
+                "workers": .number(Double(config.workers)),
                 "running": .number(Double(counts[.running] ?? 0)), "queued": .number(Double(counts[.queued] ?? 0)),
                 "curve": .bool(curve),
             ]).jsonBytes)
@@ -264,4 +283,3 @@ struct ListReply: Encodable {
 struct CheckpointsReply: Encodable {
     let checkpoints: [CheckpointInfo]
 }
-

@@ -24,7 +24,8 @@ final class Router: @unchecked Sendable {
     private let stopped = DispatchSemaphore(value: 0)
 
     init(
-        config: DaemonConfig, zmq: ZMQContext, store: JobStore, scheduler: Scheduler, registry: TaskRegistry, presets: [String: Preset],
+        config: DaemonConfig, zmq: ZMQContext, store: JobStore, scheduler: Scheduler, registry: TaskRegistry,
+        presets: [String: Preset],
         metrics: DaemonMetrics, logger: Logger, pull: ZMQSocket
     ) throws {
         self.config = config
@@ -36,7 +37,9 @@ final class Router: @unchecked Sendable {
         pub = try zmq.socket(.pub)
         try router.setMaxMessageSize(config.maxMessageBytes)
         if let keyFile = config.curveSecretKeyFile {
-            guard let secret = try? String(contentsOfFile: keyFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines),
+            guard
+                let secret = try? String(contentsOfFile: keyFile, encoding: .utf8).trimmingCharacters(
+                    in: .whitespacesAndNewlines),
                 CurveKeyPair.isValidKey(secret)
             else { throw ConfigError("curve_secret_key_file \(keyFile) does not hold a Z85 secret key") }
             allowedKeys = try Self.loadAllowedKeys(config.curveAllowedKeysFile!)
@@ -110,7 +113,8 @@ final class Router: @unchecked Sendable {
         }
         if let tasks = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task") {
             for t in tasks {
-                if let comm = try? String(contentsOfFile: "/proc/self/task/\(t)/comm", encoding: .utf8), comm.hasPrefix("ZMQbg/IO"),
+                if let comm = try? String(contentsOfFile: "/proc/self/task/\(t)/comm", encoding: .utf8),
+                    comm.hasPrefix("ZMQbg/IO"),
                     let tid = pid_t(t)
                 {
                     threads.append(tid)
@@ -166,16 +170,22 @@ final class Router: @unchecked Sendable {
         let size = rest.reduce(0) { $0 + $1.count }
         let reply: Result<Reply, WireError>
         if size > config.maxRequestBytes {
-            reply = .failure(WireError(.tooLarge, "request of \(size) bytes exceeds the limit of \(config.maxRequestBytes)"))
+            reply = .failure(
+                WireError(.tooLarge, "request of \(size) bytes exceeds the limit of \(config.maxRequestBytes)"))
         } else if rest.count != 3 {
             reply = .failure(WireError(.badFrame, "expected 3 frames (version, command, JSON body), got \(rest.count)"))
         } else if String(decoding: rest[0], as: UTF8.self) != FWPWire.version {
             reply = .failure(
-                WireError(.unsupportedVersion, "this daemon speaks \(FWPWire.version), not '\(String(decoding: rest[0].prefix(16), as: UTF8.self))'"))
+                WireError(
+                    .unsupportedVersion,
+                    "this daemon speaks \(FWPWire.version), not '\(String(decoding: rest[0].prefix(16), as: UTF8.self))'"
+                ))
         } else {
             reply = handler.handle(command: String(decoding: rest[1], as: UTF8.self), body: rest[2])
         }
-        if rest.count != 3 || size > config.maxRequestBytes || String(decoding: rest[0], as: UTF8.self) != FWPWire.version {
+        if rest.count != 3 || size > config.maxRequestBytes
+            || String(decoding: rest[0], as: UTF8.self) != FWPWire.version
+        {
             metrics.request("unknown")
         }
         var out = envelope + [Array(FWPWire.version.utf8)]

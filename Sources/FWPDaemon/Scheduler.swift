@@ -47,7 +47,10 @@ final class Scheduler: JobControl, @unchecked Sendable {
     private var thread: Thread?
     private let finished = DispatchGroup()
 
-    init(config: DaemonConfig, store: JobStore, registry: TaskRegistry, publisher: EventPublisher, logger: Logger, metrics: DaemonMetrics) {
+    init(
+        config: DaemonConfig, store: JobStore, registry: TaskRegistry, publisher: EventPublisher, logger: Logger,
+        metrics: DaemonMetrics
+    ) {
         self.config = config
         self.store = store
         self.registry = registry
@@ -133,7 +136,8 @@ final class Scheduler: JobControl, @unchecked Sendable {
 
     private func launch(_ job: JobInfo) throws {
         let context = try JobContext(
-            job: job, store: store, publisher: publisher, stateDirectory: stateDirectory, retention: CheckpointRetention(kept: config.checkpointsKept),
+            job: job, store: store, publisher: publisher, stateDirectory: stateDirectory,
+            retention: CheckpointRetention(kept: config.checkpointsKept),
             threads: config.effectiveThreadsPerJob, logger: logger, metrics: metrics)
         condition.withLock { running[job.id] = context }
         finished.enter()
@@ -168,7 +172,9 @@ final class Scheduler: JobControl, @unchecked Sendable {
         } catch TaskError.cancelled {
             if context.isShuttingDown && !context.wasCancelledByUser {
                 do {
-                    publisher.publish(try store.requeue(job.id, reason: "the daemon is stopping; the job resumes from its checkpoint"))
+                    publisher.publish(
+                        try store.requeue(job.id, reason: "the daemon is stopping; the job resumes from its checkpoint")
+                    )
                     logger.info("job \(job.id) checkpointed and requeued")
                 } catch {
                     logger.error("job \(job.id): cannot requeue: \(error)")
@@ -179,7 +185,9 @@ final class Scheduler: JobControl, @unchecked Sendable {
         } catch TaskError.failed(let code, let message) {
             outcome = (.failed, nil, WireError(code, message))
         } catch let e as ParameterError {
-            outcome = (.failed, nil, WireError(.invalidParameter, e.description, details: ["parameter": .string(e.parameter)]))
+            outcome = (
+                .failed, nil, WireError(.invalidParameter, e.description, details: ["parameter": .string(e.parameter)])
+            )
         } catch let e as WireError {
             outcome = (.failed, nil, e)
         } catch {

@@ -40,7 +40,8 @@ public struct SystemdNotifier: Sendable {
     }
 
     /// The watchdog interval systemd expects pings within, if any (WATCHDOG_USEC).
-    public static func watchdogInterval(environment: [String: String] = ProcessInfo.processInfo.environment) -> Double? {
+    public static func watchdogInterval(environment: [String: String] = ProcessInfo.processInfo.environment) -> Double?
+    {
         guard let usec = environment["WATCHDOG_USEC"].flatMap(Double.init), usec > 0 else { return nil }
         if let pid = environment["WATCHDOG_PID"].flatMap(Int32.init), pid != getpid() { return nil }
         return usec / 1e6

@@ -53,7 +53,9 @@ struct JSONParser {
             }
             while true {
                 skipSpace()
-                guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw Failure(offset: i, reason: "expected a key") }
+                guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else {
+                    throw Failure(offset: i, reason: "expected a key")
+                }
                 let key = try string()
                 skipSpace()
                 try expect(":")
@@ -108,7 +110,9 @@ struct JSONParser {
     mutating func number() throws -> Double {
         let start = i
         if i < bytes.count, bytes[i] == UInt8(ascii: "-") { i += 1 }
-        guard i < bytes.count, bytes[i] >= 0x30 && bytes[i] <= 0x39 else { throw Failure(offset: start, reason: "unexpected character") }
+        guard i < bytes.count, bytes[i] >= 0x30 && bytes[i] <= 0x39 else {
+            throw Failure(offset: start, reason: "unexpected character")
+        }
         var integer: Int64 = 0
         if bytes[i] == 0x30 {
             i += 1
@@ -119,23 +123,31 @@ struct JSONParser {
             }
         }
         // Fast path: a plain integer of at most 15 digits converts exactly without text.
-        let isPlainEnd = i >= bytes.count || (bytes[i] != UInt8(ascii: ".") && bytes[i] != UInt8(ascii: "e") && bytes[i] != UInt8(ascii: "E"))
+        let isPlainEnd =
+            i >= bytes.count
+            || (bytes[i] != UInt8(ascii: ".") && bytes[i] != UInt8(ascii: "e") && bytes[i] != UInt8(ascii: "E"))
         let digits = i - start - (bytes[start] == UInt8(ascii: "-") ? 1 : 0)
         if isPlainEnd && digits <= 15 {
             return bytes[start] == UInt8(ascii: "-") ? -Double(integer) : Double(integer)
         }
         if i < bytes.count, bytes[i] == UInt8(ascii: ".") {
             i += 1
-            guard i < bytes.count, bytes[i] >= 0x30 && bytes[i] <= 0x39 else { throw Failure(offset: i, reason: "digit expected") }
+            guard i < bytes.count, bytes[i] >= 0x30 && bytes[i] <= 0x39 else {
+                throw Failure(offset: i, reason: "digit expected")
+            }
             while i < bytes.count, bytes[i] >= 0x30 && bytes[i] <= 0x39 { i += 1 }
         }
         if i < bytes.count, bytes[i] == UInt8(ascii: "e") || bytes[i] == UInt8(ascii: "E") {
             i += 1
             if i < bytes.count, bytes[i] == UInt8(ascii: "+") || bytes[i] == UInt8(ascii: "-") { i += 1 }
-            guard i < bytes.count, bytes[i] >= 0x30 && bytes[i] <= 0x39 else { throw Failure(offset: i, reason: "digit expected") }
+            guard i < bytes.count, bytes[i] >= 0x30 && bytes[i] <= 0x39 else {
+                throw Failure(offset: i, reason: "digit expected")
+            }
             while i < bytes.count, bytes[i] >= 0x30 && bytes[i] <= 0x39 { i += 1 }
         }
-        guard let d = Double(String(decoding: bytes[start..<i], as: UTF8.self)) else { throw Failure(offset: start, reason: "bad number") }
+        guard let d = Double(String(decoding: bytes[start..<i], as: UTF8.self)) else {
+            throw Failure(offset: start, reason: "bad number")
+        }
         return d
     }
 
@@ -161,9 +173,13 @@ struct JSONParser {
         i += 1  // opening quote
         // Fast path: no escapes before the closing quote (keys and most values).
         var j = i
-        while j < bytes.count, bytes[j] != UInt8(ascii: "\""), bytes[j] != UInt8(ascii: "\\"), bytes[j] >= 0x20 { j += 1 }
+        while j < bytes.count, bytes[j] != UInt8(ascii: "\""), bytes[j] != UInt8(ascii: "\\"), bytes[j] >= 0x20 {
+            j += 1
+        }
         if j < bytes.count, bytes[j] == UInt8(ascii: "\"") {
-            guard let s = String(validating: bytes[i..<j], as: UTF8.self) else { throw Failure(offset: j + 1, reason: "invalid UTF-8") }
+            guard let s = String(validating: bytes[i..<j], as: UTF8.self) else {
+                throw Failure(offset: j + 1, reason: "invalid UTF-8")
+            }
             i = j + 1
             return s
         }
@@ -175,7 +191,9 @@ struct JSONParser {
             i += 1
             switch b {
             case UInt8(ascii: "\""):
-                guard let s = String(validating: out, as: UTF8.self) else { throw Failure(offset: i, reason: "invalid UTF-8") }
+                guard let s = String(validating: out, as: UTF8.self) else {
+                    throw Failure(offset: i, reason: "invalid UTF-8")
+                }
                 return s
             case UInt8(ascii: "\\"):
                 guard i < bytes.count else { throw Failure(offset: i, reason: "unterminated escape") }
@@ -195,7 +213,9 @@ struct JSONParser {
                     if scalar >= 0xD800 && scalar < 0xDC00 {
                         try expect("\\u")
                         let low = try hex4()
-                        guard low >= 0xDC00 && low < 0xE000 else { throw Failure(offset: i, reason: "bad surrogate pair") }
+                        guard low >= 0xDC00 && low < 0xE000 else {
+                            throw Failure(offset: i, reason: "bad surrogate pair")
+                        }
                         scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
                     }
                     guard let u = Unicode.Scalar(scalar) else { throw Failure(offset: i, reason: "bad \\u escape") }

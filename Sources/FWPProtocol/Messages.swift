@@ -56,12 +56,18 @@ public struct JobInfo: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case id, task, preset, parameters, priority, state, attempt, result, error
-        case maxAttempts = "max_attempts", idempotencyKey = "idempotency_key", createdAt = "created_at"
-        case startedAt = "started_at", finishedAt = "finished_at", cancelRequested = "cancel_requested", lastSeq = "last_seq"
+        case maxAttempts = "max_attempts"
+        case idempotencyKey = "idempotency_key"
+        case createdAt = "created_at"
+        case startedAt = "started_at"
+        case finishedAt = "finished_at"
+        case cancelRequested = "cancel_requested"
+        case lastSeq = "last_seq"
     }
 
     public init(
-        id: Int64, task: String, preset: String?, parameters: [String: JSONValue], priority: Int, state: JobState, attempt: Int,
+        id: Int64, task: String, preset: String?, parameters: [String: JSONValue], priority: Int, state: JobState,
+        attempt: Int,
         maxAttempts: Int, idempotencyKey: String?, createdAt: Double, startedAt: Double?, finishedAt: Double?,
         result: JSONValue?, error: WireError?, cancelRequested: Bool, lastSeq: Int64
     ) {
@@ -122,7 +128,8 @@ public struct JobEvent: Codable, Equatable, Sendable {
 
     public init(
         job: Int64, seq: Int64, time: Double, kind: String, state: JobState? = nil, step: Int? = nil, total: Int? = nil,
-        loss: Double? = nil, metrics: [String: JSONValue]? = nil, tokensPerSecond: Double? = nil, etaSeconds: Double? = nil,
+        loss: Double? = nil, metrics: [String: JSONValue]? = nil, tokensPerSecond: Double? = nil,
+        etaSeconds: Double? = nil,
         message: String? = nil, result: JSONValue? = nil, error: WireError? = nil
     ) {
         self.job = job
@@ -177,7 +184,9 @@ public struct CheckpointInfo: Codable, Equatable, Sendable {
         case createdAt = "created_at"
     }
 
-    public init(id: Int64, job: Int64, step: Int, path: String, size: Int64, sha256: String, best: Bool, createdAt: Double) {
+    public init(
+        id: Int64, job: Int64, step: Int, path: String, size: Int64, sha256: String, best: Bool, createdAt: Double
+    ) {
         self.id = id
         self.job = job
         self.step = step

@@ -32,7 +32,8 @@ public struct ProgressEvent: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case kind, step, total, loss, metrics, message
-        case tokensPerSecond = "tokens_per_second", etaSeconds = "eta_seconds"
+        case tokensPerSecond = "tokens_per_second"
+        case etaSeconds = "eta_seconds"
     }
 
     public init(from decoder: Decoder) throws {

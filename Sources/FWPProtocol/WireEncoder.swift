@@ -125,13 +125,19 @@ private struct KeyedContainer<Key: CodingKey>: KeyedEncodingContainerProtocol {
     mutating func encode(_ value: Bool, forKey key: Key) throws { node.member(key.stringValue).set(.bool(value)) }
     mutating func encode(_ value: String, forKey key: Key) throws { node.member(key.stringValue).set(.string(value)) }
     mutating func encode(_ value: Double, forKey key: Key) throws { node.member(key.stringValue).set(.number(value)) }
-    mutating func encode(_ value: Int, forKey key: Key) throws { node.member(key.stringValue).set(.number(Double(value))) }
-    mutating func encode(_ value: Int64, forKey key: Key) throws { node.member(key.stringValue).set(.number(Double(value))) }
+    mutating func encode(_ value: Int, forKey key: Key) throws {
+        node.member(key.stringValue).set(.number(Double(value)))
+    }
+    mutating func encode(_ value: Int64, forKey key: Key) throws {
+        node.member(key.stringValue).set(.number(Double(value)))
+    }
     mutating func encode<T: Encodable>(_ value: T, forKey key: Key) throws {
         try put(value, into: node.member(key.stringValue), codingPath: codingPath + [key])
     }
 
-    mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type, forKey key: Key) -> KeyedEncodingContainer<NestedKey> {
+    mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type, forKey key: Key)
+        -> KeyedEncodingContainer<NestedKey>
+    {
         let child = node.member(key.stringValue)
         child.ensureObject()
         return KeyedEncodingContainer(KeyedContainer<NestedKey>(node: child, codingPath: codingPath + [key]))
@@ -144,7 +150,9 @@ private struct KeyedContainer<Key: CodingKey>: KeyedEncodingContainerProtocol {
     }
 
     mutating func superEncoder() -> any Encoder { EncoderImpl(node: node.member("super"), codingPath: codingPath) }
-    mutating func superEncoder(forKey key: Key) -> any Encoder { EncoderImpl(node: node.member(key.stringValue), codingPath: codingPath + [key]) }
+    mutating func superEncoder(forKey key: Key) -> any Encoder {
+        EncoderImpl(node: node.member(key.stringValue), codingPath: codingPath + [key])
+    }
 }
 
 private struct UnkeyedContainer: UnkeyedEncodingContainer {
@@ -158,7 +166,9 @@ private struct UnkeyedContainer: UnkeyedEncodingContainer {
         try put(value, into: node.appendItem(), codingPath: codingPath + [AnyKey(intValue: index)])
     }
 
-    mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type) -> KeyedEncodingContainer<NestedKey> {
+    mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type) -> KeyedEncodingContainer<
+        NestedKey
+    > {
         let child = node.appendItem()
         child.ensureObject()
         return KeyedEncodingContainer(KeyedContainer<NestedKey>(node: child, codingPath: codingPath))

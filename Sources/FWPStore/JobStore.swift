@@ -96,10 +96,14 @@ public final class JobStore: Sendable {
     /// (`created` false). The key's uniqueness is enforced by the database. A new job comes with
     /// its first event (`queued`), to be published.
     public func submit(
-        task: String, preset: String?, parameters: [String: JSONValue], priority: Int, idempotencyKey: String?, maxAttempts: Int
+        task: String, preset: String?, parameters: [String: JSONValue], priority: Int, idempotencyKey: String?,
+        maxAttempts: Int
     ) throws -> (job: JobInfo, created: Bool, event: JobEvent?) {
         try pool.write { db in
-            if let key = idempotencyKey, let row = try Row.fetchOne(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE idempotency_key = ?"), arguments: [key]) {
+            if let key = idempotencyKey,
+                let row = try Row.fetchOne(
+                    try db.cachedStatement(sql: "SELECT * FROM jobs WHERE idempotency_key = ?"), arguments: [key])
+            {
                 return (try Self.job(row), false, nil)
             }
             let params = JSONValue.object(parameters).jsonText
@@ -110,8 +114,13 @@ public final class JobStore: Sendable {
                     """
             ).execute(arguments: [task, preset, params, priority, maxAttempts, idempotencyKey, Self.now()])
             let id = db.lastInsertedRowID
-            let event = try Self.appendEvent(db, job: id, JobEvent(job: id, seq: 0, time: Self.now(), kind: "state", state: .queued))
-            return (try Self.job(Row.fetchOne(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE id = ?"), arguments: [id])!), true, event)
+            let event = try Self.appendEvent(
+                db, job: id, JobEvent(job: id, seq: 0, time: Self.now(), kind: "state", state: .queued))
+            return (
+                try Self.job(
+                    Row.fetchOne(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE id = ?"), arguments: [id])!),
+                true, event
+            )
         }
     }
 
@@ -122,7 +131,8 @@ public final class JobStore: Sendable {
         let (hit, generation) = cache.withLock { ($0.jobs[id], $0.generation) }
         if let hit { return hit }
         let job = try pool.unsafeRead { db in
-            try Row.fetchOne(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE id = ?"), arguments: [id]).map(Self.job)
+            try Row.fetchOne(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE id = ?"), arguments: [id]).map(
+                Self.job)
         }
         if let job {
             cache.withLock {
@@ -139,9 +149,13 @@ public final class JobStore: Sendable {
         try pool.unsafeRead { db in
             let rows: [Row]
             if let state {
-                rows = try Row.fetchAll(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE state = ? AND id > ? ORDER BY id LIMIT ?"), arguments: [state.rawValue, after, limit])
+                rows = try Row.fetchAll(
+                    try db.cachedStatement(sql: "SELECT * FROM jobs WHERE state = ? AND id > ? ORDER BY id LIMIT ?"),
+                    arguments: [state.rawValue, after, limit])
             } else {
-                rows = try Row.fetchAll(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE id > ? ORDER BY id LIMIT ?"), arguments: [after, limit])
+                rows = try Row.fetchAll(
+                    try db.cachedStatement(sql: "SELECT * FROM jobs WHERE id > ? ORDER BY id LIMIT ?"),
+                    arguments: [after, limit])
             }
             return try rows.map(Self.job)
         }
@@ -150,7 +164,9 @@ public final class JobStore: Sendable {
     public func counts() throws -> [JobState: Int] {
         try pool.unsafeRead { db in
             var out: [JobState: Int] = [:]
-            for row in try Row.fetchAll(try db.cachedStatement(sql: "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")) {
+            for row in try Row.fetchAll(
+                try db.cachedStatement(sql: "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"))
+            {
                 if let s = JobState(rawValue: row["state"]) { out[s] = row["n"] }
             }
             return out
@@ -172,7 +188,9 @@ public final class JobStore: Sendable {
             else { return nil }
             let job = try Self.job(row)
             let e = try Self.appendEvent(
-                db, job: job.id, JobEvent(job: job.id, seq: 0, time: now, kind: "state", state: .running, message: "attempt \(job.attempt)"))
+                db, job: job.id,
+                JobEvent(
+                    job: job.id, seq: 0, time: now, kind: "state", state: .running, message: "attempt \(job.attempt)"))
             return (job, e)
         }
         if let id = claimed?.0.id { invalidate(id) }
@@ -182,7 +200,8 @@ public final class JobStore: Sendable {
     /// Extends the lease of a running job.
     public func heartbeat(_ id: Int64, leaseSeconds: Double) throws {
         try pool.write { db in
-            try db.cachedStatement(sql: "UPDATE jobs SET lease_until = ? WHERE id = ? AND state = 'running'").execute(arguments: [Self.now() + leaseSeconds, id])
+            try db.cachedStatement(sql: "UPDATE jobs SET lease_until = ? WHERE id = ? AND state = 'running'").execute(
+                arguments: [Self.now() + leaseSeconds, id])
         }
     }
 
@@ -195,8 +214,11 @@ public final class JobStore: Sendable {
                 sql: """
                     UPDATE jobs SET state = ?, finished_at = ?, lease_until = NULL, result = ?, error_code = ?, error_message = ?
                     WHERE id = ?
-                    """, arguments: [state.rawValue, Self.now(), result?.jsonText, error?.code.rawValue, error?.message, id])
-            return try Self.appendEvent(db, job: id, JobEvent(job: id, seq: 0, time: Self.now(), kind: "state", state: state, result: result, error: error))
+                    """,
+                arguments: [state.rawValue, Self.now(), result?.jsonText, error?.code.rawValue, error?.message, id])
+            return try Self.appendEvent(
+                db, job: id,
+                JobEvent(job: id, seq: 0, time: Self.now(), kind: "state", state: state, result: result, error: error))
         }
     }
 
@@ -204,8 +226,11 @@ public final class JobStore: Sendable {
     public func requeue(_ id: Int64, reason: String) throws -> JobEvent {
         defer { invalidate(id) }
         return try pool.write { db in
-            try db.cachedStatement(sql: "UPDATE jobs SET state = 'queued', lease_until = NULL WHERE id = ?").execute(arguments: [id])
-            return try Self.appendEvent(db, job: id, JobEvent(job: id, seq: 0, time: Self.now(), kind: "state", state: .queued, message: reason))
+            try db.cachedStatement(sql: "UPDATE jobs SET state = 'queued', lease_until = NULL WHERE id = ?").execute(
+                arguments: [id])
+            return try Self.appendEvent(
+                db, job: id, JobEvent(job: id, seq: 0, time: Self.now(), kind: "state", state: .queued, message: reason)
+            )
         }
     }
 
@@ -218,17 +243,25 @@ public final class JobStore: Sendable {
             for row in try Row.fetchAll(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE state = 'running'")) {
                 let job = try Self.job(row)
                 if job.attempt >= job.maxAttempts {
-                    let err = WireError(.attemptsExhausted, "the daemon stopped during attempt \(job.attempt) of \(job.maxAttempts)")
+                    let err = WireError(
+                        .attemptsExhausted, "the daemon stopped during attempt \(job.attempt) of \(job.maxAttempts)")
                     try db.execute(
-                        sql: "UPDATE jobs SET state = 'failed', finished_at = ?, lease_until = NULL, error_code = ?, error_message = ? WHERE id = ?",
+                        sql:
+                            "UPDATE jobs SET state = 'failed', finished_at = ?, lease_until = NULL, error_code = ?, error_message = ? WHERE id = ?",
                         arguments: [Self.now(), err.code.rawValue, err.message, job.id])
-                    events.append(try Self.appendEvent(db, job: job.id, JobEvent(job: job.id, seq: 0, time: Self.now(), kind: "state", state: .failed, error: err)))
-                } else {
-                    try db.cachedStatement(sql: "UPDATE jobs SET state = 'queued', lease_until = NULL WHERE id = ?").execute(arguments: [job.id])
                     events.append(
                         try Self.appendEvent(
                             db, job: job.id,
-                            JobEvent(job: job.id, seq: 0, time: Self.now(), kind: "state", state: .queued, message: "requeued after the daemon stopped unexpectedly")))
+                            JobEvent(job: job.id, seq: 0, time: Self.now(), kind: "state", state: .failed, error: err)))
+                } else {
+                    try db.cachedStatement(sql: "UPDATE jobs SET state = 'queued', lease_until = NULL WHERE id = ?")
+                        .execute(arguments: [job.id])
+                    events.append(
+                        try Self.appendEvent(
+                            db, job: job.id,
+                            JobEvent(
+                                job: job.id, seq: 0, time: Self.now(), kind: "state", state: .queued,
+                                message: "requeued after the daemon stopped unexpectedly")))
                 }
             }
             return events
@@ -240,18 +273,29 @@ public final class JobStore: Sendable {
     public func requestCancel(_ id: Int64) throws -> (JobInfo, JobEvent?)? {
         defer { invalidate(id) }
         return try pool.write { db in
-            guard let row = try Row.fetchOne(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE id = ?"), arguments: [id]) else { return nil }
+            guard
+                let row = try Row.fetchOne(
+                    try db.cachedStatement(sql: "SELECT * FROM jobs WHERE id = ?"), arguments: [id])
+            else { return nil }
             let job = try Self.job(row)
             var event: JobEvent? = nil
             switch job.state {
             case .queued:
-                try db.cachedStatement(sql: "UPDATE jobs SET state = 'cancelled', finished_at = ?, cancel_requested = 1 WHERE id = ?").execute(arguments: [Self.now(), id])
-                event = try Self.appendEvent(db, job: id, JobEvent(job: id, seq: 0, time: Self.now(), kind: "state", state: .cancelled))
+                try db.cachedStatement(
+                    sql: "UPDATE jobs SET state = 'cancelled', finished_at = ?, cancel_requested = 1 WHERE id = ?"
+                ).execute(arguments: [Self.now(), id])
+                event = try Self.appendEvent(
+                    db, job: id, JobEvent(job: id, seq: 0, time: Self.now(), kind: "state", state: .cancelled))
             case .running:
-                try db.cachedStatement(sql: "UPDATE jobs SET cancel_requested = 1 WHERE id = ?").execute(arguments: [id])
+                try db.cachedStatement(sql: "UPDATE jobs SET cancel_requested = 1 WHERE id = ?").execute(arguments: [id]
+                )
             default: break
             }
-            return (try Self.job(Row.fetchOne(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE id = ?"), arguments: [id])!), event)
+            return (
+                try Self.job(
+                    Row.fetchOne(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE id = ?"), arguments: [id])!),
+                event
+            )
         }
     }
 
@@ -265,7 +309,10 @@ public final class JobStore: Sendable {
 
     static func appendEvent(_ db: Database, job: Int64, _ event: JobEvent) throws -> JobEvent {
         try db.cachedStatement(sql: "UPDATE jobs SET last_seq = last_seq + 1 WHERE id = ?").execute(arguments: [job])
-        guard let seq = try Int64.fetchOne(try db.cachedStatement(sql: "SELECT last_seq FROM jobs WHERE id = ?"), arguments: [job]) else {
+        guard
+            let seq = try Int64.fetchOne(
+                try db.cachedStatement(sql: "SELECT last_seq FROM jobs WHERE id = ?"), arguments: [job])
+        else {
             throw WireError(.notFound, "job \(job) does not exist")
         }
         var e = event
@@ -281,35 +328,47 @@ public final class JobStore: Sendable {
     public func eventBodies(job: Int64, after: Int64, limit: Int) throws -> [String] {
         try pool.unsafeRead { db in
             try String.fetchAll(
-                try db.cachedStatement(sql: "SELECT body FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?"),
+                try db.cachedStatement(
+                    sql: "SELECT body FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?"),
                 arguments: [job, after, limit])
         }
     }
 
     // MARK: Checkpoints
 
-    public func addCheckpoint(job: Int64, step: Int, path: String, size: Int64, sha256: String, best: Bool) throws -> CheckpointInfo {
+    public func addCheckpoint(job: Int64, step: Int, path: String, size: Int64, sha256: String, best: Bool) throws
+        -> CheckpointInfo
+    {
         try pool.write { db in
             try db.execute(
-                sql: "INSERT INTO checkpoints (job_id, step, path, size, sha256, best, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                sql:
+                    "INSERT INTO checkpoints (job_id, step, path, size, sha256, best, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 arguments: [job, step, path, size, sha256, best, Self.now()])
-            return CheckpointInfo(id: db.lastInsertedRowID, job: job, step: step, path: path, size: size, sha256: sha256, best: best, createdAt: Self.now())
+            return CheckpointInfo(
+                id: db.lastInsertedRowID, job: job, step: step, path: path, size: size, sha256: sha256, best: best,
+                createdAt: Self.now())
         }
     }
 
     /// A job's checkpoints, newest first.
     public func checkpoints(job: Int64) throws -> [CheckpointInfo] {
         try pool.unsafeRead { db in
-            try Row.fetchAll(try db.cachedStatement(sql: "SELECT * FROM checkpoints WHERE job_id = ? ORDER BY id DESC"), arguments: [job]).map { r in
+            try Row.fetchAll(
+                try db.cachedStatement(sql: "SELECT * FROM checkpoints WHERE job_id = ? ORDER BY id DESC"),
+                arguments: [job]
+            ).map { r in
                 CheckpointInfo(
-                    id: r["id"], job: r["job_id"], step: r["step"], path: r["path"], size: r["size"], sha256: r["sha256"], best: r["best"],
+                    id: r["id"], job: r["job_id"], step: r["step"], path: r["path"], size: r["size"],
+                    sha256: r["sha256"], best: r["best"],
                     createdAt: r["created_at"])
             }
         }
     }
 
     public func deleteCheckpoint(id: Int64) throws {
-        try pool.write { db in try db.cachedStatement(sql: "DELETE FROM checkpoints WHERE id = ?").execute(arguments: [id]) }
+        try pool.write { db in
+            try db.cachedStatement(sql: "DELETE FROM checkpoints WHERE id = ?").execute(arguments: [id])
+        }
     }
 
     // MARK: Rows
@@ -322,9 +381,11 @@ public final class JobStore: Sendable {
         let code: String? = r[15]
         let state = JobState(rawValue: r[5] as String) ?? .failed
         return JobInfo(
-            id: r[0], task: r[1], preset: r[2], parameters: params, priority: r[4], state: state, attempt: r[6], maxAttempts: r[7],
+            id: r[0], task: r[1], preset: r[2], parameters: params, priority: r[4], state: state, attempt: r[6],
+            maxAttempts: r[7],
             idempotencyKey: r[8], createdAt: r[9], startedAt: r[10], finishedAt: r[11],
-            result: resultText.flatMap { try? JSONValue.parse($0) }, error: code.map { WireError(ErrorCode($0), r[16] ?? "") },
+            result: resultText.flatMap { try? JSONValue.parse($0) },
+            error: code.map { WireError(ErrorCode($0), r[16] ?? "") },
             cancelRequested: r[13], lastSeq: r[17])
     }
 }

@@ -22,7 +22,9 @@ public struct CheckpointRetention: Sendable, Equatable {
     public static func stepFileName(_ step: Int) -> String { String(format: "step-%010d.safetensors", step) }
 
     /// Whether `name` is a step checkpoint's file name.
-    public static func isStepFileName(_ name: String) -> Bool { name.hasPrefix("step-") && name.hasSuffix(".safetensors") }
+    public static func isStepFileName(_ name: String) -> Bool {
+        name.hasPrefix("step-") && name.hasSuffix(".safetensors")
+    }
 
     /// Of a run's step checkpoints, newest first, those to delete now.
     public func expired<C: Collection>(newestFirst checkpoints: C) -> [C.Element] { Array(checkpoints.dropFirst(kept)) }

@@ -37,7 +37,9 @@ public struct ParameterSpec: Codable, Equatable, Sendable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case name, type, description, defaultValue = "default", minimum, maximum, choices, optional
+        case name, type, description
+        case defaultValue = "default"
+        case minimum, maximum, choices, optional
     }
 }
 
@@ -101,13 +103,20 @@ extension Array where Element == ParameterSpec {
             switch spec.type {
             case .integer, .number:
                 guard case .number(let n) = value, n.isFinite else {
-                    throw ParameterError(spec.name, "must be a \(spec.type == .integer ? "whole number" : "number"), got \(value.typeName) \(value)")
+                    throw ParameterError(
+                        spec.name,
+                        "must be a \(spec.type == .integer ? "whole number" : "number"), got \(value.typeName) \(value)"
+                    )
                 }
                 if spec.type == .integer && n.rounded() != n {
                     throw ParameterError(spec.name, "must be a whole number, got \(n)")
                 }
-                if let lo = spec.minimum, n < lo { throw ParameterError(spec.name, "must be ≥ \(format(lo)), got \(format(n))") }
-                if let hi = spec.maximum, n > hi { throw ParameterError(spec.name, "must be ≤ \(format(hi)), got \(format(n))") }
+                if let lo = spec.minimum, n < lo {
+                    throw ParameterError(spec.name, "must be ≥ \(format(lo)), got \(format(n))")
+                }
+                if let hi = spec.maximum, n > hi {
+                    throw ParameterError(spec.name, "must be ≤ \(format(hi)), got \(format(n))")
+                }
             case .string, .path:
                 guard case .string(let s) = value else {
                     throw ParameterError(spec.name, "must be a string, got \(value.typeName) \(value)")
@@ -117,7 +126,9 @@ extension Array where Element == ParameterSpec {
                     throw ParameterError(spec.name, "must be one of \(choices.joined(separator: ", ")), got '\(s)'")
                 }
             case .boolean:
-                guard case .bool = value else { throw ParameterError(spec.name, "must be true or false, got \(value.typeName) \(value)") }
+                guard case .bool = value else {
+                    throw ParameterError(spec.name, "must be true or false, got \(value.typeName) \(value)")
+                }
             }
             out[spec.name] = value
         }

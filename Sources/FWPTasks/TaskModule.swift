@@ -101,7 +101,9 @@ public struct ProgressMeter: Sendable {
     }
 
     /// Builds the event for `step` if it is time to emit one.
-    public mutating func event(step: Int, loss: Double, itemsPerStep: Int, metrics: [String: JSONValue] = [:]) -> ProgressEvent? {
+    public mutating func event(step: Int, loss: Double, itemsPerStep: Int, metrics: [String: JSONValue] = [:])
+        -> ProgressEvent?
+    {
         let now = Date()
         guard step == total || now.timeIntervalSince(lastEmit) >= interval else { return nil }
         lastEmit = now
@@ -109,6 +111,8 @@ public struct ProgressMeter: Sendable {
         let done = step - startStep
         let rate = elapsed > 0 && done > 0 ? Double(done * itemsPerStep) / elapsed : nil
         let eta = done > 0 ? elapsed / Double(done) * Double(total - step) : nil
-        return ProgressEvent(kind: "progress", step: step, total: total, loss: loss, metrics: metrics, tokensPerSecond: rate, etaSeconds: eta)
+        return ProgressEvent(
+            kind: "progress", step: step, total: total, loss: loss, metrics: metrics, tokensPerSecond: rate,
+            etaSeconds: eta)
     }
 }

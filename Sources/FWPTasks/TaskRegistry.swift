@@ -50,7 +50,8 @@ public struct PresetError: Error, CustomStringConvertible, Sendable {
 extension TaskRegistry {
     /// Reads every `*.json` in `directory` as a preset and validates it against its module.
     public func loadPresets(from directory: URL) throws -> [String: Preset] {
-        let files = try FileManager.default.contentsOfDirectory(atPath: directory.path).filter { $0.hasSuffix(".json") }.sorted()
+        let files = try FileManager.default.contentsOfDirectory(atPath: directory.path).filter { $0.hasSuffix(".json") }
+            .sorted()
         var presets: [String: Preset] = [:]
         for file in files {
             let url = directory.appendingPathComponent(file)

@@ -105,12 +105,16 @@ public final class ZMQSocket: @unchecked Sendable {
 
     public func setOption(_ option: Int32, _ value: Int32) throws {
         var v = value
-        guard zmq_setsockopt(handle, option, &v, MemoryLayout<Int32>.size) == 0 else { throw ZMQError("setsockopt \(option)") }
+        guard zmq_setsockopt(handle, option, &v, MemoryLayout<Int32>.size) == 0 else {
+            throw ZMQError("setsockopt \(option)")
+        }
     }
 
     public func setOption(_ option: Int32, _ value: Int64) throws {
         var v = value
-        guard zmq_setsockopt(handle, option, &v, MemoryLayout<Int64>.size) == 0 else { throw ZMQError("setsockopt \(option)") }
+        guard zmq_setsockopt(handle, option, &v, MemoryLayout<Int64>.size) == 0 else {
+            throw ZMQError("setsockopt \(option)")
+        }
     }
 
     public func setOption(_ option: Int32, _ value: String) throws {

@@ -16,7 +16,9 @@ final class DirectoryContext: TaskContext, Sendable {
     let printer: ProgressView
     private let cancelled = Mutex(false)
 
-    init(directory: URL, threads: Int, retention: CheckpointRetention = CheckpointRetention(), printer: ProgressView) throws {
+    init(directory: URL, threads: Int, retention: CheckpointRetention = CheckpointRetention(), printer: ProgressView)
+        throws
+    {
         self.directory = directory
         self.threads = threads
         self.retention = retention
@@ -36,7 +38,9 @@ final class DirectoryContext: TaskContext, Sendable {
     /// Step files, newest first.
     func stepFiles() -> [URL] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: checkpoints.path)) ?? []
-        return names.filter(CheckpointRetention.isStepFileName).sorted(by: >).map { checkpoints.appendingPathComponent($0) }
+        return names.filter(CheckpointRetention.isStepFileName).sorted(by: >).map {
+            checkpoints.appendingPathComponent($0)
+        }
     }
 
     func saveCheckpoint(_ data: Data, step: Int, best: Bool) throws {

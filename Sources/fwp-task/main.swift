@@ -92,17 +92,22 @@ case "list":
     say("modules:")
     for n in registry.names { say("  \(n)") }
     say("presets (\(tasksDir)):")
-    for p in presets.values.sorted(by: { $0.name < $1.name }) { say("  \(p.name.padding(toLength: 22, withPad: " ", startingAt: 0)) \(p.module): \(p.description)") }
+    for p in presets.values.sorted(by: { $0.name < $1.name }) {
+        say("  \(p.name.padding(toLength: 22, withPad: " ", startingAt: 0)) \(p.module): \(p.description)")
+    }
 case "show":
     guard positional.count == 1 else { fail(usage) }
     let (module, preset, description) = resolve(positional[0])
     say("\(positional[0]) (module \(module.name)): \(description)\n")
     for s in module.parameters {
         let value = preset[s.name] ?? s.defaultValue
-        var line = "  \(s.name.padding(toLength: 16, withPad: " ", startingAt: 0)) \(s.type.rawValue.padding(toLength: 8, withPad: " ", startingAt: 0))"
+        var line =
+            "  \(s.name.padding(toLength: 16, withPad: " ", startingAt: 0)) \(s.type.rawValue.padding(toLength: 8, withPad: " ", startingAt: 0))"
         line += " = \(value.map { $0.description } ?? (s.optional ? "(unset)" : "(required)"))"
         if let c = s.choices { line += "  {\(c.joined(separator: ", "))}" }
-        if s.minimum != nil || s.maximum != nil { line += "  [\(s.minimum.map { "\($0)" } ?? "")…\(s.maximum.map { "\($0)" } ?? "")]" }
+        if s.minimum != nil || s.maximum != nil {
+            line += "  [\(s.minimum.map { "\($0)" } ?? "")…\(s.maximum.map { "\($0)" } ?? "")]"
+        }
         say(line + "\n      \(s.description)")
     }
 case "run":

@@ -26,9 +26,16 @@ struct Connection {
 
     func curveKeys() throws -> CurveKeyPair? {
         guard let serverKey else { return nil }
-        guard CurveKeyPair.isValidKey(serverKey) else { throw CtlError(message: "server key is not a 40-character Z85 key", code: 2) }
-        guard let keyFile else { throw CtlError(message: "CURVE needs a client key: --key-file or FWPCTL_KEY_FILE (see fwpctl keygen)", code: 2) }
-        guard let secret = try? String(contentsOfFile: keyFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines),
+        guard CurveKeyPair.isValidKey(serverKey) else {
+            throw CtlError(message: "server key is not a 40-character Z85 key", code: 2)
+        }
+        guard let keyFile else {
+            throw CtlError(
+                message: "CURVE needs a client key: --key-file or FWPCTL_KEY_FILE (see fwpctl keygen)", code: 2)
+        }
+        guard
+            let secret = try? String(contentsOfFile: keyFile, encoding: .utf8).trimmingCharacters(
+                in: .whitespacesAndNewlines),
             CurveKeyPair.isValidKey(secret)
         else { throw CtlError(message: "\(keyFile) does not hold a Z85 secret key", code: 2) }
         return CurveKeyPair(publicKey: try CurveKeyPair.publicKey(forSecret: secret), secretKey: secret)
@@ -45,7 +52,9 @@ final class Client {
         self.connection = connection
         context = try ZMQContext()
         socket = try context.socket(.dealer)
-        if let keys = try connection.curveKeys() { try socket.makeCurveClient(serverKey: connection.serverKey!, keys: keys) }
+        if let keys = try connection.curveKeys() {
+            try socket.makeCurveClient(serverKey: connection.serverKey!, keys: keys)
+        }
         try socket.connect(connection.endpoint)
     }
 
@@ -59,7 +68,8 @@ final class Client {
         try socket.send([Array(FWPWire.version.utf8), Array(command.utf8), WireJSON.encode(JSONValue.object(body))])
         guard let frames = try socket.receive(timeoutMilliseconds: Int(connection.timeout * 1000)) else {
             throw CtlError(
-                message: "fwpd is not reachable at \(connection.endpoint) (no reply within \(connection.timeout) s); is it running? (fwpd, or systemctl status fwpd)",
+                message:
+                    "fwpd is not reachable at \(connection.endpoint) (no reply within \(connection.timeout) s); is it running? (fwpd, or systemctl status fwpd)",
                 code: Exit.unreachable)
         }
         guard frames.count >= 3, String(decoding: frames[0], as: UTF8.self) == FWPWire.version else {
@@ -67,7 +77,9 @@ final class Client {
         }
         let status = String(decoding: frames[1], as: UTF8.self)
         if status == "error" {
-            let e = (try? WireJSON.decode(WireError.self, from: frames[2])) ?? WireError(ErrorCode("unknown"), "unreadable error reply")
+            let e =
+                (try? WireJSON.decode(WireError.self, from: frames[2]))
+                ?? WireError(ErrorCode("unknown"), "unreadable error reply")
             throw CtlError(message: "\(e.code): \(e.message)", code: Exit.requestFailed)
         }
         let body = try JSONDecoder().decode(JSONValue.self, from: Data(frames[2]))

@@ -21,7 +21,9 @@ struct ConnectionOptions: ParsableArguments {
     var keyFile = ProcessInfo.processInfo.environment["FWPCTL_KEY_FILE"]
 
     var connection: Connection {
-        Connection(endpoint: endpoint, eventsEndpoint: eventsEndpoint, timeout: timeout, serverKey: serverKey, keyFile: keyFile)
+        Connection(
+            endpoint: endpoint, eventsEndpoint: eventsEndpoint, timeout: timeout, serverKey: serverKey, keyFile: keyFile
+        )
     }
 }
 
@@ -43,7 +45,8 @@ func printJSON(_ v: JSONValue) {
 }
 
 func describe(_ j: JobInfo) -> String {
-    var s = "job \(j.id)  \(j.state.rawValue)  \(j.preset ?? j.task)  priority \(j.priority)  attempt \(j.attempt)/\(j.maxAttempts)"
+    var s =
+        "job \(j.id)  \(j.state.rawValue)  \(j.preset ?? j.task)  priority \(j.priority)  attempt \(j.attempt)/\(j.maxAttempts)"
     if let e = j.error { s += "\n  error \(e.code): \(e.message)" }
     if let r = j.result { s += "\n  result \(r.jsonText)" }
     return s
@@ -54,8 +57,12 @@ struct FWPCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fwpctl",
         abstract: "Talks to fwpd: submit jobs, follow them, manage their checkpoints.",
-        discussion: "Exit codes: 0 ok, 1 request refused, 2 usage, 3 daemon unreachable, 4 job failed, 5 job cancelled.",
-        subcommands: [Submit.self, Status.self, List.self, Tail.self, Cancel.self, Checkpoints.self, Export.self, Tasks.self, Health.self, Metrics.self, Keygen.self])
+        discussion:
+            "Exit codes: 0 ok, 1 request refused, 2 usage, 3 daemon unreachable, 4 job failed, 5 job cancelled.",
+        subcommands: [
+            Submit.self, Status.self, List.self, Tail.self, Cancel.self, Checkpoints.self, Export.self, Tasks.self,
+            Health.self, Metrics.self, Keygen.self,
+        ])
 }
 
 struct Submit: ParsableCommand {
@@ -73,12 +80,16 @@ struct Submit: ParsableCommand {
         try perform {
             var params: [String: JSONValue] = [:]
             for o in overrides {
-                guard let eq = o.firstIndex(of: "="), eq != o.startIndex else { throw CtlError(message: "--set expects key=value, got '\(o)'", code: 2) }
+                guard let eq = o.firstIndex(of: "="), eq != o.startIndex else {
+                    throw CtlError(message: "--set expects key=value, got '\(o)'", code: 2)
+                }
                 let raw = String(o[o.index(after: eq)...])
                 params[String(o[..<eq])] = (try? JSONValue.parse(raw)) ?? .string(raw)
             }
             let client = try Client(options.connection)
-            var body: [String: JSONValue] = ["preset": .string(name), "parameters": .object(params), "priority": .number(Double(priority))]
+            var body: [String: JSONValue] = [
+                "preset": .string(name), "parameters": .object(params), "priority": .number(Double(priority)),
+            ]
             if let key { body["idempotency_key"] = .string(key) }
             if let maxAttempts { body["max_attempts"] = .number(Double(maxAttempts)) }
             var reply: JSONValue
@@ -93,7 +104,9 @@ struct Submit: ParsableCommand {
             if json {
                 printJSON(reply)
             } else {
-                print((reply["created"] == .bool(true) ? "submitted " : "already submitted with this key: ") + describe(job))
+                print(
+                    (reply["created"] == .bool(true) ? "submitted " : "already submitted with this key: ")
+                        + describe(job))
             }
             if tail { try follow(job.id, client: client, options: options.connection, json: json) }
         }
@@ -131,7 +144,9 @@ struct List: ParsableCommand {
             let jobs = try client.decode([JobInfo].self, reply["jobs"] ?? .array([]))
             if jobs.isEmpty { print("no jobs") }
             for j in jobs {
-                print("\(String(j.id).padding(toLength: 6, withPad: " ", startingAt: 0)) \(j.state.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0)) \((j.preset ?? j.task).padding(toLength: 22, withPad: " ", startingAt: 0)) prio \(j.priority)")
+                print(
+                    "\(String(j.id).padding(toLength: 6, withPad: " ", startingAt: 0)) \(j.state.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0)) \((j.preset ?? j.task).padding(toLength: 22, withPad: " ", startingAt: 0)) prio \(j.priority)"
+                )
             }
             if let next = reply["next"]?.doubleValue { print("more: fwpctl list --after \(Int(next))") }
         }
@@ -181,14 +196,17 @@ struct Checkpoints: ParsableCommand {
             let list = try client.decode([CheckpointInfo].self, reply["checkpoints"] ?? .array([]))
             if list.isEmpty { print("job \(job) has no checkpoints") }
             for c in list {
-                print("\(c.id)  step \(c.step)\(c.best ? " (best)" : "")  \(c.size) bytes  sha256 \(c.sha256.prefix(16))…  \(c.path)")
+                print(
+                    "\(c.id)  step \(c.step)\(c.best ? " (best)" : "")  \(c.size) bytes  sha256 \(c.sha256.prefix(16))…  \(c.path)"
+                )
             }
         }
     }
 }
 
 struct Export: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Copy a job's checkpoint (newest, --best, or --checkpoint ID) to a file.")
+    static let configuration = CommandConfiguration(
+        abstract: "Copy a job's checkpoint (newest, --best, or --checkpoint ID) to a file.")
     @OptionGroup var options: ConnectionOptions
     @Argument var job: Int
     @Argument(help: "Output file (.safetensors).") var output: String
@@ -200,7 +218,9 @@ struct Export: ParsableCommand {
             var body: [String: JSONValue] = ["job": .number(Double(job)), "best": .bool(best)]
             if let checkpoint { body["checkpoint"] = .number(Double(checkpoint)) }
             let (reply, data) = try client.call("export", body)
-            guard let data else { throw CtlError(message: "the reply carried no checkpoint data", code: Exit.requestFailed) }
+            guard let data else {
+                throw CtlError(message: "the reply carried no checkpoint data", code: Exit.requestFailed)
+            }
             let tmp = output + ".part"
             guard FileManager.default.createFile(atPath: tmp, contents: Data(data)), rename(tmp, output) == 0 else {
                 throw CtlError(message: "cannot write \(output)", code: Exit.requestFailed)
@@ -233,7 +253,11 @@ struct Tasks: ParsableCommand {
             }
             print("presets:")
             if case .array(let ps) = reply["presets"] ?? .null {
-                for p in ps { print("  \(p["name"]?.stringValue ?? "")  [\(p["module"]?.stringValue ?? "")]  \(p["description"]?.stringValue ?? "")") }
+                for p in ps {
+                    print(
+                        "  \(p["name"]?.stringValue ?? "")  [\(p["module"]?.stringValue ?? "")]  \(p["description"]?.stringValue ?? "")"
+                    )
+                }
             }
         }
     }
@@ -258,7 +282,9 @@ struct Metrics: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Print fwpd's Prometheus metrics.")
     @OptionGroup var options: ConnectionOptions
     func run() throws {
-        try perform { print(try Client(options.connection).call("metrics", [:]).0["text"]?.stringValue ?? "", terminator: "") }
+        try perform {
+            print(try Client(options.connection).call("metrics", [:]).0["text"]?.stringValue ?? "", terminator: "")
+        }
     }
 }
 
@@ -276,7 +302,10 @@ struct Keygen: ParsableCommand {
             }
             let secretPath = out + ".key"
             let fd = open(secretPath, O_WRONLY | O_CREAT | O_EXCL, 0o600)
-            guard fd >= 0 else { throw CtlError(message: "cannot create \(secretPath) (does it exist already?)", code: Exit.requestFailed) }
+            guard fd >= 0 else {
+                throw CtlError(
+                    message: "cannot create \(secretPath) (does it exist already?)", code: Exit.requestFailed)
+            }
             let line = Array((k.secretKey + "\n").utf8)
             _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
             close(fd)

@@ -24,7 +24,9 @@ func follow(_ job: Int64, client: Client, options: Connection, json: Bool) throw
     func fetchHistory() throws {
         var more = true
         while more {
-            let reply = try client.call("events", ["job": .number(Double(job)), "after": .number(Double(lastSeq)), "limit": 1000]).0
+            let reply = try client.call(
+                "events", ["job": .number(Double(job)), "after": .number(Double(lastSeq)), "limit": 1000]
+            ).0
             let events = try client.decode([JobEvent].self, reply["events"] ?? .array([]))
             for e in events where e.seq == lastSeq + 1 {
                 view.show(e)

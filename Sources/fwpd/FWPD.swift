@@ -41,11 +41,16 @@ struct FWPD: AsyncParsableCommand {
             if let file = config ?? env["FWPD_CONFIG"] { try settings.apply(file: file) }
             try settings.apply(environment: env)
             let flags: [(String?, String)] = [
-                (stateDir, "--state-dir"), (requestEndpoint, "--request-endpoint"), (publishEndpoint, "--publish-endpoint"),
-                (workers.map(String.init), "--workers"), (threadsPerJob.map(String.init), "--threads-per-job"), (tasksDir, "--tasks-dir"),
-                (checkpointsKept.map(String.init), "--checkpoints-kept"), (maxAttempts.map(String.init), "--max-attempts"),
-                (maxRequestBytes.map(String.init), "--max-request-bytes"), (curveSecretKeyFile, "--curve-secret-key-file"),
-                (curveAllowedKeysFile, "--curve-allowed-keys-file"), (allowInsecureRemote ? "true" : nil, "--allow-insecure-remote"),
+                (stateDir, "--state-dir"), (requestEndpoint, "--request-endpoint"),
+                (publishEndpoint, "--publish-endpoint"),
+                (workers.map(String.init), "--workers"), (threadsPerJob.map(String.init), "--threads-per-job"),
+                (tasksDir, "--tasks-dir"),
+                (checkpointsKept.map(String.init), "--checkpoints-kept"),
+                (maxAttempts.map(String.init), "--max-attempts"),
+                (maxRequestBytes.map(String.init), "--max-request-bytes"),
+                (curveSecretKeyFile, "--curve-secret-key-file"),
+                (curveAllowedKeysFile, "--curve-allowed-keys-file"),
+                (allowInsecureRemote ? "true" : nil, "--allow-insecure-remote"),
                 (logLevel, "--log-level"), (requestNice.map(String.init), "--request-nice"),
             ]
             try settings.apply(flags: flags.compactMap { v, f in v.map { (f, $0) } })

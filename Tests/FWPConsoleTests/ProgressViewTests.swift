@@ -9,7 +9,9 @@ import Testing
         let e = ProgressEvent(
             kind: "progress", step: 30, total: 120, loss: 2.5, metrics: ["bits_per_byte": 3.25, "best_valid_loss": 1],
             tokensPerSecond: 10512.4, etaSeconds: 3725)
-        #expect(ProgressView.bar(e) == "[######..................] 30/120  loss 2.5000  bits_per_byte 3.25  10512 tok/s  ETA 1:02:05")
+        #expect(
+            ProgressView.bar(e)
+                == "[######..................] 30/120  loss 2.5000  bits_per_byte 3.25  10512 tok/s  ETA 1:02:05")
     }
 
     @Test func eventLinesCarryStateErrorAndResult() {
@@ -19,7 +21,9 @@ import Testing
                 == "[state] failed diverged: loss is nan")
         let eval = ProgressEvent(kind: "eval", step: 100, loss: 1.23456, metrics: ["accuracy": 0.5, "count": 7])
         #expect(ProgressView.line(eval) == "[eval] step 100 loss 1.2346 accuracy 0.5 count 7")
-        #expect(ProgressView.line(ProgressEvent(kind: "state"), state: .succeeded, result: .object(["x": 1])) == "[state] succeeded\nresult: {\"x\":1}")
+        #expect(
+            ProgressView.line(ProgressEvent(kind: "state"), state: .succeeded, result: .object(["x": 1]))
+                == "[state] succeeded\nresult: {\"x\":1}")
     }
 
     @Test func durations() {

@@ -15,14 +15,16 @@ struct Variant: CustomTestStringConvertible, Sendable {
 
     var testDescription: String {
         attention == .softmax
-            ? "softmax" : "\(featureMap)/\(rule.rawValue)/\(normalization.rawValue)" + (chunk.map { "/chunk\($0)" } ?? "")
+            ? "softmax"
+            : "\(featureMap)/\(rule.rawValue)/\(normalization.rawValue)" + (chunk.map { "/chunk\($0)" } ?? "")
     }
 
     var algorithm: FastWeightAlgorithm { chunk.map { .chunkwise($0) } ?? .automatic }
 
     func config(modelSize: Int = 6, heads: Int = 2, headSize: Int = 3, layers: Int = 1) -> LMConfig {
         LMConfig(
-            vocabularySize: 9, modelSize: modelSize, layers: layers, heads: heads, headSize: headSize, feedForwardSize: 10,
+            vocabularySize: 9, modelSize: modelSize, layers: layers, heads: heads, headSize: headSize,
+            feedForwardSize: 10,
             attention: attention, featureMap: FeatureMapKind(name: featureMap)!, updateRule: rule,
             normalization: normalization, initStd: 0.5)
     }
@@ -68,18 +70,25 @@ struct Variant: CustomTestStringConvertible, Sendable {
             var none: AttentionState? = nil
             var rng = FWPRandom(seed: 0)
             return layer.forward(
-                x, batch: batch, steps: steps, p, buffers, state: &none, training: false, rng: &rng, threads: ComputeThreads(2)
+                x, batch: batch, steps: steps, p, buffers, state: &none, training: false, rng: &rng,
+                threads: ComputeThreads(2)
             ).0
         }
         var none: AttentionState? = nil
         var frng = FWPRandom(seed: 0)
         let (_, cache) = layer.forward(
-            x, batch: batch, steps: steps, store, buffers, state: &none, training: false, rng: &frng, threads: ComputeThreads(2))
+            x, batch: batch, steps: steps, store, buffers, state: &none, training: false, rng: &frng,
+            threads: ComputeThreads(2))
         var g = store.zerosLike()
         let dx = layer.backward(r, cache: cache, store, &g, threads: ComputeThreads(2))
-        expectGradient("\(variant.testDescription) x", values: x, analytic: dx, samples: 10) { weightedSum(output($0, store), r) }
+        expectGradient("\(variant.testDescription) x", values: x, analytic: dx, samples: 10) {
+            weightedSum(output($0, store), r)
+        }
         for i in store.values.indices {
-            expectGradient("\(variant.testDescription) \(store.names[i])", values: store.values[i], analytic: g.values[i], samples: 8) {
+            expectGradient(
+                "\(variant.testDescription) \(store.names[i])", values: store.values[i], analytic: g.values[i],
+                samples: 8
+            ) {
                 var s = store
                 s.values[i] = $0
                 return weightedSum(output(x, s), r)
@@ -103,14 +112,17 @@ struct Variant: CustomTestStringConvertible, Sendable {
             rule: .delta, attentionNormalization: normalization == .attention, steps: steps, keySize: dk, valueSize: dv,
             keyStride: dk, valueStride: dv, betaStride: 1)
         func run(_ q: Tensor, _ k: Tensor, _ v: Tensor, _ b: Tensor) -> (Tensor, [Float], [Float], [Float], [Float]) {
-            var y = Tensor(shape: [steps, dv]), w = [Float](repeating: 0, count: dv * dk), z = [Float](repeating: 0, count: dk)
+            var y = Tensor(shape: [steps, dv]), w = [Float](repeating: 0, count: dv * dk),
+                z = [Float](repeating: 0, count: dk)
             var saved = [Float](repeating: 0, count: steps * dv), den = [Float](repeating: 0, count: steps)
             q.withUnsafePointer { pq in
                 k.withUnsafePointer { pk in
                     v.withUnsafePointer { pv in
                         b.withUnsafePointer { pb in
                             y.withUnsafeMutablePointer { py in
-                                kernel.forward(q: pq, k: pk, v: pv, beta: pb, y: py, w: &w, z: &z, saved: &saved, denominators: &den)
+                                kernel.forward(
+                                    q: pq, k: pk, v: pv, beta: pb, y: py, w: &w, z: &z, saved: &saved,
+                                    denominators: &den)
                             }
                         }
                     }
@@ -121,7 +133,8 @@ struct Variant: CustomTestStringConvertible, Sendable {
         let r = randomTensor([steps, dv], seed: 35)
         var (y, w, z, saved, den) = run(q, k, v, beta)
         var dq = Tensor(shape: [steps, dk]), dkT = dq, dvT = Tensor(shape: [steps, dv]), db = Tensor(shape: [steps])
-        var dw = [Float](repeating: 0, count: dv * dk), dz = [Float](repeating: 0, count: dk), scratch = [Float](repeating: 0, count: dv)
+        var dw = [Float](repeating: 0, count: dv * dk), dz = [Float](repeating: 0, count: dk),
+            scratch = [Float](repeating: 0, count: dv)
         r.withUnsafePointer { pr in
             y.withUnsafePointer { py in
                 q.withUnsafePointer { pq in
@@ -133,7 +146,8 @@ struct Variant: CustomTestStringConvertible, Sendable {
                                         dvT.withUnsafeMutablePointer { pdv in
                                             db.withUnsafeMutablePointer { pdb in
                                                 kernel.backward(
-                                                    dy: pr, y: py, q: pq, k: pk, v: pv, beta: pb, saved: saved, denominators: den,
+                                                    dy: pr, y: py, q: pq, k: pk, v: pv, beta: pb, saved: saved,
+                                                    denominators: den,
                                                     w: &w, z: &z, dw: &dw, dzAccumulator: &dz, scratch: &scratch,
                                                     dq: pdq, dk: pdk, dv: pdv, dbeta: pdb)
                                             }
@@ -157,7 +171,8 @@ struct Variant: CustomTestStringConvertible, Sendable {
     /// per-coordinate samples of a few tensors.
     @Test(arguments: [
         Variant(attention: .softmax), Variant(featureMap: "elu", rule: .sum, normalization: .sum),
-        Variant(featureMap: "dpfp-2", rule: .delta, normalization: .sum), Variant(featureMap: "favor-3", rule: .delta, normalization: .attention),
+        Variant(featureMap: "dpfp-2", rule: .delta, normalization: .sum),
+        Variant(featureMap: "favor-3", rule: .delta, normalization: .attention),
         Variant(featureMap: "elu", rule: .sum, normalization: .attention),
         Variant(featureMap: "dpfp-2", rule: .delta, normalization: .sum, chunk: 4),
     ])
@@ -178,13 +193,19 @@ struct Variant: CustomTestStringConvertible, Sendable {
             var rng = FWPRandom(seed: 99)  // the same dropout masks and FAVOR+ draws every time
             // The training loss as lossAndGradients defines it (the batch split into shards, each
             // with its own dropout stream); only its value is used here.
-            return m.lossAndGradients(tokens: tokens, targets: targets, batch: 2, state: &none, training: true, rng: &rng).loss
+            return m.lossAndGradients(
+                tokens: tokens, targets: targets, batch: 2, state: &none, training: true, rng: &rng
+            ).loss
         }
         var none: ModelState? = nil
         var rng = FWPRandom(seed: 99)
-        let (_, grads) = model.lossAndGradients(tokens: tokens, targets: targets, batch: 2, state: &none, training: true, rng: &rng)
+        let (_, grads) = model.lossAndGradients(
+            tokens: tokens, targets: targets, batch: 2, state: &none, training: true, rng: &rng)
         expectDirectionalDerivative(variant.testDescription, parameters: model.parameters, gradients: grads, loss: loss)
-        for name in ["embedding.weight", "layers.0.attn.qkv.weight", "layers.1.ff.fc1.weight", "layers.0.norm1.weight", "head.bias"] {
+        for name in [
+            "embedding.weight", "layers.0.attn.qkv.weight", "layers.1.ff.fc1.weight", "layers.0.norm1.weight",
+            "head.bias",
+        ] {
             let i = model.parameters.index(of: name)!
             expectGradient(name, values: model.parameters.values[i], analytic: grads.values[i], samples: 4) {
                 var p = model.parameters
@@ -210,7 +231,8 @@ struct Variant: CustomTestStringConvertible, Sendable {
             var none: AttentionState? = nil
             var frng = FWPRandom(seed: 0)
             let (y, cache) = layer.forward(
-                x, batch: batch, steps: steps, store, buffers, state: &none, training: false, rng: &frng, threads: ComputeThreads(2))
+                x, batch: batch, steps: steps, store, buffers, state: &none, training: false, rng: &frng,
+                threads: ComputeThreads(2))
             var g = store.zerosLike()
             let dx = layer.backward(r, cache: cache, store, &g, threads: ComputeThreads(2))
             return (y, dx, g)

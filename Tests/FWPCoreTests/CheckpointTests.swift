@@ -4,16 +4,20 @@ import Testing
 @testable import FWPCore
 
 @Suite struct CheckpointTests {
-    func trained(steps: Int, config: LMConfig = Variant(featureMap: "favor-3", rule: .delta, normalization: .sum).config()) throws
+    func trained(
+        steps: Int, config: LMConfig = Variant(featureMap: "favor-3", rule: .delta, normalization: .sum).config()
+    ) throws
         -> (LanguageModel, AdamW, FWPRandom)
     {
         var model = try LanguageModel(config: config, seed: 1)
-        var opt = AdamW(parameters: model.parameters, schedule: LearningRateSchedule(peak: 1e-2, warmupSteps: 2, totalSteps: 20))
+        var opt = AdamW(
+            parameters: model.parameters, schedule: LearningRateSchedule(peak: 1e-2, warmupSteps: 2, totalSteps: 20))
         var rng = FWPRandom(seed: 2)
         for _ in 0..<steps {
             let x = (0..<12).map { _ in Int(rng.next() % 9) }
             var none: ModelState? = nil
-            let (_, g) = model.lossAndGradients(tokens: x, targets: x.reversed(), batch: 2, state: &none, training: true, rng: &rng)
+            let (_, g) = model.lossAndGradients(
+                tokens: x, targets: x.reversed(), batch: 2, state: &none, training: true, rng: &rng)
             opt.update(&model.parameters, gradients: g)
         }
         return (model, opt, rng)
@@ -29,11 +33,15 @@ import Testing
         #expect(back.optimizer == opt)
         #expect(back.rng == rng)
         #expect(back.extra == ["data.offset": "1234"])
-        #expect(TrainingCheckpoint(model: back.model, optimizer: back.optimizer, rng: back.rng, extra: back.extra).encoded() == data)
+        #expect(
+            TrainingCheckpoint(model: back.model, optimizer: back.optimizer, rng: back.rng, extra: back.extra).encoded()
+                == data)
     }
 
     @Test func tensorNamesAndShapesFollowPyTorch() throws {
-        let model = try LanguageModel(config: LMConfig(vocabularySize: 50, modelSize: 16, layers: 2, heads: 2, headSize: 8, feedForwardSize: 32), seed: 1)
+        let model = try LanguageModel(
+            config: LMConfig(vocabularySize: 50, modelSize: 16, layers: 2, heads: 2, headSize: 8, feedForwardSize: 32),
+            seed: 1)
         let file = try Safetensors.decode(TrainingCheckpoint(model: model).encoded())
         #expect(file["embedding.weight"]?.shape == [50, 16])
         #expect(file["layers.1.attn.qkv.weight"]?.shape == [48, 16])
@@ -49,12 +57,14 @@ import Testing
         let (straight, straightOpt, _) = try trained(steps: 6)
         // Train 3 steps, checkpoint, reload, train 3 more with the restored optimiser and RNG.
         let (half, opt, rng) = try trained(steps: 3)
-        let restored = try TrainingCheckpoint.decode(TrainingCheckpoint(model: half, optimizer: opt, rng: rng).encoded())
+        let restored = try TrainingCheckpoint.decode(
+            TrainingCheckpoint(model: half, optimizer: opt, rng: rng).encoded())
         var model = restored.model, o = restored.optimizer!, r = restored.rng!
         for _ in 0..<3 {
             let x = (0..<12).map { _ in Int(r.next() % 9) }
             var none: ModelState? = nil
-            let (_, g) = model.lossAndGradients(tokens: x, targets: x.reversed(), batch: 2, state: &none, training: true, rng: &r)
+            let (_, g) = model.lossAndGradients(
+                tokens: x, targets: x.reversed(), batch: 2, state: &none, training: true, rng: &r)
             o.update(&model.parameters, gradients: g)
         }
         #expect(model.parameters == straight.parameters)

@@ -51,7 +51,9 @@ import Testing
         let buf = owned.copy
         func zeros(_ n: Int) -> UnsafeMutablePointer<Float> { buf([Float](repeating: 0, count: n)) }
         func nans(_ n: Int) -> UnsafeMutablePointer<Float> { buf([Float](repeating: .nan, count: n)) }
-        func array(_ p: UnsafeMutablePointer<Float>, _ n: Int) -> [Float] { Array(UnsafeBufferPointer(start: p, count: n)) }
+        func array(_ p: UnsafeMutablePointer<Float>, _ n: Int) -> [Float] {
+            Array(UnsafeBufferPointer(start: p, count: n))
+        }
         let pq = buf(q) + h * dk, pk = buf(k) + h * dk, pv = buf(v) + h * dv, pdy = buf(dy) + h * dv
         let pb: UnsafeMutablePointer<Float>? = isDelta ? buf(beta) + h : nil
 
@@ -65,7 +67,8 @@ import Testing
         rec.forward(q: pq, k: pk, v: pv, beta: pb, y: yR + h * dv, w: wR, z: z, saved: saved, denominators: nil)
         let wFinalR = array(wR, dv * dk)
         rec.backward(
-            dy: pdy, y: yR + h * dv, q: pq, k: pk, v: pv, beta: pb, saved: saved, denominators: nil, w: wR, z: z, dw: dwR,
+            dy: pdy, y: yR + h * dv, q: pq, k: pk, v: pv, beta: pb, saved: saved, denominators: nil, w: wR, z: z,
+            dw: dwR,
             dzAccumulator: dz, scratch: scratch, dq: dqR + h * dk, dk: dkR + h * dk, dv: dvR + h * dv,
             dbeta: isDelta ? dbR + h : nil, seeded: true)
 
@@ -119,7 +122,8 @@ import Testing
     @Test(
         .enabled(if: BLAS.smallKernel && VectorKernels.enabled),
         arguments: [
-            (UpdateRule.delta, 64, 16, 32, 32), (.delta, 37, 16, 32, 32), (.delta, 37, 8, 12, 9), (.delta, 48, 16, 16, 24),
+            (UpdateRule.delta, 64, 16, 32, 32), (.delta, 37, 16, 32, 32), (.delta, 37, 8, 12, 9),
+            (.delta, 48, 16, 16, 24),
             (.sum, 37, 16, 32, 32), (.sum, 37, 8, 12, 9),
         ])
     func nativeLoopsMatchTheSwiftLoopsBitForBit(_ rule: UpdateRule, _ T: Int, _ chunk: Int, _ dk: Int, _ dv: Int) {
@@ -132,7 +136,9 @@ import Testing
         let isDelta = rule == .delta
         let owned = OwnedBuffers()
         let buf = owned.copy
-        func array(_ p: UnsafeMutablePointer<Float>, _ n: Int) -> [Float] { Array(UnsafeBufferPointer(start: p, count: n)) }
+        func array(_ p: UnsafeMutablePointer<Float>, _ n: Int) -> [Float] {
+            Array(UnsafeBufferPointer(start: p, count: n))
+        }
         func run(native: Bool) -> [[Float]] {
             var ch = ChunkwiseKernel(
                 rule: rule, chunkSize: chunk, steps: T, keySize: dk, valueSize: dv, keyStride: ks, valueStride: vs,
@@ -148,7 +154,8 @@ import Testing
                 q: buf(q) + h * dk, k: buf(k) + h * dk, v: buf(v) + h * dv, beta: pb, y: y + h * dv, w: w, saved: saved,
                 scratch: buf([Float](repeating: .nan, count: ch.scratchCount)))
             ch.backward(
-                dy: buf(dy) + h * dv, q: buf(q) + h * dk, k: buf(k) + h * dk, v: buf(v) + h * dv, beta: pb, saved: saved,
+                dy: buf(dy) + h * dv, q: buf(q) + h * dk, k: buf(k) + h * dk, v: buf(v) + h * dv, beta: pb,
+                saved: saved,
                 dw: dw, scratch: buf([Float](repeating: .nan, count: ch.scratchCount)), dq: dq + h * dk,
                 dk: dkO + h * dk, dv: dvO + h * dv, dbeta: isDelta ? db + h : nil, seeded: true)
             return [
@@ -205,7 +212,8 @@ import Testing
                 betaStride: heads, featureMapped: true)
             let saved = buf([Float](repeating: .nan, count: ch.packedSavedCount))
             forwardKernel.forwardPacked(
-                q: buf(q) + h * d, k: buf(k) + h * d, v: buf(v) + h * d, beta: pb, y: buf([Float](repeating: 0, count: T * ks)) + h * d,
+                q: buf(q) + h * d, k: buf(k) + h * d, v: buf(v) + h * d, beta: pb,
+                y: buf([Float](repeating: 0, count: T * ks)) + h * d,
                 w: buf([Float](repeating: 0, count: d * d)), saved: saved,
                 scratch: buf([Float](repeating: .nan, count: ch.scratchCount)))
             let os = outputStride ?? ks, n = T * os
@@ -247,16 +255,21 @@ import Testing
         let isDelta = rule == .delta
         let owned = OwnedBuffers()
         let buf = owned.copy
-        func array(_ p: UnsafeMutablePointer<Float>, _ n: Int) -> [Float] { Array(UnsafeBufferPointer(start: p, count: n)) }
+        func array(_ p: UnsafeMutablePointer<Float>, _ n: Int) -> [Float] {
+            Array(UnsafeBufferPointer(start: p, count: n))
+        }
         let pb: UnsafeMutablePointer<Float>? = isDelta ? buf(beta) + h : nil
         func kernel(_ mapped: Bool) -> ChunkwiseKernel {
             ChunkwiseKernel(
                 rule: rule, chunkSize: 16, steps: T, keySize: d, valueSize: dv, keyStride: ks, valueStride: vs,
                 betaStride: heads, featureMapped: mapped)
         }
-        func run(_ mapped: Bool, q: [Float], k: [Float]) -> (y: [Float], w: [Float], dq: [Float], dk: [Float], dv: [Float], dw: [Float]) {
+        func run(_ mapped: Bool, q: [Float], k: [Float]) -> (
+            y: [Float], w: [Float], dq: [Float], dk: [Float], dv: [Float], dw: [Float]
+        ) {
             let ch = kernel(mapped)
-            let y = buf([Float](repeating: 0, count: T * vs)), w = buf(w0), saved = buf([Float](repeating: .nan, count: ch.packedSavedCount))
+            let y = buf([Float](repeating: 0, count: T * vs)), w = buf(w0),
+                saved = buf([Float](repeating: .nan, count: ch.packedSavedCount))
             let dq = buf([Float](repeating: 0, count: T * ks)), dk = buf([Float](repeating: 0, count: T * ks))
             let dvO = buf([Float](repeating: 0, count: T * vs)), db = buf([Float](repeating: 0, count: T * heads))
             let dw = buf([Float](repeating: 0, count: dv * d))
@@ -264,10 +277,14 @@ import Testing
                 q: buf(q) + h * d, k: buf(k) + h * d, v: buf(v) + h * dv, beta: pb, y: y + h * dv, w: w, saved: saved,
                 scratch: buf([Float](repeating: .nan, count: ch.scratchCount)))
             ch.backwardPacked(
-                dy: buf(dy) + h * dv, beta: pb, saved: saved, dw: dw, scratch: buf([Float](repeating: .nan, count: ch.scratchCount)),
+                dy: buf(dy) + h * dv, beta: pb, saved: saved, dw: dw,
+                scratch: buf([Float](repeating: .nan, count: ch.scratchCount)),
                 dq: dq + h * d, dk: dk + h * d, dv: dvO + h * dv, dbeta: isDelta ? db + h : nil,
                 packed: buf([Float](repeating: .nan, count: ch.packedCount)))
-            return (array(y, T * vs), array(w, dv * d), array(dq, T * ks), array(dk, T * ks), array(dvO, T * vs), array(dw, dv * d))
+            return (
+                array(y, T * vs), array(w, dv * d), array(dq, T * ks), array(dk, T * ks), array(dvO, T * vs),
+                array(dw, dv * d)
+            )
         }
         let fused = run(true, q: qRaw, k: kRaw)
         // Separately: the feature map over all rows, the plain packed kernel, the map's backward.
@@ -276,10 +293,12 @@ import Testing
         let (_, kF, kS) = SumNormalization.eluPlusOneForward(kT, native: true)
         let plain = run(false, q: qF.elements, k: kF.elements)
         let dqRaw = SumNormalization.eluPlusOneBackward(
-            Tensor(shape: [T * heads, d], storage: plain.dq), input: qT, phi: Tensor(shape: [0, d]), output: qF, sums: qS,
+            Tensor(shape: [T * heads, d], storage: plain.dq), input: qT, phi: Tensor(shape: [0, d]), output: qF,
+            sums: qS,
             native: true)
         let dkRaw = SumNormalization.eluPlusOneBackward(
-            Tensor(shape: [T * heads, d], storage: plain.dk), input: kT, phi: Tensor(shape: [0, d]), output: kF, sums: kS,
+            Tensor(shape: [T * heads, d], storage: plain.dk), input: kT, phi: Tensor(shape: [0, d]), output: kF,
+            sums: kS,
             native: true)
         #expect(fused.y == plain.y && fused.w == plain.w && fused.dv == plain.dv && fused.dw == plain.dw)
         // Rows of the other head: untouched by the fused kernel, zero gradients through the map.

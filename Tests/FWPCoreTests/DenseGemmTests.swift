@@ -20,7 +20,8 @@ import Testing
     static let engines: [Engine] = amxSupported ? [.avx512, .amx] : [.avx512]
 
     enum Engine: Int32, CustomStringConvertible, Sendable {
-        case avx512 = 0, amx = 1
+        case avx512 = 0
+        case amx = 1
         var description: String { self == .amx ? "AMX" : "AVX-512" }
 
         /// Runs body with the calling thread's dense products on this engine (where the kernel
@@ -45,7 +46,10 @@ import Testing
                 for flags in 0..<4 {
                     let k = depths[Int(rng.next() % UInt64(depths.count))]
                     let (alpha, beta): (Float, Float) = [(1, 0), (1, 1), (-1, 1), (-0.5, 2)][Int(rng.next() % 4)]
-                    out.append(Case(m: m, n: n, k: k, transposeA: flags & 1 != 0, transposeB: flags & 2 != 0, alpha: alpha, beta: beta))
+                    out.append(
+                        Case(
+                            m: m, n: n, k: k, transposeA: flags & 1 != 0, transposeB: flags & 2 != 0, alpha: alpha,
+                            beta: beta))
                 }
             }
         }
@@ -56,7 +60,8 @@ import Testing
     static func run(_ c: Case, _ rng: inout FWPRandom) -> Double {
         float64ProductError(c, &rng) { a, lda, b, ldb, out, ldc in
             fwp_dense_sgemm(
-                c.transposeA ? 1 : 0, c.transposeB ? 1 : 0, Int32(c.m), Int32(c.n), Int32(c.k), c.alpha, a, Int32(lda), b,
+                c.transposeA ? 1 : 0, c.transposeB ? 1 : 0, Int32(c.m), Int32(c.n), Int32(c.k), c.alpha, a, Int32(lda),
+                b,
                 Int32(ldb), c.beta, out, Int32(ldc))
         }
     }
@@ -101,8 +106,12 @@ import Testing
         var rng = FWPRandom(seed: 27)
         let (m, n) = (48, 40)
         // Significands with every bit set somewhere, over a wide range of exponents.
-        let a = (0..<m).map { _ in Float(rng.normal()) * Float(sign: .plus, exponent: Int(rng.next() % 40) - 20, significand: 1) }
-        let b = (0..<n).map { _ in Float(rng.normal()) * Float(sign: .plus, exponent: Int(rng.next() % 40) - 20, significand: 1) }
+        let a = (0..<m).map { _ in
+            Float(rng.normal()) * Float(sign: .plus, exponent: Int(rng.next() % 40) - 20, significand: 1)
+        }
+        let b = (0..<n).map { _ in
+            Float(rng.normal()) * Float(sign: .plus, exponent: Int(rng.next() % 40) - 20, significand: 1)
+        }
         var c = [Float](repeating: .nan, count: m * n)
         Engine.amx.run { fwp_dense_sgemm(0, 0, Int32(m), Int32(n), 1, 1, a, 1, b, Int32(n), 0, &c, Int32(n)) }
         var worst = 0.0
@@ -124,7 +133,9 @@ import Testing
             a[3 * k + 7] = poison
             let b = [Float](repeating: 0.25, count: k * n)
             var c = [Float](repeating: .nan, count: m * n)
-            engine.run { fwp_dense_sgemm(0, 0, Int32(m), Int32(n), Int32(k), 1, a, Int32(k), b, Int32(n), 0, &c, Int32(n)) }
+            engine.run {
+                fwp_dense_sgemm(0, 0, Int32(m), Int32(n), Int32(k), 1, a, Int32(k), b, Int32(n), 0, &c, Int32(n))
+            }
             for i in 0..<m {
                 for j in 0..<n {
                     let v = c[i * n + j]
@@ -137,7 +148,11 @@ import Testing
             }
         }
         var c = [Float](repeating: 3, count: m * n)
-        engine.run { fwp_dense_sgemm(0, 0, Int32(m), Int32(n), 0, 1, [Float](repeating: 1, count: m), 1, [Float](repeating: 1, count: n), Int32(n), 0.5, &c, Int32(n)) }
+        engine.run {
+            fwp_dense_sgemm(
+                0, 0, Int32(m), Int32(n), 0, 1, [Float](repeating: 1, count: m), 1, [Float](repeating: 1, count: n),
+                Int32(n), 0.5, &c, Int32(n))
+        }
         #expect(c.allSatisfy { $0 == 1.5 }, "\(engine): k = 0 must leave beta · C")
     }
 
@@ -160,7 +175,9 @@ import Testing
     /// BLAS.linear (the dense kernel's bias and ReLU epilogue, or the product and a second pass)
     /// against float64: y = [y +] x Wᵀ + b, then ReLU; both sizes the dense kernel takes and not,
     /// and one it splits into column chunks (600 columns at depth 512).
-    @Test(arguments: [(37, 70, 45), (200, 388, 128), (5, 20, 7), (40, 600, 512)], [(false, false), (true, false), (false, true), (true, true)])
+    @Test(
+        arguments: [(37, 70, 45), (200, 388, 128), (5, 20, 7), (40, 600, 512)],
+        [(false, false), (true, false), (false, true), (true, true)])
     func linearAddsBiasAndReLU(shape: (Int, Int, Int), flags: (Bool, Bool)) {
         for engine in Self.engines { Self.checkLinear(engine: engine, shape: shape, flags: flags) }
     }
@@ -270,7 +287,9 @@ import Testing
     /// qualifies, and the result is OpenBLAS's to float32 rounding either way.
     @Test func dispatchAgreesWithOpenBLAS() {
         var rng = FWPRandom(seed: 24)
-        let off = ProcessInfo.processInfo.environment["FWP_DENSE_GEMM"] == "0" || ProcessInfo.processInfo.environment["FWP_AVX512"] == "0"
+        let off =
+            ProcessInfo.processInfo.environment["FWP_DENSE_GEMM"] == "0"
+            || ProcessInfo.processInfo.environment["FWP_AVX512"] == "0"
             || !Self.kernelSupported
         #expect(BLAS.denseKernel == !off)
         // AMX only on request (FWP_AMX=1), where the CPU and OS provide it.
@@ -280,7 +299,8 @@ import Testing
         #expect(!BLAS.usesDenseKernel(transposeA: false, m: 1024, n: 1024, k: BLAS.denseKernelMaximumDepth + 1))
         #expect(BLAS.usesDenseKernel(transposeA: true, m: 1024, n: 1024, k: 4096) == !off)
         for (m, n, k) in [(200, 150, 140), (BLAS.denseKernelMinimumRows - 1, 150, 140)] {
-            #expect(BLAS.usesDenseKernel(transposeA: false, m: m, n: n, k: k) == (!off && m >= BLAS.denseKernelMinimumRows))
+            #expect(
+                BLAS.usesDenseKernel(transposeA: false, m: m, n: n, k: k) == (!off && m >= BLAS.denseKernelMinimumRows))
             let a = Tensor.normal(shape: [m, k], std: 1, using: &rng)
             let b = Tensor.normal(shape: [n, k], std: 1, using: &rng)
             let diff = dispatchDifferenceFromOpenBLAS(a, b)

@@ -35,7 +35,8 @@ import Testing
             k.withUnsafePointer { pk in
                 v.withUnsafePointer { pv in
                     y.withUnsafeMutablePointer { py in
-                        kernel.forward(q: pq, k: pk, v: pv, beta: nil, y: py, w: &w, z: &z, saved: nil, denominators: &den)
+                        kernel.forward(
+                            q: pq, k: pk, v: pv, beta: nil, y: py, w: &w, z: &z, saved: nil, denominators: &den)
                     }
                 }
             }
@@ -63,7 +64,8 @@ import Testing
         for t in 0..<steps {
             let logits = model.step(tokens: [tokens[t], tokens[steps + t]], state: &state)
             for b in 0..<batch {
-                let expected = Tensor(shape: [9], storage: Array(parallel.storage[((b * steps + t) * 9)..<((b * steps + t) * 9 + 9)]))
+                let expected = Tensor(
+                    shape: [9], storage: Array(parallel.storage[((b * steps + t) * 9)..<((b * steps + t) * 9 + 9)]))
                 let got = Tensor(shape: [9], storage: Array(logits.storage[(b * 9)..<(b * 9 + 9)]))
                 let err = maxRelativeError(got, expected, floor: 1e-2)
                 #expect(err < 1e-4, "\(variant.testDescription): step \(t), sequence \(b): relative error \(err)")
@@ -94,7 +96,8 @@ import Testing
     /// The training backward pass with a carried initial state still matches finite differences
     /// (gradients stop at the carried state; the reverse walk must end at it).
     @Test func gradientsWithCarriedState() throws {
-        var config = Variant(featureMap: "elu", rule: .delta, normalization: .sum).config(modelSize: 8, heads: 2, headSize: 4, layers: 1)
+        var config = Variant(featureMap: "elu", rule: .delta, normalization: .sum).config(
+            modelSize: 8, heads: 2, headSize: 4, layers: 1)
         config.initStd = 0.4
         let model = try LanguageModel(config: config, seed: 8)
         var warm: ModelState? = model.initialState(batch: 1)
@@ -108,7 +111,8 @@ import Testing
             return m.loss(tokens: tokens, targets: targets, batch: 1, state: &s)
         }
         var s = warm
-        let (_, grads) = model.lossAndGradients(tokens: tokens, targets: targets, batch: 1, state: &s, training: false, rng: &rng)
+        let (_, grads) = model.lossAndGradients(
+            tokens: tokens, targets: targets, batch: 1, state: &s, training: false, rng: &rng)
         expectDirectionalDerivative("carried", parameters: model.parameters, gradients: grads, loss: loss)
     }
 

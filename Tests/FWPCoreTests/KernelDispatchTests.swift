@@ -23,7 +23,8 @@ import Testing
         let flags = cpuFlags
         try #require(!flags.isEmpty, "no /proc/cpuinfo")
         let avx2 = flags.contains("avx2") && flags.contains("fma")
-        let avx512 = avx2 && ["avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"].allSatisfy { flags.contains($0) }
+        let avx512 =
+            avx2 && ["avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"].allSatisfy { flags.contains($0) }
         let expected = avx512 ? 3 : avx2 ? 2 : flags.contains("avx") ? 1 : 0
         #expect(KernelDispatch.vectorLevel == expected)
     }

@@ -130,8 +130,10 @@ import Testing
     @Test func crossEntropyIgnoresNegativeTargets() {
         let logits = randomTensor([3, 5], seed: 12)
         let (all, _) = CrossEntropy.lossAndGradient(logits: logits, targets: [1, -1, 2])
-        let (first, _) = CrossEntropy.lossAndGradient(logits: Tensor(shape: [1, 5], storage: Array(logits.storage[0..<5])), targets: [1])
-        let (third, _) = CrossEntropy.lossAndGradient(logits: Tensor(shape: [1, 5], storage: Array(logits.storage[10..<15])), targets: [2])
+        let (first, _) = CrossEntropy.lossAndGradient(
+            logits: Tensor(shape: [1, 5], storage: Array(logits.storage[0..<5])), targets: [1])
+        let (third, _) = CrossEntropy.lossAndGradient(
+            logits: Tensor(shape: [1, 5], storage: Array(logits.storage[10..<15])), targets: [2])
         #expect(abs(all - (first + third) / 2) < 1e-6)
     }
 
@@ -141,7 +143,8 @@ import Testing
         let map = FeatureMap(kind, inputSize: 4)
         let x = randomTensor([3, 4], seed: 13)
         var rng = FWPRandom(seed: 14)
-        let projection: Tensor? = if case .favor(let m) = kind { .normal(shape: [m, 4], std: 0.7, using: &rng) } else { nil }
+        let projection: Tensor? =
+            if case .favor(let m) = kind { .normal(shape: [m, 4], std: 0.7, using: &rng) } else { nil }
         let y = map.forward(x, projection: projection)
         #expect(y.shape == [3, kind.outputSize(inputSize: 4)])
         let r = randomTensor(y.shape, seed: 15)
@@ -158,7 +161,9 @@ import Testing
         for r in 0..<3 { #expect(abs((0..<6).reduce(Float(0)) { $0 + y[r, $1] } - 1) < 1e-5) }
         let rr = randomTensor([3, 6], seed: 17)
         let dx = SumNormalization.backward(rr, output: y, sums: sums)
-        expectGradient("x", values: x, analytic: dx, samples: 18, eps: 1e-3) { weightedSum(SumNormalization.forward($0).0, rr) }
+        expectGradient("x", values: x, analytic: dx, samples: 18, eps: 1e-3) {
+            weightedSum(SumNormalization.forward($0).0, rr)
+        }
     }
 }
 
@@ -171,13 +176,15 @@ import Testing
         let one = ComputeThreads(1), three = ComputeThreads(3)
         let phi1 = map.forward(x, threads: one), phi3 = map.forward(x, threads: three)
         #expect(phi1.storage == phi3.storage)
-        #expect(map.backward(dy, input: x, output: phi1, threads: one).storage
-            == map.backward(dy, input: x, output: phi1, threads: three).storage)
+        #expect(
+            map.backward(dy, input: x, output: phi1, threads: one).storage
+                == map.backward(dy, input: x, output: phi1, threads: three).storage)
         let (n1, s1) = SumNormalization.forward(phi1, threads: one)
         let (n3, s3) = SumNormalization.forward(phi1, threads: three)
         #expect(n1.storage == n3.storage && s1 == s3)
-        #expect(SumNormalization.backward(dy, output: n1, sums: s1, threads: one).storage
-            == SumNormalization.backward(dy, output: n1, sums: s1, threads: three).storage)
+        #expect(
+            SumNormalization.backward(dy, output: n1, sums: s1, threads: one).storage
+                == SumNormalization.backward(dy, output: n1, sums: s1, threads: three).storage)
         // And the normalised rows sum to one (up to ε), so the parallel path wrote every row.
         for r in [0, 517, 1036] {
             let sum = (0..<16).reduce(Float(0)) { $0 + n3[r, $1] }

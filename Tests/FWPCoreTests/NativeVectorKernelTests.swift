@@ -22,7 +22,8 @@ struct NativeVectorKernelTests {
             let x = (0..<(rows * width)).map { i in Float(rng.normal() * 6) - (i / width == 2 ? 50 : 0) }
             let targets = (0..<rows).map { r in r == 4 ? -1 : Int(rng.next() % UInt64(width)) }
             let logits = Tensor(shape: [rows, width], storage: x)
-            let (loss, grad) = CrossEntropy.lossAndGradient(logits: logits, targets: targets, normalizer: 7, native: true)
+            let (loss, grad) = CrossEntropy.lossAndGradient(
+                logits: logits, targets: targets, normalizer: 7, native: true)
             var total = 0.0
             for r in 0..<rows {
                 let row = x[(r * width)..<((r + 1) * width)].map(Double.init)
@@ -39,11 +40,14 @@ struct NativeVectorKernelTests {
                 }
                 if targets[r] >= 0 { total += Foundation.log(sum) + m - row[targets[r]] }
             }
-            #expect(abs(loss - total / 7) <= 1e-5 * abs(total / 7) + 1e-6, "width \(width): loss \(loss), expected \(total / 7)")
+            #expect(
+                abs(loss - total / 7) <= 1e-5 * abs(total / 7) + 1e-6,
+                "width \(width): loss \(loss), expected \(total / 7)")
         }
         // NaN logits give a NaN loss.
         let (nanLoss, _) = CrossEntropy.lossAndGradient(
-            logits: Tensor(shape: [1, 20], storage: (0..<20).map { $0 == 7 ? .nan : Float($0) }), targets: [3], native: true)
+            logits: Tensor(shape: [1, 20], storage: (0..<20).map { $0 == 7 ? .nan : Float($0) }), targets: [3],
+            native: true)
         #expect(nanLoss.isNaN)
     }
 
@@ -182,7 +186,8 @@ struct NativeVectorKernelTests {
                 let fd = (0..<n).reduce(0.0) { $0 + Double(dy[r, $1]) * (yp[$1] - ym[$1]) } / (2 * h)
                 // The gradient is a difference of terms of this size (dy_i and dy·y, over the
                 // sum, times ELU's slope); float32 can only be asked for relative accuracy to it.
-                let terms = (abs(Double(dy[r, i])) + (0..<n).reduce(0.0) { $0 + abs(Double(dy[r, $1])) * ref.y[$1] })
+                let terms =
+                    (abs(Double(dy[r, i])) + (0..<n).reduce(0.0) { $0 + abs(Double(dy[r, $1])) * ref.y[$1] })
                     / ref.sum * (xr[i] > 0 ? 1 : ref.phi[i])
                 worstGradient = max(worstGradient, abs(Double(dx[r, i]) - fd) / max(abs(fd), terms))
             }
@@ -266,7 +271,8 @@ struct NativeVectorKernelTests {
         var rng = FWPRandom(seed: 21)
         let ff = FeedForward("ff", dimension: 6, hidden: hidden, std: 0.5, outputStd: 0.5, store: &store, rng: &rng)
         store.values[ff.fc1.bias!] = .normal(shape: [hidden], std: 0.3, using: &rng)
-        let x = Tensor.normal(shape: [9, 6], std: 1, using: &rng), dy = Tensor.normal(shape: [9, 6], std: 1, using: &rng)
+        let x = Tensor.normal(shape: [9, 6], std: 1, using: &rng),
+            dy = Tensor.normal(shape: [9, 6], std: 1, using: &rng)
         let (_, cache) = ff.forward(x, store)
         var gC = store.zerosLike(), gS = store.zerosLike()
         let dxC = ff.backward(dy, cache: cache, store, &gC, native: true)
@@ -283,7 +289,8 @@ struct NativeVectorKernelTests {
         var rng = FWPRandom(seed: 22)
         let ff = FeedForward("ff", dimension: 20, hidden: 300, std: 0.5, outputStd: 0.5, store: &store, rng: &rng)
         store.values[ff.fc1.bias!] = .normal(shape: [300], std: 0.3, using: &rng)
-        let x = Tensor.normal(shape: [64, 20], std: 1, using: &rng), dy = Tensor.normal(shape: [64, 20], std: 1, using: &rng)
+        let x = Tensor.normal(shape: [64, 20], std: 1, using: &rng),
+            dy = Tensor.normal(shape: [64, 20], std: 1, using: &rng)
         let (_, cache) = ff.forward(x, store)
         var gC = store.zerosLike(), gS = store.zerosLike()
         let dxC = ff.backward(dy, cache: cache, store, &gC, native: true)
@@ -299,7 +306,9 @@ struct NativeVectorKernelTests {
 
     private func fwpEluPlusOne(_ x: [Float], _ y: inout [Float], _ n: Int) {
         x.withUnsafeBufferPointer { px in
-            y.withUnsafeMutableBufferPointer { VectorKernels.eluPlusOne(px.baseAddress!, $0.baseAddress!, n, native: true) }
+            y.withUnsafeMutableBufferPointer {
+                VectorKernels.eluPlusOne(px.baseAddress!, $0.baseAddress!, n, native: true)
+            }
         }
     }
 }

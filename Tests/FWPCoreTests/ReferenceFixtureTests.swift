@@ -47,7 +47,8 @@ import Testing
                         beta.withUnsafePointer { pb in
                             y.withUnsafeMutablePointer { py in
                                 kernel.forward(
-                                    q: pq, k: pk, v: pv, beta: rule == .delta ? pb : nil, y: py, w: &w, z: &z, saved: &saved,
+                                    q: pq, k: pk, v: pv, beta: rule == .delta ? pb : nil, y: py, w: &w, z: &z,
+                                    saved: &saved,
                                     denominators: &den)
                             }
                         }

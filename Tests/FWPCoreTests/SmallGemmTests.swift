@@ -20,7 +20,10 @@ import Testing
                 let k = sizes[Int(rng.next() % UInt64(sizes.count))]
                 let flags = Int(rng.next() % 4)
                 let (alpha, beta): (Float, Float) = [(1, 0), (1, 1), (-1, 1), (-0.5, 2)][Int(rng.next() % 4)]
-                out.append(Case(m: m, n: n, k: k, transposeA: flags & 1 != 0, transposeB: flags & 2 != 0, alpha: alpha, beta: beta))
+                out.append(
+                    Case(
+                        m: m, n: n, k: k, transposeA: flags & 1 != 0, transposeB: flags & 2 != 0, alpha: alpha,
+                        beta: beta))
             }
         }
         return out
@@ -47,12 +50,15 @@ import Testing
     /// C ← alpha·AB + beta·C_in with the addend elsewhere: the same as copying C_in into C and
     /// accumulating, on the small kernel and (past its limits) on OpenBLAS; C_in is not changed.
     /// α = ±1 with β = 1 is the kernel's path that starts its registers from C_in.
-    @Test(arguments: [(16, 64, 16), (64, 64, 16), (5, 19, 3), (200, 130, 40)], [(-0.5, 2), (-1, 1), (1, 1)] as [(Float, Float)])
+    @Test(
+        arguments: [(16, 64, 16), (64, 64, 16), (5, 19, 3), (200, 130, 40)],
+        [(-0.5, 2), (-1, 1), (1, 1)] as [(Float, Float)])
     func productWithSeparateAddend(shape: (Int, Int, Int), scales: (Float, Float)) {
         let (m, n, k) = shape
         let (alpha, beta) = scales
         var rng = FWPRandom(seed: UInt64(m * 1000 + n))
-        let a = Tensor.normal(shape: [m, k], std: 1, using: &rng), b = Tensor.normal(shape: [k, n], std: 1, using: &rng)
+        let a = Tensor.normal(shape: [m, k], std: 1, using: &rng),
+            b = Tensor.normal(shape: [k, n], std: 1, using: &rng)
         let cIn = Tensor.normal(shape: [m, n + 2], std: 1, using: &rng)  // padded rows
         var expected = [Float](repeating: 0, count: m * n)
         for i in 0..<m {
@@ -145,7 +151,9 @@ import Testing
         var src = [Float](repeating: 0, count: rows * lds)
         for r in 0..<rows { for c in 0..<lds { src[r * lds + c] = c < cols ? Float(r * 1000 + c) : -1 } }
         var dst = [Float](repeating: .nan, count: count)
-        src.withUnsafeBufferPointer { ps in dst.withUnsafeMutableBufferPointer { move(ps.baseAddress!, lds, $0.baseAddress!) } }
+        src.withUnsafeBufferPointer { ps in
+            dst.withUnsafeMutableBufferPointer { move(ps.baseAddress!, lds, $0.baseAddress!) }
+        }
         var expected = [Float](repeating: .nan, count: count)
         for r in 0..<rows { for c in 0..<cols { expected[index(r, c)] = Float(r * 1000 + c) } }
         for i in 0..<count {
@@ -159,7 +167,9 @@ import Testing
 
     @Test func transposeMovesEveryElementAndNothingElse() {
         // 16 × 16 tiles (AVX-512) with rows, columns or both left over, then 8 × 8 tiles and single elements.
-        for (rows, cols) in [(1, 1), (3, 5), (8, 8), (9, 17), (16, 64), (64, 64), (24, 7), (16, 17), (47, 16), (33, 50), (37, 70)] {
+        for (rows, cols) in [
+            (1, 1), (3, 5), (8, 8), (9, 17), (16, 64), (64, 64), (24, 7), (16, 17), (47, 16), (33, 50), (37, 70),
+        ] {
             let ldd = rows + 2
             expectMoves(rows: rows, cols: cols, into: cols * ldd, index: { r, c in c * ldd + r }) { src, lds, dst in
                 BLAS.transpose(rows: rows, cols: cols, src, lds: lds, into: dst, ldd: ldd)

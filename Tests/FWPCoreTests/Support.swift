@@ -125,7 +125,9 @@ func float64ProductError(
     var out = c.beta == 0 ? [Float](repeating: .nan, count: c0.count) : c0
     a.withUnsafeBufferPointer { pa in
         b.withUnsafeBufferPointer { pb in
-            out.withUnsafeMutableBufferPointer { pc in product(pa.baseAddress!, lda, pb.baseAddress!, ldb, pc.baseAddress!, ldc) }
+            out.withUnsafeMutableBufferPointer { pc in
+                product(pa.baseAddress!, lda, pb.baseAddress!, ldb, pc.baseAddress!, ldc)
+            }
         }
     }
     var worst = 0.0
@@ -161,7 +163,8 @@ func dispatchDifferenceFromOpenBLAS(_ a: Tensor, _ b: Tensor) -> Float {
         b.withUnsafePointer { pb in
             viaOpenBLAS.withUnsafeMutablePointer { pc in
                 BLAS.openBLASGemm(
-                    transposeA: false, transposeB: true, m: m, n: n, k: k, a: pa, lda: k, b: pb, ldb: k, beta: 0, c: pc, ldc: n)
+                    transposeA: false, transposeB: true, m: m, n: n, k: k, a: pa, lda: k, b: pb, ldb: k, beta: 0, c: pc,
+                    ldc: n)
             }
         }
     }

@@ -38,7 +38,8 @@ func unigramEntropyNats(_ text: [Int]) -> Double {
         let entropy = unigramEntropyNats(text)
         let steps = 300, batch = 8, context = 32
         var opt = AdamW(
-            parameters: model.parameters, schedule: LearningRateSchedule(peak: 3e-3, warmupSteps: 20, totalSteps: steps),
+            parameters: model.parameters,
+            schedule: LearningRateSchedule(peak: 3e-3, warmupSteps: 20, totalSteps: steps),
             maxGradientNorm: 1)
         var rng = FWPRandom(seed: 4)
         func sample() -> ([Int], [Int]) {
@@ -53,7 +54,8 @@ func unigramEntropyNats(_ text: [Int]) -> Double {
         for _ in 0..<steps {
             let (x, y) = sample()
             var none: ModelState? = nil
-            let (_, g) = model.lossAndGradients(tokens: x, targets: y, batch: batch, state: &none, training: true, rng: &rng)
+            let (_, g) = model.lossAndGradients(
+                tokens: x, targets: y, batch: batch, state: &none, training: true, rng: &rng)
             opt.update(&model.parameters, gradients: g)
         }
         let held = markovText(length: 2_000, seed: 123)
@@ -71,18 +73,21 @@ func unigramEntropyNats(_ text: [Int]) -> Double {
     /// FAVOR+ runs the batch as one shard; ELU+1 splits it into shards computed in parallel.
     @Test(arguments: ["favor-4", "elu"])
     func sameSeedGivesBitIdenticalLosses(_ featureMap: String) throws {
-        var config = Variant(featureMap: featureMap, rule: .delta, normalization: .sum).config(modelSize: 8, heads: 2, headSize: 4, layers: 2)
+        var config = Variant(featureMap: featureMap, rule: .delta, normalization: .sum).config(
+            modelSize: 8, heads: 2, headSize: 4, layers: 2)
         config.dropout = 0.1
         func run(threads: Int) throws -> [Double] {
             var model = try LanguageModel(config: config, seed: 12)
             model.threads = ComputeThreads(threads)
-            var opt = AdamW(parameters: model.parameters, schedule: LearningRateSchedule(peak: 1e-2), maxGradientNorm: 0.5)
+            var opt = AdamW(
+                parameters: model.parameters, schedule: LearningRateSchedule(peak: 1e-2), maxGradientNorm: 0.5)
             var rng = FWPRandom(seed: 13)
             var losses: [Double] = []
             for _ in 0..<8 {
                 let x = (0..<32).map { _ in Int(rng.next() % 9) }
                 var none: ModelState? = nil
-                let (l, g) = model.lossAndGradients(tokens: x, targets: x.reversed(), batch: 4, state: &none, training: true, rng: &rng)
+                let (l, g) = model.lossAndGradients(
+                    tokens: x, targets: x.reversed(), batch: 4, state: &none, training: true, rng: &rng)
                 opt.update(&model.parameters, gradients: g)
                 losses.append(l)
             }
@@ -241,7 +246,8 @@ func unigramEntropyNats(_ text: [Int]) -> Double {
 
         func run(threads: Int) -> (ParameterStore, AdamW) {
             var params = p
-            var opt = AdamW(parameters: p, schedule: LearningRateSchedule(peak: 0.01), weightDecay: 0.1, maxGradientNorm: 50)
+            var opt = AdamW(
+                parameters: p, schedule: LearningRateSchedule(peak: 0.01), weightDecay: 0.1, maxGradientNorm: 50)
             for g in grads { opt.update(&params, gradients: g, threads: ComputeThreads(threads)) }
             return (params, opt)
         }

@@ -19,7 +19,8 @@ import Testing
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cfg-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let file = dir.appendingPathComponent("fwpd.toml")
-        try "[fwpd]\nworkers = 2  # two jobs\nstate_dir = \"/srv/fwpd\"\nlog_level = \"debug\"\n".write(to: file, atomically: true, encoding: .utf8)
+        try "[fwpd]\nworkers = 2  # two jobs\nstate_dir = \"/srv/fwpd\"\nlog_level = \"debug\"\n".write(
+            to: file, atomically: true, encoding: .utf8)
         var c = DaemonConfig()
         try c.apply(file: file.path)
         try c.apply(environment: ["FWPD_WORKERS": "3", "UNRELATED": "x"])
@@ -34,22 +35,26 @@ import Testing
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let file = dir.appendingPathComponent("fwpd.toml")
         try """
-            # top-level settings and the [fwpd] table mix
-            "workers" = 3
-            [fwpd]
-            state_dir = '/srv/fwpd # not a comment'
-            lease_seconds = 1.5e1  # fifteen
-            allow_insecure_remote = false
-            log_level = \"\"\"warning\"\"\"
-            """.write(to: file, atomically: true, encoding: .utf8)
+        # top-level settings and the [fwpd] table mix
+        "workers" = 3
+        [fwpd]
+        state_dir = '/srv/fwpd # not a comment'
+        lease_seconds = 1.5e1  # fifteen
+        allow_insecure_remote = false
+        log_level = \"\"\"warning\"\"\"
+        """.write(to: file, atomically: true, encoding: .utf8)
         var c = DaemonConfig()
         try c.apply(file: file.path)
-        #expect(c.workers == 3 && c.stateDirectory == "/srv/fwpd # not a comment" && c.leaseSeconds == 15 && c.logLevel == "warning")
+        #expect(
+            c.workers == 3 && c.stateDirectory == "/srv/fwpd # not a comment" && c.leaseSeconds == 15
+                && c.logLevel == "warning")
         try "workers = 2\nworkers = 3\n".write(to: file, atomically: true, encoding: .utf8)
         do {
             try c.apply(file: file.path)
             Issue.record("a key set twice was accepted")
-        } catch let e as ConfigError { #expect(e.message.contains("fwpd.toml:2") && e.message.contains("not valid TOML")) }
+        } catch let e as ConfigError {
+            #expect(e.message.contains("fwpd.toml:2") && e.message.contains("not valid TOML"))
+        }
         try "[other]\nworkers = 2\n".write(to: file, atomically: true, encoding: .utf8)
         do {
             try c.apply(file: file.path)
@@ -64,9 +69,13 @@ import Testing
         try "workers = 0\n".write(to: file, atomically: true, encoding: .utf8)
         var c = DaemonConfig()
         #expect(throws: ConfigError.self) { try c.apply(file: file.path) }
-        do { try c.apply(file: file.path) } catch let e as ConfigError { #expect(e.message.contains("bad.toml:1") && e.message.contains("workers")) }
+        do { try c.apply(file: file.path) } catch let e as ConfigError {
+            #expect(e.message.contains("bad.toml:1") && e.message.contains("workers"))
+        }
         try "wrokers = 2\n".write(to: file, atomically: true, encoding: .utf8)
-        do { try c.apply(file: file.path) } catch let e as ConfigError { #expect(e.message.contains("unknown setting 'wrokers'")) }
+        do { try c.apply(file: file.path) } catch let e as ConfigError {
+            #expect(e.message.contains("unknown setting 'wrokers'"))
+        }
         #expect(throws: ConfigError.self) { try c.apply(environment: ["FWPD_LOG_LEVEL": "loud"]) }
         for bad in ["-1", "20", "low"] {
             do {
@@ -81,14 +90,18 @@ import Testing
         #expect(throws: ConfigError.self) { try remote.validate() }
         remote.allowInsecureRemote = true
         try remote.validate()
-        #expect(DaemonConfig.isLocal("ipc:///run/fwpd/requests") && DaemonConfig.isLocal("tcp://127.0.0.1:1") && !DaemonConfig.isLocal("tcp://10.0.0.1:1"))
+        #expect(
+            DaemonConfig.isLocal("ipc:///run/fwpd/requests") && DaemonConfig.isLocal("tcp://127.0.0.1:1")
+                && !DaemonConfig.isLocal("tcp://10.0.0.1:1"))
     }
 }
 
 extension DaemonTests {
     /// Type=notify: fwpd sends READY=1 once it serves and STOPPING=1 on SIGTERM, to $NOTIFY_SOCKET.
     @Test func notifiesReadyAndStopping() throws {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("notify-\(UUID().uuidString.prefix(8))").path
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "notify-\(UUID().uuidString.prefix(8))"
+        ).path
         let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
         defer {
             close(fd)
@@ -98,7 +111,9 @@ extension DaemonTests {
         addr.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in path.utf8.enumerated() { raw[i] = b } }
         let bound = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
         }
         #expect(bound == 0)
         var tv = timeval(tv_sec: 10, tv_usec: 0)

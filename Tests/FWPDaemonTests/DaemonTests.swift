@@ -27,14 +27,18 @@ import ZeroMQ
         // tail of a finished job replays its history exactly once.
         let (again, replay) = try d.fwpctl(["tail", "\(job.id)", "--json"])
         #expect(again == 0)
-        let seqs = replay.split(separator: "\n").compactMap { try? WireJSON.decode(JobEvent.self, from: Array($0.utf8)).seq }
+        let seqs = replay.split(separator: "\n").compactMap {
+            try? WireJSON.decode(JobEvent.self, from: Array($0.utf8)).seq
+        }
         #expect(seqs == events.map(\.seq), "every stored event once, in order")
         // A page of the history: the stored events spliced into the reply, with the job's state.
         let page = try c.ok("events", ["job": .number(Double(job.id)), "after": 2, "limit": 3])
         let pageEvents = try WireJSON.decode([JobEvent].self, from: WireJSON.encode(page["events"]!))
         #expect(pageEvents == Array(events[2..<5]))
         #expect(page["last_seq"] == .number(Double(events.count)) && page["state"] == "succeeded")
-        #expect(try c.ok("events", ["job": .number(Double(job.id)), "after": .number(Double(events.count))])["events"] == .array([]))
+        #expect(
+            try c.ok("events", ["job": .number(Double(job.id)), "after": .number(Double(events.count))])["events"]
+                == .array([]))
     }
 
     /// Started without OPENBLAS_NUM_THREADS, fwpd re-executes itself with it set to 1 (same
@@ -120,7 +124,9 @@ import ZeroMQ
         let d = try DaemonProcess().start()
         let c = try d.client()
         let job = try c.submit(longRetrieval(steps: 4000, evalEvery: 50))
-        _ = try c.wait(job.id) { _ in (try? c.ok("checkpoints", ["job": .number(Double(job.id))])["checkpoints"].map { $0 != .array([]) }) == true }
+        _ = try c.wait(job.id) { _ in
+            (try? c.ok("checkpoints", ["job": .number(Double(job.id))])["checkpoints"].map { $0 != .array([]) }) == true
+        }
         #expect(d.stop(SIGTERM) == 0, "graceful stop exits 0: \(d.log())")
         let restarted = DaemonProcess(state: d.state)
         let stateAfterStop = try restarted.start().client().job(job.id)
@@ -131,12 +137,16 @@ import ZeroMQ
         #expect(done.state == .succeeded, "\(restarted.log())")
         let events = try c2.events(job.id)
         #expect(events.map(\.seq) == Array(1...Int64(events.count)), "no lost or duplicated events")
-        let requeued = events.firstIndex { $0.kind == "state" && $0.state == .queued && ($0.message ?? "").contains("stopping") }
+        let requeued = events.firstIndex {
+            $0.kind == "state" && $0.state == .queued && ($0.message ?? "").contains("stopping")
+        }
         #expect(requeued != nil, "the stop requeued the job")
         // The checkpoint written at the stop is where the second run starts.
         let stopCheckpoint = events[..<requeued!].last { $0.kind == "checkpoint" }!.step!
         let firstAfter = events[requeued!...].first { $0.kind == "progress" || $0.kind == "eval" }!
-        #expect(firstAfter.step! > stopCheckpoint && firstAfter.step! <= stopCheckpoint + 50, "resumed at \(firstAfter.step!) after checkpoint \(stopCheckpoint)")
+        #expect(
+            firstAfter.step! > stopCheckpoint && firstAfter.step! <= stopCheckpoint + 50,
+            "resumed at \(firstAfter.step!) after checkpoint \(stopCheckpoint)")
         #expect(done.result?["steps"] == 4000)
     }
 
@@ -171,7 +181,8 @@ import ZeroMQ
         let firstAfter = events[recovery...].first { $0.kind == "progress" || $0.kind == "eval" }!
         #expect(
             firstAfter.step! > fallback.step && firstAfter.step! <= fallback.step + 50,
-            "resumed after step \(fallback.step), not from the damaged checkpoint at \(damaged.step): first step \(firstAfter.step!)")
+            "resumed after step \(fallback.step), not from the damaged checkpoint at \(damaged.step): first step \(firstAfter.step!)"
+        )
         #expect(restarted.log().contains("does not match its sha256"))
     }
 
@@ -183,7 +194,9 @@ import ZeroMQ
         _ = try c.wait(kept.id) { $0.state.isFinal }
         let before = try c.ok("list", [:])
         func code(_ frames: [[UInt8]]) throws -> String? {
-            guard let f = try c.raw(frames), f.count == 3, String(decoding: f[1], as: UTF8.self) == "error" else { return nil }
+            guard let f = try c.raw(frames), f.count == 3, String(decoding: f[1], as: UTF8.self) == "error" else {
+                return nil
+            }
             return try WireJSON.decode(WireError.self, from: f[2]).code.rawValue
         }
         let v = Array("FWP1".utf8)
@@ -199,10 +212,20 @@ import ZeroMQ
         #expect(try code([v, Array("status".utf8), Array(#"{"job": 999}"#.utf8)]) == "not_found")
         #expect(try code([v, Array("submit".utf8), Array(#"{"task": "teleport"}"#.utf8)]) == "unknown_task")
         #expect(try code([v, Array("submit".utf8), Array(#"{"preset": "nope"}"#.utf8)]) == "unknown_task")
-        #expect(try code([v, Array("submit".utf8), Array(#"{"task": "retrieval", "parameters": {"keys": 100000}}"#.utf8)]) == "invalid_parameter")
-        #expect(try code([v, Array("submit".utf8), Array(#"{"task": "retrieval", "parameters": {"keys": "many"}}"#.utf8)]) == "invalid_parameter")
-        #expect(try code([v, Array("submit".utf8), Array(#"{"task": "retrieval", "priority": 1.5}"#.utf8)]) == "invalid_request")
-        #expect(try code([v, Array("submit".utf8), Array(("{\"task\": \"retrieval\", \"pad\": \"" + String(repeating: "x", count: 100_000) + "\"}").utf8)]) == "too_large")
+        #expect(
+            try code([v, Array("submit".utf8), Array(#"{"task": "retrieval", "parameters": {"keys": 100000}}"#.utf8)])
+                == "invalid_parameter")
+        #expect(
+            try code([v, Array("submit".utf8), Array(#"{"task": "retrieval", "parameters": {"keys": "many"}}"#.utf8)])
+                == "invalid_parameter")
+        #expect(
+            try code([v, Array("submit".utf8), Array(#"{"task": "retrieval", "priority": 1.5}"#.utf8)])
+                == "invalid_request")
+        #expect(
+            try code([
+                v, Array("submit".utf8),
+                Array(("{\"task\": \"retrieval\", \"pad\": \"" + String(repeating: "x", count: 100_000) + "\"}").utf8),
+            ]) == "too_large")
         // Larger than ZMQ_MAXMSGSIZE (16 MiB): libzmq drops that connection; the daemon carries on.
         let big = try d.client()
         #expect(try big.raw([v, Array("health".utf8), [UInt8](repeating: 0x20, count: 17 << 20)], timeout: 2) == nil)
@@ -233,7 +256,8 @@ import ZeroMQ
         while !allowed.publicKey.dropFirst().contains("#") { allowed = try CurveKeyPair.generate() }
         let second = try CurveKeyPair.generate()
         try server.secretKey.write(to: dir.appendingPathComponent("server.key"), atomically: true, encoding: .utf8)
-        try "# clients\n\(allowed.publicKey)   # laptop\n\(second.publicKey)\n".write(to: dir.appendingPathComponent("clients"), atomically: true, encoding: .utf8)
+        try "# clients\n\(allowed.publicKey)   # laptop\n\(second.publicKey)\n".write(
+            to: dir.appendingPathComponent("clients"), atomically: true, encoding: .utf8)
         let d = DaemonProcess(arguments: [
             "--curve-secret-key-file", dir.appendingPathComponent("server.key").path,
             "--curve-allowed-keys-file", dir.appendingPathComponent("clients").path,

@@ -10,13 +10,16 @@ import ZeroMQ
 /// The folder holding the built executables (next to the test bundle).
 let productsDirectory: URL = {
     var url = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-    while url.path != "/" && !FileManager.default.fileExists(atPath: url.deletingLastPathComponent().appendingPathComponent("fwpd").path) {
+    while url.path != "/"
+        && !FileManager.default.fileExists(atPath: url.deletingLastPathComponent().appendingPathComponent("fwpd").path)
+    {
         url = url.deletingLastPathComponent()
     }
     return url.deletingLastPathComponent()
 }()
 
-let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent()
 
 /// A free TCP port on loopback (bound and released; the daemon binds it right after).
 func freePort() -> Int {
@@ -26,9 +29,13 @@ func freePort() -> Int {
     addr.sin_family = sa_family_t(AF_INET)
     addr.sin_addr.s_addr = inet_addr("127.0.0.1")
     addr.sin_port = 0
-    _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    _ = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
     var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+    _ = withUnsafeMutablePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+    }
     return Int(UInt16(bigEndian: addr.sin_port))
 }
 
@@ -42,7 +49,8 @@ final class DaemonProcess {
     let logURL: URL
 
     init(state: URL? = nil, arguments: [String] = []) {
-        self.state = state ?? FileManager.default.temporaryDirectory.appendingPathComponent("fwpd-test-\(UUID().uuidString)")
+        self.state =
+            state ?? FileManager.default.temporaryDirectory.appendingPathComponent("fwpd-test-\(UUID().uuidString)")
         requestEndpoint = "tcp://127.0.0.1:\(freePort())"
         publishEndpoint = "tcp://127.0.0.1:\(freePort())"
         extraArguments = arguments
@@ -54,8 +62,11 @@ final class DaemonProcess {
     }
 
     var arguments: [String] {
-        ["--state-dir", state.path, "--request-endpoint", requestEndpoint, "--publish-endpoint", publishEndpoint,
-         "--tasks-dir", repositoryRoot.appendingPathComponent("tasks").path, "--threads-per-job", "1", "--log-level", "debug"] + extraArguments
+        [
+            "--state-dir", state.path, "--request-endpoint", requestEndpoint, "--publish-endpoint", publishEndpoint,
+            "--tasks-dir", repositoryRoot.appendingPathComponent("tasks").path, "--threads-per-job", "1", "--log-level",
+            "debug",
+        ] + extraArguments
     }
 
     /// Starts fwpd and waits until it answers `health` (asked by `probe`, a plain client by default).
@@ -67,7 +78,9 @@ final class DaemonProcess {
         // As a service manager would start it: fwpd sets OpenBLAS's thread count (and, where
         // OpenBLAS's CPU detection falls short, its kernel family) itself.
         var env = ProcessInfo.processInfo.environment
-        for key in ["OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "FWP_OPENBLAS_DETECTED_CORE"] { env.removeValue(forKey: key) }
+        for key in ["OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "FWP_OPENBLAS_DETECTED_CORE"] {
+            env.removeValue(forKey: key)
+        }
         p.environment = env
         _ = FileManager.default.createFile(atPath: logURL.path, contents: nil)
         let log = try FileHandle(forWritingTo: logURL)
@@ -141,7 +154,10 @@ final class TestClient {
 
     /// A command; returns ("ok" | "error", body). Throws on timeout.
     func call(_ command: String, _ body: [String: JSONValue], timeout: Double = 10) throws -> (String, JSONValue) {
-        guard let f = try raw([Array("FWP1".utf8), Array(command.utf8), WireJSON.encode(JSONValue.object(body))], timeout: timeout) else {
+        guard
+            let f = try raw(
+                [Array("FWP1".utf8), Array(command.utf8), WireJSON.encode(JSONValue.object(body))], timeout: timeout)
+        else {
             throw WireError(ErrorCode("timeout"), "no reply to \(command)")
         }
         return (String(decoding: f[1], as: UTF8.self), try JSONDecoder().decode(JSONValue.self, from: Data(f[2])))
@@ -154,14 +170,18 @@ final class TestClient {
         return reply
     }
 
-    func job(_ id: Int64) throws -> JobInfo { try WireJSON.decode(JobInfo.self, from: WireJSON.encode(try ok("status", ["job": .number(Double(id))]))) }
+    func job(_ id: Int64) throws -> JobInfo {
+        try WireJSON.decode(JobInfo.self, from: WireJSON.encode(try ok("status", ["job": .number(Double(id))])))
+    }
 
     func submit(_ body: [String: JSONValue]) throws -> JobInfo {
         try WireJSON.decode(JobInfo.self, from: WireJSON.encode(try ok("submit", body)["job"]!))
     }
 
     func events(_ id: Int64) throws -> [JobEvent] {
-        try WireJSON.decode([JobEvent].self, from: WireJSON.encode(try ok("events", ["job": .number(Double(id)), "limit": 10000])["events"]!))
+        try WireJSON.decode(
+            [JobEvent].self,
+            from: WireJSON.encode(try ok("events", ["job": .number(Double(id)), "limit": 10000])["events"]!))
     }
 
     /// Polls until `condition` holds for the job (or fails after `timeout` seconds).
@@ -178,8 +198,11 @@ final class TestClient {
 
 /// A retrieval job that runs for a while (long enough to interrupt) and checkpoints often.
 func longRetrieval(steps: Int = 100_000, evalEvery: Int = 50) -> [String: JSONValue] {
-    ["task": "retrieval", "parameters": .object([
-        "keys": 8, "key_size": 16, "rule": "delta", "attention": "linear", "max_steps": .number(Double(steps)),
-        "eval_every": .number(Double(evalEvery)), "target_loss": 0, "patience": 1000, "batch": 8,
-    ])]
+    [
+        "task": "retrieval",
+        "parameters": .object([
+            "keys": 8, "key_size": 16, "rule": "delta", "attention": "linear", "max_steps": .number(Double(steps)),
+            "eval_every": .number(Double(evalEvery)), "target_loss": 0, "patience": 1000, "batch": 8,
+        ]),
+    ]
 }

@@ -91,7 +91,8 @@ final class RecordingControl: JobControl {
 
     /// PROTOCOL.md's two error tables list exactly `ErrorCode`'s codes, with the same meanings.
     @Test func protocolDocumentListsEveryErrorCode() throws {
-        let doc = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let doc = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
             .appendingPathComponent("docs/PROTOCOL.md")
         let text = try String(contentsOf: doc, encoding: .utf8)
         var rows: [(String, String)] = []

@@ -13,7 +13,8 @@ import Testing
 
     @Test func cachedJobsFollowEveryWrite() throws {
         let store = try makeStore()
-        let (job, created, first) = try store.submit(task: "retrieval", preset: nil, parameters: ["keys": 4], priority: 0, idempotencyKey: nil, maxAttempts: 2)
+        let (job, created, first) = try store.submit(
+            task: "retrieval", preset: nil, parameters: ["keys": 4], priority: 0, idempotencyKey: nil, maxAttempts: 2)
         #expect(created && first?.seq == 1 && first?.state == .queued)
         #expect(try store.job(job.id)?.lastSeq == 1)  // now cached
         #expect(try store.job(job.id)?.state == .queued)
@@ -41,7 +42,8 @@ import Testing
 
     @Test func finishIsVisibleAtOnce() throws {
         let store = try makeStore()
-        let (job, _, _) = try store.submit(task: "retrieval", preset: nil, parameters: [:], priority: 0, idempotencyKey: "k", maxAttempts: 1)
+        let (job, _, _) = try store.submit(
+            task: "retrieval", preset: nil, parameters: [:], priority: 0, idempotencyKey: "k", maxAttempts: 1)
         _ = try store.claim(leaseSeconds: 60)
         #expect(try store.job(job.id)?.state == .running)
         _ = try store.finish(job.id, state: .succeeded, result: .object(["loss": 0.5]), error: nil)

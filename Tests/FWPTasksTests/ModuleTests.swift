@@ -11,7 +11,9 @@ import Testing
     }
 
     @Test func deltaRuleLearnsEightKeys() throws {
-        let r = try run(["keys": 8, "key_size": 16, "rule": "delta", "attention": "linear", "max_steps": 4000, "target_loss": 0.005])
+        let r = try run([
+            "keys": 8, "key_size": 16, "rule": "delta", "attention": "linear", "max_steps": 4000, "target_loss": 0.005,
+        ])
         let best = r["best_eval_loss"]!.doubleValue!
         #expect(best <= 0.01, "delta rule at S = 8, d_key = 16: best eval loss \(best)")
         #expect(r["stopped"] == "target_loss")
@@ -20,7 +22,9 @@ import Testing
     /// Setting 1 at S = 16: ELU+1 with d_key = 8 has d_dot = 8 < S and cannot store every key
     /// without interference; DPFP-2 (d_dot = 32) can.
     @Test func sumRuleBelowCapacityFailsWhereLargerDPFPSucceeds() throws {
-        let base: [String: JSONValue] = ["keys": 16, "key_size": 8, "rule": "sum", "max_steps": 3000, "patience": 5, "target_loss": 0.005]
+        let base: [String: JSONValue] = [
+            "keys": 16, "key_size": 8, "rule": "sum", "max_steps": 3000, "patience": 5, "target_loss": 0.005,
+        ]
         let small = try run(base.merging(["attention": "linear"]) { $1 })
         let large = try run(base.merging(["attention": "dpfp-2"]) { $1 })
         let s = small["best_eval_loss"]!.doubleValue!, l = large["best_eval_loss"]!.doubleValue!
@@ -31,14 +35,21 @@ import Testing
     @Test(arguments: ["softmax", "favor-8", "dpfp-1"])
     func otherAttentionKindsRunAndLearnSomething(_ attention: String) throws {
         let ctx = MemoryContext()
-        let r = try run(["keys": 6, "key_size": 16, "attention": .string(attention), "max_steps": 300, "eval_every": 100, "target_loss": 0], context: ctx)
+        let r = try run(
+            [
+                "keys": 6, "key_size": 16, "attention": .string(attention), "max_steps": 300, "eval_every": 100,
+                "target_loss": 0,
+            ], context: ctx)
         #expect(r["best_eval_loss"]!.doubleValue! < 0.4, "\(attention) beats chance (0.5)")
         #expect(ctx.events.contains { $0.kind == "eval" && $0.step == 300 })
         #expect(ctx.checkpoints.map(\.step) == [100, 200, 300])
     }
 
     @Test func resumeAfterInterruptionIsBitIdentical() throws {
-        let given: [String: JSONValue] = ["keys": 6, "setting": 2, "key_size": 16, "rule": "delta", "attention": "linear", "max_steps": 300, "eval_every": 50, "target_loss": 0]
+        let given: [String: JSONValue] = [
+            "keys": 6, "setting": 2, "key_size": 16, "rule": "delta", "attention": "linear", "max_steps": 300,
+            "eval_every": 50, "target_loss": 0,
+        ]
         let straight = MemoryContext()
         let r1 = try run(given, context: straight)
         let interrupted = MemoryContext(cancelWhen: { $0.kind == "eval" && $0.step == 150 })
@@ -47,7 +58,8 @@ import Testing
         let resumed = MemoryContext(checkpoints: interrupted.checkpoints)
         let r2 = try run(given, context: resumed)
         #expect(r1 == r2)
-        #expect(resumed.checkpoints.last!.data == straight.checkpoints.last!.data, "final checkpoints are byte-identical")
+        #expect(
+            resumed.checkpoints.last!.data == straight.checkpoints.last!.data, "final checkpoints are byte-identical")
     }
 }
 
@@ -57,7 +69,9 @@ import Testing
         "eval_every": 10, "lr": 0.01, "warmup": 5,
     ]
 
-    func run(_ module: any TaskModule, _ given: [String: JSONValue], context: MemoryContext = MemoryContext()) throws -> JSONValue {
+    func run(_ module: any TaskModule, _ given: [String: JSONValue], context: MemoryContext = MemoryContext()) throws
+        -> JSONValue
+    {
         try module.run(try module.validate(given), context: context)
     }
 
@@ -78,7 +92,9 @@ import Testing
         dir.file("wt/wiki.train.tokens", sampleText(lines: 300, seed: 2))
         dir.file("wt/wiki.valid.tokens", sampleText(lines: 60, seed: 3) + "an unseen word .\n")
         dir.file("wt/wiki.test.tokens", sampleText(lines: 60, seed: 4))
-        let r = try run(LanguageModelTask(), Self.tiny.merging(["data_dir": .string(dir.url.appendingPathComponent("wt").path), "level": "word"]) { $1 })
+        let r = try run(
+            LanguageModelTask(),
+            Self.tiny.merging(["data_dir": .string(dir.url.appendingPathComponent("wt").path), "level": "word"]) { $1 })
         let ppl = r["best_valid_perplexity"]!.doubleValue!, vocab = r["vocabulary"]!.doubleValue!
         #expect(vocab == 29, "26 distinct words, '.', <eos> and <unk>: \(vocab)")
         #expect(ppl < vocab / 2, "perplexity \(ppl) well below the vocabulary size")
@@ -90,7 +106,9 @@ import Testing
     @Test func resumeWithCarriedStateIsBitIdentical() throws {
         let dir = TemporaryDirectory()
         let train = dir.file("train.txt", sampleText(lines: 300, seed: 5))
-        let given = Self.tiny.merging(["train": .string(train), "carry": true, "dropout": 0.1, "feature_map": "favor-4"]) { $1 }
+        let given = Self.tiny.merging([
+            "train": .string(train), "carry": true, "dropout": 0.1, "feature_map": "favor-4",
+        ]) { $1 }
         let straight = MemoryContext()
         let r1 = try run(LanguageModelTask(), given, context: straight)
         let interrupted = MemoryContext(cancelWhen: { $0.kind == "eval" && $0.step == 20 })
@@ -113,7 +131,9 @@ import Testing
         for carry in [false, true] {
             let ctx = MemoryContext()
             let r = try run(
-                LanguageModelTask(), Self.tiny.merging(["train": .string(train), "valid": .string(valid), "batch": 1, "carry": .bool(carry)]) { $1 },
+                LanguageModelTask(),
+                Self.tiny.merging(["train": .string(train), "valid": .string(valid), "batch": 1, "carry": .bool(carry)])
+                { $1 },
                 context: ctx)
             let best = dir.url.appendingPathComponent("best-\(carry).safetensors")
             try ctx.checkpoints.last { $0.best }!.data.write(to: best)
@@ -121,7 +141,8 @@ import Testing
             let e = try run(EvalTask(), ["checkpoint": .string(best.path), "text": .string(valid)])
             #expect(e["carry"] == .bool(carry))
             #expect(e["loss"] == r["best_valid_loss"], "carry \(carry): eval as the training's validation")
-            let other = try run(EvalTask(), ["checkpoint": .string(best.path), "text": .string(valid), "carry": .bool(!carry)])
+            let other = try run(
+                EvalTask(), ["checkpoint": .string(best.path), "text": .string(valid), "carry": .bool(!carry)])
             #expect(other["carry"] == .bool(!carry) && other["loss"] != e["loss"])
         }
     }
@@ -147,18 +168,25 @@ import Testing
         let g = try run(GenerateTask(), ["checkpoint": .string(shared.path), "max_tokens": 5, "temperature": 0])
         #expect(g["tokens"] == 5)
         let resume = MemoryContext(checkpoints: [(10, bytes, false)])
-        #expect(throws: TaskError.self) { try run(LanguageModelTask(), given.merging(["steps": 20]) { $1 }, context: resume) }
+        #expect(throws: TaskError.self) {
+            try run(LanguageModelTask(), given.merging(["steps": 20]) { $1 }, context: resume)
+        }
     }
 
     /// The carried position is stored exactly past 2^24 tokens, where float32 would round it;
     /// files that hold it as a float32 tensor still load.
     @Test func carriedPositionIsExact() throws {
-        let model = try LanguageModel(config: LMConfig(vocabularySize: 256, modelSize: 16, layers: 1, heads: 2, headSize: 8, feedForwardSize: 32), seed: 1)
+        let model = try LanguageModel(
+            config: LMConfig(vocabularySize: 256, modelSize: 16, layers: 1, heads: 2, headSize: 8, feedForwardSize: 32),
+            seed: 1)
         let fresh = model.initialState(batch: 1)
-        let tensors = fresh.layers.enumerated().map { ("state.\($0.offset).weights", Tensor(shape: [$0.element.weights.count], storage: $0.element.weights)) }
+        let tensors = fresh.layers.enumerated().map {
+            ("state.\($0.offset).weights", Tensor(shape: [$0.element.weights.count], storage: $0.element.weights))
+        }
         let exact = try LanguageModelTask().restoreState(tensors, position: "16777217", into: fresh)
         #expect(exact.position == 16_777_217)
-        let old = try LanguageModelTask().restoreState(tensors + [("state.position", Tensor(shape: [1], storage: [4096]))], position: nil, into: fresh)
+        let old = try LanguageModelTask().restoreState(
+            tensors + [("state.position", Tensor(shape: [1], storage: [4096]))], position: nil, into: fresh)
         #expect(old.position == 4096)
         #expect(throws: TaskError.self) { try LanguageModelTask().restoreState(tensors, position: "-3", into: fresh) }
     }
@@ -168,7 +196,9 @@ import Testing
         let train = dir.file("train.txt", sampleText(lines: 300, seed: 6))
         let valid = dir.file("valid.txt", sampleText(lines: 40, seed: 7))
         let ctx = MemoryContext()
-        let r = try run(LanguageModelTask(), Self.tiny.merging(["train": .string(train), "valid": .string(valid), "batch": 1]) { $1 }, context: ctx)
+        let r = try run(
+            LanguageModelTask(),
+            Self.tiny.merging(["train": .string(train), "valid": .string(valid), "batch": 1]) { $1 }, context: ctx)
         let best = dir.url.appendingPathComponent("best.safetensors")
         try ctx.checkpoints.last { $0.best }!.data.write(to: best)
         // eval on the validation file with the training setup reproduces the reported best loss.
@@ -179,12 +209,16 @@ import Testing
         #expect(carried["loss"] != e["loss"], "carrying fast weights changes the evaluation")
         // generate: seeded sampling is reproducible and streams text events.
         let g = MemoryContext()
-        let out1 = try run(GenerateTask(), ["checkpoint": .string(best.path), "prompt": "the ", "max_tokens": 30, "seed": 3], context: g)
-        let out2 = try run(GenerateTask(), ["checkpoint": .string(best.path), "prompt": "the ", "max_tokens": 30, "seed": 3])
+        let out1 = try run(
+            GenerateTask(), ["checkpoint": .string(best.path), "prompt": "the ", "max_tokens": 30, "seed": 3],
+            context: g)
+        let out2 = try run(
+            GenerateTask(), ["checkpoint": .string(best.path), "prompt": "the ", "max_tokens": 30, "seed": 3])
         #expect(out1 == out2)
         #expect(out1["tokens"] == 30)
         #expect(g.events.filter { $0.kind == "text" }.compactMap(\.message).joined() == out1["text"]?.stringValue)
-        let greedy = try run(GenerateTask(), ["checkpoint": .string(best.path), "prompt": "the ", "max_tokens": 10, "temperature": 0])
+        let greedy = try run(
+            GenerateTask(), ["checkpoint": .string(best.path), "prompt": "the ", "max_tokens": 10, "temperature": 0])
         #expect(greedy["text"]?.stringValue?.isEmpty == false)
     }
 }
@@ -197,7 +231,9 @@ import Testing
 
     @Test func reportsProgressAndResult() throws {
         let dir = TemporaryDirectory()
-        let script = dir.file("ok.sh", """
+        let script = dir.file(
+            "ok.sh",
+            """
             #!/bin/sh
             echo '{"step": 1, "total": 2, "loss": 0.5}'
             echo 'plain text line'
@@ -217,9 +253,13 @@ import Testing
     @Test func crashingChildFailsTheJob() throws {
         let dir = TemporaryDirectory()
         let crash = dir.file("crash.sh", "#!/bin/sh\necho '{\"step\": 1}'\nexit 3\n", executable: true)
-        #expect(throws: TaskError.failed(code: .exitStatus, message: "\(crash) exited with status 3")) { try run(["program": .string(crash)]) }
+        #expect(throws: TaskError.failed(code: .exitStatus, message: "\(crash) exited with status 3")) {
+            try run(["program": .string(crash)])
+        }
         let segv = dir.file("segv.sh", "#!/bin/sh\nkill -SEGV $$\n", executable: true)
-        #expect(throws: TaskError.failed(code: .signal, message: "\(segv) was killed by signal 11")) { try run(["program": .string(segv)]) }
+        #expect(throws: TaskError.failed(code: .signal, message: "\(segv) was killed by signal 11")) {
+            try run(["program": .string(segv)])
+        }
     }
 
     @Test func hangingChildIsKilledOnCancel() throws {

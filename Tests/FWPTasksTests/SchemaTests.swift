@@ -21,7 +21,8 @@ import Testing
         let t = RetrievalTask()
         let cases: [(String, [String: JSONValue])] = [
             ("keys", ["keys": 1]), ("keys", ["keys": 2.5]), ("keys", ["keys": "ten"]), ("setting", ["setting": 3]),
-            ("rule", ["rule": "hebb"]), ("attention", ["attention": "relu"]), ("attention", ["attention": "dpfp-200", "key_size": 8]),
+            ("rule", ["rule": "hebb"]), ("attention", ["attention": "relu"]),
+            ("attention", ["attention": "dpfp-200", "key_size": 8]),
             ("lr", ["lr": 0]), ("batch", ["batch": 0]), ("bogus", ["bogus": 1]), ("target_loss", ["target_loss": -1]),
         ]
         for (name, given) in cases {
@@ -66,7 +67,8 @@ import Testing
         let dir = TemporaryDirectory()
         let corrupt = dir.file("bad.safetensors", "not a checkpoint at all")
         let text = dir.file("t.txt", "hello\n")
-        #expect(rejected(EvalTask(), ["checkpoint": .string(corrupt), "text": .string(text)])?.parameter == "checkpoint")
+        #expect(
+            rejected(EvalTask(), ["checkpoint": .string(corrupt), "text": .string(text)])?.parameter == "checkpoint")
         #expect(rejected(EvalTask(), ["checkpoint": "/nonexistent", "text": .string(text)])?.parameter == "checkpoint")
         #expect(rejected(GenerateTask(), ["checkpoint": .string(corrupt)])?.parameter == "checkpoint")
         #expect(rejected(GenerateTask(), ["checkpoint": .string(corrupt), "max_tokens": 0])?.parameter == "max_tokens")
@@ -88,13 +90,17 @@ import Testing
         let tasks = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("tasks")
         let presets = try TaskRegistry.builtIn.loadPresets(from: tasks)
-        #expect(Set(presets.keys) == ["retrieval-capacity", "retrieval-update", "lm-bytes-small", "lm-wikitext-small", "eval", "generate"])
+        #expect(
+            Set(presets.keys) == [
+                "retrieval-capacity", "retrieval-update", "lm-bytes-small", "lm-wikitext-small", "eval", "generate",
+            ])
         #expect(presets["retrieval-update"]?.parameters["setting"] == 2)
     }
 
     @Test func badPresetIsRejectedWithItsFileName() throws {
         let dir = TemporaryDirectory()
-        dir.file("oops.json", #"{"name": "oops", "module": "retrieval", "description": "", "parameters": {"keys": -4}}"#)
+        dir.file(
+            "oops.json", #"{"name": "oops", "module": "retrieval", "description": "", "parameters": {"keys": -4}}"#)
         do {
             _ = try TaskRegistry.builtIn.loadPresets(from: dir.url)
             Issue.record("accepted")

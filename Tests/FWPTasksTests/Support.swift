@@ -13,7 +13,10 @@ final class MemoryContext: TaskContext, @unchecked Sendable {
     let cancelWhen: (@Sendable (ProgressEvent) -> Bool)?
     let threads: Int
 
-    init(threads: Int = 1, checkpoints: [(step: Int, data: Data, best: Bool)] = [], cancelWhen: (@Sendable (ProgressEvent) -> Bool)? = nil) {
+    init(
+        threads: Int = 1, checkpoints: [(step: Int, data: Data, best: Bool)] = [],
+        cancelWhen: (@Sendable (ProgressEvent) -> Bool)? = nil
+    ) {
         self.threads = threads
         self._checkpoints = checkpoints
         self.cancelWhen = cancelWhen

@@ -108,7 +108,8 @@ public struct AttentionLayer: Sendable {
         let fw = kind == .fastWeight
         return AttentionState(
             weights: fw ? TensorStorage(repeating: 0, count: batch * heads * headSize * keySize) : [],
-            normalizer: fw && normalization == .attention ? TensorStorage(repeating: 0, count: batch * heads * keySize) : [],
+            normalizer: fw && normalization == .attention
+                ? TensorStorage(repeating: 0, count: batch * heads * keySize) : [],
             keys: fw ? [] : Array(repeating: [], count: batch * heads),
             values: fw ? [] : Array(repeating: [], count: batch * heads),
             length: 0)
@@ -163,13 +164,17 @@ public struct AttentionLayer: Sendable {
         let (qRaw, kRaw, v, betaLogits) = projectParts(x, p)
         switch kind {
         case .softmax:
-            var c = SoftmaxAttention.Cache(qRaw: qRaw, kRaw: kRaw, v: v, core: Tensor(shape: [n, hd]), probabilities: [], batch: batch, steps: steps)
+            var c = SoftmaxAttention.Cache(
+                qRaw: qRaw, kRaw: kRaw, v: v, core: Tensor(shape: [n, hd]), probabilities: [], batch: batch,
+                steps: steps)
             softmax.forward(&c, state: &state, threads: threads)
             return Cache(input: x, attended: c.core, memory: .softmax(c), batch: batch, steps: steps)
         case .fastWeight:
             let memory = fastWeight
-            var c = FastWeightAttention.Cache(qRaw: qRaw, kRaw: kRaw, v: v, batch: batch, steps: steps, heads: heads, headSize: headSize)
-            memory.forward(&c, betaLogits: betaLogits, buffers, state: &state, training: training, rng: &rng, threads: threads)
+            var c = FastWeightAttention.Cache(
+                qRaw: qRaw, kRaw: kRaw, v: v, batch: batch, steps: steps, heads: heads, headSize: headSize)
+            memory.forward(
+                &c, betaLogits: betaLogits, buffers, state: &state, training: training, rng: &rng, threads: threads)
             return Cache(input: x, attended: memory.attended(c), memory: .fastWeight(c), batch: batch, steps: steps)
         }
     }
@@ -226,7 +231,11 @@ public struct AttentionLayer: Sendable {
             func put(_ offset: Int, into index: Int) {
                 let count = g.values[index].count
                 g.values[index].withUnsafeMutablePointer {
-                    if overwrite { $0.update(from: pw + offset, count: count) } else { Vec.axpy(1, pw + offset, $0, count) }
+                    if overwrite {
+                        $0.update(from: pw + offset, count: count)
+                    } else {
+                        Vec.axpy(1, pw + offset, $0, count)
+                    }
                 }
             }
             put(0, into: qkv.weight)
@@ -258,7 +267,9 @@ public struct AttentionLayer: Sendable {
     /// q, k, v and the β logits from x, each by its own product into its own tensor (the rows of
     /// qkv's weight for q, then k, then v): the layer reads them there, with no columns to copy
     /// out of one N × projectionWidth product.
-    private func projectParts(_ x: Tensor, _ p: ParameterStore) -> (q: Tensor, k: Tensor, v: Tensor, betaLogits: Tensor?) {
+    private func projectParts(_ x: Tensor, _ p: ParameterStore) -> (
+        q: Tensor, k: Tensor, v: Tensor, betaLogits: Tensor?
+    ) {
         precondition(x.columns == qkv.inFeatures, "Linear expects \(qkv.inFeatures) features, got \(x.columns)")
         let n = x.rows, hd = heads * headSize, d = qkv.inFeatures
         // Shaped as the layer reads them: one row per position and head. Three allocations: one

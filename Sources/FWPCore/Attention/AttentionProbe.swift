@@ -40,10 +40,12 @@ public struct AttentionProbe: Sendable {
         let flat = { (t: Tensor) in t.reshaped([n * layer.heads, layer.headSize]) }
         let memory = layer.fastWeight
         var cache = FastWeightAttention.Cache(
-            qRaw: flat(q), kRaw: flat(k), v: flat(v), batch: batch, steps: steps, heads: layer.heads, headSize: layer.headSize)
+            qRaw: flat(q), kRaw: flat(k), v: flat(v), batch: batch, steps: steps, heads: layer.heads,
+            headSize: layer.headSize)
         var none: AttentionState? = nil
         var rng = FWPRandom(seed: 0)
-        memory.forward(&cache, betaLogits: betaLogits, buffers, state: &none, training: false, rng: &rng, threads: threads)
+        memory.forward(
+            &cache, betaLogits: betaLogits, buffers, state: &none, training: false, rng: &rng, threads: threads)
         return memory.backward(cache.core, cache: cache, threads: threads).0
     }
 }

@@ -114,11 +114,14 @@ public struct ChunkwiseKernel: Sendable {
     /// Floats of `packed` workspace that `backwardPacked` needs (the gathered dy rows, and with
     /// `featureMapped` the gradients of the features before the feature map's backward).
     public var packedCount: Int {
-        AlignedFloats.lineRounded(steps * valueSize) + (featureMapped ? 2 * AlignedFloats.lineRounded(steps * keySize) : 0)
+        AlignedFloats.lineRounded(steps * valueSize)
+            + (featureMapped ? 2 * AlignedFloats.lineRounded(steps * keySize) : 0)
     }
 
     /// The feature map's row sums (q's, then k's) inside a sequence's `packedSavedCount` floats.
-    private func featureSums(_ saved: UnsafeMutablePointer<Float>) -> (q: UnsafeMutablePointer<Float>, k: UnsafeMutablePointer<Float>) {
+    private func featureSums(_ saved: UnsafeMutablePointer<Float>) -> (
+        q: UnsafeMutablePointer<Float>, k: UnsafeMutablePointer<Float>
+    ) {
         let q = saved + packedOffsets.sums
         return (q, q + AlignedFloats.lineRounded(steps))
     }
@@ -133,7 +136,8 @@ public struct ChunkwiseKernel: Sendable {
 
     /// This kernel reading q and k back to back (from `packedRows`) and v, dy at `valueStride`,
     /// writing dq, dk at `outputKeyStride` and y, dv at this kernel's `outputValueStride`.
-    private func packedKernel(valueStride vs: Int, outputKeyStride oks: Int, outputScale: Float = 1) -> ChunkwiseKernel {
+    private func packedKernel(valueStride vs: Int, outputKeyStride oks: Int, outputScale: Float = 1) -> ChunkwiseKernel
+    {
         var kernel = ChunkwiseKernel(
             rule: rule, chunkSize: chunkSize, steps: steps, keySize: keySize, valueSize: valueSize, keyStride: keySize,
             valueStride: vs, betaStride: betaStride, outputKeyStride: oks, outputValueStride: outputValueStride,
@@ -170,7 +174,8 @@ public struct ChunkwiseKernel: Sendable {
             vIn = UnsafePointer(rows.v)
         }
         packedKernel(
-            valueStride: rule == .sum ? valueSize : valueStride, outputKeyStride: outputKeyStride, outputScale: outputScale
+            valueStride: rule == .sum ? valueSize : valueStride, outputKeyStride: outputKeyStride,
+            outputScale: outputScale
         ).forward(
             q: rows.q, k: rows.k, v: vIn, beta: beta, y: y, w: w, saved: saved, scratch: scratch)
     }

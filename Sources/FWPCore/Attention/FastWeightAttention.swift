@@ -155,7 +155,8 @@ struct FastWeightAttention: Sendable {
         ChunkwiseKernel(
             rule: rule, chunkSize: chunk, steps: steps, keySize: featureMap.outputSize, valueSize: headSize,
             keyStride: heads * featureMap.outputSize, valueStride: heads * headSize, betaStride: heads,
-            outputKeyStride: outputStride, outputValueStride: outputStride, featureMapped: featureMapInKernel(steps: steps),
+            outputKeyStride: outputStride, outputValueStride: outputStride,
+            featureMapped: featureMapInKernel(steps: steps),
             outputScale: outputScale)
     }
 
@@ -167,7 +168,10 @@ struct FastWeightAttention: Sendable {
         // `weights` is then the only reference (no copy-on-write of the state on the first write).
         if state != nil { state!.weights = [] }
         let attn = normalization == .attention
-        var zs = attn ? (state?.normalizer ?? TensorStorage(repeating: 0, count: seqs * dk)) : TensorStorage(repeating: 0, count: seqs * dk)
+        var zs =
+            attn
+            ? (state?.normalizer ?? TensorStorage(repeating: 0, count: seqs * dk))
+            : TensorStorage(repeating: 0, count: seqs * dk)
         precondition(weights.count == seqs * dv * dk, "carried state is for another batch size or shape")
         let chunk = chunkSize(steps: steps)
         cache.chunkSize = chunk
@@ -195,14 +199,17 @@ struct FastWeightAttention: Sendable {
                 if let chunked {
                     let work = AlignedFloats(count: chunked.scratchCount)  // cache-line aligned
                     chunked.forwardPacked(
-                        q: pq.base + row * dk, k: pk.base + row * dk, v: pv.base + row * dv, beta: pb.map { $0.base + row },
+                        q: pq.base + row * dk, k: pk.base + row * dk, v: pv.base + row * dv,
+                        beta: pb.map { $0.base + row },
                         y: py.base + row * dv, w: pw.base + s * dv * dk, saved: pSaved!.base + s * savedPerSequence,
                         scratch: work.base)
                 } else {
                     kern.forward(
-                        q: pq.base + row * dk, k: pk.base + row * dk, v: pv.base + row * dv, beta: pb.map { $0.base + row },
+                        q: pq.base + row * dk, k: pk.base + row * dk, v: pv.base + row * dv,
+                        beta: pb.map { $0.base + row },
                         y: py.base + row * dv, w: pw.base + s * dv * dk, z: pz.base + s * dk,
-                        saved: pSaved.map { $0.base + s * savedPerSequence }, denominators: pDen.map { $0.base + s * steps })
+                        saved: pSaved.map { $0.base + s * savedPerSequence },
+                        denominators: pDen.map { $0.base + s * steps })
                 }
             }
         }
@@ -258,7 +265,8 @@ struct FastWeightAttention: Sendable {
         precondition(projected == nil || cache.chunkSize != nil, "only the chunkwise kernel writes into the projection")
         let kern = kernel(steps: steps)
         // The chunkwise backward writes (not accumulates) every row of dq, dk, dv and dβ.
-        let make = { (shape: [Int]) in cache.chunkSize != nil ? Tensor(uninitializedShape: shape) : Tensor(shape: shape) }
+        let make = { (shape: [Int]) in cache.chunkSize != nil ? Tensor(uninitializedShape: shape) : Tensor(shape: shape)
+        }
         let outputRows = projected == nil ? n * heads : 0
         var dq = make([outputRows, dk]), dkT = make([outputRows, dk]), dvT = make([outputRows, dv])
         var dbeta: Tensor? = rule == .delta ? make([n * heads]) : nil
@@ -268,15 +276,19 @@ struct FastWeightAttention: Sendable {
         let savedPerSequence = cache.saved.count / seqs
         let width = projectionWidth, hd = heads * headSize
         let chunked = cache.chunkSize.map {
-            chunkwiseKernel(steps: steps, chunk: $0, outputStride: projected == nil ? nil : width, outputScale: outputScale)
+            chunkwiseKernel(
+                steps: steps, chunk: $0, outputStride: projected == nil ? nil : width, outputScale: outputScale)
         }
-        let (y, q, k, v, beta, saved, denominators) = (cache.core, cache.q, cache.k, cache.v, cache.beta, cache.saved, cache.denominators)
+        let (y, q, k, v, beta, saved, denominators) = (
+            cache.core, cache.q, cache.k, cache.v, cache.beta, cache.saved, cache.denominators
+        )
         let pdy = SharedConstPointer(dCore.pointer), py = SharedConstPointer(y.pointer)
         let pq = SharedConstPointer(q.pointer), pk = SharedConstPointer(k.pointer), pv = SharedConstPointer(v.pointer)
         let pb = beta.map { SharedConstPointer($0.pointer) }
         let pSaved = saved.count > 0 ? SharedConstPointer(UnsafePointer(saved.base)) : nil
         let pDen = attn ? SharedConstPointer(denominators.pointer) : nil
-        let pdq = SharedPointer(dq.mutablePointer()), pdk = SharedPointer(dkT.mutablePointer()), pdv = SharedPointer(dvT.mutablePointer())
+        let pdq = SharedPointer(dq.mutablePointer()), pdk = SharedPointer(dkT.mutablePointer()),
+            pdv = SharedPointer(dvT.mutablePointer())
         var pdb: SharedPointer? = nil
         if isDelta, dbeta != nil { pdb = SharedPointer(dbeta!.mutablePointer()) }
         let pw = SharedPointer(weights.mutablePointer()), pz = SharedPointer(zs.mutablePointer())
@@ -298,18 +310,22 @@ struct FastWeightAttention: Sendable {
                             return (base + h * dk, base + hd + h * dk, base + 2 * hd + h * dv)
                         } ?? (pdq.base + row * dk, pdk.base + row * dk, pdv.base + row * dv)
                     chunked.backwardPacked(
-                        dy: pdy.base + row * dv, beta: pb.map { $0.base + row }, saved: pSaved!.base + s * savedPerSequence,
-                        dw: scratch + sc, scratch: scratch, dq: dqRow, dk: dkRow, dv: dvRow, dbeta: pdb.map { $0.base + row },
+                        dy: pdy.base + row * dv, beta: pb.map { $0.base + row },
+                        saved: pSaved!.base + s * savedPerSequence,
+                        dw: scratch + sc, scratch: scratch, dq: dqRow, dk: dkRow, dv: dvRow,
+                        dbeta: pdb.map { $0.base + row },
                         packed: scratch + sc + sw)
                 } else {
                     var scratch = [Float](repeating: 0, count: dv * dk + 2 * dk + dv)
                     scratch.withUnsafeMutableBufferPointer { sc in
                         let base = sc.baseAddress!
                         kern.backward(
-                            dy: pdy.base + row * dv, y: py.base + row * dv, q: pq.base + row * dk, k: pk.base + row * dk,
+                            dy: pdy.base + row * dv, y: py.base + row * dv, q: pq.base + row * dk,
+                            k: pk.base + row * dk,
                             v: pv.base + row * dv, beta: pb.map { $0.base + row },
                             saved: isDelta ? pSaved.map { $0.base + s * savedPerSequence } : nil,
-                            denominators: pDen.map { $0.base + s * steps }, w: pw.base + s * dv * dk, z: pz.base + s * dk,
+                            denominators: pDen.map { $0.base + s * steps }, w: pw.base + s * dv * dk,
+                            z: pz.base + s * dk,
                             dw: base, dzAccumulator: base + dv * dk, scratch: base + dv * dk + 2 * dk,
                             dq: pdq.base + row * dk, dk: pdk.base + row * dk, dv: pdv.base + row * dv,
                             dbeta: pdb.map { $0.base + row })

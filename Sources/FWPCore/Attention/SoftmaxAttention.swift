@@ -103,8 +103,10 @@ struct SoftmaxAttention: Sendable {
                     let r1 = min(r0 + block, steps)
                     // S = Q Kᵀ / √d over the block's rows and columns [0, r1)
                     BLAS.gemm(
-                        transposeA: false, transposeB: true, m: r1 - r0, n: r1, k: dh, alpha: scale, a: pq.base + off + r0 * hd,
-                        lda: hd, b: pk.base + off, ldb: hd, beta: 0, c: P + r0 * steps, ldc: steps, smallLimit: smallLimit)
+                        transposeA: false, transposeB: true, m: r1 - r0, n: r1, k: dh, alpha: scale,
+                        a: pq.base + off + r0 * hd,
+                        lda: hd, b: pk.base + off, ldb: hd, beta: 0, c: P + r0 * steps, ldc: steps,
+                        smallLimit: smallLimit)
                     // P = causal softmax(S), zero up to the block's end
                     for t in r0..<r1 {
                         let row = P + t * steps
@@ -143,9 +145,11 @@ struct SoftmaxAttention: Sendable {
         let native = VectorKernels.enabled  // each row of dS as one C kernel call
         let smallLimit = softmaxSmallLimit
         let (q, k, v, probs) = (cache.qRaw, cache.kRaw, cache.v, cache.probabilities)
-        let pdy = SharedConstPointer(dCore.pointer), pq = SharedConstPointer(q.pointer), pk = SharedConstPointer(k.pointer)
+        let pdy = SharedConstPointer(dCore.pointer), pq = SharedConstPointer(q.pointer),
+            pk = SharedConstPointer(k.pointer)
         let pv = SharedConstPointer(v.pointer), pp = SharedConstPointer(probs.pointer)
-        let pdq = SharedPointer(dq.mutablePointer()), pdk = SharedPointer(dk.mutablePointer()), pdv = SharedPointer(dv.mutablePointer())
+        let pdq = SharedPointer(dq.mutablePointer()), pdk = SharedPointer(dk.mutablePointer()),
+            pdv = SharedPointer(dv.mutablePointer())
         let block = causalBlock(steps: steps)
         borrowing(dCore, q, k, v, probs, dq, dk, dv) {
             threads.forEach(seqs) { s in
@@ -164,7 +168,8 @@ struct SoftmaxAttention: Sendable {
                         let r1 = min(r0 + block, steps)
                         // dP = dY Vᵀ
                         BLAS.gemm(
-                            transposeA: false, transposeB: true, m: r1 - r0, n: r1, k: dh, a: pdy.base + off + r0 * hd, lda: hd,
+                            transposeA: false, transposeB: true, m: r1 - r0, n: r1, k: dh, a: pdy.base + off + r0 * hd,
+                            lda: hd,
                             b: pv.base + off, ldb: hd, beta: 0, c: dP + r0 * steps, ldc: steps, smallLimit: smallLimit)
                         // dS = P ⊙ (dP − rowsum(dP ⊙ P)), then scaled; zero up to the block's end.
                         for t in r0..<r1 {
@@ -179,8 +184,10 @@ struct SoftmaxAttention: Sendable {
                         }
                         // dQ = dS K
                         BLAS.gemm(
-                            transposeA: false, transposeB: false, m: r1 - r0, n: dh, k: r1, a: dP + r0 * steps, lda: steps,
-                            b: pk.base + off, ldb: hd, beta: 0, c: pdq.base + off + r0 * hd, ldc: hd, smallLimit: smallLimit)
+                            transposeA: false, transposeB: false, m: r1 - r0, n: dh, k: r1, a: dP + r0 * steps,
+                            lda: steps,
+                            b: pk.base + off, ldb: hd, beta: 0, c: pdq.base + off + r0 * hd, ldc: hd,
+                            smallLimit: smallLimit)
                         r0 = r1
                     }
                     var c0 = 0
@@ -188,12 +195,16 @@ struct SoftmaxAttention: Sendable {
                         let c1 = min(c0 + block, steps)
                         // dV = Pᵀ dY and dK = dSᵀ Q over rows [c0, T)
                         BLAS.gemm(
-                            transposeA: true, transposeB: false, m: c1 - c0, n: dh, k: steps - c0, a: P + c0 * steps + c0,
-                            lda: steps, b: pdy.base + off + c0 * hd, ldb: hd, beta: 0, c: pdv.base + off + c0 * hd, ldc: hd,
+                            transposeA: true, transposeB: false, m: c1 - c0, n: dh, k: steps - c0,
+                            a: P + c0 * steps + c0,
+                            lda: steps, b: pdy.base + off + c0 * hd, ldb: hd, beta: 0, c: pdv.base + off + c0 * hd,
+                            ldc: hd,
                             smallLimit: smallLimit)
                         BLAS.gemm(
-                            transposeA: true, transposeB: false, m: c1 - c0, n: dh, k: steps - c0, a: dP + c0 * steps + c0,
-                            lda: steps, b: pq.base + off + c0 * hd, ldb: hd, beta: 0, c: pdk.base + off + c0 * hd, ldc: hd,
+                            transposeA: true, transposeB: false, m: c1 - c0, n: dh, k: steps - c0,
+                            a: dP + c0 * steps + c0,
+                            lda: steps, b: pq.base + off + c0 * hd, ldb: hd, beta: 0, c: pdk.base + off + c0 * hd,
+                            ldc: hd,
                             smallLimit: smallLimit)
                         c0 = c1
                     }

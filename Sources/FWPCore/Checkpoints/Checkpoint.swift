@@ -43,13 +43,16 @@ public struct CheckpointContents: Sendable {
         for (n, t) in zip(buffers.names, buffers.values) { tensors.append((n, t)) }
         var meta: [String: String] = ["format": format, "config": config]
         if let optimizer {
-            for (n, t) in zip(optimizer.firstMoment.names, optimizer.firstMoment.values) { tensors.append(("optimizer.exp_avg.\(n)", t)) }
+            for (n, t) in zip(optimizer.firstMoment.names, optimizer.firstMoment.values) {
+                tensors.append(("optimizer.exp_avg.\(n)", t))
+            }
             for (n, t) in zip(optimizer.secondMoment.names, optimizer.secondMoment.values) {
                 tensors.append(("optimizer.exp_avg_sq.\(n)", t))
             }
             meta["step"] = String(optimizer.step)
             let s = OptimizerSettings(
-                schedule: optimizer.schedule, beta1: optimizer.beta1, beta2: optimizer.beta2, epsilon: optimizer.epsilon,
+                schedule: optimizer.schedule, beta1: optimizer.beta1, beta2: optimizer.beta2,
+                epsilon: optimizer.epsilon,
                 weightDecay: optimizer.weightDecay, maxGradientNorm: optimizer.maxGradientNorm)
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
@@ -70,11 +73,15 @@ public struct CheckpointContents: Sendable {
     ) throws -> CheckpointContents {
         let file = try Safetensors.decode(data)
         let meta = file.metadata
-        guard let format = meta["format"] else { throw FWPError.checkpoint("no 'format' in metadata: not an fwp checkpoint") }
+        guard let format = meta["format"] else {
+            throw FWPError.checkpoint("no 'format' in metadata: not an fwp checkpoint")
+        }
         guard format == expectedFormat else { throw FWPError.checkpoint("format '\(format)' is not \(expectedFormat)") }
         if let stored = meta["crc32"] {
             let actual = String(format: "%08x", Safetensors.dataChecksum(of: file.tensors))
-            guard stored == actual else { throw FWPError.checkpoint("data checksum \(actual) differs from stored \(stored) (corrupt file)") }
+            guard stored == actual else {
+                throw FWPError.checkpoint("data checksum \(actual) differs from stored \(stored) (corrupt file)")
+            }
         }
         guard let config = meta["config"] else { throw FWPError.checkpoint("no model config in metadata") }
         var (parameters, buffers) = try template(config)
@@ -82,9 +89,12 @@ public struct CheckpointContents: Sendable {
         for (n, t) in file.tensors { byName[n] = t }
         func fill(_ store: inout ParameterStore, prefix: String) throws {
             for (i, n) in store.names.enumerated() {
-                guard let t = byName.removeValue(forKey: prefix + n) else { throw FWPError.checkpoint("tensor \(prefix + n) is missing") }
+                guard let t = byName.removeValue(forKey: prefix + n) else {
+                    throw FWPError.checkpoint("tensor \(prefix + n) is missing")
+                }
                 guard t.shape == store.values[i].shape else {
-                    throw FWPError.checkpoint("tensor \(prefix + n) has shape \(t.shape), the config needs \(store.values[i].shape)")
+                    throw FWPError.checkpoint(
+                        "tensor \(prefix + n) has shape \(t.shape), the config needs \(store.values[i].shape)")
                 }
                 store.values[i] = t
             }

@@ -32,7 +32,8 @@ public struct Safetensors: Sendable {
         var offset = 0
         for (name, t) in tensors {
             precondition(name != "__metadata__", "reserved tensor name")
-            header[name] = ["dtype": "F32", "shape": t.shape, "data_offsets": [offset, offset + 4 * t.count]] as [String: Any]
+            header[name] =
+                ["dtype": "F32", "shape": t.shape, "data_offsets": [offset, offset + 4 * t.count]] as [String: Any]
             offset += 4 * t.count
         }
         var json = try! JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
@@ -43,7 +44,10 @@ public struct Safetensors: Sendable {
         for (_, t) in tensors {
             t.storage.withUnsafeBufferPointer { buf in
                 if Int(bitPattern: 1) == 1 && UInt32(1).littleEndian == 1 {
-                    out.append(UnsafeBufferPointer(start: UnsafeRawPointer(buf.baseAddress!).assumingMemoryBound(to: UInt8.self), count: buf.count * 4))
+                    out.append(
+                        UnsafeBufferPointer(
+                            start: UnsafeRawPointer(buf.baseAddress!).assumingMemoryBound(to: UInt8.self),
+                            count: buf.count * 4))
                 } else {
                     for v in buf { withUnsafeBytes(of: v.bitPattern.littleEndian) { out.append(contentsOf: $0) } }
                 }
@@ -55,14 +59,17 @@ public struct Safetensors: Sendable {
     /// Parses a file's bytes; throws `FWPError.checkpoint` with the reason on any inconsistency.
     public static func decode(_ data: Data) throws -> Safetensors {
         func fail(_ m: String) -> FWPError { .checkpoint(m) }
-        guard data.count >= 8 else { throw fail("file is \(data.count) bytes, too short for a safetensors header (truncated?)") }
+        guard data.count >= 8 else {
+            throw fail("file is \(data.count) bytes, too short for a safetensors header (truncated?)")
+        }
         let n = data.prefix(8).enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
         guard n <= UInt64(maximumHeaderSize) else { throw fail("header length \(n) is implausible (corrupt file?)") }
         guard 8 + Int(n) <= data.count else {
             throw fail("header needs \(n) bytes but only \(data.count - 8) follow (truncated file)")
         }
         let headerBytes = data.subdata(in: data.startIndex + 8..<data.startIndex + 8 + Int(n))
-        guard let object = try? JSONSerialization.jsonObject(with: headerBytes), let header = object as? [String: Any] else {
+        guard let object = try? JSONSerialization.jsonObject(with: headerBytes), let header = object as? [String: Any]
+        else {
             throw fail("header is not a JSON object (corrupt file)")
         }
         var metadata: [String: String] = [:]
@@ -80,22 +87,27 @@ public struct Safetensors: Sendable {
             guard let shape = (info["shape"] as? [Any])?.compactMap({ ($0 as? NSNumber)?.intValue }),
                 shape.count == (info["shape"] as? [Any])?.count, shape.allSatisfy({ $0 >= 0 })
             else { throw fail("tensor \(name) has a malformed shape") }
-            guard let offs = (info["data_offsets"] as? [Any])?.compactMap({ ($0 as? NSNumber)?.intValue }), offs.count == 2,
+            guard let offs = (info["data_offsets"] as? [Any])?.compactMap({ ($0 as? NSNumber)?.intValue }),
+                offs.count == 2,
                 offs[0] >= 0, offs[0] <= offs[1]
             else { throw fail("tensor \(name) has malformed data_offsets") }
             let expected = 4 * shape.reduce(1, *)
             guard offs[1] - offs[0] == expected else {
-                throw fail("tensor \(name) of shape \(shape) needs \(expected) bytes, offsets give \(offs[1] - offs[0])")
+                throw fail(
+                    "tensor \(name) of shape \(shape) needs \(expected) bytes, offsets give \(offs[1] - offs[0])")
             }
             guard offs[1] <= dataSize else {
-                throw fail("tensor \(name) ends at byte \(offs[1]) but the data region has \(dataSize) (truncated file)")
+                throw fail(
+                    "tensor \(name) ends at byte \(offs[1]) but the data region has \(dataSize) (truncated file)")
             }
             entries.append((name, shape, offs[0], offs[1]))
         }
         entries.sort { ($0.begin, $0.end, $0.name) < ($1.begin, $1.end, $1.name) }
         var cursor = 0
         for e in entries {
-            guard e.begin == cursor else { throw fail("tensor \(e.name) starts at \(e.begin), expected \(cursor) (overlap or gap)") }
+            guard e.begin == cursor else {
+                throw fail("tensor \(e.name) starts at \(e.begin), expected \(cursor) (overlap or gap)")
+            }
             cursor = e.end
         }
         guard cursor == dataSize else { throw fail("data region has \(dataSize) bytes but tensors cover \(cursor)") }
@@ -105,7 +117,8 @@ public struct Safetensors: Sendable {
                 let count = (e.end - e.begin) / 4
                 var storage = [Float](repeating: 0, count: count)
                 storage.withUnsafeMutableBytes { dst in
-                    dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: raw[(dataStart + e.begin)..<(dataStart + e.end)]))
+                    dst.copyMemory(
+                        from: UnsafeRawBufferPointer(rebasing: raw[(dataStart + e.begin)..<(dataStart + e.end)]))
                 }
                 if UInt32(1).littleEndian != 1 {
                     for i in 0..<count { storage[i] = Float(bitPattern: UInt32(littleEndian: storage[i].bitPattern)) }
@@ -155,7 +168,9 @@ extension Safetensors {
         let file = try decode(data)
         if let stored = file.metadata["crc32"] {
             let actual = String(format: "%08x", dataChecksum(of: file.tensors))
-            guard stored == actual else { throw FWPError.checkpoint("data checksum \(actual) differs from stored \(stored) (corrupt file)") }
+            guard stored == actual else {
+                throw FWPError.checkpoint("data checksum \(actual) differs from stored \(stored) (corrupt file)")
+            }
         }
     }
 }

@@ -34,7 +34,9 @@ public enum BLAS {
     public static func relaunchIfNeeded() {
         #if os(Linux)
             let setThreads = getenv("OPENBLAS_NUM_THREADS") == nil
-            let coreType = getenv("OPENBLAS_CORETYPE") == nil ? coreTypeOverride(detected: coreName, vectorLevel: vectorLevel) : nil
+            let coreType =
+                getenv("OPENBLAS_CORETYPE") == nil
+                ? coreTypeOverride(detected: coreName, vectorLevel: vectorLevel) : nil
             guard setThreads || coreType != nil else { return }
             // The program's own path, not /proc/self/exe: the kernel names a process after the
             // file it executes, and ps, pgrep and the journal should still see fwpd, not "exe".
@@ -83,7 +85,9 @@ public enum BLAS {
     /// One line for logs: OpenBLAS's kernel family, and whether `relaunchIfNeeded` chose it.
     public static var blasCoreNote: String {
         let core = coreName
-        if let detected = getenv(detectedCoreVariable).map({ String(cString: $0) }), detected.lowercased() != core.lowercased() {
+        if let detected = getenv(detectedCoreVariable).map({ String(cString: $0) }),
+            detected.lowercased() != core.lowercased()
+        {
             return "OpenBLAS \(core) kernels (its CPU detection gave \(detected), which lacks this CPU's vector units; "
                 + "set OPENBLAS_CORETYPE to choose)"
         }
@@ -97,7 +101,9 @@ public enum BLAS {
             if denseAMX {
                 own.append("layer products on fwp's AMX kernel (bf16x6, FWP_AMX=1)")
             } else if KernelDispatch.amxRequested {
-                own.append("layer products on fwp's AVX-512 kernel (FWP_AMX=1 asked for AMX, which this CPU or OS does not provide)")
+                own.append(
+                    "layer products on fwp's AVX-512 kernel (FWP_AMX=1 asked for AMX, which this CPU or OS does not provide)"
+                )
             } else {
                 own.append("layer products on fwp's AVX-512 kernel")
             }
@@ -173,7 +179,8 @@ public enum BLAS {
         if m == 0 || n == 0 { return }
         precondition(cIn == nil || ldcIn >= n, "bad leading dimension")
         if k > 0 {
-            precondition(lda >= (transposeA ? m : k) && ldb >= (transposeB ? k : n) && ldc >= n, "bad leading dimension")
+            precondition(
+                lda >= (transposeA ? m : k) && ldb >= (transposeB ? k : n) && ldc >= n, "bad leading dimension")
             if usesSmallKernel(transposeB: transposeB, m: m, n: n, k: k, limit: smallLimit) {
                 runSmallKernel(
                     transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda,
@@ -240,7 +247,8 @@ public enum BLAS {
             let ts = raw.bindMemory(to: Term.self)
             var transposed = 0
             for t in ts.prefix(count) {
-                precondition(t.lda >= (t.transposeA ? m : t.k) && t.ldb >= (t.transposeB ? t.k : n), "bad leading dimension")
+                precondition(
+                    t.lda >= (t.transposeA ? m : t.k) && t.ldb >= (t.transposeB ? t.k : n), "bad leading dimension")
                 if t.transposeB { transposed += n * t.k }
                 if t.k == 0 || !usesSmallKernel(transposeB: false, m: m, n: n, k: t.k) { return false }
             }
@@ -356,7 +364,8 @@ public enum BLAS {
         precondition(y.rows == m && y.columns == n, "linear: output is \(y.rows)×\(y.columns), expected \(m)×\(n)")
         precondition(bias.map { $0.count == n } ?? true, "linear: bias has \(bias?.count ?? 0) entries, expected \(n)")
         let beta: Float = accumulate ? 1 : 0
-        let dense = k > 0 && m > 0 && n > 0 && usesDenseKernel(transposeA: false, m: m, n: n, k: k)
+        let dense =
+            k > 0 && m > 0 && n > 0 && usesDenseKernel(transposeA: false, m: m, n: n, k: k)
             && !usesSmallKernel(transposeB: true, m: m, n: n, k: k)
         x.withUnsafePointer { px in
             w.withUnsafePointer { pw in
@@ -364,12 +373,14 @@ public enum BLAS {
                     func run(_ pb: UnsafePointer<Float>?) {
                         if dense {
                             fwp_dense_sgemm_bias(
-                                0, 1, Int32(m), Int32(n), Int32(k), 1, px, Int32(k), pw, Int32(k), beta, py, Int32(n), pb,
+                                0, 1, Int32(m), Int32(n), Int32(k), 1, px, Int32(k), pw, Int32(k), beta, py, Int32(n),
+                                pb,
                                 relu ? 1 : 0)
                             return
                         }
                         gemm(
-                            transposeA: false, transposeB: true, m: m, n: n, k: k, a: px, lda: k, b: pw, ldb: k, beta: beta,
+                            transposeA: false, transposeB: true, m: m, n: n, k: k, a: px, lda: k, b: pw, ldb: k,
+                            beta: beta,
                             c: py, ldc: n)
                         switch (pb, relu) {
                         case (let pb?, true): Vec.addBiasRelu(py, bias: pb, rows: m, n)
@@ -394,7 +405,8 @@ public enum BLAS {
     ) {
         let (m, k, n) = (dy.rows, dy.columns, w.columns)
         precondition(w.rows == k, "gatedProduct: dy has \(k) columns, the weight \(w.rows) rows")
-        precondition(gate.rows == m && gate.columns == n && dh.rows == m && dh.columns == n, "gatedProduct: shapes differ")
+        precondition(
+            gate.rows == m && gate.columns == n && dh.rows == m && dh.columns == n, "gatedProduct: shapes differ")
         precondition(columnSums.count == n, "gatedProduct: \(columnSums.count) column sums for \(n) columns")
         guard usesDenseKernel(transposeA: false, m: m, n: n, k: k) else {
             gemm(dy, w, into: &dh)
@@ -420,7 +432,8 @@ public enum BLAS {
                     dh.withUnsafeMutablePointer { pc in
                         columnSums.withUnsafeMutablePointer { ps in
                             fwp_dense_sgemm_gated(
-                                0, Int32(m), Int32(n), Int32(k), pa, Int32(k), pb, Int32(n), pc, Int32(n), pg, Int32(n), ps)
+                                0, Int32(m), Int32(n), Int32(k), pa, Int32(k), pb, Int32(n), pc, Int32(n), pg, Int32(n),
+                                ps)
                         }
                     }
                 }

@@ -16,7 +16,9 @@ public enum VectorKernels {
     public static let enabled: Bool = KernelDispatch.vectorKernels
 
     /// ELU + 1 of n floats (`native` picks the C kernel; it must be `supported`).
-    static func eluPlusOne(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int, native: Bool = enabled) {
+    static func eluPlusOne(
+        _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int, native: Bool = enabled
+    ) {
         if native {
             precondition(supported, "the vector kernels need AVX2 and FMA")
             fwp_elu_plus_one(x, y, n)

@@ -9,14 +9,17 @@ enum Vec {
         var i = 0
         let ra = UnsafeRawPointer(a), rb = UnsafeRawPointer(b)
         while i + 16 <= n {
-            acc0 += ra.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+            acc0 +=
+                ra.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
                 * rb.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
-            acc1 += ra.loadUnaligned(fromByteOffset: (i + 8) * 4, as: SIMD8<Float>.self)
+            acc1 +=
+                ra.loadUnaligned(fromByteOffset: (i + 8) * 4, as: SIMD8<Float>.self)
                 * rb.loadUnaligned(fromByteOffset: (i + 8) * 4, as: SIMD8<Float>.self)
             i += 16
         }
         if i + 8 <= n {
-            acc0 += ra.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+            acc0 +=
+                ra.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
                 * rb.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
             i += 8
         }
@@ -35,7 +38,8 @@ enum Vec {
         let rx = UnsafeRawPointer(x), ry = UnsafeMutableRawPointer(y)
         let va = SIMD8<Float>(repeating: alpha)
         while i + 8 <= n {
-            let v = ry.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+            let v =
+                ry.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
                 + va * rx.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
             ry.storeBytes(of: v, toByteOffset: i * 4, as: SIMD8<Float>.self)
             i += 8
@@ -159,7 +163,9 @@ enum Vec {
 
     /// dst[i] = exp(src[i] − shift) for i < n; returns Σ dst[i] (src and dst may be the same).
     @inlinable
-    static func expShifted(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, _ n: Int, shift: Float) -> Float {
+    static func expShifted(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, _ n: Int, shift: Float)
+        -> Float
+    {
         var acc = SIMD8<Float>()
         var i = 0
         let rs = UnsafeRawPointer(src), rd = UnsafeMutableRawPointer(dst)
@@ -243,10 +249,12 @@ enum Vec {
     /// dx[i] = dy[i] where x[i] > 0, else dy[i]·y[i] (ELU + 1's derivative is its output there).
     @inlinable
     static func eluPlusOneBackward(
-        _ dy: UnsafePointer<Float>, input x: UnsafePointer<Float>, output y: UnsafePointer<Float>, into dx: UnsafeMutablePointer<Float>, _ n: Int
+        _ dy: UnsafePointer<Float>, input x: UnsafePointer<Float>, output y: UnsafePointer<Float>,
+        into dx: UnsafeMutablePointer<Float>, _ n: Int
     ) {
         var i = 0
-        let rg = UnsafeRawPointer(dy), rx = UnsafeRawPointer(x), ry = UnsafeRawPointer(y), rd = UnsafeMutableRawPointer(dx)
+        let rg = UnsafeRawPointer(dy), rx = UnsafeRawPointer(x), ry = UnsafeRawPointer(y),
+            rd = UnsafeMutableRawPointer(dx)
         while i + 8 <= n {
             let g = rg.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
             var v = g * ry.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)

@@ -51,7 +51,9 @@ public enum FeatureMapKind: Sendable, Equatable, Codable {
         let s = try decoder.singleValueContainer().decode(String.self)
         guard let k = FeatureMapKind(name: s) else {
             throw DecodingError.dataCorrupted(
-                .init(codingPath: decoder.codingPath, debugDescription: "unknown feature map '\(s)' (identity, elu, dpfp-N, favor-M)"))
+                .init(
+                    codingPath: decoder.codingPath,
+                    debugDescription: "unknown feature map '\(s)' (identity, elu, dpfp-N, favor-M)"))
         }
         self = k
     }
@@ -90,7 +92,10 @@ public struct FeatureMap: Sendable {
                 block.append(v.map { $0 / n })
             }
             for u in block where row < m {
-                let norm = (0..<d).reduce(0.0) { acc, _ in let g = rng.normal(); return acc + g * g }.squareRoot()
+                let norm = (0..<d).reduce(0.0) { acc, _ in
+                    let g = rng.normal()
+                    return acc + g * g
+                }.squareRoot()
                 for i in 0..<d { r[row, i] = Float(u[i] * norm) }
                 row += 1
             }

@@ -33,7 +33,9 @@ public struct Linear: Sendable {
     /// y += x Wᵀ + b (a residual stream): the product accumulates into y, with the bias.
     public func forward(_ x: Tensor, _ p: ParameterStore, addingTo y: inout Tensor) {
         precondition(x.columns == inFeatures, "Linear expects \(inFeatures) features, got \(x.columns)")
-        precondition(y.rows == x.rows && y.columns == outFeatures, "Linear output is \(y.shape), expected [\(x.rows), \(outFeatures)]")
+        precondition(
+            y.rows == x.rows && y.columns == outFeatures,
+            "Linear output is \(y.shape), expected [\(x.rows), \(outFeatures)]")
         BLAS.linear(x, weight: p.values[weight], bias: bias.map { p.values[$0] }, accumulate: true, into: &y)
     }
 
@@ -200,7 +202,8 @@ public struct LayerNorm: Sendable {
                         dgamma.withUnsafeMutablePointer { pdg in
                             dbeta.withUnsafeMutablePointer { pdb in
                                 if native {
-                                    fwp_layer_norm_backward(pd, ph, pg, cache.inverseStd, px, accumulate ? 1 : 0, pdg, pdb, rows, n)
+                                    fwp_layer_norm_backward(
+                                        pd, ph, pg, cache.inverseStd, px, accumulate ? 1 : 0, pdg, pdb, rows, n)
                                     return
                                 }
                                 for r in 0..<rows {
@@ -267,13 +270,16 @@ public struct FeedForward: Sendable {
     /// `native` selects the AVX2 C kernel (`VectorKernels`) for ReLU's gradient. With `overwrite`
     /// the two weights' gradients are written, not added (g's entries for them may be uninitialised).
     public func backward(
-        _ dy: Tensor, cache: Cache, _ p: ParameterStore, _ g: inout ParameterStore, native: Bool = VectorKernels.enabled,
+        _ dy: Tensor, cache: Cache, _ p: ParameterStore, _ g: inout ParameterStore,
+        native: Bool = VectorKernels.enabled,
         overwrite: Bool = false
     ) -> Tensor {
         guard native else {
             var dh = fc2.backward(dy, input: cache.hidden, p, &g, overwrite: overwrite)
             let rows = dh.rows, n = dh.columns
-            cache.hidden.withUnsafePointer { ph in dh.withUnsafeMutablePointer { Vec.reluBackward($0, output: ph, rows * n) } }
+            cache.hidden.withUnsafePointer { ph in
+                dh.withUnsafeMutablePointer { Vec.reluBackward($0, output: ph, rows * n) }
+            }
             return fc1.backward(dh, input: cache.input, p, &g, overwrite: overwrite)
         }
         // dh = (dy W₂) ⊙ [h > 0] and fc1's bias gradient (column sums) together: in the dense
@@ -281,7 +287,8 @@ public struct FeedForward: Sendable {
         fc2.accumulateGradients(dy, input: cache.hidden, &g, overwrite: overwrite)
         var dh = Tensor(uninitializedShape: [dy.rows, fc2.inFeatures])  // written by the product
         BLAS.gatedProduct(
-            dy, weight: p.values[fc2.weight], gate: cache.hidden, into: &dh, columnSums: &g.values[fc1.bias!], native: true)
+            dy, weight: p.values[fc2.weight], gate: cache.hidden, into: &dh, columnSums: &g.values[fc1.bias!],
+            native: true)
         return fc1.backward(dh, input: cache.input, p, &g, biasDone: true, overwrite: overwrite)
     }
 

@@ -29,13 +29,15 @@ extension AttentionState {
             return Array(a[(range.lowerBound * per)..<(range.upperBound * per)])
         }
         return AttentionState(
-            weights: TensorStorage(part(weights)), normalizer: TensorStorage(part(normalizer)), keys: part(keys), values: part(values),
+            weights: TensorStorage(part(weights)), normalizer: TensorStorage(part(normalizer)), keys: part(keys),
+            values: part(values),
             length: length)
     }
 
     static func concatenate(_ parts: [AttentionState]) -> AttentionState {
         AttentionState(
-            weights: TensorStorage(parts.flatMap(\.weights)), normalizer: TensorStorage(parts.flatMap(\.normalizer)), keys: parts.flatMap(\.keys),
+            weights: TensorStorage(parts.flatMap(\.weights)), normalizer: TensorStorage(parts.flatMap(\.normalizer)),
+            keys: parts.flatMap(\.keys),
             values: parts.flatMap(\.values), length: parts[0].length)
     }
 }
@@ -79,12 +81,14 @@ public struct LanguageModel: Sendable {
         var store = ParameterStore()
         var buffers = ParameterStore()
         let d = config.modelSize
-        embedding = Embedding("embedding", vocabulary: config.vocabularySize, dimension: d, std: config.initStd, store: &store, rng: &rng)
+        embedding = Embedding(
+            "embedding", vocabulary: config.vocabularySize, dimension: d, std: config.initStd, store: &store, rng: &rng)
         var blocks: [Block] = []
         for i in 0..<config.layers {
             let prefix = "layers.\(i)"
             let n1 = LayerNorm("\(prefix).norm1", dimension: d, store: &store)
-            let attn = AttentionLayer(prefix: "\(prefix).attn", config: config, store: &store, buffers: &buffers, rng: &rng)
+            let attn = AttentionLayer(
+                prefix: "\(prefix).attn", config: config, store: &store, buffers: &buffers, rng: &rng)
             let n2 = LayerNorm("\(prefix).norm2", dimension: d, store: &store)
             let ff = FeedForward(
                 "\(prefix).ff", dimension: d, hidden: config.feedForwardSize, std: config.initStd,
@@ -96,7 +100,8 @@ public struct LanguageModel: Sendable {
         if config.tiedEmbeddings {
             head = nil
         } else {
-            head = Linear("head", in: d, out: config.vocabularySize, bias: false, std: config.initStd, store: &store, rng: &rng)
+            head = Linear(
+                "head", in: d, out: config.vocabularySize, bias: false, std: config.initStd, store: &store, rng: &rng)
         }
         headBias = store.add("head.bias", Tensor(shape: [config.vocabularySize]))
         parameters = store
@@ -182,17 +187,21 @@ public struct LanguageModel: Sendable {
                 Vec.addTensor(f, into: &x)
             }
             caches.append(
-                BlockCache(norm1: c1, attention: ca, attentionMask: aMask, norm2: c2, feedForward: cf, feedForwardMask: fMask))
+                BlockCache(
+                    norm1: c1, attention: ca, attentionMask: aMask, norm2: c2, feedForward: cf, feedForwardMask: fMask))
         }
         if state != nil { state!.position += steps }
         let (h, cn) = finalNorm.forward(x, parameters)
         // Written by the product, the bias added as it stores each row (`BLAS.linear`).
         var logits = Tensor(uninitializedShape: [h.rows, config.vocabularySize])
         BLAS.linear(
-            h, weight: parameters.values[head?.weight ?? embedding.weight], bias: parameters.values[headBias], into: &logits)
+            h, weight: parameters.values[head?.weight ?? embedding.weight], bias: parameters.values[headBias],
+            into: &logits)
         return (
             logits,
-            Cache(tokens: tokens, batch: batch, steps: steps, embeddingMask: embMask, blocks: caches, finalNorm: cn, finalHidden: h)
+            Cache(
+                tokens: tokens, batch: batch, steps: steps, embeddingMask: embMask, blocks: caches, finalNorm: cn,
+                finalHidden: h)
         )
     }
 
@@ -205,7 +214,8 @@ public struct LanguageModel: Sendable {
         addColumnSums(dLogits, into: &g.values[headBias])
         let wIndex = head?.weight ?? embedding.weight
         BLAS.gemm(dLogits, transposeA: true, cache.finalHidden, beta: 0, into: &g.values[wIndex])
-        var dx = finalNorm.backward(BLAS.matmul(dLogits, parameters.values[wIndex]), cache: cache.finalNorm, parameters, &g)
+        var dx = finalNorm.backward(
+            BLAS.matmul(dLogits, parameters.values[wIndex]), cache: cache.finalNorm, parameters, &g)
         /// dx masked by a dropout mask, or dx itself (no copy) without one.
         func masked(_ dx: Tensor, _ mask: [Float]?) -> Tensor {
             guard mask != nil else { return dx }

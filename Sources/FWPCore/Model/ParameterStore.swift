@@ -39,7 +39,8 @@ public struct ParameterStore: Sendable, Equatable {
         // New tensors, not `self` copied and then overwritten (a copy of every parameter first).
         var s = self
         for i in s.values.indices {
-            s.values[i] = skip.contains(i) ? Tensor(uninitializedShape: values[i].shape) : Tensor(shape: values[i].shape)
+            s.values[i] =
+                skip.contains(i) ? Tensor(uninitializedShape: values[i].shape) : Tensor(shape: values[i].shape)
         }
         return s
     }

@@ -64,7 +64,9 @@ public struct TensorStorage: RandomAccessCollection, MutableCollection, Equatabl
         _ body: (UnsafeMutableBufferPointer<Float>) throws -> R
     ) rethrows -> R {
         makeUnique()
-        return try withExtendedLifetime(buffer) { try body(UnsafeMutableBufferPointer(start: buffer.base, count: buffer.count)) }
+        return try withExtendedLifetime(buffer) {
+            try body(UnsafeMutableBufferPointer(start: buffer.base, count: buffer.count))
+        }
     }
 
     /// Calls `body` with the elements' bytes (little-endian Float32 on the machines fwp runs on).
@@ -74,7 +76,8 @@ public struct TensorStorage: RandomAccessCollection, MutableCollection, Equatabl
 
     /// Element-wise equality, as for `[Float]` (NaN equals nothing, −0 equals 0).
     public static func == (a: TensorStorage, b: TensorStorage) -> Bool {
-        a.count == b.count && a.withUnsafeBufferPointer { pa in b.withUnsafeBufferPointer { pb in pa.elementsEqual(pb) } }
+        a.count == b.count
+            && a.withUnsafeBufferPointer { pa in b.withUnsafeBufferPointer { pb in pa.elementsEqual(pb) } }
     }
 }
 

@@ -27,7 +27,8 @@ public struct ExecTask: TaskModule {
         ParameterSpec("args", .string, "arguments, as a JSON array of strings or space-separated words", default: ""),
         ParameterSpec("directory", .path, "working directory (default: the daemon's)", optional: true),
         ParameterSpec("grace", .number, "seconds between SIGTERM and SIGKILL", default: 5, minimum: 0, maximum: 3600),
-        ParameterSpec("timeout", .number, "stop the program after this many seconds (0: never)", default: 0, minimum: 0),
+        ParameterSpec(
+            "timeout", .number, "stop the program after this many seconds (0: never)", default: 0, minimum: 0),
     ]
 
     /// The schema's parameters as Swift values.
@@ -42,7 +43,9 @@ public struct ExecTask: TaskModule {
     func arguments(_ p: Parameters) throws -> [String] {
         let raw = p.args.trimmingCharacters(in: .whitespaces)
         if raw.hasPrefix("[") {
-            guard case .array(let items) = try? JSONValue.parse(raw) else { throw ParameterError("args", "must be a JSON array of strings") }
+            guard case .array(let items) = try? JSONValue.parse(raw) else {
+                throw ParameterError("args", "must be a JSON array of strings")
+            }
             let strings = items.compactMap(\.stringValue)
             guard strings.count == items.count else { throw ParameterError("args", "must be a JSON array of strings") }
             return strings
@@ -129,14 +132,17 @@ public struct ExecTask: TaskModule {
             throw TaskError.failed(code: .signal, message: "\(program) was killed by signal \(termSignal(status))")
         }
         let code = exitStatus(status)
-        guard code == 0 else { throw TaskError.failed(code: .exitStatus, message: "\(program) exited with status \(code)") }
+        guard code == 0 else {
+            throw TaskError.failed(code: .exitStatus, message: "\(program) exited with status \(code)")
+        }
         return result.get() ?? .object(["exit_status": 0])
     }
 
     static func event(from o: [String: JSONValue]) -> ProgressEvent {
         ProgressEvent(
             kind: o["kind"]?.stringValue ?? "progress", step: o["step"]?.doubleValue.map { Int($0) },
-            total: o["total"]?.doubleValue.map { Int($0) }, loss: o["loss"]?.doubleValue, metrics: o["metrics"]?.objectValue ?? [:],
+            total: o["total"]?.doubleValue.map { Int($0) }, loss: o["loss"]?.doubleValue,
+            metrics: o["metrics"]?.objectValue ?? [:],
             tokensPerSecond: o["tokens_per_second"]?.doubleValue, etaSeconds: o["eta_seconds"]?.doubleValue,
             message: o["message"]?.stringValue)
     }
@@ -205,7 +211,8 @@ final class ChildProcess: @unchecked Sendable {
         guard rc == 0 else {
             close(outPipe[0])
             close(errPipe[0])
-            throw TaskError.failed(code: .spawnFailed, message: "cannot start \(program): \(String(cString: strerror(rc)))")
+            throw TaskError.failed(
+                code: .spawnFailed, message: "cannot start \(program): \(String(cString: strerror(rc)))")
         }
         pid = child
         stdout = outPipe[0]

@@ -16,19 +16,23 @@ func loadLanguageModel(_ path: String, parameter: String) throws -> (LanguageMod
     var tokenizer = Tokenizer.bytes
     if let json = c.extra["tokenizer"] {
         guard let t = try? JSONDecoder().decode(Tokenizer.self, from: Data(json.utf8)) else {
-            throw TaskError.failed(code: .badCheckpoint, message: "parameter '\(parameter)': the stored tokenizer does not parse")
+            throw TaskError.failed(
+                code: .badCheckpoint, message: "parameter '\(parameter)': the stored tokenizer does not parse")
         }
         tokenizer = t
     }
     guard tokenizer.size == c.model.config.vocabularySize else {
-        throw TaskError.failed(code: .badCheckpoint, message: "parameter '\(parameter)': tokenizer and model vocabulary differ")
+        throw TaskError.failed(
+            code: .badCheckpoint, message: "parameter '\(parameter)': tokenizer and model vocabulary differ")
     }
     return (c.model, tokenizer, c)
 }
 
 /// Checks that a checkpoint file exists and parses (before queueing).
 func checkCheckpointFile(_ path: String, parameter: String) throws {
-    guard FileManager.default.isReadableFile(atPath: path) else { throw ParameterError(parameter, "\(path) does not exist or is not readable") }
+    guard FileManager.default.isReadableFile(atPath: path) else {
+        throw ParameterError(parameter, "\(path) does not exist or is not readable")
+    }
     do {
         _ = try loadLanguageModel(path, parameter: parameter)
     } catch let TaskError.failed(_, message) {
@@ -50,10 +54,13 @@ public struct EvalTask: TaskModule {
     public let parameters: [ParameterSpec] = [
         ParameterSpec("checkpoint", .path, "a language-model checkpoint (.safetensors)"),
         ParameterSpec("text", .path, "the text to evaluate on"),
-        ParameterSpec("segment", .integer, "tokens per segment (0: the checkpoint's training segment)", default: 0, minimum: 0, maximum: 65536),
+        ParameterSpec(
+            "segment", .integer, "tokens per segment (0: the checkpoint's training segment)", default: 0, minimum: 0,
+            maximum: 65536),
         ParameterSpec("batch", .integer, "contiguous rows the text is cut into", default: 1, minimum: 1, maximum: 4096),
         ParameterSpec(
-            "carry", .boolean, "carry fast weights across segments (unset: as the checkpoint was trained)", optional: true),
+            "carry", .boolean, "carry fast weights across segments (unset: as the checkpoint was trained)",
+            optional: true),
     ]
 
     /// The schema's parameters as Swift values.
@@ -115,7 +122,8 @@ public struct GenerateTask: TaskModule {
         ParameterSpec("checkpoint", .path, "a language-model checkpoint (.safetensors)"),
         ParameterSpec("prompt", .string, "text to continue", default: ""),
         ParameterSpec("max_tokens", .integer, "tokens to generate", default: 200, minimum: 1, maximum: 1_000_000),
-        ParameterSpec("temperature", .number, "sampling temperature (0: greedy)", default: 1.0, minimum: 0, maximum: 100),
+        ParameterSpec(
+            "temperature", .number, "sampling temperature (0: greedy)", default: 1.0, minimum: 0, maximum: 100),
         ParameterSpec("top_k", .integer, "sample among the k most likely tokens (0: all)", default: 0, minimum: 0),
         ParameterSpec("seed", .integer, "sampling seed", default: 1, minimum: 0, maximum: 9_007_199_254_740_991),
     ]
@@ -161,7 +169,8 @@ public struct GenerateTask: TaskModule {
             let text = tokenizer.decode(pending)
             if tokenizer.level == .word || !text.contains("\u{FFFD}") || pending.count >= 4 || i == total - 1 {
                 let rate = Double(i + 1) / max(Date().timeIntervalSince(start), 1e-9)
-                context.emit(ProgressEvent(kind: "text", step: i + 1, total: total, tokensPerSecond: rate, message: text))
+                context.emit(
+                    ProgressEvent(kind: "text", step: i + 1, total: total, tokensPerSecond: rate, message: text))
                 pending = []
             }
             logits = model.step(tokens: [next], state: &state)

@@ -19,23 +19,30 @@ public struct LanguageModelTask: TaskModule {
         ParameterSpec("train", .path, "training text (or use data_dir)", optional: true),
         ParameterSpec("valid", .path, "validation text; default: the last valid_fraction of train", optional: true),
         ParameterSpec("test", .path, "test text, evaluated with the best model at the end", optional: true),
-        ParameterSpec("data_dir", .path, "a WikiText folder: wiki.train.tokens, wiki.valid.tokens, wiki.test.tokens", optional: true),
-        ParameterSpec("valid_fraction", .number, "share of train held out when no valid file is given", default: 0.05, minimum: 0.001, maximum: 0.5),
+        ParameterSpec(
+            "data_dir", .path, "a WikiText folder: wiki.train.tokens, wiki.valid.tokens, wiki.test.tokens",
+            optional: true),
+        ParameterSpec(
+            "valid_fraction", .number, "share of train held out when no valid file is given", default: 0.05,
+            minimum: 0.001, maximum: 0.5),
         ParameterSpec("level", .string, "tokenisation", default: "byte", choices: ["byte", "word"]),
         ParameterSpec("layers", .integer, "blocks", default: 2, minimum: 1, maximum: 64),
         ParameterSpec("model_size", .integer, "model width D", default: 128, minimum: 2, maximum: 8192),
         ParameterSpec("heads", .integer, "attention heads", default: 4, minimum: 1, maximum: 128),
         ParameterSpec("head_size", .integer, "d_head", default: 32, minimum: 1, maximum: 1024),
         ParameterSpec("ff", .integer, "feed-forward hidden size", default: 512, minimum: 1, maximum: 65536),
-        ParameterSpec("attention", .string, "attention kind", default: "fast-weight", choices: ["fast-weight", "softmax"]),
+        ParameterSpec(
+            "attention", .string, "attention kind", default: "fast-weight", choices: ["fast-weight", "softmax"]),
         ParameterSpec("feature_map", .string, "elu, dpfp-ν, favor-m or identity", default: "elu"),
         ParameterSpec("rule", .string, "update rule", default: "delta", choices: ["sum", "delta"]),
-        ParameterSpec("normalization", .string, "key/query normalisation", default: "sum", choices: ["none", "sum", "attention"]),
+        ParameterSpec(
+            "normalization", .string, "key/query normalisation", default: "sum", choices: ["none", "sum", "attention"]),
         ParameterSpec("dropout", .number, "dropout rate", default: 0.0, minimum: 0, maximum: 0.9),
         ParameterSpec("tied", .boolean, "tie input and output embeddings", default: false),
         ParameterSpec("positions", .boolean, "sinusoidal position encodings", default: false),
         ParameterSpec("batch", .integer, "batch rows (contiguous streams)", default: 16, minimum: 1, maximum: 4096),
-        ParameterSpec("segment", .integer, "tokens per segment (training context)", default: 128, minimum: 2, maximum: 65536),
+        ParameterSpec(
+            "segment", .integer, "tokens per segment (training context)", default: 128, minimum: 2, maximum: 65536),
         ParameterSpec("carry", .boolean, "carry fast weights across segments (truncated BPTT)", default: false),
         ParameterSpec("steps", .integer, "optimiser steps", default: 1000, minimum: 1, maximum: 100_000_000),
         ParameterSpec("lr", .number, "peak learning rate", default: 1e-3, minimum: 1e-7, maximum: 1),
@@ -43,9 +50,13 @@ public struct LanguageModelTask: TaskModule {
         ParameterSpec("weight_decay", .number, "AdamW weight decay", default: 0.01, minimum: 0, maximum: 1),
         ParameterSpec("clip", .number, "global gradient-norm clip (0: off)", default: 1.0, minimum: 0),
         ParameterSpec("eval_every", .integer, "steps between validations (and checkpoints)", default: 200, minimum: 1),
-        ParameterSpec("eval_segments", .integer, "segments per row to validate on (0: the whole text)", default: 0, minimum: 0),
-        ParameterSpec("patience", .integer, "early stopping: validations without improvement (0: off)", default: 0, minimum: 0),
-        ParameterSpec("seed", .integer, "seed of initialisation, dropout and FAVOR+ draws", default: 1, minimum: 0, maximum: 9_007_199_254_740_991),
+        ParameterSpec(
+            "eval_segments", .integer, "segments per row to validate on (0: the whole text)", default: 0, minimum: 0),
+        ParameterSpec(
+            "patience", .integer, "early stopping: validations without improvement (0: off)", default: 0, minimum: 0),
+        ParameterSpec(
+            "seed", .integer, "seed of initialisation, dropout and FAVOR+ draws", default: 1, minimum: 0,
+            maximum: 9_007_199_254_740_991),
     ]
 
     /// The schema's parameters as Swift values.
@@ -90,7 +101,8 @@ public struct LanguageModelTask: TaskModule {
         if let dir = p.dataDir {
             let u = URL(fileURLWithPath: dir)
             return Files(
-                train: u.appendingPathComponent("wiki.train.tokens").path, valid: u.appendingPathComponent("wiki.valid.tokens").path,
+                train: u.appendingPathComponent("wiki.train.tokens").path,
+                valid: u.appendingPathComponent("wiki.valid.tokens").path,
                 test: u.appendingPathComponent("wiki.test.tokens").path)
         }
         return Files(train: p.train ?? "", valid: p.valid, test: p.test)
@@ -100,7 +112,8 @@ public struct LanguageModelTask: TaskModule {
         LMConfig(
             vocabularySize: vocabulary, modelSize: p.modelSize, layers: p.layers, heads: p.heads, headSize: p.headSize,
             feedForwardSize: p.ff, attention: p.attention, featureMap: p.featureMap, updateRule: p.rule,
-            normalization: p.normalization, dropout: Float(p.dropout), tiedEmbeddings: p.tied, sinusoidalPositions: p.positions)
+            normalization: p.normalization, dropout: Float(p.dropout), tiedEmbeddings: p.tied,
+            sinusoidalPositions: p.positions)
     }
 
     /// Rules between parameters, named as the schema names them; the model config's own
@@ -137,7 +150,8 @@ public struct LanguageModelTask: TaskModule {
         let level = p.level
         let f = files(p)
         let trainData = try readTextFile(f.train, parameter: "train")
-        let tokenizer = level == .byte ? Tokenizer.bytes : Tokenizer.words(trainingText: String(decoding: trainData, as: UTF8.self))
+        let tokenizer =
+            level == .byte ? Tokenizer.bytes : Tokenizer.words(trainingText: String(decoding: trainData, as: UTF8.self))
         var trainTokens = tokenizer.encode(trainData)
         var validTokens: [Int]
         if let v = f.valid {
@@ -150,7 +164,9 @@ public struct LanguageModelTask: TaskModule {
         let batch = p.batch, segment = p.segment, steps = p.steps, carry = p.carry
         let stream = BatchedStream(tokens: trainTokens, batch: batch, segment: segment)
         guard stream.segmentsPerRow > 0 else {
-            throw TaskError.failed(code: .textTooShort, message: "train holds \(trainTokens.count) tokens, too few for \(batch) rows of \(segment + 1)")
+            throw TaskError.failed(
+                code: .textTooShort,
+                message: "train holds \(trainTokens.count) tokens, too few for \(batch) rows of \(segment + 1)")
         }
         let evalBatch = max(1, min(batch, validTokens.count / (segment + 1)))
         let config = modelConfig(p, vocabulary: tokenizer.size)
@@ -170,7 +186,10 @@ public struct LanguageModelTask: TaskModule {
             let c = try TrainingCheckpoint.decode(data, expecting: config)
             guard let o = c.optimizer, let r = c.rng, let b = c.extra["best_valid_loss"].flatMap(Double.init),
                 let n = c.extra["bad_evals"].flatMap(Int.init), c.extra["tokenizer"] == tokenizer.json
-            else { throw TaskError.failed(code: .badCheckpoint, message: "checkpoint lacks training state or has another vocabulary") }
+            else {
+                throw TaskError.failed(
+                    code: .badCheckpoint, message: "checkpoint lacks training state or has another vocabulary")
+            }
             model.parameters = c.model.parameters
             model.buffers = c.model.buffers
             optimizer = o
@@ -181,7 +200,10 @@ public struct LanguageModelTask: TaskModule {
             for (name, t) in c.extraTensors where name.hasPrefix("best.") {
                 if let i = bestParameters.index(of: String(name.dropFirst(5))) { bestParameters.values[i] = t }
             }
-            if carry { state = try restoreState(c.extraTensors, position: c.extra["state.position"], into: model.initialState(batch: batch)) }
+            if carry {
+                state = try restoreState(
+                    c.extraTensors, position: c.extra["state.position"], into: model.initialState(batch: batch))
+            }
             context.log(.info, "resuming from step \(o.step)")
         }
 
@@ -190,19 +212,25 @@ public struct LanguageModelTask: TaskModule {
             if let state {
                 for (i, l) in state.layers.enumerated() {
                     extraTensors.append(("state.\(i).weights", Tensor(shape: [l.weights.count], storage: l.weights)))
-                    if !l.normalizer.isEmpty { extraTensors.append(("state.\(i).normalizer", Tensor(shape: [l.normalizer.count], storage: l.normalizer))) }
+                    if !l.normalizer.isEmpty {
+                        extraTensors.append(
+                            ("state.\(i).normalizer", Tensor(shape: [l.normalizer.count], storage: l.normalizer)))
+                    }
                 }
             }
             if !improved {
                 for (n, t) in zip(bestParameters.names, bestParameters.values) { extraTensors.append(("best.\(n)", t)) }
             }
             var extra = [
-                "task": "lm", "tokenizer": tokenizer.json, "segment": "\(segment)", "carry": "\(carry)", "best_valid_loss": "\(best)",
+                "task": "lm", "tokenizer": tokenizer.json, "segment": "\(segment)", "carry": "\(carry)",
+                "best_valid_loss": "\(best)",
                 "bad_evals": "\(badEvals)", "data.segment_index": "\(optimizer.step % stream.segmentsPerRow)",
             ]
             // The position as an exact decimal integer (a float32 tensor is exact only to 2^24 tokens).
             if let state { extra["state.position"] = "\(state.position)" }
-            let data = TrainingCheckpoint(model: model, optimizer: optimizer, rng: rng, extra: extra, extraTensors: extraTensors).encoded()
+            let data = TrainingCheckpoint(
+                model: model, optimizer: optimizer, rng: rng, extra: extra, extraTensors: extraTensors
+            ).encoded()
             try context.saveCheckpoint(data, step: optimizer.step, best: improved)
         }
 
@@ -218,16 +246,24 @@ public struct LanguageModelTask: TaskModule {
             let index = optimizer.step % stream.segmentsPerRow
             if index == 0 && carry { state = model.initialState(batch: batch) }  // a new pass over the data
             let (x, y) = stream.batch(index)
-            let (loss, grads) = model.lossAndGradients(tokens: x, targets: y, batch: batch, state: &state, training: true, rng: &rng)
-            guard loss.isFinite else { throw TaskError.failed(code: .diverged, message: "training loss is \(loss) at step \(optimizer.step + 1)") }
+            let (loss, grads) = model.lossAndGradients(
+                tokens: x, targets: y, batch: batch, state: &state, training: true, rng: &rng)
+            guard loss.isFinite else {
+                throw TaskError.failed(
+                    code: .diverged, message: "training loss is \(loss) at step \(optimizer.step + 1)")
+            }
             optimizer.update(&model.parameters, gradients: grads, threads: model.threads)
             lastTrain = loss
-            if let e = meter.event(step: optimizer.step, loss: loss, itemsPerStep: tokensPerStep, metrics: languageMetrics(loss, level: level)) {
+            if let e = meter.event(
+                step: optimizer.step, loss: loss, itemsPerStep: tokensPerStep,
+                metrics: languageMetrics(loss, level: level))
+            {
                 context.emit(e)
             }
             if optimizer.step % p.evalEvery == 0 || optimizer.step == steps {
                 let (vloss, _) = try evaluateStream(
-                    model, tokens: validTokens, batch: evalBatch, segment: segment, carry: carry, maxSegments: p.evalSegments,
+                    model, tokens: validTokens, batch: evalBatch, segment: segment, carry: carry,
+                    maxSegments: p.evalSegments,
                     cancelled: { context.isCancelled })
                 let improved = vloss < best
                 if improved {
@@ -239,7 +275,8 @@ public struct LanguageModelTask: TaskModule {
                 }
                 var metrics = languageMetrics(vloss, level: level)
                 metrics["best_valid_loss"] = .number(best)
-                context.emit(ProgressEvent(kind: "eval", step: optimizer.step, total: steps, loss: vloss, metrics: metrics))
+                context.emit(
+                    ProgressEvent(kind: "eval", step: optimizer.step, total: steps, loss: vloss, metrics: metrics))
                 try checkpoint(improved: improved)
                 if p.patience > 0 && badEvals >= p.patience {
                     reason = "no_improvement"
@@ -249,7 +286,8 @@ public struct LanguageModelTask: TaskModule {
         }
         var result: [String: JSONValue] = [
             "steps": .number(Double(optimizer.step)), "stopped": .string(reason), "best_valid_loss": .number(best),
-            "last_train_loss": .number(lastTrain), "level": .string(level.rawValue), "vocabulary": .number(Double(tokenizer.size)),
+            "last_train_loss": .number(lastTrain), "level": .string(level.rawValue),
+            "vocabulary": .number(Double(tokenizer.size)),
             "parameters": .number(Double(model.parameters.scalarCount)),
         ]
         for (k, v) in languageMetrics(best, level: level) { result["best_valid_\(k)"] = v }
@@ -258,7 +296,8 @@ public struct LanguageModelTask: TaskModule {
             bestModel.parameters = bestParameters
             let testTokens = tokenizer.encode(try readTextFile(t, parameter: "test"))
             let (tloss, _) = try evaluateStream(
-                bestModel, tokens: testTokens, batch: max(1, min(batch, testTokens.count / (segment + 1))), segment: segment,
+                bestModel, tokens: testTokens, batch: max(1, min(batch, testTokens.count / (segment + 1))),
+                segment: segment,
                 carry: carry, cancelled: { context.isCancelled })
             result["test_loss"] = .number(tloss)
             for (k, v) in languageMetrics(tloss, level: level) { result["test_\(k)"] = v }
@@ -268,12 +307,15 @@ public struct LanguageModelTask: TaskModule {
 
     /// The carried state from a checkpoint's `extra.state.*` tensors and its position: the
     /// `extra.state.position` metadata, or in files written before it existed a float32 tensor.
-    func restoreState(_ tensors: [(name: String, tensor: Tensor)], position: String?, into fresh: ModelState) throws -> ModelState {
+    func restoreState(_ tensors: [(name: String, tensor: Tensor)], position: String?, into fresh: ModelState) throws
+        -> ModelState
+    {
         var s = fresh
         let byName = Dictionary(tensors.map { ($0.name, $0.tensor) }, uniquingKeysWith: { a, _ in a })
         for i in s.layers.indices {
             guard let w = byName["state.\(i).weights"], w.count == s.layers[i].weights.count else {
-                throw TaskError.failed(code: .badCheckpoint, message: "carried state of layer \(i) is missing or has the wrong size")
+                throw TaskError.failed(
+                    code: .badCheckpoint, message: "carried state of layer \(i) is missing or has the wrong size")
             }
             s.layers[i].weights = w.storage
             if !s.layers[i].normalizer.isEmpty {
@@ -285,7 +327,8 @@ public struct LanguageModelTask: TaskModule {
         }
         if let position {
             guard let p = Int(position), p >= 0 else {
-                throw TaskError.failed(code: .badCheckpoint, message: "the carried position in the metadata is not a whole number")
+                throw TaskError.failed(
+                    code: .badCheckpoint, message: "the carried position in the metadata is not a whole number")
             }
             s.position = p
         } else {

@@ -39,7 +39,9 @@ func evaluateStream(
     var count = stream.segmentsPerRow
     if maxSegments > 0 { count = min(count, maxSegments) }
     guard count > 0 else {
-        throw TaskError.failed(code: .textTooShort, message: "the evaluation text holds too few tokens for \(batch) rows of \(segment + 1)")
+        throw TaskError.failed(
+            code: .textTooShort, message: "the evaluation text holds too few tokens for \(batch) rows of \(segment + 1)"
+        )
     }
     var state: ModelState? = carry ? model.initialState(batch: batch) : nil
     var total = 0.0
@@ -56,5 +58,6 @@ func evaluateStream(
 
 /// The metrics people read for a mean loss in nats: perplexity (words) or bits per byte (bytes).
 func languageMetrics(_ loss: Double, level: Tokenizer.Level) -> [String: JSONValue] {
-    level == .word ? ["perplexity": .number(Foundation.exp(loss))] : ["bits_per_byte": .number(loss / Foundation.log(2.0))]
+    level == .word
+        ? ["perplexity": .number(Foundation.exp(loss))] : ["bits_per_byte": .number(loss / Foundation.log(2.0))]
 }

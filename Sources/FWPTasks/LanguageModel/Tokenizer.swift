@@ -44,7 +44,9 @@ public struct Tokenizer: Codable, Equatable, Sendable {
     public static func words(trainingText text: String) -> Tokenizer {
         var counts: [String: Int] = [Tokenizer.endOfLine: 0, Tokenizer.unknown: 0]
         for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
-            for w in line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" }) { counts[String(w), default: 0] += 1 }
+            for w in line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" }) {
+                counts[String(w), default: 0] += 1
+            }
             counts[Tokenizer.endOfLine, default: 0] += 1
         }
         let vocab = counts.sorted { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }.map(\.key)
@@ -68,7 +70,9 @@ public struct Tokenizer: Codable, Equatable, Sendable {
         var lines = text.split(separator: "\n", omittingEmptySubsequences: false)
         if lines.last == "" { lines.removeLast() }
         for line in lines {
-            for w in line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" }) { ids.append(index[String(w)] ?? unk) }
+            for w in line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" }) {
+                ids.append(index[String(w)] ?? unk)
+            }
             ids.append(eos)
         }
         return ids
@@ -106,7 +110,9 @@ func checkTextFile(_ path: String, parameter: String, level: Tokenizer.Level) th
         throw ParameterError(parameter, "\(path) does not exist")
     }
     guard !isDirectory.boolValue else { throw ParameterError(parameter, "\(path) is a directory, not a text file") }
-    guard let handle = FileHandle(forReadingAtPath: path) else { throw ParameterError(parameter, "\(path) is not readable") }
+    guard let handle = FileHandle(forReadingAtPath: path) else {
+        throw ParameterError(parameter, "\(path) is not readable")
+    }
     defer { try? handle.close() }
     let head = (try? handle.read(upToCount: 1 << 20)) ?? Data()
     guard !head.isEmpty else { throw ParameterError(parameter, "\(path) is empty") }

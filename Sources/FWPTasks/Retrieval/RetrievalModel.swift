@@ -111,7 +111,8 @@ public struct RetrievalModel: Sendable {
             let fm = FeatureMap(config.featureMap, inputSize: d)
             featureMap = fm
             if case .favor(let m) = config.featureMap {
-                projection = buffers.add("favor_projection", FeatureMap.favorProjection(features: m, inputSize: d, using: &rng))
+                projection = buffers.add(
+                    "favor_projection", FeatureMap.favorProjection(features: m, inputSize: d, using: &rng))
             } else {
                 projection = nil
             }
@@ -121,7 +122,9 @@ public struct RetrievalModel: Sendable {
     }
 
     /// Mean over queries of ½‖v* − ŷ‖² and its gradients (when `gradients` is true).
-    public func loss(_ batch: RetrievalBatch, gradients wantGradients: Bool) -> (loss: Double, accuracy: Double, gradients: ParameterStore?) {
+    public func loss(_ batch: RetrievalBatch, gradients wantGradients: Bool) -> (
+        loss: Double, accuracy: Double, gradients: ParameterStore?
+    ) {
         let s = config.keys, e = config.embeddingSize, l = config.sequenceLength
         let nSeq = batch.keys.count
         let nQueries = batch.queries.reduce(0) { $0 + $1.count }
@@ -217,7 +220,8 @@ public struct RetrievalModel: Sendable {
                             saved.withUnsafeMutableBufferPointer { ps in
                                 den.withUnsafeMutableBufferPointer { pd in
                                     kernel.forward(
-                                        q: zeroQ, k: pk + b * l * dd, v: pv + b * l * s, beta: delta ? pb.baseAddress! + b * l : nil,
+                                        q: zeroQ, k: pk + b * l * dd, v: pv + b * l * s,
+                                        beta: delta ? pb.baseAddress! + b * l : nil,
                                         y: &yScratch, w: &w, z: &z, saved: delta ? ps.baseAddress : nil,
                                         denominators: delta ? nil : pd.baseAddress)
                                 }
@@ -271,17 +275,20 @@ public struct RetrievalModel: Sendable {
                             betaStorage.withUnsafeBufferPointer { pb in
                                 dk.withUnsafeMutablePointer { pdk in
                                     dBeta.withUnsafeMutablePointer { pdb in
-                                      saved.withUnsafeBufferPointer { psb in
-                                       den.withUnsafeBufferPointer { pdb2 in
-                                        let ps = psb.baseAddress!, pdn = pdb2.baseAddress!
-                                        kernel.backward(
-                                            dy: zeroDy, y: yScratch, q: zeroQ, k: pk + b * l * dd, v: pv + b * l * s,
-                                            beta: delta ? pb.baseAddress! + b * l : nil, saved: delta ? UnsafePointer(ps) : nil,
-                                            denominators: delta ? nil : UnsafePointer(pdn), w: &w, z: &z, dw: &dw, dzAccumulator: &dz,
-                                            scratch: &scratch, dq: &dqSteps, dk: pdk + b * l * dd, dv: &dvSteps,
-                                            dbeta: delta ? pdb + b * l : nil, seeded: true)
-                                       }
-                                      }
+                                        saved.withUnsafeBufferPointer { psb in
+                                            den.withUnsafeBufferPointer { pdb2 in
+                                                let ps = psb.baseAddress!, pdn = pdb2.baseAddress!
+                                                kernel.backward(
+                                                    dy: zeroDy, y: yScratch, q: zeroQ, k: pk + b * l * dd,
+                                                    v: pv + b * l * s,
+                                                    beta: delta ? pb.baseAddress! + b * l : nil,
+                                                    saved: delta ? UnsafePointer(ps) : nil,
+                                                    denominators: delta ? nil : UnsafePointer(pdn), w: &w, z: &z,
+                                                    dw: &dw, dzAccumulator: &dz,
+                                                    scratch: &scratch, dq: &dqSteps, dk: pdk + b * l * dd, dv: &dvSteps,
+                                                    dbeta: delta ? pdb + b * l : nil, seeded: true)
+                                            }
+                                        }
                                     }
                                 }
                             }
@@ -297,7 +304,9 @@ public struct RetrievalModel: Sendable {
                 dkRaw = fm.backward(dk, input: kRaw, output: kPhi, projection: proj)
                 dqRaw = fm.backward(dq, input: qRaw, output: qPhi, projection: proj)
                 if let betaT {
-                    for i in 0..<(nSeq * l) { dBetaLogit.storage[i] = dBeta.storage[i] * betaT.storage[i] * (1 - betaT.storage[i]) }
+                    for i in 0..<(nSeq * l) {
+                        dBetaLogit.storage[i] = dBeta.storage[i] * betaT.storage[i] * (1 - betaT.storage[i])
+                    }
                 }
             }
         }

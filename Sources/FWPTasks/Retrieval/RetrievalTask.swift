@@ -17,18 +17,28 @@ public struct RetrievalTask: TaskModule {
 
     public let parameters: [ParameterSpec] = [
         ParameterSpec("keys", .integer, "S: distinct keys and distinct values", default: 20, minimum: 2, maximum: 2000),
-        ParameterSpec("setting", .integer, "1: L = S, keys without replacement; 2: L = 2S, with replacement", default: 1, minimum: 1, maximum: 2),
+        ParameterSpec(
+            "setting", .integer, "1: L = S, keys without replacement; 2: L = 2S, with replacement", default: 1,
+            minimum: 1, maximum: 2),
         ParameterSpec("attention", .string, "linear (ELU+1), dpfp-ν, favor-m or softmax", default: "dpfp-1"),
         ParameterSpec("rule", .string, "fast-weight update rule", default: "sum", choices: ["sum", "delta"]),
-        ParameterSpec("key_size", .integer, "size of keys and queries before the feature map", default: 64, minimum: 1, maximum: 4096),
+        ParameterSpec(
+            "key_size", .integer, "size of keys and queries before the feature map", default: 64, minimum: 1,
+            maximum: 4096),
         ParameterSpec("batch", .integer, "sequences per training step", default: 32, minimum: 1, maximum: 4096),
         ParameterSpec("lr", .number, "Adam learning rate", default: 1e-3, minimum: 1e-7, maximum: 1),
-        ParameterSpec("max_steps", .integer, "training steps at most", default: 100_000, minimum: 1, maximum: 10_000_000),
+        ParameterSpec(
+            "max_steps", .integer, "training steps at most", default: 100_000, minimum: 1, maximum: 10_000_000),
         ParameterSpec("eval_every", .integer, "steps between evaluations (and checkpoints)", default: 100, minimum: 1),
-        ParameterSpec("eval_sequences", .integer, "fresh sequences per evaluation, each queried at every key", default: 20, minimum: 1, maximum: 10_000),
-        ParameterSpec("patience", .integer, "stop after this many evaluations without a new best", default: 10, minimum: 1),
-        ParameterSpec("target_loss", .number, "stop once the eval loss is at or below this", default: 0.001, minimum: 0),
-        ParameterSpec("seed", .integer, "seed of initialisation and data", default: 1, minimum: 0, maximum: 9_007_199_254_740_991),
+        ParameterSpec(
+            "eval_sequences", .integer, "fresh sequences per evaluation, each queried at every key", default: 20,
+            minimum: 1, maximum: 10_000),
+        ParameterSpec(
+            "patience", .integer, "stop after this many evaluations without a new best", default: 10, minimum: 1),
+        ParameterSpec(
+            "target_loss", .number, "stop once the eval loss is at or below this", default: 0.001, minimum: 0),
+        ParameterSpec(
+            "seed", .integer, "seed of initialisation and data", default: 1, minimum: 0, maximum: 9_007_199_254_740_991),
     ]
 
     /// The schema's parameters as Swift values.
@@ -84,7 +94,9 @@ public struct RetrievalTask: TaskModule {
         let maxSteps = p.maxSteps, evalEvery = p.evalEvery
         if let data = try context.latestCheckpoint() {
             let c = try CheckpointContents.decode(data, format: Self.format) { json in
-                guard let stored = try? JSONDecoder().decode(RetrievalConfig.self, from: Data(json.utf8)), stored == config else {
+                guard let stored = try? JSONDecoder().decode(RetrievalConfig.self, from: Data(json.utf8)),
+                    stored == config
+                else {
                     throw FWPError.checkpoint("checkpoint was written for another retrieval configuration")
                 }
                 return (model.parameters, model.buffers)
@@ -116,10 +128,16 @@ public struct RetrievalTask: TaskModule {
             }
             let batch = RetrievalBatch.sample(config, count: p.batch, allKeys: false, using: &rng)
             let (loss, _, g) = model.loss(batch, gradients: true)
-            guard loss.isFinite else { throw TaskError.failed(code: .diverged, message: "training loss is \(loss) at step \(optimizer.step + 1)") }
+            guard loss.isFinite else {
+                throw TaskError.failed(
+                    code: .diverged, message: "training loss is \(loss) at step \(optimizer.step + 1)")
+            }
             optimizer.update(&model.parameters, gradients: g!)
             let step = optimizer.step
-            if let e = meter.event(step: step, loss: loss, itemsPerStep: p.batch, metrics: ["best_eval_loss": best.isFinite ? .number(best) : .null]) {
+            if let e = meter.event(
+                step: step, loss: loss, itemsPerStep: p.batch,
+                metrics: ["best_eval_loss": best.isFinite ? .number(best) : .null])
+            {
                 context.emit(e)
             }
             if step % evalEvery == 0 || step == maxSteps {
@@ -135,9 +153,12 @@ public struct RetrievalTask: TaskModule {
                 } else {
                     badEvals += 1
                 }
-                context.emit(ProgressEvent(kind: "eval", step: step, total: maxSteps, loss: evalLoss, metrics: [
-                    "accuracy": .number(accuracy), "best_eval_loss": .number(best),
-                ]))
+                context.emit(
+                    ProgressEvent(
+                        kind: "eval", step: step, total: maxSteps, loss: evalLoss,
+                        metrics: [
+                            "accuracy": .number(accuracy), "best_eval_loss": .number(best),
+                        ]))
                 try checkpoint(improved: improved)
                 if best <= p.targetLoss {
                     reason = "target_loss"
@@ -150,7 +171,8 @@ public struct RetrievalTask: TaskModule {
             }
         }
         return .object([
-            "best_eval_loss": .number(best), "best_accuracy": .number(bestAccuracy), "last_eval_loss": .number(lastEval),
+            "best_eval_loss": .number(best), "best_accuracy": .number(bestAccuracy),
+            "last_eval_loss": .number(lastEval),
             "steps": .number(Double(optimizer.step)), "stopped": .string(reason),
             "sequence_length": .number(Double(config.sequenceLength)),
         ])
