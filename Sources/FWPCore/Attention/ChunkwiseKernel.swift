@@ -18,9 +18,11 @@ import CKernels
 /// O(T·(C + d_value) + T/C·d_value·d_dot) per sequence, linear in T), differentiating each
 /// product by hand (derivation in docs/MODEL.md).
 ///
-/// With the small kernel and the vector kernels on, the loops over chunks run in C (CKernels'
-/// chunkwise.c: the same products in the same order, so the same bits, without the Swift loop's
-/// own work between products; chunks of 16 keep their C × C steps in AVX-512 registers).
+/// The Swift loops over chunks here are the reference path. With the small kernel and the vector
+/// kernels on (`KernelDispatch`), the same loops run in C (CKernels' chunkwise.c: the same
+/// products in the same order, so the same bits — `ChunkwiseKernelTests` checks bit for bit —
+/// without the Swift loop's own work between products; chunks of 16 keep their C × C steps in
+/// AVX-512 registers).
 ///
 /// It covers the sum and delta rules without attention normalisation; `FastWeightKernel` (the
 /// fused per-row recurrence) remains for attention normalisation and for step-by-step inference.

@@ -1,5 +1,9 @@
 /// Tight loops over contiguous Float32 memory, written with SIMD8 so that they vectorise in
 /// every build. Their summation order depends only on `n`, which keeps results deterministic.
+///
+/// These Swift loops are the reference path: the C kernels in CKernels mirror them, tests pin each
+/// pair together (Sources/CKernels/README.md lists which), and they run wherever the C kernels do
+/// not (`KernelDispatch.vectorKernels` false: no AVX2, or `FWP_VECTOR_KERNELS=0`).
 @usableFromInline
 enum Vec {
     /// Σ a[i] · b[i].
