@@ -40,43 +40,46 @@ struct SoftmaxAttention: Sendable {
             // `st` is then the only reference, so the caches grow in place (not copied per step).
             state = nil
             precondition(st.keys.count == seqs, "carried state is for another batch size")
-            for s in 0..<seqs {
-                let b = s / heads, h = s % heads
-                for t in 0..<steps {
-                    let r = (b * steps + t) * hd + h * dh
-                    st.keys[s].append(contentsOf: cache.kRaw.storage[r..<r + dh])
-                    st.values[s].append(contentsOf: cache.v.storage[r..<r + dh])
+            let (q, k, v) = (cache.qRaw, cache.kRaw, cache.v)
+            let y = cache.core.mutablePointer()
+            borrowing(q, k, v, cache.core) {
+                for s in 0..<seqs {
+                    let b = s / heads, h = s % heads
+                    for t in 0..<steps {
+                        let r = (b * steps + t) * hd + h * dh
+                        st.keys[s].append(contentsOf: UnsafeBufferPointer(start: k.pointer + r, count: dh))
+                        st.values[s].append(contentsOf: UnsafeBufferPointer(start: v.pointer + r, count: dh))
+                    }
                 }
-            }
-            let past = st.length
-            for s in 0..<seqs {
-                let b = s / heads, h = s % heads
-                let total = past + steps
-                for t in 0..<steps {
-                    let r = (b * steps + t) * hd + h * dh
-                    let visible = past + t + 1
-                    var scores = [Float](repeating: 0, count: visible)
-                    var m = -Float.infinity
-                    st.keys[s].withUnsafeBufferPointer { pk in
-                        cache.qRaw.withUnsafePointer { pq in
+                let past = st.length
+                for s in 0..<seqs {
+                    let b = s / heads, h = s % heads
+                    for t in 0..<steps {
+                        let r = (b * steps + t) * hd + h * dh
+                        let visible = past + t + 1
+                        // scores = softmax(q Kᵀ / √d) over the visible keys, y = scores V
+                        var scores = [Float](repeating: 0, count: visible)
+                        var m = -Float.infinity
+                        st.keys[s].withUnsafeBufferPointer { pk in
                             for j in 0..<visible {
-                                scores[j] = Vec.dot(pq + r, pk.baseAddress! + j * dh, dh) * scale
+                                scores[j] = Vec.dot(q.pointer + r, pk.baseAddress! + j * dh, dh) * scale
                                 m = max(m, scores[j])
                             }
                         }
-                    }
-                    var sum: Float = 0
-                    for j in 0..<visible {
-                        scores[j] = expf(scores[j] - m)
-                        sum += scores[j]
-                    }
-                    for c in 0..<dh {
-                        var acc: Float = 0
-                        for j in 0..<visible { acc += scores[j] * st.values[s][j * dh + c] }
-                        cache.core.storage[r + c] = acc / sum
+                        var sum: Float = 0
+                        for j in 0..<visible {
+                            scores[j] = expf(scores[j] - m)
+                            sum += scores[j]
+                        }
+                        st.values[s].withUnsafeBufferPointer { pv in
+                            for c in 0..<dh {
+                                var acc: Float = 0
+                                for j in 0..<visible { acc += scores[j] * pv[j * dh + c] }
+                                y[r + c] = acc / sum
+                            }
+                        }
                     }
                 }
-                _ = total
             }
             st.length += steps
             state = st
