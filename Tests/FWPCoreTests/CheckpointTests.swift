@@ -138,7 +138,7 @@ import Testing
             _ = try TrainingCheckpoint.decode(raw)
             Issue.record("F16 accepted")
         } catch let e as FWPError {
-            #expect(e.description.contains("F16"), "\(e)")
+            #expect(e.description.contains("only one supported") && !e.description.contains("F16"), "\(e)")
         }
     }
 }

@@ -276,3 +276,39 @@ import Testing
         }
     }
 }
+
+/// A file given where a checkpoint or text belongs is refused without any of its bytes in the
+/// message: the reason is named, the content is not.
+@Suite struct ErrorMessageTests {
+    @Test func refusalsNeverEchoFileBytes() throws {
+        let dir = TemporaryDirectory()
+        let secret = "SECRET-7f3a9c-password=hunter2\nsecond line of the secret\n"
+        var looksLikeSafetensors = Data()
+        let header =
+            #"{"__metadata__":{"format":"SECRET-7f3a9c"},"SECRET-TENSOR":{"dtype":"SECRETDT","shape":[1],"data_offsets":[0,4]}}"#
+        withUnsafeBytes(of: UInt64(header.utf8.count).littleEndian) { looksLikeSafetensors.append(contentsOf: $0) }
+        looksLikeSafetensors.append(Data(header.utf8))
+        looksLikeSafetensors.append(Data(count: 4))
+        let files = [
+            dir.file("plain.txt", secret),
+            dir.url.appendingPathComponent("fake.safetensors").path,
+        ]
+        try looksLikeSafetensors.write(to: URL(fileURLWithPath: files[1]))
+        for f in files {
+            for module in [EvalTask() as any TaskModule, GenerateTask()] {
+                var given: [String: JSONValue] = ["checkpoint": .string(f)]
+                if module.name == "eval" { given["text"] = .string(files[0]) }
+                do {
+                    _ = try module.validate(given)
+                    Issue.record("\(module.name) accepted \(f)")
+                } catch {
+                    let message = "\(error)"
+                    for leak in ["SECRET", "7f3a9c", "hunter2", "TENSOR", "SECRETDT"] {
+                        #expect(!message.contains(leak), "\(module.name): \(message)")
+                    }
+                    #expect(message.contains("checkpoint"), "names the parameter: \(message)")
+                }
+            }
+        }
+    }
+}

@@ -76,11 +76,11 @@ public struct CheckpointContents: Sendable {
         guard let format = meta["format"] else {
             throw FWPError.checkpoint("no 'format' in metadata: not an fwp checkpoint")
         }
-        guard format == expectedFormat else { throw FWPError.checkpoint("format '\(format)' is not \(expectedFormat)") }
+        guard format == expectedFormat else { throw FWPError.checkpoint("the format is not \(expectedFormat)") }
         if let stored = meta["crc32"] {
             let actual = String(format: "%08x", Safetensors.dataChecksum(of: file.tensors))
             guard stored == actual else {
-                throw FWPError.checkpoint("data checksum \(actual) differs from stored \(stored) (corrupt file)")
+                throw FWPError.checkpoint("the data checksum differs from the stored one (corrupt file)")
             }
         }
         guard let config = meta["config"] else { throw FWPError.checkpoint("no model config in metadata") }
@@ -94,7 +94,7 @@ public struct CheckpointContents: Sendable {
                 }
                 guard t.shape == store.values[i].shape else {
                     throw FWPError.checkpoint(
-                        "tensor \(prefix + n) has shape \(t.shape), the config needs \(store.values[i].shape)")
+                        "tensor \(prefix + n) does not have the shape the config needs")
                 }
                 store.values[i] = t
             }
@@ -127,8 +127,8 @@ public struct CheckpointContents: Sendable {
             extraTensors.append((String(n.dropFirst(6)), t))
             byName[n] = nil
         }
-        if let extraName = byName.keys.sorted().first {
-            throw FWPError.checkpoint("unexpected tensor \(extraName) for this config")
+        if !byName.isEmpty {
+            throw FWPError.checkpoint("the file holds a tensor this config does not have")
         }
         var extra: [String: String] = [:]
         for (k, v) in meta where k.hasPrefix("extra.") { extra[String(k.dropFirst(6))] = v }
@@ -184,7 +184,7 @@ public struct TrainingCheckpoint: Sendable {
             do {
                 config = try JSONDecoder().decode(LMConfig.self, from: Data(json.utf8))
             } catch {
-                throw FWPError.checkpoint("model config does not parse: \(error)")
+                throw FWPError.checkpoint("the model config in the metadata does not parse")
             }
             if let expecting, expecting != config {
                 throw FWPError.checkpoint("checkpoint's model config differs from the expected one")
@@ -192,7 +192,7 @@ public struct TrainingCheckpoint: Sendable {
             do {
                 model = try LanguageModel(config: config, seed: 0)
             } catch {
-                throw FWPError.checkpoint("stored model config is invalid: \(error)")
+                throw FWPError.checkpoint("the stored model config is invalid")
             }
             return (model!.parameters, model!.buffers)
         }

@@ -63,9 +63,11 @@ public struct Safetensors: Sendable {
             throw fail("file is \(data.count) bytes, too short for a safetensors header (truncated?)")
         }
         let n = data.prefix(8).enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
-        guard n <= UInt64(maximumHeaderSize) else { throw fail("header length \(n) is implausible (corrupt file?)") }
+        guard n <= UInt64(maximumHeaderSize) else {
+            throw fail("header too large: not a safetensors file, or a corrupt one")
+        }
         guard 8 + Int(n) <= data.count else {
-            throw fail("header needs \(n) bytes but only \(data.count - 8) follow (truncated file)")
+            throw fail("the header runs past the end of the file (truncated, or not a safetensors file)")
         }
         let headerBytes = data.subdata(in: data.startIndex + 8..<data.startIndex + 8 + Int(n))
         guard let object = try? JSONSerialization.jsonObject(with: headerBytes), let header = object as? [String: Any]
@@ -81,36 +83,28 @@ public struct Safetensors: Sendable {
         let dataSize = data.count - dataStart
         var entries: [(name: String, shape: [Int], begin: Int, end: Int)] = []
         for (name, value) in header where name != "__metadata__" {
-            guard let info = value as? [String: Any] else { throw fail("entry \(name) is not an object") }
-            guard let dtype = info["dtype"] as? String else { throw fail("tensor \(name) has no dtype") }
-            guard dtype == "F32" else { throw fail("tensor \(name) has dtype \(dtype); only F32 is supported") }
+            guard let info = value as? [String: Any] else { throw fail("a header entry is not an object") }
+            guard let dtype = info["dtype"] as? String else { throw fail("a tensor has no dtype") }
+            guard dtype == "F32" else { throw fail("a tensor's dtype is not F32, the only one supported") }
             guard let shape = (info["shape"] as? [Any])?.compactMap({ ($0 as? NSNumber)?.intValue }),
                 shape.count == (info["shape"] as? [Any])?.count, shape.allSatisfy({ $0 >= 0 })
-            else { throw fail("tensor \(name) has a malformed shape") }
+            else { throw fail("a tensor has a malformed shape") }
             guard let offs = (info["data_offsets"] as? [Any])?.compactMap({ ($0 as? NSNumber)?.intValue }),
                 offs.count == 2,
                 offs[0] >= 0, offs[0] <= offs[1]
-            else { throw fail("tensor \(name) has malformed data_offsets") }
+            else { throw fail("a tensor has malformed data_offsets") }
             let expected = 4 * shape.reduce(1, *)
-            guard offs[1] - offs[0] == expected else {
-                throw fail(
-                    "tensor \(name) of shape \(shape) needs \(expected) bytes, offsets give \(offs[1] - offs[0])")
-            }
-            guard offs[1] <= dataSize else {
-                throw fail(
-                    "tensor \(name) ends at byte \(offs[1]) but the data region has \(dataSize) (truncated file)")
-            }
+            guard offs[1] - offs[0] == expected else { throw fail("a tensor's byte range does not match its shape") }
+            guard offs[1] <= dataSize else { throw fail("a tensor ends past the data region (truncated file)") }
             entries.append((name, shape, offs[0], offs[1]))
         }
         entries.sort { ($0.begin, $0.end, $0.name) < ($1.begin, $1.end, $1.name) }
         var cursor = 0
         for e in entries {
-            guard e.begin == cursor else {
-                throw fail("tensor \(e.name) starts at \(e.begin), expected \(cursor) (overlap or gap)")
-            }
+            guard e.begin == cursor else { throw fail("tensors overlap or leave a gap in the data region") }
             cursor = e.end
         }
-        guard cursor == dataSize else { throw fail("data region has \(dataSize) bytes but tensors cover \(cursor)") }
+        guard cursor == dataSize else { throw fail("the data region's size does not match its tensors") }
         var tensors: [(name: String, tensor: Tensor)] = []
         data.withUnsafeBytes { raw in
             for e in entries {
@@ -169,7 +163,7 @@ extension Safetensors {
         if let stored = file.metadata["crc32"] {
             let actual = String(format: "%08x", dataChecksum(of: file.tensors))
             guard stored == actual else {
-                throw FWPError.checkpoint("data checksum \(actual) differs from stored \(stored) (corrupt file)")
+                throw FWPError.checkpoint("the data checksum differs from the stored one (corrupt file)")
             }
         }
     }
