@@ -1,4 +1,8 @@
 import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 import FWPTasks
 import TOMLKit
 
@@ -186,12 +190,36 @@ public struct DaemonConfig: Equatable, Sendable {
         }
     }
 
-    /// Loopback TCP, ipc:// and inproc:// endpoints are local.
+    /// Loopback TCP (any 127.0.0.0/8 address, `::1` in any spelling, `localhost`), ipc:// and
+    /// inproc:// endpoints are local.
     public static func isLocal(_ endpoint: String) -> Bool {
         if endpoint.hasPrefix("ipc://") || endpoint.hasPrefix("inproc://") { return true }
-        guard endpoint.hasPrefix("tcp://") else { return false }
-        let host = endpoint.dropFirst(6).split(separator: ":").dropLast().joined(separator: ":")
-        return host.hasPrefix("127.") || host == "localhost" || host == "[::1]"
+        guard let host = tcpHost(endpoint) else { return false }
+        if host == "localhost" { return true }
+        var v4 = in_addr(), v6 = in6_addr()
+        if inet_pton(AF_INET, host, &v4) == 1 { return UInt32(bigEndian: v4.s_addr) >> 24 == 127 }
+        if inet_pton(AF_INET6, host, &v6) == 1 {
+            return withUnsafeBytes(of: &v6) { b in b.prefix(15).allSatisfy { $0 == 0 } && b[15] == 1 }
+        }
+        return false
+    }
+
+    /// The host of a tcp:// endpoint, without the brackets of an IPv6 literal; nil for others.
+    static func tcpHost(_ endpoint: String) -> String? {
+        guard endpoint.hasPrefix("tcp://") else { return nil }
+        let rest = endpoint.dropFirst(6)
+        if rest.hasPrefix("["), let close = rest.firstIndex(of: "]") {
+            return String(rest[rest.index(after: rest.startIndex)..<close])
+        }
+        guard let colon = rest.lastIndex(of: ":") else { return String(rest) }
+        return String(rest[..<colon])
+    }
+
+    /// The endpoint as libzmq can bind it: `localhost` becomes 127.0.0.1 (libzmq takes a bare
+    /// name for a network interface, and there is none called localhost).
+    public static func bindable(_ endpoint: String) -> String {
+        guard tcpHost(endpoint) == "localhost" else { return endpoint }
+        return endpoint.replacingOccurrences(of: "tcp://localhost:", with: "tcp://127.0.0.1:")
     }
 
     /// Threads each job gets.

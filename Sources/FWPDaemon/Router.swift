@@ -49,8 +49,13 @@ final class Router: @unchecked Sendable {
             try router.makeCurveServer(secretKey: secret)
             try pub.makeCurveServer(secretKey: secret)
         }
-        try router.bind(config.requestEndpoint)
-        try pub.bind(config.publishEndpoint)
+        for (socket, endpoint, setting) in [
+            (router, config.requestEndpoint, "request_endpoint"), (pub, config.publishEndpoint, "publish_endpoint"),
+        ] {
+            do { try socket.bind(DaemonConfig.bindable(endpoint)) } catch let e as ZMQError {
+                throw ConfigError("cannot bind \(setting) \(endpoint): \(e.message)")
+            }
+        }
         handler = RequestHandler(
             config: config, store: store, control: scheduler, registry: registry, presets: presets, metrics: metrics,
             curve: zap != nil)

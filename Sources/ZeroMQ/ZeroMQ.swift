@@ -88,10 +88,18 @@ public final class ZMQSocket: @unchecked Sendable {
     }
 
     public func bind(_ endpoint: String) throws {
+        try enableIPv6IfNeeded(endpoint)
         guard zmq_bind(handle, endpoint) == 0 else { throw ZMQError("bind \(endpoint)") }
     }
 
+    /// libzmq refuses IPv6 addresses on a socket without ZMQ_IPV6; a tcp:// endpoint with a
+    /// bracketed address turns it on.
+    private func enableIPv6IfNeeded(_ endpoint: String) throws {
+        if endpoint.hasPrefix("tcp://[") || endpoint.contains(";[") { try setOption(ZMQ_IPV6, Int32(1)) }
+    }
+
     public func connect(_ endpoint: String) throws {
+        try enableIPv6IfNeeded(endpoint)
         guard zmq_connect(handle, endpoint) == 0 else { throw ZMQError("connect \(endpoint)") }
     }
 

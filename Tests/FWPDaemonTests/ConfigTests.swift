@@ -62,6 +62,21 @@ import Testing
         } catch let e as ConfigError { #expect(e.message.contains("unknown section [other]")) }
     }
 
+    @Test func loopbackInEverySpelling() {
+        for local in [
+            "tcp://127.0.0.1:5555", "tcp://127.4.5.6:1", "tcp://[::1]:5555", "tcp://[0:0:0:0:0:0:0:1]:5555",
+            "tcp://localhost:5555", "ipc:///run/fwpd/requests", "inproc://x",
+        ] {
+            #expect(DaemonConfig.isLocal(local), "\(local)")
+        }
+        for remote in ["tcp://10.0.0.1:1", "tcp://[::2]:1", "tcp://0.0.0.0:5555", "tcp://[::]:5555", "tcp://eth0:5555"]
+        {
+            #expect(!DaemonConfig.isLocal(remote), "\(remote)")
+        }
+        #expect(DaemonConfig.bindable("tcp://localhost:5555") == "tcp://127.0.0.1:5555")
+        #expect(DaemonConfig.bindable("tcp://[::1]:5555") == "tcp://[::1]:5555")
+    }
+
     @Test func badSettingsAreNamed() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cfg-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)

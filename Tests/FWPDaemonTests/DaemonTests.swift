@@ -277,3 +277,13 @@ import ZeroMQ
         #expect(try other.call("health", [:]).0 == "ok", "every listed key is admitted")
     }
 }
+
+extension DaemonTests {
+    /// IPv6 loopback and `localhost` bind (no CURVE needed: both are loopback) and answer.
+    @Test(arguments: ["[::1]", "localhost"]) func bindsLoopbackInOtherSpellings(_ host: String) throws {
+        let d = DaemonProcess(host: host)
+        try d.start()
+        defer { _ = d.stop() }
+        #expect(try d.client().call("health", [:]).0 == "ok")
+    }
+}

@@ -48,11 +48,12 @@ final class DaemonProcess {
     private(set) var process: Process?
     let logURL: URL
 
-    init(state: URL? = nil, arguments: [String] = []) {
+    /// `host`: the loopback host both endpoints bind (an IPv4 address, `[::1]` or `localhost`).
+    init(state: URL? = nil, arguments: [String] = [], host: String = "127.0.0.1") {
         self.state =
             state ?? FileManager.default.temporaryDirectory.appendingPathComponent("fwpd-test-\(UUID().uuidString)")
-        requestEndpoint = "tcp://127.0.0.1:\(freePort())"
-        publishEndpoint = "tcp://127.0.0.1:\(freePort())"
+        requestEndpoint = "tcp://\(host):\(freePort())"
+        publishEndpoint = "tcp://\(host):\(freePort())"
         extraArguments = arguments
         logURL = self.state.appendingPathExtension("log")
     }
