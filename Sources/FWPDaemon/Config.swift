@@ -33,8 +33,14 @@ public struct DaemonConfig: Equatable, Sendable {
     public var leaseSeconds = 60.0
     /// Z85 secret key file of the server; enables CURVE on both sockets when set.
     public var curveSecretKeyFile: String? = nil
-    /// File of allowed client public keys (Z85, one per line, # comments) for CURVE.
+    /// File of allowed client public keys for CURVE: one per line, `KEY [ROLE [NAME]]`, `#` comments.
     public var curveAllowedKeysFile: String? = nil
+    /// The principal every client without CURVE is (loopback TCP and ipc:// endpoints).
+    public var localPrincipal = "local"
+    /// That principal's role.
+    public var localRole = Role.user
+    /// Programs `exec` jobs may run (absolute paths); empty: the exec task is off.
+    public var execPrograms: [String] = []
     /// Permit binding a non-loopback TCP address without CURVE.
     public var allowInsecureRemote = false
     /// trace, debug, info, notice, warning, error, critical.
@@ -93,6 +99,35 @@ public struct DaemonConfig: Equatable, Sendable {
             (
                 "allow_insecure_remote", "FWPD_ALLOW_INSECURE_REMOTE", "--allow-insecure-remote",
                 { $0.allowInsecureRemote = try boolean($1, "allow_insecure_remote") }
+            ),
+            (
+                "local_principal", "FWPD_LOCAL_PRINCIPAL", "--local-principal",
+                {
+                    guard !$1.isEmpty, $1.allSatisfy({ $0.isLetter || $0.isNumber || "-_.@".contains($0) }) else {
+                        throw ConfigError("local_principal must be a name of letters, digits and -_.@, got '\($1)'")
+                    }
+                    $0.localPrincipal = $1
+                }
+            ),
+            (
+                "local_role", "FWPD_LOCAL_ROLE", "--local-role",
+                {
+                    guard let role = Role(rawValue: $1) else {
+                        throw ConfigError("local_role must be viewer, user or admin, got '\($1)'")
+                    }
+                    $0.localRole = role
+                }
+            ),
+            (
+                "exec_programs", "FWPD_EXEC_PROGRAMS", "--exec-programs",
+                {
+                    let programs = $1.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+                        .filter { !$0.isEmpty }
+                    if let relative = programs.first(where: { !$0.hasPrefix("/") }) {
+                        throw ConfigError("exec_programs must list absolute paths, got '\(relative)'")
+                    }
+                    $0.execPrograms = programs
+                }
             ),
             (
                 "log_level", "FWPD_LOG_LEVEL", "--log-level",
@@ -161,6 +196,13 @@ public struct DaemonConfig: Equatable, Sendable {
             case .int: text = String(value.int ?? 0)
             case .double: text = String(value.double ?? 0)
             case .bool: text = (value.bool ?? false) ? "true" : "false"
+            case .array:
+                let items = value.array.map { Array($0) } ?? []
+                let strings = items.compactMap { $0.string }
+                guard strings.count == items.count, !strings.contains(where: { $0.contains(",") }) else {
+                    throw ConfigError("\(location(key)): \(key) must be a list of strings without commas")
+                }
+                text = strings.joined(separator: ",")
             default: throw ConfigError("\(location(key)): \(key) must be a string, a number or true/false")
             }
             do { try setting.set(&self, text) } catch let e as ConfigError {

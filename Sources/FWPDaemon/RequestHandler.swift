@@ -52,8 +52,17 @@ final class RequestHandler: @unchecked Sendable {
         self.curve = curve
     }
 
-    /// Handles one request's command frame and body; every failure is a `WireError`.
-    func handle(command name: String, body raw: [UInt8]) -> Result<Reply, WireError> {
+    /// The least role each command needs; `cancel`, `checkpoints` and `export` also need the job
+    /// to be the principal's own unless the principal is an admin, and `exec` jobs need an admin.
+    static func requiredRole(_ command: Command) -> Role {
+        switch command {
+        case .status, .list, .events, .tasks, .health, .metrics: return .viewer
+        case .submit, .cancel, .checkpoints, .export: return .user
+        }
+    }
+
+    /// Handles one request's command frame and body from `principal`; every failure is a `WireError`.
+    func handle(command name: String, body raw: [UInt8], principal: Principal) -> Result<Reply, WireError> {
         guard let command = Command(rawValue: name) else {
             metrics.request("unknown")
             return .failure(
@@ -63,6 +72,10 @@ final class RequestHandler: @unchecked Sendable {
         }
         metrics.request(command.rawValue)
         return Result {
+            let needed = Self.requiredRole(command)
+            guard principal.role >= needed else {
+                throw Self.forbidden("\(command.rawValue) needs role \(needed.rawValue); \(principal) has not", needed)
+            }
             let parsed: JSONValue
             do { parsed = try JSONValue.parse(Data(raw)) } catch {
                 throw WireError(.invalidJSON, "the body is not valid JSON")
@@ -70,27 +83,58 @@ final class RequestHandler: @unchecked Sendable {
             guard case .object(let fields) = parsed else {
                 throw WireError(.invalidJSON, "the body must be a JSON object, got \(parsed.typeName)")
             }
-            return try handle(command, RequestBody(fields))
+            return try handle(command, RequestBody(fields), principal)
         }.mapError { ($0 as? WireError) ?? WireError(.internal, "\($0)") }
     }
 
     /// One case per command: adding a command to `Command` makes this switch incomplete.
-    func handle(_ command: Command, _ body: RequestBody) throws -> Reply {
+    func handle(_ command: Command, _ body: RequestBody, _ principal: Principal) throws -> Reply {
         switch command {
-        case .submit: return Reply(body: try submit(body))
+        case .submit: return Reply(body: try submit(body, by: principal))
         case .status: return Reply(body: try status(body))
         case .list: return Reply(body: try list(body))
-        case .cancel: return Reply(body: try cancel(body))
+        case .cancel: return Reply(body: try cancel(body, by: principal))
         case .events: return Reply(body: try events(body))
-        case .checkpoints: return Reply(body: try checkpoints(body))
-        case .export: return try export(body)
+        case .checkpoints: return Reply(body: try checkpoints(body, by: principal))
+        case .export: return try export(body, by: principal)
         case .tasks: return Reply(body: try tasks(body))
         case .health: return Reply(body: try health(body))
         case .metrics: return Reply(body: try metricsText(body))
         }
     }
 
-    func submit(_ b: RequestBody) throws -> [UInt8] {
+    static func forbidden(_ message: String, _ role: Role) -> WireError {
+        WireError(.forbidden, message, details: ["required_role": .string(role.rawValue)])
+    }
+
+    /// Refuses `action` on a job that is not `principal`'s own, unless it is an admin.
+    private func requireOwnJob(_ job: JobInfo, _ principal: Principal, _ action: String) throws {
+        guard principal.role == .admin || (job.owner != nil && job.owner == principal.name) else {
+            throw Self.forbidden(
+                "\(action) job \(job.id) of another principal needs role admin; \(principal) has not", .admin)
+        }
+    }
+
+    /// `exec` runs programs as the daemon's user: only for admins, only when the configuration
+    /// lists programs, and only those.
+    func checkExec(_ values: [String: JSONValue], by principal: Principal?) throws {
+        guard !config.execPrograms.isEmpty else {
+            throw WireError(
+                .forbidden, "the exec task is off: exec_programs lists no programs", details: ["required_role": "admin"]
+            )
+        }
+        if let principal, principal.role < .admin {
+            throw Self.forbidden("exec jobs need role admin; \(principal) has not", .admin)
+        }
+        let program = values["program"]?.stringValue ?? ""
+        guard config.execPrograms.contains(program) else {
+            throw WireError(
+                .invalidParameter, "parameter 'program': \(program) is not among exec_programs",
+                details: ["parameter": "program"])
+        }
+    }
+
+    func submit(_ b: RequestBody, by principal: Principal) throws -> [UInt8] {
         try b.allow(["task", "preset", "parameters", "priority", "idempotency_key", "max_attempts"])
         let taskName = try b.string("task"), presetName = try b.string("preset")
         guard (taskName == nil) != (presetName == nil) else {
@@ -124,6 +168,12 @@ final class RequestHandler: @unchecked Sendable {
         if let key, key.isEmpty || key.utf8.count > 200 {
             throw WireError(.invalidRequest, "field 'idempotency_key' must be 1 to 200 bytes")
         }
+        if module.name == "exec" {
+            if principal.role < .admin {
+                throw Self.forbidden("exec jobs need role admin; \(principal) has not", .admin)
+            }
+            try checkExec(given, by: principal)
+        }
         let parameters: TaskParameters
         do { parameters = try module.validate(given) } catch let e as ParameterError {
             throw WireError(.invalidParameter, e.description, details: ["parameter": .string(e.parameter)])
@@ -133,7 +183,7 @@ final class RequestHandler: @unchecked Sendable {
         let (job, created, first) = try store.submit(
             task: module.name, preset: presetName, parameters: parameters.values, priority: priority,
             idempotencyKey: key,
-            maxAttempts: maxAttempts)
+            maxAttempts: maxAttempts, owner: principal.name)
         if created {
             metrics.submitted.increment()
             if let first { control.publish(first) }
@@ -168,10 +218,13 @@ final class RequestHandler: @unchecked Sendable {
         return WireJSON.encode(ListReply(jobs: jobs, next: jobs.count == limit ? jobs.last?.id : nil))
     }
 
-    func cancel(_ b: RequestBody) throws -> [UInt8] {
+    func cancel(_ b: RequestBody, by principal: Principal) throws -> [UInt8] {
         try b.allow(["job"])
         let id = Int64(try b.requiredInt("job"))
-        guard let (info, event) = try store.requestCancel(id) else { throw WireError(.notFound, "no job \(id)") }
+        try requireOwnJob(try job(Int(id)), principal, "cancelling")
+        guard let (info, event) = try store.requestCancel(id, by: principal.name) else {
+            throw WireError(.notFound, "no job \(id)")
+        }
         if let event { control.publish(event) }
         if info.state == .running { _ = control.cancel(id) }
         return WireJSON.encode(info)
@@ -195,17 +248,17 @@ final class RequestHandler: @unchecked Sendable {
         return out
     }
 
-    func checkpoints(_ b: RequestBody) throws -> [UInt8] {
+    func checkpoints(_ b: RequestBody, by principal: Principal) throws -> [UInt8] {
         try b.allow(["job"])
         let id = try b.requiredInt("job")
-        _ = try job(id)
+        try requireOwnJob(try job(id), principal, "listing the checkpoints of")
         return WireJSON.encode(CheckpointsReply(checkpoints: try store.checkpoints(job: Int64(id))))
     }
 
-    func export(_ b: RequestBody) throws -> Reply {
+    func export(_ b: RequestBody, by principal: Principal) throws -> Reply {
         try b.allow(["job", "checkpoint", "best"])
         let id = try b.requiredInt("job")
-        _ = try job(id)
+        try requireOwnJob(try job(id), principal, "exporting a checkpoint of")
         let all = try store.checkpoints(job: Int64(id))
         let chosen: CheckpointInfo?
         if let cid = try b.int("checkpoint", min: 1) {

@@ -19,7 +19,10 @@ final class Router: @unchecked Sendable {
     let pub: ZMQSocket
     let pull: ZMQSocket
     var zap: ZMQSocket?
-    var allowedKeys: Set<String> = []
+    /// CURVE clients by public key (with CURVE on, every client is one of these).
+    var allowedKeys: [String: Principal] = [:]
+    /// CURVE clients by name, as the ZAP handler tags their connections (User-Id).
+    private var principalsByName: [String: Principal] = [:]
     private let stopRequested = Mutex(false)
     private let stopped = DispatchSemaphore(value: 0)
 
@@ -43,6 +46,7 @@ final class Router: @unchecked Sendable {
                 CurveKeyPair.isValidKey(secret)
             else { throw ConfigError("curve_secret_key_file \(keyFile) does not hold a Z85 secret key") }
             allowedKeys = try Self.loadAllowedKeys(config.curveAllowedKeysFile!)
+            for p in allowedKeys.values { principalsByName[p.name] = p }
             let z = try zmq.socket(.rep)
             try z.bind("inproc://zeromq.zap.01")
             zap = z
@@ -55,27 +59,50 @@ final class Router: @unchecked Sendable {
             do { try socket.bind(DaemonConfig.bindable(endpoint)) } catch let e as ZMQError {
                 throw ConfigError("cannot bind \(setting) \(endpoint): \(e.message)")
             }
+            // An ipc:// socket is a file: only fwpd's user and group may connect to it (they are the
+            // local principal); others get EACCES from the operating system.
+            if endpoint.hasPrefix("ipc://"), chmod(String(endpoint.dropFirst(6)), 0o660) != 0 {
+                throw ConfigError(
+                    "cannot restrict \(setting) \(endpoint) to fwpd's user and group: \(String(cString: strerror(errno)))"
+                )
+            }
         }
         handler = RequestHandler(
             config: config, store: store, control: scheduler, registry: registry, presets: presets, metrics: metrics,
             curve: zap != nil)
     }
 
-    static func loadAllowedKeys(_ path: String) throws -> Set<String> {
+    /// The CURVE allow-list: one client per line, `KEY [ROLE [NAME]]` (role viewer, user or admin,
+    /// default user; name default `key-` and the key's first eight characters), `#` comments.
+    static func loadAllowedKeys(_ path: String) throws -> [String: Principal] {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
             throw ConfigError("cannot read curve_allowed_keys_file \(path)")
         }
-        var keys = Set<String>()
+        var keys: [String: Principal] = [:]
+        var names = Set<String>()
         for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             // Z85 keys may contain '#': a line's first word is a key if it decodes as one; otherwise
-            // a line starting with '#' is a comment. Text after the key is ignored.
+            // a line starting with '#' is a comment. After the key, '#' starts a comment.
             let trimmed = raw.trimmingCharacters(in: .whitespaces)
-            let word = String(trimmed.split(whereSeparator: { $0 == " " || $0 == "\t" }).first ?? "")
-            if CurveKeyPair.isValidKey(word) {
-                keys.insert(word)
-            } else if !trimmed.isEmpty && !trimmed.hasPrefix("#") {
-                throw ConfigError("\(path):\(n + 1): not a Z85 public key")
+            var words = trimmed.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+            guard let key = words.first, CurveKeyPair.isValidKey(key) else {
+                if !trimmed.isEmpty && !trimmed.hasPrefix("#") {
+                    throw ConfigError("\(path):\(n + 1): not a Z85 public key")
+                }
+                continue
             }
+            words = Array(words.dropFirst().prefix { !$0.hasPrefix("#") })
+            guard words.count <= 2 else { throw ConfigError("\(path):\(n + 1): expected KEY [ROLE [NAME]]") }
+            var role = Role.user
+            if let r = words.first {
+                guard let parsed = Role(rawValue: r) else {
+                    throw ConfigError("\(path):\(n + 1): the role must be viewer, user or admin")
+                }
+                role = parsed
+            }
+            let name = words.count == 2 ? words[1] : "key-\(key.prefix(8))"
+            guard names.insert(name).inserted else { throw ConfigError("\(path):\(n + 1): the name \(name) is taken") }
+            keys[key] = Principal(name: name, role: role)
         }
         return keys
     }
@@ -93,7 +120,9 @@ final class Router: @unchecked Sendable {
                 let ready = try ZMQSocket.poll(sockets, timeoutMilliseconds: 100)
                 if ready[1] { forwardEvents() }
                 if sockets.count > 2 && ready[2] { handleZAP() }
-                if ready[0], let frames = try router.receive(timeoutMilliseconds: 0) { handle(frames) }
+                if ready[0], let (frames, userID) = try router.receive(timeoutMilliseconds: 0, property: "User-Id") {
+                    handle(frames, principal: principal(userID: userID))
+                }
             } catch {
                 logger.error("I/O loop: \(error)")
             }
@@ -148,22 +177,30 @@ final class Router: @unchecked Sendable {
     private func handleZAP() {
         guard let zap, let f = try? zap.receive(timeoutMilliseconds: 0), f.count >= 6 else { return }
         let requestID = f[1]
-        var status = "400", text = "client key not allowed"
+        var status = "400", text = "client key not allowed", userID = ""
         if String(decoding: f[5], as: UTF8.self) == "CURVE", f.count >= 7, f[6].count == 32 {
             let key = CurveKeyPair.z85(f[6])
-            if allowedKeys.contains(key) {
+            if let principal = allowedKeys[key] {
                 status = "200"
                 text = "OK"
+                userID = principal.name  // every message on this connection carries it
             } else {
                 logger.warning("refused CURVE client \(key)")
             }
         }
-        try? zap.send([Array("1.0".utf8), requestID, Array(status.utf8), Array(text.utf8), [], []])
+        try? zap.send([Array("1.0".utf8), requestID, Array(status.utf8), Array(text.utf8), Array(userID.utf8), []])
     }
 
     // MARK: Requests
 
-    private func handle(_ frames: [[UInt8]]) {
+    /// Who sent a message: with CURVE, the allow-listed key its connection authenticated with (the
+    /// ZAP handler tagged the connection with the key's name); without, the local principal.
+    private func principal(userID: String?) -> Principal? {
+        guard zap != nil else { return Principal(name: config.localPrincipal, role: config.localRole) }
+        return userID.flatMap { principalsByName[$0] }
+    }
+
+    private func handle(_ frames: [[UInt8]], principal: Principal?) {
         guard frames.count >= 2 else { return }
         // DEALER: [identity, version, command, body]; REQ adds an empty delimiter after the identity.
         var envelope = [frames[0]]
@@ -186,7 +223,13 @@ final class Router: @unchecked Sendable {
                     "this daemon speaks \(FWPWire.version), not '\(String(decoding: rest[0].prefix(16), as: UTF8.self))'"
                 ))
         } else {
-            reply = handler.handle(command: String(decoding: rest[1], as: UTF8.self), body: rest[2])
+            if let principal {
+                reply = handler.handle(
+                    command: String(decoding: rest[1], as: UTF8.self), body: rest[2], principal: principal)
+            } else {
+                reply = .failure(
+                    WireError(.forbidden, "this connection has no principal", details: ["required_role": "viewer"]))
+            }
         }
         if rest.count != 3 || size > config.maxRequestBytes
             || String(decoding: rest[0], as: UTF8.self) != FWPWire.version

@@ -166,6 +166,13 @@ final class Scheduler: JobControl, @unchecked Sendable {
             guard let module = registry.module(named: job.task) else {
                 throw WireError(.unknownTask, "task module '\(job.task)' is not registered")
             }
+            if job.task == "exec" {
+                // Checked again as the job starts: the configuration may have changed since submit.
+                let program = job.parameters["program"]?.stringValue ?? ""
+                guard config.execPrograms.contains(program) else {
+                    throw WireError(.forbidden, "exec is off, or \(program) is no longer among exec_programs")
+                }
+            }
             let parameters = try module.validate(job.parameters)
             let result = try module.run(parameters, context: context)
             outcome = (.succeeded, result, nil)

@@ -26,6 +26,7 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, Codable, CustomSt
     public static let notFound = ErrorCode("not_found")
     public static let tooLarge = ErrorCode("too_large")
     public static let corruptCheckpoint = ErrorCode("corrupt_checkpoint")
+    public static let forbidden = ErrorCode("forbidden")
     public static let `internal` = ErrorCode("internal")
 
     // Job failures (a failed job's `error.code`).
@@ -51,6 +52,7 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, Codable, CustomSt
         (.notFound, "no such job or checkpoint"),
         (.tooLarge, "the request exceeds `max_request_bytes` (default 1 MiB)"),
         (.corruptCheckpoint, "the checkpoint file is missing or does not match its sha256"),
+        (.forbidden, "the principal's role does not allow this (`details.required_role` names the role needed)"),
         (.internal, "a bug; the message says more"),
     ]
 

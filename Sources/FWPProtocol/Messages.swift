@@ -53,9 +53,11 @@ public struct JobInfo: Codable, Equatable, Sendable {
     public var cancelRequested: Bool
     /// The sequence number of the job's newest event (0 when none).
     public var lastSeq: Int64
+    /// The principal who submitted it (nil for jobs stored before owners were recorded).
+    public var owner: String?
 
     enum CodingKeys: String, CodingKey {
-        case id, task, preset, parameters, priority, state, attempt, result, error
+        case id, task, preset, parameters, priority, state, attempt, result, error, owner
         case maxAttempts = "max_attempts"
         case idempotencyKey = "idempotency_key"
         case createdAt = "created_at"
@@ -69,7 +71,7 @@ public struct JobInfo: Codable, Equatable, Sendable {
         id: Int64, task: String, preset: String?, parameters: [String: JSONValue], priority: Int, state: JobState,
         attempt: Int,
         maxAttempts: Int, idempotencyKey: String?, createdAt: Double, startedAt: Double?, finishedAt: Double?,
-        result: JSONValue?, error: WireError?, cancelRequested: Bool, lastSeq: Int64
+        result: JSONValue?, error: WireError?, cancelRequested: Bool, lastSeq: Int64, owner: String? = nil
     ) {
         self.id = id
         self.task = task
@@ -87,6 +89,7 @@ public struct JobInfo: Codable, Equatable, Sendable {
         self.error = error
         self.cancelRequested = cancelRequested
         self.lastSeq = lastSeq
+        self.owner = owner
     }
 }
 

@@ -85,6 +85,9 @@ public final class JobStore: Sendable {
                     CREATE INDEX checkpoints_job ON checkpoints(job_id, id);
                     """)
         }
+        m.registerMigration("v2: job owners") { db in
+            try db.execute(sql: "ALTER TABLE jobs ADD COLUMN owner TEXT")
+        }
         return m
     }
 
@@ -97,7 +100,7 @@ public final class JobStore: Sendable {
     /// its first event (`queued`), to be published.
     public func submit(
         task: String, preset: String?, parameters: [String: JSONValue], priority: Int, idempotencyKey: String?,
-        maxAttempts: Int
+        maxAttempts: Int, owner: String? = nil
     ) throws -> (job: JobInfo, created: Bool, event: JobEvent?) {
         try pool.write { db in
             if let key = idempotencyKey,
@@ -109,10 +112,10 @@ public final class JobStore: Sendable {
             let params = JSONValue.object(parameters).jsonText
             try db.cachedStatement(
                 sql: """
-                    INSERT INTO jobs (task, preset, parameters, priority, state, attempt, max_attempts, idempotency_key, created_at)
-                    VALUES (?, ?, ?, ?, 'queued', 0, ?, ?, ?)
+                    INSERT INTO jobs (task, preset, parameters, priority, state, attempt, max_attempts, idempotency_key, created_at, owner)
+                    VALUES (?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?)
                     """
-            ).execute(arguments: [task, preset, params, priority, maxAttempts, idempotencyKey, Self.now()])
+            ).execute(arguments: [task, preset, params, priority, maxAttempts, idempotencyKey, Self.now(), owner])
             let id = db.lastInsertedRowID
             let event = try Self.appendEvent(
                 db, job: id, JobEvent(job: id, seq: 0, time: Self.now(), kind: "state", state: .queued))
@@ -268,9 +271,11 @@ public final class JobStore: Sendable {
         }
     }
 
-    /// Cancels a queued job at once; marks a running one so that its worker stops it.
-    /// Returns the job and the event written (if any). Final jobs are returned unchanged.
-    public func requestCancel(_ id: Int64) throws -> (JobInfo, JobEvent?)? {
+    /// Cancels a queued job at once; marks a running one so that its worker stops it. The event
+    /// written says who asked (`by`): the queued job's `cancelled` state event, or a `log` event
+    /// for a running one (its `cancelled` state follows when the worker stops). Returns the job and
+    /// that event; final jobs are returned unchanged, with none.
+    public func requestCancel(_ id: Int64, by principal: String? = nil) throws -> (JobInfo, JobEvent?)? {
         defer { invalidate(id) }
         return try pool.write { db in
             guard
@@ -279,16 +284,25 @@ public final class JobStore: Sendable {
             else { return nil }
             let job = try Self.job(row)
             var event: JobEvent? = nil
+            let who = principal.map { " by \($0)" } ?? ""
             switch job.state {
             case .queued:
                 try db.cachedStatement(
                     sql: "UPDATE jobs SET state = 'cancelled', finished_at = ?, cancel_requested = 1 WHERE id = ?"
                 ).execute(arguments: [Self.now(), id])
                 event = try Self.appendEvent(
-                    db, job: id, JobEvent(job: id, seq: 0, time: Self.now(), kind: "state", state: .cancelled))
+                    db, job: id,
+                    JobEvent(
+                        job: id, seq: 0, time: Self.now(), kind: "state", state: .cancelled,
+                        message: principal.map { "cancelled by \($0)" }))
             case .running:
                 try db.cachedStatement(sql: "UPDATE jobs SET cancel_requested = 1 WHERE id = ?").execute(arguments: [id]
                 )
+                if !job.cancelRequested {
+                    event = try Self.appendEvent(
+                        db, job: id,
+                        JobEvent(job: id, seq: 0, time: Self.now(), kind: "log", message: "cancel requested\(who)"))
+                }
             default: break
             }
             return (
@@ -386,6 +400,6 @@ public final class JobStore: Sendable {
             idempotencyKey: r[8], createdAt: r[9], startedAt: r[10], finishedAt: r[11],
             result: resultText.flatMap { try? JSONValue.parse($0) },
             error: code.map { WireError(ErrorCode($0), r[16] ?? "") },
-            cancelRequested: r[13], lastSeq: r[17])
+            cancelRequested: r[13], lastSeq: r[17], owner: r["owner"])
     }
 }

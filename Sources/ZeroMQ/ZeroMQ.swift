@@ -162,9 +162,18 @@ public final class ZMQSocket: @unchecked Sendable {
 
     /// Receives a multipart message; nil when `timeoutMilliseconds` passes first.
     public func receive(timeoutMilliseconds: Int = -1) throws -> [[UInt8]]? {
+        try receive(timeoutMilliseconds: timeoutMilliseconds, property: nil)?.frames
+    }
+
+    /// A multipart message and one metadata property of it (`zmq_msg_gets`, e.g. "User-Id", which
+    /// the ZAP handler set for the connection; nil where the message has none, or it is empty).
+    public func receive(timeoutMilliseconds: Int = -1, property: String?) throws -> (
+        frames: [[UInt8]], property: String?
+    )? {
         if timeoutMilliseconds >= 0 {
             guard try ZMQSocket.poll([self], timeoutMilliseconds: timeoutMilliseconds).first == true else { return nil }
         }
+        var value: String? = nil
         var frames: [[UInt8]] = []
         while true {
             var msg = zmq_msg_t()
@@ -178,9 +187,13 @@ public final class ZMQSocket: @unchecked Sendable {
             let size = zmq_msg_size(&msg)
             let data = zmq_msg_data(&msg)!
             frames.append(Array(UnsafeRawBufferPointer(start: data, count: size)))
+            if let property, value == nil, let p = zmq_msg_gets(&msg, property) {
+                let text = String(cString: p)
+                if !text.isEmpty { value = text }
+            }
             if zmq_msg_more(&msg) == 0 { break }
         }
-        return frames
+        return (frames, value)
     }
 
     /// Waits until any socket is readable; returns readability per socket (all false on timeout).

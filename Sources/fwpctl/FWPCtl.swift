@@ -47,6 +47,7 @@ func printJSON(_ v: JSONValue) {
 func describe(_ j: JobInfo) -> String {
     var s =
         "job \(j.id)  \(j.state.rawValue)  \(j.preset ?? j.task)  priority \(j.priority)  attempt \(j.attempt)/\(j.maxAttempts)"
+        + (j.owner.map { "  owner \($0)" } ?? "")
     if let e = j.error { s += "\n  error \(e.code): \(e.message)" }
     if let r = j.result { s += "\n  result \(r.jsonText)" }
     return s

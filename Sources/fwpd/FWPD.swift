@@ -17,7 +17,7 @@ struct FWPD: AsyncParsableCommand {
             environment variables, then these flags. etc/fwpd.toml documents every setting.
             """)
 
-    @Option(help: "Config file (TOML subset, see etc/fwpd.toml).") var config: String?
+    @Option(help: "Config file (TOML, see etc/fwpd.toml).") var config: String?
     @Option(help: "State folder (fwpd.sqlite, checkpoints/).") var stateDir: String?
     @Option(help: "ROUTER endpoint for requests.") var requestEndpoint: String?
     @Option(help: "PUB endpoint for progress events.") var publishEndpoint: String?
@@ -28,7 +28,11 @@ struct FWPD: AsyncParsableCommand {
     @Option(help: "Default attempts per job.") var maxAttempts: Int?
     @Option(help: "Largest request in bytes (larger ones get too_large).") var maxRequestBytes: Int?
     @Option(help: "Z85 secret key file; enables CURVE.") var curveSecretKeyFile: String?
-    @Option(help: "Allowed client public keys (one per line).") var curveAllowedKeysFile: String?
+    @Option(help: "Allowed client public keys (KEY [ROLE [NAME]] per line).") var curveAllowedKeysFile: String?
+    @Option(help: "The principal of clients without CURVE (loopback, ipc).") var localPrincipal: String?
+    @Option(help: "That principal's role (viewer, user, admin).") var localRole: String?
+    @Option(help: "Programs exec jobs may run, comma-separated absolute paths (none: exec is off).")
+    var execPrograms: String?
     @Flag(help: "Allow a non-loopback TCP endpoint without CURVE.") var allowInsecureRemote = false
     @Option(help: "Log level (trace … critical).") var logLevel: String?
     @Option(help: "Nice value (0–19) of the request-serving threads.") var requestNice: Int?
@@ -50,6 +54,7 @@ struct FWPD: AsyncParsableCommand {
                 (maxRequestBytes.map(String.init), "--max-request-bytes"),
                 (curveSecretKeyFile, "--curve-secret-key-file"),
                 (curveAllowedKeysFile, "--curve-allowed-keys-file"),
+                (localPrincipal, "--local-principal"), (localRole, "--local-role"), (execPrograms, "--exec-programs"),
                 (allowInsecureRemote ? "true" : nil, "--allow-insecure-remote"),
                 (logLevel, "--log-level"), (requestNice.map(String.init), "--request-nice"),
             ]

@@ -287,3 +287,48 @@ extension DaemonTests {
         #expect(try d.client().call("health", [:]).0 == "ok")
     }
 }
+
+extension DaemonTests {
+    /// Roles through real CURVE connections: the allow-list names each key's principal and role.
+    @Test func curvePrincipalsActWithinTheirRoles() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fwpd-roles-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let server = try CurveKeyPair.generate()
+        let (alice, bob, vera, root) = try (
+            CurveKeyPair.generate(), CurveKeyPair.generate(), CurveKeyPair.generate(), CurveKeyPair.generate()
+        )
+        try server.secretKey.write(to: dir.appendingPathComponent("server.key"), atomically: true, encoding: .utf8)
+        try """
+        \(alice.publicKey) user alice
+        \(bob.publicKey) user bob   # a second user
+        \(vera.publicKey) viewer vera
+        \(root.publicKey) admin root
+        """.write(to: dir.appendingPathComponent("clients"), atomically: true, encoding: .utf8)
+        let d = DaemonProcess(arguments: [
+            "--curve-secret-key-file", dir.appendingPathComponent("server.key").path,
+            "--curve-allowed-keys-file", dir.appendingPathComponent("clients").path,
+        ])
+        func client(_ keys: CurveKeyPair) throws -> TestClient {
+            try TestClient(endpoint: d.requestEndpoint, curve: (server.publicKey, keys))
+        }
+        let (a, b, v, r) = try (client(alice), client(bob), client(vera), client(root))
+        // A probe client of its own: its retries while fwpd starts may leave late replies behind.
+        try d.start(probe: client(alice))
+        defer { _ = d.stop() }
+        let job = try a.submit(longRetrieval())
+        #expect(job.owner == "alice")
+        #expect(try v.call("status", ["job": .number(Double(job.id))]).1["owner"] == "alice", "viewers read")
+        let refused = try v.call("submit", longRetrieval())
+        #expect(
+            refused.0 == "error" && refused.1["code"] == "forbidden" && refused.1["details"]?["required_role"] == "user"
+        )
+        let exec = try r.call("submit", ["task": "exec", "parameters": .object(["program": "/bin/true"])])
+        #expect(exec.0 == "error" && exec.1["code"] == "forbidden", "exec is off by default, even for an admin")
+        let notYours = try b.call("cancel", ["job": .number(Double(job.id))])
+        #expect(notYours.0 == "error" && notYours.1["code"] == "forbidden")
+        #expect(try b.call("export", ["job": .number(Double(job.id))]).1["code"] == "forbidden")
+        #expect(try r.call("cancel", ["job": .number(Double(job.id))]).0 == "ok", "an admin cancels any job")
+        let final = try a.wait(job.id) { $0.state.isFinal }
+        #expect(final.state == .cancelled)
+    }
+}

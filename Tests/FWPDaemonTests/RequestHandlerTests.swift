@@ -25,23 +25,103 @@ final class RecordingControl: JobControl {
     let control = RecordingControl()
     let handler: RequestHandler
 
+    static let alice = Principal(name: "alice", role: .user)
+    static let bob = Principal(name: "bob", role: .user)
+    static let viewer = Principal(name: "vera", role: .viewer)
+    static let admin = Principal(name: "root", role: .admin)
+
     init() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fwp-handler-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         store = try JobStore(path: dir.appendingPathComponent("fwpd.sqlite").path)
         let preset = Preset(name: "tiny", module: "retrieval", description: "", parameters: ["keys": 4])
+        var config = DaemonConfig()
+        config.execPrograms = ["/bin/true"]
         handler = RequestHandler(
-            config: DaemonConfig(), store: store, control: control, registry: .builtIn, presets: ["tiny": preset],
+            config: config, store: store, control: control, registry: .builtIn, presets: ["tiny": preset],
             metrics: DaemonMetrics(), curve: false)
     }
 
-    func request(_ command: String, _ body: String) -> Result<Reply, WireError> {
-        handler.handle(command: command, body: Array(body.utf8))
+    func request(_ command: String, _ body: String, as principal: Principal = alice) -> Result<Reply, WireError> {
+        handler.handle(command: command, body: Array(body.utf8), principal: principal)
     }
 
-    func code(_ command: String, _ body: String) -> ErrorCode? {
-        if case .failure(let e) = request(command, body) { return e.code }
+    func code(_ command: String, _ body: String, as principal: Principal = alice) -> ErrorCode? {
+        if case .failure(let e) = request(command, body, as: principal) { return e.code }
         return nil
+    }
+
+    /// Submits the tiny preset as `principal`; returns the job id.
+    func submitTiny(as principal: Principal) throws -> Int {
+        guard case .success(let reply) = request("submit", #"{"preset":"tiny"}"#, as: principal) else {
+            throw WireError(.internal, "submit failed")
+        }
+        let id = try #require(try WireJSON.decode(JSONValue.self, from: reply.body)["job"]?["id"]?.doubleValue)
+        return Int(id)
+    }
+
+    @Test func viewersReadButDoNotWrite() throws {
+        let id = try submitTiny(as: Self.alice)
+        for (command, body) in [
+            ("status", #"{"job":\#(id)}"#), ("list", "{}"), ("events", #"{"job":\#(id)}"#), ("tasks", "{}"),
+        ] {
+            #expect(code(command, body, as: Self.viewer) == nil, "\(command)")
+        }
+        let stored = try store.list(state: nil, after: 0, limit: 10).count
+        guard case .failure(let e) = request("submit", #"{"preset":"tiny"}"#, as: Self.viewer) else {
+            Issue.record("a viewer submitted")
+            return
+        }
+        #expect(e.code == .forbidden && e.details?["required_role"] == "user")
+        #expect(code("cancel", #"{"job":\#(id)}"#, as: Self.viewer) == .forbidden)
+        #expect(code("export", #"{"job":\#(id)}"#, as: Self.viewer) == .forbidden)
+        #expect(try store.list(state: nil, after: 0, limit: 10).count == stored, "nothing stored")
+    }
+
+    @Test func usersActOnTheirOwnJobsAndAdminsOnAny() throws {
+        let id = try submitTiny(as: Self.alice)
+        #expect(try store.job(Int64(id))?.owner == "alice")
+        // Bob may read it but neither cancel it nor see its checkpoints.
+        #expect(code("status", #"{"job":\#(id)}"#, as: Self.bob) == nil)
+        guard case .failure(let e) = request("cancel", #"{"job":\#(id)}"#, as: Self.bob) else {
+            Issue.record("bob cancelled alice's job")
+            return
+        }
+        #expect(e.code == .forbidden && e.details?["required_role"] == "admin")
+        #expect(code("checkpoints", #"{"job":\#(id)}"#, as: Self.bob) == .forbidden)
+        #expect(code("export", #"{"job":\#(id)}"#, as: Self.bob) == .forbidden)
+        #expect(try store.job(Int64(id))?.state == .queued)
+        // An admin may; the event says who.
+        #expect(code("cancel", #"{"job":\#(id)}"#, as: Self.admin) == nil)
+        #expect(try store.job(Int64(id))?.state == .cancelled)
+        let events = try store.eventBodies(job: Int64(id), after: 0, limit: 10)
+        #expect(events.last?.contains("cancelled by root") == true, "\(events)")
+        // Alice may cancel her own.
+        let second = try submitTiny(as: Self.alice)
+        #expect(code("cancel", #"{"job":\#(second)}"#, as: Self.alice) == nil)
+    }
+
+    @Test func execIsForAdminsAndListedProgramsOnly() throws {
+        let job = #"{"task":"exec","parameters":{"program":"/bin/true"}}"#
+        guard case .failure(let e) = request("submit", job, as: Self.alice) else {
+            Issue.record("a user submitted exec")
+            return
+        }
+        #expect(e.code == .forbidden && e.details?["required_role"] == "admin")
+        #expect(
+            code("submit", #"{"task":"exec","parameters":{"program":"/bin/sh"}}"#, as: Self.admin) == .invalidParameter)
+        #expect(code("submit", job, as: Self.admin) == nil)
+        // With no programs listed, exec is off for everyone.
+        var config = DaemonConfig()
+        config.execPrograms = []
+        let off = RequestHandler(
+            config: config, store: store, control: control, registry: .builtIn, presets: [:], metrics: DaemonMetrics(),
+            curve: false)
+        guard case .failure(let e2) = off.handle(command: "submit", body: Array(job.utf8), principal: Self.admin) else {
+            Issue.record("exec ran with exec_programs empty")
+            return
+        }
+        #expect(e2.code == .forbidden && e2.message.contains("exec_programs"))
     }
 
     @Test func everyCommandHasAHandler() {
