@@ -41,6 +41,8 @@ public struct DaemonConfig: Equatable, Sendable {
     public var localRole = Role.user
     /// Programs `exec` jobs may run (absolute paths); empty: the exec task is off.
     public var execPrograms: [String] = []
+    /// Folders job path parameters may point into, besides `<state_dir>/data`.
+    public var dataRoots: [String] = []
     /// Permit binding a non-loopback TCP address without CURVE.
     public var allowInsecureRemote = false
     /// trace, debug, info, notice, warning, error, critical.
@@ -116,6 +118,13 @@ public struct DaemonConfig: Equatable, Sendable {
                         throw ConfigError("local_role must be viewer, user or admin, got '\($1)'")
                     }
                     $0.localRole = role
+                }
+            ),
+            (
+                "data_roots", "FWPD_DATA_ROOTS", "--data-roots",
+                {
+                    $0.dataRoots = $1.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+                        .filter { !$0.isEmpty }
                 }
             ),
             (

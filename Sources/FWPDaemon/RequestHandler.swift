@@ -34,6 +34,8 @@ final class RequestHandler: @unchecked Sendable {
     let metrics: DaemonMetrics
     /// Whether CURVE is on (reported by `health`).
     let curve: Bool
+    /// Where path parameters may point.
+    let dataRoots: DataRoots
     let started = Date()
     /// The last `status` reply per job, reused while the job is unchanged.
     private var statusReplies: [Int64: (JobInfo, [UInt8])] = [:]
@@ -50,6 +52,7 @@ final class RequestHandler: @unchecked Sendable {
         self.presets = presets
         self.metrics = metrics
         self.curve = curve
+        dataRoots = DataRoots(config: config)
     }
 
     /// The least role each command needs; `cancel`, `checkpoints` and `export` also need the job
@@ -174,6 +177,7 @@ final class RequestHandler: @unchecked Sendable {
             }
             try checkExec(given, by: principal)
         }
+        try dataRoots.check(module, given)
         let parameters: TaskParameters
         do { parameters = try module.validate(given) } catch let e as ParameterError {
             throw WireError(.invalidParameter, e.description, details: ["parameter": .string(e.parameter)])

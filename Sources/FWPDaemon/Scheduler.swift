@@ -39,6 +39,7 @@ final class Scheduler: JobControl, @unchecked Sendable {
     let logger: Logger
     let metrics: DaemonMetrics
     let stateDirectory: URL
+    let dataRoots: DataRoots
     private let queue = DispatchQueue(label: "fwpd.workers", attributes: .concurrent)
     private let condition = NSCondition()
     private var running: [Int64: JobContext] = [:]
@@ -58,6 +59,7 @@ final class Scheduler: JobControl, @unchecked Sendable {
         self.logger = logger
         self.metrics = metrics
         stateDirectory = URL(fileURLWithPath: config.stateDirectory)
+        dataRoots = DataRoots(config: config)
     }
 
     var runningCount: Int { condition.withLock { running.count } }
@@ -173,6 +175,7 @@ final class Scheduler: JobControl, @unchecked Sendable {
                     throw WireError(.forbidden, "exec is off, or \(program) is no longer among exec_programs")
                 }
             }
+            try dataRoots.check(module, job.parameters)  // again: files may have changed since submit
             let parameters = try module.validate(job.parameters)
             let result = try module.run(parameters, context: context)
             outcome = (.succeeded, result, nil)

@@ -4,8 +4,13 @@ import Foundation
 /// The type of a task parameter.
 public enum ParameterType: String, Codable, Sendable {
     case integer, number, string, boolean
-    /// A filesystem path (a string, checked by the task).
+    /// A file's path (a string; the task checks the file, and fwpd confines it to its data roots).
     case path
+    /// A folder's path (as `path`, for a folder).
+    case directory
+    /// A list of strings: a JSON array of strings, or one string (space-separated words, or a JSON
+    /// array written as text, as a command line gives it).
+    case strings
 }
 
 /// One parameter a task accepts: its type, default, range or choices, and what it means.
@@ -117,13 +122,21 @@ extension Array where Element == ParameterSpec {
                 if let hi = spec.maximum, n > hi {
                     throw ParameterError(spec.name, "must be ≤ \(format(hi)), got \(format(n))")
                 }
-            case .string, .path:
+            case .string, .path, .directory:
                 guard case .string(let s) = value else {
                     throw ParameterError(spec.name, "must be a string, got \(value.typeName) \(value)")
                 }
-                if spec.type == .path && s.isEmpty { throw ParameterError(spec.name, "must be a non-empty path") }
+                if (spec.type == .path || spec.type == .directory) && s.isEmpty {
+                    throw ParameterError(spec.name, "must be a non-empty path")
+                }
                 if let choices = spec.choices, !choices.contains(s) {
                     throw ParameterError(spec.name, "must be one of \(choices.joined(separator: ", ")), got '\(s)'")
+                }
+            case .strings:
+                switch value {
+                case .string: break
+                case .array(let items) where items.allSatisfy({ $0.stringValue != nil }): break
+                default: throw ParameterError(spec.name, "must be an array of strings, got \(value.typeName)")
                 }
             case .boolean:
                 guard case .bool = value else {

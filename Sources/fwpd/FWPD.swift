@@ -33,6 +33,8 @@ struct FWPD: AsyncParsableCommand {
     @Option(help: "That principal's role (viewer, user, admin).") var localRole: String?
     @Option(help: "Programs exec jobs may run, comma-separated absolute paths (none: exec is off).")
     var execPrograms: String?
+    @Option(help: "Folders job path parameters may point into, comma-separated (besides <state-dir>/data).")
+    var dataRoots: String?
     @Flag(help: "Allow a non-loopback TCP endpoint without CURVE.") var allowInsecureRemote = false
     @Option(help: "Log level (trace … critical).") var logLevel: String?
     @Option(help: "Nice value (0–19) of the request-serving threads.") var requestNice: Int?
@@ -55,6 +57,7 @@ struct FWPD: AsyncParsableCommand {
                 (curveSecretKeyFile, "--curve-secret-key-file"),
                 (curveAllowedKeysFile, "--curve-allowed-keys-file"),
                 (localPrincipal, "--local-principal"), (localRole, "--local-role"), (execPrograms, "--exec-programs"),
+                (dataRoots, "--data-roots"),
                 (allowInsecureRemote ? "true" : nil, "--allow-insecure-remote"),
                 (logLevel, "--log-level"), (requestNice.map(String.init), "--request-nice"),
             ]

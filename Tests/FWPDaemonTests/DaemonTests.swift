@@ -332,3 +332,35 @@ extension DaemonTests {
         #expect(final.state == .cancelled)
     }
 }
+
+extension DaemonTests {
+    /// Path parameters are confined to the data roots: device files, /proc, the state directory and
+    /// symlinks leading out are refused at submit, naming the parameter; a file inside is accepted.
+    @Test func pathParametersStayInsideTheDataRoots() throws {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("fwpd-roots-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
+        let text = root.appendingPathComponent("text.txt")
+        try String(repeating: "the fast weight stores a value . ", count: 200).write(
+            to: text, atomically: true, encoding: .utf8)
+        try FileManager.default.createSymbolicLink(
+            atPath: root.appendingPathComponent("escape.txt").path, withDestinationPath: "/etc/passwd")
+        let d = DaemonProcess(arguments: ["--data-roots", root.path])
+        try d.start()
+        defer { _ = d.stop() }
+        let c = try d.client()
+        func submit(_ train: String) throws -> (String, JSONValue) {
+            try c.call("submit", ["task": "lm", "parameters": .object(["train": .string(train), "steps": 1])])
+        }
+        for bad in [
+            "/dev/zero", "/proc/self/environ", "/etc/passwd", d.state.appendingPathComponent("fwpd.sqlite").path,
+            root.appendingPathComponent("escape.txt").path, root.path, root.appendingPathComponent("missing.txt").path,
+        ] {
+            let (status, reply) = try submit(bad)
+            #expect(status == "error" && reply["code"] == "invalid_parameter", "\(bad): \(reply.jsonText)")
+            #expect(reply["details"]?["parameter"] == "train", "\(bad)")
+        }
+        #expect(try c.call("list", [:]).1["jobs"] == .array([]), "nothing stored")
+        let (status, reply) = try submit(text.path)
+        #expect(status == "ok", "\(reply.jsonText)")
+    }
+}

@@ -250,6 +250,21 @@ import Testing
         #expect(ctx.events.contains { $0.kind == "log" && $0.message == "plain text line" })
     }
 
+    /// `args` as a JSON array of strings (each one argument, spaces kept), or as words in a string.
+    @Test func argumentsAsAnArrayOrAsWords() throws {
+        let dir = TemporaryDirectory()
+        let script = dir.file(
+            "args.sh", "#!/bin/sh\necho \"{\\\"result\\\": {\\\"first\\\": \\\"$1\\\", \\\"count\\\": $#}}\"\n",
+            executable: true)
+        let array = try run(["program": .string(script), "args": .array(["x y", "z"])])
+        #expect(array == .object(["first": "x y", "count": 2]))
+        let words = try run(["program": .string(script), "args": "a b c"])
+        #expect(words == .object(["first": "a", "count": 3]))
+        #expect(throws: ParameterError.self) {
+            try ExecTask().validate(["program": .string(script), "args": .array([1])])
+        }
+    }
+
     @Test func crashingChildFailsTheJob() throws {
         let dir = TemporaryDirectory()
         let crash = dir.file("crash.sh", "#!/bin/sh\necho '{\"step\": 1}'\nexit 3\n", executable: true)

@@ -24,8 +24,10 @@ public struct ExecTask: TaskModule {
 
     public let parameters: [ParameterSpec] = [
         ParameterSpec("program", .path, "the executable to run"),
-        ParameterSpec("args", .string, "arguments, as a JSON array of strings or space-separated words", default: ""),
-        ParameterSpec("directory", .path, "working directory (default: the daemon's)", optional: true),
+        ParameterSpec(
+            "args", .strings, "arguments: a JSON array of strings (or one string of space-separated words)",
+            default: .array([])),
+        ParameterSpec("directory", .directory, "working directory (default: the daemon's)", optional: true),
         ParameterSpec("grace", .number, "seconds between SIGTERM and SIGKILL", default: 5, minimum: 0, maximum: 3600),
         ParameterSpec(
             "timeout", .number, "stop the program after this many seconds (0: never)", default: 0, minimum: 0),
@@ -34,23 +36,45 @@ public struct ExecTask: TaskModule {
     /// The schema's parameters as Swift values.
     public struct Parameters: Decodable, Sendable {
         var program: String
-        var args: String
+        var args: Arguments
         var directory: String?
         var grace: Double
         var timeout: Double
     }
 
-    func arguments(_ p: Parameters) throws -> [String] {
-        let raw = p.args.trimmingCharacters(in: .whitespaces)
-        if raw.hasPrefix("[") {
-            guard case .array(let items) = try? JSONValue.parse(raw) else {
-                throw ParameterError("args", "must be a JSON array of strings")
+    /// The `args` parameter: a JSON array of strings, or one string (space-separated words, or a
+    /// JSON array written as text, as `--set args=[...]` on a command line gives it).
+    public enum Arguments: Decodable, Sendable {
+        case list([String])
+        case text(String)
+
+        public init(from decoder: Decoder) throws {
+            let c = try decoder.singleValueContainer()
+            if let list = try? c.decode([String].self) {
+                self = .list(list)
+            } else {
+                self = .text(try c.decode(String.self))
             }
-            let strings = items.compactMap(\.stringValue)
-            guard strings.count == items.count else { throw ParameterError("args", "must be a JSON array of strings") }
-            return strings
         }
-        return raw.split(separator: " ").map(String.init)
+    }
+
+    func arguments(_ p: Parameters) throws -> [String] {
+        switch p.args {
+        case .list(let list): return list
+        case .text(let text):
+            let raw = text.trimmingCharacters(in: .whitespaces)
+            if raw.hasPrefix("[") {
+                guard case .array(let items) = try? JSONValue.parse(raw) else {
+                    throw ParameterError("args", "must be a JSON array of strings")
+                }
+                let strings = items.compactMap(\.stringValue)
+                guard strings.count == items.count else {
+                    throw ParameterError("args", "must be a JSON array of strings")
+                }
+                return strings
+            }
+            return raw.split(separator: " ").map(String.init)
+        }
     }
 
     public func check(_ p: Parameters) throws {

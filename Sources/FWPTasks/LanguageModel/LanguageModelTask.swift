@@ -20,7 +20,7 @@ public struct LanguageModelTask: TaskModule {
         ParameterSpec("valid", .path, "validation text; default: the last valid_fraction of train", optional: true),
         ParameterSpec("test", .path, "test text, evaluated with the best model at the end", optional: true),
         ParameterSpec(
-            "data_dir", .path, "a WikiText folder: wiki.train.tokens, wiki.valid.tokens, wiki.test.tokens",
+            "data_dir", .directory, "a WikiText folder: wiki.train.tokens, wiki.valid.tokens, wiki.test.tokens",
             optional: true),
         ParameterSpec(
             "valid_fraction", .number, "share of train held out when no valid file is given", default: 0.05,
