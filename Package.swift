@@ -32,13 +32,14 @@ let package = Package(
             providers: [.apt(["libzmq3-dev"])]
         ),
         .target(name: "CKernels", exclude: ["README.md"]),
+        .target(name: "CSpawn"),
         .target(
             name: "FWPCore",
             dependencies: ["CBLAS", "CKernels"]
         ),
         .target(name: "FWPProtocol"),
         .target(name: "FWPConsole", dependencies: ["FWPProtocol"]),
-        .target(name: "FWPTasks", dependencies: ["FWPCore", "FWPProtocol"]),
+        .target(name: "FWPTasks", dependencies: ["FWPCore", "FWPProtocol", "CSpawn"]),
         .target(name: "ZeroMQ", dependencies: ["CZeroMQ"]),
         .target(
             name: "FWPStore",

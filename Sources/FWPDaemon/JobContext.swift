@@ -53,6 +53,13 @@ final class JobContext: TaskContext, Sendable {
     func requestCancel() { flags.withLock { $0.cancelRequested = true } }
     func requestShutdown() { flags.withLock { $0.shuttingDown = true } }
 
+    func recordChildProcessGroup(_ group: ChildProcessGroup?) {
+        let json = group.map { String(decoding: WireJSON.encode($0), as: UTF8.self) }
+        do { try store.setChildGroup(job.id, json) } catch {
+            logger.error("cannot record the child process group: \(error)")
+        }
+    }
+
     func emit(_ e: ProgressEvent) {
         let event = JobEvent(job: job.id, seq: 0, time: Date().timeIntervalSince1970, e)
         eventQueue.async { [store, publisher, metrics, logger, job] in

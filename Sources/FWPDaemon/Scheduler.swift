@@ -129,6 +129,30 @@ final class Scheduler: JobControl, @unchecked Sendable {
         }
     }
 
+    /// Makes sure no process of an earlier, interrupted attempt of `job` is alive before it runs
+    /// again: the process group its program ran in (recorded by the job context) is killed and
+    /// waited for. Its leader died with the old fwpd (parent-death signal); what it started may not.
+    func endStaleProcesses(of job: JobInfo) throws {
+        guard let json = try store.childGroup(job.id) else { return }
+        if let group = try? WireJSON.decode(ChildProcessGroup.self, from: Array(json.utf8)) {
+            var left = group.members()
+            if !left.isEmpty {
+                logger.warning(
+                    "job \(job.id): ending \(left.count) process(es) left from an earlier attempt (group \(group.id))")
+            }
+            let deadline = Date().addingTimeInterval(10)
+            while !left.isEmpty && Date() < deadline {
+                for pid in left { kill(pid, SIGKILL) }
+                usleep(20_000)
+                left = group.members()
+            }
+            guard left.isEmpty else {
+                throw WireError(.internal, "processes of an earlier attempt (group \(group.id)) do not end")
+            }
+        }
+        try store.setChildGroup(job.id, nil)
+    }
+
     func updateGauges() {
         if let counts = try? store.counts() {
             metrics.running.set(Double(counts[.running] ?? 0))
@@ -168,6 +192,7 @@ final class Scheduler: JobControl, @unchecked Sendable {
             guard let module = registry.module(named: job.task) else {
                 throw WireError(.unknownTask, "task module '\(job.task)' is not registered")
             }
+            try endStaleProcesses(of: job)
             if job.task == "exec" {
                 // Checked again as the job starts: the configuration may have changed since submit.
                 let program = job.parameters["program"]?.stringValue ?? ""

@@ -88,6 +88,9 @@ public final class JobStore: Sendable {
         m.registerMigration("v2: job owners") { db in
             try db.execute(sql: "ALTER TABLE jobs ADD COLUMN owner TEXT")
         }
+        m.registerMigration("v3: exec process groups") { db in
+            try db.execute(sql: "ALTER TABLE jobs ADD COLUMN child_group TEXT")
+        }
         return m
     }
 
@@ -310,6 +313,21 @@ public final class JobStore: Sendable {
                     Row.fetchOne(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE id = ?"), arguments: [id])!),
                 event
             )
+        }
+    }
+
+    /// Records (or, with nil, clears) the process group a job's external program runs in, as JSON.
+    public func setChildGroup(_ id: Int64, _ json: String?) throws {
+        try pool.write { db in
+            try db.cachedStatement(sql: "UPDATE jobs SET child_group = ? WHERE id = ?").execute(arguments: [json, id])
+        }
+    }
+
+    /// The process group recorded for a job, if any.
+    public func childGroup(_ id: Int64) throws -> String? {
+        try pool.read { db in
+            try String.fetchOne(
+                try db.cachedStatement(sql: "SELECT child_group FROM jobs WHERE id = ?"), arguments: [id])
         }
     }
 

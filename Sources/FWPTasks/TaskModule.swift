@@ -25,10 +25,63 @@ public protocol TaskContext: AnyObject, Sendable {
     /// `isCancelled` should then save a checkpoint before throwing `TaskError.cancelled`, so the
     /// job resumes where it stopped. False for a user's cancel.
     var checkpointBeforeStopping: Bool { get }
+    /// Records the process group of an external program the task runs (nil once it has ended), so
+    /// that a restarted fwpd can make sure no process of an interrupted attempt is left before it
+    /// runs the job again.
+    func recordChildProcessGroup(_ group: ChildProcessGroup?)
 }
 
 extension TaskContext {
     public var checkpointBeforeStopping: Bool { false }
+    public func recordChildProcessGroup(_ group: ChildProcessGroup?) {}
+}
+
+/// A process group an `exec` job started, identified beyond its number: the leader's start time
+/// (clock ticks since boot) and the boot, so that a recorded group is never confused with an
+/// unrelated one that reuses the number later.
+public struct ChildProcessGroup: Codable, Equatable, Sendable {
+    public var id: Int32
+    public var leaderStart: UInt64
+    public var boot: String
+
+    public init(id: Int32, leaderStart: UInt64, boot: String) {
+        self.id = id
+        self.leaderStart = leaderStart
+        self.boot = boot
+    }
+
+    /// The group led by live process `pid`, read from /proc (nil where there is none).
+    public static func led(by pid: Int32) -> ChildProcessGroup? {
+        guard let start = processStat(pid)?.start, let boot = currentBoot else { return nil }
+        return ChildProcessGroup(id: pid, leaderStart: start, boot: boot)
+    }
+
+    /// This boot's id (/proc/sys/kernel/random/boot_id).
+    public static var currentBoot: String? {
+        (try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8))?
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// A process's group and start time from /proc/<pid>/stat (fields 5 and 22).
+    public static func processStat(_ pid: Int32) -> (group: Int32, start: UInt64)? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = text.lastIndex(of: ")")
+        else { return nil }
+        // After "pid (comm)": state is field 3, so field n is at index n - 3.
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        guard fields.count > 19, let group = Int32(fields[2]), let start = UInt64(fields[19]) else { return nil }
+        return (group, start)
+    }
+
+    /// The live processes of this group (members started no earlier than its leader, in this boot).
+    public func members() -> [Int32] {
+        guard Self.currentBoot == boot else { return [] }
+        let pids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }
+        return pids.filter { pid in
+            guard let s = Self.processStat(pid) else { return false }
+            return s.group == id && s.start >= leaderStart
+        }
+    }
 }
 
 /// Why a task did not produce a result.

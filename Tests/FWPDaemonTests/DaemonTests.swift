@@ -364,3 +364,72 @@ extension DaemonTests {
         #expect(status == "ok", "\(reply.jsonText)")
     }
 }
+
+extension DaemonTests {
+    /// The live processes whose command line contains `marker`.
+    func processes(containing marker: String) -> [Int32] {
+        let pids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }
+        return pids.filter { pid in
+            guard let raw = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline"),
+                let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                !stat.contains(") Z ")  // a zombie has exited
+            else { return false }
+            return String(decoding: raw.map { $0 == 0 ? 32 : $0 }, as: UTF8.self).contains(marker)
+        }
+    }
+
+    /// kill -9 of fwpd during an exec job: the program dies with fwpd, what it started is ended
+    /// before the job runs again, and it then runs exactly once more — never two copies at once.
+    @Test func execChildrenNeitherOutliveFwpdNorRunTwice() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fwpd-orphans-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        // A copy of sleep under a name of its own marks this test's processes.
+        let marker = dir.appendingPathComponent("sleep-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.copyItem(atPath: "/bin/sleep", toPath: marker)
+        let starts = dir.appendingPathComponent("starts")
+        let script = dir.appendingPathComponent("long.sh")
+        // Counts its starts, leaves a grandchild in its process group, and runs until stopped.
+        try """
+        #!/bin/sh
+        echo started >> \(starts.path)
+        \(marker) 300 &
+        exec \(marker) 300
+        """.write(to: script, atomically: true, encoding: .utf8)
+        chmod(script.path, 0o755)
+        let arguments = ["--local-role", "admin", "--exec-programs", script.path]
+        let d = DaemonProcess(arguments: arguments)
+        try d.start()
+        let c = try d.client()
+        let job = try c.submit(["task": "exec", "parameters": .object(["program": .string(script.path)])])
+        func startCount() -> Int {
+            ((try? String(contentsOf: starts, encoding: .utf8)) ?? "").split(separator: "\n").count
+        }
+        func waitFor(_ what: String, timeout: Double = 20, _ condition: () -> Bool) {
+            let deadline = Date().addingTimeInterval(timeout)
+            while !condition() && Date() < deadline { usleep(50_000) }
+            let found = processes(containing: marker).map { pid in
+                (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? "\(pid) gone"
+            }
+            #expect(condition(), "\(what): \(found)")
+        }
+        waitFor("the program started, with its grandchild") {
+            startCount() == 1 && processes(containing: marker).count == 2
+        }
+        d.stop(SIGKILL)
+        // The program dies with fwpd (parent-death signal); its grandchild is re-parented and lives.
+        waitFor("only the grandchild is left") { processes(containing: marker).count == 1 }
+        let restarted = DaemonProcess(state: d.state, arguments: arguments)
+        try restarted.start()
+        defer { restarted.stop() }
+        let c2 = try restarted.client()
+        waitFor("the job runs again") { startCount() == 2 }
+        waitFor("the old grandchild was ended: one program and one grandchild") {
+            processes(containing: marker).count == 2
+        }
+        usleep(500_000)
+        #expect(startCount() == 2, "started exactly once more")
+        #expect(try c2.ok("cancel", ["job": .number(Double(job.id))])["id"] != nil)
+        #expect(try c2.wait(job.id) { $0.state.isFinal }.state == .cancelled)
+        waitFor("nothing left after the cancel") { processes(containing: marker).isEmpty }
+    }
+}

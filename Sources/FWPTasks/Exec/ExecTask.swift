@@ -1,5 +1,6 @@
 import FWPProtocol
 import Foundation
+import CSpawn
 import Synchronization
 
 #if canImport(Glibc)
@@ -94,6 +95,7 @@ public struct ExecTask: TaskModule {
     public func run(_ p: Parameters, context: TaskContext) throws -> JSONValue {
         let program = p.program
         let child = try ChildProcess(program: program, arguments: try arguments(p), directory: p.directory)
+        context.recordChildProcessGroup(ChildProcessGroup.led(by: child.pid))
         let result = LockedBox<JSONValue?>(nil)
         let done = DispatchGroup()
         done.enter()
@@ -148,6 +150,7 @@ public struct ExecTask: TaskModule {
         if stopReason != nil { child.signalGroup(SIGKILL) }
         done.wait()
         child.closePipes()
+        context.recordChildProcessGroup(nil)
         if stopReason == "cancelled" { throw TaskError.cancelled }
         if stopReason == "timeout" {
             throw TaskError.failed(code: .timeout, message: "\(program) ran longer than \(timeout) s and was stopped")
@@ -198,45 +201,25 @@ final class ChildProcess: @unchecked Sendable {
             throw TaskError.failed(code: .spawnFailed, message: "pipe: \(String(cString: strerror(errno)))")
         }
         for fd in outPipe + errPipe { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
-        posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2)
-        for fd in outPipe + errPipe { posix_spawn_file_actions_addclose(&actions, fd) }
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
-        posix_spawnattr_setpgroup(&attr, 0)
-        var none = sigset_t()
-        sigemptyset(&none)
-        posix_spawnattr_setsigmask(&attr, &none)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for s in [SIGTERM, SIGINT, SIGPIPE, SIGHUP] { sigaddset(&defaults, s) }
-        posix_spawnattr_setsigdefault(&attr, &defaults)
-        // A working directory goes through env(1) --chdir (posix_spawn has no portable chdir action).
-        let command = directory.map { ["/usr/bin/env", "--chdir=\($0)", program] } ?? [program]
-        let argv = (command + arguments).map { strdup($0) } + [nil]
+        // fwp_spawn: its own process group, a parent-death signal (it dies with fwpd), default
+        // signals, stdin from /dev/null, stdout and stderr to the pipes.
+        let argv = ([program] + arguments).map { strdup($0) } + [nil]
         defer { for a in argv { free(a) } }
-        var child: pid_t = 0
-        var rc = posix_spawn(&child, command[0], &actions, &attr, argv, environ)
-        // ETXTBSY: another thread's fork briefly holds a just-written script open for writing.
-        var retries = 0
-        while rc == ETXTBSY && retries < 50 {
+        var child: pid_t = -1
+        var error: Int32 = 0
+        for _ in 0..<50 {
+            child = fwp_spawn(program, argv, environ, directory, outPipe[1], errPipe[1], &error)
+            // ETXTBSY: another thread's fork briefly holds a just-written script open for writing.
+            guard child < 0 && error == ETXTBSY else { break }
             usleep(10_000)
-            retries += 1
-            rc = posix_spawn(&child, command[0], &actions, &attr, argv, environ)
         }
         close(outPipe[1])
         close(errPipe[1])
-        guard rc == 0 else {
+        guard child > 0 else {
             close(outPipe[0])
             close(errPipe[0])
             throw TaskError.failed(
-                code: .spawnFailed, message: "cannot start \(program): \(String(cString: strerror(rc)))")
+                code: .spawnFailed, message: "cannot start \(program): \(String(cString: strerror(error)))")
         }
         pid = child
         stdout = outPipe[0]
