@@ -228,12 +228,14 @@ public final class JobStore: Sendable {
         }
     }
 
-    /// Puts a running job back in the queue (graceful stop): it resumes from its checkpoint.
+    /// Puts a running job back in the queue (graceful stop): it resumes from its checkpoint, and
+    /// the stop spends no attempt (the next run takes this run's attempt number again).
     public func requeue(_ id: Int64, reason: String) throws -> JobEvent {
         defer { invalidate(id) }
         return try pool.write { db in
-            try db.cachedStatement(sql: "UPDATE jobs SET state = 'queued', lease_until = NULL WHERE id = ?").execute(
-                arguments: [id])
+            try db.cachedStatement(
+                sql: "UPDATE jobs SET state = 'queued', lease_until = NULL, attempt = MAX(attempt - 1, 0) WHERE id = ?"
+            ).execute(arguments: [id])
             return try Self.appendEvent(
                 db, job: id, JobEvent(job: id, seq: 0, time: Self.now(), kind: "state", state: .queued, message: reason)
             )

@@ -135,6 +135,7 @@ import ZeroMQ
         let c2 = try restarted.client()
         let done = try c2.wait(job.id, timeout: 120) { $0.state.isFinal }
         #expect(done.state == .succeeded, "\(restarted.log())")
+        #expect(done.attempt == 1, "a graceful stop spends no attempt")
         let events = try c2.events(job.id)
         #expect(events.map(\.seq) == Array(1...Int64(events.count)), "no lost or duplicated events")
         let requeued = events.firstIndex {
