@@ -32,7 +32,12 @@ import Testing
 
         _ = try store.requeue(job.id, reason: "test")
         #expect(try store.job(job.id)?.state == .queued)
+        #expect(try store.job(job.id)?.attempt == 0, "a graceful stop spends no attempt")
 
+        _ = try store.claim(leaseSeconds: 60)
+        #expect(try store.job(job.id)?.attempt == 1, "the next run takes the same attempt number")
+        _ = try store.recoverInterrupted()
+        #expect(try store.job(job.id)?.state == .queued, "a crash in attempt 1 of 2 requeues")
         _ = try store.claim(leaseSeconds: 60)
         _ = try store.recoverInterrupted()
         #expect(try store.job(job.id)?.state == .failed, "second attempt of two used up")
