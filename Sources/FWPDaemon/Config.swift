@@ -273,6 +273,9 @@ public struct DaemonConfig: Equatable, Sendable {
         return endpoint.replacingOccurrences(of: "tcp://localhost:", with: "tcp://127.0.0.1:")
     }
 
+    /// Whether exec jobs may run `program`: it is one of `exec_programs` (none when the list is empty).
+    public func allowsExec(program: String) -> Bool { execPrograms.contains(program) }
+
     /// Threads each job gets.
     public var effectiveThreadsPerJob: Int {
         threadsPerJob > 0 ? threadsPerJob : max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, workers))

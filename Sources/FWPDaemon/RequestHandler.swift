@@ -120,17 +120,17 @@ final class RequestHandler: @unchecked Sendable {
 
     /// `exec` runs programs as the daemon's user: only for admins, only when the configuration
     /// lists programs, and only those.
-    func checkExec(_ values: [String: JSONValue], by principal: Principal?) throws {
+    func checkExec(_ values: [String: JSONValue], by principal: Principal) throws {
+        guard principal.role >= .admin else {
+            throw Self.forbidden("exec jobs need role admin; \(principal) has not", .admin)
+        }
         guard !config.execPrograms.isEmpty else {
             throw WireError(
                 .forbidden, "the exec task is off: exec_programs lists no programs", details: ["required_role": "admin"]
             )
         }
-        if let principal, principal.role < .admin {
-            throw Self.forbidden("exec jobs need role admin; \(principal) has not", .admin)
-        }
         let program = values["program"]?.stringValue ?? ""
-        guard config.execPrograms.contains(program) else {
+        guard config.allowsExec(program: program) else {
             throw WireError(
                 .invalidParameter, "parameter 'program': \(program) is not among exec_programs",
                 details: ["parameter": "program"])
@@ -171,12 +171,7 @@ final class RequestHandler: @unchecked Sendable {
         if let key, key.isEmpty || key.utf8.count > 200 {
             throw WireError(.invalidRequest, "field 'idempotency_key' must be 1 to 200 bytes")
         }
-        if module.name == "exec" {
-            if principal.role < .admin {
-                throw Self.forbidden("exec jobs need role admin; \(principal) has not", .admin)
-            }
-            try checkExec(given, by: principal)
-        }
+        if module.name == "exec" { try checkExec(given, by: principal) }
         try dataRoots.check(module, given)
         let parameters: TaskParameters
         do { parameters = try module.validate(given) } catch let e as ParameterError {

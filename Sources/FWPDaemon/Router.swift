@@ -210,31 +210,27 @@ final class Router: @unchecked Sendable {
             rest.removeFirst()
         }
         let size = rest.reduce(0) { $0 + $1.count }
-        let reply: Result<Reply, WireError>
+        // The framing first: a request that fails it never reaches the handler.
+        var framing: WireError? = nil
         if size > config.maxRequestBytes {
-            reply = .failure(
-                WireError(.tooLarge, "request of \(size) bytes exceeds the limit of \(config.maxRequestBytes)"))
+            framing = WireError(.tooLarge, "request of \(size) bytes exceeds the limit of \(config.maxRequestBytes)")
         } else if rest.count != 3 {
-            reply = .failure(WireError(.badFrame, "expected 3 frames (version, command, JSON body), got \(rest.count)"))
+            framing = WireError(.badFrame, "expected 3 frames (version, command, JSON body), got \(rest.count)")
         } else if String(decoding: rest[0], as: UTF8.self) != FWPWire.version {
-            reply = .failure(
-                WireError(
-                    .unsupportedVersion,
-                    "this daemon speaks \(FWPWire.version), not '\(String(decoding: rest[0].prefix(16), as: UTF8.self))'"
-                ))
-        } else {
-            if let principal {
-                reply = handler.handle(
-                    command: String(decoding: rest[1], as: UTF8.self), body: rest[2], principal: principal)
-            } else {
-                reply = .failure(
-                    WireError(.forbidden, "this connection has no principal", details: ["required_role": "viewer"]))
-            }
+            framing = WireError(
+                .unsupportedVersion,
+                "this daemon speaks \(FWPWire.version), not '\(String(decoding: rest[0].prefix(16), as: UTF8.self))'")
         }
-        if rest.count != 3 || size > config.maxRequestBytes
-            || String(decoding: rest[0], as: UTF8.self) != FWPWire.version
-        {
+        let reply: Result<Reply, WireError>
+        if let framing {
             metrics.request("unknown")
+            reply = .failure(framing)
+        } else if let principal {
+            reply = handler.handle(
+                command: String(decoding: rest[1], as: UTF8.self), body: rest[2], principal: principal)
+        } else {
+            reply = .failure(
+                WireError(.forbidden, "this connection has no principal", details: ["required_role": "viewer"]))
         }
         var out = envelope + [Array(FWPWire.version.utf8)]
         switch reply {

@@ -196,7 +196,7 @@ final class Scheduler: JobControl, @unchecked Sendable {
             if job.task == "exec" {
                 // Checked again as the job starts: the configuration may have changed since submit.
                 let program = job.parameters["program"]?.stringValue ?? ""
-                guard config.execPrograms.contains(program) else {
+                guard config.allowsExec(program: program) else {
                     throw WireError(.forbidden, "exec is off, or \(program) is no longer among exec_programs")
                 }
             }

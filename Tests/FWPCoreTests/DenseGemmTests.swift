@@ -172,7 +172,7 @@ import Testing
         }
     }
 
-    /// BLAS.linear (the dense kernel's bias and ReLU epilogue, or the product and a second pass)
+    /// BLAS.linear (the dense kernel's bias and ReLU epilogue, or the product followed by its own pass)
     /// against float64: y = [y +] x Wᵀ + b, then ReLU; both sizes the dense kernel takes and not,
     /// and one it splits into column chunks (600 columns at depth 512).
     @Test(

@@ -178,7 +178,7 @@ public struct LayerNorm: Sendable {
     }
 
     /// Adds the gradient with respect to the input to `dx` (a residual stream's gradient), in
-    /// the pass that computes it: the same sums as `dx + backward(…)` without a second pass.
+    /// the pass that computes it: the same sums as `dx + backward(…)`, with one pass over the rows instead of two.
     public func backward(
         _ dy: Tensor, cache: Cache, _ p: ParameterStore, _ g: inout ParameterStore, addingTo dx: inout Tensor,
         native: Bool = VectorKernels.enabled
