@@ -31,6 +31,12 @@ let package = Package(
             path: "Sources/CZeroMQ",
             providers: [.apt(["libzmq3-dev"])]
         ),
+        .systemLibrary(
+            name: "CMPI",
+            path: "Sources/CMPI",
+            pkgConfig: "ompi-c",
+            providers: [.apt(["libopenmpi-dev"])]
+        ),
         .target(name: "CKernels", exclude: ["README.md"]),
         .target(name: "CSpawn"),
         .target(
@@ -41,6 +47,7 @@ let package = Package(
         .target(name: "FWPConsole", dependencies: ["FWPProtocol"]),
         .target(name: "FWPTasks", dependencies: ["FWPCore", "FWPProtocol", "CSpawn"]),
         .target(name: "ZeroMQ", dependencies: ["CZeroMQ"]),
+        .target(name: "FWPMPI", dependencies: ["CMPI"]),
         .target(
             name: "FWPStore",
             dependencies: [
@@ -72,8 +79,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .executableTarget(name: "fwp-task", dependencies: ["FWPCore", "FWPTasks", "FWPConsole"]),
-        .executableTarget(name: "fwp-bench", dependencies: ["FWPCore"], path: "Benchmarks/FWPBench"),
+        .executableTarget(name: "fwp-task", dependencies: ["FWPCore", "FWPTasks", "FWPConsole", "FWPMPI", "CSpawn"]),
+        .executableTarget(name: "fwp-bench", dependencies: ["FWPCore", "FWPMPI"], path: "Benchmarks/FWPBench"),
         .executableTarget(name: "fwp-load", dependencies: ["FWPProtocol", "ZeroMQ"], path: "Benchmarks/FWPLoad"),
         .testTarget(name: "FWPCoreTests", dependencies: ["FWPCore", "CKernels"], exclude: ["Fixtures"]),
         .testTarget(name: "FWPProtocolTests", dependencies: ["FWPProtocol"]),

@@ -81,3 +81,9 @@ pid_t fwp_spawn(const char *path, char *const argv[], char *const envp[], const 
     }
     return pid;
 }
+
+int fwp_die_with_parent(void) {
+    pid_t parent = getppid();
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    return getppid() != parent ? -1 : 0;
+}

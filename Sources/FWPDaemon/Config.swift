@@ -41,6 +41,12 @@ public struct DaemonConfig: Equatable, Sendable {
     public var localRole = Role.user
     /// Programs `exec` jobs may run (absolute paths); empty: the exec task is off.
     public var execPrograms: [String] = []
+    /// The MPI launcher for jobs with `ranks` > 1: a path, or a name looked up in PATH.
+    public var mpirun = "mpirun"
+    /// More mpirun options, space-separated (say, `--hostfile /etc/fwpd/hosts`).
+    public var mpirunArguments: [String] = []
+    /// The `fwp-task` the ranks run; empty: the one beside fwpd.
+    public var taskProgram = ""
     /// Folders job path parameters may point into, besides `<state_dir>/data`.
     public var dataRoots: [String] = []
     /// Permit binding a non-loopback TCP address without CURVE.
@@ -136,6 +142,26 @@ public struct DaemonConfig: Equatable, Sendable {
                         throw ConfigError("exec_programs must list absolute paths, got '\(relative)'")
                     }
                     $0.execPrograms = programs
+                }
+            ),
+            (
+                "mpirun", "FWPD_MPIRUN", "--mpirun",
+                {
+                    guard !$1.isEmpty else { throw ConfigError("mpirun must name the MPI launcher") }
+                    $0.mpirun = $1
+                }
+            ),
+            (
+                "mpirun_arguments", "FWPD_MPIRUN_ARGUMENTS", "--mpirun-arguments",
+                { $0.mpirunArguments = $1.split(separator: " ").map(String.init) }
+            ),
+            (
+                "task_program", "FWPD_TASK_PROGRAM", "--task-program",
+                {
+                    guard $1.isEmpty || $1.hasPrefix("/") else {
+                        throw ConfigError("task_program must be an absolute path, got '\($1)'")
+                    }
+                    $0.taskProgram = $1
                 }
             ),
             (

@@ -39,6 +39,7 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, Codable, CustomSt
     public static let signal = ErrorCode("signal")
     public static let timeout = ErrorCode("timeout")
     public static let spawnFailed = ErrorCode("spawn_failed")
+    public static let rankFailed = ErrorCode("rank_failed")
 
     /// Every request error with its meaning, in the order PROTOCOL.md's table lists them.
     public static let requestErrors: [(code: ErrorCode, meaning: String)] = [
@@ -68,5 +69,9 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, Codable, CustomSt
         (.signal, "an `exec` program was killed by a signal"),
         (.timeout, "an `exec` program ran longer than its `timeout`"),
         (.spawnFailed, "an `exec` program could not be started"),
+        (
+            .rankFailed,
+            "a process of a job on several ranks (`ranks` > 1) died, or mpirun could not start or ended the job"
+        ),
     ]
 }

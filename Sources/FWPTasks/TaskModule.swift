@@ -29,10 +29,14 @@ public protocol TaskContext: AnyObject, Sendable {
     /// that a restarted fwpd can make sure no process of an interrupted attempt is left before it
     /// runs the job again.
     func recordChildProcessGroup(_ group: ChildProcessGroup?)
+    /// The processes this one trains with when a job runs on several ranks (`ranks` > 1, started
+    /// by mpirun); nil in a job of one process.
+    var collective: (any Collective)? { get }
 }
 
 extension TaskContext {
     public var checkpointBeforeStopping: Bool { false }
+    public var collective: (any Collective)? { nil }
     public func recordChildProcessGroup(_ group: ChildProcessGroup?) {}
 }
 
@@ -142,7 +146,7 @@ extension TaskModule {
 /// `interval` seconds and always on the last step.
 public struct ProgressMeter: Sendable {
     public let total: Int
-    let startStep: Int
+    public let startStep: Int
     let start = Date()
     var lastEmit = Date.distantPast
     public var interval: TimeInterval

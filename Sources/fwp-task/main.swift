@@ -2,7 +2,12 @@
 //
 //   fwp-task list                          modules and presets
 //   fwp-task show NAME                     a module's or preset's parameters
-//   fwp-task run NAME [--set key=value]... [--state DIR] [--threads N] [--fresh] [--json]
+//   fwp-task run NAME [--set key=value]... [--state DIR] [--threads N] [--ranks N] [--fresh] [--json]
+//   fwp-task rank MODULE --parameters FILE --relay DIR --threads N
+//                                          one rank of a job on several processes (started by mpirun)
+//
+// With --ranks N (or the parameter ranks = N) the job runs as N processes under mpirun, each with
+// --threads threads (default: the cores divided by N); see docs/SCALING.md.
 //
 // NAME is a preset (tasks/NAME.json) or a module. A run resumes from the newest valid checkpoint
 // in its state directory (default ./var/fwp-task/NAME) unless --fresh; Ctrl-C stops it after the
@@ -27,8 +32,10 @@ func say(_ s: String) { FileHandle.standardOutput.write(Data((s + "\n").utf8)) }
 let usage = """
     usage: fwp-task list
            fwp-task show NAME
-           fwp-task run NAME [--set key=value]... [--state DIR] [--threads N] [--fresh] [--json] [--tasks DIR]
+           fwp-task run NAME [--set key=value]... [--state DIR] [--threads N] [--ranks N] [--fresh] [--json]
+                    [--tasks DIR]
     NAME is a preset from the tasks folder or a module (retrieval, lm, eval, generate, exec).
+    --ranks N runs the job as N processes under mpirun (data-parallel; --threads is then per rank).
     """
 
 BLAS.relaunchIfNeeded()
@@ -42,6 +49,8 @@ if ["-h", "--help", "help"].contains(command) {
 var overrides: [String: JSONValue] = [:]
 var stateDir: String? = nil
 var threads = max(1, ProcessInfo.processInfo.activeProcessorCount)
+var threadsGiven = false
+var parametersFile: String? = nil, relayDir: String? = nil
 var fresh = false, json = false
 var tasksDir = ProcessInfo.processInfo.environment["FWP_TASKS_DIR"] ?? "tasks"
 var positional: [String] = []
@@ -61,6 +70,12 @@ while !args.isEmpty {
     case "--threads":
         guard let n = Int(value()), n >= 1 else { fail("--threads needs a positive integer") }
         threads = n
+        threadsGiven = true
+    case "--ranks":
+        guard let n = Int(value()), n >= 1 else { fail("--ranks needs a positive integer") }
+        overrides["ranks"] = .number(Double(n))
+    case "--parameters": parametersFile = value()
+    case "--relay": relayDir = value()
     case "--fresh": fresh = true
     case "--json": json = true
     case "--tasks": tasksDir = value()
@@ -88,6 +103,9 @@ if FileManager.default.fileExists(atPath: tasksDir) {
 }
 
 switch command {
+case "rank":
+    guard positional.count == 1 else { fail(usage) }
+    runRank(module: positional[0], parametersFile: parametersFile, relay: relayDir, threads: threads)
 case "list":
     say("modules:")
     for n in registry.names { say("  \(n)") }
@@ -132,9 +150,23 @@ case "run":
         context.cancel()
     }
     sigint.resume()
-    if !json { say("\(name): module \(module.name), state in \(dir.path), \(threads) threads") }
+    let ranks = parameters.values["ranks"]?.doubleValue.map { Int($0) } ?? 1
+    if ranks > 1 && !threadsGiven { threads = max(1, threads / ranks) }
+    if !json {
+        say(
+            "\(name): module \(module.name), state in \(dir.path), "
+                + (ranks > 1 ? "\(ranks) ranks × \(threads) threads" : "\(threads) threads"))
+    }
     do {
-        let result = try module.run(parameters, context: context)
+        let result: JSONValue
+        if ranks > 1 {
+            let program = DistributedRun.siblingTaskProgram ?? CommandLine.arguments[0]
+            result = try DistributedRun(launch: MPILaunch(), taskProgram: program).run(
+                module: module.name, parameters: parameters, ranks: ranks, threadsPerRank: threads,
+                folder: dir.appendingPathComponent("ranks"), context: context)
+        } else {
+            result = try module.run(parameters, context: context)
+        }
         printer.finish()
         if json {
             say(JSONValue.object(["result": result]).jsonText)

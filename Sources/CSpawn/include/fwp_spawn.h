@@ -17,6 +17,11 @@ extern "C" {
 pid_t fwp_spawn(const char *path, char *const argv[], char *const envp[], const char *dir, int out_fd, int err_fd,
                 int *error);
 
+/// Makes the calling process receive SIGKILL when its parent exits (the parent-death signal that
+/// fwp_spawn gives its children, for processes started by another launcher, such as mpirun's
+/// ranks). Returns 0, or -1 when the parent has already gone.
+int fwp_die_with_parent(void);
+
 #ifdef __cplusplus
 }
 #endif

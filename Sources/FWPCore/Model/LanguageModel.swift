@@ -9,12 +9,12 @@ public struct ModelState: Sendable, Equatable {
     public let batch: Int
 
     /// The state of sequences `range` of the batch.
-    func slice(_ range: Range<Int>) -> ModelState {
+    public func slice(_ range: Range<Int>) -> ModelState {
         ModelState(layers: layers.map { $0.slice(range, batch: batch) }, position: position, batch: range.count)
     }
 
     /// The batch made of `parts` in order.
-    static func concatenate(_ parts: [ModelState]) -> ModelState {
+    public static func concatenate(_ parts: [ModelState]) -> ModelState {
         ModelState(
             layers: parts[0].layers.indices.map { l in AttentionState.concatenate(parts.map { $0.layers[l] }) },
             position: parts[0].position, batch: parts.reduce(0) { $0 + $1.batch })
@@ -276,25 +276,54 @@ public struct LanguageModel: Sendable {
         tokens: [Int], targets: [Int], batch: Int, state: inout ModelState?, training: Bool, rng: inout FWPRandom
     ) -> (loss: Double, gradients: ParameterStore) {
         precondition(batch >= 1 && tokens.count % batch == 0 && targets.count == tokens.count)
-        var favor = false
-        if case .favor = config.featureMap, config.attention == .fastWeight { favor = true }
-        let bounds = favor ? [0, batch] : LanguageModel.shardBounds(batch: batch)
-        let shards = bounds.count - 1
-        if shards == 1 {
+        let bounds = shardBounds(batch: batch)
+        if bounds.count == 2 {
             let (logits, cache) = forward(tokens: tokens, batch: batch, state: &state, training: training, rng: &rng)
             let (loss, dLogits) = CrossEntropy.lossAndGradient(logits: logits, targets: targets)
             return (loss, backward(dLogits, cache: cache))
         }
+        var parts = shardLossesAndGradients(
+            tokens: tokens, targets: targets, batch: batch, shards: 0..<(bounds.count - 1), state: &state,
+            training: training, rng: &rng)
+        var loss = 0.0
+        for p in parts { loss += p.loss }
+        var gradients = parts[0].gradients
+        parts[0].gradients = ParameterStore()  // so that adding into it does not copy it first
+        gradients.accumulate(parts.dropFirst().map(\.gradients), threads: threads)
+        return (loss, gradients)
+    }
+
+    /// The shard bounds `lossAndGradients` uses for this model: `shardBounds(batch:)`, or the
+    /// whole batch as one shard for FAVOR+ models, which redraw one projection per step for the
+    /// whole batch.
+    public func shardBounds(batch: Int) -> [Int] {
+        if case .favor = config.featureMap, config.attention == .fastWeight { return [0, batch] }
+        return LanguageModel.shardBounds(batch: batch)
+    }
+
+    /// The losses and gradients of shards `shards` (indices into `shardBounds(batch:)`, at least
+    /// two shards in the batch), each divided by the whole batch's target count: the parts that
+    /// `lossAndGradients` adds up in shard order. `rng` advances as for the whole batch (one child
+    /// per shard, whichever shards are computed), and only the computed shards' rows of `state`
+    /// change, so that processes which each compute some of the shards stay in step. This is the
+    /// unit of data-parallel training (FWPTasks' DataParallel).
+    public func shardLossesAndGradients(
+        tokens: [Int], targets: [Int], batch: Int, shards: Range<Int>, state: inout ModelState?, training: Bool,
+        rng: inout FWPRandom
+    ) -> [(loss: Double, gradients: ParameterStore)] {
+        let bounds = shardBounds(batch: batch)
+        precondition(bounds.count > 2 && shards.lowerBound >= 0 && shards.upperBound < bounds.count)
         let steps = tokens.count / batch
         let counted = targets.filter { $0 >= 0 }.count
-        let rngs = (0..<shards).map { _ in rng.split() }
-        let states = state.map { st in (0..<shards).map { st.slice(bounds[$0]..<bounds[$0 + 1]) } }
-        let outer = min(threads.count, shards)
+        let rngs = (0..<(bounds.count - 1)).map { _ in rng.split() }
+        let states = state.map { st in (0..<(bounds.count - 1)).map { st.slice(bounds[$0]..<bounds[$0 + 1]) } }
+        let outer = min(threads.count, shards.count)
         var shardModel = self
         shardModel.threads = ComputeThreads(max(1, threads.count / outer))
         let model = shardModel
-        let results = ResultSlots<(loss: Double, gradients: ParameterStore, state: ModelState?)>(shards)
-        ComputeThreads(outer).forEach(shards) { i in
+        let results = ResultSlots<(loss: Double, gradients: ParameterStore, state: ModelState?)>(shards.count)
+        ComputeThreads(outer).forEach(shards.count) { k in
+            let i = shards.lowerBound + k
             let rows = (bounds[i] * steps)..<(bounds[i + 1] * steps)
             var shardRng = rngs[i]
             var shardState = states?[i]
@@ -303,22 +332,18 @@ public struct LanguageModel: Sendable {
                 rng: &shardRng)
             let (loss, dLogits) = CrossEntropy.lossAndGradient(
                 logits: logits, targets: Array(targets[rows]), normalizer: counted)
-            results[i] = (loss, model.backward(dLogits, cache: cache), shardState)
+            results[k] = (loss, model.backward(dLogits, cache: cache), shardState)
         }
-        var loss = 0.0
-        for i in 0..<shards { loss += results[i]!.loss }
-        // The shards' results are moved out of their slots, so that adding into the first
-        // shard's gradients does not copy them first.
-        var gradients = ParameterStore(), rest: [ParameterStore] = [], endStates: [ModelState] = []
-        for i in 0..<shards {
-            let r = results[i]!
-            results[i] = nil
-            if i == 0 { gradients = r.gradients } else { rest.append(r.gradients) }
-            if let s = r.state { endStates.append(s) }
+        var out: [(loss: Double, gradients: ParameterStore)] = []
+        var endStates = states ?? []
+        for k in 0..<shards.count {
+            let r = results[k]!
+            results[k] = nil
+            out.append((r.loss, r.gradients))
+            if let s = r.state { endStates[shards.lowerBound + k] = s }
         }
         if state != nil { state = ModelState.concatenate(endStates) }
-        gradients.accumulate(rest, threads: threads)
-        return (loss, gradients)
+        return out
     }
 
     /// Mean cross-entropy without gradients (evaluation mode: no dropout, fixed features).

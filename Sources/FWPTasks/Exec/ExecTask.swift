@@ -185,6 +185,7 @@ final class LockedBox<T: Sendable>: Sendable {
     init(_ value: T) { self.value = Mutex(value) }
     func get() -> T { value.withLock { $0 } }
     func set(_ v: T) { value.withLock { $0 = v } }
+    func update(_ body: (inout T) -> Void) { value.withLock { body(&$0) } }
 }
 
 /// A child process in its own process group with piped stdout and stderr (posix_spawn).

@@ -57,6 +57,10 @@ public struct LanguageModelTask: TaskModule {
         ParameterSpec(
             "seed", .integer, "seed of initialisation, dropout and FAVOR+ draws", default: 1, minimum: 0,
             maximum: 9_007_199_254_740_991),
+        ParameterSpec(
+            "ranks", .integer,
+            "processes sharing every batch (data-parallel over MPI; same results for any count)", default: 1,
+            minimum: 1, maximum: 1024),
     ]
 
     /// The schema's parameters as Swift values.
@@ -91,6 +95,7 @@ public struct LanguageModelTask: TaskModule {
         var evalSegments: Int
         var patience: Int
         var seed: UInt64
+        var ranks: Int
     }
 
     struct Files {
@@ -135,6 +140,18 @@ public struct LanguageModelTask: TaskModule {
         if p.carry && p.attention == .softmax {
             throw ParameterError("carry", "carrying state across segments needs fast-weight attention")
         }
+        if p.ranks > 1 {
+            if case .favor = p.featureMap, p.attention == .fastWeight {
+                throw ParameterError(
+                    "ranks", "FAVOR+ models draw one projection per step for the whole batch and run in one process")
+            }
+            let shards = LanguageModel.shardBounds(batch: p.batch).count - 1
+            if p.ranks > shards {
+                throw ParameterError(
+                    "ranks",
+                    "a batch of \(p.batch) is cut into \(shards) shards, so at most \(shards) ranks can share it")
+            }
+        }
         let f = files(p)
         let hasDir = p.dataDir != nil
         try checkTextFile(f.train, parameter: hasDir ? "data_dir" : "train", level: p.level)
@@ -173,6 +190,9 @@ public struct LanguageModelTask: TaskModule {
         let seed = p.seed
         var model = try LanguageModel(config: config, seed: seed)
         model.threads = ComputeThreads(threads)
+        let parallel = try DataParallel.forTask(ranks: p.ranks, context: context)
+        let leader = parallel?.rank ?? 0 == 0
+        let myShards = parallel.flatMap { $0.shards(bounds: model.shardBounds(batch: batch)) }
         var optimizer = AdamW(
             parameters: model.parameters,
             schedule: LearningRateSchedule(peak: p.lr, warmupSteps: p.warmup, totalSteps: steps, minimum: p.lr / 10),
@@ -182,7 +202,7 @@ public struct LanguageModelTask: TaskModule {
         var best = Double.infinity, badEvals = 0
         var bestParameters = model.parameters
 
-        if let data = try context.latestCheckpoint() {
+        if let data = try DataParallel.latestCheckpoint(context, parallel) {
             let c = try TrainingCheckpoint.decode(data, expecting: config)
             guard let o = c.optimizer, let r = c.rng, let b = c.extra["best_valid_loss"].flatMap(Double.init),
                 let n = c.extra["bad_evals"].flatMap(Int.init), c.extra["tokenizer"] == tokenizer.json
@@ -206,9 +226,16 @@ public struct LanguageModelTask: TaskModule {
             }
             context.log(.info, "resuming from step \(o.step)")
         }
+        try parallel?.checkIdentical(model.parameters, "parameters")
 
         func checkpoint(improved: Bool) throws {
             var extraTensors: [(name: String, tensor: Tensor)] = []
+            var state = state
+            if let parallel, let s = state {
+                // Every rank advanced only its own sequences' state; rank 0 collects the rest.
+                state = try parallel.gatherState(s, bounds: model.shardBounds(batch: batch))
+                guard parallel.rank == 0 else { return }
+            }
             if let state {
                 for (i, l) in state.layers.enumerated() {
                     extraTensors.append(("state.\(i).weights", Tensor(shape: [l.weights.count], storage: l.weights)))
@@ -239,32 +266,50 @@ public struct LanguageModelTask: TaskModule {
         let tokensPerStep = batch * segment
         var lastTrain = Double.nan
         while optimizer.step < steps {
-            if context.isCancelled {
-                if context.checkpointBeforeStopping { try checkpoint(improved: false) }
+            if let checkpointFirst = try DataParallel.stopRequest(context, parallel) {
+                if checkpointFirst { try checkpoint(improved: false) }
                 throw TaskError.cancelled
             }
             let index = optimizer.step % stream.segmentsPerRow
             if index == 0 && carry { state = model.initialState(batch: batch) }  // a new pass over the data
             let (x, y) = stream.batch(index)
-            let (loss, grads) = model.lossAndGradients(
-                tokens: x, targets: y, batch: batch, state: &state, training: true, rng: &rng)
+            let loss: Double, grads: ParameterStore
+            if let parallel, let myShards {
+                let parts = model.shardLossesAndGradients(
+                    tokens: x, targets: y, batch: batch, shards: myShards, state: &state, training: true, rng: &rng)
+                (loss, grads) = try parallel.orderedSum(parts, threads: model.threads)
+            } else {
+                (loss, grads) = model.lossAndGradients(
+                    tokens: x, targets: y, batch: batch, state: &state, training: true, rng: &rng)
+            }
             guard loss.isFinite else {
                 throw TaskError.failed(
                     code: .diverged, message: "training loss is \(loss) at step \(optimizer.step + 1)")
             }
             optimizer.update(&model.parameters, gradients: grads, threads: model.threads)
             lastTrain = loss
-            if let e = meter.event(
-                step: optimizer.step, loss: loss, itemsPerStep: tokensPerStep,
-                metrics: languageMetrics(loss, level: level))
+            var stepMetrics = languageMetrics(loss, level: level)
+            if let parallel {
+                stepMetrics["ranks"] = .number(Double(parallel.size))
+                stepMetrics["reduce_seconds_per_step"] = .number(
+                    parallel.reductionSeconds / Double(max(1, optimizer.step - meter.startStep)))
+            }
+            if leader,
+                let e = meter.event(
+                    step: optimizer.step, loss: loss, itemsPerStep: tokensPerStep, metrics: stepMetrics)
             {
                 context.emit(e)
             }
             if optimizer.step % p.evalEvery == 0 || optimizer.step == steps {
-                let (vloss, _) = try evaluateStream(
-                    model, tokens: validTokens, batch: evalBatch, segment: segment, carry: carry,
-                    maxSegments: p.evalSegments,
-                    cancelled: { context.isCancelled })
+                // Rank 0 validates; the others wait for its figure, so that all decide alike.
+                var vloss = Double.nan
+                if leader {
+                    (vloss, _) = try evaluateStream(
+                        model, tokens: validTokens, batch: evalBatch, segment: segment, carry: carry,
+                        maxSegments: p.evalSegments,
+                        cancelled: { context.isCancelled })
+                }
+                if let parallel { vloss = try parallel.collective.broadcast(vloss, root: 0) }
                 let improved = vloss < best
                 if improved {
                     best = vloss
@@ -291,6 +336,10 @@ public struct LanguageModelTask: TaskModule {
             "parameters": .number(Double(model.parameters.scalarCount)),
         ]
         for (k, v) in languageMetrics(best, level: level) { result["best_valid_\(k)"] = v }
+        if let parallel {
+            result["ranks"] = .number(Double(parallel.size))
+            guard leader else { return .object(result) }
+        }
         if let t = f.test {
             var bestModel = model
             bestModel.parameters = bestParameters

@@ -1,0 +1,127 @@
+import CSpawn
+import FWPCore
+import FWPMPI
+import FWPTasks
+import Foundation
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+extension Communicator: Collective {}
+
+/// The context of one rank of a job started by `DistributedRun` (`fwp-task rank`): rank 0 speaks
+/// the relay protocol on standard output — events, checkpoints written into the relay folder, log
+/// lines — and reads the checkpoint to resume from there; the other ranks only compute, and say
+/// nothing but warnings and errors (on standard error, which mpirun passes on).
+final class RelayContext: TaskContext, Sendable {
+    let communicator: Communicator
+    let folder: URL
+    let threads: Int
+    /// 0 running, 1 cancelled, 2 paused (checkpoint, then stop).
+    private let stop = Mutex(0)
+
+    init(communicator: Communicator, folder: URL, threads: Int) {
+        self.communicator = communicator
+        self.folder = folder
+        self.threads = threads
+    }
+
+    var rank: Int { communicator.rank }
+    var collective: (any Collective)? { communicator }
+    var isCancelled: Bool { stop.withLock { $0 != 0 } }
+    var checkpointBeforeStopping: Bool { stop.withLock { $0 == 2 } }
+    func cancel() { stop.withLock { $0 = max($0, 1) } }
+    func pause() { stop.withLock { $0 = 2 } }
+
+    /// One relay line: `{"key": body}` (rank 0 only).
+    func relay(_ key: String, _ body: JSONValue) {
+        FileHandle.standardOutput.write(Data((JSONValue.object([key: body]).jsonText + "\n").utf8))
+    }
+
+    func emit(_ event: ProgressEvent) {
+        guard rank == 0 else { return }
+        let json = String(decoding: WireJSON.encode(event), as: UTF8.self)
+        FileHandle.standardOutput.write(Data("{\"event\":\(json)}\n".utf8))
+    }
+
+    func saveCheckpoint(_ data: Data, step: Int, best: Bool) throws {
+        guard rank == 0 else { return }
+        let name = "checkpoint-\(step)\(best ? "-best" : "").safetensors"
+        try writeFileDurably(data, to: folder.appendingPathComponent(name))
+        relay("checkpoint", .object(["file": .string(name), "step": .number(Double(step)), "best": .bool(best)]))
+    }
+
+    func latestCheckpoint() throws -> Data? {
+        guard rank == 0 else { return nil }
+        let url = folder.appendingPathComponent(DistributedRun.resumeFileName)
+        guard let data = FileManager.default.contents(atPath: url.path) else { return nil }
+        try Safetensors.verify(data)
+        return data
+    }
+
+    func log(_ level: TaskLogLevel, _ message: String) {
+        if rank == 0 {
+            relay("log", .object(["level": .string(level.rawValue), "message": .string(message)]))
+        } else if level == .warning || level == .error {
+            FileHandle.standardError.write(Data("rank \(rank): [\(level.rawValue)] \(message)\n".utf8))
+        }
+    }
+}
+
+/// `fwp-task rank MODULE --parameters FILE --relay DIR --threads N`: one rank of a job, as started
+/// by mpirun for `DistributedRun`. Never returns.
+func runRank(module name: String, parametersFile: String?, relay: String?, threads: Int) -> Never {
+    // Die with mpirun, whichever way it ends, so that no rank outlives its launch.
+    if fwp_die_with_parent() != 0 { exit(1) }
+    func report(_ code: ErrorCode, _ message: String, rank: Int) {
+        let line = JSONValue.object([
+            "error": .object([
+                "code": .string(code.rawValue), "message": .string(message), "rank": .number(Double(rank)),
+            ])
+        ])
+        FileHandle.standardOutput.write(Data((line.jsonText + "\n").utf8))
+    }
+    guard MPI.launchedByMPI else { fail("fwp-task rank is started by mpirun (use fwp-task run --ranks N, or fwpd)") }
+    guard let module = TaskRegistry.builtIn.module(named: name), let parametersFile, let relay else {
+        report(.invalidRequest, "fwp-task rank needs a module, --parameters and --relay", rank: 0)
+        exit(1)
+    }
+    let communicator: Communicator
+    do { communicator = try MPI.initialize() } catch {
+        report(.rankFailed, "\(error)", rank: 0)
+        exit(1)
+    }
+    let context = RelayContext(communicator: communicator, folder: URL(fileURLWithPath: relay), threads: threads)
+    for (sig, action) in [(SIGUSR1, context.pause), (SIGTERM, context.cancel), (SIGINT, context.cancel)] {
+        signal(sig, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+        source.setEventHandler(handler: action)
+        source.resume()
+        signalSources.append(source)
+    }
+    do {
+        guard let data = FileManager.default.contents(atPath: parametersFile),
+            case .object(let values) = try JSONValue.parse(String(decoding: data, as: UTF8.self))
+        else { throw TaskError.failed(code: .invalidRequest, message: "\(parametersFile) holds no JSON object") }
+        let result = try module.run(try module.validate(values), context: context)
+        if context.rank == 0 { context.relay("result", result) }
+        MPI.finalize()
+        exit(0)
+    } catch TaskError.cancelled {
+        if context.rank == 0 { context.relay("stopped", .bool(true)) }
+        MPI.finalize()
+        exit(0)
+    } catch TaskError.failed(let code, let message) {
+        report(code, message, rank: context.rank)
+    } catch let e as ParameterError {
+        report(.invalidParameter, e.description, rank: context.rank)
+    } catch {
+        report(.internal, "\(error)", rank: context.rank)
+    }
+    // The other ranks may be waiting in a collective: end them all now.
+    communicator.abort(code: 1)
+}
+
+nonisolated(unsafe) var signalSources: [DispatchSourceSignal] = []
