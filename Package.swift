@@ -80,7 +80,8 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "fwp-task", dependencies: ["FWPCore", "FWPTasks", "FWPConsole", "FWPMPI", "CSpawn"]),
-        .executableTarget(name: "fwp-bench", dependencies: ["FWPCore", "FWPMPI"], path: "Benchmarks/FWPBench"),
+        .executableTarget(
+            name: "fwp-bench", dependencies: ["FWPCore", "FWPMPI", "FWPTasks"], path: "Benchmarks/FWPBench"),
         .executableTarget(name: "fwp-load", dependencies: ["FWPProtocol", "ZeroMQ"], path: "Benchmarks/FWPLoad"),
         .testTarget(name: "FWPCoreTests", dependencies: ["FWPCore", "CKernels"], exclude: ["Fixtures"]),
         .testTarget(name: "FWPProtocolTests", dependencies: ["FWPProtocol"]),

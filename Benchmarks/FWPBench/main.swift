@@ -20,6 +20,9 @@
 //             of context (softmax up to 8K: its per-token cost grows with the context)
 //   memory    peak resident memory of one delta-rule training step at --context T (B = 4),
 //             minus the resident memory before it, per token; run once per T (own process)
+//   reduce    under mpirun -np N: one gradient reduction across the ranks (the ordered chain
+//             training uses, and MPI_Allreduce) at three gradient sizes, and the latency of a
+//             one-number allreduce (docs/SCALING.md)
 // Prints medians over R timed repetitions after one warm-up. BLAS runs single-threaded; the
 // core parallelises over batch shards and sequences itself.
 import FWPCore
@@ -50,7 +53,7 @@ while let a = args.popFirst() {
     case "--blas-threads": _ = args.popFirst()  // accepted for older command lines; BLAS stays at 1
     default:
         FileHandle.standardError.write(
-            "usage: fwp-bench [--threads N] [--repeats R] [--json] [--only core|layer|lm|sgemm|sweep|generate|memory] [--context T] [--batch B] [--head-size d]\n"
+            "usage: fwp-bench [--threads N] [--repeats R] [--json] [--only core|layer|lm|sgemm|sweep|generate|memory|reduce] [--context T] [--batch B] [--head-size d]\n"
                 .data(using: .utf8)!)
         exit(2)
     }
@@ -352,6 +355,7 @@ for what in only {
         }
     case "generate": try benchGenerate()
     case "memory": try benchMemory()
+    case "reduce": try benchReduce()
     default:
         FileHandle.standardError.write("unknown workload \(what)\n".data(using: .utf8)!)
         exit(2)

@@ -125,3 +125,40 @@ func runRank(module name: String, parametersFile: String?, relay: String?, threa
 }
 
 nonisolated(unsafe) var signalSources: [DispatchSourceSignal] = []
+
+/// `mpirun -np N fwp-task mpi-check`: checks that MPI works for fwp on these machines — every
+/// collective data-parallel training uses, with results compared against what they must be, and
+/// an invalid call answered with MPI's own error — and prints one line per rank. Exits 0 when
+/// all is well.
+func runMPICheck() -> Never {
+    guard MPI.launchedByMPI else { fail("mpi-check runs under mpirun: mpirun -np 2 fwp-task mpi-check") }
+    do {
+        let c = try MPI.initialize()
+        var problems: [String] = []
+        var sum = [Float](repeating: Float(c.rank + 1), count: 100_000)
+        try sum.withUnsafeMutableBufferPointer { try c.allreduceSum($0) }
+        let expected = Float(c.size * (c.size + 1) / 2)
+        if sum.contains(where: { $0 != expected }) { problems.append("allreduce gave \(sum[0]), not \(expected)") }
+        let root = c.size - 1
+        let bytes = try c.broadcast(bytes: c.rank == root ? Array("from the last rank".utf8) : [], root: root)
+        if String(decoding: bytes, as: UTF8.self) != "from the last rank" { problems.append("broadcast lost bytes") }
+        if try c.allgather(UInt64(c.rank * 7)) != (0..<c.size).map({ UInt64($0 * 7) }) {
+            problems.append("allgather out of order")
+        }
+        if try c.maximum(Int64(c.rank)) != Int64(c.size - 1) { problems.append("maximum wrong") }
+        var invalid = "no error"
+        do {
+            let one: [UInt8] = [1]
+            try one.withUnsafeBytes { try c.send($0, to: c.size, tag: 0) }  // no such rank
+        } catch { invalid = "\(error)" }
+        if !invalid.contains("MPI_ERR_RANK") { problems.append("an invalid rank was not refused by MPI") }
+        try c.barrier()
+        say(
+            "rank \(c.rank) of \(c.size): "
+                + (problems.isEmpty ? "collectives ok; invalid call: \(invalid)" : problems.joined(separator: "; ")))
+        MPI.finalize()
+        exit(problems.isEmpty ? 0 : 1)
+    } catch {
+        fail("\(error)", code: 1)
+    }
+}

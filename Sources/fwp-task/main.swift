@@ -5,6 +5,7 @@
 //   fwp-task run NAME [--set key=value]... [--state DIR] [--threads N] [--ranks N] [--fresh] [--json]
 //   fwp-task rank MODULE --parameters FILE --relay DIR --threads N
 //                                          one rank of a job on several processes (started by mpirun)
+//   mpirun -np N fwp-task mpi-check        checks that MPI works here for fwp
 //
 // With --ranks N (or the parameter ranks = N) the job runs as N processes under mpirun, each with
 // --threads threads (default: the cores divided by N); see docs/SCALING.md.
@@ -103,6 +104,7 @@ if FileManager.default.fileExists(atPath: tasksDir) {
 }
 
 switch command {
+case "mpi-check": runMPICheck()
 case "rank":
     guard positional.count == 1 else { fail(usage) }
     runRank(module: positional[0], parametersFile: parametersFile, relay: relayDir, threads: threads)

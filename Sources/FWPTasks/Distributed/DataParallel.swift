@@ -78,7 +78,10 @@ public final class DataParallel: @unchecked Sendable {
                 }
             }
         } else {
-            if buffer.names != parts[0].gradients.names { buffer = parts[0].gradients.zerosLike() }
+            let like = parts[0].gradients
+            if buffer.names != like.names || buffer.values.map(\.count) != like.values.map(\.count) {
+                buffer = like.zerosLike()
+            }
             total = buffer
             buffer = ParameterStore()  // so that writing into `total` does not copy it
             for t in total.values.indices {

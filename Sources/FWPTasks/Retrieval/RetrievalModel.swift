@@ -72,6 +72,16 @@ public struct RetrievalBatch: Sendable {
         }
         return b
     }
+
+    /// Sequences `range` of the batch.
+    public func sequences(_ range: Range<Int>) -> RetrievalBatch {
+        RetrievalBatch(
+            keys: Array(keys[range]), values: Array(values[range]), queries: Array(queries[range]),
+            targets: Array(targets[range]))
+    }
+
+    /// Queries in the batch.
+    public var queryCount: Int { queries.reduce(0) { $0 + $1.count } }
 }
 
 public struct RetrievalModel: Sendable {
@@ -121,13 +131,16 @@ public struct RetrievalModel: Sendable {
         self.buffers = buffers
     }
 
-    /// Mean over queries of ½‖v* − ŷ‖² and its gradients (when `gradients` is true).
-    public func loss(_ batch: RetrievalBatch, gradients wantGradients: Bool) -> (
+    /// Mean over queries of ½‖v* − ŷ‖² and its gradients (when `gradients` is true). With
+    /// `normalizer`, the sum is divided by it instead of by the batch's query count (a shard of a
+    /// larger batch passes the whole batch's count; accuracy stays this batch's own).
+    public func loss(_ batch: RetrievalBatch, gradients wantGradients: Bool, normalizer: Int? = nil) -> (
         loss: Double, accuracy: Double, gradients: ParameterStore?
     ) {
         let s = config.keys, e = config.embeddingSize, l = config.sequenceLength
         let nSeq = batch.keys.count
-        let nQueries = batch.queries.reduce(0) { $0 + $1.count }
+        let queryCount = batch.queryCount
+        let nQueries = normalizer ?? queryCount
         // Inputs x_t = [onehot(value_t), e(key_t)] for all sequences at once.
         let keyEmb = embedding.forward(batch.keys.flatMap { $0 }, parameters)
         var x = Tensor(shape: [nSeq * l, s + e])
@@ -311,7 +324,7 @@ public struct RetrievalModel: Sendable {
             }
         }
         let loss = total / Double(nQueries)
-        let accuracy = Double(correct) / Double(nQueries)
+        let accuracy = Double(correct) / Double(queryCount)
         guard wantGradients else { return (loss, accuracy, nil) }
         var g = parameters.zerosLike()
         var dx = key.backward(dkRaw, input: x, parameters, &g)

@@ -39,6 +39,10 @@ public struct RetrievalTask: TaskModule {
             "target_loss", .number, "stop once the eval loss is at or below this", default: 0.001, minimum: 0),
         ParameterSpec(
             "seed", .integer, "seed of initialisation and data", default: 1, minimum: 0, maximum: 9_007_199_254_740_991),
+        ParameterSpec(
+            "ranks", .integer,
+            "processes sharing every batch (data-parallel over MPI; cut into shards from 2 ranks on)", default: 1,
+            minimum: 1, maximum: 1024),
     ]
 
     /// The schema's parameters as Swift values.
@@ -56,6 +60,7 @@ public struct RetrievalTask: TaskModule {
         var patience: Int
         var targetLoss: Double
         var seed: UInt64
+        var ranks: Int
     }
 
     public func check(_ p: Parameters) throws {
@@ -67,6 +72,11 @@ public struct RetrievalTask: TaskModule {
             if case .dpfp(let nu) = kind, nu >= 2 * p.keySize {
                 throw ParameterError("attention", "DPFP's ν must be below 2·key_size (\(2 * p.keySize))")
             }
+        }
+        let shards = LanguageModel.shardBounds(batch: p.batch).count - 1
+        if p.ranks > shards {
+            throw ParameterError(
+                "ranks", "a batch of \(p.batch) is cut into \(shards) shards, so at most \(shards) ranks can share it")
         }
     }
 
@@ -92,7 +102,11 @@ public struct RetrievalTask: TaskModule {
         var rng = FWPRandom(seed: seed &+ 0x5EED)
         var best = Double.infinity, bestAccuracy = 0.0, badEvals = 0
         let maxSteps = p.maxSteps, evalEvery = p.evalEvery
-        if let data = try context.latestCheckpoint() {
+        let parallel = try DataParallel.forTask(ranks: p.ranks, context: context)
+        let leader = parallel?.rank ?? 0 == 0
+        let bounds = LanguageModel.shardBounds(batch: p.batch)
+        let myShards = parallel.flatMap { $0.shards(bounds: bounds) }
+        if let data = try DataParallel.latestCheckpoint(context, parallel) {
             let c = try CheckpointContents.decode(data, format: Self.format) { json in
                 guard let stored = try? JSONDecoder().decode(RetrievalConfig.self, from: Data(json.utf8)),
                     stored == config
@@ -111,10 +125,12 @@ public struct RetrievalTask: TaskModule {
             (best, bestAccuracy, badEvals) = (b, a, n)
             context.log(.info, "resuming from step \(o.step)")
         }
+        try parallel?.checkIdentical(model.parameters, "parameters")
         var meter = ProgressMeter(total: maxSteps, startStep: optimizer.step)
         var reason = "max_steps"
         var lastEval: Double = .nan
         func checkpoint(improved: Bool) throws {
+            guard leader else { return }
             let contents = CheckpointContents(
                 format: Self.format, config: Self.configJSON(config),
                 parameters: model.parameters, buffers: model.buffers, optimizer: optimizer, rng: rng,
@@ -122,28 +138,46 @@ public struct RetrievalTask: TaskModule {
             try context.saveCheckpoint(contents.encoded(), step: optimizer.step, best: improved)
         }
         while optimizer.step < maxSteps {
-            if context.isCancelled {
-                if context.checkpointBeforeStopping { try checkpoint(improved: false) }
+            if let checkpointFirst = try DataParallel.stopRequest(context, parallel) {
+                if checkpointFirst { try checkpoint(improved: false) }
                 throw TaskError.cancelled
             }
             let batch = RetrievalBatch.sample(config, count: p.batch, allKeys: false, using: &rng)
-            let (loss, _, g) = model.loss(batch, gradients: true)
+            let loss: Double, g: ParameterStore?
+            if let parallel, let myShards {
+                // Every rank draws the whole batch (the same stream) and computes its shards,
+                // each divided by the whole batch's query count; the chain adds them in order.
+                let count = batch.queryCount
+                let parts = myShards.map { i in
+                    let r = model.loss(batch.sequences(bounds[i]..<bounds[i + 1]), gradients: true, normalizer: count)
+                    return (loss: r.loss, gradients: r.gradients!)
+                }
+                (loss, g) = try parallel.orderedSum(parts, threads: ComputeThreads(1))
+            } else {
+                (loss, _, g) = model.loss(batch, gradients: true)
+            }
             guard loss.isFinite else {
                 throw TaskError.failed(
                     code: .diverged, message: "training loss is \(loss) at step \(optimizer.step + 1)")
             }
             optimizer.update(&model.parameters, gradients: g!)
             let step = optimizer.step
-            if let e = meter.event(
-                step: step, loss: loss, itemsPerStep: p.batch,
-                metrics: ["best_eval_loss": best.isFinite ? .number(best) : .null])
+            if leader,
+                let e = meter.event(
+                    step: step, loss: loss, itemsPerStep: p.batch,
+                    metrics: ["best_eval_loss": best.isFinite ? .number(best) : .null])
             {
                 context.emit(e)
             }
             if step % evalEvery == 0 || step == maxSteps {
                 var evalRng = FWPRandom(seed: seed ^ (0x9E37_79B9 &* UInt64(step)))
                 let evalBatch = RetrievalBatch.sample(config, count: p.evalSequences, allKeys: true, using: &evalRng)
-                let (evalLoss, accuracy, _) = model.loss(evalBatch, gradients: false)
+                var (evalLoss, accuracy, _) =
+                    leader ? model.loss(evalBatch, gradients: false) : (Double.nan, Double.nan, nil)
+                if let parallel {  // rank 0's figures, so that every rank decides alike
+                    evalLoss = try parallel.collective.broadcast(evalLoss, root: 0)
+                    accuracy = try parallel.collective.broadcast(accuracy, root: 0)
+                }
                 lastEval = evalLoss
                 let improved = evalLoss < best
                 if improved {
@@ -170,11 +204,13 @@ public struct RetrievalTask: TaskModule {
                 }
             }
         }
-        return .object([
+        var result: [String: JSONValue] = [
             "best_eval_loss": .number(best), "best_accuracy": .number(bestAccuracy),
             "last_eval_loss": .number(lastEval),
             "steps": .number(Double(optimizer.step)), "stopped": .string(reason),
             "sequence_length": .number(Double(config.sequenceLength)),
-        ])
+        ]
+        if let parallel { result["ranks"] = .number(Double(parallel.size)) }
+        return .object(result)
     }
 }

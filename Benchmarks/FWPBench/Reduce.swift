@@ -1,0 +1,57 @@
+import FWPCore
+import FWPMPI
+import FWPTasks
+import Foundation
+
+extension Communicator: Collective {}
+
+/// `--only reduce`, run under mpirun (`mpirun -np 2 fwp-bench --only reduce`): the time of one
+/// gradient reduction across the ranks for gradients of the presets' and the paper's sizes — the
+/// ordered chain that training uses (DataParallel.orderedSum) and MPI_Allreduce for comparison —
+/// with the ranks lined up by a barrier before each; plus the latency of an 8-byte allreduce.
+/// Rank 0 reports medians; bandwidth is the gradient's bytes over the time.
+@MainActor func benchReduce() throws {
+    guard MPI.launchedByMPI else {
+        FileHandle.standardError.write(Data("fwp-bench: --only reduce runs under mpirun -np N\n".utf8))
+        exit(2)
+    }
+    let comm = try MPI.initialize()
+    let parallel = DataParallel(comm)
+    func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
+    // lm-bytes-small (462,600), the paper's small shape at byte level (~3.3M), and 16M floats.
+    for floats in [462_600, 3_300_000, 16_000_000] {
+        var store = ParameterStore()
+        _ = store.add("g", Tensor(shape: [floats], storage: TensorStorage(repeating: 1e-3, count: floats)))
+        var chain: [Double] = [], allreduce: [Double] = []
+        for _ in 0..<(repeats + 1) {
+            try comm.barrier()
+            var t = MPI.wallTime
+            _ = try parallel.orderedSum([(0.5, store)], threads: ComputeThreads(1))
+            chain.append(MPI.wallTime - t)
+            var copy = store
+            try comm.barrier()
+            t = MPI.wallTime
+            try copy.values[0].storage.withUnsafeMutableBufferPointer { try comm.allreduceSum($0) }
+            allreduce.append(MPI.wallTime - t)
+        }
+        chain.removeFirst()
+        allreduce.removeFirst()
+        if comm.rank == 0 {
+            let bytes = Double(floats * 4)
+            for (name, times) in [("reduce-chain", chain), ("reduce-allreduce", allreduce)] {
+                let s = median(times)
+                report(
+                    "\(name)-\(floats)", bytes / s / 1e9, "GB/s",
+                    ["ranks": comm.size, "floats": floats, "seconds": (s * 1e6).rounded() / 1e6])
+            }
+        }
+    }
+    var latencies: [Double] = []
+    for _ in 0..<1000 {
+        let t = MPI.wallTime
+        _ = try comm.maximum(1)
+        latencies.append(MPI.wallTime - t)
+    }
+    if comm.rank == 0 { report("reduce-latency", median(latencies) * 1e6, "µs", ["ranks": comm.size]) }
+    MPI.finalize()
+}
