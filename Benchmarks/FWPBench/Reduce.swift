@@ -7,7 +7,7 @@ extension Communicator: Collective {}
 
 /// `--only reduce`, run under mpirun (`mpirun -np 2 fwp-bench --only reduce`): the time of one
 /// gradient reduction across the ranks for gradients of the presets' and the paper's sizes — the
-/// ordered chain that training uses (DataParallel.orderedSum) and MPI_Allreduce for comparison —
+/// ordered chain that training uses (DataParallel.reduce) and MPI_Allreduce for comparison —
 /// with the ranks lined up by a barrier before each; plus the latency of an 8-byte allreduce.
 /// Rank 0 reports medians; bandwidth is the gradient's bytes over the time.
 @MainActor func benchReduce() throws {
@@ -17,6 +17,10 @@ extension Communicator: Collective {}
     }
     let comm = try MPI.initialize()
     let parallel = DataParallel(comm)
+    // A batch of 16 sequences per rank: every rank holds shards of its own block(s), and the
+    // chain passes the running total along as in training with a large batch.
+    let layout = ShardLayout(batch: 16 * comm.size)
+    let mine = parallel.shards(layout)!
     func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
     // lm-bytes-small (462,600), the paper's small shape at byte level (~3.3M), and 16M floats.
     for floats in [462_600, 3_300_000, 16_000_000] {
@@ -24,9 +28,14 @@ extension Communicator: Collective {}
         _ = store.add("g", Tensor(shape: [floats], storage: TensorStorage(repeating: 1e-3, count: floats)))
         var chain: [Double] = [], allreduce: [Double] = []
         for _ in 0..<(repeats + 1) {
+            var parts = parallel.parts(layout, shards: mine)
+            for block in layout.blocks where !block.clamped(to: mine).isEmpty {
+                let part = block.clamped(to: mine)
+                parts.add(part, part.map { _ in (0.5, store) }, threads: ComputeThreads(1))
+            }
             try comm.barrier()
             var t = MPI.wallTime
-            _ = try parallel.orderedSum([(0.5, store)], threads: ComputeThreads(1))
+            _ = try parallel.reduce(parts)
             chain.append(MPI.wallTime - t)
             var copy = store
             try comm.barrier()

@@ -99,33 +99,42 @@ func unigramEntropyNats(_ text: [Int]) -> Double {
         #expect(Set(a).count > 1, "the losses change as training proceeds")
     }
 
-    /// Shards are whole, non-empty runs of sequences that cover the batch in order, none larger
-    /// than a quarter of it (rounded up), the small ones last.
+    /// Shards are whole, non-empty runs of sequences that cover the batch in order, in blocks of
+    /// 16 sequences, none larger than a quarter of its block (rounded up), the small ones last.
     @Test func shardBoundsCoverTheBatchLargestFirst() {
         #expect(LanguageModel.shardBounds(batch: 16) == [0, 4, 7, 10, 12, 14, 15, 16])
-        #expect(LanguageModel.shardBounds(batch: 32) == [0, 8, 14, 20, 24, 28, 30, 32])
+        #expect(
+            LanguageModel.shardBounds(batch: 40) == [
+                0, 4, 7, 10, 12, 14, 15, 16, 20, 23, 26, 28, 30, 31, 32, 34, 36, 37, 38, 39, 40,
+            ])
+        #expect(ShardLayout(batch: 40).blocks == [0..<7, 7..<14, 14..<20])
         #expect(LanguageModel.shardBounds(batch: 1) == [0, 1])
         #expect(LanguageModel.shardBounds(batch: 2) == [0, 1, 2])
         for batch in 1...200 {
-            let b = LanguageModel.shardBounds(batch: batch)
-            let sizes = zip(b.dropFirst(), b).map { $0 - $1 }
+            let layout = ShardLayout(batch: batch)
+            let b = layout.bounds
             #expect(b.first == 0 && b.last == batch, "batch \(batch): \(b)")
-            #expect(sizes.allSatisfy { $0 >= 1 && $0 <= (batch + 3) / 4 }, "batch \(batch): \(sizes)")
-            #expect(sizes.last! <= sizes.first!, "batch \(batch): \(sizes)")
-            #expect(sizes.count <= 7)
+            #expect(layout.blocks.first?.lowerBound == 0 && layout.blocks.last?.upperBound == layout.count)
+            for block in layout.blocks {
+                let sizes = block.map { layout.sequences(of: $0).count }
+                let total = sizes.reduce(0, +)
+                #expect(total <= 16 && (total == 16 || block == layout.blocks.last), "batch \(batch): \(sizes)")
+                #expect(sizes.allSatisfy { $0 >= 1 && $0 <= (total + 3) / 4 }, "batch \(batch): \(sizes)")
+                #expect(sizes.last! <= sizes.first! && sizes.count <= 7, "batch \(batch): \(sizes)")
+            }
         }
     }
 
     /// The sharded training step (batch split into independent shards, gradients summed) gives
     /// the gradient of one unsharded forward/backward pass, and carries the same state.
-    @Test(arguments: [AttentionKind.fastWeight, .softmax])
-    func shardedStepMatchesWholeBatch(_ kind: AttentionKind) throws {
+    @Test(arguments: [(AttentionKind.fastWeight, 6), (.softmax, 6), (.fastWeight, 37)])
+    func shardedStepMatchesWholeBatch(_ kind: AttentionKind, _ batch: Int) throws {
         var config = Variant(attention: kind, featureMap: "elu", rule: .delta, normalization: .sum)
             .config(modelSize: 8, heads: 2, headSize: 4, layers: 2)
         config.initStd = 0.3
         var model = try LanguageModel(config: config, seed: 4)
         model.threads = ComputeThreads(2)
-        let batch = 6, steps = 7
+        let steps = 7
         var rng = FWPRandom(seed: 5)
         let x = (0..<(batch * steps)).map { _ in Int(rng.next() % 9) }
         var y = x.map { ($0 + 1) % 9 }

@@ -31,9 +31,9 @@ extension DaemonTests {
 
     /// A small LM with everything a rank split touches: seven shards, dropout (per-shard random
     /// streams), carried fast weights (per-rank rows of the state) and two checkpoints.
-    static func rankTestParameters(_ text: URL, steps: Int = 6) -> [String] {
+    static func rankTestParameters(_ text: URL, steps: Int = 6, batch: Int = 16) -> [String] {
         [
-            "train=\(text.path)", "layers=1", "model_size=32", "heads=2", "head_size=16", "ff=64", "batch=16",
+            "train=\(text.path)", "layers=1", "model_size=32", "heads=2", "head_size=16", "ff=64", "batch=\(batch)",
             "segment=32", "steps=\(steps)", "eval_every=3", "eval_segments=1", "carry=true", "dropout=0.1",
             "warmup=2",
         ].flatMap { ["--set", $0] }
@@ -104,9 +104,21 @@ extension DaemonTests {
         #expect(status == 0, "\(err)")
         #expect(err.contains("resuming from step 3"), "resumed: \(out) \(err)")
         #expect(checkpoint(state, step: 6) == final["1"], "2 ranks, then 3, give the uninterrupted bits")
-        // A different batch split into a different number of shards is refused up front.
+        // A batch of 40 (three blocks of shards): the ranks' runs start and end inside blocks.
+        var big: [Int: Data] = [:]
+        for ranks in [1, 2, 3, 5] {
+            let state = base.appendingPathComponent("big-\(ranks)")
+            let (status, _, err) = try fwpTask(
+                ["run", "lm", "--state", state.path, "--fresh", "--json", "--ranks", "\(ranks)"]
+                    + Self.rankTestParameters(text, batch: 40))
+            #expect(status == 0, "batch 40, \(ranks) ranks: \(err)")
+            big[ranks] = checkpoint(state, step: 6)
+        }
+        #expect(big[1] != nil && big[1] == big[2] && big[1] == big[3] && big[1] == big[5], "batch 40: same bits")
+        // More ranks than the batch has shards is refused up front.
         let (refused, _, message) = try fwpTask(
             ["run", "lm", "--state", state.path, "--ranks", "8"] + Self.rankTestParameters(text))
+        #expect(DataParallel.assignment(shardSizes: [4, 3, 3, 2, 2, 1, 1], ranks: 2) == [0..<2, 2..<7])
         #expect(refused != 0 && message.contains("at most 7 ranks"), "\(message)")
     }
 

@@ -327,3 +327,32 @@ import Testing
         }
     }
 }
+
+/// How the shards of a batch are spread over ranks.
+@Suite struct DataParallelAssignmentTests {
+    @Test func runsAreContiguousNonEmptyAndAsEvenAsShardsAllow() {
+        for batch in [1, 2, 5, 16, 17, 40, 96, 333] {
+            let layout = ShardLayout(batch: batch)
+            let sizes = (0..<layout.count).map { layout.sequences(of: $0).count }
+            for ranks in 1...min(layout.count, 40) {
+                guard let runs = DataParallel.assignment(shardSizes: sizes, ranks: ranks) else {
+                    Issue.record("batch \(batch), \(ranks) ranks: no assignment")
+                    continue
+                }
+                #expect(runs.count == ranks && runs.first?.lowerBound == 0 && runs.last?.upperBound == layout.count)
+                #expect(zip(runs, runs.dropFirst()).allSatisfy { $0.upperBound == $1.lowerBound })
+                #expect(runs.allSatisfy { !$0.isEmpty })
+                // No contiguous split has a smaller largest load (checked exhaustively for two ranks).
+                let largest = runs.map { r in r.reduce(0) { $0 + sizes[$1] } }.max()!
+                if ranks == 2 {
+                    let best = (1..<sizes.count).map { cut in
+                        max(sizes[..<cut].reduce(0, +), sizes[cut...].reduce(0, +))
+                    }.min()!
+                    #expect(largest == best, "batch \(batch): \(largest) vs \(best)")
+                }
+                #expect(largest <= (batch + ranks - 1) / ranks + 4, "batch \(batch), \(ranks) ranks: \(largest)")
+            }
+            #expect(DataParallel.assignment(shardSizes: sizes, ranks: layout.count + 1) == nil)
+        }
+    }
+}

@@ -42,6 +42,49 @@ extension AttentionState {
     }
 }
 
+/// How a batch of sequences is cut into shards for a training step, and the one order in which
+/// the shards' gradients are added: the batch in blocks of 16 sequences, each block in shards of
+/// 4, 3, 3, 2, 2, 1, 1 sixteenths of it (`LanguageModel.shardBounds`). The gradient is
+/// ((B₀ + B₁) + B₂) + … over the blocks, where each block's Bₖ = ((g₀ + g₁) + g₂) + … over its
+/// shards. Processes that share a batch (data-parallel training) add in this order too, so the
+/// sum does not depend on how the shards are spread.
+public struct ShardLayout: Sendable, Equatable {
+    /// Shard boundaries: shard i holds sequences bounds[i] ..< bounds[i + 1].
+    public let bounds: [Int]
+    /// Shard index ranges of the blocks, in order.
+    public let blocks: [Range<Int>]
+
+    public init(batch: Int) {
+        var bounds = [0], blocks: [Range<Int>] = []
+        var start = 0
+        while start < batch {
+            let size = min(16, batch - start)
+            let first = bounds.count - 1
+            for sixteenths in [4, 7, 10, 12, 14, 15, 16] {
+                let b = start + (size * sixteenths + 8) / 16
+                if bounds.last != b { bounds.append(b) }
+            }
+            blocks.append(first..<(bounds.count - 1))
+            start += size
+        }
+        self.bounds = bounds
+        self.blocks = blocks
+    }
+
+    /// The whole batch as one shard.
+    public init(whole batch: Int) {
+        bounds = [0, batch]
+        blocks = [0..<1]
+    }
+
+    /// Shards in the batch.
+    public var count: Int { bounds.count - 1 }
+    /// Sequences of shard `i`.
+    public func sequences(of i: Int) -> Range<Int> { bounds[i]..<bounds[i + 1] }
+    /// The block holding shard `i`.
+    public func block(of i: Int) -> Int { blocks.firstIndex { $0.contains(i) }! }
+}
+
 /// The autoregressive language model of docs/MODEL.md.
 ///
 /// Embedding → N pre-LN blocks [LN → attention → residual; LN → ReLU FF → residual] → LN →
@@ -248,101 +291,123 @@ public struct LanguageModel: Sendable {
     }
 
     /// Where `lossAndGradients` cuts a batch into shards of whole sequences: the bounds, from 0 to
-    /// `batch`. The shards shrink: 4, 3, 3, 2, 2, 1 and 1 sixteenths of the batch (rounded to
-    /// whole sequences; empty ones dropped), so 4, 3, 3, 2, 2, 1, 1 sequences of a batch of 16.
-    /// Threads take shards in order, so the small ones come last and go to whichever thread is
-    /// free first: when one core runs slower than the other (another process or tenant on it),
-    /// the step no longer waits for it to finish a quarter of the batch alone. The bounds depend
-    /// on the batch size only.
-    public static func shardBounds(batch: Int) -> [Int] {
-        var bounds: [Int] = []
-        for sixteenths in [0, 4, 7, 10, 12, 14, 15, 16] {
-            let b = (batch * sixteenths + 8) / 16
-            if bounds.last != b { bounds.append(b) }
-        }
-        return bounds
-    }
+    /// `batch` (`ShardLayout`). The batch is taken in blocks of 16 sequences (the last one may be
+    /// smaller), and each block in shards that shrink: 4, 3, 3, 2, 2, 1 and 1 sixteenths of the
+    /// block (rounded to whole sequences; empty ones dropped), so 4, 3, 3, 2, 2, 1, 1 sequences of
+    /// a block of 16. Threads take shards in order, so the small ones come last and go to
+    /// whichever thread is free first: when one core runs slower than the other (another process
+    /// or tenant on it), the step does not wait for it to finish a quarter of the block alone.
+    /// Blocks bound the memory of a step (one block's shard gradients at a time) and let a large
+    /// batch be shared by many ranks (one shard each at most). The bounds depend on the batch
+    /// size only.
+    public static func shardBounds(batch: Int) -> [Int] { ShardLayout(batch: batch).bounds }
 
     /// Mean cross-entropy of predicting `targets` from `tokens` and its gradients.
     ///
-    /// The batch is split into shards of whole sequences (`shardBounds`), each run forward and
-    /// backward on its own (in parallel when `threads` allows), and the shards' gradients are
-    /// summed in shard order. Every shard divides by the whole batch's target count, so this is
-    /// the full-batch gradient; the shards depend only on the batch size, never on the thread
-    /// count, so results do not depend on `threads`. Each shard draws its dropout masks from its
-    /// own child of `rng`. FAVOR+ models, which redraw one projection per step for the whole
-    /// batch, run as a single shard.
+    /// The batch is split into shards of whole sequences (`shardLayout`), each run forward and
+    /// backward on its own (in parallel when `threads` allows). Every shard divides by the whole
+    /// batch's target count, so the sum is the full-batch gradient, added in one fixed order:
+    /// each block's shards in order, then the blocks in order (`ShardLayout`). The shards depend
+    /// only on the batch size, never on the thread count, so results do not depend on `threads`.
+    /// Each shard draws its dropout masks from its own child of `rng`. FAVOR+ models, which
+    /// redraw one projection per step for the whole batch, run as a single shard.
     public func lossAndGradients(
         tokens: [Int], targets: [Int], batch: Int, state: inout ModelState?, training: Bool, rng: inout FWPRandom
     ) -> (loss: Double, gradients: ParameterStore) {
         precondition(batch >= 1 && tokens.count % batch == 0 && targets.count == tokens.count)
-        let bounds = shardBounds(batch: batch)
-        if bounds.count == 2 {
+        let layout = shardLayout(batch: batch)
+        if layout.count == 1 {
             let (logits, cache) = forward(tokens: tokens, batch: batch, state: &state, training: training, rng: &rng)
             let (loss, dLogits) = CrossEntropy.lossAndGradient(logits: logits, targets: targets)
             return (loss, backward(dLogits, cache: cache))
         }
-        var parts = shardLossesAndGradients(
-            tokens: tokens, targets: targets, batch: batch, shards: 0..<(bounds.count - 1), state: &state,
-            training: training, rng: &rng)
+        let rngs = (0..<layout.count).map { _ in rng.split() }
+        var states = state.map { st in (0..<layout.count).map { st.slice(layout.sequences(of: $0)) } }
         var loss = 0.0
-        for p in parts { loss += p.loss }
-        var gradients = parts[0].gradients
-        parts[0].gradients = ParameterStore()  // so that adding into it does not copy it first
-        gradients.accumulate(parts.dropFirst().map(\.gradients), threads: threads)
-        return (loss, gradients)
+        var total = ParameterStore()
+        for block in layout.blocks {
+            var parts = computeShards(
+                tokens: tokens, targets: targets, batch: batch, layout: layout, shards: block, rngs: rngs,
+                states: &states, training: training)
+            for p in parts { loss += p.loss }
+            var sum = parts[0].gradients
+            parts[0].gradients = ParameterStore()  // so that adding into it does not copy it first
+            sum.accumulate(parts.dropFirst().map(\.gradients), threads: threads)
+            if block.lowerBound == 0 { total = sum } else { total.accumulate([sum], threads: threads) }
+        }
+        if let states { state = ModelState.concatenate(states) }
+        return (loss, total)
     }
 
-    /// The shard bounds `lossAndGradients` uses for this model: `shardBounds(batch:)`, or the
+    /// The shard layout `lossAndGradients` uses for this model: `ShardLayout(batch:)`, or the
     /// whole batch as one shard for FAVOR+ models, which redraw one projection per step for the
     /// whole batch.
-    public func shardBounds(batch: Int) -> [Int] {
-        if case .favor = config.featureMap, config.attention == .fastWeight { return [0, batch] }
-        return LanguageModel.shardBounds(batch: batch)
+    public func shardLayout(batch: Int) -> ShardLayout {
+        if case .favor = config.featureMap, config.attention == .fastWeight { return ShardLayout(whole: batch) }
+        return ShardLayout(batch: batch)
     }
 
-    /// The losses and gradients of shards `shards` (indices into `shardBounds(batch:)`, at least
+    /// The losses and gradients of shards `shards` (indices into `shardLayout(batch:)`, at least
     /// two shards in the batch), each divided by the whole batch's target count: the parts that
-    /// `lossAndGradients` adds up in shard order. `rng` advances as for the whole batch (one child
-    /// per shard, whichever shards are computed), and only the computed shards' rows of `state`
-    /// change, so that processes which each compute some of the shards stay in step. This is the
-    /// unit of data-parallel training (FWPTasks' DataParallel).
+    /// `lossAndGradients` adds up. `rng` advances as for the whole batch (one child per shard,
+    /// whichever shards are computed), and only the computed shards' rows of `state` change, so
+    /// that processes which each compute some of the shards stay in step. Shards are computed one
+    /// block at a time, `body` receiving each block's part (`shards` ∩ the block) in order —
+    /// so that a caller can fold a block before the next one is computed. This is the unit of
+    /// data-parallel training (FWPTasks' DataParallel).
     public func shardLossesAndGradients(
         tokens: [Int], targets: [Int], batch: Int, shards: Range<Int>, state: inout ModelState?, training: Bool,
-        rng: inout FWPRandom
+        rng: inout FWPRandom, _ body: (Range<Int>, [(loss: Double, gradients: ParameterStore)]) throws -> Void
+    ) rethrows {
+        let layout = shardLayout(batch: batch)
+        precondition(layout.count > 1 && shards.lowerBound >= 0 && shards.upperBound <= layout.count)
+        let rngs = (0..<layout.count).map { _ in rng.split() }
+        var states = state.map { st in (0..<layout.count).map { st.slice(layout.sequences(of: $0)) } }
+        for block in layout.blocks {
+            let part = block.clamped(to: shards)
+            if part.isEmpty { continue }
+            let results = computeShards(
+                tokens: tokens, targets: targets, batch: batch, layout: layout, shards: part, rngs: rngs,
+                states: &states, training: training)
+            try body(part, results)
+        }
+        if let states { state = ModelState.concatenate(states) }
+    }
+
+    /// Forward and backward of shards `shards`, in parallel when `threads` allows; their end
+    /// states replace theirs in `states`.
+    private func computeShards(
+        tokens: [Int], targets: [Int], batch: Int, layout: ShardLayout, shards: Range<Int>, rngs: [FWPRandom],
+        states: inout [ModelState]?, training: Bool
     ) -> [(loss: Double, gradients: ParameterStore)] {
-        let bounds = shardBounds(batch: batch)
-        precondition(bounds.count > 2 && shards.lowerBound >= 0 && shards.upperBound < bounds.count)
         let steps = tokens.count / batch
         let counted = targets.filter { $0 >= 0 }.count
-        let rngs = (0..<(bounds.count - 1)).map { _ in rng.split() }
-        let states = state.map { st in (0..<(bounds.count - 1)).map { st.slice(bounds[$0]..<bounds[$0 + 1]) } }
         let outer = min(threads.count, shards.count)
         var shardModel = self
         shardModel.threads = ComputeThreads(max(1, threads.count / outer))
         let model = shardModel
+        let starts = states
         let results = ResultSlots<(loss: Double, gradients: ParameterStore, state: ModelState?)>(shards.count)
         ComputeThreads(outer).forEach(shards.count) { k in
             let i = shards.lowerBound + k
-            let rows = (bounds[i] * steps)..<(bounds[i + 1] * steps)
+            let sequences = layout.sequences(of: i)
+            let rows = (sequences.lowerBound * steps)..<(sequences.upperBound * steps)
             var shardRng = rngs[i]
-            var shardState = states?[i]
+            var shardState = starts?[i]
             let (logits, cache) = model.forward(
-                tokens: Array(tokens[rows]), batch: bounds[i + 1] - bounds[i], state: &shardState, training: training,
+                tokens: Array(tokens[rows]), batch: sequences.count, state: &shardState, training: training,
                 rng: &shardRng)
             let (loss, dLogits) = CrossEntropy.lossAndGradient(
                 logits: logits, targets: Array(targets[rows]), normalizer: counted)
             results[k] = (loss, model.backward(dLogits, cache: cache), shardState)
         }
         var out: [(loss: Double, gradients: ParameterStore)] = []
-        var endStates = states ?? []
         for k in 0..<shards.count {
             let r = results[k]!
             results[k] = nil
             out.append((r.loss, r.gradients))
-            if let s = r.state { endStates[shards.lowerBound + k] = s }
+            if let s = r.state { states![shards.lowerBound + k] = s }
         }
-        if state != nil { state = ModelState.concatenate(endStates) }
         return out
     }
 

@@ -4,19 +4,21 @@ import Foundation
 /// Data-parallel training over a `Collective`: which shards of every batch a rank computes, the
 /// sum of all shards' gradients in the one fixed order, and the checks that keep ranks in step.
 ///
-/// The batch's shards (`LanguageModel.shardBounds`) depend on the batch size only. Rank r takes a
-/// contiguous run of them (`assignment`), so the global shard order is rank 0's shards, then rank
-/// 1's, and so on. `orderedSum` adds the shards' gradients along that order as a chain: rank 0
-/// folds its own, sends the running sum to rank 1, which adds its shards one by one and passes it
-/// on, piece by piece so that the ranks work at once; the last rank broadcasts the total. Every
-/// element is therefore ((g₀ + g₁) + g₂) + … exactly as in one process, and training gives the
-/// same bits with any number of ranks (docs/SCALING.md).
+/// The batch's shards (`ShardLayout`) depend on the batch size only. Rank r takes a contiguous
+/// run of them (`assignment`), so the global shard order is rank 0's shards, then rank 1's, and
+/// so on. The sum follows the layout's order — each block's shards left to right, then the
+/// blocks left to right — as a chain: rank 0 adds what it can, sends its running sums (the total
+/// of the blocks finished so far, and the partial sum of a block it ends inside) to rank 1, which
+/// continues them with its own shards and passes them on, piece by piece so that the ranks work
+/// at once; the last rank broadcasts the total. Every element therefore gets exactly the
+/// additions of one process, and training gives the same bits with any number of ranks
+/// (docs/SCALING.md).
 public final class DataParallel: @unchecked Sendable {
     public let collective: Collective
     /// Floats per message of the chain (256 KiB).
     public static let pieceSize = 1 << 16
-    private var buffer = ParameterStore()
-    /// Seconds spent in `orderedSum` waiting and adding (rank 0's view), for progress events.
+    private var totalBuffer = ParameterStore(), partialBuffer = ParameterStore()
+    /// Seconds spent in `reduce` waiting and adding (this rank's view), for progress events.
     public private(set) var reductionSeconds = 0.0
 
     public init(_ collective: Collective) { self.collective = collective }
@@ -24,81 +26,123 @@ public final class DataParallel: @unchecked Sendable {
     public var rank: Int { collective.rank }
     public var size: Int { collective.size }
 
-    /// Contiguous runs of shards, one per rank, that balance the ranks' sequences (the largest
-    /// run as small as it can be; among equals the first in order). Nil when there are fewer
-    /// shards than ranks. Depends on the sizes and the rank count only.
+    /// Contiguous runs of shards, one per rank, that balance the ranks' sequences: the largest
+    /// run as small as it can be, each rank taking as much as that allows from the left. Nil
+    /// when there are fewer shards than ranks. Depends on the sizes and the rank count only.
     public static func assignment(shardSizes: [Int], ranks: Int) -> [Range<Int>]? {
         let n = shardSizes.count
         guard ranks >= 1, n >= ranks else { return nil }
-        var best: (load: Int, cuts: [Int])? = nil
-        func search(_ start: Int, _ left: Int, _ cuts: [Int], _ load: Int) {
-            if left == 1 {
-                let total = max(load, shardSizes[start...].reduce(0, +))
-                if best == nil || total < best!.load { best = (total, cuts + [n]) }
-                return
+        func runs(_ limit: Int) -> [Range<Int>]? {
+            var out: [Range<Int>] = [], start = 0
+            for r in 0..<ranks {
+                var end = start + 1, load = shardSizes[start]
+                // Leave at least one shard for every later rank; the last rank takes the rest.
+                while end < n - (ranks - r - 1) && (r == ranks - 1 || load + shardSizes[end] <= limit) {
+                    load += shardSizes[end]
+                    end += 1
+                }
+                if load > limit { return nil }
+                out.append(start..<end)
+                start = end
             }
-            for end in (start + 1)...(n - left + 1) {
-                search(end, left - 1, cuts + [end], max(load, shardSizes[start..<end].reduce(0, +)))
-            }
+            return start == n ? out : nil
         }
-        search(0, ranks, [0], 0)
-        let cuts = best!.cuts
-        return (0..<ranks).map { cuts[$0]..<cuts[$0 + 1] }
+        var low = shardSizes.max()!, high = shardSizes.reduce(0, +)
+        while low < high {
+            let mid = (low + high) / 2
+            if runs(mid) != nil { high = mid } else { low = mid + 1 }
+        }
+        return runs(low)
     }
 
-    /// The shards of a batch with bounds `bounds` that this rank computes.
-    public func shards(bounds: [Int]) -> Range<Int>? {
-        let sizes = zip(bounds.dropFirst(), bounds).map { $0 - $1 }
+    /// The shards of `layout` that this rank computes.
+    public func shards(_ layout: ShardLayout) -> Range<Int>? {
+        let sizes = (0..<layout.count).map { layout.sequences(of: $0).count }
         return Self.assignment(shardSizes: sizes, ranks: size)?[rank]
     }
 
-    /// The whole batch's loss and gradients on every rank, from this rank's shards' `parts` (in
-    /// shard order): the same sums, bit for bit, as one process adding all shards in order.
-    public func orderedSum(_ parts: [(loss: Double, gradients: ParameterStore)], threads: ComputeThreads) throws
-        -> (loss: Double, gradients: ParameterStore)
-    {
-        precondition(!parts.isEmpty, "a rank computes at least one shard")
+    /// What one rank has computed of a step, folded as far as it can be without the ranks before
+    /// it: the shards of a block it enters in the middle (kept one by one, to be added to the
+    /// running sum that arrives), the sums of the blocks it holds whole, and the partial sum of a
+    /// block it leaves in the middle.
+    public struct Parts {
+        let layout: ShardLayout
+        let shards: Range<Int>
+        var losses: [Double] = []
+        var head: [ParameterStore] = []
+        var blocks: [ParameterStore] = []
+        var tail: ParameterStore? = nil
+
+        /// Adds the results of `part` (this rank's shards of one block, in order).
+        public mutating func add(
+            _ part: Range<Int>, _ results: [(loss: Double, gradients: ParameterStore)], threads: ComputeThreads
+        ) {
+            losses += results.map(\.loss)
+            let block = layout.blocks[layout.block(of: part.lowerBound)]
+            if part.lowerBound != block.lowerBound {
+                head = results.map(\.gradients)
+                return
+            }
+            var sum = results[0].gradients
+            sum.accumulate(results.dropFirst().map(\.gradients), threads: threads)
+            if part.upperBound == block.upperBound { blocks.append(sum) } else { tail = sum }
+        }
+    }
+
+    /// An empty set of parts for this rank's `shards` of `layout`.
+    public func parts(_ layout: ShardLayout, shards: Range<Int>) -> Parts { Parts(layout: layout, shards: shards) }
+
+    /// The whole batch's loss and gradients on every rank, from every rank's parts: the same
+    /// sums, bit for bit, as one process adding all shards in the layout's order.
+    public func reduce(_ parts: Parts) throws -> (loss: Double, gradients: ParameterStore) {
         let c = collective, r = c.rank, n = c.size
         let started = ContinuousClock.now
         defer { reductionSeconds += (ContinuousClock.now - started).seconds }
+        let layout = parts.layout, first = parts.shards.lowerBound, last = parts.shards.upperBound - 1
+        precondition(parts.losses.count == parts.shards.count, "every shard of the rank is computed")
         var loss = r == 0 ? 0.0 : try c.receiveDouble(from: r - 1, tag: 1)
-        for p in parts { loss += p.loss }
+        for l in parts.losses { loss += l }
         if r < n - 1 { try c.send(loss, to: r + 1, tag: 1) }
-        var total: ParameterStore
-        if r == 0 {
-            total = parts[0].gradients
-            total.accumulate(parts.dropFirst().map(\.gradients), threads: threads)
-            if n > 1 {
-                for t in total.values.indices {
-                    try total.values[t].storage.withUnsafeBufferPointer { all in
-                        try forEachPiece(all.count) { range in
-                            try c.send(UnsafeRawBufferPointer(UnsafeBufferPointer(rebasing: all[range])), to: 1, tag: 2)
-                        }
-                    }
-                }
+
+        // Which running sums arrive from rank r − 1 and which leave for rank r + 1.
+        let firstBlock = layout.blocks[layout.block(of: first)]
+        let totalIn = layout.block(of: first) > 0
+        let partialIn = first != firstBlock.lowerBound
+        let headEndsBlock = partialIn && last >= firstBlock.upperBound - 1
+        let totalOut = totalIn || headEndsBlock || !parts.blocks.isEmpty
+        let partialOut = (partialIn && !headEndsBlock) || parts.tail != nil
+        let template = parts.head.first ?? parts.blocks.first ?? parts.tail!
+        func buffer(_ b: inout ParameterStore) -> ParameterStore {
+            if b.names != template.names || b.values.map(\.count) != template.values.map(\.count) {
+                b = template.zerosLike()
             }
-        } else {
-            let like = parts[0].gradients
-            if buffer.names != like.names || buffer.values.map(\.count) != like.values.map(\.count) {
-                buffer = like.zerosLike()
-            }
-            total = buffer
-            buffer = ParameterStore()  // so that writing into `total` does not copy it
-            for t in total.values.indices {
-                let sources = parts.map { $0.gradients.values[t].storage }
-                try total.values[t].storage.withUnsafeMutableBufferPointer { all in
-                    try forEachPiece(all.count) { range in
-                        try c.receive(
-                            UnsafeMutableRawBufferPointer(UnsafeMutableBufferPointer(rebasing: all[range])),
-                            from: r - 1, tag: 2)
-                        for s in sources {
-                            s.withUnsafeBufferPointer { s in
-                                for j in range { all[j] += s[j] }
-                            }
+            let out = b
+            b = ParameterStore()  // so that writing into the returned store does not copy it
+            return out
+        }
+        var total = buffer(&totalBuffer), partial = buffer(&partialBuffer)
+        for t in template.values.indices {
+            let head = parts.head.map { $0.values[t].storage }, blocks = parts.blocks.map { $0.values[t].storage }
+            let tail = parts.tail?.values[t].storage
+            try total.values[t].storage.withUnsafeMutableBufferPointer { tot in
+                try partial.values[t].storage.withUnsafeMutableBufferPointer { par in
+                    try forEachPiece(tot.count) { range in
+                        if totalIn { try c.receive(Self.raw(tot, range), from: r - 1, tag: 2) }
+                        if partialIn { try c.receive(Self.raw(par, range), from: r - 1, tag: 3) }
+                        var haveTotal = totalIn
+                        for g in head { Self.add(g, into: par, range) }
+                        if headEndsBlock {
+                            if haveTotal { Self.add(par, into: tot, range) } else { Self.copy(par, into: tot, range) }
+                            haveTotal = true
                         }
+                        for b in blocks {
+                            if haveTotal { Self.add(b, into: tot, range) } else { Self.copy(b, into: tot, range) }
+                            haveTotal = true
+                        }
+                        if let tail { Self.copy(tail, into: par, range) }
                         if r < n - 1 {
-                            try c.send(
-                                UnsafeRawBufferPointer(UnsafeBufferPointer(rebasing: all[range])), to: r + 1, tag: 2)
+                            if totalOut { try c.send(Self.raw(UnsafeBufferPointer(tot), range), to: r + 1, tag: 2) }
+                            if partialOut { try c.send(Self.raw(UnsafeBufferPointer(par), range), to: r + 1, tag: 3) }
                         }
                     }
                 }
@@ -112,8 +156,29 @@ public final class DataParallel: @unchecked Sendable {
                 }
             }
         }
-        if r != 0 { buffer = total }
+        partialBuffer = partial
+        totalBuffer = total
         return (loss, total)
+    }
+
+    static func raw(_ b: UnsafeMutableBufferPointer<Float>, _ r: Range<Int>) -> UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(UnsafeMutableBufferPointer(rebasing: b[r]))
+    }
+    static func raw(_ b: UnsafeBufferPointer<Float>, _ r: Range<Int>) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(UnsafeBufferPointer(rebasing: b[r]))
+    }
+    static func add(_ s: TensorStorage, into d: UnsafeMutableBufferPointer<Float>, _ r: Range<Int>) {
+        s.withUnsafeBufferPointer { s in for j in r { d[j] += s[j] } }
+    }
+    static func add(_ s: UnsafeMutableBufferPointer<Float>, into d: UnsafeMutableBufferPointer<Float>, _ r: Range<Int>) {
+        for j in r { d[j] += s[j] }
+    }
+    static func copy(_ s: TensorStorage, into d: UnsafeMutableBufferPointer<Float>, _ r: Range<Int>) {
+        s.withUnsafeBufferPointer { s in for j in r { d[j] = s[j] } }
+    }
+    static func copy(_ s: UnsafeMutableBufferPointer<Float>, into d: UnsafeMutableBufferPointer<Float>, _ r: Range<Int>)
+    {
+        for j in r { d[j] = s[j] }
     }
 
     /// Throws unless every rank holds the same bits in `store` (compared by a 64-bit hash).
@@ -143,9 +208,10 @@ public final class DataParallel: @unchecked Sendable {
     /// Rank 0's `state` with every rank's own rows (the sequences of its shards) filled in from
     /// that rank; other ranks send theirs and get nil. Only the fast-weight state (weights and
     /// normaliser) is carried across segments.
-    public func gatherState(_ state: ModelState, bounds: [Int]) throws -> ModelState? {
+    public func gatherState(_ state: ModelState, layout: ShardLayout) throws -> ModelState? {
         let c = collective, r = c.rank
-        let sizes = zip(bounds.dropFirst(), bounds).map { $0 - $1 }
+        let bounds = layout.bounds
+        let sizes = (0..<layout.count).map { layout.sequences(of: $0).count }
         guard let runs = Self.assignment(shardSizes: sizes, ranks: c.size) else { return state }
         let rows = runs.map { bounds[$0.lowerBound]..<bounds[$0.upperBound] }
         var s = state

@@ -145,7 +145,7 @@ public struct LanguageModelTask: TaskModule {
                 throw ParameterError(
                     "ranks", "FAVOR+ models draw one projection per step for the whole batch and run in one process")
             }
-            let shards = LanguageModel.shardBounds(batch: p.batch).count - 1
+            let shards = ShardLayout(batch: p.batch).count
             if p.ranks > shards {
                 throw ParameterError(
                     "ranks",
@@ -192,7 +192,8 @@ public struct LanguageModelTask: TaskModule {
         model.threads = ComputeThreads(threads)
         let parallel = try DataParallel.forTask(ranks: p.ranks, context: context)
         let leader = parallel?.rank ?? 0 == 0
-        let myShards = parallel.flatMap { $0.shards(bounds: model.shardBounds(batch: batch)) }
+        let layout = model.shardLayout(batch: batch)
+        let myShards = parallel.flatMap { $0.shards(layout) }
         var optimizer = AdamW(
             parameters: model.parameters,
             schedule: LearningRateSchedule(peak: p.lr, warmupSteps: p.warmup, totalSteps: steps, minimum: p.lr / 10),
@@ -233,7 +234,7 @@ public struct LanguageModelTask: TaskModule {
             var state = state
             if let parallel, let s = state {
                 // Every rank advanced only its own sequences' state; rank 0 collects the rest.
-                state = try parallel.gatherState(s, bounds: model.shardBounds(batch: batch))
+                state = try parallel.gatherState(s, layout: layout)
                 guard parallel.rank == 0 else { return }
             }
             if let state {
@@ -275,9 +276,11 @@ public struct LanguageModelTask: TaskModule {
             let (x, y) = stream.batch(index)
             let loss: Double, grads: ParameterStore
             if let parallel, let myShards {
-                let parts = model.shardLossesAndGradients(
-                    tokens: x, targets: y, batch: batch, shards: myShards, state: &state, training: true, rng: &rng)
-                (loss, grads) = try parallel.orderedSum(parts, threads: model.threads)
+                var parts = parallel.parts(layout, shards: myShards)
+                model.shardLossesAndGradients(
+                    tokens: x, targets: y, batch: batch, shards: myShards, state: &state, training: true, rng: &rng
+                ) { part, results in parts.add(part, results, threads: model.threads) }
+                (loss, grads) = try parallel.reduce(parts)
             } else {
                 (loss, grads) = model.lossAndGradients(
                     tokens: x, targets: y, batch: batch, state: &state, training: true, rng: &rng)

@@ -73,7 +73,7 @@ public struct RetrievalTask: TaskModule {
                 throw ParameterError("attention", "DPFP's ν must be below 2·key_size (\(2 * p.keySize))")
             }
         }
-        let shards = LanguageModel.shardBounds(batch: p.batch).count - 1
+        let shards = ShardLayout(batch: p.batch).count
         if p.ranks > shards {
             throw ParameterError(
                 "ranks", "a batch of \(p.batch) is cut into \(shards) shards, so at most \(shards) ranks can share it")
@@ -104,8 +104,8 @@ public struct RetrievalTask: TaskModule {
         let maxSteps = p.maxSteps, evalEvery = p.evalEvery
         let parallel = try DataParallel.forTask(ranks: p.ranks, context: context)
         let leader = parallel?.rank ?? 0 == 0
-        let bounds = LanguageModel.shardBounds(batch: p.batch)
-        let myShards = parallel.flatMap { $0.shards(bounds: bounds) }
+        let layout = ShardLayout(batch: p.batch)
+        let myShards = parallel.flatMap { $0.shards(layout) }
         if let data = try DataParallel.latestCheckpoint(context, parallel) {
             let c = try CheckpointContents.decode(data, format: Self.format) { json in
                 guard let stored = try? JSONDecoder().decode(RetrievalConfig.self, from: Data(json.utf8)),
@@ -148,11 +148,17 @@ public struct RetrievalTask: TaskModule {
                 // Every rank draws the whole batch (the same stream) and computes its shards,
                 // each divided by the whole batch's query count; the chain adds them in order.
                 let count = batch.queryCount
-                let parts = myShards.map { i in
-                    let r = model.loss(batch.sequences(bounds[i]..<bounds[i + 1]), gradients: true, normalizer: count)
-                    return (loss: r.loss, gradients: r.gradients!)
+                var parts = parallel.parts(layout, shards: myShards)
+                for block in layout.blocks {
+                    let part = block.clamped(to: myShards)
+                    if part.isEmpty { continue }
+                    let results = part.map { i in
+                        let r = model.loss(batch.sequences(layout.sequences(of: i)), gradients: true, normalizer: count)
+                        return (loss: r.loss, gradients: r.gradients!)
+                    }
+                    parts.add(part, results, threads: ComputeThreads(1))
                 }
-                (loss, g) = try parallel.orderedSum(parts, threads: ComputeThreads(1))
+                (loss, g) = try parallel.reduce(parts)
             } else {
                 (loss, _, g) = model.loss(batch, gradients: true)
             }
