@@ -22,8 +22,9 @@ extension Communicator: Collective {}
     let layout = ShardLayout(batch: 16 * comm.size)
     let mine = parallel.shards(layout)!
     func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
-    // lm-bytes-small (462,600), the paper's small shape at byte level (~3.3M), and 16M floats.
-    for floats in [462_600, 3_300_000, 16_000_000] {
+    // The gradients of lm-bytes-small, of the paper's small shape at byte level and of
+    // lm-wikitext-small (WikiText-103's 267,735-word vocabulary, untied embeddings).
+    for floats in [462_600, 9_562_752, 78_305_369] {
         var store = ParameterStore()
         _ = store.add("g", Tensor(shape: [floats], storage: TensorStorage(repeating: 1e-3, count: floats)))
         var chain: [Double] = [], allreduce: [Double] = []

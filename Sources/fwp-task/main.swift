@@ -8,7 +8,8 @@
 //   mpirun -np N fwp-task mpi-check        checks that MPI works here for fwp
 //
 // With --ranks N (or the parameter ranks = N) the job runs as N processes under mpirun, each with
-// --threads threads (default: the cores divided by N); see docs/SCALING.md.
+// --threads threads (default: the cores divided by N); FWP_MPIRUN_ARGUMENTS adds mpirun options (a
+// hostfile, say). See docs/SCALING.md.
 //
 // NAME is a preset (tasks/NAME.json) or a module. A run resumes from the newest valid checkpoint
 // in its state directory (default ./var/fwp-task/NAME) unless --fresh; Ctrl-C stops it after the
@@ -163,7 +164,7 @@ case "run":
         let result: JSONValue
         if ranks > 1 {
             let program = DistributedRun.siblingTaskProgram ?? CommandLine.arguments[0]
-            result = try DistributedRun(launch: MPILaunch(), taskProgram: program).run(
+            result = try DistributedRun(launch: .fromEnvironment, taskProgram: program).run(
                 module: module.name, parameters: parameters, ranks: ranks, threadsPerRank: threads,
                 folder: dir.appendingPathComponent("ranks"), context: context)
         } else {

@@ -170,7 +170,8 @@ public final class DataParallel: @unchecked Sendable {
     static func add(_ s: TensorStorage, into d: UnsafeMutableBufferPointer<Float>, _ r: Range<Int>) {
         s.withUnsafeBufferPointer { s in for j in r { d[j] += s[j] } }
     }
-    static func add(_ s: UnsafeMutableBufferPointer<Float>, into d: UnsafeMutableBufferPointer<Float>, _ r: Range<Int>) {
+    static func add(_ s: UnsafeMutableBufferPointer<Float>, into d: UnsafeMutableBufferPointer<Float>, _ r: Range<Int>)
+    {
         for j in r { d[j] += s[j] }
     }
     static func copy(_ s: TensorStorage, into d: UnsafeMutableBufferPointer<Float>, _ r: Range<Int>) {
@@ -282,5 +283,5 @@ public final class DataParallel: @unchecked Sendable {
 }
 
 extension Duration {
-    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) * 1e-18 }
+    public var seconds: Double { Double(components.seconds) + Double(components.attoseconds) * 1e-18 }
 }

@@ -18,6 +18,13 @@ public struct MPILaunch: Sendable, Equatable {
         self.extraArguments = extraArguments
     }
 
+    /// The launch `fwp-task run --ranks N` uses: mpirun from PATH, with the options in
+    /// `FWP_MPIRUN_ARGUMENTS` (space-separated: a hostfile and a mapping, say).
+    public static var fromEnvironment: MPILaunch {
+        let extra = ProcessInfo.processInfo.environment["FWP_MPIRUN_ARGUMENTS"] ?? ""
+        return MPILaunch(extraArguments: extra.split(separator: " ").map(String.init))
+    }
+
     /// The launcher's full path, or nil when it cannot be found.
     public var program: String? {
         if mpirun.contains("/") { return FileManager.default.isExecutableFile(atPath: mpirun) ? mpirun : nil }

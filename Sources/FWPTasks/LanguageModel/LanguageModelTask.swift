@@ -265,7 +265,7 @@ public struct LanguageModelTask: TaskModule {
         var meter = ProgressMeter(total: steps, startStep: optimizer.step)
         var reason = "steps"
         let tokensPerStep = batch * segment
-        var lastTrain = Double.nan
+        var lastTrain = Double.nan, updateSeconds = 0.0
         while optimizer.step < steps {
             if let checkpointFirst = try DataParallel.stopRequest(context, parallel) {
                 if checkpointFirst { try checkpoint(improved: false) }
@@ -289,13 +289,18 @@ public struct LanguageModelTask: TaskModule {
                 throw TaskError.failed(
                     code: .diverged, message: "training loss is \(loss) at step \(optimizer.step + 1)")
             }
+            let updateStarted = ContinuousClock.now
             optimizer.update(&model.parameters, gradients: grads, threads: model.threads)
+            updateSeconds += (ContinuousClock.now - updateStarted).seconds
             lastTrain = loss
             var stepMetrics = languageMetrics(loss, level: level)
             if let parallel {
                 stepMetrics["ranks"] = .number(Double(parallel.size))
-                stepMetrics["reduce_seconds_per_step"] = .number(
-                    parallel.reductionSeconds / Double(max(1, optimizer.step - meter.startStep)))
+                // Per step since the start: the reduction (waiting for the slowest rank included)
+                // and the AdamW update, which every rank does in full.
+                let done = Double(max(1, optimizer.step - meter.startStep))
+                stepMetrics["reduce_seconds_per_step"] = .number(parallel.reductionSeconds / done)
+                stepMetrics["update_seconds_per_step"] = .number(updateSeconds / done)
             }
             if leader,
                 let e = meter.event(
