@@ -15,8 +15,8 @@ Model (one step, no overlap of communication and computation — fwp reduces aft
     compute(N)  = (T1 − U) · Lmax(N) / batch + U
                                              Lmax: the largest rank's sequences under fwp's
                                              shard layout and assignment (imbalance included);
-                                             U: work every rank repeats in full each step
-                                             (fitted from the 1- and 2-rank runs, per parameter)
+                                             U: the AdamW update, which every rank does in full
+                                             (measured per parameter in the 2-rank runs)
     reduce(N)   = 2·G/BW + (N−1)·(α + c/BW) + ⌈log2 N⌉·α
                   the ordered chain (each piece of c bytes crosses N−1 links, pipelined) and
                   the broadcast of the total (pipelined tree)
@@ -92,55 +92,52 @@ def main():
     runs = [l for l in lines if "workload" in l]
     reduce = {l["name"]: l for l in lines if l.get("name", "").startswith("reduce")}
 
-    def tps(workload, ranks, threads):
-        return median([r["tokens_per_second"] for r in runs
+    def pick(workload, ranks, threads, key="tokens_per_second"):
+        return median([r[key] for r in runs
                        if r["workload"] == workload and r["ranks"] == ranks and r["threads_per_rank"] == threads])
 
     # The workloads Benchmarks/ranks runs: (parameters, batch, tokens per step).
     shapes = {"small": (462_600, 16, 16 * 128), "paper": (9_562_752, 16, 16 * 256)}
     chain = {v["floats"]: v["seconds"] for k, v in reduce.items() if k.startswith("reduce-chain")}
     print("## Measured here (medians), and the model's two-rank step\n")
-    print("| workload | 1×1 tok/s | 1×2 tok/s | 2×1 tok/s | 2×1 / 1×2 | model 2×1, no U | model / measured "
-          "| U fitted |")
-    print("|---|---|---|---|---|---|---|---|")
-    per_parameter = []
+    print("| workload | 1×1 tok/s | 1×2 tok/s | 2×1 tok/s | 2×1 / 1×2 | update U | reduction R | "
+          "model 2×1 tok/s | model / measured |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    update_per_parameter = []
     for w, (params, batch, tokens) in shapes.items():
-        one, two_threads, two_ranks = tps(w, 1, 1), tps(w, 1, 2), tps(w, 2, 1)
-        t1, t2 = tokens / one, tokens / two_ranks
-        share = largest_load(layout(batch), 2) / batch
+        one, two_threads, two_ranks = pick(w, 1, 1), pick(w, 1, 2), pick(w, 2, 1)
+        u = pick(w, 2, 1, "update_seconds_per_step")  # one thread's AdamW update, which every rank repeats
+        update_per_parameter.append(u / params)
+        t1 = tokens / one
         r = chain[params]  # the reduction of this gradient, measured alone
-        model = t1 * share + r
-        # U: per-step work every rank does in full (the AdamW update, folding its shard
-        # gradients, allocation), fitted so that the model meets the measured two-rank step.
-        u = (t2 - r - t1 * share) / (1 - share)
-        per_parameter.append(u / params)
+        step = (t1 - u) * largest_load(layout(batch), 2) / batch + u + r
         print(f"| {w} | {one:,} | {two_threads:,} | {two_ranks:,} | {two_ranks / two_threads:.2f} | "
-              f"{tokens / model:,.0f} | {tokens / model / two_ranks:.2f} | {u * 1e3:.0f} ms "
-              f"({u / t1:.0%} of a 1×1 step) |")
-    u_per_parameter = max(per_parameter)
-    print(f"\nU per parameter: {', '.join(f'{x * 1e9:.0f} ns' for x in per_parameter)}; "
-          f"the predictions use {u_per_parameter * 1e9:.0f} ns.")
+              f"{u * 1e3:.1f} ms | {r * 1e3:.1f} ms | {tokens / step:,.0f} | {tokens / step / two_ranks:.2f} |")
+    u_per_parameter = max(update_per_parameter)
+    print(f"\nThe update per parameter on one thread: {', '.join(f'{x * 1e9:.1f} ns' for x in update_per_parameter)}"
+          f" (the predictions use {u_per_parameter * 1e9:.1f} ns, divided among a node's threads).")
 
-    # Prediction past this machine, with U = u·P repeated on every rank.
+    # Prediction past this machine: a node runs one rank on all its cores.
     word_params = 78_305_369  # lm-wikitext-small on WikiText-103 (267,737 tokens, untied embeddings)
     models = [
-        ("lm-bytes-small (0.46M parameters, batch 16×128)", 462_600, 16, 16 * 128 / tps("small", 1, 2)),
-        ("paper small shape, bytes (9.6M, batch 16×256)", 9_562_752, 16, 16 * 256 / tps("paper", 1, 2)),
+        ("lm-bytes-small (0.46M parameters, batch 16×128)", 462_600, 16, 16 * 128 / pick("small", 1, 2)),
+        ("paper small shape, bytes (9.6M, batch 16×256)", 9_562_752, 16, 16 * 256 / pick("paper", 1, 2)),
     ]
     if len(sys.argv) > 2:  # argv[2]: lm-wikitext-small's tokens/s here (one rank, all cores)
         for batch in (96, 192):
             models.append((f"lm-wikitext-small (78M, batch {batch}×256)", word_params, batch,
                            batch * 256 / float(sys.argv[2])))
     nodes = [2, 4, 8, 16, 32, 64]
+    threads_here = 2
     for speedup, gbps in [(1, 10), (1, 25), (1, 100), (16, 10), (16, 25), (16, 100)]:
         bw = gbps / 8 * 1e9 * 0.9
-        kind = "nodes like this one" if speedup == 1 else f"nodes {speedup}× faster (32 cores)"
+        kind = "nodes like this one (2 cores)" if speedup == 1 else f"nodes {speedup}× faster (32 cores)"
         print(f"\n## {gbps} Gb/s, {kind}: predicted efficiency (ring allreduce in brackets)\n")
         print("| model | step on 1 node | " + " | ".join(f"N={n}" for n in nodes) + " |")
         print("|---|---|" + "---|" * len(nodes))
         for name, params, batch, t1 in models:
             t1 = t1 / speedup
-            u = min(u_per_parameter * params / speedup, t1)
+            u = u_per_parameter * params / threads_here / speedup
             g = 4 * params
             cells = []
             for n in nodes:
