@@ -91,7 +91,7 @@ let package = Package(
         .testTarget(name: "FWPTasksTests", dependencies: ["FWPTasks", "FWPCore"]),
         .testTarget(
             name: "FWPDaemonTests",
-            dependencies: ["FWPDaemon", "FWPTasks", "FWPStore", "FWPProtocol", "ZeroMQ", "FWPCore"]),
+            dependencies: ["FWPDaemon", "FWPTasks", "FWPStore", "FWPProtocol", "ZeroMQ", "FWPCore", "CSpawn"]),
     ],
     swiftLanguageModes: [.v6]
 )

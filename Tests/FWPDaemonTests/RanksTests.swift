@@ -266,3 +266,19 @@ final class LockedData: @unchecked Sendable {
     func set(_ d: Data) { lock.withLock { data = d } }
     func get() -> Data { lock.withLock { data } }
 }
+
+/// Ranks started by Slurm rather than mpirun: srun with PMIx starts fwp-task's ranks on a real
+/// one-node cluster, and MPI comes up through PMIx.
+extension DaemonTests {
+    @Test(.enabled(if: SlurmCluster.available, "needs root and Debian's slurm-wlm and munge"))
+    func ranksRunUnderSlurmWithPMIx() throws {
+        let cluster = try SlurmCluster()
+        defer { cluster.stop() }
+        let program = productsDirectory.appendingPathComponent("fwp-task").path
+        let (status, out) = try cluster.run("/usr/bin/srun", ["-n", "2", "--mpi=pmix", program, "mpi-check"])
+        #expect(status == 0, "\(out)")
+        for rank in 0..<2 {
+            #expect(out.contains("rank \(rank) of 2: collectives ok"), "\(out)")
+        }
+    }
+}
