@@ -12,6 +12,8 @@ protocol JobControl: AnyObject, Sendable {
     /// Asks the running job `id` to stop; false when it is not running here.
     func cancel(_ id: Int64) -> Bool
     func updateGauges()
+    /// Where jobs run (`health` reports it).
+    var executorName: String { get }
 }
 
 /// A reply: the JSON body and, for `export`, the checkpoint's bytes as a fourth frame.
@@ -298,7 +300,7 @@ final class RequestHandler: @unchecked Sendable {
                 "uptime_seconds": .number(Date().timeIntervalSince(started)),
                 "workers": .number(Double(config.workers)),
                 "running": .number(Double(counts[.running] ?? 0)), "queued": .number(Double(counts[.queued] ?? 0)),
-                "curve": .bool(curve),
+                "curve": .bool(curve), "executor": .string(control.executorName),
             ]).jsonBytes)
     }
 

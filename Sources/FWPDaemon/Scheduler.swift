@@ -40,6 +40,8 @@ final class Scheduler: JobControl, @unchecked Sendable {
     let metrics: DaemonMetrics
     let stateDirectory: URL
     let dataRoots: DataRoots
+    /// Where claimed jobs run.
+    let executor: any JobExecutor
     private let queue = DispatchQueue(label: "fwpd.workers", attributes: .concurrent)
     private let condition = NSCondition()
     private var running: [Int64: JobContext] = [:]
@@ -60,9 +62,12 @@ final class Scheduler: JobControl, @unchecked Sendable {
         self.metrics = metrics
         stateDirectory = URL(fileURLWithPath: config.stateDirectory)
         dataRoots = DataRoots(config: config)
+        executor = LocalExecutor(config: config, logger: logger)
     }
 
     var runningCount: Int { condition.withLock { running.count } }
+
+    var executorName: String { executor.name }
 
     func publish(_ event: JobEvent) { publisher.publish(event) }
 
@@ -179,30 +184,6 @@ final class Scheduler: JobControl, @unchecked Sendable {
         }
     }
 
-    /// A job of several ranks: mpirun runs them as `fwp-task rank` processes sharing the job's
-    /// threads (ranks × threads per rank ≤ threads_per_job, one thread each at least), and
-    /// `DistributedRun` relays their events and checkpoints into the job's context.
-    private func runRanks(_ job: JobInfo, _ parameters: TaskParameters, _ ranks: Int, _ context: JobContext) throws
-        -> JSONValue
-    {
-        guard let program = config.taskProgram.isEmpty ? DistributedRun.siblingTaskProgram : config.taskProgram,
-            FileManager.default.isExecutableFile(atPath: program)
-        else {
-            throw WireError(
-                .rankFailed, "fwp-task, which runs the ranks, is not installed beside fwpd (see task_program)")
-        }
-        let perRank = max(1, context.threads / ranks)
-        if ranks > context.threads {
-            logger.warning("job \(job.id): \(ranks) ranks on \(context.threads) threads: the cores are oversubscribed")
-        }
-        let folder = stateDirectory.appendingPathComponent("ranks").appendingPathComponent("job-\(job.id)")
-        let run = DistributedRun(
-            launch: MPILaunch(mpirun: config.mpirun, extraArguments: config.mpirunArguments), taskProgram: program)
-        return try run.run(
-            module: job.task, parameters: parameters, ranks: ranks, threadsPerRank: perRank, folder: folder,
-            context: context)
-    }
-
     private func run(_ job: JobInfo, _ context: JobContext) {
         logger.info("job \(job.id) (\(job.task)) starting, attempt \(job.attempt)")
         let heartbeat = DispatchSource.makeTimerSource(queue: .global())
@@ -226,9 +207,7 @@ final class Scheduler: JobControl, @unchecked Sendable {
             }
             try dataRoots.check(module, job.parameters)  // again: files may have changed since submit
             let parameters = try module.validate(job.parameters)
-            let ranks = parameters.values["ranks"]?.doubleValue.map { Int($0) } ?? 1
-            let result =
-                try ranks > 1 ? runRanks(job, parameters, ranks, context) : module.run(parameters, context: context)
+            let result = try executor.run(job, module: module, parameters: parameters, context: context)
             outcome = (.succeeded, result, nil)
         } catch TaskError.cancelled {
             if context.isShuttingDown && !context.wasCancelledByUser {

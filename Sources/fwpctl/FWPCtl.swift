@@ -273,7 +273,7 @@ struct Health: ParsableCommand {
             let r = try Client(options.connection).call("health", [:]).0
             if json { return printJSON(r) }
             print(
-                "fwpd \(r["version"]?.stringValue ?? "?") ok: \(Int(r["running"]?.doubleValue ?? 0)) running, \(Int(r["queued"]?.doubleValue ?? 0)) queued, \(Int(r["workers"]?.doubleValue ?? 0)) workers, up \(Int(r["uptime_seconds"]?.doubleValue ?? 0)) s"
+                "fwpd \(r["version"]?.stringValue ?? "?") ok: \(Int(r["running"]?.doubleValue ?? 0)) running, \(Int(r["queued"]?.doubleValue ?? 0)) queued, \(Int(r["workers"]?.doubleValue ?? 0)) workers (\(r["executor"]?.stringValue ?? "local") executor), up \(Int(r["uptime_seconds"]?.doubleValue ?? 0)) s"
             )
         }
     }

@@ -218,6 +218,7 @@ extension DaemonTests {
         parameters["ranks"] = 2
         parameters["eval_every"] = 20
         let marker = d.state.appendingPathComponent("ranks").path
+        #expect(try c.ok("health")["executor"] == "local")
         let job = try c.submit(["task": "lm", "parameters": .object(parameters)])
         // Progress events arrive from rank 0, with the rank count, and a checkpoint is indexed.
         _ = try c.wait(job.id, timeout: 120) { _ in
