@@ -248,6 +248,52 @@ extension DaemonTests {
         #expect(processes(containing: marker).isEmpty, "cancel stopped every rank")
     }
 
+    /// SIGTERM of fwpd during a job of 2 ranks: the ranks agree to stop after a step, rank 0
+    /// writes a checkpoint, every rank exits, fwpd requeues the job and exits 0; the restarted
+    /// fwpd resumes from that checkpoint (not from the last evaluation) and finishes the job.
+    @Test func fwpdShutdownPausesRanksAtACheckpoint() throws {
+        let text = try Self.rankTestText()
+        let root = text.deletingLastPathComponent()
+        let arguments = ["--data-roots", root.path, "--threads-per-job", "2"]
+        let d = DaemonProcess(arguments: arguments)
+        try d.start()
+        let c = try d.client()
+        var parameters: [String: JSONValue] = [:]
+        for pair in Self.rankTestParameters(text, steps: 2000) where pair != "--set" {
+            let (k, v) = try parseOverride(pair)
+            parameters[k] = v
+        }
+        parameters["ranks"] = 2
+        parameters["eval_every"] = 1000  // no checkpoint but the one the stop writes
+        let marker = d.state.appendingPathComponent("ranks").path
+        let job = try c.submit(["task": "lm", "parameters": .object(parameters)])
+        _ = try c.wait(job.id, timeout: 120) { j in
+            j.lastSeq > 2 && (try? c.events(job.id).contains { $0.event.kind == "progress" }) == true
+        }
+        #expect(d.stop(SIGTERM) == 0, "graceful stop exits 0: \(d.log())")
+        waitFor(processes(containing: marker).isEmpty, "every rank exited with fwpd")
+        let restarted = DaemonProcess(state: d.state, arguments: arguments)
+        try restarted.start()
+        defer { restarted.stop() }
+        let c2 = try restarted.client()
+        let done = try c2.wait(job.id, timeout: 180) { $0.state.isFinal }
+        #expect(done.state == .succeeded, "\(restarted.log())")
+        #expect(done.attempt == 1, "a graceful stop spends no attempt")
+        let events = try c2.events(job.id)
+        // The second "queued" (the first is the submit's).
+        let requeued = events.indices.filter { events[$0].kind == "state" && events[$0].state == .queued }.dropFirst()
+            .first
+        #expect(requeued != nil, "the stop requeued the job")
+        guard let requeued, let paused = events[..<requeued].last(where: { $0.kind == "checkpoint" })?.step else {
+            Issue.record("no checkpoint before the requeue: \(events.map(\.kind))")
+            return
+        }
+        #expect(paused > 0 && paused < 2000, "paused at step \(paused)")
+        let firstAfter = events[requeued...].first { $0.kind == "progress" }?.step ?? 0
+        #expect(firstAfter > paused, "resumed after step \(paused), at \(firstAfter)")
+        #expect(done.result?["steps"] == 2000 && done.result?["ranks"] == 2)
+    }
+
     func waitFor(_ condition: @autoclosure () -> Bool, _ what: String, timeout: Double = 30) {
         let deadline = Date().addingTimeInterval(timeout)
         while !condition() && Date() < deadline { usleep(50_000) }
