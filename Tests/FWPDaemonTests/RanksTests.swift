@@ -59,8 +59,14 @@ extension DaemonTests {
             }
         }
         whileRunning?(p)
+        // A hung launch fails the test instead of the whole run: fwp-task ends, and mpirun and
+        // the ranks die with it (parent-death signals).
+        if group.wait(timeout: .now() + 300) == .timedOut {
+            Issue.record("fwp-task \(arguments.prefix(3)) ran past 300 s")
+            kill(p.processIdentifier, SIGKILL)
+            group.wait()
+        }
         p.waitUntilExit()
-        group.wait()
         return (
             p.terminationStatus, String(decoding: outData.get(), as: UTF8.self),
             String(decoding: errData.get(), as: UTF8.self)
