@@ -87,6 +87,24 @@ import Testing
         #expect(ctx.checkpoints.contains { $0.best })
     }
 
+    /// The delta rule with unnormalised ELU + 1 keys diverges at once (β‖φ(k)‖² ≫ 2); the error
+    /// says why and what to set.
+    @Test func deltaRuleWithoutSumNormalisationFailsWithAHint() throws {
+        let dir = TemporaryDirectory()
+        let train = dir.file("train.txt", sampleText(lines: 400, seed: 1))
+        let given = Self.tiny.merging([
+            "train": .string(train), "rule": "delta", "normalization": "attention", "feature_map": "elu",
+            "model_size": 64, "head_size": 32, "segment": 128, "steps": 3,
+        ]) { $1 }
+        do {
+            _ = try run(LanguageModelTask(), given)
+            Issue.record("expected divergence")
+        } catch TaskError.failed(let code, let message) {
+            #expect(code == .diverged)
+            #expect(message.contains("use normalization = sum"), "\(message)")
+        }
+    }
+
     @Test func wordLevelWikiTextLayoutReportsPerplexity() throws {
         let dir = TemporaryDirectory()
         dir.file("wt/wiki.train.tokens", sampleText(lines: 300, seed: 2))

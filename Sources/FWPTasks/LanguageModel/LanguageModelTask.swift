@@ -287,7 +287,8 @@ public struct LanguageModelTask: TaskModule {
             }
             guard loss.isFinite else {
                 throw TaskError.failed(
-                    code: .diverged, message: "training loss is \(loss) at step \(optimizer.step + 1)")
+                    code: .diverged,
+                    message: "training loss is \(loss) at step \(optimizer.step + 1)" + divergenceHint(p))
             }
             let updateStarted = ContinuousClock.now
             optimizer.update(&model.parameters, gradients: grads, threads: model.threads)
@@ -360,6 +361,16 @@ public struct LanguageModelTask: TaskModule {
             for (k, v) in languageMetrics(tloss, level: level) { result["test_\(k)"] = v }
         }
         return .object(result)
+    }
+
+    /// Why a run may have diverged, when its settings say: the delta rule without sum-normalised
+    /// keys updates W by (I − β k̃ k̃ᵀ), which expands wherever β‖k̃‖² > 2 — at once with ELU + 1 or
+    /// FAVOR+ features, whose squared norm grows with d.
+    func divergenceHint(_ p: Parameters) -> String {
+        guard p.attention == .fastWeight, p.rule == .delta, p.normalization != .sum else { return "" }
+        return
+            "; the delta rule without sum-normalised keys (normalization = \(p.normalization.rawValue)) "
+            + "expands where β‖φ(k)‖² > 2: use normalization = sum"
     }
 
     /// The carried state from a checkpoint's `extra.state.*` tensors and its position: the
