@@ -79,7 +79,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .executableTarget(name: "fwp-task", dependencies: ["FWPCore", "FWPTasks", "FWPConsole", "FWPMPI", "CSpawn"]),
+        .executableTarget(
+            name: "fwp-task", dependencies: ["FWPCore", "FWPTasks", "FWPConsole", "FWPMPI", "CSpawn", "ZeroMQ"]),
         .executableTarget(
             name: "fwp-bench", dependencies: ["FWPCore", "FWPMPI", "FWPTasks"], path: "Benchmarks/FWPBench"),
         .executableTarget(name: "fwp-load", dependencies: ["FWPProtocol", "ZeroMQ"], path: "Benchmarks/FWPLoad"),

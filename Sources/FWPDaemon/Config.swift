@@ -47,6 +47,20 @@ public struct DaemonConfig: Equatable, Sendable {
     public var mpirunArguments: [String] = []
     /// The `fwp-task` the ranks run; empty: the one beside fwpd.
     public var taskProgram = ""
+    /// Where claimed jobs run: `local` (this machine) or `slurm` (sbatch onto a cluster).
+    public var executor = "local"
+    /// Slurm: a folder fwpd and every node see at the same path (job scripts, hand-over files,
+    /// checkpoints on their way to fwpd).
+    public var sharedDirectory = ""
+    /// Slurm: sbatch's --partition, --account, --time, --mem ("" leaves Slurm's default),
+    /// --cpus-per-task (0: threads_per_job), and more options, space-separated.
+    public var slurmPartition = "", slurmAccount = "", slurmTimeLimit = "", slurmMemory = ""
+    public var slurmCPUsPerTask = 0
+    public var slurmOptions: [String] = []
+    /// Slurm: the ROUTER endpoint fwpd binds for the workers' events, and the address the workers
+    /// connect to ("" : the same endpoint).
+    public var ingestEndpoint = "tcp://127.0.0.1:5557"
+    public var ingestAddress = ""
     /// Folders job path parameters may point into, besides `<state_dir>/data`.
     public var dataRoots: [String] = []
     /// Permit binding a non-loopback TCP address without CURVE.
@@ -165,6 +179,38 @@ public struct DaemonConfig: Equatable, Sendable {
                 }
             ),
             (
+                "executor", "FWPD_EXECUTOR", "--executor",
+                {
+                    guard ["local", "slurm"].contains($1) else {
+                        throw ConfigError("executor must be local or slurm, got '\($1)'")
+                    }
+                    $0.executor = $1
+                }
+            ),
+            (
+                "shared_directory", "FWPD_SHARED_DIRECTORY", "--shared-directory",
+                {
+                    guard $1.isEmpty || $1.hasPrefix("/") else {
+                        throw ConfigError("shared_directory must be an absolute path, got '\($1)'")
+                    }
+                    $0.sharedDirectory = $1
+                }
+            ),
+            ("slurm_partition", "FWPD_SLURM_PARTITION", "--slurm-partition", { $0.slurmPartition = $1 }),
+            ("slurm_account", "FWPD_SLURM_ACCOUNT", "--slurm-account", { $0.slurmAccount = $1 }),
+            ("slurm_time_limit", "FWPD_SLURM_TIME_LIMIT", "--slurm-time-limit", { $0.slurmTimeLimit = $1 }),
+            ("slurm_memory", "FWPD_SLURM_MEMORY", "--slurm-memory", { $0.slurmMemory = $1 }),
+            (
+                "slurm_cpus_per_task", "FWPD_SLURM_CPUS_PER_TASK", "--slurm-cpus-per-task",
+                { $0.slurmCPUsPerTask = try nonNegative($1, "slurm_cpus_per_task") }
+            ),
+            (
+                "slurm_options", "FWPD_SLURM_OPTIONS", "--slurm-options",
+                { $0.slurmOptions = $1.split(separator: " ").map(String.init) }
+            ),
+            ("ingest_endpoint", "FWPD_INGEST_ENDPOINT", "--ingest-endpoint", { $0.ingestEndpoint = $1 }),
+            ("ingest_address", "FWPD_INGEST_ADDRESS", "--ingest-address", { $0.ingestAddress = $1 }),
+            (
                 "log_level", "FWPD_LOG_LEVEL", "--log-level",
                 {
                     guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains($1) else {
@@ -264,6 +310,17 @@ public struct DaemonConfig: Equatable, Sendable {
         }
         if curveSecretKeyFile != nil && curveAllowedKeysFile == nil {
             throw ConfigError("curve_secret_key_file needs curve_allowed_keys_file (the client keys allowed in)")
+        }
+        if executor == "slurm" {
+            if sharedDirectory.isEmpty {
+                throw ConfigError("executor = slurm needs shared_directory, a folder fwpd and every node see")
+            }
+            // The workers' events carry a per-job token but travel unencrypted.
+            if !allowInsecureRemote && !Self.isLocal(ingestEndpoint) {
+                throw ConfigError(
+                    "refusing to bind ingest_endpoint \(ingestEndpoint) off loopback: the workers' events are not encrypted; set allow_insecure_remote = true on a trusted cluster network"
+                )
+            }
         }
     }
 

@@ -22,6 +22,8 @@ public final class Daemon: Service, @unchecked Sendable {
     let router: Router
     let scheduler: Scheduler
     let publisher: EventPublisher
+    /// The workers' event endpoint, for the Slurm executor.
+    let ingest: IngestServer?
     let lockFD: Int32
 
     /// Prepares everything that can fail (config, lock, database, bind) before `run`.
@@ -50,8 +52,12 @@ public final class Daemon: Service, @unchecked Sendable {
         try pull.bind(EventPublisher.endpoint)
         publisher = try EventPublisher(context: zmq)
         let metrics = DaemonMetrics()
+        ingest =
+            config.executor == "slurm"
+            ? try IngestServer(context: zmq, endpoint: config.ingestEndpoint, logger: logger) : nil
         scheduler = Scheduler(
-            config: config, store: store, registry: registry, publisher: publisher, logger: logger, metrics: metrics)
+            config: config, store: store, registry: registry, publisher: publisher, logger: logger, metrics: metrics,
+            ingest: ingest)
         router = try Router(
             config: config, zmq: zmq, store: store, scheduler: scheduler, registry: registry, presets: presets,
             metrics: metrics,
@@ -84,6 +90,7 @@ public final class Daemon: Service, @unchecked Sendable {
         logger.info("stopping: no new work; checkpointing running jobs")
         notifier.notify("STOPPING=1\nSTATUS=checkpointing running jobs")
         scheduler.shutdown()
+        ingest?.stop()
         watchdog?.cancel()
         router.stop()
         publisher.close()

@@ -52,7 +52,7 @@ final class Scheduler: JobControl, @unchecked Sendable {
 
     init(
         config: DaemonConfig, store: JobStore, registry: TaskRegistry, publisher: EventPublisher, logger: Logger,
-        metrics: DaemonMetrics
+        metrics: DaemonMetrics, ingest: IngestServer? = nil
     ) {
         self.config = config
         self.store = store
@@ -62,7 +62,9 @@ final class Scheduler: JobControl, @unchecked Sendable {
         self.metrics = metrics
         stateDirectory = URL(fileURLWithPath: config.stateDirectory)
         dataRoots = DataRoots(config: config)
-        executor = LocalExecutor(config: config, logger: logger)
+        executor =
+            ingest.map { SlurmExecutor(config: config, logger: logger, ingest: $0) }
+            ?? LocalExecutor(config: config, logger: logger)
     }
 
     var runningCount: Int { condition.withLock { running.count } }
@@ -222,6 +224,23 @@ final class Scheduler: JobControl, @unchecked Sendable {
                 return
             }
             outcome = (.cancelled, nil, nil)
+        } catch let lost as RunLost {
+            if job.attempt < job.maxAttempts {
+                do {
+                    publisher.publish(
+                        try store.requeue(
+                            job.id, reason: "\(lost.reason); the job resumes from its checkpoint",
+                            spendAttempt: true))
+                    logger.warning("job \(job.id): \(lost.reason); requeued")
+                } catch {
+                    logger.error("job \(job.id): cannot requeue: \(error)")
+                }
+                return
+            }
+            outcome = (
+                .failed, nil,
+                WireError(.attemptsExhausted, "\(lost.reason), attempt \(job.attempt) of \(job.maxAttempts)")
+            )
         } catch TaskError.failed(let code, let message) {
             outcome = (.failed, nil, WireError(code, message))
         } catch let e as ParameterError {

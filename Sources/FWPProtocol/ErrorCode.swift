@@ -40,6 +40,7 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, Codable, CustomSt
     public static let timeout = ErrorCode("timeout")
     public static let spawnFailed = ErrorCode("spawn_failed")
     public static let rankFailed = ErrorCode("rank_failed")
+    public static let slurmRefused = ErrorCode("slurm_refused")
 
     /// Every request error with its meaning, in the order PROTOCOL.md's table lists them.
     public static let requestErrors: [(code: ErrorCode, meaning: String)] = [
@@ -73,5 +74,6 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, Codable, CustomSt
             .rankFailed,
             "a process of a job on several ranks (`ranks` > 1) died, or mpirun could not start or ended the job"
         ),
+        (.slurmRefused, "Slurm refused the job's batch script (the message is Slurm's)"),
     ]
 }

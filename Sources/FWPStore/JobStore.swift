@@ -228,13 +228,16 @@ public final class JobStore: Sendable {
         }
     }
 
-    /// Puts a running job back in the queue (graceful stop): it resumes from its checkpoint, and
-    /// the stop spends no attempt (the next run takes this run's attempt number again).
-    public func requeue(_ id: Int64, reason: String) throws -> JobEvent {
+    /// Puts a running job back in the queue: it resumes from its checkpoint. A graceful stop
+    /// spends no attempt (the next run takes this run's attempt number again); a run lost outside
+    /// fwpd's control (`spendAttempt`: a cluster node failed, the job was preempted) spends one.
+    public func requeue(_ id: Int64, reason: String, spendAttempt: Bool = false) throws -> JobEvent {
         defer { invalidate(id) }
         return try pool.write { db in
             try db.cachedStatement(
-                sql: "UPDATE jobs SET state = 'queued', lease_until = NULL, attempt = MAX(attempt - 1, 0) WHERE id = ?"
+                sql: spendAttempt
+                    ? "UPDATE jobs SET state = 'queued', lease_until = NULL WHERE id = ?"
+                    : "UPDATE jobs SET state = 'queued', lease_until = NULL, attempt = MAX(attempt - 1, 0) WHERE id = ?"
             ).execute(arguments: [id])
             return try Self.appendEvent(
                 db, job: id, JobEvent(job: id, seq: 0, time: Self.now(), kind: "state", state: .queued, message: reason)

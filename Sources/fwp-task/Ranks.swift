@@ -21,11 +21,19 @@ final class RelayContext: TaskContext, Sendable {
     let threads: Int
     /// 0 running, 1 cancelled, 2 paused (checkpoint, then stop).
     private let stop = Mutex(0)
+    /// fwpd's ingest endpoint, for a job it submitted to Slurm; nil: lines go to standard output.
+    let ingest: IngestClient?
 
-    init(communicator: Communicator, folder: URL, threads: Int) {
+    init(communicator: Communicator, folder: URL, threads: Int, ingest: IngestClient?) {
         self.communicator = communicator
         self.folder = folder
         self.threads = threads
+        self.ingest = ingest
+    }
+
+    /// Sends one relay line: to fwpd's ingest endpoint, or on standard output.
+    func line(_ text: String) {
+        if let ingest { ingest.send(text) } else { FileHandle.standardOutput.write(Data((text + "\n").utf8)) }
     }
 
     var rank: Int { communicator.rank }
@@ -36,14 +44,12 @@ final class RelayContext: TaskContext, Sendable {
     func pause() { stop.withLock { $0 = 2 } }
 
     /// One relay line: `{"key": body}` (rank 0 only).
-    func relay(_ key: String, _ body: JSONValue) {
-        FileHandle.standardOutput.write(Data((JSONValue.object([key: body]).jsonText + "\n").utf8))
-    }
+    func relay(_ key: String, _ body: JSONValue) { line(JSONValue.object([key: body]).jsonText) }
 
     func emit(_ event: ProgressEvent) {
         guard rank == 0 else { return }
         let json = String(decoding: WireJSON.encode(event), as: UTF8.self)
-        FileHandle.standardOutput.write(Data("{\"event\":\(json)}\n".utf8))
+        line("{\"event\":\(json)}")
     }
 
     func saveCheckpoint(_ data: Data, step: Int, best: Bool) throws {
@@ -72,7 +78,9 @@ final class RelayContext: TaskContext, Sendable {
 
 /// `fwp-task rank MODULE --parameters FILE --relay DIR --threads N`: one rank of a job, as started
 /// by mpirun for `DistributedRun`. Never returns.
-func runRank(module name: String, parametersFile: String?, relay: String?, threads: Int) -> Never {
+func runRank(
+    module name: String, parametersFile: String?, relay: String?, threads: Int, ingest: String?, tokenFile: String?
+) -> Never {
     // Die with mpirun, whichever way it ends, so that no rank outlives its launch.
     if fwp_die_with_parent() != 0 { exit(1) }
     func report(_ code: ErrorCode, _ message: String, rank: Int) {
@@ -93,7 +101,29 @@ func runRank(module name: String, parametersFile: String?, relay: String?, threa
         report(.rankFailed, "\(error)", rank: 0)
         exit(1)
     }
-    let context = RelayContext(communicator: communicator, folder: URL(fileURLWithPath: relay), threads: threads)
+    var client: IngestClient? = nil
+    if let ingest, communicator.rank == 0 {
+        guard let tokenFile, let token = try? String(contentsOfFile: tokenFile, encoding: .utf8) else {
+            report(.invalidRequest, "--ingest needs --ingest-token-file with the job's token", rank: 0)
+            communicator.abort(code: 1)
+        }
+        do {
+            client = try IngestClient(endpoint: ingest, token: token.trimmingCharacters(in: .whitespacesAndNewlines))
+        } catch {
+            report(.rankFailed, "cannot reach fwpd at \(ingest): \(error)", rank: 0)
+            communicator.abort(code: 1)
+        }
+    }
+    let context = RelayContext(
+        communicator: communicator, folder: URL(fileURLWithPath: relay), threads: threads, ingest: client)
+    func finish(_ code: Int32) -> Never {
+        client?.flush(timeout: 60)  // fwpd has every line before the rank goes
+        if code == 0 {
+            MPI.finalize()
+            exit(0)
+        }
+        communicator.abort(code: code)
+    }
     for (sig, action) in [(SIGUSR1, context.pause), (SIGTERM, context.cancel), (SIGINT, context.cancel)] {
         signal(sig, SIG_IGN)
         let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
@@ -107,21 +137,23 @@ func runRank(module name: String, parametersFile: String?, relay: String?, threa
         else { throw TaskError.failed(code: .invalidRequest, message: "\(parametersFile) holds no JSON object") }
         let result = try module.run(try module.validate(values), context: context)
         if context.rank == 0 { context.relay("result", result) }
-        MPI.finalize()
-        exit(0)
+        finish(0)
     } catch TaskError.cancelled {
         if context.rank == 0 { context.relay("stopped", .bool(true)) }
-        MPI.finalize()
-        exit(0)
+        finish(0)
     } catch TaskError.failed(let code, let message) {
-        report(code, message, rank: context.rank)
+        context.relay("error", errorBody(code, message, rank: context.rank))
     } catch let e as ParameterError {
-        report(.invalidParameter, e.description, rank: context.rank)
+        context.relay("error", errorBody(.invalidParameter, e.description, rank: context.rank))
     } catch {
-        report(.internal, "\(error)", rank: context.rank)
+        context.relay("error", errorBody(.internal, "\(error)", rank: context.rank))
     }
     // The other ranks may be waiting in a collective: end them all now.
-    communicator.abort(code: 1)
+    finish(1)
+}
+
+func errorBody(_ code: ErrorCode, _ message: String, rank: Int) -> JSONValue {
+    .object(["code": .string(code.rawValue), "message": .string(message), "rank": .number(Double(rank))])
 }
 
 nonisolated(unsafe) var signalSources: [DispatchSourceSignal] = []

@@ -52,7 +52,7 @@ var overrides: [String: JSONValue] = [:]
 var stateDir: String? = nil
 var threads = max(1, ProcessInfo.processInfo.activeProcessorCount)
 var threadsGiven = false
-var parametersFile: String? = nil, relayDir: String? = nil
+var parametersFile: String? = nil, relayDir: String? = nil, ingest: String? = nil, ingestTokenFile: String? = nil
 var fresh = false, json = false
 var tasksDir = ProcessInfo.processInfo.environment["FWP_TASKS_DIR"] ?? "tasks"
 var positional: [String] = []
@@ -78,6 +78,8 @@ while !args.isEmpty {
         overrides["ranks"] = .number(Double(n))
     case "--parameters": parametersFile = value()
     case "--relay": relayDir = value()
+    case "--ingest": ingest = value()
+    case "--ingest-token-file": ingestTokenFile = value()
     case "--fresh": fresh = true
     case "--json": json = true
     case "--tasks": tasksDir = value()
@@ -108,7 +110,9 @@ switch command {
 case "mpi-check": runMPICheck()
 case "rank":
     guard positional.count == 1 else { fail(usage) }
-    runRank(module: positional[0], parametersFile: parametersFile, relay: relayDir, threads: threads)
+    runRank(
+        module: positional[0], parametersFile: parametersFile, relay: relayDir, threads: threads, ingest: ingest,
+        tokenFile: ingestTokenFile)
 case "list":
     say("modules:")
     for n in registry.names { say("  \(n)") }

@@ -35,6 +35,15 @@ struct FWPD: AsyncParsableCommand {
     var execPrograms: String?
     @Option(help: "Folders job path parameters may point into, comma-separated (besides <state-dir>/data).")
     var dataRoots: String?
+    @Option(help: "The MPI launcher for jobs with ranks > 1.") var mpirun: String?
+    @Option(help: "More mpirun options, space-separated.") var mpirunArguments: String?
+    @Option(help: "The fwp-task the ranks run (default: beside fwpd).") var taskProgram: String?
+    @Option(help: "Where jobs run: local or slurm.") var executor: String?
+    @Option(help: "Slurm: a folder fwpd and every node see.") var sharedDirectory: String?
+    @Option(help: "Slurm: the endpoint fwpd binds for the workers' events.") var ingestEndpoint: String?
+    @Option(help: "Slurm: the address the workers connect to (default: the endpoint).") var ingestAddress: String?
+    @Option(help: "Slurm: sbatch --partition.") var slurmPartition: String?
+    @Option(help: "Slurm: more sbatch options, space-separated.") var slurmOptions: String?
     @Flag(help: "Allow a non-loopback TCP endpoint without CURVE.") var allowInsecureRemote = false
     @Option(help: "Log level (trace … critical).") var logLevel: String?
     @Option(help: "Nice value (0–19) of the request-serving threads.") var requestNice: Int?
@@ -60,6 +69,10 @@ struct FWPD: AsyncParsableCommand {
                 (dataRoots, "--data-roots"),
                 (allowInsecureRemote ? "true" : nil, "--allow-insecure-remote"),
                 (logLevel, "--log-level"), (requestNice.map(String.init), "--request-nice"),
+                (mpirun, "--mpirun"), (mpirunArguments, "--mpirun-arguments"), (taskProgram, "--task-program"),
+                (executor, "--executor"), (sharedDirectory, "--shared-directory"),
+                (ingestEndpoint, "--ingest-endpoint"), (ingestAddress, "--ingest-address"),
+                (slurmPartition, "--slurm-partition"), (slurmOptions, "--slurm-options"),
             ]
             try settings.apply(flags: flags.compactMap { v, f in v.map { (f, $0) } })
         } catch {

@@ -134,14 +134,18 @@ public struct DistributedRun: Sendable {
 
     public static let resumeFileName = "resume.safetensors"
 
-    struct Outcome: Sendable {
-        var result: JSONValue? = nil
-        var error: (code: ErrorCode, message: String)? = nil
-        var stopped = false
-        var stderrTail: [String] = []
+    /// What the ranks reported of their end.
+    public struct Outcome: Sendable {
+        public var result: JSONValue? = nil
+        public var error: (code: ErrorCode, message: String)? = nil
+        public var stopped = false
+        public var stderrTail: [String] = []
+        public init() {}
     }
 
-    static func relay(_ line: String, folder: URL, context: TaskContext, outcome: LockedBox<Outcome>) {
+    /// Handles one relay-protocol line from rank 0 (the same for mpirun's standard output and
+    /// fwpd's ingest endpoint).
+    public static func relay(_ line: String, folder: URL, context: TaskContext, outcome: LockedBox<Outcome>) {
         guard let value = try? JSONValue.parse(line), case .object(let o) = value, o.count == 1,
             let (key, body) = o.first
         else {

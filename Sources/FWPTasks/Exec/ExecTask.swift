@@ -180,12 +180,12 @@ private func termSignal(_ s: Int32) -> Int32 { s & 0x7f }
 private func exitStatus(_ s: Int32) -> Int32 { (s >> 8) & 0xff }
 
 /// A value shared between threads behind a lock.
-final class LockedBox<T: Sendable>: Sendable {
+public final class LockedBox<T: Sendable>: Sendable {
     private let value: Mutex<T>
-    init(_ value: T) { self.value = Mutex(value) }
-    func get() -> T { value.withLock { $0 } }
-    func set(_ v: T) { value.withLock { $0 = v } }
-    func update(_ body: (inout T) -> Void) { value.withLock { body(&$0) } }
+    public init(_ value: T) { self.value = Mutex(value) }
+    public func get() -> T { value.withLock { $0 } }
+    public func set(_ v: T) { value.withLock { $0 = v } }
+    public func update(_ body: (inout T) -> Void) { value.withLock { body(&$0) } }
 }
 
 /// A child process in its own process group with piped stdout and stderr (posix_spawn).

@@ -1,0 +1,145 @@
+import FWPCore
+import FWPTasks
+import Foundation
+import Logging
+
+/// A run that ended outside fwpd's control (a node failed, the job was preempted, cancelled from
+/// outside or ran out of time): the scheduler requeues it, spending an attempt, and it resumes
+/// from its latest checkpoint.
+struct RunLost: Error {
+    let reason: String
+}
+
+/// A cluster behind Slurm: each claimed job becomes a batch job (sbatch) whose `srun` starts
+/// `fwp-task rank` as the job's ranks (one without `ranks`); rank 0 sends its events to fwpd's
+/// ingest endpoint, which relays them into the job's context as a local run's are. Hand-over
+/// files and checkpoints pass through `shared_directory`, which fwpd and the nodes see alike.
+///
+/// fwpd follows the job with squeue (then scontrol for its end state); a cancel is scancel, and
+/// fwpd's shutdown asks the ranks (SIGUSR1) to checkpoint and stop, as under mpirun.
+struct SlurmExecutor: JobExecutor {
+    let config: DaemonConfig
+    let logger: Logger
+    let ingest: IngestServer
+    let name = "slurm"
+
+    /// A Slurm command's exit status and output (standard output and error together).
+    static func command(_ program: String, _ arguments: [String], timeout: Double = 60) -> (Int32, String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = [program] + arguments
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        do { try p.run() } catch { return (127, "cannot run \(program): \(error)") }
+        let data = LockedBox<Data>(Data())
+        let done = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            data.set(out.fileHandleForReading.readDataToEndOfFile())
+            done.signal()
+        }
+        if done.wait(timeout: .now() + timeout) == .timedOut {
+            p.terminate()
+            done.wait()
+        }
+        p.waitUntilExit()
+        return (
+            p.terminationStatus,
+            String(decoding: data.get(), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        )
+    }
+
+    func run(_ job: JobInfo, module: any TaskModule, parameters: TaskParameters, context: JobContext) throws
+        -> JSONValue
+    {
+        let ranks = parameters.values["ranks"]?.doubleValue.map { Int($0) } ?? 1
+        guard let program = config.taskProgram.isEmpty ? DistributedRun.siblingTaskProgram : config.taskProgram else {
+            throw WireError(.rankFailed, "fwp-task is not installed beside fwpd (see task_program)")
+        }
+        let folder = URL(fileURLWithPath: config.sharedDirectory).appendingPathComponent("jobs")
+            .appendingPathComponent("job-\(job.id)")
+        try? FileManager.default.removeItem(at: folder)
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let parametersFile = folder.appendingPathComponent("parameters.json")
+        try Data(JSONValue.object(parameters.values).jsonText.utf8).write(to: parametersFile)
+        if let data = try context.latestCheckpoint() {
+            try writeFileDurably(data, to: folder.appendingPathComponent(DistributedRun.resumeFileName))
+        }
+        let token = (0..<4).map { _ in String(format: "%016llx", UInt64.random(in: 0...UInt64.max)) }.joined()
+        let tokenFile = folder.appendingPathComponent("token")
+        try Data(token.utf8).write(to: tokenFile)
+        chmod(tokenFile.path, 0o600)
+        let cpus = config.slurmCPUsPerTask > 0 ? config.slurmCPUsPerTask : config.effectiveThreadsPerJob
+        var script = "#!/bin/sh\n"
+        for (option, value) in [
+            ("job-name", "fwp-\(job.id)"), ("output", folder.appendingPathComponent("slurm-%j.out").path),
+            ("ntasks", "\(ranks)"), ("cpus-per-task", "\(cpus)"), ("partition", config.slurmPartition),
+            ("account", config.slurmAccount), ("time", config.slurmTimeLimit), ("mem", config.slurmMemory),
+        ] where !value.isEmpty {
+            script += "#SBATCH --\(option)=\(value)\n"
+        }
+        let ingestAddress = config.ingestAddress.isEmpty ? config.ingestEndpoint : config.ingestAddress
+        let rankCommand = [
+            program, "rank", job.task, "--parameters", parametersFile.path, "--relay", folder.path, "--threads",
+            "\(cpus)",
+            "--ingest", ingestAddress, "--ingest-token-file", tokenFile.path,
+        ]
+        script += "exec srun --mpi=pmix " + rankCommand.map { "'\($0)'" }.joined(separator: " ") + "\n"
+        let scriptFile = folder.appendingPathComponent("job.sh")
+        try Data(script.utf8).write(to: scriptFile)
+
+        let outcome = LockedBox<DistributedRun.Outcome>(DistributedRun.Outcome())
+        ingest.register(token) { line in DistributedRun.relay(line, folder: folder, context: context, outcome: outcome)
+        }
+        defer { ingest.unregister(token) }
+        let (status, reply) = Self.command("sbatch", ["--parsable"] + config.slurmOptions + [scriptFile.path])
+        guard status == 0, let slurmJob = reply.split(separator: ";").first.map(String.init), Int(slurmJob) != nil
+        else {
+            throw TaskError.failed(code: .slurmRefused, message: "sbatch: \(reply)")
+        }
+        context.emit(ProgressEvent(kind: "log", message: "running as Slurm job \(slurmJob)"))
+        logger.info("job \(job.id): Slurm job \(slurmJob)")
+        var signalled: String? = nil
+        var lastPoll = Date.distantPast
+        while true {
+            if signalled == nil, context.isCancelled {
+                signalled = context.checkpointBeforeStopping ? "USR1" : "TERM"
+                _ = Self.command("scancel", ["--signal=\(signalled!)", slurmJob])
+                if signalled == "TERM" { _ = Self.command("scancel", [slurmJob]) }
+            }
+            if Date().timeIntervalSince(lastPoll) >= 1 {
+                lastPoll = Date()
+                let (rc, state) = Self.command("squeue", ["-h", "-j", slurmJob, "-o", "%T"])
+                if rc == 0 && (state.isEmpty || Self.finalStates.contains(state)) { break }
+            }
+            usleep(100_000)
+        }
+        // The ranks flush their lines before they exit; give the last ones a moment to arrive.
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline {
+            let o = outcome.get()
+            if o.result != nil || o.error != nil || o.stopped { break }
+            usleep(100_000)
+        }
+        let (_, info) = Self.command("scontrol", ["show", "job", slurmJob])
+        let state =
+            info.split(separator: " ").first { $0.hasPrefix("JobState=") }.map { String($0.dropFirst(9)) }
+            ?? "gone"
+        let o = outcome.get()
+        if let e = o.error { throw TaskError.failed(code: e.code, message: e.message) }
+        if let r = o.result { return r }
+        if signalled != nil { throw TaskError.cancelled }
+        // Stopped without fwpd asking: Slurm signalled the ranks (scancel from outside, a time
+        // limit, preemption) or killed them.
+        throw RunLost(
+            reason:
+                "Slurm job \(slurmJob) ended \(state)\(o.stopped ? " (its ranks were signalled)" : "") before the job finished"
+        )
+    }
+
+    static let finalStates: Set<String> = [
+        "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE",
+        "OUT_OF_MEMORY",
+    ]
+}

@@ -1,0 +1,96 @@
+import FWPProtocol
+import FWPTasks
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// fwpd in front of a real one-node Slurm cluster (executor = slurm).
+extension DaemonTests {
+    func slurmDaemon(_ cluster: SlurmCluster, dataRoot: URL) throws -> DaemonProcess {
+        setenv("SLURM_CONF", cluster.configFile.path, 1)
+        let shared = cluster.folder.appendingPathComponent("shared")
+        try FileManager.default.createDirectory(at: shared, withIntermediateDirectories: true)
+        return try DaemonProcess(arguments: [
+            "--executor", "slurm", "--shared-directory", shared.path, "--ingest-endpoint",
+            "tcp://127.0.0.1:\(freePort())", "--data-roots", dataRoot.path, "--threads-per-job", "1",
+        ]).start()
+    }
+
+    func slurmJobID(_ c: TestClient, _ job: Int64) -> String? {
+        let events = (try? c.events(job)) ?? []
+        return events.compactMap { $0.message }.last { $0.hasPrefix("running as Slurm job ") }?
+            .split(separator: " ").last.map(String.init)
+    }
+
+    /// A job runs under Slurm and its events arrive as a local run's; killed from outside
+    /// (scancel --signal=KILL), it is requeued with an attempt spent and resumes from its
+    /// checkpoint under a new Slurm job, then succeeds.
+    @Test(.enabled(if: SlurmCluster.available, "needs root and Debian's slurm-wlm and munge"))
+    func slurmRunsAJobAndRequeuesItWhenKilledOutside() throws {
+        let cluster = try SlurmCluster()
+        defer { cluster.stop() }
+        let text = try Self.rankTestText()
+        let d = try slurmDaemon(cluster, dataRoot: text.deletingLastPathComponent())
+        defer { d.stop() }
+        let c = try d.client()
+        #expect(try c.ok("health")["executor"] == "slurm")
+        var parameters: [String: JSONValue] = [:]
+        for pair in Self.rankTestParameters(text, steps: 3000) where pair != "--set" {
+            let (k, v) = try parseOverride(pair)
+            parameters[k] = v
+        }
+        parameters["eval_every"] = 100
+        let job = try c.submit(["task": "lm", "parameters": .object(parameters)])
+        _ = try c.wait(job.id, timeout: 120) { _ in
+            (try? c.ok("checkpoints", ["job": .number(Double(job.id))])["checkpoints"].map { $0 != .array([]) }) == true
+        }
+        guard let first = slurmJobID(c, job.id) else {
+            Issue.record("no Slurm job id in the events: \(d.log())")
+            return
+        }
+        #expect(try c.events(job.id).contains { $0.kind == "progress" }, "progress from the node")
+        let (rc, out) = try cluster.run("/usr/bin/scancel", ["--signal=KILL", first])
+        #expect(rc == 0, "\(out)")
+        let again = try c.wait(job.id, timeout: 120) { j in j.attempt == 2 && self.slurmJobID(c, job.id) != first }
+        #expect(again.attempt == 2)
+        let done = try c.wait(job.id, timeout: 300) { $0.state.isFinal }
+        #expect(done.state == .succeeded, "\(d.log())")
+        let events = try c.events(job.id)
+        #expect(events.map(\.seq) == Array(1...Int64(events.count)), "no lost or duplicated events")
+        #expect(
+            events.contains { ($0.message ?? "").contains("resuming from step") } || d.log().contains("resuming"),
+            "the second Slurm job resumed from a checkpoint")
+        #expect(done.result?["steps"] == 3000)
+    }
+
+    /// cancel → scancel: the job is cancelled and Slurm's queue is empty.
+    @Test(.enabled(if: SlurmCluster.available, "needs root and Debian's slurm-wlm and munge"))
+    func slurmCancelIsScancel() throws {
+        let cluster = try SlurmCluster()
+        defer { cluster.stop() }
+        let text = try Self.rankTestText()
+        let d = try slurmDaemon(cluster, dataRoot: text.deletingLastPathComponent())
+        defer { d.stop() }
+        let c = try d.client()
+        var parameters: [String: JSONValue] = [:]
+        for pair in Self.rankTestParameters(text, steps: 100_000) where pair != "--set" {
+            let (k, v) = try parseOverride(pair)
+            parameters[k] = v
+        }
+        let job = try c.submit(["task": "lm", "parameters": .object(parameters)])
+        _ = try c.wait(job.id, timeout: 120) { _ in (try? c.events(job.id).contains { $0.kind == "progress" }) == true }
+        #expect(try c.ok("cancel", ["job": .number(Double(job.id))])["id"] != nil)
+        #expect(try c.wait(job.id, timeout: 60) { $0.state.isFinal }.state == .cancelled, "\(d.log())")
+        let deadline = Date().addingTimeInterval(30)
+        var queue = ""
+        repeat {
+            queue = try cluster.run("/usr/bin/squeue", ["-h"]).1
+            if queue.isEmpty { break }
+            usleep(200_000)
+        } while Date() < deadline
+        #expect(queue.isEmpty, "Slurm's queue is empty: \(queue)")
+    }
+}
