@@ -9,6 +9,8 @@ import Logging
 protocol JobExecutor: Sendable {
     /// Its name in `health`.
     var name: String { get }
+    /// What `health` reports of its back end (nil: nothing to report).
+    var status: JSONValue? { get }
     func run(_ job: JobInfo, module: any TaskModule, parameters: TaskParameters, context: JobContext) throws
         -> JSONValue
 }
@@ -21,6 +23,7 @@ struct LocalExecutor: JobExecutor {
     let config: DaemonConfig
     let logger: Logger
     let name = "local"
+    var status: JSONValue? { nil }
 
     func run(_ job: JobInfo, module: any TaskModule, parameters: TaskParameters, context: JobContext) throws
         -> JSONValue

@@ -14,6 +14,8 @@ protocol JobControl: AnyObject, Sendable {
     func updateGauges()
     /// Where jobs run (`health` reports it).
     var executorName: String { get }
+    /// What `health` reports of the executor's back end (Slurm: whether it answers).
+    var executorStatus: JSONValue? { get }
 }
 
 /// A reply: the JSON body and, for `export`, the checkpoint's bytes as a fourth frame.
@@ -293,15 +295,16 @@ final class RequestHandler: @unchecked Sendable {
     func health(_ b: RequestBody) throws -> [UInt8] {
         try b.allow([])
         let counts = try store.counts()
-        return Array(
-            JSONValue.object([
-                "status": "ok", "version": .string(FWPDVersion.string),
-                "pid": .number(Double(ProcessInfo.processInfo.processIdentifier)),
-                "uptime_seconds": .number(Date().timeIntervalSince(started)),
-                "workers": .number(Double(config.workers)),
-                "running": .number(Double(counts[.running] ?? 0)), "queued": .number(Double(counts[.queued] ?? 0)),
-                "curve": .bool(curve), "executor": .string(control.executorName),
-            ]).jsonBytes)
+        var reply: [String: JSONValue] = [
+            "status": "ok", "version": .string(FWPDVersion.string),
+            "pid": .number(Double(ProcessInfo.processInfo.processIdentifier)),
+            "uptime_seconds": .number(Date().timeIntervalSince(started)),
+            "workers": .number(Double(config.workers)),
+            "running": .number(Double(counts[.running] ?? 0)), "queued": .number(Double(counts[.queued] ?? 0)),
+            "curve": .bool(curve), "executor": .string(control.executorName),
+        ]
+        if let status = control.executorStatus { reply[control.executorName] = status }
+        return Array(JSONValue.object(reply).jsonBytes)
     }
 
     func metricsText(_ b: RequestBody) throws -> [UInt8] {

@@ -47,6 +47,8 @@ final class Scheduler: JobControl, @unchecked Sendable {
     private var running: [Int64: JobContext] = [:]
     private var stopping = false
     private var pendingWake = false
+    /// No claims before this (the executor's back end does not answer).
+    private var claimsPausedUntil = Date.distantPast
     private var thread: Thread?
     private let finished = DispatchGroup()
 
@@ -70,6 +72,7 @@ final class Scheduler: JobControl, @unchecked Sendable {
     var runningCount: Int { condition.withLock { running.count } }
 
     var executorName: String { executor.name }
+    var executorStatus: JSONValue? { executor.status }
 
     func publish(_ event: JobEvent) { publisher.publish(event) }
 
@@ -119,7 +122,7 @@ final class Scheduler: JobControl, @unchecked Sendable {
                 return
             }
             pendingWake = false
-            let free = config.workers - running.count
+            let free = Date() < claimsPausedUntil ? 0 : config.workers - running.count
             condition.unlock()
             guard free > 0 else { continue }
             do {
@@ -224,6 +227,18 @@ final class Scheduler: JobControl, @unchecked Sendable {
                 return
             }
             outcome = (.cancelled, nil, nil)
+        } catch let down as ExecutorUnavailable {
+            // Nothing was started: the job waits in the queue, spending no attempt, and claims
+            // pause for a while rather than retry at once.
+            condition.withLock { claimsPausedUntil = Date().addingTimeInterval(down.retrySeconds) }
+            do {
+                publisher.publish(
+                    try store.requeue(job.id, reason: "\(down.message); the job waits for it"))
+                logger.warning("job \(job.id): \(down.message); requeued, claims pause \(down.retrySeconds) s")
+            } catch {
+                logger.error("job \(job.id): cannot requeue: \(error)")
+            }
+            return
         } catch let lost as RunLost {
             if job.attempt < job.maxAttempts {
                 do {

@@ -10,6 +10,13 @@ struct RunLost: Error {
     let reason: String
 }
 
+/// The executor's back end does not answer (Slurm's controller is down or unreachable): the job
+/// was not started; it waits in the queue, and claims pause for `retrySeconds`.
+struct ExecutorUnavailable: Error {
+    let message: String
+    var retrySeconds = 10.0
+}
+
 /// A cluster behind Slurm: each claimed job becomes a batch job (sbatch) whose `srun` starts
 /// `fwp-task rank` as the job's ranks (one without `ranks`); rank 0 sends its events to fwpd's
 /// ingest endpoint, which relays them into the job's context as a local run's are. Hand-over
@@ -22,6 +29,37 @@ struct SlurmExecutor: JobExecutor {
     let logger: Logger
     let ingest: IngestServer
     let name = "slurm"
+    /// Whether Slurm answered its last probe (squeue every few seconds, on a thread of its own,
+    /// so that `health` never waits on Slurm), and what it said when it did not.
+    private let answers = LockedBox<(ok: Bool, message: String)>((false, "not asked yet"))
+
+    init(config: DaemonConfig, logger: Logger, ingest: IngestServer) {
+        self.config = config
+        self.logger = logger
+        self.ingest = ingest
+        let answers = self.answers
+        Thread.detachNewThread {
+            while true {
+                let (rc, out) = Self.command("squeue", ["-h", "-o", "%i"], timeout: 10)
+                answers.set(rc == 0 ? (true, "") : (false, out.split(separator: "\n").last.map(String.init) ?? out))
+                Thread.sleep(forTimeInterval: 3)
+            }
+        }
+    }
+
+    var status: JSONValue? {
+        let a = answers.get()
+        return a.ok ? .object(["answers": true]) : .object(["answers": false, "message": .string(a.message)])
+    }
+
+    /// Whether sbatch's complaint means the controller could not be reached (rather than that it
+    /// refused the script).
+    static func unreachable(_ reply: String) -> Bool {
+        [
+            "Unable to contact slurm controller", "Socket timed out", "Connection refused",
+            "Zero Bytes were transmitted", "Communication connection failure",
+        ].contains { reply.contains($0) }
+    }
 
     /// A Slurm command's exit status and output (standard output and error together).
     static func command(_ program: String, _ arguments: [String], timeout: Double = 60) -> (Int32, String) {
@@ -96,6 +134,10 @@ struct SlurmExecutor: JobExecutor {
         let (status, reply) = Self.command("sbatch", ["--parsable"] + config.slurmOptions + [scriptFile.path])
         guard status == 0, let slurmJob = reply.split(separator: ";").first.map(String.init), Int(slurmJob) != nil
         else {
+            if Self.unreachable(reply) {
+                throw ExecutorUnavailable(
+                    message: "Slurm does not answer (sbatch: \(reply.split(separator: "\n").last ?? ""))")
+            }
             throw TaskError.failed(code: .slurmRefused, message: "sbatch: \(reply)")
         }
         context.emit(ProgressEvent(kind: "log", message: "running as Slurm job \(slurmJob)"))

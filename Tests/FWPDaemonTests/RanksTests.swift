@@ -39,6 +39,16 @@ extension DaemonTests {
         ].flatMap { ["--set", $0] }
     }
 
+    /// `rankTestParameters` as a submit's parameter object.
+    static func rankTestObject(_ text: URL, steps: Int) throws -> [String: JSONValue] {
+        var parameters: [String: JSONValue] = [:]
+        for pair in rankTestParameters(text, steps: steps) where pair != "--set" {
+            let (k, v) = try parseOverride(pair)
+            parameters[k] = v
+        }
+        return parameters
+    }
+
     /// Runs fwp-task; returns its exit status, standard output and standard error.
     func fwpTask(_ arguments: [String], whileRunning: ((Process) -> Void)? = nil) throws -> (Int32, String, String) {
         let p = Process()
@@ -216,11 +226,7 @@ extension DaemonTests {
         let d = DaemonProcess(arguments: arguments)
         try d.start()
         let c = try d.client()
-        var parameters: [String: JSONValue] = [:]
-        for pair in Self.rankTestParameters(text, steps: 100_000) where pair != "--set" {
-            let (k, v) = try parseOverride(pair)
-            parameters[k] = v
-        }
+        var parameters = try Self.rankTestObject(text, steps: 100_000)
         parameters["ranks"] = 2
         parameters["eval_every"] = 20
         let marker = d.state.appendingPathComponent("ranks").path
@@ -264,11 +270,7 @@ extension DaemonTests {
         let d = DaemonProcess(arguments: arguments)
         try d.start()
         let c = try d.client()
-        var parameters: [String: JSONValue] = [:]
-        for pair in Self.rankTestParameters(text, steps: 2000) where pair != "--set" {
-            let (k, v) = try parseOverride(pair)
-            parameters[k] = v
-        }
+        var parameters = try Self.rankTestObject(text, steps: 2000)
         parameters["ranks"] = 2
         parameters["eval_every"] = 1000  // no checkpoint but the one the stop writes
         let marker = d.state.appendingPathComponent("ranks").path

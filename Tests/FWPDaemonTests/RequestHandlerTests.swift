@@ -10,6 +10,7 @@ import Testing
 /// Records what the handler asks of the scheduler.
 final class RecordingControl: JobControl {
     let executorName = "local"
+    let executorStatus: JSONValue? = nil
     let calls = Mutex<[String]>([])
     func publish(_ event: JobEvent) { calls.withLock { $0.append("publish \(event.job)") } }
     func wake() { calls.withLock { $0.append("wake") } }

@@ -16,6 +16,22 @@ final class SlurmCluster {
     /// closes the descriptors it inherits, which Foundation takes for an exit and then waits for
     /// in a blocking call that stalls every other Process of the test run.
     private var pids: [pid_t] = []
+    private var controller: pid_t = 0
+
+    /// Stops slurmctld alone (Slurm "down"), and starts it again.
+    func stopController() {
+        kill(controller, SIGTERM)
+        var status: Int32 = 0
+        waitpid(controller, &status, 0)
+        pids.removeAll { $0 == controller }
+    }
+
+    func startController() throws {
+        controller = try start("/usr/sbin/slurmctld", ["-D", "-f", configFile.path])
+        try waitFor("the node to be idle again") {
+            (try? self.run("/usr/bin/sinfo", ["-h", "-o", "%T"]).1)?.contains("idle") == true
+        }
+    }
 
     /// Whether this machine can run one: the daemons are installed and we are root (munged and
     /// slurmd as another user need a set-up the tests do not make).
@@ -85,7 +101,7 @@ final class SlurmCluster {
                 "--pid-file=\(p)/munge/munged.pid", "--log-file=\(p)/munge/munged.log", "--seed-file=\(p)/munge/seed",
             ])
         try waitFor("munged's socket") { fm.fileExists(atPath: socket) }
-        try start("/usr/sbin/slurmctld", ["-D", "-c", "-f", configFile.path])
+        controller = try start("/usr/sbin/slurmctld", ["-D", "-c", "-f", configFile.path])
         try start("/usr/sbin/slurmd", ["-D", "-f", configFile.path])
         try waitFor("the node to be idle") {
             (try? self.run("/usr/bin/sinfo", ["-h", "-o", "%T"]).1)?.contains("idle") == true
@@ -108,7 +124,8 @@ final class SlurmCluster {
         pids.removeAll()
     }
 
-    private func start(_ program: String, _ arguments: [String]) throws {
+    @discardableResult
+    private func start(_ program: String, _ arguments: [String]) throws -> pid_t {
         let log = folder.appendingPathComponent(URL(fileURLWithPath: program).lastPathComponent + ".out")
         let fd = open(log.path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         defer { close(fd) }
@@ -125,6 +142,7 @@ final class SlurmCluster {
                 userInfo: [NSLocalizedDescriptionKey: "cannot start \(program): \(String(cString: strerror(error)))"])
         }
         pids.append(pid)
+        return pid
     }
 
     private func waitFor(_ what: String, timeout: Double = 30, _ condition: () -> Bool) throws {

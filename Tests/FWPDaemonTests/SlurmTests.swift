@@ -7,6 +7,27 @@ import Testing
     import Glibc
 #endif
 
+/// A one-node Slurm cluster with an fwpd in front of it (executor = slurm), and a text to train
+/// on; both stop when it goes.
+final class SlurmSetup {
+    let cluster: SlurmCluster
+    let text: URL
+    let daemon: DaemonProcess
+    let client: TestClient
+
+    init(_ tests: DaemonTests) throws {
+        cluster = try SlurmCluster()
+        text = try DaemonTests.rankTestText()
+        daemon = try tests.slurmDaemon(cluster, dataRoot: text.deletingLastPathComponent())
+        client = try daemon.client()
+    }
+
+    deinit {
+        daemon.stop()
+        cluster.stop()
+    }
+}
+
 /// fwpd in front of a real one-node Slurm cluster (executor = slurm).
 extension DaemonTests {
     func slurmDaemon(_ cluster: SlurmCluster, dataRoot: URL) throws -> DaemonProcess {
@@ -30,18 +51,11 @@ extension DaemonTests {
     /// checkpoint under a new Slurm job, then succeeds.
     @Test(.enabled(if: SlurmCluster.available, "needs root and Debian's slurm-wlm and munge"))
     func slurmRunsAJobAndRequeuesItWhenKilledOutside() throws {
-        let cluster = try SlurmCluster()
-        defer { cluster.stop() }
-        let text = try Self.rankTestText()
-        let d = try slurmDaemon(cluster, dataRoot: text.deletingLastPathComponent())
-        defer { d.stop() }
-        let c = try d.client()
+        let slurm = try SlurmSetup(self)
+        defer { withExtendedLifetime(slurm) {} }  // its deinit stops fwpd and the cluster
+        let (cluster, text, d, c) = (slurm.cluster, slurm.text, slurm.daemon, slurm.client)
         #expect(try c.ok("health")["executor"] == "slurm")
-        var parameters: [String: JSONValue] = [:]
-        for pair in Self.rankTestParameters(text, steps: 3000) where pair != "--set" {
-            let (k, v) = try parseOverride(pair)
-            parameters[k] = v
-        }
+        var parameters = try Self.rankTestObject(text, steps: 3000)
         parameters["eval_every"] = 100
         let job = try c.submit(["task": "lm", "parameters": .object(parameters)])
         _ = try c.wait(job.id, timeout: 120) { _ in
@@ -69,17 +83,10 @@ extension DaemonTests {
     /// cancel → scancel: the job is cancelled and Slurm's queue is empty.
     @Test(.enabled(if: SlurmCluster.available, "needs root and Debian's slurm-wlm and munge"))
     func slurmCancelIsScancel() throws {
-        let cluster = try SlurmCluster()
-        defer { cluster.stop() }
-        let text = try Self.rankTestText()
-        let d = try slurmDaemon(cluster, dataRoot: text.deletingLastPathComponent())
-        defer { d.stop() }
-        let c = try d.client()
-        var parameters: [String: JSONValue] = [:]
-        for pair in Self.rankTestParameters(text, steps: 100_000) where pair != "--set" {
-            let (k, v) = try parseOverride(pair)
-            parameters[k] = v
-        }
+        let slurm = try SlurmSetup(self)
+        defer { withExtendedLifetime(slurm) {} }  // its deinit stops fwpd and the cluster
+        let (cluster, text, d, c) = (slurm.cluster, slurm.text, slurm.daemon, slurm.client)
+        let parameters = try Self.rankTestObject(text, steps: 100_000)
         let job = try c.submit(["task": "lm", "parameters": .object(parameters)])
         _ = try c.wait(job.id, timeout: 120) { _ in (try? c.events(job.id).contains { $0.kind == "progress" }) == true }
         #expect(try c.ok("cancel", ["job": .number(Double(job.id))])["id"] != nil)
@@ -92,5 +99,34 @@ extension DaemonTests {
             usleep(200_000)
         } while Date() < deadline
         #expect(queue.isEmpty, "Slurm's queue is empty: \(queue)")
+    }
+
+    /// Slurm's controller down: health says so, a submitted job waits in the queue with the
+    /// reason (no attempt spent, nothing lost), and runs once the controller is back.
+    @Test(.enabled(if: SlurmCluster.available, "needs root and Debian's slurm-wlm and munge"))
+    func slurmDownJobsWaitAndHealthSaysSo() throws {
+        let slurm = try SlurmSetup(self)
+        defer { withExtendedLifetime(slurm) {} }  // its deinit stops fwpd and the cluster
+        let (cluster, text, d, c) = (slurm.cluster, slurm.text, slurm.daemon, slurm.client)
+        func answers() -> Bool? { (try? c.ok("health"))?["slurm"]?["answers"]?.boolValue }
+        func waitFor(_ what: String, timeout: Double, _ condition: () -> Bool) {
+            let deadline = Date().addingTimeInterval(timeout)
+            while !condition() && Date() < deadline { usleep(200_000) }
+            #expect(condition(), "\(what): \(d.log().suffix(2000))")
+        }
+        waitFor("health: Slurm answers", timeout: 20) { answers() == true }
+        cluster.stopController()
+        waitFor("health: Slurm does not answer", timeout: 60) { answers() == false }
+        let parameters = try Self.rankTestObject(text, steps: 30)
+        let job = try c.submit(["task": "lm", "parameters": .object(parameters)])
+        waitFor("the job waits, saying why", timeout: 120) {
+            ((try? c.events(job.id)) ?? []).contains { ($0.message ?? "").contains("Slurm does not answer") }
+        }
+        let waiting = try c.job(job.id)
+        #expect(waiting.state == .queued || waiting.state == .running, "\(waiting.state)")
+        try cluster.startController()
+        let done = try c.wait(job.id, timeout: 180) { $0.state.isFinal }
+        #expect(done.state == .succeeded, "\(d.log().suffix(3000))")
+        #expect(done.attempt == 1, "waiting spent no attempt")
     }
 }
