@@ -1,4 +1,5 @@
 import FWPCore
+import FWPStore
 import FWPTasks
 import Foundation
 import Logging
@@ -109,9 +110,22 @@ struct SlurmExecutor: JobExecutor {
         try Data(token.utf8).write(to: tokenFile)
         chmod(tokenFile.path, 0o600)
         let cpus = config.slurmCPUsPerTask > 0 ? config.slurmCPUsPerTask : config.effectiveThreadsPerJob
+        // The Slurm job's name is this fwpd's (its state folder's) and the job's. A Slurm job of an
+        // earlier attempt still running under it (fwpd was killed, not stopped) is cancelled
+        // first, so that the job never runs twice.
+        let slurmName = "fwp-\(Digest.sha256Hex(Data(config.stateDirectory.utf8)).prefix(8))-\(job.id)"
+        let (_, stale) = Self.command("squeue", ["-h", "--name=\(slurmName)", "-o", "%i"])
+        if !stale.isEmpty {
+            logger.warning("job \(job.id): cancelling Slurm job(s) \(stale) left from an earlier attempt")
+            _ = Self.command("scancel", ["--name=\(slurmName)"])
+            let deadline = Date().addingTimeInterval(60)
+            while Date() < deadline && !Self.command("squeue", ["-h", "--name=\(slurmName)", "-o", "%i"]).1.isEmpty {
+                usleep(200_000)
+            }
+        }
         var script = "#!/bin/sh\n"
         for (option, value) in [
-            ("job-name", "fwp-\(job.id)"), ("output", folder.appendingPathComponent("slurm-%j.out").path),
+            ("job-name", slurmName), ("output", folder.appendingPathComponent("slurm-%j.out").path),
             ("ntasks", "\(ranks)"), ("cpus-per-task", "\(cpus)"), ("partition", config.slurmPartition),
             ("account", config.slurmAccount), ("time", config.slurmTimeLimit), ("mem", config.slurmMemory),
         ] where !value.isEmpty {

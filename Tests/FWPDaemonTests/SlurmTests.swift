@@ -129,4 +129,35 @@ extension DaemonTests {
         #expect(done.state == .succeeded, "\(d.log().suffix(3000))")
         #expect(done.attempt == 1, "waiting spent no attempt")
     }
+
+    /// kill -9 of fwpd while its job runs under Slurm: the restarted fwpd cancels the earlier
+    /// attempt's Slurm job before it submits again, so the job never runs twice, and it finishes.
+    @Test(.enabled(if: SlurmCluster.available, "needs root and Debian's slurm-wlm and munge"))
+    func slurmJobOfAKilledFwpdDoesNotRunTwice() throws {
+        let slurm = try SlurmSetup(self)
+        defer { withExtendedLifetime(slurm) {} }  // its deinit stops the cluster
+        let (cluster, text, d, c) = (slurm.cluster, slurm.text, slurm.daemon, slurm.client)
+        var parameters = try Self.rankTestObject(text, steps: 4000)
+        parameters["eval_every"] = 100
+        let job = try c.submit(["task": "lm", "parameters": .object(parameters)])
+        _ = try c.wait(job.id, timeout: 120) { _ in
+            (try? c.ok("checkpoints", ["job": .number(Double(job.id))])["checkpoints"].map { $0 != .array([]) }) == true
+        }
+        let first = slurmJobID(c, job.id)
+        d.stop(SIGKILL)
+        let outliving = try cluster.run("/usr/bin/squeue", ["-h", "-o", "%i"]).1
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(outliving == first, "the Slurm job outlives fwpd: \(outliving)")
+        let restarted = try DaemonProcess(state: d.state, arguments: d.extraArguments).start()
+        defer { restarted.stop() }
+        let c2 = try restarted.client()
+        let second = try c2.wait(job.id, timeout: 120) { _ in self.slurmJobID(c2, job.id).map { $0 != first } ?? false }
+        #expect(second.attempt == 2)
+        let queue = try cluster.run("/usr/bin/squeue", ["-h", "-o", "%i"]).1.split(separator: "\n")
+        #expect(
+            !queue.contains { $0.trimmingCharacters(in: .whitespaces) == first },
+            "the earlier Slurm job was cancelled: \(queue)")
+        let done = try c2.wait(job.id, timeout: 300) { $0.state.isFinal }
+        #expect(done.state == .succeeded, "\(restarted.log().suffix(3000))")
+    }
 }
