@@ -63,10 +63,15 @@ struct SlurmExecutor: JobExecutor {
     }
 
     /// A Slurm command's exit status and output (standard output and error together).
-    static func command(_ program: String, _ arguments: [String], timeout: Double = 60) -> (Int32, String) {
+    static func command(
+        _ program: String, _ arguments: [String], environment: [String: String] = [:], timeout: Double = 60
+    ) -> (Int32, String) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         p.arguments = [program] + arguments
+        if !environment.isEmpty {
+            p.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+        }
         let out = Pipe()
         p.standardOutput = out
         p.standardError = out
@@ -97,14 +102,8 @@ struct SlurmExecutor: JobExecutor {
         }
         let folder = URL(fileURLWithPath: config.sharedDirectory).appendingPathComponent("jobs")
             .appendingPathComponent("job-\(job.id)")
-        try? FileManager.default.removeItem(at: folder)
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        let parametersFile = try DistributedRun.prepare(folder, parameters: parameters, context: context)
         defer { try? FileManager.default.removeItem(at: folder) }
-        let parametersFile = folder.appendingPathComponent("parameters.json")
-        try Data(JSONValue.object(parameters.values).jsonText.utf8).write(to: parametersFile)
-        if let data = try context.latestCheckpoint() {
-            try writeFileDurably(data, to: folder.appendingPathComponent(DistributedRun.resumeFileName))
-        }
         let token = (0..<4).map { _ in String(format: "%016llx", UInt64.random(in: 0...UInt64.max)) }.joined()
         let tokenFile = folder.appendingPathComponent("token")
         try Data(token.utf8).write(to: tokenFile)

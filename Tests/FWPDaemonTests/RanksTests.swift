@@ -39,6 +39,13 @@ extension DaemonTests {
         ].flatMap { ["--set", $0] }
     }
 
+    /// A started fwpd whose data roots hold the rank tests' text, two threads per job.
+    func rankDaemon(_ text: URL, state: URL? = nil) throws -> DaemonProcess {
+        try DaemonProcess(
+            state: state, arguments: ["--data-roots", text.deletingLastPathComponent().path, "--threads-per-job", "2"]
+        ).start()
+    }
+
     /// `rankTestParameters` as a submit's parameter object.
     static func rankTestObject(_ text: URL, steps: Int) throws -> [String: JSONValue] {
         var parameters: [String: JSONValue] = [:]
@@ -211,9 +218,7 @@ extension DaemonTests {
         #expect(killed != 0, "found the ranks")
         #expect(status == 1, "fwp-task fails: \(err)")
         #expect(err.contains("rank_failed"), "the error says a rank failed: \(err)")
-        let deadline = Date().addingTimeInterval(10)
-        while !processes(containing: marker).isEmpty && Date() < deadline { usleep(50_000) }
-        #expect(processes(containing: marker).isEmpty, "no rank or mpirun left")
+        waitFor(processes(containing: marker).isEmpty, "no rank or mpirun left", timeout: 10)
     }
 
     /// fwpd runs a job with ranks = 2 under mpirun, streams its progress as for any job, and a
@@ -221,10 +226,7 @@ extension DaemonTests {
     /// resumes the job from its checkpoint.
     @Test func fwpdRunsCancelsAndResumesAJobOfTwoRanks() throws {
         let text = try Self.rankTestText()
-        let root = text.deletingLastPathComponent()
-        let arguments = ["--data-roots", root.path, "--threads-per-job", "2"]
-        let d = DaemonProcess(arguments: arguments)
-        try d.start()
+        let d = try rankDaemon(text)
         let c = try d.client()
         var parameters = try Self.rankTestObject(text, steps: 100_000)
         parameters["ranks"] = 2
@@ -241,11 +243,8 @@ extension DaemonTests {
         #expect(processes(containing: marker).count == 3, "mpirun and two ranks")
         // kill -9 of fwpd: mpirun and the ranks die with it; the restarted fwpd resumes the job.
         d.stop(SIGKILL)
-        var deadline = Date().addingTimeInterval(10)
-        while !processes(containing: marker).isEmpty && Date() < deadline { usleep(50_000) }
-        #expect(processes(containing: marker).isEmpty, "the ranks died with fwpd")
-        let restarted = DaemonProcess(state: d.state, arguments: arguments)
-        try restarted.start()
+        waitFor(processes(containing: marker).isEmpty, "the ranks died with fwpd", timeout: 10)
+        let restarted = try rankDaemon(text, state: d.state)
         defer { restarted.stop() }
         let c2 = try restarted.client()
         let resumed = try c2.wait(job.id, timeout: 120) { j in
@@ -255,9 +254,7 @@ extension DaemonTests {
         waitFor(processes(containing: marker).count == 3, "mpirun and two ranks again")
         #expect(try c2.ok("cancel", ["job": .number(Double(job.id))])["id"] != nil)
         #expect(try c2.wait(job.id) { $0.state.isFinal }.state == .cancelled)
-        deadline = Date().addingTimeInterval(15)
-        while !processes(containing: marker).isEmpty && Date() < deadline { usleep(50_000) }
-        #expect(processes(containing: marker).isEmpty, "cancel stopped every rank")
+        waitFor(processes(containing: marker).isEmpty, "cancel stopped every rank", timeout: 15)
     }
 
     /// SIGTERM of fwpd during a job of 2 ranks: the ranks agree to stop after a step, rank 0
@@ -265,10 +262,7 @@ extension DaemonTests {
     /// fwpd resumes from that checkpoint (not from the last evaluation) and finishes the job.
     @Test func fwpdShutdownPausesRanksAtACheckpoint() throws {
         let text = try Self.rankTestText()
-        let root = text.deletingLastPathComponent()
-        let arguments = ["--data-roots", root.path, "--threads-per-job", "2"]
-        let d = DaemonProcess(arguments: arguments)
-        try d.start()
+        let d = try rankDaemon(text)
         let c = try d.client()
         var parameters = try Self.rankTestObject(text, steps: 2000)
         parameters["ranks"] = 2
@@ -280,8 +274,7 @@ extension DaemonTests {
         }
         #expect(d.stop(SIGTERM) == 0, "graceful stop exits 0: \(d.log())")
         waitFor(processes(containing: marker).isEmpty, "every rank exited with fwpd")
-        let restarted = DaemonProcess(state: d.state, arguments: arguments)
-        try restarted.start()
+        let restarted = try rankDaemon(text, state: d.state)
         defer { restarted.stop() }
         let c2 = try restarted.client()
         let done = try c2.wait(job.id, timeout: 180) { $0.state.isFinal }

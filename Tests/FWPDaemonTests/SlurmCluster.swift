@@ -1,4 +1,5 @@
 import CSpawn
+@testable import FWPDaemon
 import Foundation
 
 #if canImport(Glibc)
@@ -163,28 +164,9 @@ final class SlurmCluster {
     }
 
     /// Runs a Slurm command (or any program) with the cluster's environment; returns its exit
-    /// status and its standard output and error together.
+    /// status and its standard output and error together, trimmed (fwpd's own runner).
     @discardableResult
     func run(_ program: String, _ arguments: [String], timeout: Double = 120) throws -> (Int32, String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: program)
-        p.arguments = arguments
-        p.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = out
-        try p.run()
-        let data = LockedData()
-        let done = DispatchSemaphore(value: 0)
-        Thread.detachNewThread {
-            data.set(out.fileHandleForReading.readDataToEndOfFile())
-            done.signal()
-        }
-        if done.wait(timeout: .now() + timeout) == .timedOut {
-            p.terminate()
-            done.wait()
-        }
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: data.get(), as: UTF8.self))
+        SlurmExecutor.command(program, arguments, environment: environment, timeout: timeout)
     }
 }

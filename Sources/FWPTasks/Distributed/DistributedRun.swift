@@ -57,14 +57,8 @@ public struct DistributedRun: Sendable {
                 code: .rankFailed,
                 message: "\(launch.mpirun) is not installed (Open MPI: apt-get install openmpi-bin libopenmpi-dev)")
         }
-        try? FileManager.default.removeItem(at: folder)
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        let parametersFile = try Self.prepare(folder, parameters: parameters, context: context)
         defer { try? FileManager.default.removeItem(at: folder) }
-        let parametersFile = folder.appendingPathComponent("parameters.json")
-        try Data(JSONValue.object(parameters.values).jsonText.utf8).write(to: parametersFile)
-        if let data = try context.latestCheckpoint() {
-            try writeFileDurably(data, to: folder.appendingPathComponent(Self.resumeFileName))
-        }
         var launchArguments = launch
         launchArguments.mpirun = mpirun
         let argv = launchArguments.arguments(
@@ -133,6 +127,19 @@ public struct DistributedRun: Sendable {
     }
 
     public static let resumeFileName = "resume.safetensors"
+
+    /// Makes `folder` afresh with what the ranks read: the validated parameters
+    /// (`parameters.json`, returned) and the checkpoint to resume from, if the job has one.
+    public static func prepare(_ folder: URL, parameters: TaskParameters, context: TaskContext) throws -> URL {
+        try? FileManager.default.removeItem(at: folder)
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        let parametersFile = folder.appendingPathComponent("parameters.json")
+        try Data(JSONValue.object(parameters.values).jsonText.utf8).write(to: parametersFile)
+        if let data = try context.latestCheckpoint() {
+            try writeFileDurably(data, to: folder.appendingPathComponent(resumeFileName))
+        }
+        return parametersFile
+    }
 
     /// What the ranks reported of their end.
     public struct Outcome: Sendable {
