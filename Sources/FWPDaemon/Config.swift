@@ -1,4 +1,5 @@
 import Foundation
+import ZeroMQ
 
 #if canImport(Glibc)
     import Glibc
@@ -61,6 +62,9 @@ public struct DaemonConfig: Equatable, Sendable {
     /// connect to ("" : the same endpoint).
     public var ingestEndpoint = "tcp://127.0.0.1:5557"
     public var ingestAddress = ""
+    /// Slurm: whether the ingest endpoint speaks CURVE, each job's workers with a key pair of
+    /// their own: `auto` (when ingest_endpoint is not loopback), `on` or `off`.
+    public var ingestCurve = "auto"
     /// Folders job path parameters may point into, besides `<state_dir>/data`.
     public var dataRoots: [String] = []
     /// Permit binding a non-loopback TCP address without CURVE.
@@ -211,6 +215,15 @@ public struct DaemonConfig: Equatable, Sendable {
             ("ingest_endpoint", "FWPD_INGEST_ENDPOINT", "--ingest-endpoint", { $0.ingestEndpoint = $1 }),
             ("ingest_address", "FWPD_INGEST_ADDRESS", "--ingest-address", { $0.ingestAddress = $1 }),
             (
+                "ingest_curve", "FWPD_INGEST_CURVE", "--ingest-curve",
+                {
+                    guard ["auto", "on", "off"].contains($1) else {
+                        throw ConfigError("ingest_curve must be auto, on or off, got '\($1)'")
+                    }
+                    $0.ingestCurve = $1
+                }
+            ),
+            (
                 "log_level", "FWPD_LOG_LEVEL", "--log-level",
                 {
                     guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains($1) else {
@@ -315,11 +328,14 @@ public struct DaemonConfig: Equatable, Sendable {
             if sharedDirectory.isEmpty {
                 throw ConfigError("executor = slurm needs shared_directory, a folder fwpd and every node see")
             }
-            // The workers' events carry a per-job token but travel unencrypted.
-            if !allowInsecureRemote && !Self.isLocal(ingestEndpoint) {
+            // Without CURVE the workers' events carry a per-job token but travel unencrypted.
+            if !ingestUsesCurve && !allowInsecureRemote && !Self.isLocal(ingestEndpoint) {
                 throw ConfigError(
-                    "refusing to bind ingest_endpoint \(ingestEndpoint) off loopback: the workers' events are not encrypted; set allow_insecure_remote = true on a trusted cluster network"
+                    "refusing to bind ingest_endpoint \(ingestEndpoint) off loopback with ingest_curve = off: the workers' events would travel unencrypted; set ingest_curve = auto, or allow_insecure_remote = true on a trusted cluster network"
                 )
+            }
+            if ingestUsesCurve && !ZMQContext.hasCurve {
+                throw ConfigError("ingest_curve needs a libzmq built with CURVE (libsodium); this one has none")
             }
         }
     }
@@ -358,6 +374,11 @@ public struct DaemonConfig: Equatable, Sendable {
 
     /// Whether exec jobs may run `program`: it is one of `exec_programs` (none when the list is empty).
     public func allowsExec(program: String) -> Bool { execPrograms.contains(program) }
+
+    /// Whether the ingest endpoint speaks CURVE.
+    public var ingestUsesCurve: Bool {
+        ingestCurve == "on" || (ingestCurve == "auto" && !Self.isLocal(ingestEndpoint))
+    }
 
     /// Threads each job gets.
     public var effectiveThreadsPerJob: Int {

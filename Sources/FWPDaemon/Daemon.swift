@@ -54,7 +54,11 @@ public final class Daemon: Service, @unchecked Sendable {
         let metrics = DaemonMetrics()
         ingest =
             config.executor == "slurm"
-            ? try IngestServer(context: zmq, endpoint: config.ingestEndpoint, logger: logger) : nil
+            ? try IngestServer(
+                endpoint: config.ingestEndpoint,
+                curveSecretKey: config.ingestUsesCurve
+                    ? try IngestServer.secretKey(in: state.appendingPathComponent("ingest-curve.key")) : nil,
+                logger: logger) : nil
         scheduler = Scheduler(
             config: config, store: store, registry: registry, publisher: publisher, logger: logger, metrics: metrics,
             ingest: ingest)

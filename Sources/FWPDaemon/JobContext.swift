@@ -9,6 +9,11 @@ import Synchronization
     import Glibc
 #endif
 
+/// The ingest line being handled on this thread (see `JobContext.handleIngested`).
+enum Ingesting {
+    @TaskLocal static var seq: Int64?
+}
+
 /// The context a job's task runs in inside fwpd: events stored then published, checkpoints
 /// written durably with a sha256 row, cancellation from clients or shutdown.
 final class JobContext: TaskContext, Sendable {
@@ -25,6 +30,8 @@ final class JobContext: TaskContext, Sendable {
     private let eventQueue = DispatchQueue(label: "fwpd.job-events")
     /// Whether a client asked to cancel, and whether the daemon is stopping.
     private let flags: Mutex<(cancelRequested: Bool, shuttingDown: Bool)>
+    /// The ingest sequence number stored with this job's latest event from an ingest line.
+    private let lastIngestSeqStored = Mutex<Int64>(0)
 
     init(
         job: JobInfo, store: JobStore, publisher: EventPublisher, stateDirectory: URL, retention: CheckpointRetention,
@@ -62,13 +69,33 @@ final class JobContext: TaskContext, Sendable {
 
     func emit(_ e: ProgressEvent) {
         let event = JobEvent(job: job.id, seq: 0, time: Date().timeIntervalSince1970, e)
-        eventQueue.async { [store, publisher, metrics, logger, job] in
+        let ingestSeq = Ingesting.seq
+        let store: @Sendable () -> Void = { [store, publisher, metrics, logger, job] in
             do {
-                publisher.publish(try store.appendEvent(event))
+                publisher.publish(try store.appendEvent(event, ingestSeq: ingestSeq))
                 if let r = e.tokensPerSecond, e.kind == "progress" { metrics.tokensPerSecond(job: job.id, r) }
             } catch {
                 logger.error("cannot store event: \(error)")
             }
+        }
+        // An event from an ingest line is stored before the line is acknowledged, together with
+        // the line's sequence number; the others are stored off the caller's thread.
+        if ingestSeq != nil {
+            eventQueue.sync(execute: store)
+            lastIngestSeqStored.withLock { $0 = ingestSeq! }
+        } else {
+            eventQueue.async(execute: store)
+        }
+    }
+
+    /// Handles ingest line `seq` (`handle` relays it into this context): its events are stored
+    /// with the sequence number, and a line that stored no event records the number on its own,
+    /// so that after a restart the worker's resends of handled lines are recognised.
+    func handleIngested(seq: Int64, _ handle: () -> Void) {
+        Ingesting.$seq.withValue(seq, operation: handle)
+        if lastIngestSeqStored.withLock({ $0 }) != seq {
+            flushEvents()
+            do { try store.setIngestSeq(job.id, seq) } catch { logger.error("cannot record ingest line \(seq): \(error)") }
         }
     }
 

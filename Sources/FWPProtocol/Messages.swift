@@ -55,9 +55,12 @@ public struct JobInfo: Codable, Equatable, Sendable {
     public var lastSeq: Int64
     /// The principal who submitted it (nil for jobs stored before owners were recorded).
     public var owner: String?
+    /// The Slurm job of its latest run under the Slurm executor (nil otherwise).
+    public var slurmJob: String?
 
     enum CodingKeys: String, CodingKey {
         case id, task, preset, parameters, priority, state, attempt, result, error, owner
+        case slurmJob = "slurm_job"
         case maxAttempts = "max_attempts"
         case idempotencyKey = "idempotency_key"
         case createdAt = "created_at"
@@ -71,7 +74,8 @@ public struct JobInfo: Codable, Equatable, Sendable {
         id: Int64, task: String, preset: String?, parameters: [String: JSONValue], priority: Int, state: JobState,
         attempt: Int,
         maxAttempts: Int, idempotencyKey: String?, createdAt: Double, startedAt: Double?, finishedAt: Double?,
-        result: JSONValue?, error: WireError?, cancelRequested: Bool, lastSeq: Int64, owner: String? = nil
+        result: JSONValue?, error: WireError?, cancelRequested: Bool, lastSeq: Int64, owner: String? = nil,
+        slurmJob: String? = nil
     ) {
         self.id = id
         self.task = task
@@ -90,6 +94,7 @@ public struct JobInfo: Codable, Equatable, Sendable {
         self.cancelRequested = cancelRequested
         self.lastSeq = lastSeq
         self.owner = owner
+        self.slurmJob = slurmJob
     }
 }
 

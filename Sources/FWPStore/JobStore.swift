@@ -91,6 +91,13 @@ public final class JobStore: Sendable {
         m.registerMigration("v3: exec process groups") { db in
             try db.execute(sql: "ALTER TABLE jobs ADD COLUMN child_group TEXT")
         }
+        m.registerMigration("v4: Slurm jobs") { db in
+            // The Slurm job of the latest run, and the last ingest sequence number whose line is
+            // handled (written in the transaction that stores that line's event), so that a
+            // restarted fwpd re-attaches to a running Slurm job and drops the lines already stored.
+            try db.execute(sql: "ALTER TABLE jobs ADD COLUMN slurm_job TEXT")
+            try db.execute(sql: "ALTER TABLE jobs ADD COLUMN ingest_seq INTEGER NOT NULL DEFAULT 0")
+        }
         return m
     }
 
@@ -253,7 +260,21 @@ public final class JobStore: Sendable {
             var events: [JobEvent] = []
             for row in try Row.fetchAll(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE state = 'running'")) {
                 let job = try Self.job(row)
-                if job.attempt >= job.maxAttempts {
+                if let slurmJob = job.slurmJob {
+                    // Its Slurm job may still be running: the next claim re-attaches to it, under the
+                    // same attempt number (the claim adds the one taken off here).
+                    try db.cachedStatement(
+                        sql: "UPDATE jobs SET state = 'queued', lease_until = NULL, attempt = MAX(attempt - 1, 0) WHERE id = ?"
+                    ).execute(arguments: [job.id])
+                    events.append(
+                        try Self.appendEvent(
+                            db, job: job.id,
+                            JobEvent(
+                                job: job.id, seq: 0, time: Self.now(), kind: "state", state: .queued,
+                                message:
+                                    "requeued after the daemon stopped unexpectedly; it re-attaches to Slurm job \(slurmJob) if that still runs"
+                            )))
+                } else if job.attempt >= job.maxAttempts {
                     let err = WireError(
                         .attemptsExhausted, "the daemon stopped during attempt \(job.attempt) of \(job.maxAttempts)")
                     try db.execute(
@@ -328,6 +349,29 @@ public final class JobStore: Sendable {
         }
     }
 
+    /// Records the Slurm job a run was submitted as (nil: none yet, before a new submission).
+    public func setSlurmJob(_ id: Int64, _ slurmJob: String?) throws {
+        defer { invalidate(id) }
+        try pool.write { db in
+            try db.cachedStatement(sql: "UPDATE jobs SET slurm_job = ? WHERE id = ?").execute(arguments: [slurmJob, id])
+        }
+    }
+
+    /// Records that the ingest lines of a job's run up to `seq` are handled (0 before a new run).
+    public func setIngestSeq(_ id: Int64, _ seq: Int64) throws {
+        try pool.write { db in
+            try db.cachedStatement(sql: "UPDATE jobs SET ingest_seq = ? WHERE id = ?").execute(arguments: [seq, id])
+        }
+    }
+
+    /// The last ingest sequence number handled for a job's run.
+    public func ingestSeq(_ id: Int64) throws -> Int64 {
+        try pool.unsafeRead { db in
+            try Int64.fetchOne(
+                try db.cachedStatement(sql: "SELECT ingest_seq FROM jobs WHERE id = ?"), arguments: [id]) ?? 0
+        }
+    }
+
     /// The process group recorded for a job, if any.
     public func childGroup(_ id: Int64) throws -> String? {
         try pool.read { db in
@@ -338,10 +382,17 @@ public final class JobStore: Sendable {
 
     // MARK: Events
 
-    /// Stores an event under the job's next sequence number and returns it with that number.
-    public func appendEvent(_ event: JobEvent) throws -> JobEvent {
+    /// Stores an event under the job's next sequence number and returns it with that number. With
+    /// `ingestSeq`, the same transaction records that the ingest line carrying it is handled.
+    public func appendEvent(_ event: JobEvent, ingestSeq: Int64? = nil) throws -> JobEvent {
         defer { invalidate(event.job) }
-        return try pool.write { db in try Self.appendEvent(db, job: event.job, event) }
+        return try pool.write { db in
+            if let ingestSeq {
+                try db.cachedStatement(sql: "UPDATE jobs SET ingest_seq = ? WHERE id = ?").execute(
+                    arguments: [ingestSeq, event.job])
+            }
+            return try Self.appendEvent(db, job: event.job, event)
+        }
     }
 
     static func appendEvent(_ db: Database, job: Int64, _ event: JobEvent) throws -> JobEvent {
@@ -377,6 +428,8 @@ public final class JobStore: Sendable {
         -> CheckpointInfo
     {
         try pool.write { db in
+            // A file written again at the same path replaces its row (a checkpoint saved twice).
+            try db.execute(sql: "DELETE FROM checkpoints WHERE job_id = ? AND path = ?", arguments: [job, path])
             try db.execute(
                 sql:
                     "INSERT INTO checkpoints (job_id, step, path, size, sha256, best, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -423,6 +476,6 @@ public final class JobStore: Sendable {
             idempotencyKey: r[8], createdAt: r[9], startedAt: r[10], finishedAt: r[11],
             result: resultText.flatMap { try? JSONValue.parse($0) },
             error: code.map { WireError(ErrorCode($0), r[16] ?? "") },
-            cancelRequested: r[13], lastSeq: r[17], owner: r["owner"])
+            cancelRequested: r[13], lastSeq: r[17], owner: r[18], slurmJob: r[20])
     }
 }

@@ -16,9 +16,12 @@ final class IngestClient: Sendable {
     private let token: String
     private let context: ZMQContext
 
-    init(endpoint: String, token: String) throws {
+    /// Connects to `endpoint`; with `curve`, as a CURVE client of a server with that public key,
+    /// with the job's own key pair.
+    init(endpoint: String, token: String, curve: (serverKey: String, keys: CurveKeyPair)? = nil) throws {
         context = try ZMQContext()
         let socket = try context.socket(.dealer)
+        if let curve { try socket.makeCurveClient(serverKey: curve.serverKey, keys: curve.keys) }
         try socket.connect(endpoint)
         self.token = token
         state = Mutex(State(socket: socket))
@@ -34,15 +37,17 @@ final class IngestClient: Sendable {
         }
     }
 
-    /// Waits until fwpd has acknowledged every line, or `timeout` seconds.
-    func flush(timeout: Double) {
+    /// Waits until fwpd has acknowledged every line, or `timeout` seconds; returns the lines it
+    /// has not acknowledged then, with their sequence numbers.
+    @discardableResult
+    func flush(timeout: Double) -> [(seq: Int64, line: String)] {
         let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            let empty = state.withLock { s in
+        while true {
+            let left = state.withLock { s in
                 pump(&s, wait: 100)
-                return s.outbox.isEmpty
+                return s.outbox.map { ($0.seq, $0.line) }
             }
-            if empty { return }
+            if left.isEmpty || Date() >= deadline { return left }
         }
     }
 

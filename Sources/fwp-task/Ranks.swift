@@ -4,6 +4,7 @@ import FWPMPI
 import FWPTasks
 import Foundation
 import Synchronization
+import ZeroMQ
 
 #if canImport(Glibc)
     import Glibc
@@ -43,8 +44,16 @@ final class RelayContext: TaskContext, Sendable {
     func cancel() { stop.withLock { $0 = max($0, 1) } }
     func pause() { stop.withLock { $0 = 2 } }
 
-    /// One relay line: `{"key": body}` (rank 0 only).
-    func relay(_ key: String, _ body: JSONValue) { line(JSONValue.object([key: body]).jsonText) }
+    /// One relay line: `{"key": body}` (rank 0 only). Sent to fwpd's ingest endpoint, rank 0's
+    /// last line (its result, or why it stopped) is also left in the folder as `final`, where fwpd
+    /// finds it if it was away when the rank ended.
+    func relay(_ key: String, _ body: JSONValue) {
+        let text = JSONValue.object([key: body]).jsonText
+        if ingest != nil, rank == 0, ["result", "stopped", "error"].contains(key) {
+            try? writeFileDurably(Data(text.utf8), to: folder.appendingPathComponent("final"))
+        }
+        line(text)
+    }
 
     func emit(_ event: ProgressEvent) {
         guard rank == 0 else { return }
@@ -79,7 +88,8 @@ final class RelayContext: TaskContext, Sendable {
 /// `fwp-task rank MODULE --parameters FILE --relay DIR --threads N`: one rank of a job, as started
 /// by mpirun for `DistributedRun`. Never returns.
 func runRank(
-    module name: String, parametersFile: String?, relay: String?, threads: Int, ingest: String?, tokenFile: String?
+    module name: String, parametersFile: String?, relay: String?, threads: Int, ingest: String?, tokenFile: String?,
+    keysFile: String?
 ) -> Never {
     // Die with mpirun, whichever way it ends, so that no rank outlives its launch.
     if fwp_die_with_parent() != 0 { exit(1) }
@@ -107,8 +117,22 @@ func runRank(
             report(.invalidRequest, "--ingest needs --ingest-token-file with the job's token", rank: 0)
             communicator.abort(code: 1)
         }
+        // With CURVE: fwpd's public key, then this job's secret key, one a line.
+        var curve: (String, CurveKeyPair)? = nil
+        if let keysFile {
+            let lines = ((try? String(contentsOfFile: keysFile, encoding: .utf8)) ?? "").split(separator: "\n").map(
+                String.init)
+            guard lines.count == 2, CurveKeyPair.isValidKey(lines[0]), CurveKeyPair.isValidKey(lines[1]),
+                let publicKey = try? CurveKeyPair.publicKey(forSecret: lines[1])
+            else {
+                report(.invalidRequest, "--ingest-keys-file does not hold fwpd's public key and a secret key", rank: 0)
+                communicator.abort(code: 1)
+            }
+            curve = (lines[0], CurveKeyPair(publicKey: publicKey, secretKey: lines[1]))
+        }
         do {
-            client = try IngestClient(endpoint: ingest, token: token.trimmingCharacters(in: .whitespacesAndNewlines))
+            client = try IngestClient(
+                endpoint: ingest, token: token.trimmingCharacters(in: .whitespacesAndNewlines), curve: curve)
         } catch {
             report(.rankFailed, "cannot reach fwpd at \(ingest): \(error)", rank: 0)
             communicator.abort(code: 1)
@@ -117,7 +141,12 @@ func runRank(
     let context = RelayContext(
         communicator: communicator, folder: URL(fileURLWithPath: relay), threads: threads, ingest: client)
     func finish(_ code: Int32) -> Never {
-        client?.flush(timeout: 60)  // fwpd has every line before the rank goes
+        // fwpd has every line before the rank goes; what it does not acknowledge within a minute
+        // (it is away) stays in the folder for it.
+        if let left = client?.flush(timeout: 60), !left.isEmpty {
+            let text = left.map { "\($0.seq)\t\($0.line)\n" }.joined()
+            try? writeFileDurably(Data(text.utf8), to: URL(fileURLWithPath: relay).appendingPathComponent("unsent.jsonl"))
+        }
         if code == 0 {
             MPI.finalize()
             exit(0)

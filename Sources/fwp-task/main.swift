@@ -53,6 +53,7 @@ var stateDir: String? = nil
 var threads = max(1, ProcessInfo.processInfo.activeProcessorCount)
 var threadsGiven = false
 var parametersFile: String? = nil, relayDir: String? = nil, ingest: String? = nil, ingestTokenFile: String? = nil
+var ingestKeysFile: String? = nil
 var fresh = false, json = false
 var tasksDir = ProcessInfo.processInfo.environment["FWP_TASKS_DIR"] ?? "tasks"
 var positional: [String] = []
@@ -80,6 +81,7 @@ while !args.isEmpty {
     case "--relay": relayDir = value()
     case "--ingest": ingest = value()
     case "--ingest-token-file": ingestTokenFile = value()
+    case "--ingest-keys-file": ingestKeysFile = value()
     case "--fresh": fresh = true
     case "--json": json = true
     case "--tasks": tasksDir = value()
@@ -112,7 +114,7 @@ case "rank":
     guard positional.count == 1 else { fail(usage) }
     runRank(
         module: positional[0], parametersFile: parametersFile, relay: relayDir, threads: threads, ingest: ingest,
-        tokenFile: ingestTokenFile)
+        tokenFile: ingestTokenFile, keysFile: ingestKeysFile)
 case "list":
     say("modules:")
     for n in registry.names { say("  \(n)") }

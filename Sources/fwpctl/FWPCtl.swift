@@ -47,7 +47,7 @@ func printJSON(_ v: JSONValue) {
 func describe(_ j: JobInfo) -> String {
     var s =
         "job \(j.id)  \(j.state.rawValue)  \(j.preset ?? j.task)  priority \(j.priority)  attempt \(j.attempt)/\(j.maxAttempts)"
-        + (j.owner.map { "  owner \($0)" } ?? "")
+        + (j.owner.map { "  owner \($0)" } ?? "") + (j.slurmJob.map { "  slurm job \($0)" } ?? "")
     if let e = j.error { s += "\n  error \(e.code): \(e.message)" }
     if let r = j.result { s += "\n  result \(r.jsonText)" }
     return s
@@ -147,6 +147,7 @@ struct List: ParsableCommand {
             for j in jobs {
                 print(
                     "\(String(j.id).padding(toLength: 6, withPad: " ", startingAt: 0)) \(j.state.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0)) \((j.preset ?? j.task).padding(toLength: 22, withPad: " ", startingAt: 0)) prio \(j.priority)"
+                        + (j.slurmJob.map { "  slurm \($0)" } ?? "")
                 )
             }
             if let next = reply["next"]?.doubleValue { print("more: fwpctl list --after \(Int(next))") }
@@ -275,6 +276,12 @@ struct Health: ParsableCommand {
             print(
                 "fwpd \(r["version"]?.stringValue ?? "?") ok: \(Int(r["running"]?.doubleValue ?? 0)) running, \(Int(r["queued"]?.doubleValue ?? 0)) queued, \(Int(r["workers"]?.doubleValue ?? 0)) workers (\(r["executor"]?.stringValue ?? "local") executor), up \(Int(r["uptime_seconds"]?.doubleValue ?? 0)) s"
             )
+            if let slurm = r["slurm"] {
+                print(
+                    slurm["answers"]?.boolValue == true
+                        ? "slurm: answers"
+                        : "slurm: does not answer: \(slurm["message"]?.stringValue ?? "no reason given")")
+            }
         }
     }
 }

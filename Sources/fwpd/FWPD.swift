@@ -42,6 +42,7 @@ struct FWPD: AsyncParsableCommand {
     @Option(help: "Slurm: a folder fwpd and every node see.") var sharedDirectory: String?
     @Option(help: "Slurm: the endpoint fwpd binds for the workers' events.") var ingestEndpoint: String?
     @Option(help: "Slurm: the address the workers connect to (default: the endpoint).") var ingestAddress: String?
+    @Option(help: "Slurm: CURVE on the ingest endpoint: auto (off loopback), on or off.") var ingestCurve: String?
     @Option(help: "Slurm: sbatch --partition.") var slurmPartition: String?
     @Option(help: "Slurm: more sbatch options, space-separated.") var slurmOptions: String?
     @Flag(help: "Allow a non-loopback TCP endpoint without CURVE.") var allowInsecureRemote = false
@@ -71,7 +72,7 @@ struct FWPD: AsyncParsableCommand {
                 (logLevel, "--log-level"), (requestNice.map(String.init), "--request-nice"),
                 (mpirun, "--mpirun"), (mpirunArguments, "--mpirun-arguments"), (taskProgram, "--task-program"),
                 (executor, "--executor"), (sharedDirectory, "--shared-directory"),
-                (ingestEndpoint, "--ingest-endpoint"), (ingestAddress, "--ingest-address"),
+                (ingestEndpoint, "--ingest-endpoint"), (ingestAddress, "--ingest-address"), (ingestCurve, "--ingest-curve"),
                 (slurmPartition, "--slurm-partition"), (slurmOptions, "--slurm-options"),
             ]
             try settings.apply(flags: flags.compactMap { v, f in v.map { (f, $0) } })

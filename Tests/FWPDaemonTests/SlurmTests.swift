@@ -30,14 +30,14 @@ final class SlurmSetup {
 
 /// fwpd in front of a real one-node Slurm cluster (executor = slurm).
 extension DaemonTests {
-    func slurmDaemon(_ cluster: SlurmCluster, dataRoot: URL) throws -> DaemonProcess {
+    func slurmDaemon(_ cluster: SlurmCluster, dataRoot: URL, extra: [String] = []) throws -> DaemonProcess {
         setenv("SLURM_CONF", cluster.configFile.path, 1)
         let shared = cluster.folder.appendingPathComponent("shared")
         try FileManager.default.createDirectory(at: shared, withIntermediateDirectories: true)
         return try DaemonProcess(arguments: [
             "--executor", "slurm", "--shared-directory", shared.path, "--ingest-endpoint",
             "tcp://127.0.0.1:\(freePort())", "--data-roots", dataRoot.path, "--threads-per-job", "1",
-        ]).start()
+        ] + extra).start()
     }
 
     func slurmJobID(_ c: TestClient, _ job: Int64) -> String? {
@@ -130,34 +130,54 @@ extension DaemonTests {
         #expect(done.attempt == 1, "waiting spent no attempt")
     }
 
-    /// kill -9 of fwpd while its job runs under Slurm: the restarted fwpd cancels the earlier
-    /// attempt's Slurm job before it submits again, so the job never runs twice, and it finishes.
+    /// kill -9 of fwpd while its job runs under Slurm (with CURVE on the ingest endpoint): the
+    /// Slurm job keeps running; the restarted fwpd re-attaches to it (same Slurm job, same
+    /// attempt, no resume) and the job completes with every evaluation's event stored once.
     @Test(.enabled(if: SlurmCluster.available, "needs root and Debian's slurm-wlm and munge"))
-    func slurmJobOfAKilledFwpdDoesNotRunTwice() throws {
-        let slurm = try SlurmSetup(self)
-        defer { withExtendedLifetime(slurm) {} }  // its deinit stops the cluster
-        let (cluster, text, d, c) = (slurm.cluster, slurm.text, slurm.daemon, slurm.client)
-        var parameters = try Self.rankTestObject(text, steps: 4000)
+    func slurmRestartedFwpdReattaches() throws {
+        let cluster = try SlurmCluster()
+        defer { cluster.stop() }
+        let text = try DaemonTests.rankTestText()
+        let d = try slurmDaemon(cluster, dataRoot: text.deletingLastPathComponent(), extra: ["--ingest-curve", "on"])
+        let c = try d.client()
+        var parameters = try Self.rankTestObject(text, steps: 3000)
         parameters["eval_every"] = 100
         let job = try c.submit(["task": "lm", "parameters": .object(parameters)])
         _ = try c.wait(job.id, timeout: 120) { _ in
             (try? c.ok("checkpoints", ["job": .number(Double(job.id))])["checkpoints"].map { $0 != .array([]) }) == true
         }
-        let first = slurmJobID(c, job.id)
+        let first = try #require(slurmJobID(c, job.id), "no Slurm job id in the events: \(d.log())")
+        #expect(try c.job(job.id).slurmJob == first, "status shows the Slurm job")
         d.stop(SIGKILL)
         let outliving = try cluster.run("/usr/bin/squeue", ["-h", "-o", "%i"]).1
             .trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(outliving == first, "the Slurm job outlives fwpd: \(outliving)")
+        sleep(3)  // the worker trains on and keeps its events until fwpd is back
         let restarted = try DaemonProcess(state: d.state, arguments: d.extraArguments).start()
         defer { restarted.stop() }
         let c2 = try restarted.client()
-        let second = try c2.wait(job.id, timeout: 120) { _ in self.slurmJobID(c2, job.id).map { $0 != first } ?? false }
-        #expect(second.attempt == 2)
-        let queue = try cluster.run("/usr/bin/squeue", ["-h", "-o", "%i"]).1.split(separator: "\n")
-        #expect(
-            !queue.contains { $0.trimmingCharacters(in: .whitespaces) == first },
-            "the earlier Slurm job was cancelled: \(queue)")
         let done = try c2.wait(job.id, timeout: 300) { $0.state.isFinal }
-        #expect(done.state == .succeeded, "\(restarted.log().suffix(3000))")
+        let log = restarted.log()
+        #expect(done.state == .succeeded, "\(log.suffix(3000))")
+        #expect(done.attempt == 1, "re-attaching spends no attempt")
+        #expect(done.slurmJob == first)
+        #expect(done.result?["steps"] == 3000)
+        let events = try c2.events(job.id)
+        let messages = events.compactMap(\.message)
+        #expect(messages.contains { $0.hasPrefix("re-attached to Slurm job \(first)") }, "\(messages)")
+        #expect(messages.filter { $0.hasPrefix("running as Slurm job") }.count == 1, "one submission: \(messages)")
+        #expect(!log.contains("resuming from step"), "no resume from a checkpoint")
+        #expect(events.map(\.seq) == Array(1...Int64(events.count)))
+        let evalSteps = events.filter { $0.kind == "eval" }.compactMap(\.step)
+        #expect(evalSteps == Array(stride(from: 100, through: 3000, by: 100)), "each evaluation once, none lost")
+        // fwpctl shows the Slurm job, and health that Slurm answers.
+        let status = try restarted.fwpctl(["status", "\(job.id)"])
+        #expect(status.0 == 0 && status.1.contains("slurm job \(first)"), "\(status.1)")
+        let list = try restarted.fwpctl(["list"])
+        #expect(list.1.contains("slurm \(first)"), "\(list.1)")
+        let health = try restarted.fwpctl(["health"])
+        #expect(health.1.contains("slurm executor") && health.1.contains("slurm: answers"), "\(health.1)")
+        let progress = events.filter { $0.kind == "progress" }.compactMap(\.step)
+        #expect(progress == progress.sorted() && Set(progress).count == progress.count, "no progress repeated")
     }
 }

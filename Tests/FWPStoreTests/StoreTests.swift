@@ -55,4 +55,38 @@ import Testing
         let after = try #require(try store.job(job.id))
         #expect(after.state == .succeeded && after.result?["loss"] == 0.5 && after.finishedAt != nil)
     }
+
+    /// A job running under Slurm when fwpd stopped: the crash spends no attempt (its Slurm job may
+    /// still run and is re-attached), even at the last attempt; the ingest sequence number is
+    /// stored with the event that carried it, and a checkpoint saved twice at one path is one row.
+    @Test func slurmJobsSurviveACrashWithTheirAttempt() throws {
+        let store = try makeStore()
+        let (job, _, _) = try store.submit(
+            task: "lm", preset: nil, parameters: [:], priority: 0, idempotencyKey: nil, maxAttempts: 1)
+        _ = try store.claim(leaseSeconds: 60)
+        try store.setIngestSeq(job.id, 0)
+        try store.setSlurmJob(job.id, "4711")
+        #expect(try store.job(job.id)?.slurmJob == "4711")
+        _ = try store.appendEvent(JobEvent(job: job.id, seq: 0, time: 0, kind: "progress", step: 1), ingestSeq: 7)
+        #expect(try store.ingestSeq(job.id) == 7)
+        _ = try store.appendEvent(JobEvent(job: job.id, seq: 0, time: 0, kind: "progress", step: 2))
+        #expect(try store.ingestSeq(job.id) == 7, "an event of fwpd's own leaves it")
+        for _ in 0..<2 {
+            _ = try store.addCheckpoint(job: job.id, step: 5, path: "/c/step-5", size: 1, sha256: "x", best: false)
+        }
+        #expect(try store.checkpoints(job: job.id).count == 1)
+
+        let events = try store.recoverInterrupted()
+        #expect(events.first?.message?.contains("Slurm job 4711") == true)
+        #expect(try store.job(job.id)?.state == .queued, "attempt 1 of 1, but not lost")
+        let (again, _) = try #require(try store.claim(leaseSeconds: 60))
+        #expect(again.attempt == 1 && again.slurmJob == "4711")
+
+        // A job that never ran under Slurm still spends its attempt.
+        let (local, _, _) = try store.submit(
+            task: "lm", preset: nil, parameters: [:], priority: 0, idempotencyKey: nil, maxAttempts: 1)
+        _ = try store.claim(leaseSeconds: 60)
+        _ = try store.recoverInterrupted()
+        #expect(try store.job(local.id)?.state == .failed)
+    }
 }
