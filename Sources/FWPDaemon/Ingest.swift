@@ -88,7 +88,8 @@ final class IngestServer: @unchecked Sendable {
     /// Sends the lines of token `token` to `handle` (with their sequence numbers), from sequence
     /// `last` + 1 on; with CURVE, only from a connection authenticated with `clientKey`.
     func register(
-        _ token: String, last: Int64 = 0, clientKey: String? = nil, _ handle: @escaping @Sendable (Int64, String) -> Void
+        _ token: String, last: Int64 = 0, clientKey: String? = nil,
+        _ handle: @escaping @Sendable (Int64, String) -> Void
     ) {
         handlers.withLock { $0[token] = Handler(handle: handle, last: last, clientKey: clientKey) }
     }

@@ -95,7 +95,9 @@ final class JobContext: TaskContext, Sendable {
         Ingesting.$seq.withValue(seq, operation: handle)
         if lastIngestSeqStored.withLock({ $0 }) != seq {
             flushEvents()
-            do { try store.setIngestSeq(job.id, seq) } catch { logger.error("cannot record ingest line \(seq): \(error)") }
+            do { try store.setIngestSeq(job.id, seq) } catch {
+                logger.error("cannot record ingest line \(seq): \(error)")
+            }
         }
     }
 

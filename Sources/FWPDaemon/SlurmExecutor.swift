@@ -112,7 +112,9 @@ struct SlurmExecutor: JobExecutor {
         if let previous = job.slurmJob, let token = try? String(contentsOf: tokenFile, encoding: .utf8) {
             defer { try? FileManager.default.removeItem(at: folder) }
             let clientKey = (try? String(contentsOf: keysFile, encoding: .utf8)).flatMap {
-                $0.split(separator: "\n").dropFirst().first.flatMap { try? CurveKeyPair.publicKey(forSecret: String($0)) }
+                $0.split(separator: "\n").dropFirst().first.flatMap {
+                    try? CurveKeyPair.publicKey(forSecret: String($0))
+                }
             }
             ingest.register(token, last: try context.store.ingestSeq(job.id), clientKey: clientKey, handle)
             defer { ingest.unregister(token) }
@@ -224,7 +226,8 @@ struct SlurmExecutor: JobExecutor {
         while !ended() && Date() < deadline { usleep(100_000) }
         // What rank 0 could not deliver (fwpd was away when it ended) it left in the folder: its
         // unacknowledged lines, and its last line (the result, or why it stopped).
-        if !ended(), let text = try? String(contentsOf: folder.appendingPathComponent("unsent.jsonl"), encoding: .utf8) {
+        if !ended(), let text = try? String(contentsOf: folder.appendingPathComponent("unsent.jsonl"), encoding: .utf8)
+        {
             for entry in text.split(separator: "\n") {
                 guard let tab = entry.firstIndex(of: "\t"), let seq = Int64(entry[..<tab]) else { continue }
                 ingest.deliver(token, seq: seq, line: String(entry[entry.index(after: tab)...]))

@@ -264,7 +264,8 @@ public final class JobStore: Sendable {
                     // Its Slurm job may still be running: the next claim re-attaches to it, under the
                     // same attempt number (the claim adds the one taken off here).
                     try db.cachedStatement(
-                        sql: "UPDATE jobs SET state = 'queued', lease_until = NULL, attempt = MAX(attempt - 1, 0) WHERE id = ?"
+                        sql:
+                            "UPDATE jobs SET state = 'queued', lease_until = NULL, attempt = MAX(attempt - 1, 0) WHERE id = ?"
                     ).execute(arguments: [job.id])
                     events.append(
                         try Self.appendEvent(

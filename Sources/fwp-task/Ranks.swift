@@ -145,7 +145,8 @@ func runRank(
         // (it is away) stays in the folder for it.
         if let left = client?.flush(timeout: 60), !left.isEmpty {
             let text = left.map { "\($0.seq)\t\($0.line)\n" }.joined()
-            try? writeFileDurably(Data(text.utf8), to: URL(fileURLWithPath: relay).appendingPathComponent("unsent.jsonl"))
+            try? writeFileDurably(
+                Data(text.utf8), to: URL(fileURLWithPath: relay).appendingPathComponent("unsent.jsonl"))
         }
         if code == 0 {
             MPI.finalize()

@@ -72,7 +72,8 @@ struct FWPD: AsyncParsableCommand {
                 (logLevel, "--log-level"), (requestNice.map(String.init), "--request-nice"),
                 (mpirun, "--mpirun"), (mpirunArguments, "--mpirun-arguments"), (taskProgram, "--task-program"),
                 (executor, "--executor"), (sharedDirectory, "--shared-directory"),
-                (ingestEndpoint, "--ingest-endpoint"), (ingestAddress, "--ingest-address"), (ingestCurve, "--ingest-curve"),
+                (ingestEndpoint, "--ingest-endpoint"), (ingestAddress, "--ingest-address"),
+                (ingestCurve, "--ingest-curve"),
                 (slurmPartition, "--slurm-partition"), (slurmOptions, "--slurm-options"),
             ]
             try settings.apply(flags: flags.compactMap { v, f in v.map { (f, $0) } })

@@ -108,6 +108,33 @@ import Testing
         #expect(
             DaemonConfig.isLocal("ipc:///run/fwpd/requests") && DaemonConfig.isLocal("tcp://127.0.0.1:1")
                 && !DaemonConfig.isLocal("tcp://10.0.0.1:1"))
+
+    }
+
+    /// The Slurm executor's ingest endpoint: CURVE comes on by itself off loopback; turning it off
+    /// there needs allow_insecure_remote; a bad value is named.
+    @Test func ingestCurveFollowsTheEndpoint() throws {
+        var c = DaemonConfig()
+        c.executor = "slurm"
+        c.sharedDirectory = "/tmp"
+        #expect(!c.ingestUsesCurve, "loopback: off")
+        c.ingestEndpoint = "tcp://10.0.0.5:5557"
+        #expect(c.ingestUsesCurve, "off loopback: on")
+        try c.validate()
+        try c.apply(environment: ["FWPD_INGEST_CURVE": "off"])
+        do {
+            try c.validate()
+            Issue.record("an unencrypted remote ingest endpoint was accepted")
+        } catch let e as ConfigError { #expect(e.message.contains("ingest_curve")) }
+        c.allowInsecureRemote = true
+        try c.validate()
+        try c.apply(environment: ["FWPD_INGEST_CURVE": "on"])
+        c.ingestEndpoint = "tcp://127.0.0.1:5557"
+        #expect(c.ingestUsesCurve, "on: on loopback too")
+        do {
+            try c.apply(environment: ["FWPD_INGEST_CURVE": "yes"])
+            Issue.record("ingest_curve = yes was accepted")
+        } catch let e as ConfigError { #expect(e.message.contains("auto, on or off")) }
     }
 }
 

@@ -34,10 +34,12 @@ extension DaemonTests {
         setenv("SLURM_CONF", cluster.configFile.path, 1)
         let shared = cluster.folder.appendingPathComponent("shared")
         try FileManager.default.createDirectory(at: shared, withIntermediateDirectories: true)
-        return try DaemonProcess(arguments: [
-            "--executor", "slurm", "--shared-directory", shared.path, "--ingest-endpoint",
-            "tcp://127.0.0.1:\(freePort())", "--data-roots", dataRoot.path, "--threads-per-job", "1",
-        ] + extra).start()
+        return try DaemonProcess(
+            arguments: [
+                "--executor", "slurm", "--shared-directory", shared.path, "--ingest-endpoint",
+                "tcp://127.0.0.1:\(freePort())", "--data-roots", dataRoot.path, "--threads-per-job", "1",
+            ] + extra
+        ).start()
     }
 
     func slurmJobID(_ c: TestClient, _ job: Int64) -> String? {
