@@ -58,6 +58,9 @@ public struct DaemonConfig: Equatable, Sendable {
     public var slurmPartition = "", slurmAccount = "", slurmTimeLimit = "", slurmMemory = ""
     public var slurmCPUsPerTask = 0
     public var slurmOptions: [String] = []
+    /// Slurm: the partitions a job may ask for in its `slurm` settings (none: jobs take
+    /// slurm_partition).
+    public var slurmPartitions: [String] = []
     /// Slurm: the ROUTER endpoint fwpd binds for the workers' events, and the address the workers
     /// connect to ("" : the same endpoint).
     public var ingestEndpoint = "tcp://127.0.0.1:5557"
@@ -200,10 +203,42 @@ public struct DaemonConfig: Equatable, Sendable {
                     $0.sharedDirectory = $1
                 }
             ),
-            ("slurm_partition", "FWPD_SLURM_PARTITION", "--slurm-partition", { $0.slurmPartition = $1 }),
-            ("slurm_account", "FWPD_SLURM_ACCOUNT", "--slurm-account", { $0.slurmAccount = $1 }),
-            ("slurm_time_limit", "FWPD_SLURM_TIME_LIMIT", "--slurm-time-limit", { $0.slurmTimeLimit = $1 }),
-            ("slurm_memory", "FWPD_SLURM_MEMORY", "--slurm-memory", { $0.slurmMemory = $1 }),
+            (
+                "slurm_partition", "FWPD_SLURM_PARTITION", "--slurm-partition",
+                {
+                    guard $1.isEmpty || SlurmRequest.isPartition($1) else {
+                        throw ConfigError("slurm_partition: '\($1)' is not a partition name")
+                    }
+                    $0.slurmPartition = $1
+                }
+            ),
+            (
+                "slurm_account", "FWPD_SLURM_ACCOUNT", "--slurm-account",
+                {
+                    guard $1.isEmpty || SlurmRequest.isPartition($1) else {
+                        throw ConfigError("slurm_account: '\($1)' is not an account name")
+                    }
+                    $0.slurmAccount = $1
+                }
+            ),
+            (
+                "slurm_time_limit", "FWPD_SLURM_TIME_LIMIT", "--slurm-time-limit",
+                {
+                    guard $1.isEmpty || SlurmRequest.isTimeLimit($1) else {
+                        throw ConfigError("slurm_time_limit: '\($1)' is not a Slurm time (minutes, h:m:s, d-h)")
+                    }
+                    $0.slurmTimeLimit = $1
+                }
+            ),
+            (
+                "slurm_memory", "FWPD_SLURM_MEMORY", "--slurm-memory",
+                {
+                    guard $1.isEmpty || SlurmRequest.isMemory($1) else {
+                        throw ConfigError("slurm_memory: '\($1)' is not a size like 8G")
+                    }
+                    $0.slurmMemory = $1
+                }
+            ),
             (
                 "slurm_cpus_per_task", "FWPD_SLURM_CPUS_PER_TASK", "--slurm-cpus-per-task",
                 { $0.slurmCPUsPerTask = try nonNegative($1, "slurm_cpus_per_task") }
@@ -211,6 +246,16 @@ public struct DaemonConfig: Equatable, Sendable {
             (
                 "slurm_options", "FWPD_SLURM_OPTIONS", "--slurm-options",
                 { $0.slurmOptions = $1.split(separator: " ").map(String.init) }
+            ),
+            (
+                "slurm_partitions", "FWPD_SLURM_PARTITIONS", "--slurm-partitions",
+                {
+                    let names = $1.split(separator: " ").map(String.init)
+                    if let bad = names.first(where: { !SlurmRequest.isPartition($0) }) {
+                        throw ConfigError("slurm_partitions: '\(bad)' is not a partition name")
+                    }
+                    $0.slurmPartitions = names
+                }
             ),
             ("ingest_endpoint", "FWPD_INGEST_ENDPOINT", "--ingest-endpoint", { $0.ingestEndpoint = $1 }),
             ("ingest_address", "FWPD_INGEST_ADDRESS", "--ingest-address", { $0.ingestAddress = $1 }),

@@ -142,12 +142,18 @@ final class RequestHandler: @unchecked Sendable {
     }
 
     func submit(_ b: RequestBody, by principal: Principal) throws -> [UInt8] {
-        try b.allow(["task", "preset", "parameters", "priority", "idempotency_key", "max_attempts"])
+        try b.allow(["task", "preset", "parameters", "priority", "idempotency_key", "max_attempts", "slurm"])
         let taskName = try b.string("task"), presetName = try b.string("preset")
         guard (taskName == nil) != (presetName == nil) else {
             throw WireError(.invalidRequest, "give exactly one of 'task' and 'preset'")
         }
         var given = try b.object("parameters") ?? [:]
+        let askedSlurm = try b.object("slurm")
+        if askedSlurm != nil && config.executor != "slurm" {
+            throw WireError(
+                .invalidRequest, "field 'slurm' needs the Slurm executor; this fwpd runs jobs on its own machine")
+        }
+        var slurm = askedSlurm
         let module: any TaskModule
         if let presetName {
             guard let p = presets[presetName] else {
@@ -161,6 +167,9 @@ final class RequestHandler: @unchecked Sendable {
             }
             module = m
             given = p.merged(with: given)
+            if let defaults = p.slurm, config.executor == "slurm" {
+                slurm = defaults.merging(slurm ?? [:]) { _, new in new }
+            }
         } else {
             guard let name = taskName, let m = registry.module(named: name) else {
                 throw WireError(
@@ -175,6 +184,7 @@ final class RequestHandler: @unchecked Sendable {
         if let key, key.isEmpty || key.utf8.count > 200 {
             throw WireError(.invalidRequest, "field 'idempotency_key' must be 1 to 200 bytes")
         }
+        if let slurm { _ = try SlurmRequest(slurm, allowedPartitions: config.slurmPartitions) }
         if module.name == "exec" { try checkExec(given, by: principal) }
         try dataRoots.check(module, given)
         let parameters: TaskParameters
@@ -186,7 +196,7 @@ final class RequestHandler: @unchecked Sendable {
         let (job, created, first) = try store.submit(
             task: module.name, preset: presetName, parameters: parameters.values, priority: priority,
             idempotencyKey: key,
-            maxAttempts: maxAttempts, owner: principal.name)
+            maxAttempts: maxAttempts, owner: principal.name, slurm: slurm)
         if created {
             metrics.submitted.increment()
             if let first { control.publish(first) }

@@ -143,7 +143,10 @@ struct SlurmExecutor: JobExecutor {
             try writePrivate("\(serverKey)\n\(keys.secretKey)\n", to: keysFile)
             clientKey = keys.publicKey
         }
-        let cpus = config.slurmCPUsPerTask > 0 ? config.slurmCPUsPerTask : config.effectiveThreadsPerJob
+        // The job's own settings, checked again: the configuration may have changed since submit.
+        let asked = try SlurmRequest(job.slurm ?? [:], allowedPartitions: config.slurmPartitions)
+        let cpus =
+            asked.cpusPerTask ?? (config.slurmCPUsPerTask > 0 ? config.slurmCPUsPerTask : config.effectiveThreadsPerJob)
         // The Slurm job's name is this fwpd's (its state folder's) and the job's. A Slurm job of an
         // earlier attempt still running under it (fwpd was killed after sbatch, before it recorded
         // the Slurm job) is cancelled first, so that the job never runs twice.
@@ -160,8 +163,9 @@ struct SlurmExecutor: JobExecutor {
         var script = "#!/bin/sh\n"
         for (option, value) in [
             ("job-name", slurmName), ("output", folder.appendingPathComponent("slurm-%j.out").path),
-            ("ntasks", "\(ranks)"), ("cpus-per-task", "\(cpus)"), ("partition", config.slurmPartition),
-            ("account", config.slurmAccount), ("time", config.slurmTimeLimit), ("mem", config.slurmMemory),
+            ("ntasks", "\(ranks)"), ("cpus-per-task", "\(cpus)"),
+            ("partition", asked.partition ?? config.slurmPartition), ("account", config.slurmAccount),
+            ("time", asked.timeLimit ?? config.slurmTimeLimit), ("mem", asked.memory ?? config.slurmMemory),
         ] where !value.isEmpty {
             script += "#SBATCH --\(option)=\(value)\n"
         }

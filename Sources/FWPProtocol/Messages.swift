@@ -57,9 +57,11 @@ public struct JobInfo: Codable, Equatable, Sendable {
     public var owner: String?
     /// The Slurm job of its latest run under the Slurm executor (nil otherwise).
     public var slurmJob: String?
+    /// The sbatch settings it asked for (its preset's and its own), over fwpd's defaults.
+    public var slurm: [String: JSONValue]?
 
     enum CodingKeys: String, CodingKey {
-        case id, task, preset, parameters, priority, state, attempt, result, error, owner
+        case id, task, preset, parameters, priority, state, attempt, result, error, owner, slurm
         case slurmJob = "slurm_job"
         case maxAttempts = "max_attempts"
         case idempotencyKey = "idempotency_key"
@@ -75,7 +77,7 @@ public struct JobInfo: Codable, Equatable, Sendable {
         attempt: Int,
         maxAttempts: Int, idempotencyKey: String?, createdAt: Double, startedAt: Double?, finishedAt: Double?,
         result: JSONValue?, error: WireError?, cancelRequested: Bool, lastSeq: Int64, owner: String? = nil,
-        slurmJob: String? = nil
+        slurmJob: String? = nil, slurm: [String: JSONValue]? = nil
     ) {
         self.id = id
         self.task = task
@@ -95,6 +97,7 @@ public struct JobInfo: Codable, Equatable, Sendable {
         self.lastSeq = lastSeq
         self.owner = owner
         self.slurmJob = slurmJob
+        self.slurm = slurm
     }
 }
 

@@ -97,6 +97,8 @@ public final class JobStore: Sendable {
             // restarted fwpd re-attaches to a running Slurm job and drops the lines already stored.
             try db.execute(sql: "ALTER TABLE jobs ADD COLUMN slurm_job TEXT")
             try db.execute(sql: "ALTER TABLE jobs ADD COLUMN ingest_seq INTEGER NOT NULL DEFAULT 0")
+            // The sbatch settings the job asked for (JSON), over fwpd's configured defaults.
+            try db.execute(sql: "ALTER TABLE jobs ADD COLUMN slurm_request TEXT")
         }
         return m
     }
@@ -110,7 +112,7 @@ public final class JobStore: Sendable {
     /// its first event (`queued`), to be published.
     public func submit(
         task: String, preset: String?, parameters: [String: JSONValue], priority: Int, idempotencyKey: String?,
-        maxAttempts: Int, owner: String? = nil
+        maxAttempts: Int, owner: String? = nil, slurm: [String: JSONValue]? = nil
     ) throws -> (job: JobInfo, created: Bool, event: JobEvent?) {
         try pool.write { db in
             if let key = idempotencyKey,
@@ -122,10 +124,13 @@ public final class JobStore: Sendable {
             let params = JSONValue.object(parameters).jsonText
             try db.cachedStatement(
                 sql: """
-                    INSERT INTO jobs (task, preset, parameters, priority, state, attempt, max_attempts, idempotency_key, created_at, owner)
-                    VALUES (?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?)
+                    INSERT INTO jobs (task, preset, parameters, priority, state, attempt, max_attempts, idempotency_key, created_at, owner, slurm_request)
+                    VALUES (?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?)
                     """
-            ).execute(arguments: [task, preset, params, priority, maxAttempts, idempotencyKey, Self.now(), owner])
+            ).execute(arguments: [
+                task, preset, params, priority, maxAttempts, idempotencyKey, Self.now(), owner,
+                slurm.map { JSONValue.object($0).jsonText },
+            ])
             let id = db.lastInsertedRowID
             let event = try Self.appendEvent(
                 db, job: id, JobEvent(job: id, seq: 0, time: Self.now(), kind: "state", state: .queued))
@@ -477,6 +482,7 @@ public final class JobStore: Sendable {
             idempotencyKey: r[8], createdAt: r[9], startedAt: r[10], finishedAt: r[11],
             result: resultText.flatMap { try? JSONValue.parse($0) },
             error: code.map { WireError(ErrorCode($0), r[16] ?? "") },
-            cancelRequested: r[13], lastSeq: r[17], owner: r[18], slurmJob: r[20])
+            cancelRequested: r[13], lastSeq: r[17], owner: r[18], slurmJob: r[20],
+            slurm: (r[22] as String?).flatMap { try? JSONValue.parse($0) }?.objectValue)
     }
 }

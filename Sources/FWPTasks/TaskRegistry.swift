@@ -33,6 +33,9 @@ public struct Preset: Codable, Equatable, Sendable {
     public var description: String
     /// Parameters that override the module's defaults; submit-time values override these.
     public var parameters: [String: JSONValue]
+    /// sbatch settings for the preset's jobs under the Slurm executor (partition, time_limit,
+    /// memory, cpus_per_task); a submit's own `slurm` values override these.
+    public var slurm: [String: JSONValue]? = nil
 
     /// Module defaults ← preset parameters ← `overrides`.
     public func merged(with overrides: [String: JSONValue]) -> [String: JSONValue] {

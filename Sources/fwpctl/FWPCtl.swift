@@ -74,6 +74,10 @@ struct Submit: ParsableCommand {
     @Option(help: "Higher runs first.") var priority = 0
     @Option(help: "Idempotency key: resubmitting with it returns the first job.") var key: String?
     @Option(help: "Attempts before the job fails.") var maxAttempts: Int?
+    @Option(
+        name: .customLong("slurm"),
+        help: "Under the Slurm executor: partition, time_limit, memory or cpus_per_task as key=value (repeatable).")
+    var slurm: [String] = []
     @Flag(help: "Follow the job after submitting (like tail).") var tail = false
     @Flag(help: "Print JSON.") var json = false
 
@@ -93,6 +97,18 @@ struct Submit: ParsableCommand {
             ]
             if let key { body["idempotency_key"] = .string(key) }
             if let maxAttempts { body["max_attempts"] = .number(Double(maxAttempts)) }
+            if !slurm.isEmpty {
+                var settings: [String: JSONValue] = [:]
+                for o in slurm {
+                    guard let eq = o.firstIndex(of: "="), eq != o.startIndex else {
+                        throw CtlError(message: "--slurm expects key=value, got '\(o)'", code: 2)
+                    }
+                    let key = String(o[..<eq]), raw = String(o[o.index(after: eq)...])
+                    settings[key] =
+                        key == "cpus_per_task" ? ((try? JSONValue.parse(raw)) ?? .string(raw)) : .string(raw)
+                }
+                body["slurm"] = .object(settings)
+            }
             var reply: JSONValue
             do {
                 reply = try client.call("submit", body).0

@@ -45,6 +45,7 @@ struct FWPD: AsyncParsableCommand {
     @Option(help: "Slurm: CURVE on the ingest endpoint: auto (off loopback), on or off.") var ingestCurve: String?
     @Option(help: "Slurm: sbatch --partition.") var slurmPartition: String?
     @Option(help: "Slurm: more sbatch options, space-separated.") var slurmOptions: String?
+    @Option(help: "Slurm: the partitions a job may ask for, space-separated.") var slurmPartitions: String?
     @Flag(help: "Allow a non-loopback TCP endpoint without CURVE.") var allowInsecureRemote = false
     @Option(help: "Log level (trace … critical).") var logLevel: String?
     @Option(help: "Nice value (0–19) of the request-serving threads.") var requestNice: Int?
@@ -75,6 +76,7 @@ struct FWPD: AsyncParsableCommand {
                 (ingestEndpoint, "--ingest-endpoint"), (ingestAddress, "--ingest-address"),
                 (ingestCurve, "--ingest-curve"),
                 (slurmPartition, "--slurm-partition"), (slurmOptions, "--slurm-options"),
+                (slurmPartitions, "--slurm-partitions"),
             ]
             try settings.apply(flags: flags.compactMap { v, f in v.map { (f, $0) } })
         } catch {

@@ -188,3 +188,67 @@ final class RecordingControl: JobControl {
         #expect(rows.map(\.1) == expected.map(\.1))
     }
 }
+
+/// A job's own sbatch settings: checked at submit against Slurm's syntax and the offered
+/// partitions, merged over its preset's, refused where jobs run locally.
+@Suite struct SlurmRequestTests {
+    func handler(executor: String) throws -> (RequestHandler, JobStore) {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fwp-slurmreq-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let store = try JobStore(path: dir.appendingPathComponent("fwpd.sqlite").path)
+        var preset = Preset(name: "tiny", module: "retrieval", description: "", parameters: ["keys": 4])
+        preset.slurm = ["time_limit": "30", "memory": "1G"]
+        var config = DaemonConfig()
+        config.executor = executor
+        config.sharedDirectory = dir.path
+        config.slurmPartitions = ["short", "long"]
+        return (
+            RequestHandler(
+                config: config, store: store, control: RecordingControl(), registry: .builtIn,
+                presets: ["tiny": preset], metrics: DaemonMetrics(), curve: false), store
+        )
+    }
+
+    func submit(_ h: RequestHandler, _ body: String) -> Result<Reply, WireError> {
+        h.handle(command: "submit", body: Array(body.utf8), principal: RequestHandlerTests.alice)
+    }
+
+    @Test func settingsAreCheckedAndMergedOverThePreset() throws {
+        let (h, store) = try handler(executor: "slurm")
+        guard case .success = submit(h, #"{"preset":"tiny","slurm":{"partition":"long","memory":"2G"}}"#) else {
+            Issue.record("a valid request was refused")
+            return
+        }
+        let job = try #require(try store.job(1))
+        #expect(
+            job.slurm == ["partition": "long", "memory": "2G", "time_limit": "30"], "the submit's over the preset's")
+        for (body, parameter) in [
+            (#"{"preset":"tiny","slurm":{"time_limit":"1:00\n#SBATCH --uid=0"}}"#, "slurm.time_limit"),
+            (#"{"preset":"tiny","slurm":{"memory":"8G'; rm -rf /"}}"#, "slurm.memory"),
+            (#"{"preset":"tiny","slurm":{"partition":"gpu"}}"#, "slurm.partition"),
+            (#"{"preset":"tiny","slurm":{"cpus_per_task":0}}"#, "slurm.cpus_per_task"),
+            (#"{"preset":"tiny","slurm":{"account":"other"}}"#, "slurm.account"),
+        ] {
+            guard case .failure(let e) = submit(h, body) else {
+                Issue.record("accepted: \(body)")
+                continue
+            }
+            #expect(e.code == .invalidParameter && e.details?["parameter"] == .string(parameter), "\(e)")
+        }
+        #expect(try store.job(2) == nil, "nothing stored for a refused request")
+    }
+
+    @Test func localExecutorRefusesTheField() throws {
+        let (h, store) = try handler(executor: "local")
+        guard case .failure(let e) = submit(h, #"{"preset":"tiny","slurm":{"memory":"2G"}}"#) else {
+            Issue.record("a slurm field was accepted by a local fwpd")
+            return
+        }
+        #expect(e.code == .invalidRequest && e.message.contains("Slurm executor"))
+        guard case .success = submit(h, #"{"preset":"tiny"}"#) else {
+            Issue.record("a preset with slurm settings was refused locally")
+            return
+        }
+        #expect(try store.job(1)?.slurm == nil, "a preset's Slurm settings do not apply locally")
+    }
+}

@@ -59,7 +59,10 @@ extension DaemonTests {
         #expect(try c.ok("health")["executor"] == "slurm")
         var parameters = try Self.rankTestObject(text, steps: 3000)
         parameters["eval_every"] = 100
-        let job = try c.submit(["task": "lm", "parameters": .object(parameters)])
+        let job = try c.submit([
+            "task": "lm", "parameters": .object(parameters),
+            "slurm": .object(["time_limit": "50", "cpus_per_task": 1]),
+        ])
         _ = try c.wait(job.id, timeout: 120) { _ in
             (try? c.ok("checkpoints", ["job": .number(Double(job.id))])["checkpoints"].map { $0 != .array([]) }) == true
         }
@@ -67,6 +70,9 @@ extension DaemonTests {
             Issue.record("no Slurm job id in the events: \(d.log())")
             return
         }
+        // The job's own sbatch settings reached Slurm.
+        let shown = try cluster.run("/usr/bin/scontrol", ["show", "job", first]).1
+        #expect(shown.contains("TimeLimit=00:50:00"), "\(shown)")
         #expect(try c.events(job.id).contains { $0.kind == "progress" }, "progress from the node")
         let (rc, out) = try cluster.run("/usr/bin/scancel", ["--signal=KILL", first])
         #expect(rc == 0, "\(out)")
@@ -82,7 +88,8 @@ extension DaemonTests {
         #expect(done.result?["steps"] == 3000)
     }
 
-    /// cancel → scancel: the job is cancelled and Slurm's queue is empty.
+    /// cancel → scancel: the job is cancelled and Slurm's queue is empty. A job asking for more
+    /// than the cluster has fails at once with Slurm's own message.
     @Test(.enabled(if: SlurmCluster.available, "needs root and Debian's slurm-wlm and munge"))
     func slurmCancelIsScancel() throws {
         let slurm = try SlurmSetup(self)
@@ -101,6 +108,12 @@ extension DaemonTests {
             usleep(200_000)
         } while Date() < deadline
         #expect(queue.isEmpty, "Slurm's queue is empty: \(queue)")
+        let greedy = try c.submit([
+            "task": "lm", "parameters": .object(parameters), "slurm": .object(["memory": "900T"]),
+        ])
+        let refused = try c.wait(greedy.id, timeout: 60) { $0.state.isFinal }
+        #expect(refused.state == .failed && refused.error?.code == .slurmRefused, "\(refused)")
+        #expect(refused.error?.message.contains("Memory specification") == true, "Slurm's message")
     }
 
     /// Slurm's controller down: health says so, a submitted job waits in the queue with the

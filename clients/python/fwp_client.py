@@ -76,9 +76,10 @@ class Client:
             return payload, (frames[3] if len(frames) > 3 else None)
         return payload
 
-    def submit(self, task=None, preset=None, parameters=None, priority=None, idempotency_key=None, max_attempts=None):
+    def submit(self, task=None, preset=None, parameters=None, priority=None, idempotency_key=None, max_attempts=None,
+               slurm=None):
         body = {"task": task, "preset": preset, "parameters": parameters, "priority": priority,
-                "idempotency_key": idempotency_key, "max_attempts": max_attempts}
+                "idempotency_key": idempotency_key, "max_attempts": max_attempts, "slurm": slurm}
         return self.request("submit", {k: v for k, v in body.items() if v is not None})
 
     def status(self, job):
