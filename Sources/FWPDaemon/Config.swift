@@ -26,6 +26,8 @@ public struct DaemonConfig: Equatable, Sendable {
     public var checkpointsKept = CheckpointRetention.defaultKept
     /// Attempts a job gets by default (a crash or kill -9 during a run uses one).
     public var defaultMaxAttempts = 3
+    /// The most points one sweep may have.
+    public var maxSweepPoints = 1000
     /// Requests larger than this get a `too_large` error.
     public var maxRequestBytes = 1 << 20
     /// Inbound messages larger than this make libzmq drop the connection (ZMQ_MAXMSGSIZE).
@@ -99,6 +101,10 @@ public struct DaemonConfig: Equatable, Sendable {
             (
                 "max_attempts", "FWPD_MAX_ATTEMPTS", "--max-attempts",
                 { $0.defaultMaxAttempts = try positive($1, "max_attempts") }
+            ),
+            (
+                "max_sweep_points", "FWPD_MAX_SWEEP_POINTS", "--max-sweep-points",
+                { $0.maxSweepPoints = try positive($1, "max_sweep_points") }
             ),
             (
                 "max_request_bytes", "FWPD_MAX_REQUEST_BYTES", "--max-request-bytes",

@@ -63,8 +63,8 @@ final class RequestHandler: @unchecked Sendable {
     /// to be the principal's own unless the principal is an admin, and `exec` jobs need an admin.
     static func requiredRole(_ command: Command) -> Role {
         switch command {
-        case .status, .list, .events, .tasks, .health, .metrics: return .viewer
-        case .submit, .cancel, .checkpoints, .export: return .user
+        case .status, .list, .events, .tasks, .health, .metrics, .sweepStatus: return .viewer
+        case .submit, .cancel, .checkpoints, .export, .sweep: return .user
         }
     }
 
@@ -107,6 +107,8 @@ final class RequestHandler: @unchecked Sendable {
         case .tasks: return Reply(body: try tasks(body))
         case .health: return Reply(body: try health(body))
         case .metrics: return Reply(body: try metricsText(body))
+        case .sweep: return Reply(body: try sweep(body, by: principal))
+        case .sweepStatus: return Reply(body: try sweepStatus(body))
         }
     }
 
@@ -141,8 +143,11 @@ final class RequestHandler: @unchecked Sendable {
         }
     }
 
-    func submit(_ b: RequestBody, by principal: Principal) throws -> [UInt8] {
-        try b.allow(["task", "preset", "parameters", "priority", "idempotency_key", "max_attempts", "slurm"])
+    /// What submit and sweep share: the task module (named, or a preset's), the given parameters
+    /// over the preset's, and the Slurm settings over the preset's (checked).
+    func resolve(_ b: RequestBody) throws -> (
+        module: any TaskModule, preset: String?, given: [String: JSONValue], slurm: [String: JSONValue]?
+    ) {
         let taskName = try b.string("task"), presetName = try b.string("preset")
         guard (taskName == nil) != (presetName == nil) else {
             throw WireError(.invalidRequest, "give exactly one of 'task' and 'preset'")
@@ -178,13 +183,25 @@ final class RequestHandler: @unchecked Sendable {
             }
             module = m
         }
+        if let slurm { _ = try SlurmRequest(slurm, allowedPartitions: config.slurmPartitions) }
+        return (module, presetName, given, slurm)
+    }
+
+    /// The fields every queueing request may carry: priority, attempts, idempotency key.
+    func queueing(_ b: RequestBody) throws -> (priority: Int, maxAttempts: Int, key: String?) {
         let priority = try b.int("priority", min: -1000, max: 1000) ?? 0
         let maxAttempts = try b.int("max_attempts", min: 1, max: 100) ?? config.defaultMaxAttempts
         let key = try b.string("idempotency_key")
         if let key, key.isEmpty || key.utf8.count > 200 {
             throw WireError(.invalidRequest, "field 'idempotency_key' must be 1 to 200 bytes")
         }
-        if let slurm { _ = try SlurmRequest(slurm, allowedPartitions: config.slurmPartitions) }
+        return (priority, maxAttempts, key)
+    }
+
+    func submit(_ b: RequestBody, by principal: Principal) throws -> [UInt8] {
+        try b.allow(["task", "preset", "parameters", "priority", "idempotency_key", "max_attempts", "slurm"])
+        let (module, presetName, given, slurm) = try resolve(b)
+        let (priority, maxAttempts, key) = try queueing(b)
         if module.name == "exec" { try checkExec(given, by: principal) }
         try dataRoots.check(module, given)
         let parameters: TaskParameters
@@ -205,6 +222,53 @@ final class RequestHandler: @unchecked Sendable {
         return WireJSON.encode(SubmitReply(job: job, created: created))
     }
 
+    func sweep(_ b: RequestBody, by principal: Principal) throws -> [UInt8] {
+        try b.allow([
+            "task", "preset", "parameters", "grid", "random", "seeds", "priority", "max_running", "idempotency_key",
+            "max_attempts", "slurm",
+        ])
+        let (module, presetName, given, slurm) = try resolve(b)
+        let (priority, maxAttempts, key) = try queueing(b)
+        let maxRunning = try b.int("max_running", min: 1, max: 10_000) ?? config.workers
+        let seeds = try b.int("seeds", min: 1, max: config.maxSweepPoints)
+        let plan = try SweepPlan(
+            module: module, fixed: given, given: Set((try b.object("parameters") ?? [:]).keys),
+            grid: try b.object("grid"), random: try b.object("random"), seeds: seeds, maxPoints: config.maxSweepPoints)
+        if module.name == "exec" { for p in plan.points { try checkExec(p, by: principal) } }
+        for p in plan.points { try dataRoots.check(module, p) }
+        var spec: [String: JSONValue] = ["parameters": .object(try b.object("parameters") ?? [:])]
+        for field in ["grid", "random"] { if let v = b.fields[field], v != .null { spec[field] = v } }
+        if let seeds { spec["seeds"] = .number(Double(seeds)) }
+        let (sweep, created, events) = try store.submitSweep(
+            task: module.name, preset: presetName, spec: .object(spec), swept: plan.swept,
+            points: try plan.points.map { try module.validate($0).values }, priority: priority,
+            maxRunning: maxRunning, idempotencyKey: key, maxAttempts: maxAttempts, owner: principal.name, slurm: slurm)
+        if created {
+            metrics.submitted.increment(by: Int64(events.count))
+            for e in events { control.publish(e) }
+            control.wake()
+        }
+        return Array(JSONValue.object(["sweep": try encode(sweep), "created": .bool(created)]).jsonBytes)
+    }
+
+    func sweepStatus(_ b: RequestBody) throws -> [UInt8] {
+        try b.allow(["sweep"])
+        let id = try b.requiredInt("sweep")
+        guard let sweep = try store.sweep(Int64(id)) else { throw WireError(.notFound, "no sweep \(id)") }
+        let points: [JSONValue] = try store.sweepJobs(Int64(id)).map { job in
+            var values: [String: JSONValue] = [:]
+            for name in sweep.swept { values[name] = job.parameters[name] ?? .null }
+            var point: [String: JSONValue] = [
+                "job": .number(Double(job.id)), "values": .object(values), "state": .string(job.state.rawValue),
+                "attempt": .number(Double(job.attempt)),
+            ]
+            if let r = job.result { point["result"] = r }
+            if let e = job.error { point["error"] = try encode(e) }
+            return .object(point)
+        }
+        return Array(JSONValue.object(["sweep": try encode(sweep), "points": .array(points)]).jsonBytes)
+    }
+
     func status(_ b: RequestBody) throws -> [UInt8] {
         try b.allow(["job"])
         let info = try job(try b.requiredInt("job"))
@@ -216,7 +280,7 @@ final class RequestHandler: @unchecked Sendable {
     }
 
     func list(_ b: RequestBody) throws -> [UInt8] {
-        try b.allow(["state", "after", "limit"])
+        try b.allow(["state", "after", "limit", "sweep"])
         var state: JobState? = nil
         if let s = try b.string("state") {
             guard let v = JobState(rawValue: s) else {
@@ -227,12 +291,29 @@ final class RequestHandler: @unchecked Sendable {
             state = v
         }
         let limit = try b.int("limit", min: 1, max: 1000) ?? 100
-        let jobs = try store.list(state: state, after: Int64(try b.int("after", min: 0) ?? 0), limit: limit)
+        let jobs = try store.list(
+            state: state, after: Int64(try b.int("after", min: 0) ?? 0), limit: limit,
+            sweep: try b.int("sweep", min: 1).map(Int64.init))
         return WireJSON.encode(ListReply(jobs: jobs, next: jobs.count == limit ? jobs.last?.id : nil))
     }
 
     func cancel(_ b: RequestBody, by principal: Principal) throws -> [UInt8] {
-        try b.allow(["job"])
+        try b.allow(["job", "sweep"])
+        if b.fields["sweep"] != nil {
+            guard b.fields["job"] == nil else { throw WireError(.invalidRequest, "give one of 'job' and 'sweep'") }
+            let id = Int64(try b.requiredInt("sweep"))
+            guard let sweep = try store.sweep(id) else { throw WireError(.notFound, "no sweep \(id)") }
+            guard principal.role == .admin || (sweep.owner != nil && sweep.owner == principal.name) else {
+                throw Self.forbidden(
+                    "cancelling sweep \(id) of another principal needs role admin; \(principal) has not", .admin)
+            }
+            guard let (events, running) = try store.cancelSweep(id, by: principal.name) else {
+                throw WireError(.notFound, "no sweep \(id)")
+            }
+            for e in events { control.publish(e) }
+            for job in running { _ = control.cancel(job) }
+            return Array(JSONValue.object(["sweep": try encode(try store.sweep(id)!)]).jsonBytes)
+        }
         let id = Int64(try b.requiredInt("job"))
         try requireOwnJob(try job(Int(id)), principal, "cancelling")
         guard let (info, event) = try store.requestCancel(id, by: principal.name) else {

@@ -20,4 +20,8 @@ public enum Command: String, CaseIterable, Sendable {
     case health
     /// Prometheus text metrics.
     case metrics
+    /// Queue a sweep: one job per point of a grid and/or random search, with seeds.
+    case sweep
+    /// A sweep and every point's parameters, state and result.
+    case sweepStatus = "sweep_status"
 }

@@ -59,9 +59,11 @@ public struct JobInfo: Codable, Equatable, Sendable {
     public var slurmJob: String?
     /// The sbatch settings it asked for (its preset's and its own), over fwpd's defaults.
     public var slurm: [String: JSONValue]?
+    /// The sweep it is a point of (nil for a job submitted on its own).
+    public var sweep: Int64?
 
     enum CodingKeys: String, CodingKey {
-        case id, task, preset, parameters, priority, state, attempt, result, error, owner, slurm
+        case id, task, preset, parameters, priority, state, attempt, result, error, owner, slurm, sweep
         case slurmJob = "slurm_job"
         case maxAttempts = "max_attempts"
         case idempotencyKey = "idempotency_key"
@@ -77,7 +79,7 @@ public struct JobInfo: Codable, Equatable, Sendable {
         attempt: Int,
         maxAttempts: Int, idempotencyKey: String?, createdAt: Double, startedAt: Double?, finishedAt: Double?,
         result: JSONValue?, error: WireError?, cancelRequested: Bool, lastSeq: Int64, owner: String? = nil,
-        slurmJob: String? = nil, slurm: [String: JSONValue]? = nil
+        slurmJob: String? = nil, slurm: [String: JSONValue]? = nil, sweep: Int64? = nil
     ) {
         self.id = id
         self.task = task
@@ -98,6 +100,59 @@ public struct JobInfo: Codable, Equatable, Sendable {
         self.owner = owner
         self.slurmJob = slurmJob
         self.slurm = slurm
+        self.sweep = sweep
+    }
+}
+
+/// A sweep: a set of jobs (its points) made from one task or preset, fixed parameters and the
+/// values of the swept ones, run at most `maxRunning` at a time.
+public struct SweepInfo: Codable, Equatable, Sendable {
+    public var id: Int64
+    public var task: String
+    public var preset: String?
+    /// The request as given (fixed parameters, grid, random search, seeds), for the record.
+    public var spec: JSONValue
+    /// The parameters that vary between points, in the order the points vary them.
+    public var swept: [String]
+    public var priority: Int
+    public var maxRunning: Int
+    public var idempotencyKey: String?
+    public var createdAt: Double
+    public var owner: String?
+    public var cancelRequested: Bool
+    /// The number of points, and how many are in each state.
+    public var points: Int
+    public var counts: [String: Int]
+    /// `running` while a point is queued or running, `cancelled` once cancelled, else `finished`.
+    public var state: String
+
+    enum CodingKeys: String, CodingKey {
+        case id, task, preset, spec, swept, priority, owner, points, counts, state
+        case maxRunning = "max_running"
+        case idempotencyKey = "idempotency_key"
+        case createdAt = "created_at"
+        case cancelRequested = "cancel_requested"
+    }
+
+    public init(
+        id: Int64, task: String, preset: String?, spec: JSONValue, swept: [String], priority: Int, maxRunning: Int,
+        idempotencyKey: String?, createdAt: Double, owner: String?, cancelRequested: Bool, points: Int,
+        counts: [String: Int], state: String
+    ) {
+        self.id = id
+        self.task = task
+        self.preset = preset
+        self.spec = spec
+        self.swept = swept
+        self.priority = priority
+        self.maxRunning = maxRunning
+        self.idempotencyKey = idempotencyKey
+        self.createdAt = createdAt
+        self.owner = owner
+        self.cancelRequested = cancelRequested
+        self.points = points
+        self.counts = counts
+        self.state = state
     }
 }
 

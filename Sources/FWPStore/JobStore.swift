@@ -100,6 +100,28 @@ public final class JobStore: Sendable {
             // The sbatch settings the job asked for (JSON), over fwpd's configured defaults.
             try db.execute(sql: "ALTER TABLE jobs ADD COLUMN slurm_request TEXT")
         }
+        m.registerMigration("v5: sweeps") { db in
+            // `started` counts the sweep's claims: the scheduler serves the least-served first.
+            try db.execute(
+                sql: """
+                    CREATE TABLE sweeps (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        task TEXT NOT NULL,
+                        preset TEXT,
+                        spec TEXT NOT NULL,
+                        swept TEXT NOT NULL,
+                        priority INTEGER NOT NULL,
+                        max_running INTEGER NOT NULL,
+                        idempotency_key TEXT UNIQUE,
+                        created_at REAL NOT NULL,
+                        owner TEXT,
+                        cancel_requested INTEGER NOT NULL DEFAULT 0,
+                        started INTEGER NOT NULL DEFAULT 0
+                    );
+                    ALTER TABLE jobs ADD COLUMN sweep_id INTEGER REFERENCES sweeps(id);
+                    CREATE INDEX jobs_sweep ON jobs(sweep_id, state);
+                    """)
+        }
         return m
     }
 
@@ -163,10 +185,17 @@ public final class JobStore: Sendable {
     }
 
     /// Jobs in id order after `after`, optionally in one state.
-    public func list(state: JobState?, after: Int64, limit: Int) throws -> [JobInfo] {
+    public func list(state: JobState?, after: Int64, limit: Int, sweep: Int64? = nil) throws -> [JobInfo] {
         try pool.unsafeRead { db in
             let rows: [Row]
-            if let state {
+            if let sweep {
+                rows = try Row.fetchAll(
+                    try db.cachedStatement(
+                        sql:
+                            "SELECT * FROM jobs WHERE sweep_id = ? AND (? IS NULL OR state = ?) AND id > ? ORDER BY id LIMIT ?"
+                    ),
+                    arguments: [sweep, state?.rawValue, state?.rawValue, after, limit])
+            } else if let state {
                 rows = try Row.fetchAll(
                     try db.cachedStatement(sql: "SELECT * FROM jobs WHERE state = ? AND id > ? ORDER BY id LIMIT ?"),
                     arguments: [state.rawValue, after, limit])
@@ -191,7 +220,18 @@ public final class JobStore: Sendable {
         }
     }
 
-    /// Takes the next queued job (highest priority, then oldest) and marks it running with a lease.
+    /// The id of the job to run next: highest priority first; within a priority, the least-served
+    /// first — a job on its own counts as served 0 times, a sweep's point as often as its sweep has
+    /// had points claimed — then the oldest. A sweep never starves the jobs submitted after it, and
+    /// sweeps take turns. A sweep with `max_running` points running waits.
+    static let nextQueued = """
+        SELECT j.id FROM jobs j LEFT JOIN sweeps s ON s.id = j.sweep_id
+        WHERE j.state = 'queued' AND (s.id IS NULL OR
+            (SELECT COUNT(*) FROM jobs r WHERE r.sweep_id = s.id AND r.state = 'running') < s.max_running)
+        ORDER BY j.priority DESC, COALESCE(s.started, 0), j.id LIMIT 1
+        """
+
+    /// Takes the next queued job (`nextQueued`) and marks it running with a lease.
     public func claim(leaseSeconds: Double) throws -> (JobInfo, JobEvent)? {
         let claimed: (JobInfo, JobEvent)? = try pool.write { db in
             let now = Self.now()
@@ -200,11 +240,15 @@ public final class JobStore: Sendable {
                     db,
                     sql: """
                         UPDATE jobs SET state = 'running', attempt = attempt + 1, started_at = ?, lease_until = ?
-                        WHERE id = (SELECT id FROM jobs WHERE state = 'queued' ORDER BY priority DESC, id LIMIT 1)
+                        WHERE id = (\(Self.nextQueued))
                         RETURNING *
                         """, arguments: [now, now + leaseSeconds])
             else { return nil }
             let job = try Self.job(row)
+            if let sweep = job.sweep {
+                try db.cachedStatement(sql: "UPDATE sweeps SET started = started + 1 WHERE id = ?").execute(
+                    arguments: [sweep])
+            }
             let e = try Self.appendEvent(
                 db, job: job.id,
                 JobEvent(
@@ -312,39 +356,152 @@ public final class JobStore: Sendable {
     /// that event; final jobs are returned unchanged, with none.
     public func requestCancel(_ id: Int64, by principal: String? = nil) throws -> (JobInfo, JobEvent?)? {
         defer { invalidate(id) }
-        return try pool.write { db in
-            guard
-                let row = try Row.fetchOne(
-                    try db.cachedStatement(sql: "SELECT * FROM jobs WHERE id = ?"), arguments: [id])
-            else { return nil }
-            let job = try Self.job(row)
-            var event: JobEvent? = nil
-            let who = principal.map { " by \($0)" } ?? ""
-            switch job.state {
-            case .queued:
-                try db.cachedStatement(
-                    sql: "UPDATE jobs SET state = 'cancelled', finished_at = ?, cancel_requested = 1 WHERE id = ?"
-                ).execute(arguments: [Self.now(), id])
+        return try pool.write { db in try Self.requestCancel(db, id, by: principal) }
+    }
+
+    static func requestCancel(_ db: Database, _ id: Int64, by principal: String?) throws -> (JobInfo, JobEvent?)? {
+        guard
+            let row = try Row.fetchOne(
+                try db.cachedStatement(sql: "SELECT * FROM jobs WHERE id = ?"), arguments: [id])
+        else { return nil }
+        let job = try Self.job(row)
+        var event: JobEvent? = nil
+        let who = principal.map { " by \($0)" } ?? ""
+        switch job.state {
+        case .queued:
+            try db.cachedStatement(
+                sql: "UPDATE jobs SET state = 'cancelled', finished_at = ?, cancel_requested = 1 WHERE id = ?"
+            ).execute(arguments: [Self.now(), id])
+            event = try Self.appendEvent(
+                db, job: id,
+                JobEvent(
+                    job: id, seq: 0, time: Self.now(), kind: "state", state: .cancelled,
+                    message: principal.map { "cancelled by \($0)" }))
+        case .running:
+            try db.cachedStatement(sql: "UPDATE jobs SET cancel_requested = 1 WHERE id = ?").execute(arguments: [id]
+            )
+            if !job.cancelRequested {
                 event = try Self.appendEvent(
                     db, job: id,
-                    JobEvent(
-                        job: id, seq: 0, time: Self.now(), kind: "state", state: .cancelled,
-                        message: principal.map { "cancelled by \($0)" }))
-            case .running:
-                try db.cachedStatement(sql: "UPDATE jobs SET cancel_requested = 1 WHERE id = ?").execute(arguments: [id]
-                )
-                if !job.cancelRequested {
-                    event = try Self.appendEvent(
-                        db, job: id,
-                        JobEvent(job: id, seq: 0, time: Self.now(), kind: "log", message: "cancel requested\(who)"))
-                }
-            default: break
+                    JobEvent(job: id, seq: 0, time: Self.now(), kind: "log", message: "cancel requested\(who)"))
             }
-            return (
-                try Self.job(
-                    Row.fetchOne(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE id = ?"), arguments: [id])!),
-                event
-            )
+        default: break
+        }
+        return (
+            try Self.job(
+                Row.fetchOne(try db.cachedStatement(sql: "SELECT * FROM jobs WHERE id = ?"), arguments: [id])!),
+            event
+        )
+    }
+
+    // MARK: Sweeps
+
+    /// Inserts a sweep and one queued job per point (`points`: each point's full parameters) in
+    /// one transaction, or returns the sweep with the same idempotency key (`created` false).
+    /// Returns the points' `queued` events, to be published.
+    public func submitSweep(
+        task: String, preset: String?, spec: JSONValue, swept: [String], points: [[String: JSONValue]],
+        priority: Int, maxRunning: Int, idempotencyKey: String?, maxAttempts: Int, owner: String?,
+        slurm: [String: JSONValue]?
+    ) throws -> (sweep: SweepInfo, created: Bool, events: [JobEvent]) {
+        let (id, created, events): (Int64, Bool, [JobEvent]) = try pool.write { db in
+            if let key = idempotencyKey,
+                let existing = try Int64.fetchOne(
+                    try db.cachedStatement(sql: "SELECT id FROM sweeps WHERE idempotency_key = ?"), arguments: [key])
+            {
+                return (existing, false, [])
+            }
+            try db.execute(
+                sql: """
+                    INSERT INTO sweeps (task, preset, spec, swept, priority, max_running, idempotency_key, created_at, owner)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [
+                    task, preset, spec.jsonText, JSONValue.array(swept.map { .string($0) }).jsonText, priority,
+                    maxRunning, idempotencyKey, Self.now(), owner,
+                ])
+            let sweep = db.lastInsertedRowID
+            var events: [JobEvent] = []
+            let slurmText = slurm.map { JSONValue.object($0).jsonText }
+            for point in points {
+                try db.cachedStatement(
+                    sql: """
+                        INSERT INTO jobs (task, preset, parameters, priority, state, attempt, max_attempts, created_at, owner, slurm_request, sweep_id)
+                        VALUES (?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?)
+                        """
+                ).execute(arguments: [
+                    task, preset, JSONValue.object(point).jsonText, priority, maxAttempts, Self.now(), owner,
+                    slurmText, sweep,
+                ])
+                let job = db.lastInsertedRowID
+                events.append(
+                    try Self.appendEvent(
+                        db, job: job,
+                        JobEvent(
+                            job: job, seq: 0, time: Self.now(), kind: "state", state: .queued,
+                            message: "point of sweep \(sweep)")))
+            }
+            return (sweep, true, events)
+        }
+        return (try self.sweep(id)!, created, events)
+    }
+
+    /// A sweep with its points' counts by state.
+    public func sweep(_ id: Int64) throws -> SweepInfo? {
+        try pool.read { db -> SweepInfo? in
+            guard let r = try Row.fetchOne(db, sql: "SELECT * FROM sweeps WHERE id = ?", arguments: [id]) else {
+                return nil
+            }
+            var counts: [String: Int] = [:]
+            for row in try Row.fetchAll(
+                db, sql: "SELECT state, COUNT(*) FROM jobs WHERE sweep_id = ? GROUP BY state", arguments: [id])
+            {
+                counts[row[0]] = row[1]
+            }
+            let points = counts.values.reduce(0, +)
+            let cancelled: Bool = r["cancel_requested"]
+            let active = (counts["queued"] ?? 0) + (counts["running"] ?? 0) > 0
+            var swept: [String] = []
+            if case .array(let names) = (try? JSONValue.parse(r["swept"] as String)) ?? .null {
+                swept = names.compactMap(\.stringValue)
+            }
+            return SweepInfo(
+                id: r["id"], task: r["task"], preset: r["preset"],
+                spec: (try? JSONValue.parse(r["spec"] as String)) ?? .null, swept: swept, priority: r["priority"],
+                maxRunning: r["max_running"], idempotencyKey: r["idempotency_key"], createdAt: r["created_at"],
+                owner: r["owner"], cancelRequested: cancelled, points: points, counts: counts,
+                state: active ? "running" : cancelled ? "cancelled" : "finished")
+        }
+    }
+
+    /// A sweep's points, in the order they were made.
+    public func sweepJobs(_ id: Int64) throws -> [JobInfo] {
+        try pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM jobs WHERE sweep_id = ? ORDER BY id", arguments: [id]).map(
+                Self.job)
+        }
+    }
+
+    /// Cancels a sweep: its queued points at once, its running ones marked for their workers to
+    /// stop. Returns the events written and the ids of the running points.
+    public func cancelSweep(_ id: Int64, by principal: String?) throws -> (events: [JobEvent], running: [Int64])? {
+        defer { invalidate(nil) }
+        return try pool.write { db in
+            guard try Int64.fetchOne(db, sql: "SELECT id FROM sweeps WHERE id = ?", arguments: [id]) != nil else {
+                return nil
+            }
+            try db.execute(sql: "UPDATE sweeps SET cancel_requested = 1 WHERE id = ?", arguments: [id])
+            var events: [JobEvent] = []
+            var running: [Int64] = []
+            for job in try Int64.fetchAll(
+                db, sql: "SELECT id FROM jobs WHERE sweep_id = ? AND state IN ('queued', 'running') ORDER BY id",
+                arguments: [id])
+            {
+                guard let (info, event) = try Self.requestCancel(db, job, by: principal) else { continue }
+                if let event { events.append(event) }
+                if info.state == .running { running.append(job) }
+            }
+            return (events, running)
         }
     }
 
@@ -483,6 +640,6 @@ public final class JobStore: Sendable {
             result: resultText.flatMap { try? JSONValue.parse($0) },
             error: code.map { WireError(ErrorCode($0), r[16] ?? "") },
             cancelRequested: r[13], lastSeq: r[17], owner: r[18], slurmJob: r[20],
-            slurm: (r[22] as String?).flatMap { try? JSONValue.parse($0) }?.objectValue)
+            slurm: (r[22] as String?).flatMap { try? JSONValue.parse($0) }?.objectValue, sweep: r[23])
     }
 }

@@ -62,7 +62,7 @@ struct FWPCtl: ParsableCommand {
             "Exit codes: 0 ok, 1 request refused, 2 usage, 3 daemon unreachable, 4 job failed, 5 job cancelled.",
         subcommands: [
             Submit.self, Status.self, List.self, Tail.self, Cancel.self, Checkpoints.self, Export.self, Tasks.self,
-            Health.self, Metrics.self, Keygen.self,
+            Health.self, Metrics.self, Keygen.self, Sweep.self, SweepStatus.self,
         ])
 }
 
@@ -175,11 +175,13 @@ struct Tail: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Follow a job's progress live until it ends; exits 0 if it succeeded, 4 failed, 5 cancelled.")
     @OptionGroup var options: ConnectionOptions
-    @Argument var job: Int
+    @Argument(help: "A job id (or, with --sweep, a sweep id).") var job: Int
+    @Flag(help: "Follow a sweep: its points' progress, one line each.") var sweep = false
     @Flag(help: "Print events as JSON lines.") var json = false
     func run() throws {
         try perform {
             let client = try Client(options.connection)
+            if sweep { return try followSweep(Int64(job), client: client, options: options.connection) }
             try follow(Int64(job), client: client, options: options.connection, json: json)
         }
     }
@@ -188,11 +190,17 @@ struct Tail: ParsableCommand {
 struct Cancel: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Cancel a job (a running one stops within one step).")
     @OptionGroup var options: ConnectionOptions
-    @Argument var job: Int
+    @Argument(help: "A job id (or, with --sweep, a sweep id).") var job: Int
+    @Flag(help: "Cancel a sweep: all its points.") var sweep = false
     @Flag(help: "Print JSON.") var json = false
     func run() throws {
         try perform {
             let client = try Client(options.connection)
+            if sweep {
+                let reply = try client.call("cancel", ["sweep": .number(Double(job))]).0
+                if json { return printJSON(reply) }
+                return print("cancelling sweep \(job): its queued points are cancelled, its running ones stop")
+            }
             let reply = try client.call("cancel", ["job": .number(Double(job))]).0
             if json { return printJSON(reply) }
             let j = try client.decode(JobInfo.self, reply)

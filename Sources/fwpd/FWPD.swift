@@ -26,6 +26,7 @@ struct FWPD: AsyncParsableCommand {
     @Option(help: "Folder of preset manifests.") var tasksDir: String?
     @Option(help: "Step checkpoints kept per job.") var checkpointsKept: Int?
     @Option(help: "Default attempts per job.") var maxAttempts: Int?
+    @Option(help: "The most points one sweep may have.") var maxSweepPoints: Int?
     @Option(help: "Largest request in bytes (larger ones get too_large).") var maxRequestBytes: Int?
     @Option(help: "Z85 secret key file; enables CURVE.") var curveSecretKeyFile: String?
     @Option(help: "Allowed client public keys (KEY [ROLE [NAME]] per line).") var curveAllowedKeysFile: String?
@@ -64,6 +65,7 @@ struct FWPD: AsyncParsableCommand {
                 (tasksDir, "--tasks-dir"),
                 (checkpointsKept.map(String.init), "--checkpoints-kept"),
                 (maxAttempts.map(String.init), "--max-attempts"),
+                (maxSweepPoints.map(String.init), "--max-sweep-points"),
                 (maxRequestBytes.map(String.init), "--max-request-bytes"),
                 (curveSecretKeyFile, "--curve-secret-key-file"),
                 (curveAllowedKeysFile, "--curve-allowed-keys-file"),

@@ -85,14 +85,44 @@ class Client:
     def status(self, job):
         return self.request("status", {"job": job})
 
-    def list(self, state=None, after=0, limit=100):
+    def list(self, state=None, after=0, limit=100, sweep=None):
         body = {"after": after, "limit": limit}
         if state:
             body["state"] = state
+        if sweep is not None:
+            body["sweep"] = sweep
         return self.request("list", body)
 
     def cancel(self, job):
         return self.request("cancel", {"job": job})
+
+    def sweep(self, task=None, preset=None, parameters=None, grid=None, random=None, seeds=None, priority=None,
+              max_running=None, idempotency_key=None, max_attempts=None, slurm=None):
+        """Queues a sweep: one job per point of `grid` ({name: [values]}) crossed with `random`
+        ({"count": n, "seed": s, "ranges": {name: {"min", "max", "log"} or {"values": [...]}}}) and
+        `seeds` (a count). Returns {"sweep": Sweep, "created": bool}."""
+        body = {"task": task, "preset": preset, "parameters": parameters, "grid": grid, "random": random,
+                "seeds": seeds, "priority": priority, "max_running": max_running,
+                "idempotency_key": idempotency_key, "max_attempts": max_attempts, "slurm": slurm}
+        return self.request("sweep", {k: v for k, v in body.items() if v is not None})
+
+    def sweep_status(self, sweep):
+        """{"sweep": Sweep, "points": [{"job", "values", "state", "attempt", "result"?, "error"?}]}"""
+        return self.request("sweep_status", {"sweep": sweep})
+
+    def cancel_sweep(self, sweep):
+        return self.request("cancel", {"sweep": sweep})
+
+    def wait_sweep(self, sweep, poll=0.5, timeout=None):
+        """Polls until no point is queued or running; returns the final sweep_status."""
+        deadline = None if timeout is None else time.time() + timeout
+        while True:
+            status = self.sweep_status(sweep)
+            if status["sweep"]["state"] != "running":
+                return status
+            if deadline is not None and time.time() > deadline:
+                raise TimeoutError(f"sweep {sweep} still running")
+            time.sleep(poll)
 
     def events(self, job, after=0, limit=1000):
         return self.request("events", {"job": job, "after": after, "limit": limit})["events"]

@@ -123,3 +123,21 @@ def test_list_pages(daemon):
 def test_metrics_text(daemon):
     text = daemon.metrics()
     assert "fwpd_requests_total" in text and "# TYPE" in text
+
+
+def test_sweep_runs_every_point_and_names_bad_entries(daemon):
+    fixed = tiny(max_steps=20, eval_every=10)
+    del fixed["keys"], fixed["rule"]  # swept
+    reply = daemon.sweep(task="retrieval", parameters=fixed,
+                         grid={"keys": [6, 8], "rule": ["sum", "delta"]}, seeds=2, max_running=2)
+    sweep = reply["sweep"]
+    assert reply["created"] and sweep["points"] == 8 and sweep["swept"] == ["keys", "rule", "seed"]
+    assert len(daemon.list(sweep=sweep["id"], limit=100)["jobs"]) == 8
+    status = daemon.wait_sweep(sweep["id"], timeout=120)
+    assert status["sweep"]["counts"] == {"succeeded": 8}
+    assert sorted((p["values"]["keys"], p["values"]["rule"], p["values"]["seed"]) for p in status["points"]) == \
+        sorted((k, r, s) for k in (6, 8) for r in ("sum", "delta") for s in (1, 2))
+    assert all("best_eval_loss" in p["result"] for p in status["points"])
+    with pytest.raises(FwpError) as e:
+        daemon.sweep(task="retrieval", parameters=fixed, grid={"keys": [6, "lots"]})
+    assert e.value.code == "invalid_parameter" and e.value.details["entry"] == "grid.keys[1]"
