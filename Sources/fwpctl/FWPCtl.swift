@@ -48,6 +48,7 @@ func describe(_ j: JobInfo) -> String {
     var s =
         "job \(j.id)  \(j.state.rawValue)  \(j.preset ?? j.task)  priority \(j.priority)  attempt \(j.attempt)/\(j.maxAttempts)"
         + (j.owner.map { "  owner \($0)" } ?? "") + (j.slurmJob.map { "  slurm job \($0)" } ?? "")
+        + (j.sweep.map { "  sweep \($0)" } ?? "")
     if let e = j.error { s += "\n  error \(e.code): \(e.message)" }
     if let r = j.result { s += "\n  result \(r.jsonText)" }
     return s
@@ -163,7 +164,7 @@ struct List: ParsableCommand {
             for j in jobs {
                 print(
                     "\(String(j.id).padding(toLength: 6, withPad: " ", startingAt: 0)) \(j.state.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0)) \((j.preset ?? j.task).padding(toLength: 22, withPad: " ", startingAt: 0)) prio \(j.priority)"
-                        + (j.slurmJob.map { "  slurm \($0)" } ?? "")
+                        + (j.sweep.map { "  sweep \($0)" } ?? "") + (j.slurmJob.map { "  slurm \($0)" } ?? "")
                 )
             }
             if let next = reply["next"]?.doubleValue { print("more: fwpctl list --after \(Int(next))") }

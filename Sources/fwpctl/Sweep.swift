@@ -190,9 +190,23 @@ func sweepTable(_ reply: JSONValue, metric: String?, progress: [Int64: String] =
     return lines
 }
 
-/// Follows a sweep until no point is queued or running: the table again whenever something
-/// changes (redrawn in place on a terminal), with each running point's latest step and loss from
-/// the event stream. Exits 0 when every point succeeded, 4 when one failed, 5 when cancelled.
+/// One line per point: `job 3 keys=8 rule=sum: running step 50/300 loss 0.2`.
+func pointLines(_ reply: JSONValue, progress: [Int64: String]) -> [String] {
+    var swept: [String] = []
+    if case .array(let names) = reply["sweep"]?["swept"] ?? .null { swept = names.compactMap(\.stringValue) }
+    guard case .array(let points) = reply["points"] ?? .null else { return [] }
+    return points.map { p in
+        let id = Int64(p["job"]?.doubleValue ?? 0)
+        let values = swept.map { "\($0)=\(p["values"]?[$0].map { $0.stringValue ?? $0.jsonText } ?? "-")" }
+        let state = p["state"]?.stringValue ?? "?"
+        return "job \(id) \(values.joined(separator: " ")): \(state)"
+            + (state == "running" ? progress[id].map { " " + $0 } ?? "" : "")
+    }
+}
+
+/// Follows a sweep until no point is queued or running: on a terminal its table, redrawn in place
+/// whenever something changes, with each running point's latest step and loss from the event
+/// stream; elsewhere a line per point whenever its state or progress changes, then the table. Exits 0 when every point succeeded, 4 when one failed, 5 when cancelled.
 func followSweep(_ id: Int64, client: Client, options: Connection) throws {
     let sub = try client.context.socket(.sub)
     defer { sub.close() }
@@ -209,18 +223,20 @@ func followSweep(_ id: Int64, client: Client, options: Connection) throws {
             reply = try client.call("sweep_status", ["sweep": .number(Double(id))]).0
             lastPoll = Date()
         }
-        let lines = sweepTable(reply, metric: nil, progress: progress)
-        if lines != shown {
-            if live && !shown.isEmpty { print("\u{1B}[\(shown.count)A\u{1B}[J", terminator: "") }
-            if live || shown.isEmpty {
+        if live {
+            let lines = sweepTable(reply, metric: nil, progress: progress)
+            if lines != shown {
+                if !shown.isEmpty { print("\u{1B}[\(shown.count)A\u{1B}[J", terminator: "") }
                 print(lines.joined(separator: "\n"))
-            } else {
-                // Not a terminal: only the rows that changed.
-                for l in lines where !shown.contains(l) { print(l) }
+                shown = lines
             }
-            fflush(nil)
+        } else {
+            // Not a terminal (a log, a pipe): a line whenever a point's state or progress changes.
+            let lines = pointLines(reply, progress: progress)
+            for l in lines where !shown.contains(l) { print(l) }
             shown = lines
         }
+        fflush(nil)
         if reply["sweep"]?["state"]?.stringValue != "running" { break }
         if let frames = try sub.receive(timeoutMilliseconds: 250), frames.count == 2,
             let e = try? WireJSON.decode(JobEvent.self, from: frames[1]), e.kind == "progress" || e.kind == "eval",
@@ -236,6 +252,7 @@ func followSweep(_ id: Int64, client: Client, options: Connection) throws {
             }
         }
     }
+    if !live { print(sweepTable(reply, metric: nil).joined(separator: "\n")) }
     let counts = reply["sweep"]?["counts"]?.objectValue ?? [:]
     if reply["sweep"]?["cancel_requested"] == .bool(true) {
         throw CtlError(message: "sweep \(id) was cancelled", code: Exit.jobCancelled)

@@ -181,8 +181,8 @@ import Testing
 }
 
 extension DaemonTests {
-    /// A sweep survives kill -9 like single jobs: every point ends succeeded after a restart, and
-    /// fwpctl shows it as a table. fwpctl sweep makes it from flags.
+    /// A sweep survives kill -9 like single jobs: every point ends succeeded after a restart.
+    /// fwpctl sweep makes it from flags, tail --sweep follows it, sweep-status shows its table.
     @Test func sweepSurvivesKillNineAndShowsItsPoints() throws {
         let d = try DaemonProcess().start()
         let (rc, out) = try d.fwpctl([
@@ -200,12 +200,12 @@ extension DaemonTests {
         let restarted = try DaemonProcess(state: d.state).start()
         defer { restarted.stop() }
         let c2 = try restarted.client()
-        let deadline = Date().addingTimeInterval(240)
-        var status = try c2.ok("sweep_status", ["sweep": .number(Double(id))])
-        while status["sweep"]?["state"] != "finished" && Date() < deadline {
-            usleep(200_000)
-            status = try c2.ok("sweep_status", ["sweep": .number(Double(id))])
-        }
+        // tail --sweep follows it to the end: a line per point change, exit 0 when all succeeded.
+        let tail = try restarted.fwpctl(["tail", "--sweep", "\(id)"], timeout: 240)
+        #expect(tail.0 == 0, "\(tail.1)")
+        let ended = tail.1.split(separator: "\n").filter { $0.hasPrefix("job ") && $0.hasSuffix(": succeeded") }
+        #expect(ended.count == 8, "\(tail.1)")
+        let status = try c2.ok("sweep_status", ["sweep": .number(Double(id))])
         #expect(status["sweep"]?["counts"] == .object(["succeeded": 8]), "\(status["sweep"] ?? .null)")
         if case .array(let points) = status["points"] ?? .null {
             #expect(points.contains { $0["attempt"] == 2 }, "the point running at the kill ran again")
