@@ -63,6 +63,141 @@ import Testing
     }
 }
 
+/// The retrieval task follows the reference code (ischlag/fast-weight-transformers, synthetic/)
+/// by default; each place where the task could depart from it is pinned here, with the option
+/// that departs.
+@Suite struct RetrievalReferenceTests {
+    func config(_ keys: Int, setting: Int = 1, attention: String = "linear", rule: UpdateRule = .sum) -> RetrievalConfig
+    {
+        RetrievalConfig(keys: keys, setting: setting, attention: attention, rule: rule, keySize: 64)
+    }
+
+    func maxAbs(_ m: RetrievalModel, _ name: String) -> Float {
+        m.parameters[name]!.storage.reduce(0) { max($0, abs($1)) }
+    }
+
+    @Test func initialisationFollowsTheReference() {
+        // S = 30: embedding e = 66, so W_k's fan-in is 96 and W_q's 66; d_key = 64.
+        let softmax = RetrievalModel(config: config(30, attention: "softmax"), seed: 1)
+        let xavierK = (6 / Float(96 + 64)).squareRoot(), xavierQ = (6 / Float(66 + 64)).squareRoot()
+        #expect(maxAbs(softmax, "key.weight") <= xavierK && maxAbs(softmax, "key.weight") > 0.9 * xavierK)
+        #expect(maxAbs(softmax, "query.weight") <= xavierQ && maxAbs(softmax, "query.weight") > 0.9 * xavierQ)
+        #expect(maxAbs(softmax, "key.bias") <= 1 / Float(96).squareRoot())
+        #expect(maxAbs(softmax, "query.bias") <= 1 / Float(66).squareRoot())
+        #expect(maxAbs(softmax, "query.bias") > 0.8 / Float(66).squareRoot(), "biases drawn, not zero")
+
+        let delta = RetrievalModel(config: config(30, rule: .delta), seed: 1)
+        let uKey = 1 / Float(64).squareRoot()
+        #expect(maxAbs(delta, "key.weight") <= uKey && maxAbs(delta, "key.weight") > 0.9 * uKey)
+        #expect(maxAbs(delta, "key.bias") <= 1 / Float(96).squareRoot())
+        #expect(maxAbs(delta, "beta.weight") <= 1 / Float(96).squareRoot())
+        #expect(maxAbs(delta, "beta.bias") > 0, "β's bias is drawn as PyTorch's default")
+
+        var old = config(30, rule: .delta)
+        old.initialization = "uniform"
+        let uniform = RetrievalModel(config: old, seed: 1)
+        #expect(maxAbs(uniform, "key.bias") > 1 / Float(96).squareRoot(), "uniform: biases ±1/√d_key")
+        #expect(maxAbs(uniform, "beta.bias") == 0)
+    }
+
+    @Test func settingOneUsesEachValueOnce() {
+        var rng = FWPRandom(seed: 3)
+        let b = RetrievalBatch.sample(config(40), count: 20, allKeys: false, using: &rng)
+        #expect(b.values.allSatisfy { Set($0).count == 40 }, "values without replacement")
+        #expect(b.keys.allSatisfy { Set($0).count == 40 })
+        var random = config(40)
+        random.distinctValues = false
+        let r = RetrievalBatch.sample(random, count: 20, allKeys: false, using: &rng)
+        #expect(r.values.contains { Set($0).count < 40 }, "with replacement: repeats")
+    }
+
+    @Test func settingTwoEvaluatesSequencesOfSPairs() {
+        var rng = FWPRandom(seed: 4)
+        let c = config(20, setting: 2)
+        #expect(RetrievalBatch.sample(c, count: 3, allKeys: false, using: &rng).keys.allSatisfy { $0.count == 40 })
+        let eval = RetrievalBatch.sample(c, count: 3, allKeys: true, using: &rng)
+        #expect(eval.keys.allSatisfy { $0.count == 20 }, "the reference evaluates S pairs")
+        #expect(eval.queries.allSatisfy { q in q == q.sorted() && !q.isEmpty })
+        var train = c
+        train.evalLength = "train"
+        #expect(RetrievalBatch.sample(train, count: 3, allKeys: true, using: &rng).keys.allSatisfy { $0.count == 40 })
+    }
+
+    @Test func evaluationQueriesAtMost200KeysSmallestFirst() {
+        var rng = FWPRandom(seed: 5)
+        let eval = RetrievalBatch.sample(config(250), count: 2, allKeys: true, using: &rng)
+        #expect(eval.queries.allSatisfy { $0 == Array(0..<200) })
+        var all = config(250)
+        all.maxEvalQueries = 0
+        #expect(RetrievalBatch.sample(all, count: 2, allKeys: true, using: &rng).queries.allSatisfy { $0.count == 250 })
+    }
+
+    /// Setting 2's training query is a random position's key: a key occurring c times in the L
+    /// pairs is asked with probability c/L, so the queried key's count averages Σc²/L, not the
+    /// mean count over distinct keys.
+    @Test func trainingQueriesFollowKeyFrequency() {
+        func meanQueriedCount(_ c: RetrievalConfig) -> (observed: Double, byPosition: Double, byKey: Double) {
+            var rng = FWPRandom(seed: 6)
+            let b = RetrievalBatch.sample(c, count: 4000, allKeys: false, using: &rng)
+            var observed = 0.0, byPosition = 0.0, byKey = 0.0
+            for (ks, q) in zip(b.keys, b.queries) {
+                var counts: [Int: Int] = [:]
+                for k in ks { counts[k, default: 0] += 1 }
+                observed += Double(counts[q[0]]!)
+                byPosition += counts.values.reduce(0.0) { $0 + Double($1 * $1) } / Double(ks.count)
+                byKey += Double(ks.count) / Double(counts.count)
+            }
+            let n = Double(b.keys.count)
+            return (observed / n, byPosition / n, byKey / n)
+        }
+        let position = meanQueriedCount(config(5, setting: 2))
+        #expect(position.byPosition - position.byKey > 0.3, "the two rules differ here: \(position)")
+        #expect(abs(position.observed - position.byPosition) < 0.1, "\(position)")
+        var uniform = config(5, setting: 2)
+        uniform.queryDraw = "key"
+        let key = meanQueriedCount(uniform)
+        #expect(abs(key.observed - key.byKey) < 0.1, "\(key)")
+    }
+
+    @Test func evaluationLossIsTheMeanOfChunkMeans() {
+        var rng = FWPRandom(seed: 7)
+        let model = RetrievalModel(config: config(7, rule: .delta), seed: 2)
+        let batch = RetrievalBatch.sample(model.config, count: 3, allKeys: true, using: &rng)  // 7 queries each
+        var chunks: [Double] = []
+        for b in 0..<3 {
+            for range in [0..<3, 3..<6, 6..<7] {
+                let part = RetrievalBatch(
+                    keys: [batch.keys[b]], values: [batch.values[b]], queries: [Array(batch.queries[b][range])],
+                    targets: [Array(batch.targets[b][range])])
+                chunks.append(model.loss(part, gradients: false).loss)
+            }
+        }
+        var unused = FWPRandom(seed: 0)
+        let byChunks = RetrievalTask.evaluate(model, batch, chunk: 3, chunkMean: true, redraw: true, using: &unused)
+        #expect(byChunks.loss == chunks.reduce(0, +) / 9, "the one-query chunks weigh as much as the full ones")
+        let byQueries = RetrievalTask.evaluate(model, batch, chunk: 3, chunkMean: false, redraw: true, using: &unused)
+        #expect(abs(byQueries.loss - model.loss(batch, gradients: false).loss) < 1e-6)
+        #expect(byChunks.loss != byQueries.loss)
+    }
+
+    @Test func favorRedrawsItsProjectionEveryForwardPass() {
+        var rng = FWPRandom(seed: 8)
+        let model = RetrievalModel(config: config(6, attention: "favor-8"), seed: 3)
+        let batch = RetrievalBatch.sample(model.config, count: 2, allKeys: true, using: &rng)
+        var a = FWPRandom(seed: 1), b = FWPRandom(seed: 2)
+        let first = RetrievalTask.evaluate(model, batch, chunk: 32, chunkMean: true, redraw: true, using: &a)
+        let second = RetrievalTask.evaluate(model, batch, chunk: 32, chunkMean: true, redraw: true, using: &b)
+        #expect(first.loss != second.loss, "a new projection each pass")
+        let fixedA = RetrievalTask.evaluate(model, batch, chunk: 32, chunkMean: true, redraw: false, using: &a)
+        let fixedB = RetrievalTask.evaluate(model, batch, chunk: 32, chunkMean: true, redraw: false, using: &b)
+        #expect(fixedA.loss == fixedB.loss, "favor_redraw = false: the run's one projection")
+    }
+
+    @Test func patienceIsTheReferences() {
+        #expect(RetrievalTask().parameters.first { $0.name == "patience" }?.defaultValue == 11)
+    }
+}
+
 @Suite struct LanguageModelTaskTests {
     static let tiny: [String: JSONValue] = [
         "layers": 1, "model_size": 16, "heads": 2, "head_size": 8, "ff": 32, "batch": 4, "segment": 16, "steps": 40,

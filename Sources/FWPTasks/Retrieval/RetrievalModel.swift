@@ -18,8 +18,27 @@ public struct RetrievalConfig: Codable, Equatable, Sendable {
     public var rule: UpdateRule
     /// Size of keys and queries before φ (64 in the paper).
     public var keySize: Int
+    /// `reference`: initialised as the reference code (ischlag/fast-weight-transformers,
+    /// synthetic/): W_k and W_q uniform ±1/√d_key for the fast-weight models, Xavier-uniform for
+    /// softmax; every bias, and β's weight, uniform ±1/√fan_in (PyTorch's nn.Linear default).
+    /// `uniform`: W_k, W_q and their biases ±1/√d_key for every model, β's bias zero.
+    public var initialization = "reference"
+    /// Setting 1 draws the values without replacement too (each value once), as the reference;
+    /// false draws them with replacement. Setting 2 draws both with replacement.
+    public var distinctValues = true
+    /// Pairs per evaluation sequence: `keys` (S, as the reference, in both settings) or `train`
+    /// (the training length: 2S in setting 2).
+    public var evalLength = "keys"
+    /// The training query: `position` (a random position's key, as the reference: keys are asked
+    /// in proportion to how often they occur) or `key` (uniform over the distinct keys present).
+    public var queryDraw = "position"
+    /// Keys queried per evaluation sequence at most, the smallest key ids first (the reference:
+    /// 200); 0: every key.
+    public var maxEvalQueries = 200
 
     public var sequenceLength: Int { setting == 1 ? keys : 2 * keys }
+    /// Pairs per evaluation sequence.
+    public var evalSequenceLength: Int { evalLength == "keys" ? keys : sequenceLength }
     public var embeddingSize: Int { Int(Double(2 * keys) * 1.1) }
     public var isSoftmax: Bool { attention == "softmax" }
 
@@ -46,25 +65,37 @@ public struct RetrievalBatch: Sendable {
     public var queries: [[Int]]
     public var targets: [[Int]]
 
-    /// B sequences; `allKeys` queries every distinct key of each sequence, otherwise one random key.
+    /// B sequences. Training (`allKeys` false): the training length, one query each. Evaluation
+    /// (`allKeys` true): the evaluation length, queried at every distinct key present, smallest
+    /// id first, at most `maxEvalQueries`.
     public static func sample(
         _ config: RetrievalConfig, count: Int, allKeys: Bool, using rng: inout FWPRandom
     ) -> RetrievalBatch {
-        let s = config.keys, l = config.sequenceLength
+        let s = config.keys, l = allKeys ? config.evalSequenceLength : config.sequenceLength
+        func permutation() -> [Int] {
+            var p = Array(0..<s)
+            for i in stride(from: s - 1, to: 0, by: -1) { p.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
+            return p
+        }
         var b = RetrievalBatch(keys: [], values: [], queries: [], targets: [])
         for _ in 0..<count {
-            var ks: [Int]
-            if config.setting == 1 {
-                ks = Array(0..<s)
-                for i in stride(from: s - 1, to: 0, by: -1) { ks.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
-            } else {
-                ks = (0..<l).map { _ in Int(rng.next() % UInt64(s)) }
-            }
-            let vs = (0..<l).map { _ in Int(rng.next() % UInt64(s)) }
+            // Setting 1 draws without replacement, so that L = S uses every key once.
+            let ks =
+                config.setting == 1 ? Array(permutation().prefix(l)) : (0..<l).map { _ in Int(rng.next() % UInt64(s)) }
+            let vs =
+                config.setting == 1 && config.distinctValues
+                ? Array(permutation().prefix(l)) : (0..<l).map { _ in Int(rng.next() % UInt64(s)) }
             var latest: [Int: Int] = [:]
             for (k, v) in zip(ks, vs) { latest[k] = v }
             let present = latest.keys.sorted()
-            let qs = allKeys ? present : [present[Int(rng.next() % UInt64(present.count))]]
+            let qs: [Int]
+            if allKeys {
+                qs = config.maxEvalQueries > 0 ? Array(present.prefix(config.maxEvalQueries)) : present
+            } else if config.queryDraw == "position" {
+                qs = [ks[Int(rng.next() % UInt64(l))]]
+            } else {
+                qs = [present[Int(rng.next() % UInt64(present.count))]]
+            }
             b.keys.append(ks)
             b.values.append(vs)
             b.queries.append(qs)
@@ -104,13 +135,25 @@ public struct RetrievalModel: Sendable {
         let bound = 1 / Float(d).squareRoot()
         key = Linear("key", in: s + e, out: d, bias: true, std: 1, store: &store, rng: &rng)
         query = Linear("query", in: e, out: d, bias: true, std: 1, store: &store, rng: &rng)
-        // Uniform ±1/√d_key as in the reference code (replacing the normal draws above).
-        for idx in [key.weight, key.bias!, query.weight, query.bias!] {
-            store.values[idx] = .uniform(shape: store.values[idx].shape, bound: bound, using: &rng)
+        let reference = config.initialization == "reference"
+        // Uniform draws replace the normal ones above: (tensor, bound) in a fixed order.
+        let xavier = { (fanIn: Int, fanOut: Int) in (6 / Float(fanIn + fanOut)).squareRoot() }
+        let bounds: [(Int, Float)] =
+            reference
+            ? [
+                (key.weight, config.isSoftmax ? xavier(s + e, d) : bound),
+                (key.bias!, 1 / Float(s + e).squareRoot()),
+                (query.weight, config.isSoftmax ? xavier(e, d) : bound), (query.bias!, 1 / Float(e).squareRoot()),
+            ] : [(key.weight, bound), (key.bias!, bound), (query.weight, bound), (query.bias!, bound)]
+        for (idx, b) in bounds {
+            store.values[idx] = .uniform(shape: store.values[idx].shape, bound: b, using: &rng)
         }
         if !config.isSoftmax && config.rule == .delta {
-            beta = Linear("beta", in: s + e, out: 1, bias: true, std: 1, store: &store, rng: &rng)
-            store.values[beta!.weight] = .uniform(shape: [1, s + e], bound: 1 / Float(s + e).squareRoot(), using: &rng)
+            let b = beta_(s + e, &store, &rng)
+            if reference {
+                store.values[b.bias!] = .uniform(shape: [1], bound: 1 / Float(s + e).squareRoot(), using: &rng)
+            }
+            beta = b
         } else {
             beta = nil
         }
@@ -134,10 +177,15 @@ public struct RetrievalModel: Sendable {
     /// Mean over queries of ½‖v* − ŷ‖² and its gradients (when `gradients` is true). With
     /// `normalizer`, the sum is divided by it instead of by the batch's query count (a shard of a
     /// larger batch passes the whole batch's count; accuracy stays this batch's own).
-    public func loss(_ batch: RetrievalBatch, gradients wantGradients: Bool, normalizer: Int? = nil) -> (
+    ///
+    /// `projection` replaces FAVOR+'s stored projection for this call (a redraw).
+    public func loss(
+        _ batch: RetrievalBatch, gradients wantGradients: Bool, normalizer: Int? = nil,
+        projection redrawn: Tensor? = nil
+    ) -> (
         loss: Double, accuracy: Double, gradients: ParameterStore?
     ) {
-        let s = config.keys, e = config.embeddingSize, l = config.sequenceLength
+        let s = config.keys, e = config.embeddingSize, l = batch.keys.first?.count ?? config.sequenceLength
         let nSeq = batch.keys.count
         let queryCount = batch.queryCount
         let nQueries = normalizer ?? queryCount
@@ -197,7 +245,7 @@ public struct RetrievalModel: Sendable {
             }
         } else {
             let fm = featureMap!
-            let proj = projection.map { buffers.values[$0] }
+            let proj = redrawn ?? projection.map { buffers.values[$0] }
             let kPhi = fm.forward(kRaw, projection: proj), qPhi = fm.forward(qRaw, projection: proj)
             let delta = config.rule == .delta
             var k = kPhi, q = qPhi
@@ -339,6 +387,13 @@ public struct RetrievalModel: Sendable {
         embedding.backward(dqEmb, tokens: queryKeys, &g)
         return (loss, accuracy, g)
     }
+}
+
+/// β's layer: weight uniform ±1/√fan_in (the reference's PyTorch default), bias zero.
+private func beta_(_ fanIn: Int, _ store: inout ParameterStore, _ rng: inout FWPRandom) -> Linear {
+    let b = Linear("beta", in: fanIn, out: 1, bias: true, std: 1, store: &store, rng: &rng)
+    store.values[b.weight] = .uniform(shape: [1, fanIn], bound: 1 / Float(fanIn).squareRoot(), using: &rng)
+    return b
 }
 
 /// ½‖y − onehot(target)‖² and its gradient with respect to y, scaled by `gradientScale`.

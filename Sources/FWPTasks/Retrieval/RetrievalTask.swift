@@ -34,11 +34,39 @@ public struct RetrievalTask: TaskModule {
             "eval_sequences", .integer, "fresh sequences per evaluation, each queried at every key", default: 20,
             minimum: 1, maximum: 10_000),
         ParameterSpec(
-            "patience", .integer, "stop after this many evaluations without a new best", default: 10, minimum: 1),
+            "patience", .integer,
+            "stop after this many evaluations in a row without a new best (the reference: 11, its strike > 10)",
+            default: 11, minimum: 1),
         ParameterSpec(
             "target_loss", .number, "stop once the eval loss is at or below this", default: 0.001, minimum: 0),
         ParameterSpec(
             "seed", .integer, "seed of initialisation and data", default: 1, minimum: 0, maximum: 9_007_199_254_740_991),
+        ParameterSpec(
+            "initialization", .string,
+            "reference (W_k, W_q ±1/√d_key, Xavier-uniform for softmax, biases ±1/√fan_in) or uniform (all ±1/√d_key)",
+            default: "reference", choices: ["reference", "uniform"]),
+        ParameterSpec(
+            "values", .string,
+            "setting 1: each value once per sequence (distinct, the reference) or drawn with replacement",
+            default: "distinct", choices: ["distinct", "random"]),
+        ParameterSpec(
+            "eval_length", .string, "pairs per evaluation sequence: keys (S, the reference) or train (as in training)",
+            default: "keys", choices: ["keys", "train"]),
+        ParameterSpec(
+            "query_draw", .string,
+            "training query: a random position's key (position, the reference) or a distinct key uniformly (key)",
+            default: "position", choices: ["position", "key"]),
+        ParameterSpec(
+            "max_eval_queries", .integer, "keys queried per evaluation sequence at most, smallest first (0: all)",
+            default: 200, minimum: 0, maximum: 100_000),
+        ParameterSpec(
+            "favor_redraw", .boolean,
+            "FAVOR+: a new random projection every forward pass (the reference) or one per run",
+            default: true),
+        ParameterSpec(
+            "eval_mean", .string,
+            "evaluation loss: mean of per-chunk means, chunks of batch queries (chunks, the reference) or per query",
+            default: "chunks", choices: ["chunks", "queries"]),
         ParameterSpec(
             "ranks", .integer,
             "processes sharing every batch (data-parallel over MPI; cut into shards from 2 ranks on)", default: 1,
@@ -61,6 +89,13 @@ public struct RetrievalTask: TaskModule {
         var targetLoss: Double
         var seed: UInt64
         var ranks: Int
+        var initialization: String
+        var values: String
+        var evalLength: String
+        var queryDraw: String
+        var maxEvalQueries: Int
+        var favorRedraw: Bool
+        var evalMean: String
     }
 
     public func check(_ p: Parameters) throws {
@@ -81,10 +116,59 @@ public struct RetrievalTask: TaskModule {
     }
 
     func config(_ p: Parameters) -> RetrievalConfig {
-        RetrievalConfig(keys: p.keys, setting: p.setting, attention: p.attention, rule: p.rule, keySize: p.keySize)
+        var c = RetrievalConfig(
+            keys: p.keys, setting: p.setting, attention: p.attention, rule: p.rule, keySize: p.keySize)
+        c.initialization = p.initialization
+        c.distinctValues = p.values == "distinct"
+        c.evalLength = p.evalLength
+        c.queryDraw = p.queryDraw
+        c.maxEvalQueries = p.maxEvalQueries
+        return c
     }
 
-    static let format = "fwp.retrieval.v1"
+    static let format = "fwp.retrieval.v2"
+
+    /// A fresh FAVOR+ projection for `config` (nil for other feature maps).
+    static func redraw(_ config: RetrievalConfig, using rng: inout FWPRandom) -> Tensor? {
+        guard !config.isSoftmax, case .favor(let m) = config.featureMap else { return nil }
+        return FeatureMap.favorProjection(features: m, inputSize: config.keySize, using: &rng)
+    }
+
+    /// The evaluation loss and accuracy of `batch`. With `chunk`, each sequence's queries go in
+    /// chunks of at most `chunk` (the reference's evaluation batches), each a forward pass of its
+    /// own (with a fresh FAVOR+ projection when `redraw`); the loss is then the mean of the
+    /// chunks' means (`chunkMean`) or of all queries.
+    static func evaluate(
+        _ model: RetrievalModel, _ batch: RetrievalBatch, chunk: Int?, chunkMean: Bool, redraw: Bool,
+        using rng: inout FWPRandom
+    ) -> (loss: Double, accuracy: Double) {
+        guard let chunk, chunkMean || (redraw && redrawsFAVOR(model.config)) else {
+            let r = model.loss(batch, gradients: false)
+            return (r.loss, r.accuracy)
+        }
+        var chunkLosses: [Double] = [], weighted = 0.0, correct = 0.0, queries = 0
+        for b in 0..<batch.keys.count {
+            for start in stride(from: 0, to: batch.queries[b].count, by: chunk) {
+                let end = min(start + chunk, batch.queries[b].count)
+                let part = RetrievalBatch(
+                    keys: [batch.keys[b]], values: [batch.values[b]], queries: [Array(batch.queries[b][start..<end])],
+                    targets: [Array(batch.targets[b][start..<end])])
+                let r = model.loss(
+                    part, gradients: false, projection: redraw ? Self.redraw(model.config, using: &rng) : nil)
+                chunkLosses.append(r.loss)
+                weighted += r.loss * Double(end - start)
+                correct += r.accuracy * Double(end - start)
+                queries += end - start
+            }
+        }
+        let loss = chunkMean ? chunkLosses.reduce(0, +) / Double(chunkLosses.count) : weighted / Double(queries)
+        return (loss, correct / Double(queries))
+    }
+
+    static func redrawsFAVOR(_ config: RetrievalConfig) -> Bool {
+        if !config.isSoftmax, case .favor = config.featureMap { return true }
+        return false
+    }
 
     /// The config as JSON with sorted keys, so that equal states give byte-identical checkpoints.
     static func configJSON(_ c: RetrievalConfig) -> String {
@@ -143,6 +227,7 @@ public struct RetrievalTask: TaskModule {
                 throw TaskError.cancelled
             }
             let batch = RetrievalBatch.sample(config, count: p.batch, allKeys: false, using: &rng)
+            let projection = p.favorRedraw ? Self.redraw(config, using: &rng) : nil
             let loss: Double, g: ParameterStore?
             if let parallel, let myShards {
                 // Every rank draws the whole batch (the same stream) and computes its shards,
@@ -153,14 +238,16 @@ public struct RetrievalTask: TaskModule {
                     let part = block.clamped(to: myShards)
                     if part.isEmpty { continue }
                     let results = part.map { i in
-                        let r = model.loss(batch.sequences(layout.sequences(of: i)), gradients: true, normalizer: count)
+                        let r = model.loss(
+                            batch.sequences(layout.sequences(of: i)), gradients: true, normalizer: count,
+                            projection: projection)
                         return (loss: r.loss, gradients: r.gradients!)
                     }
                     parts.add(part, results, threads: ComputeThreads(1))
                 }
                 (loss, g) = try parallel.reduce(parts)
             } else {
-                (loss, _, g) = model.loss(batch, gradients: true)
+                (loss, _, g) = model.loss(batch, gradients: true, projection: projection)
             }
             guard loss.isFinite else {
                 throw TaskError.failed(
@@ -178,8 +265,11 @@ public struct RetrievalTask: TaskModule {
             if step % evalEvery == 0 || step == maxSteps {
                 var evalRng = FWPRandom(seed: seed ^ (0x9E37_79B9 &* UInt64(step)))
                 let evalBatch = RetrievalBatch.sample(config, count: p.evalSequences, allKeys: true, using: &evalRng)
-                var (evalLoss, accuracy, _) =
-                    leader ? model.loss(evalBatch, gradients: false) : (Double.nan, Double.nan, nil)
+                var (evalLoss, accuracy) =
+                    leader
+                    ? Self.evaluate(
+                        model, evalBatch, chunk: p.batch, chunkMean: p.evalMean == "chunks", redraw: p.favorRedraw,
+                        using: &evalRng) : (Double.nan, Double.nan)
                 if let parallel {  // rank 0's figures, so that every rank decides alike
                     evalLoss = try parallel.collective.broadcast(evalLoss, root: 0)
                     accuracy = try parallel.collective.broadcast(accuracy, root: 0)
