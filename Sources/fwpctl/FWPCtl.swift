@@ -86,38 +86,15 @@ struct Submit: ParsableCommand {
         try perform {
             var params: [String: JSONValue] = [:]
             for o in overrides {
-                guard let eq = o.firstIndex(of: "="), eq != o.startIndex else {
-                    throw CtlError(message: "--set expects key=value, got '\(o)'", code: 2)
-                }
-                let raw = String(o[o.index(after: eq)...])
-                params[String(o[..<eq])] = (try? JSONValue.parse(raw)) ?? .string(raw)
+                let (k, v) = try keyValue(o, flag: "--set")
+                params[k] = v
             }
             let client = try Client(options.connection)
-            var body: [String: JSONValue] = [
-                "preset": .string(name), "parameters": .object(params), "priority": .number(Double(priority)),
-            ]
+            var body: [String: JSONValue] = ["parameters": .object(params), "priority": .number(Double(priority))]
             if let key { body["idempotency_key"] = .string(key) }
             if let maxAttempts { body["max_attempts"] = .number(Double(maxAttempts)) }
-            if !slurm.isEmpty {
-                var settings: [String: JSONValue] = [:]
-                for o in slurm {
-                    guard let eq = o.firstIndex(of: "="), eq != o.startIndex else {
-                        throw CtlError(message: "--slurm expects key=value, got '\(o)'", code: 2)
-                    }
-                    let key = String(o[..<eq]), raw = String(o[o.index(after: eq)...])
-                    settings[key] =
-                        key == "cpus_per_task" ? ((try? JSONValue.parse(raw)) ?? .string(raw)) : .string(raw)
-                }
-                body["slurm"] = .object(settings)
-            }
-            var reply: JSONValue
-            do {
-                reply = try client.call("submit", body).0
-            } catch let e as CtlError where e.message.hasPrefix("unknown_task: no preset") {
-                body["preset"] = nil
-                body["task"] = .string(name)
-                reply = try client.call("submit", body).0
-            }
+            if !slurm.isEmpty { body["slurm"] = try slurmObject(slurm) }
+            let reply = try callWithPresetOrTask(client, "submit", body, name: name)
             let job = try client.decode(JobInfo.self, reply["job"] ?? .null)
             if json {
                 printJSON(reply)

@@ -7,6 +7,35 @@ import ZeroMQ
     import Glibc
 #endif
 
+/// Sends `command` with `name` as a preset, or, when no preset has that name, as a task module.
+func callWithPresetOrTask(_ client: Client, _ command: String, _ body: [String: JSONValue], name: String) throws
+    -> JSONValue
+{
+    var body = body
+    body["preset"] = .string(name)
+    do {
+        return try client.call(command, body).0
+    } catch let e as CtlError where e.message.hasPrefix("unknown_task: no preset") {
+        body["preset"] = nil
+        body["task"] = .string(name)
+        return try client.call(command, body).0
+    }
+}
+
+/// `--slurm key=value` settings as the request's `slurm` object (every value a string but
+/// cpus_per_task's).
+func slurmObject(_ settings: [String]) throws -> JSONValue {
+    var object: [String: JSONValue] = [:]
+    for s in settings {
+        guard let eq = s.firstIndex(of: "="), eq != s.startIndex else {
+            throw CtlError(message: "--slurm expects key=value, got '\(s)'", code: 2)
+        }
+        let key = String(s[..<eq]), raw = String(s[s.index(after: eq)...])
+        object[key] = key == "cpus_per_task" ? ((try? JSONValue.parse(raw)) ?? .string(raw)) : .string(raw)
+    }
+    return .object(object)
+}
+
 /// `key=value` with the value parsed as JSON where it parses (numbers, true/false), else a string.
 func keyValue(_ text: String, flag: String) throws -> (String, JSONValue) {
     guard let eq = text.firstIndex(of: "="), eq != text.startIndex else {
@@ -91,24 +120,9 @@ struct Sweep: ParsableCommand {
             if let maxRunning { body["max_running"] = .number(Double(maxRunning)) }
             if let key { body["idempotency_key"] = .string(key) }
             if let maxAttempts { body["max_attempts"] = .number(Double(maxAttempts)) }
-            if !slurm.isEmpty {
-                var settings: [String: JSONValue] = [:]
-                for s in slurm {
-                    let (k, v) = try keyValue(s, flag: "--slurm")
-                    settings[k] = k == "cpus_per_task" ? v : .string(v.stringValue ?? v.jsonText)
-                }
-                body["slurm"] = .object(settings)
-            }
+            if !slurm.isEmpty { body["slurm"] = try slurmObject(slurm) }
             let client = try Client(options.connection)
-            body["preset"] = .string(name)
-            var reply: JSONValue
-            do {
-                reply = try client.call("sweep", body).0
-            } catch let e as CtlError where e.message.hasPrefix("unknown_task: no preset") {
-                body["preset"] = nil
-                body["task"] = .string(name)
-                reply = try client.call("sweep", body).0
-            }
+            let reply = try callWithPresetOrTask(client, "sweep", body, name: name)
             let sweep = try client.decode(SweepInfo.self, reply["sweep"] ?? .null)
             if json {
                 printJSON(reply)
