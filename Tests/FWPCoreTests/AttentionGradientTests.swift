@@ -181,6 +181,7 @@ struct Variant: CustomTestStringConvertible, Sendable {
         config.initStd = 0.3
         config.dropout = 0.1
         config.sinusoidalPositions = variant.attention == .softmax
+        config.embeddingScale = variant.attention == .softmax ? 2.5 : 1
         config.tiedEmbeddings = variant.rule == .sum
         var model = try LanguageModel(config: config, seed: 5)
         model.fastWeightAlgorithm = variant.algorithm

@@ -60,7 +60,9 @@ import Testing
         }
     }
 
-    @Test(arguments: ["delta_dpfp2", "sum_elu_attention", "softmax_positions", "delta_favor3"])
+    @Test(arguments: [
+        "delta_dpfp2", "sum_elu_attention", "softmax_positions", "delta_favor3", "softmax_scaled_embeddings",
+    ])
     func twoLayerLanguageModelLoss(_ name: String) throws {
         let data = try Data(contentsOf: fixtureDirectory.appendingPathComponent("lm_\(name).safetensors"))
         let checkpoint = try TrainingCheckpoint.decode(data)

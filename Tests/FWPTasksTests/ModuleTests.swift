@@ -509,3 +509,87 @@ import Testing
         }
     }
 }
+
+/// Sliding-window evaluation against a second algorithm: every target scored by running the model
+/// alone on the context the definition gives it (the tokens from its window's start up to it).
+@Suite struct SlidingWindowEvaluationTests {
+    func model(softmax: Bool) throws -> LanguageModel {
+        var config = LMConfig(
+            vocabularySize: 11, modelSize: 8, layers: 2, heads: 2, headSize: 4, feedForwardSize: 16,
+            attention: softmax ? .softmax : .fastWeight, sinusoidalPositions: softmax, initStd: 0.3)
+        config.embeddingScale = softmax ? 2 : 1
+        return try LanguageModel(config: config, seed: 3)
+    }
+
+    /// The loss of `target` given exactly `context`, from a forward pass over the context alone.
+    func loss(_ m: LanguageModel, context: [Int], target: Int) -> Double {
+        var none: ModelState? = nil
+        var rng = FWPRandom(seed: 0)
+        let (logits, _) = m.forward(tokens: context, batch: 1, state: &none, training: false, rng: &rng)
+        let v = m.config.vocabularySize
+        let row = Array(logits.storage[(context.count - 1) * v..<context.count * v]).map(Double.init)
+        let top = row.max()!
+        return top + Foundation.log(row.map { Foundation.exp($0 - top) }.reduce(0, +)) - row[target]
+    }
+
+    @Test(arguments: [(true, 1), (true, 3), (false, 1), (false, 4)])
+    func everyTargetSeesItsWindow(_ softmax: Bool, _ stride: Int) throws {
+        let m = try model(softmax: softmax)
+        var rng = FWPRandom(seed: 9)
+        let tokens = (0..<70).map { _ in Int(rng.next() % 11) }
+        let window = 6, rows = 2, segments = 4
+        let (got, n) = try evaluateSliding(
+            m, tokens: tokens, rows: rows, window: window, stride: stride, maxSegments: segments, windowsPerCall: 5)
+        // The rows of BatchedStream: 35 tokens each; targets 1...24 of each row are scored.
+        var total = 0.0, count = 0
+        let length = segments * window
+        for r in 0..<rows {
+            let row = Array(tokens[(r * 35)..<(r * 35 + 35)])
+            for j in 1...length {
+                // The window that scores target j ends at the first end ≥ j among window, window + stride, …
+                // (the last capped at length); it starts `window` tokens before its end.
+                var end = window
+                while end < j { end = min(end + stride, length) }
+                total += loss(m, context: Array(row[(end - window)..<j]), target: row[j])
+                count += 1
+            }
+        }
+        #expect(n == count && n == rows * length)
+        #expect(
+            abs(got - total / Double(count)) < 1e-5 * abs(got),
+            "sliding \(got), one context at a time \(total / Double(count))")
+    }
+
+    /// With the stride equal to the window, the windows are the segments: the segment-wise figure.
+    @Test func strideOfAWindowIsTheSegmentWiseEvaluation() throws {
+        let m = try model(softmax: true)
+        var rng = FWPRandom(seed: 4)
+        let tokens = (0..<100).map { _ in Int(rng.next() % 11) }
+        let (sliding, n1) = try evaluateSliding(m, tokens: tokens, rows: 3, window: 8, stride: 8, maxSegments: 3)
+        let (segments, n2) = try evaluateStream(m, tokens: tokens, batch: 3, segment: 8, carry: false, maxSegments: 3)
+        #expect(n1 == n2)
+        #expect(abs(sliding - segments) < 1e-6 * segments, "\(sliding) vs \(segments)")
+        // A stride of 1 gives the later targets more context, so the figure changes.
+        let (fine, _) = try evaluateSliding(m, tokens: tokens, rows: 3, window: 8, stride: 1, maxSegments: 3)
+        #expect(abs(fine - segments) > 1e-4, "\(fine) vs \(segments)")
+    }
+
+    @Test func theTaskReportsBothAndRefusesAStrideBeyondTheSegment() throws {
+        let dir = TemporaryDirectory()
+        let train = dir.file("train.txt", sampleText(lines: 400, seed: 1))
+        let test = dir.file("test.txt", sampleText(lines: 40, seed: 5))
+        let task = LanguageModelTask()
+        var given = LanguageModelTaskTests.tiny.merging([
+            "train": .string(train), "test": .string(test), "attention": "softmax", "positions": true,
+            "scale_embeddings": true, "sliding_stride": 4, "eval_segments": 3, "steps": 20,
+        ]) { $1 }
+        let r = try task.run(try task.validate(given), context: MemoryContext())
+        for key in ["best_valid_sliding_bits_per_byte", "test_sliding_bits_per_byte", "best_valid_bits_per_byte"] {
+            #expect(r[key]?.doubleValue.map { $0 > 0 && $0 < 8 } == true, "\(key): \(String(describing: r[key]))")
+        }
+        given["sliding_stride"] = 17
+        #expect(throws: ParameterError("sliding_stride", "must be at most segment (16), got 17")) {
+            _ = try task.validate(given)
+        }
+    }
+}

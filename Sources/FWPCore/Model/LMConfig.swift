@@ -28,6 +28,9 @@ public struct LMConfig: Codable, Equatable, Sendable {
     public var tiedEmbeddings: Bool
     /// Adds sinusoidal position encodings to the embeddings.
     public var sinusoidalPositions: Bool
+    /// Multiplies the looked-up embeddings by this before positions are added (√D in
+    /// Transformer-XL-style code, where embeddings start at std 0.02 and positions at amplitude 1).
+    public var embeddingScale: Float
     /// Multiplies fast-weight outputs by 1/√d_head (as the paper's code does).
     public var scaleOutput: Bool
     /// Standard deviation of the normal initialisation of weight matrices and embeddings.
@@ -38,7 +41,7 @@ public struct LMConfig: Codable, Equatable, Sendable {
         feedForwardSize: Int = 512, attention: AttentionKind = .fastWeight, featureMap: FeatureMapKind = .eluPlusOne,
         updateRule: UpdateRule = .delta, normalization: Normalization = .sum, dropout: Float = 0,
         tiedEmbeddings: Bool = false, sinusoidalPositions: Bool = false, scaleOutput: Bool = true,
-        initStd: Float = 0.02
+        initStd: Float = 0.02, embeddingScale: Float = 1
     ) {
         self.vocabularySize = vocabularySize
         self.modelSize = modelSize
@@ -55,6 +58,33 @@ public struct LMConfig: Codable, Equatable, Sendable {
         self.sinusoidalPositions = sinusoidalPositions
         self.scaleOutput = scaleOutput
         self.initStd = initStd
+        self.embeddingScale = embeddingScale
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case vocabularySize, modelSize, layers, heads, headSize, feedForwardSize, attention, featureMap, updateRule
+        case normalization, dropout, tiedEmbeddings, sinusoidalPositions, scaleOutput, initStd, embeddingScale
+    }
+
+    /// Decodes a stored config; `embeddingScale` is 1 in checkpoints written before it existed.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        vocabularySize = try c.decode(Int.self, forKey: .vocabularySize)
+        modelSize = try c.decode(Int.self, forKey: .modelSize)
+        layers = try c.decode(Int.self, forKey: .layers)
+        heads = try c.decode(Int.self, forKey: .heads)
+        headSize = try c.decode(Int.self, forKey: .headSize)
+        feedForwardSize = try c.decode(Int.self, forKey: .feedForwardSize)
+        attention = try c.decode(AttentionKind.self, forKey: .attention)
+        featureMap = try c.decode(FeatureMapKind.self, forKey: .featureMap)
+        updateRule = try c.decode(UpdateRule.self, forKey: .updateRule)
+        normalization = try c.decode(Normalization.self, forKey: .normalization)
+        dropout = try c.decode(Float.self, forKey: .dropout)
+        tiedEmbeddings = try c.decode(Bool.self, forKey: .tiedEmbeddings)
+        sinusoidalPositions = try c.decode(Bool.self, forKey: .sinusoidalPositions)
+        scaleOutput = try c.decode(Bool.self, forKey: .scaleOutput)
+        initStd = try c.decode(Float.self, forKey: .initStd)
+        embeddingScale = try c.decodeIfPresent(Float.self, forKey: .embeddingScale) ?? 1
     }
 
     /// Throws `FWPError.invalidConfig` naming the first field out of range.
@@ -70,6 +100,8 @@ public struct LMConfig: Codable, Equatable, Sendable {
         try check(feedForwardSize >= 1, "feedForwardSize", "must be positive, got \(feedForwardSize)")
         try check(dropout >= 0 && dropout < 1, "dropout", "must be in [0, 1), got \(dropout)")
         try check(initStd > 0 && initStd.isFinite, "initStd", "must be positive, got \(initStd)")
+        try check(
+            embeddingScale > 0 && embeddingScale.isFinite, "embeddingScale", "must be positive, got \(embeddingScale)")
         try check(!sinusoidalPositions || modelSize % 2 == 0, "modelSize", "must be even with sinusoidal positions")
         switch featureMap {
         case .dpfp(let nu): try check(nu >= 1 && nu < 2 * headSize, "featureMap", "DPFP's ν must be in 1..<2·d_head")

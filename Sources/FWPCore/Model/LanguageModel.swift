@@ -187,6 +187,7 @@ public struct LanguageModel: Sendable {
         let steps = tokens.count / batch
         if let state { precondition(state.batch == batch, "state is for a batch of \(state.batch)") }
         var x = embedding.forward(tokens, parameters)
+        if config.embeddingScale != 1 { scaleInPlace(&x, config.embeddingScale) }
         if config.sinusoidalPositions { addPositions(&x, batch: batch, steps: steps, offset: state?.position ?? 0) }
         let rate = training ? config.dropout : 0
         let embMask = Dropout.mask(count: x.count, rate: rate, using: &rng)
@@ -275,6 +276,7 @@ public struct LanguageModel: Sendable {
             block.norm1.backward(dh1, cache: c.norm1, parameters, &g, addingTo: &dx)
         }
         Dropout.apply(cache.embeddingMask, to: &dx)
+        if config.embeddingScale != 1 { scaleInPlace(&dx, config.embeddingScale) }
         embedding.backward(dx, tokens: cache.tokens, &g)
         return g
     }
@@ -431,6 +433,10 @@ public struct LanguageModel: Sendable {
         let (logits, _) = forward(tokens: tokens, batch: state.batch, state: &s, training: false, rng: &rng)
         state = s!
         return logits
+    }
+
+    private func scaleInPlace(_ x: inout Tensor, _ s: Float) {
+        for i in 0..<x.count { x.storage[i] *= s }
     }
 
     private func addPositions(_ x: inout Tensor, batch: Int, steps: Int, offset: Int) {

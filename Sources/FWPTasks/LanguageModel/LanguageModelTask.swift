@@ -40,6 +40,10 @@ public struct LanguageModelTask: TaskModule {
         ParameterSpec("dropout", .number, "dropout rate", default: 0.0, minimum: 0, maximum: 0.9),
         ParameterSpec("tied", .boolean, "tie input and output embeddings", default: false),
         ParameterSpec("positions", .boolean, "sinusoidal position encodings", default: false),
+        ParameterSpec(
+            "scale_embeddings", .boolean,
+            "multiply the embeddings by √model_size before positions are added (as Transformer-XL-style code does)",
+            default: false),
         ParameterSpec("batch", .integer, "batch rows (contiguous streams)", default: 16, minimum: 1, maximum: 4096),
         ParameterSpec(
             "segment", .integer, "tokens per segment (training context)", default: 128, minimum: 2, maximum: 65536),
@@ -52,6 +56,11 @@ public struct LanguageModelTask: TaskModule {
         ParameterSpec("eval_every", .integer, "steps between validations (and checkpoints)", default: 200, minimum: 1),
         ParameterSpec(
             "eval_segments", .integer, "segments per row to validate on (0: the whole text)", default: 0, minimum: 0),
+        ParameterSpec(
+            "sliding_stride", .integer,
+            "also evaluate the best model with sliding windows of `segment` tokens advancing by this many (1: every "
+                + "token after the first window sees a full window, as the reference evaluates Transformers; 0: off)",
+            default: 0, minimum: 0, maximum: 65536),
         ParameterSpec(
             "patience", .integer, "early stopping: validations without improvement (0: off)", default: 0, minimum: 0),
         ParameterSpec(
@@ -83,6 +92,7 @@ public struct LanguageModelTask: TaskModule {
         var dropout: Double
         var tied: Bool
         var positions: Bool
+        var scaleEmbeddings: Bool
         var batch: Int
         var segment: Int
         var carry: Bool
@@ -93,6 +103,7 @@ public struct LanguageModelTask: TaskModule {
         var clip: Double
         var evalEvery: Int
         var evalSegments: Int
+        var slidingStride: Int
         var patience: Int
         var seed: UInt64
         var ranks: Int
@@ -118,7 +129,8 @@ public struct LanguageModelTask: TaskModule {
             vocabularySize: vocabulary, modelSize: p.modelSize, layers: p.layers, heads: p.heads, headSize: p.headSize,
             feedForwardSize: p.ff, attention: p.attention, featureMap: p.featureMap, updateRule: p.rule,
             normalization: p.normalization, dropout: Float(p.dropout), tiedEmbeddings: p.tied,
-            sinusoidalPositions: p.positions)
+            sinusoidalPositions: p.positions,
+            embeddingScale: p.scaleEmbeddings ? Float(Double(p.modelSize).squareRoot()) : 1)
     }
 
     /// Rules between parameters, named as the schema names them; the model config's own
@@ -136,6 +148,14 @@ public struct LanguageModelTask: TaskModule {
         }
         if p.positions && p.modelSize % 2 != 0 {
             throw ParameterError("model_size", "must be even with sinusoidal positions, got \(p.modelSize)")
+        }
+        if p.slidingStride > p.segment {
+            throw ParameterError("sliding_stride", "must be at most segment (\(p.segment)), got \(p.slidingStride)")
+        }
+        if p.slidingStride > 0 && p.carry {
+            throw ParameterError(
+                "sliding_stride",
+                "sliding windows start from a fresh state; with carry every token already sees its past")
         }
         if p.carry && p.attention == .softmax {
             throw ParameterError("carry", "carrying state across segments needs fast-weight attention")
@@ -349,16 +369,31 @@ public struct LanguageModelTask: TaskModule {
             result["ranks"] = .number(Double(parallel.size))
             guard leader else { return .object(result) }
         }
+        var bestModel = model
+        bestModel.parameters = bestParameters
+        if p.slidingStride > 0 {
+            let (sloss, n) = try evaluateSliding(
+                bestModel, tokens: validTokens, rows: evalBatch, window: segment, stride: p.slidingStride,
+                maxSegments: p.evalSegments, cancelled: { context.isCancelled })
+            context.log(.info, "sliding-window validation of \(n) tokens (stride \(p.slidingStride)): loss \(sloss)")
+            result["best_valid_sliding_loss"] = .number(sloss)
+            for (k, v) in languageMetrics(sloss, level: level) { result["best_valid_sliding_\(k)"] = v }
+        }
         if let t = f.test {
-            var bestModel = model
-            bestModel.parameters = bestParameters
             let testTokens = tokenizer.encode(try readTextFile(t, parameter: "test"))
+            let testRows = max(1, min(batch, testTokens.count / (segment + 1)))
             let (tloss, _) = try evaluateStream(
-                bestModel, tokens: testTokens, batch: max(1, min(batch, testTokens.count / (segment + 1))),
-                segment: segment,
-                carry: carry, cancelled: { context.isCancelled })
+                bestModel, tokens: testTokens, batch: testRows, segment: segment, carry: carry,
+                cancelled: { context.isCancelled })
             result["test_loss"] = .number(tloss)
             for (k, v) in languageMetrics(tloss, level: level) { result["test_\(k)"] = v }
+            if p.slidingStride > 0 {
+                let (sloss, _) = try evaluateSliding(
+                    bestModel, tokens: testTokens, rows: testRows, window: segment, stride: p.slidingStride,
+                    cancelled: { context.isCancelled })
+                result["test_sliding_loss"] = .number(sloss)
+                for (k, v) in languageMetrics(sloss, level: level) { result["test_sliding_\(k)"] = v }
+            }
         }
         return .object(result)
     }
