@@ -254,6 +254,27 @@ import Testing
         #expect(r["test_perplexity"] != nil)
     }
 
+    @Test func maxVocabularyKeepsTheMostFrequentWords() throws {
+        let t = Tokenizer.words(trainingText: "a a a b b c d\nc a b\n", limit: 4)
+        // Counts: a 4, <eos> 3 (three lines, the last empty), b 3; ties in lexicographic order.
+        #expect(t.vocabulary == ["a", "<eos>", "b", "<unk>"], "\(t.vocabulary)")
+        #expect(t.encode("a c d b\n") == [0, 3, 3, 2, 1])
+        #expect(Tokenizer.words(trainingText: "a b\n", limit: 10).vocabulary == ["<eos>", "a", "b", "<unk>"])
+        let dir = TemporaryDirectory()
+        dir.file("wt/wiki.train.tokens", sampleText(lines: 300, seed: 2))
+        dir.file("wt/wiki.valid.tokens", sampleText(lines: 60, seed: 3))
+        dir.file("wt/wiki.test.tokens", sampleText(lines: 60, seed: 4))
+        let given = Self.tiny.merging([
+            "data_dir": .string(dir.url.appendingPathComponent("wt").path), "level": "word", "max_vocabulary": 10,
+            "steps": 10,
+        ]) { $1 }
+        let r = try run(LanguageModelTask(), given)
+        #expect(r["vocabulary"]?.doubleValue == 10)
+        #expect(throws: ParameterError("max_vocabulary", "applies to level = word (bytes always have 256)")) {
+            _ = try LanguageModelTask().validate(given.merging(["level": "byte"]) { $1 })
+        }
+    }
+
     /// Interrupt at step 20 of 40 and resume: the final parameters equal an uninterrupted run's,
     /// with dropout, FAVOR+ redraws and fast weights carried across segments all in play.
     @Test func resumeWithCarriedStateIsBitIdentical() throws {

@@ -26,6 +26,10 @@ public struct LanguageModelTask: TaskModule {
             "valid_fraction", .number, "share of train held out when no valid file is given", default: 0.05,
             minimum: 0.001, maximum: 0.5),
         ParameterSpec("level", .string, "tokenisation", default: "byte", choices: ["byte", "word"]),
+        ParameterSpec(
+            "max_vocabulary", .integer,
+            "word level: keep the most frequent words of train, this many with <unk> (0: every word)", default: 0,
+            minimum: 0, maximum: 10_000_000),
         ParameterSpec("layers", .integer, "blocks", default: 2, minimum: 1, maximum: 64),
         ParameterSpec("model_size", .integer, "model width D", default: 128, minimum: 2, maximum: 8192),
         ParameterSpec("heads", .integer, "attention heads", default: 4, minimum: 1, maximum: 128),
@@ -80,6 +84,7 @@ public struct LanguageModelTask: TaskModule {
         var dataDir: String?
         var validFraction: Double
         var level: Tokenizer.Level
+        var maxVocabulary: Int
         var layers: Int
         var modelSize: Int
         var heads: Int
@@ -149,6 +154,13 @@ public struct LanguageModelTask: TaskModule {
         if p.positions && p.modelSize % 2 != 0 {
             throw ParameterError("model_size", "must be even with sinusoidal positions, got \(p.modelSize)")
         }
+        if p.maxVocabulary > 0 && p.level != .word {
+            throw ParameterError("max_vocabulary", "applies to level = word (bytes always have 256)")
+        }
+        if p.maxVocabulary > 0 && p.maxVocabulary < 3 {
+            throw ParameterError(
+                "max_vocabulary", "must be 0 or at least 3 (<eos>, <unk> and a word), got \(p.maxVocabulary)")
+        }
         if p.slidingStride > p.segment {
             throw ParameterError("sliding_stride", "must be at most segment (\(p.segment)), got \(p.slidingStride)")
         }
@@ -188,7 +200,9 @@ public struct LanguageModelTask: TaskModule {
         let f = files(p)
         let trainData = try readTextFile(f.train, parameter: "train")
         let tokenizer =
-            level == .byte ? Tokenizer.bytes : Tokenizer.words(trainingText: String(decoding: trainData, as: UTF8.self))
+            level == .byte
+            ? Tokenizer.bytes
+            : Tokenizer.words(trainingText: String(decoding: trainData, as: UTF8.self), limit: p.maxVocabulary)
         var trainTokens = tokenizer.encode(trainData)
         var validTokens: [Int]
         if let v = f.valid {

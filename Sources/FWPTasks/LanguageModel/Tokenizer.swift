@@ -40,8 +40,9 @@ public struct Tokenizer: Codable, Equatable, Sendable {
     /// The byte-level tokenizer.
     public static let bytes = Tokenizer(level: .byte, vocabulary: [])
 
-    /// A word-level tokenizer whose vocabulary is built from `text`.
-    public static func words(trainingText text: String) -> Tokenizer {
+    /// A word-level tokenizer whose vocabulary is built from `text`: every word, or with `limit`
+    /// the `limit − 1` most frequent ones and `<unk>` (which then stands for the rest).
+    public static func words(trainingText text: String, limit: Int = 0) -> Tokenizer {
         var counts: [String: Int] = [Tokenizer.endOfLine: 0, Tokenizer.unknown: 0]
         for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
             for w in line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" }) {
@@ -49,7 +50,10 @@ public struct Tokenizer: Codable, Equatable, Sendable {
             }
             counts[Tokenizer.endOfLine, default: 0] += 1
         }
-        let vocab = counts.sorted { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }.map(\.key)
+        var vocab = counts.sorted { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }.map(\.key)
+        if limit > 0 && vocab.count > limit {
+            vocab = Array(vocab.lazy.filter { $0 != Tokenizer.unknown }.prefix(limit - 1)) + [Tokenizer.unknown]
+        }
         return Tokenizer(level: .word, vocabulary: vocab)
     }
 
