@@ -381,6 +381,14 @@ import Testing
         #expect(e["bits_per_byte"] != nil)
         let carried = try run(EvalTask(), ["checkpoint": .string(best.path), "text": .string(valid), "carry": true])
         #expect(carried["loss"] != e["loss"], "carrying fast weights changes the evaluation")
+        // Sliding windows as wide as their stride are the segments; a stride of 1 gives more context.
+        let coarse = try run(
+            EvalTask(), ["checkpoint": .string(best.path), "text": .string(valid), "sliding_stride": 16])
+        let segmentLoss = e["loss"]!.doubleValue!
+        #expect(abs(coarse["loss"]!.doubleValue! - segmentLoss) < 1e-6 * segmentLoss)
+        #expect(coarse["tokens"] == e["tokens"])
+        let fine = try run(EvalTask(), ["checkpoint": .string(best.path), "text": .string(valid), "sliding_stride": 1])
+        #expect(fine["tokens"] == e["tokens"] && fine["loss"] != e["loss"], "the same targets, with other contexts")
         // generate: seeded sampling is reproducible and streams text events.
         let g = MemoryContext()
         let out1 = try run(

@@ -61,6 +61,11 @@ public struct EvalTask: TaskModule {
         ParameterSpec(
             "carry", .boolean, "carry fast weights across segments (unset: as the checkpoint was trained)",
             optional: true),
+        ParameterSpec(
+            "sliding_stride", .integer,
+            "score with sliding windows of `segment` tokens advancing by this many instead (1: every token after "
+                + "the first window sees a full window, as the reference evaluates Transformers; 0: segments)",
+            default: 0, minimum: 0, maximum: 65536),
     ]
 
     /// The schema's parameters as Swift values.
@@ -71,6 +76,7 @@ public struct EvalTask: TaskModule {
         var batch: Int
         /// nil: as the checkpoint was trained.
         var carry: Bool?
+        var slidingStride: Int
     }
 
     public func check(_ p: Parameters) throws {
@@ -80,20 +86,43 @@ public struct EvalTask: TaskModule {
         if p.carry == true && model.config.attention == .softmax {
             throw ParameterError("carry", "carrying state needs a fast-weight model; this checkpoint is softmax")
         }
+        if p.slidingStride > 0 && p.carry == true {
+            throw ParameterError(
+                "sliding_stride", "sliding windows start from a fresh state; do not combine with carry")
+        }
+        if p.slidingStride > 0 && p.segment > 0 && p.slidingStride > p.segment {
+            throw ParameterError("sliding_stride", "must be at most segment (\(p.segment)), got \(p.slidingStride)")
+        }
     }
 
     public func run(_ p: Parameters, context: TaskContext) throws -> JSONValue {
         BLAS.setThreads(1)  // parallelism comes from fwp's own loops (docs/ARCHITECTURE.md: "OpenBLAS starts without worker threads")
         var (model, tokenizer, c) = try loadLanguageModel(p.checkpoint, parameter: "checkpoint")
         model.threads = ComputeThreads(max(1, context.threads))
-        let carry = p.carry ?? trainedWithCarry(c)
+        let carry = p.slidingStride > 0 ? false : p.carry ?? trainedWithCarry(c)
         var segment = p.segment
         if segment == 0 { segment = Int(c.extra["segment"] ?? "") ?? 256 }
         let tokens = tokenizer.encode(try readTextFile(p.text, parameter: "text"))
-        context.emit(ProgressEvent(kind: "log", message: "evaluating \(tokens.count) tokens in segments of \(segment)"))
-        let (loss, n) = try evaluateStream(
-            model, tokens: tokens, batch: p.batch, segment: segment, carry: carry, cancelled: { context.isCancelled })
+        let loss: Double, n: Int
+        if p.slidingStride > 0 {
+            let stride = min(p.slidingStride, segment)
+            context.emit(
+                ProgressEvent(
+                    kind: "log",
+                    message: "evaluating \(tokens.count) tokens with windows of \(segment) every \(stride) tokens"))
+            (loss, n) = try evaluateSliding(
+                model, tokens: tokens, rows: p.batch, window: segment, stride: stride,
+                cancelled: { context.isCancelled })
+        } else {
+            context.emit(
+                ProgressEvent(kind: "log", message: "evaluating \(tokens.count) tokens in segments of \(segment)"))
+            (loss, n) = try evaluateStream(
+                model, tokens: tokens, batch: p.batch, segment: segment, carry: carry,
+                cancelled: { context.isCancelled }
+            )
+        }
         var result: [String: JSONValue] = ["loss": .number(loss), "tokens": .number(Double(n)), "carry": .bool(carry)]
+        if p.slidingStride > 0 { result["sliding_stride"] = .number(Double(min(p.slidingStride, segment))) }
         for (k, v) in languageMetrics(loss, level: tokenizer.level) { result[k] = v }
         return .object(result)
     }
