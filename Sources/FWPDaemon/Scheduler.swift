@@ -30,7 +30,7 @@ final class EventPublisher: Sendable {
     func close() { socket.withLock { $0.close() } }
 }
 
-/// Claims queued jobs and runs them on a Dispatch worker pool, `workers` at a time.
+/// Claims queued jobs and runs them, each on a thread of its own, `workers` at a time.
 final class Scheduler: JobControl, @unchecked Sendable {
     let config: DaemonConfig
     let store: JobStore
@@ -42,7 +42,6 @@ final class Scheduler: JobControl, @unchecked Sendable {
     let dataRoots: DataRoots
     /// Where claimed jobs run.
     let executor: any JobExecutor
-    private let queue = DispatchQueue(label: "fwpd.workers", attributes: .concurrent)
     private let condition = NSCondition()
     private var running: [Int64: JobContext] = [:]
     private var stopping = false
@@ -177,7 +176,11 @@ final class Scheduler: JobControl, @unchecked Sendable {
             threads: config.effectiveThreadsPerJob, logger: logger, metrics: metrics)
         condition.withLock { running[job.id] = context }
         finished.enter()
-        queue.async { [self] in
+        // A thread of its own, not a Dispatch work item: a job holds its thread for as long as it
+        // trains, and Dispatch's shared pool (which also runs the Swift concurrency runtime, the
+        // signal handling of the graceful stop and the lease heartbeats) is as wide as the machine
+        // has cores — with every core's worth of jobs running, those would wait for a job to end.
+        let thread = Thread { [self] in
             run(job, context)
             condition.withLock {
                 running[job.id] = nil
@@ -187,6 +190,9 @@ final class Scheduler: JobControl, @unchecked Sendable {
             updateGauges()
             finished.leave()
         }
+        thread.name = "fwpd-job-\(job.id)"
+        thread.stackSize = 8 << 20
+        thread.start()
     }
 
     private func run(_ job: JobInfo, _ context: JobContext) {

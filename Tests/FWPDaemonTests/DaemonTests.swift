@@ -151,6 +151,23 @@ import ZeroMQ
         #expect(done.result?["steps"] == 4000)
     }
 
+    /// Four times as many workers as cores, all busy: every claimed job makes progress, and SIGTERM
+    /// stops them all at once. (Jobs must not run on Dispatch's shared pool, which is as wide as
+    /// the machine has cores and also runs the graceful stop: there, the jobs beyond its width sat
+    /// in state running without running.)
+    @Test func moreWorkersThanCoresAllRunAndStopPromptly() throws {
+        let workers = 4 * max(2, ProcessInfo.processInfo.activeProcessorCount)
+        let d = try DaemonProcess(arguments: ["--workers", "\(workers)"]).start()
+        let c = try d.client()
+        let jobs = try (0..<workers).map { _ in try c.submit(longRetrieval(steps: 100_000, evalEvery: 50)) }
+        for job in jobs { _ = try c.wait(job.id) { $0.state == .running && $0.lastSeq > 3 } }
+        let started = Date()
+        #expect(d.stop(SIGTERM) == 0, "graceful stop exits 0: \(d.log())")
+        let seconds = Date().timeIntervalSince(started)
+        #expect(seconds < 15, "stopped \(seconds) s after SIGTERM")
+        #expect(d.log().components(separatedBy: "checkpointed and requeued").count - 1 == workers, "\(d.log())")
+    }
+
     /// kill -9 mid-training: the next start requeues the job (attempt + 1) and resumes from its
     /// latest checkpoint; every event acknowledged before the kill is still there.
     @Test func killNineThenRestartResumesFromCheckpoint() throws {
