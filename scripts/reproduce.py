@@ -130,8 +130,8 @@ def budget_line(rows, elapsed):
     seconds = sum(r["seconds"] or 0 for r in done)
     line = (f"{len(done)} of {len(rows)} points finished; they ran for {seconds / 60:.0f} worker-minutes in all, "
             f"about {seconds / 120:.0f} min on this machine's 2 workers (one thread each) alone")
-    if elapsed is not None:
-        line += f"; the command's last run waited {elapsed / 60:.0f} min (other work shared the CPU)"
+    if elapsed is not None and elapsed >= 60:
+        line += f"; the command's last run waited {elapsed / 60:.0f} min for them (other work shared the CPU)"
     if len(done) < len(rows):
         line += (". **Partial**: the other points are still queued or running; run the command again to "
                  "wait for them and rewrite this page")
