@@ -443,7 +443,9 @@ def write_lm(client, submitted, quick, elapsed, command, corpus):
         abl = [r for r in rows if r["name"].startswith("ablation/") and r["state"] == "succeeded"]
         if abl:
             out.write("## The Transformer baseline, one change at a time (byte level, validation bits per byte)\n\n"
-                      "From fwp's plain softmax model to the reference's construction; each scored segment-wise "
+                      "From fwp's plain softmax model to the reference's construction, one seed each (seed 1, so "
+                      "the last row is the Transformer row's first seed above, trained again without a test file); "
+                      "each scored segment-wise "
                       "and with the reference's sliding window at stride 1 (every target after the first window "
                       "sees exactly 128 tokens).\n\n"
                       "| construction | valid (segments) | valid (sliding, stride 1) |\n|---|---|---|\n")
