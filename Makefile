@@ -26,7 +26,8 @@ bootstrap:
 build: bootstrap
 	$(SWIFT) build -c release
 
-test: bootstrap
+test:
+	scripts/bootstrap test
 	scripts/format-check
 	$(SWIFT) build $(TEST_FLAGS) --build-tests
 	# buffers the core leaves uninitialised start as NaN in tests (see UninitializedMemory)
@@ -39,6 +40,7 @@ test: bootstrap
 	# on CPUs with AMX, the layers' products on its tiles (FWP_AMX=1; elsewhere the AVX-512 kernel again)
 	FWP_POISON_UNINITIALIZED=1 FWP_AMX=1 $(SWIFT) test $(TEST_FLAGS) --skip-build --filter 'DenseGemmTests|NativeVectorKernelTests|EquivalenceTests|LayerGradientTests|TrainingTests'
 	scripts/python-test
+	scripts/browser-test
 
 demo: build
 	scripts/demo
@@ -47,10 +49,11 @@ stop:
 	@if [ -f var/fwpd/fwpd.pid ]; then kill -TERM $$(cat var/fwpd/fwpd.pid) && echo "asked fwpd to stop"; else echo "no fwpd pid file in var/fwpd"; fi
 
 install: build
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/fwpd/tasks $(DESTDIR)$(PREFIX)/share/doc/fwpd \
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/fwpd/tasks $(DESTDIR)$(PREFIX)/share/fwpd/web $(DESTDIR)$(PREFIX)/share/doc/fwpd \
 		$(DESTDIR)/etc/fwpd $(DESTDIR)/etc/systemd/system
 	install -m 0755 .build/release/fwpd .build/release/fwpctl .build/release/fwp-task $(DESTDIR)$(PREFIX)/bin/
 	install -m 0644 tasks/*.json $(DESTDIR)$(PREFIX)/share/fwpd/tasks/
+	install -m 0644 web/* $(DESTDIR)$(PREFIX)/share/fwpd/web/
 	install -m 0644 docs/*.md $(DESTDIR)$(PREFIX)/share/doc/fwpd/
 	sed 's|/usr/local|$(PREFIX)|g' systemd/fwpd.service > $(DESTDIR)/etc/systemd/system/fwpd.service
 	[ -e $(DESTDIR)/etc/fwpd/fwpd.toml ] || install -m 0644 etc/fwpd.toml $(DESTDIR)/etc/fwpd/fwpd.toml

@@ -136,7 +136,7 @@ def main():
     state = tempfile.mkdtemp(prefix="fwpd-load-")
     req, pub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     log = open(os.path.join(state, "fwpd.log"), "w")
-    daemon = subprocess.Popen([args.fwpd, "--state-dir", state, "--request-endpoint", req, "--publish-endpoint", pub,
+    daemon = subprocess.Popen([args.fwpd, "--state-dir", state, "--request-endpoint", req, "--publish-endpoint", pub, "--http-address", "127.0.0.1:0",
                                "--tasks-dir", os.path.join(ROOT, "tasks"), "--log-level", "warning"] + args.daemon_arg, stdout=log, stderr=log)
     ctx = zmq.Context()
     s = ctx.socket(zmq.DEALER)

@@ -79,6 +79,15 @@ public struct DaemonConfig: Equatable, Sendable {
     /// Nice value (0–19) of the threads that serve requests (fwpd's I/O thread and libzmq's):
     /// above 0, a busy machine runs training first and answers requests in its gaps.
     public var requestNice = 0
+    /// Where the web dashboard listens, `HOST:PORT` (port 0: any free port), or `off`.
+    public var httpAddress = "127.0.0.1:5580"
+    /// Whether browsers on loopback without a token are the local principal (off behind a proxy
+    /// on the same machine, where every remote browser would look local).
+    public var httpLocalAccess = true
+    /// The dashboard's pages and scripts.
+    public var webDirectory = "web"
+    /// Where Debian puts packaged JavaScript libraries (the charts come from `dygraphs/` there).
+    public var javascriptDirectory = "/usr/share/javascript"
 
     public init() {}
 
@@ -293,7 +302,33 @@ public struct DaemonConfig: Equatable, Sendable {
                     $0.requestNice = v
                 }
             ),
+            (
+                "http_address", "FWPD_HTTP_ADDRESS", "--http-address",
+                {
+                    guard $1 == "off" || Self.httpHostPort($1) != nil else {
+                        throw ConfigError("http_address must be HOST:PORT (port 0 to 65535) or off, got '\($1)'")
+                    }
+                    $0.httpAddress = $1
+                }
+            ),
+            (
+                "http_local_access", "FWPD_HTTP_LOCAL_ACCESS", "--http-local-access",
+                { $0.httpLocalAccess = try boolean($1, "http_local_access") }
+            ),
+            ("web_dir", "FWPD_WEB_DIR", "--web-dir", { $0.webDirectory = $1 }),
+            ("javascript_dir", "FWPD_JAVASCRIPT_DIR", "--javascript-dir", { $0.javascriptDirectory = $1 }),
         ]
+
+    /// `HOST:PORT` (`[v6]:PORT` for IPv6) split, or nil.
+    public static func httpHostPort(_ address: String) -> (host: String, port: Int)? {
+        guard let colon = address.lastIndex(of: ":") else { return nil }
+        var host = String(address[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty, let port = Int(address[address.index(after: colon)...]), (0...65535).contains(port) else {
+            return nil
+        }
+        return (host, port)
+    }
 
     /// Applies a TOML config file (parsed by TOMLKit, any valid TOML): settings at the top level
     /// or in an `[fwpd]` table, as strings, integers, floats or booleans. Errors name the file, the
@@ -365,6 +400,13 @@ public struct DaemonConfig: Equatable, Sendable {
 
     /// Checks combinations that single settings cannot.
     public func validate() throws {
+        if httpAddress != "off", let (host, _) = Self.httpHostPort(httpAddress), !allowInsecureRemote,
+            !Self.isLocal("tcp://\(host.contains(":") ? "[\(host)]" : host):1")
+        {
+            throw ConfigError(
+                "refusing to serve the dashboard on \(host) off loopback over plain HTTP (its tokens would travel unencrypted): put a TLS proxy on the same machine in front of a loopback address with http_local_access = false, or allow_insecure_remote = true on a trusted network"
+            )
+        }
         if !allowInsecureRemote && curveSecretKeyFile == nil {
             for e in [requestEndpoint, publishEndpoint] where !Self.isLocal(e) {
                 throw ConfigError(

@@ -25,6 +25,8 @@ public final class Daemon: Service, @unchecked Sendable {
     /// The workers' event endpoint, for the Slurm executor.
     let ingest: IngestServer?
     let lockFD: Int32
+    /// The web dashboard, a service of its own beside this one (nil with `http_address = off`).
+    public let dashboard: Dashboard?
 
     /// Prepares everything that can fail (config, lock, database, bind) before `run`.
     public init(config: DaemonConfig, logger: Logger) throws {
@@ -62,10 +64,20 @@ public final class Daemon: Service, @unchecked Sendable {
         scheduler = Scheduler(
             config: config, store: store, registry: registry, publisher: publisher, logger: logger, metrics: metrics,
             ingest: ingest)
+        let address = DashboardAddress()
         router = try Router(
             config: config, zmq: zmq, store: store, scheduler: scheduler, registry: registry, presets: presets,
             metrics: metrics,
-            logger: logger, pull: pull)
+            logger: logger, pull: pull, dashboard: address)
+        dashboard =
+            config.httpAddress == "off"
+            ? nil
+            : Dashboard(
+                config: config, store: store,
+                handler: RequestHandler(
+                    config: config, store: store, control: scheduler, registry: registry, presets: presets,
+                    metrics: metrics, curve: config.curveSecretKeyFile != nil, dashboard: address),
+                address: address, logger: logger)
         for e in try store.recoverInterrupted() {
             publisher.publish(e)
             logger.warning("job \(e.job): \(e.message ?? e.state?.rawValue ?? "")")

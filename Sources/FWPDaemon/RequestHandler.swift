@@ -41,14 +41,17 @@ final class RequestHandler: @unchecked Sendable {
     /// Where path parameters may point.
     let dataRoots: DataRoots
     let started = Date()
+    /// The dashboard's address once its server is listening (`health` and `token` report it).
+    let dashboard: DashboardAddress
     /// The last `status` reply per job, reused while the job is unchanged.
     private var statusReplies: [Int64: (JobInfo, [UInt8])] = [:]
 
     init(
         config: DaemonConfig, store: JobStore, control: any JobControl, registry: TaskRegistry,
         presets: [String: Preset],
-        metrics: DaemonMetrics, curve: Bool
+        metrics: DaemonMetrics, curve: Bool, dashboard: DashboardAddress = DashboardAddress()
     ) {
+        self.dashboard = dashboard
         self.config = config
         self.store = store
         self.control = control
@@ -63,7 +66,7 @@ final class RequestHandler: @unchecked Sendable {
     /// to be the principal's own unless the principal is an admin, and `exec` jobs need an admin.
     static func requiredRole(_ command: Command) -> Role {
         switch command {
-        case .status, .list, .events, .tasks, .health, .metrics, .sweepStatus: return .viewer
+        case .status, .list, .events, .tasks, .health, .metrics, .sweepStatus, .token: return .viewer
         case .submit, .cancel, .checkpoints, .export, .sweep: return .user
         }
     }
@@ -109,6 +112,7 @@ final class RequestHandler: @unchecked Sendable {
         case .metrics: return Reply(body: try metricsText(body))
         case .sweep: return Reply(body: try sweep(body, by: principal))
         case .sweepStatus: return Reply(body: try sweepStatus(body))
+        case .token: return Reply(body: try token(body, by: principal))
         }
     }
 
@@ -395,6 +399,7 @@ final class RequestHandler: @unchecked Sendable {
             "curve": .bool(curve), "executor": .string(control.executorName),
         ]
         if let status = control.executorStatus { reply[control.executorName] = status }
+        if let url = dashboard.url { reply["dashboard"] = .string(url) }
         return Array(JSONValue.object(reply).jsonBytes)
     }
 
@@ -402,6 +407,58 @@ final class RequestHandler: @unchecked Sendable {
         try b.allow([])
         control.updateGauges()
         return Array(JSONValue.object(["text": .string(metrics.text())]).jsonBytes)
+    }
+
+    /// Makes a dashboard token bound to a principal (by default the caller, at the caller's
+    /// role; a lesser role on request; another principal only for admins), or revokes one (the
+    /// caller's own, or any for admins). Only the token's SHA-256 is stored.
+    func token(_ b: RequestBody, by principal: Principal) throws -> [UInt8] {
+        try b.allow(["principal", "role", "revoke"])
+        if b.fields["revoke"] != nil {
+            guard b.fields.count == 1 else { throw WireError(.invalidRequest, "'revoke' takes no other field") }
+            let id = Int64(try b.int("revoke", min: 1)!)
+            guard let owner = try store.tokenOwner(id) else { throw WireError(.notFound, "no token \(id)") }
+            guard principal.role == .admin || owner == principal.name else {
+                throw Self.forbidden(
+                    "revoking a token of another principal needs role admin; \(principal) has not", .admin)
+            }
+            _ = try store.revokeToken(id)
+            return Array(JSONValue.object(["revoked": .number(Double(id))]).jsonBytes)
+        }
+        let name = try b.string("principal") ?? principal.name
+        guard !name.isEmpty, name.count <= 64,
+            name.unicodeScalars.allSatisfy({
+                CharacterSet.alphanumerics.contains($0) || "-_.@".unicodeScalars.contains($0)
+            })
+        else {
+            throw WireError(.invalidRequest, "field 'principal' must be 1 to 64 letters, digits and -_.@")
+        }
+        var role = name == principal.name ? principal.role : .viewer
+        if let r = try b.string("role") {
+            guard let v = Role(rawValue: r) else {
+                throw WireError(.invalidRequest, "field 'role' must be viewer, user or admin")
+            }
+            role = v
+        }
+        if name != principal.name {
+            guard principal.role == .admin else {
+                throw Self.forbidden("a token for another principal needs role admin; \(principal) has not", .admin)
+            }
+        } else if role > principal.role {
+            throw Self.forbidden(
+                "a token cannot carry more than its principal's role; \(principal) has not \(role.rawValue)", role)
+        }
+        var generator = SystemRandomNumberGenerator()
+        let secret =
+            "fwp_" + (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator)) }.joined()
+        let id = try store.addToken(
+            sha256: Digest.sha256Hex(Data(secret.utf8)), principal: name, role: role, createdBy: principal.name)
+        var reply: [String: JSONValue] = [
+            "id": .number(Double(id)), "token": .string(secret), "principal": .string(name),
+            "role": .string(role.rawValue),
+        ]
+        if let url = dashboard.url { reply["dashboard"] = .string(url) }
+        return Array(JSONValue.object(reply).jsonBytes)
     }
 
     private func job(_ id: Int) throws -> JobInfo {

@@ -29,7 +29,7 @@ final class Router: @unchecked Sendable {
     init(
         config: DaemonConfig, zmq: ZMQContext, store: JobStore, scheduler: Scheduler, registry: TaskRegistry,
         presets: [String: Preset],
-        metrics: DaemonMetrics, logger: Logger, pull: ZMQSocket
+        metrics: DaemonMetrics, logger: Logger, pull: ZMQSocket, dashboard: DashboardAddress = DashboardAddress()
     ) throws {
         self.config = config
         self.zmq = zmq
@@ -69,7 +69,7 @@ final class Router: @unchecked Sendable {
         }
         handler = RequestHandler(
             config: config, store: store, control: scheduler, registry: registry, presets: presets, metrics: metrics,
-            curve: zap != nil)
+            curve: zap != nil, dashboard: dashboard)
     }
 
     /// The CURVE allow-list: one client per line, `KEY [ROLE [NAME]]` (role viewer, user or admin,

@@ -24,4 +24,6 @@ public enum Command: String, CaseIterable, Sendable {
     case sweep
     /// A sweep and every point's parameters, state and result.
     case sweepStatus = "sweep_status"
+    /// A token for the web dashboard bound to a principal, or a token's revocation.
+    case token
 }

@@ -119,6 +119,7 @@ public enum JSONValue: Codable, Equatable, Sendable, CustomStringConvertible {
     public var stringValue: String? { if case .string(let s) = self { s } else { nil } }
     public var boolValue: Bool? { if case .bool(let b) = self { b } else { nil } }
     public var objectValue: [String: JSONValue]? { if case .object(let o) = self { o } else { nil } }
+    public var arrayValue: [JSONValue]? { if case .array(let a) = self { a } else { nil } }
 
     /// The member `key` of an object (nil for other values or a missing key).
     public subscript(key: String) -> JSONValue? { objectValue?[key] }

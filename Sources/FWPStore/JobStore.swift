@@ -122,6 +122,21 @@ public final class JobStore: Sendable {
                     CREATE INDEX jobs_sweep ON jobs(sweep_id, state);
                     """)
         }
+        m.registerMigration("v6: dashboard tokens") { db in
+            // Only the token's SHA-256 is kept: the token itself is shown once, to whoever asked.
+            try db.execute(
+                sql: """
+                    CREATE TABLE tokens (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        sha256 TEXT NOT NULL UNIQUE,
+                        principal TEXT NOT NULL,
+                        role TEXT NOT NULL,
+                        created_by TEXT NOT NULL,
+                        created_at REAL NOT NULL,
+                        revoked INTEGER NOT NULL DEFAULT 0
+                    );
+                    """)
+        }
         return m
     }
 
@@ -474,6 +489,16 @@ public final class JobStore: Sendable {
         }
     }
 
+    /// Sweeps, newest first, at most `limit`, those with an id below `before` when it is given.
+    public func sweeps(before: Int64?, limit: Int) throws -> [SweepInfo] {
+        let ids = try pool.read { db in
+            try Int64.fetchAll(
+                db, sql: "SELECT id FROM sweeps WHERE id < ? ORDER BY id DESC LIMIT ?",
+                arguments: [before ?? Int64.max, limit])
+        }
+        return try ids.compactMap { try sweep($0) }
+    }
+
     /// A sweep's points, in the order they were made.
     public func sweepJobs(_ id: Int64) throws -> [JobInfo] {
         try pool.read { db in
@@ -574,6 +599,14 @@ public final class JobStore: Sendable {
         return e
     }
 
+    /// The stored JSON of a job's newest `limit` events, newest first.
+    public func recentEventBodies(job: Int64, limit: Int) throws -> [String] {
+        try pool.read { db in
+            try String.fetchAll(
+                db, sql: "SELECT body FROM events WHERE job_id = ? ORDER BY seq DESC LIMIT ?", arguments: [job, limit])
+        }
+    }
+
     /// The stored JSON of a job's events with sequence numbers above `after`, oldest first (each
     /// as `WireJSON` wrote it: compact, sorted keys), for replies that pass them on unchanged.
     public func eventBodies(job: Int64, after: Int64, limit: Int) throws -> [String] {
@@ -641,5 +674,43 @@ public final class JobStore: Sendable {
             error: code.map { WireError(ErrorCode($0), r[16] ?? "") },
             cancelRequested: r[13], lastSeq: r[17], owner: r[18], slurmJob: r[20],
             slurm: (r[22] as String?).flatMap { try? JSONValue.parse($0) }?.objectValue, sweep: r[23])
+    }
+
+    // MARK: Dashboard tokens
+
+    /// Stores a new token for `principal` with `role` (its SHA-256 only) and returns its id.
+    public func addToken(sha256: String, principal: String, role: Role, createdBy: String) throws -> Int64 {
+        try pool.write { db in
+            try db.execute(
+                sql: "INSERT INTO tokens (sha256, principal, role, created_by, created_at) VALUES (?, ?, ?, ?, ?)",
+                arguments: [sha256, principal, role.rawValue, createdBy, Self.now()])
+            return db.lastInsertedRowID
+        }
+    }
+
+    /// The principal a token's SHA-256 stands for, unless the token is unknown or revoked.
+    public func tokenPrincipal(sha256: String) throws -> Principal? {
+        try pool.read { db in
+            guard
+                let row = try Row.fetchOne(
+                    db, sql: "SELECT principal, role FROM tokens WHERE sha256 = ? AND revoked = 0", arguments: [sha256]),
+                let role = Role(rawValue: row["role"])
+            else { return nil }
+            return Principal(name: row["principal"], role: role)
+        }
+    }
+
+    /// The principal token `id` belongs to (revoked or not), for the revoking request's check.
+    public func tokenOwner(_ id: Int64) throws -> String? {
+        try pool.read { db in try String.fetchOne(db, sql: "SELECT principal FROM tokens WHERE id = ?", arguments: [id])
+        }
+    }
+
+    /// Revokes token `id`; false when there is none.
+    public func revokeToken(_ id: Int64) throws -> Bool {
+        try pool.write { db in
+            try db.execute(sql: "UPDATE tokens SET revoked = 1 WHERE id = ?", arguments: [id])
+            return db.changesCount > 0
+        }
     }
 }

@@ -63,7 +63,7 @@ struct FWPCtl: ParsableCommand {
             "Exit codes: 0 ok, 1 request refused, 2 usage, 3 daemon unreachable, 4 job failed, 5 job cancelled.",
         subcommands: [
             Submit.self, Status.self, List.self, Tail.self, Cancel.self, Checkpoints.self, Export.self, Tasks.self,
-            Health.self, Metrics.self, Keygen.self, Sweep.self, SweepStatus.self,
+            Health.self, Metrics.self, Keygen.self, Sweep.self, SweepStatus.self, Token.self,
         ])
 }
 
@@ -278,12 +278,51 @@ struct Health: ParsableCommand {
             print(
                 "fwpd \(r["version"]?.stringValue ?? "?") ok: \(Int(r["running"]?.doubleValue ?? 0)) running, \(Int(r["queued"]?.doubleValue ?? 0)) queued, \(Int(r["workers"]?.doubleValue ?? 0)) workers (\(r["executor"]?.stringValue ?? "local") executor), up \(Int(r["uptime_seconds"]?.doubleValue ?? 0)) s"
             )
+            if let url = r["dashboard"]?.stringValue { print("dashboard: \(url)") }
             if let slurm = r["slurm"] {
                 print(
                     slurm["answers"]?.boolValue == true
                         ? "slurm: answers"
                         : "slurm: does not answer: \(slurm["message"]?.stringValue ?? "no reason given")")
             }
+        }
+    }
+}
+
+struct Token: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Make a token for the web dashboard (or revoke one).",
+        discussion: """
+            The token stands for you (or, for an admin, --principal) with your role or a lesser one \
+            (--role). Open the printed /login address once: the browser keeps the token in a cookie. \
+            Programs send it as "Authorization: Bearer TOKEN". fwpd keeps only its SHA-256.
+            """)
+    @OptionGroup var options: ConnectionOptions
+    @Option(help: "Whom the token stands for (admins only; default: you).") var principal: String?
+    @Option(help: "Its role: viewer, user or admin (default: the principal's own).") var role: String?
+    @Option(help: "Revoke the token with this id instead.") var revoke: Int?
+    @Flag(help: "Print JSON.") var json = false
+    func run() throws {
+        try perform {
+            let client = try Client(options.connection)
+            if let revoke {
+                let reply = try client.call("token", ["revoke": .number(Double(revoke))]).0
+                if json { return printJSON(reply) }
+                return print("revoked token \(revoke)")
+            }
+            var body: [String: JSONValue] = [:]
+            if let principal { body["principal"] = .string(principal) }
+            if let role { body["role"] = .string(role) }
+            let r = try client.call("token", body).0
+            if json { return printJSON(r) }
+            let token = r["token"]?.stringValue ?? ""
+            print(
+                "token \(Int(r["id"]?.doubleValue ?? 0)) for \(r["principal"]?.stringValue ?? "?") (\(r["role"]?.stringValue ?? "?")): \(token)"
+            )
+            if let url = r["dashboard"]?.stringValue {
+                print("open \(url)login?token=\(token)")
+            }
+            print("revoke it with: fwpctl token --revoke \(Int(r["id"]?.doubleValue ?? 0))")
         }
     }
 }

@@ -50,6 +50,9 @@ struct FWPD: AsyncParsableCommand {
     @Flag(help: "Allow a non-loopback TCP endpoint without CURVE.") var allowInsecureRemote = false
     @Option(help: "Log level (trace … critical).") var logLevel: String?
     @Option(help: "Nice value (0–19) of the request-serving threads.") var requestNice: Int?
+    @Option(help: "The web dashboard's HOST:PORT (port 0: any free port), or off.") var httpAddress: String?
+    @Option(help: "The dashboard's pages and scripts.") var webDir: String?
+    @Option(help: "Debian's packaged JavaScript libraries (the charts).") var javascriptDir: String?
 
     func run() async throws {
         BLAS.relaunchIfNeeded()
@@ -79,6 +82,7 @@ struct FWPD: AsyncParsableCommand {
                 (ingestCurve, "--ingest-curve"),
                 (slurmPartition, "--slurm-partition"), (slurmOptions, "--slurm-options"),
                 (slurmPartitions, "--slurm-partitions"),
+                (httpAddress, "--http-address"), (webDir, "--web-dir"), (javascriptDir, "--javascript-dir"),
             ]
             try settings.apply(flags: flags.compactMap { v, f in v.map { (f, $0) } })
         } catch {
@@ -98,7 +102,9 @@ struct FWPD: AsyncParsableCommand {
             logger.critical("cannot start: \(error)")
             throw ExitCode(1)
         }
-        let group = ServiceGroup(services: [daemon], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        let group = ServiceGroup(
+            services: [daemon] + (daemon.dashboard.map { [$0] } ?? []), gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger)
         try await group.run()
     }
 }

@@ -66,7 +66,7 @@ final class DaemonProcess {
         [
             "--state-dir", state.path, "--request-endpoint", requestEndpoint, "--publish-endpoint", publishEndpoint,
             "--tasks-dir", repositoryRoot.appendingPathComponent("tasks").path, "--threads-per-job", "1", "--log-level",
-            "debug",
+            "debug", "--http-address", "127.0.0.1:0", "--web-dir", repositoryRoot.appendingPathComponent("web").path,
         ] + extraArguments
     }
 

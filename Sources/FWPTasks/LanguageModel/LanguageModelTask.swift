@@ -329,6 +329,8 @@ public struct LanguageModelTask: TaskModule {
             updateSeconds += (ContinuousClock.now - updateStarted).seconds
             lastTrain = loss
             var stepMetrics = languageMetrics(loss, level: level)
+            // The learning rate the update just used (the schedule's rate at this step).
+            stepMetrics["lr"] = .number(optimizer.schedule.rate(at: optimizer.step))
             if let parallel {
                 stepMetrics["ranks"] = .number(Double(parallel.size))
                 // Per step since the start: the reduction (waiting for the slowest rank included)

@@ -27,7 +27,7 @@ def daemon():
     state = tempfile.mkdtemp(prefix="fwpd-py-")
     req, pub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     log = open(os.path.join(state, "log"), "w")
-    proc = subprocess.Popen([FWPD, "--state-dir", state, "--request-endpoint", req, "--publish-endpoint", pub,
+    proc = subprocess.Popen([FWPD, "--state-dir", state, "--request-endpoint", req, "--publish-endpoint", pub, "--http-address", "127.0.0.1:0",
                              "--tasks-dir", os.path.join(ROOT, "tasks"), "--threads-per-job", "1"], stdout=log, stderr=log)
     client = Client(req, pub, timeout=0.3)
     for _ in range(100):
