@@ -75,12 +75,13 @@ fwp.bestMetric = function (job) {
   return null;
 };
 
-fwp.progressBar = function (step, total) {
+fwp.progressBar = function (step, total, text) {
   if (!total) return step ? "step " + step : "";
   const pct = Math.min(100, (100 * step) / total);
-  return fwp.el("span", { class: "progress", title: step + " / " + total },
+  const label = text || step + " / " + total;
+  return fwp.el("span", { class: "progress", title: label },
     fwp.el("span", { class: "bar", style: "width:" + pct.toFixed(1) + "%" }),
-    fwp.el("span", { class: "label" }, step + " / " + total));
+    fwp.el("span", { class: "label" }, label));
 };
 
 fwp.header = async function (title) {
@@ -153,6 +154,15 @@ fwp.rows = function (seriesList) {
   for (const s of seriesList) for (const k of s.keys()) steps.add(k);
   const xs = Array.from(steps).sort((a, b) => a - b);
   return xs.map((x) => [x].concat(seriesList.map((s) => (s.has(x) ? s.get(x) : null))));
+};
+
+// What every chart shares: the legend always shown (in a div of its own under the chart),
+// compact axis labels.
+fwp.chartOptions = function () {
+  return {
+    legend: "always", labelsSeparateLines: false, animatedZooms: false, strokeWidth: 1.5,
+    axes: { y: { axisLabelWidth: 64, axisLabelFormatter: (v) => fwp.number(v, 2) } },
+  };
 };
 
 fwp.logScaleFor = function (name) {

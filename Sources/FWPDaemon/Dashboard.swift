@@ -95,12 +95,10 @@ public final class Dashboard: Service, @unchecked Sendable {
         }
         router.get("/api/health") { [self] request, context in try call("health", [:], request, context) }
         router.get("/api/jobs") { [self] request, context in
-            var body = query(request, ints: ["after", "limit", "sweep"], strings: ["state"])
-            if body["limit"] == nil { body["limit"] = .number(100) }
-            return json(try jobsWithProgress(body, request, context))
+            json(try jobsWithProgress(listQuery(request), request, context))
         }
         router.get("/api/jobs/stream") { [self] request, context in
-            let body = query(request, ints: ["after", "limit", "sweep"], strings: ["state"])
+            let body = listQuery(request)
             _ = try jobsWithProgress(body, request, context)  // refuses now, before the stream starts
             return stream(interval: 1) { [self] in try? jobsWithProgress(body, request, context) }
         }
@@ -262,6 +260,13 @@ public final class Dashboard: Service, @unchecked Sendable {
             if let v = q.get(name) { body[name] = Int(v).map { .number(Double($0)) } ?? .string(String(v)) }
         }
         for name in strings { if let v = q.get(name) { body[name] = .string(String(v)) } }
+        return body
+    }
+
+    /// A jobs query: `list`'s fields, the newest first unless it pages with `after`.
+    func listQuery(_ request: Request) -> [String: JSONValue] {
+        var body = query(request, ints: ["after", "before", "limit", "sweep"], strings: ["state"])
+        if body["after"] == nil && body["before"] == nil { body["before"] = .number(1e15) }
         return body
     }
 

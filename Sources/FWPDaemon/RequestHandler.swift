@@ -284,7 +284,7 @@ final class RequestHandler: @unchecked Sendable {
     }
 
     func list(_ b: RequestBody) throws -> [UInt8] {
-        try b.allow(["state", "after", "limit", "sweep"])
+        try b.allow(["state", "after", "before", "limit", "sweep"])
         var state: JobState? = nil
         if let s = try b.string("state") {
             guard let v = JobState(rawValue: s) else {
@@ -295,9 +295,10 @@ final class RequestHandler: @unchecked Sendable {
             state = v
         }
         let limit = try b.int("limit", min: 1, max: 1000) ?? 100
+        let before = try b.int("before", min: 1).map(Int64.init)
         let jobs = try store.list(
             state: state, after: Int64(try b.int("after", min: 0) ?? 0), limit: limit,
-            sweep: try b.int("sweep", min: 1).map(Int64.init))
+            sweep: try b.int("sweep", min: 1).map(Int64.init), before: before)
         return WireJSON.encode(ListReply(jobs: jobs, next: jobs.count == limit ? jobs.last?.id : nil))
     }
 

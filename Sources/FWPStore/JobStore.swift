@@ -199,9 +199,24 @@ public final class JobStore: Sendable {
         return job
     }
 
-    /// Jobs in id order after `after`, optionally in one state.
-    public func list(state: JobState?, after: Int64, limit: Int, sweep: Int64? = nil) throws -> [JobInfo] {
-        try pool.unsafeRead { db in
+    /// Jobs in id order after `after`, optionally in one state; with `before`, the newest first
+    /// of those with ids below it.
+    public func list(state: JobState?, after: Int64, limit: Int, sweep: Int64? = nil, before: Int64? = nil) throws
+        -> [JobInfo]
+    {
+        if let before {
+            return try pool.unsafeRead { db in
+                try Row.fetchAll(
+                    try db.cachedStatement(
+                        sql: """
+                            SELECT * FROM jobs WHERE (? IS NULL OR sweep_id = ?) AND (? IS NULL OR state = ?)
+                            AND id > ? AND id < ? ORDER BY id DESC LIMIT ?
+                            """),
+                    arguments: [sweep, sweep, state?.rawValue, state?.rawValue, after, before, limit]
+                ).map(Self.job)
+            }
+        }
+        return try pool.unsafeRead { db in
             let rows: [Row]
             if let sweep {
                 rows = try Row.fetchAll(

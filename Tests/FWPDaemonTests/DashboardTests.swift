@@ -98,7 +98,7 @@ struct HTTPExchange {
             "task": "retrieval",
             "parameters": .object([
                 "keys": 6, "key_size": 16, "max_steps": .number(Double(steps)), "eval_every": 50, "target_loss": 0,
-                "batch": 8,
+                "batch": 8, "patience": 100_000,
             ]),
         ]
     }
@@ -107,13 +107,18 @@ struct HTTPExchange {
         let (d, port) = try Self.start()
         defer { _ = d.stop() }
         let c = try d.client()
+        let earlier = try c.submit(Self.retrieval(50))
         let job = try c.submit(Self.retrieval(100))
         _ = try c.wait(job.id) { $0.state == .succeeded }
         let list = try HTTPExchange.send(port: port, "GET", "/api/jobs")
         #expect(list.status == 200 && list.headers["content-type"] == "application/json")
         let jobs = list.json["jobs"]?.arrayValue ?? []
-        #expect(jobs.count == 1 && jobs.first?["id"]?.doubleValue == Double(job.id))
+        #expect(jobs.compactMap { $0["id"]?.doubleValue } == [Double(job.id), Double(earlier.id)], "newest first")
         #expect(jobs.first?["progress"]?["kind"]?.stringValue == "progress", "each job with its newest progress")
+        #expect(jobs.first?["progress"]?["step"]?.doubleValue == 100, "the newest progress event")
+        let paged = try HTTPExchange.send(port: port, "GET", "/api/jobs?after=0&limit=1")
+        #expect(paged.json["jobs"]?.arrayValue?.compactMap { $0["id"]?.doubleValue } == [Double(earlier.id)])
+        #expect(paged.json["next"]?.doubleValue == Double(earlier.id))
         let one = try HTTPExchange.send(port: port, "GET", "/api/jobs/\(job.id)")
         let viaProtocol = try c.ok("status", ["job": .number(Double(job.id))])
         #expect(one.json["state"]?.stringValue == "succeeded" && one.json["last_seq"] == viaProtocol["last_seq"])

@@ -222,8 +222,8 @@ def test_jobs_and_sweep_pages(fwpd, browser):
     browser.get(f"{fwpd.url}/sweep?id={sweep}")
     wait_for("the sweep's plot with a series per attention", lambda: js(
         browser, "window.fwpSweep && window.fwpSweep.plotted()") == 3, timeout=120)
-    labels = js(browser, "document.querySelector('#plot') && Array.from(document.querySelectorAll('#plot .dygraph-legend span')).map(s => s.textContent).join(' ')")
-    assert "attention=dpfp-1" in labels and "attention=linear" in labels
+    assert js(browser, "window.fwpSweep.labels()") == ["keys", "attention=dpfp-1", "attention=linear"]
+    assert "attention=linear" in js(browser, "document.getElementById('legend').textContent")
     assert js(browser, "document.querySelectorAll('#points tbody tr').length") == 6
     jobs = [p["job"] for p in fwpd.client.sweep_status(sweep)["points"]][:2]
     browser.get(f"{fwpd.url}/compare?jobs={jobs[0]},{jobs[1]}")
