@@ -5,8 +5,10 @@ and the jobs page (live list) in two windows.
 
     python3 Benchmarks/dashboard/overhead.py [--rounds 3] [--seconds 30] [--preset lm-bytes-small]
 
-Starts its own fwpd (one worker, the machine's cores) on free loopback ports with a temporary
-state folder. Each phase's throughput is the median tokens/s of the progress events stored
+Starts its own fwpd (one worker, one thread) on free loopback ports with a temporary state
+folder, pinned to core 0, and keeps itself and the browsers off core 0: what is measured is what
+serving the pages and streams costs fwpd's own core, not the browser's drawing (which runs on the
+user's machine in practice). Each phase's throughput is the median tokens/s of the progress events stored
 during it; each watched phase is compared with the mean of the quiet phases on either side.
 Prints one line per phase and the median slowdown over the rounds. Needs selenium and Debian's
 chromium and chromium-driver (scripts/bootstrap test).
@@ -53,10 +55,14 @@ def main():
     state = tempfile.mkdtemp(prefix="fwpd-dashboard-bench-")
     req, pub, http = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}", free_port()
     log = open(os.path.join(state, "log"), "w")
-    daemon = subprocess.Popen([args.fwpd, "--state-dir", state, "--request-endpoint", req, "--publish-endpoint", pub,
+    cores = sorted(os.sched_getaffinity(0))
+    pin = ["taskset", "-c", str(cores[0])] if len(cores) > 1 else []
+    daemon = subprocess.Popen(pin + [args.fwpd, "--state-dir", state, "--request-endpoint", req, "--publish-endpoint", pub,
                                "--http-address", f"127.0.0.1:{http}", "--web-dir", os.path.join(ROOT, "web"),
-                               "--tasks-dir", os.path.join(ROOT, "tasks"), "--workers", "1",
+                               "--tasks-dir", os.path.join(ROOT, "tasks"), "--workers", "1", "--threads-per-job", "1",
                                "--data-roots", "/usr/share/games/fortunes"], stdout=log, stderr=log)
+    if len(cores) > 1:
+        os.sched_setaffinity(0, cores[1:])  # this script and the browsers it starts
     client = Client(req, pub, timeout=0.3)
     for _ in range(100):
         try:
@@ -84,10 +90,9 @@ def main():
             end = time.time()
             for d in drivers:
                 d.quit()
-            events = client.events(job, limit=10000)["events"]
-            after = events[-1]["seq"] if events else 0
-            while len(events) == 10000 or after < client.status(job)["last_seq"]:
-                more = client.events(job, after=after, limit=10000)["events"]
+            events, after = [], 0
+            while True:
+                more = client.events(job, after=after, limit=10000)
                 if not more:
                     break
                 events += more
