@@ -220,6 +220,13 @@ import Testing
         let progress = ctx.events.filter { $0.kind == "progress" }
         #expect(progress.last?.step == 40 && progress.last?.tokensPerSecond != nil && progress.last?.etaSeconds != nil)
         #expect(ctx.checkpoints.contains { $0.best })
+        // each progress event carries the rate its step used: linear warm-up over 5 steps to 0.01,
+        // then a cosine down to a tenth of it at step 40 (docs/TASKS.md)
+        for e in progress {
+            let s = Double(e.step!)
+            let expected = s <= 5 ? 0.01 * s / 5 : 0.001 + 0.5 * 0.009 * (1 + cos(Double.pi * (s - 5) / 35))
+            #expect(abs((e.metrics["lr"]?.doubleValue ?? -1) - expected) < 1e-12, "step \(e.step!)")
+        }
     }
 
     /// The delta rule with unnormalised ELU + 1 keys diverges at once (β‖φ(k)‖² ≫ 2); the error
