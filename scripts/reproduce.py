@@ -109,7 +109,8 @@ def points_of(client, statuses):
             page = client.list(sweep=st["sweep"]["id"], after=after, limit=1000)
             for j in page["jobs"]:
                 rows.append({"sweep": st["sweep"]["id"], "job": j["id"], "state": j["state"],
-                             "seconds": run_seconds(j), **j["parameters"],
+                             "seconds": run_seconds(j, all_events(client, j["id"]) if j.get("finished_at") else []),
+                             **j["parameters"],
                              **{f"result.{k}": v for k, v in (j.get("result") or {}).items()}})
             if page["next"] is None:
                 break
@@ -117,11 +118,21 @@ def points_of(client, statuses):
     return rows
 
 
-def run_seconds(job):
-    """How long a finished job's last attempt ran (None while it has not finished)."""
-    if job.get("finished_at") and job.get("started_at"):
-        return job["finished_at"] - job["started_at"]
-    return None
+def run_seconds(job, events):
+    """How long a finished job ran over all its attempts (None while it has not finished): from
+    each `running` state event to the state event after it, so that a point stopped and resumed
+    counts both runs and not the time between them."""
+    if not job.get("finished_at"):
+        return None
+    total, start = 0.0, None
+    for e in events:
+        if e.get("kind") == "state":
+            if start is not None:
+                total += e["time"] - start
+                start = None
+            if e.get("state") == "running":
+                start = e["time"]
+    return total
 
 
 def budget_line(rows, elapsed):
@@ -341,7 +352,7 @@ def lm_rows(client, submitted):
             speeds = [e["tokens_per_second"] for e in events
                       if e.get("kind") == "progress" and e.get("tokens_per_second")]
             rows.append({"name": name, "job": point["job"], "state": point["state"], "parameters": job["parameters"],
-                         "seconds": run_seconds(job),
+                         "seconds": run_seconds(job, events),
                          "result": point.get("result") or {}, "curve": curve,
                          "tokens_per_second": statistics.median(speeds) if speeds else None})
     return rows

@@ -36,6 +36,10 @@ public final class Dashboard: Service, @unchecked Sendable {
     let logger: Logger
     /// `RequestHandler` is not thread-safe; HTTP requests come on several event loops.
     private let handler: Mutex<RequestHandler>
+    /// Each listed job's newest progress and eval events, kept while its last sequence number
+    /// is unchanged (a finished job's never change), so that a live jobs page re-reads only
+    /// the jobs that moved.
+    private let summaries = Mutex<[Int64: (seq: Double, progress: JSONValue?, eval: JSONValue?)]>([:])
     /// Set when fwpd stops: streams end so that the server can close.
     private let stopping = Atomic<Bool>(false)
 
@@ -280,14 +284,27 @@ public final class Dashboard: Service, @unchecked Sendable {
         else { return reply.body }
         fields["jobs"] = .array(
             jobs.map { job in
-                guard case .object(var j) = job, let id = j["id"]?.doubleValue else { return job }
+                guard case .object(var j) = job, let id = j["id"]?.doubleValue, let seq = j["last_seq"]?.doubleValue
+                else { return job }
+                if let known = summaries.withLock({ $0[Int64(id)] }), known.seq == seq {
+                    j["progress"] = known.progress
+                    j["eval"] = known.eval
+                    return .object(j)
+                }
+                var progress: JSONValue? = nil, eval: JSONValue? = nil
                 for body in (try? store.recentEventBodies(job: Int64(id), limit: 40)) ?? [] {
                     guard let e = try? JSONValue.parse(Data(body.utf8)), let kind = e["kind"]?.stringValue else {
                         continue
                     }
-                    if kind == "progress" && j["progress"] == nil { j["progress"] = e }
-                    if kind == "eval" && j["eval"] == nil { j["eval"] = e }
+                    if kind == "progress" && progress == nil { progress = e }
+                    if kind == "eval" && eval == nil { eval = e }
                 }
+                summaries.withLock {
+                    if $0.count > 10_000 { $0.removeAll(keepingCapacity: true) }
+                    $0[Int64(id)] = (seq, progress, eval)
+                }
+                j["progress"] = progress
+                j["eval"] = eval
                 return .object(j)
             })
         return Array(JSONValue.object(fields).jsonBytes)

@@ -106,6 +106,19 @@ class Client:
                 "idempotency_key": idempotency_key, "max_attempts": max_attempts, "slurm": slurm}
         return self.request("sweep", {k: v for k, v in body.items() if v is not None})
 
+    def token(self, role=None, principal=None):
+        """A dashboard token for this client's principal (or, for an admin, `principal`) with its
+        role or a lesser one: {"id", "token", "principal", "role", "dashboard"}."""
+        body = {}
+        if role is not None:
+            body["role"] = role
+        if principal is not None:
+            body["principal"] = principal
+        return self.request("token", body)
+
+    def revoke_token(self, token_id):
+        return self.request("token", {"revoke": token_id})
+
     def sweep_status(self, sweep):
         """{"sweep": Sweep, "points": [{"job", "values", "state", "attempt", "result"?, "error"?}]}"""
         return self.request("sweep_status", {"sweep": sweep})

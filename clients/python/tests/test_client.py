@@ -141,3 +141,31 @@ def test_sweep_runs_every_point_and_names_bad_entries(daemon):
     with pytest.raises(FwpError) as e:
         daemon.sweep(task="retrieval", parameters=fixed, grid={"keys": [6, "lots"]})
     assert e.value.code == "invalid_parameter" and e.value.details["entry"] == "grid.keys[1]"
+
+
+def test_dashboard_token(daemon):
+    import json as _json
+    import urllib.error
+    import urllib.request
+    url = None
+    for _ in range(100):  # the HTTP server starts beside the ZeroMQ one
+        url = daemon.health().get("dashboard")
+        if url:
+            break
+        time.sleep(0.05)
+    made = daemon.token(role="viewer")
+    assert made["role"] == "viewer" and made["dashboard"] == url and made["token"].startswith("fwp_")
+
+    def whoami():
+        request = urllib.request.Request(url + "api/whoami", headers={"Authorization": "Bearer " + made["token"]})
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return _json.loads(r.read())
+
+    assert whoami()["role"] == "viewer"
+    with pytest.raises(FwpError) as e:
+        daemon.token(role="admin")
+    assert e.value.code == "forbidden"
+    daemon.revoke_token(made["id"])
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        whoami()
+    assert refused.value.code == 401
