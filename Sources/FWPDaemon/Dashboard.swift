@@ -64,7 +64,12 @@ public final class Dashboard: Service, @unchecked Sendable {
                 logger.info("dashboard on http://\(shown):\(bound)/")
             }, logger: quietLogger())
         try await withGracefulShutdownHandler {
-            try await app.run()
+            do { try await app.run() } catch {
+                let message =
+                    "the dashboard cannot listen on \(config.httpAddress): \(error); set http_address to another HOST:PORT, or off"
+                logger.critical("\(message)")
+                throw ConfigError(message)
+            }
         } onGracefulShutdown: { [self] in
             stopping.store(true, ordering: .relaxed)
         }

@@ -244,6 +244,26 @@ struct HTTPExchange {
         }
     }
 
+    /// A dashboard port already taken stops fwpd with an error that says what to set.
+    @Test func aTakenPortIsAClearError() throws {
+        let (d, port) = try Self.start()
+        defer { _ = d.stop() }
+        let other = DaemonProcess(arguments: ["--http-address", "127.0.0.1:\(port)"])
+        let p = Process()
+        p.executableURL = productsDirectory.appendingPathComponent("fwpd")
+        p.arguments = other.arguments
+        let err = Pipe()
+        p.standardError = err
+        try p.run()
+        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        #expect(p.terminationStatus != 0)
+        #expect(
+            text.contains("the dashboard cannot listen on 127.0.0.1:\(port)") && text.contains("http_address"),
+            "\(text)")
+        #expect(try d.client().ok("health")["status"] == "ok", "the first fwpd is unaffected")
+    }
+
     @Test func offTurnsItOffAndRemoteNeedsAProxyOrConsent() throws {
         let (d, _) = try Self.start(["--http-address", "off"])
         #expect(try d.client().ok("health")["dashboard"] == nil)
