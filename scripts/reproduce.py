@@ -121,17 +121,21 @@ def points_of(client, statuses):
 def run_seconds(job, events):
     """How long a finished job ran over all its attempts (None while it has not finished): from
     each `running` state event to the state event after it, so that a point stopped and resumed
-    counts both runs and not the time between them."""
+    counts both runs and not the time between them. An attempt whose daemon died without a word
+    (kill -9, a machine restart) ends at its last event: fwpd requeues it only when it starts
+    again, perhaps much later."""
     if not job.get("finished_at"):
         return None
-    total, start = 0.0, None
+    total, start, previous = 0.0, None, None
     for e in events:
         if e.get("kind") == "state":
             if start is not None:
-                total += e["time"] - start
+                end = e["time"] if previous is None or e["time"] - previous < 60 else previous
+                total += max(0.0, end - start)
                 start = None
             if e.get("state") == "running":
                 start = e["time"]
+        previous = e["time"]
     return total
 
 
