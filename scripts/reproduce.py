@@ -209,13 +209,13 @@ def largest_solved(rows, key_size, attention):
     return (max(solved) if solved else None), (max(by_s) if by_s else None)
 
 
-def write_retrieval(client, statuses, quick, elapsed, command):
+def write_retrieval(client, statuses, quick, elapsed, command, extended=False):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = points_of(client, statuses)
-    suffix = "-quick" if quick else ""
+    suffix = "-quick" if quick else "-extended" if extended else ""
     page = os.path.join(RESULTS, f"retrieval{suffix}.md")
     images = []
     for d in (16, 64):
@@ -573,7 +573,8 @@ def main():
         sweeps.append(s)
     started = time.time()
     statuses = [client.sweep_status(s["id"]) for s in sweeps] if args.no_wait else follow(client, sweeps)
-    write_retrieval(client, statuses, args.quick, None if args.no_wait else time.time() - started, command)
+    write_retrieval(client, statuses, args.quick, None if args.no_wait else time.time() - started, command,
+                    extended=args.extended)
 
 
 if __name__ == "__main__":
