@@ -9,7 +9,6 @@ typed in by hand except the paper's, which are marked as such.
 """
 import argparse
 import datetime
-import json
 import os
 import re
 import statistics
@@ -256,10 +255,19 @@ def write_retrieval(client, statuses, quick, elapsed, command, extended=False):
         if os.path.exists(notes) and not quick:
             with open(notes) as f:
                 out.write("\n" + f.read())
-        out.write("\n## Every point\n\n<details><summary>the sweep_status rows</summary>\n\n```\n")
+        # One line per point: what varies and what came out (the rest is the preset's and the
+        # sweep's, stored in fwpd: `fwpctl sweep-status ID`).
+        out.write("\n## Every point\n\n<details><summary>one row per point</summary>\n\n"
+                  "| job | setting | key_size | model | rule | S | seed | best eval loss | steps | stopped | min |\n"
+                  "|---|---|---|---|---|---|---|---|---|---|---|\n")
         for r in rows:
-            out.write(json.dumps(r, sort_keys=True) + "\n")
-        out.write("```\n</details>\n")
+            loss = r.get("result.best_eval_loss")
+            minutes = "" if r["seconds"] is None else f"{r['seconds'] / 60:.1f}"
+            out.write(f"| {r['job']} | {r['setting']} | {r.get('key_size')} | {r.get('attention', 'linear')} | "
+                      f"{r.get('rule')} | {r['keys']} | {r.get('seed')} | {'' if loss is None else f'{loss:.4g}'} | "
+                      f"{r.get('result.steps', '')} | {r.get('result.stopped', r['state'])} | "
+                      f"{minutes} |\n")
+        out.write("\n</details>\n")
     print(f"wrote {page}" + "".join(f" and docs/results/{n}" for _, n in images))
 
 
