@@ -252,16 +252,9 @@ import ZeroMQ
     }
 
     @Test func refusesRemoteBindWithoutCurve() throws {
-        let p = Process()
-        p.executableURL = productsDirectory.appendingPathComponent("fwpd")
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fwpd-remote-\(UUID().uuidString)")
-        p.arguments = ["--state-dir", dir.path, "--request-endpoint", "tcp://0.0.0.0:\(freePort())"]
-        let err = Pipe()
-        p.standardError = err
-        try p.run()
-        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        #expect(p.terminationStatus != 0)
+        let (status, text) = try runFwpd(["--state-dir", dir.path, "--request-endpoint", "tcp://0.0.0.0:\(freePort())"])
+        #expect(status != 0)
         #expect(text.contains("without CURVE"), "\(text)")
     }
 

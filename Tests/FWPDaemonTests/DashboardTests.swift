@@ -249,15 +249,8 @@ struct HTTPExchange {
         let (d, port) = try Self.start()
         defer { _ = d.stop() }
         let other = DaemonProcess(arguments: ["--http-address", "127.0.0.1:\(port)"])
-        let p = Process()
-        p.executableURL = productsDirectory.appendingPathComponent("fwpd")
-        p.arguments = other.arguments
-        let err = Pipe()
-        p.standardError = err
-        try p.run()
-        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        #expect(p.terminationStatus != 0)
+        let (status, text) = try runFwpd(other.arguments)
+        #expect(status != 0)
         #expect(
             text.contains("the dashboard cannot listen on 127.0.0.1:\(port)") && text.contains("http_address"),
             "\(text)")

@@ -207,3 +207,16 @@ func longRetrieval(steps: Int = 100_000, evalEvery: Int = 50) -> [String: JSONVa
         ]),
     ]
 }
+
+/// Runs fwpd with `arguments` until it exits (a start it refuses); its status and standard error.
+func runFwpd(_ arguments: [String]) throws -> (status: Int32, stderr: String) {
+    let p = Process()
+    p.executableURL = productsDirectory.appendingPathComponent("fwpd")
+    p.arguments = arguments
+    let err = Pipe()
+    p.standardError = err
+    try p.run()
+    let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    p.waitUntilExit()
+    return (p.terminationStatus, text)
+}
