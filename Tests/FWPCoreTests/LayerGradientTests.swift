@@ -137,7 +137,7 @@ import Testing
         #expect(abs(all - (first + third) / 2) < 1e-6)
     }
 
-    @Test(arguments: ["identity", "elu", "dpfp-1", "dpfp-2", "dpfp-3", "favor-5"])
+    @Test(arguments: ["identity", "elu", "silu", "dpfp-1", "dpfp-2", "dpfp-3", "favor-5"])
     func featureMap(_ name: String) {
         let kind = FeatureMapKind(name: name)!
         let map = FeatureMap(kind, inputSize: 4)
@@ -151,6 +151,17 @@ import Testing
         let dx = map.backward(r, input: x, output: y, projection: projection)
         expectGradient(name, values: x, analytic: dx, samples: 12, eps: 1e-3) {
             weightedSum(map.forward($0, projection: projection), r)
+        }
+    }
+
+    @Test func l2Normalization() {
+        let x = randomTensor([3, 6], seed: 19)
+        let (y, norms) = L2Normalization.forward(x)
+        for r in 0..<3 { #expect(abs((0..<6).reduce(Float(0)) { $0 + y[r, $1] * y[r, $1] } - 1) < 1e-5) }
+        let rr = randomTensor([3, 6], seed: 20)
+        let dx = L2Normalization.backward(rr, output: y, norms: norms)
+        expectGradient("x", values: x, analytic: dx, samples: 18, eps: 1e-3) {
+            weightedSum(L2Normalization.forward($0).0, rr)
         }
     }
 

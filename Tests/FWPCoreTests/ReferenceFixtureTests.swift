@@ -5,7 +5,7 @@ import Testing
 
 /// Comparisons against the independent float64 numpy reference (Tests/Reference/reference.py).
 @Suite struct ReferenceFixtureTests {
-    @Test(arguments: ["elu", "dpfp-1", "dpfp-2", "dpfp-3", "favor-6"])
+    @Test(arguments: ["elu", "silu", "dpfp-1", "dpfp-2", "dpfp-3", "favor-6"])
     func featureMapMatchesReference(_ name: String) throws {
         let json = try loadJSON("feature_maps.json") as! [String: Any]
         let x = tensor(fromJSON: json["x"]!)
@@ -19,7 +19,7 @@ import Testing
 
     @Test func fastWeightMemoriesMatchReference() throws {
         let cases = try loadJSON("fast_weights.json") as! [[String: Any]]
-        #expect(cases.count == 9)
+        #expect(cases.count == 13)
         for c in cases {
             let rule = UpdateRule(rawValue: c["rule"] as! String)!
             let norm = Normalization(rawValue: c["normalization"] as! String)!
@@ -33,8 +33,33 @@ import Testing
             if norm == .sum {
                 q = SumNormalization.forward(q).0
                 k = SumNormalization.forward(k).0
+            } else if norm == .l2 {
+                q = L2Normalization.forward(q).0
+                k = L2Normalization.forward(k).0
             }
             let steps = q.rows, dk = q.columns, dv = v.columns
+            if rule == .gatedDelta {
+                let logDecay = tensor(fromJSON: c["decay"]!).storage.map { logf($0) }
+                var y = [Float](repeating: 0, count: steps * dv), w = [Float](repeating: 0, count: dv * dk)
+                let kernel = GatedDeltaKernel(
+                    steps: steps, keySize: dk, valueSize: dv, keyStride: dk, valueStride: dv, gateStride: 1,
+                    chunkSize: 4)
+                kernel.forwardRecurrent(
+                    q: q.elements, k: k.elements, v: v.elements, beta: beta.elements, logDecay: logDecay, y: &y, w: &w,
+                    saved: nil)
+                var scratch = [Float](repeating: 0, count: kernel.chunkwiseScratchCount)
+                var saved = [Float](repeating: 0, count: kernel.chunkwiseSavedCount)
+                var yc = [Float](repeating: 0, count: steps * dv)
+                w = [Float](repeating: 0, count: dv * dk)
+                kernel.forwardChunkwise(
+                    q: q.elements, k: k.elements, v: v.elements, beta: beta.elements, logDecay: logDecay, y: &yc,
+                    w: &w, saved: &saved, scratch: &scratch)
+                for (form, out) in [("recurrent", y), ("chunkwise", yc)] {
+                    let err = maxRelativeError(Tensor(shape: [steps, dv], storage: out), expected, floor: 1e-2)
+                    #expect(err < 1e-4, "\(rule)/\(kind.name)/\(norm) \(form): relative error \(err)")
+                }
+                continue
+            }
             let kernel = FastWeightKernel(
                 rule: rule, attentionNormalization: norm == .attention, steps: steps, keySize: dk, valueSize: dv,
                 keyStride: dk, valueStride: dv, betaStride: 1)
@@ -62,6 +87,7 @@ import Testing
 
     @Test(arguments: [
         "delta_dpfp2", "sum_elu_attention", "softmax_positions", "delta_favor3", "softmax_scaled_embeddings",
+        "gated_silu_l2",
     ])
     func twoLayerLanguageModelLoss(_ name: String) throws {
         let data = try Data(contentsOf: fixtureDirectory.appendingPathComponent("lm_\(name).safetensors"))

@@ -2,8 +2,8 @@
 """Independent float64 reference for FWPCore, written from docs/MODEL.md with numpy only.
 
 Writes fixtures into the folder given as the first argument:
-  feature_maps.json   φ for ELU+1, DPFP-1/2/3 and FAVOR+ on fixed inputs
-  fast_weights.json   single-head fast-weight memories (sum/delta rule, each normalisation)
+  feature_maps.json   φ for ELU+1, SiLU, DPFP-1/2/3 and FAVOR+ on fixed inputs
+  fast_weights.json   single-head fast-weight memories (sum/delta/gated delta rule, each normalisation)
   lm_*.safetensors    2-layer language models (float32 weights, fwp checkpoint metadata)
   lm_*.json           their tokens, targets and float64 mean cross-entropy
 
@@ -41,6 +41,8 @@ def phi(name, x, r=None):
         return x
     if name == "elu":
         return elu_plus_one(x)
+    if name == "silu":
+        return x / (1 + np.exp(-x))
     kind, n = name.split("-")
     if kind == "dpfp":
         return dpfp(x, int(n))
@@ -51,9 +53,25 @@ def sum_norm(x):
     return x / (np.sum(x, axis=-1, keepdims=True) + 1e-6)
 
 
+def l2_norm(x):
+    return x / np.sqrt(np.sum(x * x, axis=-1, keepdims=True) + 1e-6)
+
+
+def normalize(x, normalization):
+    if normalization == "sum":
+        return sum_norm(x)
+    if normalization == "l2":
+        return l2_norm(x)
+    return x
+
+
+def log_sigmoid(z):
+    return -np.logaddexp(0, -z)
+
+
 # ---------------------------------------------------------------- fast-weight memory
-def memory(q, k, v, beta, rule, normalization, w0=None, z0=None):
-    """q, k: T x d_dot (after φ and any sum normalisation); v: T x d_v; beta: T. Returns y, W, z."""
+def memory(q, k, v, beta, rule, normalization, w0=None, z0=None, alpha=None):
+    """q, k: T x d_dot (after φ and any normalisation); v: T x d_v; beta, alpha: T. Returns y, W, z."""
     t_len, dk = k.shape
     dv = v.shape[1]
     w = np.zeros((dv, dk)) if w0 is None else w0.copy()
@@ -63,6 +81,9 @@ def memory(q, k, v, beta, rule, normalization, w0=None, z0=None):
         if rule == "delta":
             vbar = w @ k[t]
             w = w + beta[t] * np.outer(v[t] - vbar, k[t])
+        elif rule == "gated-delta":
+            # S_t = α_t S_{t-1} (I - β_t k_t k_tᵀ) + β_t v_t k_tᵀ, written as the matrix product
+            w = alpha[t] * w @ (np.eye(len(k[t])) - beta[t] * np.outer(k[t], k[t])) + beta[t] * np.outer(v[t], k[t])
         else:
             w = w + np.outer(v[t], k[t])
         y[t] = w @ q[t]
@@ -77,15 +98,16 @@ def fast_weight_case(rng, rule, fmap, normalization, t_len=7, d=6):
     kr = rng.normal(size=(t_len, d))
     v = rng.normal(size=(t_len, d))
     beta = 1 / (1 + np.exp(-rng.normal(size=t_len)))
+    alpha = np.exp(log_sigmoid(rng.normal(size=t_len) + 1.5))
     r = None
     if fmap.startswith("favor"):
         r = rng.normal(size=(int(fmap.split("-")[1]), d))
-    q, k = phi(fmap, qr, r), phi(fmap, kr, r)
-    if normalization == "sum":
-        q, k = sum_norm(q), sum_norm(k)
-    y, _, _ = memory(q, k, v, beta, rule, normalization)
+    q, k = normalize(phi(fmap, qr, r), normalization), normalize(phi(fmap, kr, r), normalization)
+    y, _, _ = memory(q, k, v, beta, rule, normalization, alpha=alpha)
     case = dict(rule=rule, featureMap=fmap, normalization=normalization, q=qr.tolist(), k=kr.tolist(),
                 v=v.tolist(), beta=beta.tolist(), y=y.tolist())
+    if rule == "gated-delta":
+        case["decay"] = alpha.tolist()
     if r is not None:
         case["projection"] = r.tolist()
     return case
@@ -129,17 +151,20 @@ def lm_logits(cfg, p, tokens):
                     s = s / s.sum(-1, keepdims=True)
                     y[b, :, hh] = s @ v[b, :, hh]
         else:
-            beta = None
-            if cfg["updateRule"] == "delta":
+            beta, alpha = None, None
+            if cfg["updateRule"] in ("delta", "gated-delta"):
                 beta = 1 / (1 + np.exp(-(hn @ p[f"{pre}.attn.beta.weight"].T + p[f"{pre}.attn.beta.bias"])))
+            if cfg["updateRule"] == "gated-delta":
+                alpha = np.exp(log_sigmoid(hn @ p[f"{pre}.attn.decay.weight"].T + p[f"{pre}.attn.decay.bias"]))
             r = p.get(f"{pre}.attn.favor_projection")
             for b in range(b_sz):
                 for hh in range(h):
                     qq, kk = phi(cfg["featureMap"], q[b, :, hh], r), phi(cfg["featureMap"], k[b, :, hh], r)
-                    if cfg["normalization"] == "sum":
-                        qq, kk = sum_norm(qq), sum_norm(kk)
+                    qq, kk = normalize(qq, cfg["normalization"]), normalize(kk, cfg["normalization"])
                     bb = beta[b, :, hh] if beta is not None else None
-                    y[b, :, hh], _, _ = memory(qq, kk, v[b, :, hh], bb, cfg["updateRule"], cfg["normalization"])
+                    aa = alpha[b, :, hh] if alpha is not None else None
+                    y[b, :, hh], _, _ = memory(qq, kk, v[b, :, hh], bb, cfg["updateRule"], cfg["normalization"],
+                                               alpha=aa)
             if cfg["scaleOutput"]:
                 y = y / np.sqrt(dh)
         x = x + y.reshape(b_sz, t_len, h * dh) @ p[f"{pre}.attn.out.weight"].T
@@ -165,8 +190,10 @@ def lm_parameters(cfg, rng):
     for i in range(cfg["layers"]):
         pre = f"layers.{i}"
         shapes += [(f"{pre}.norm1.weight", (d,)), (f"{pre}.norm1.bias", (d,)), (f"{pre}.attn.qkv.weight", (3 * h * dh, d))]
-        if cfg["attention"] == "fast-weight" and cfg["updateRule"] == "delta":
+        if cfg["attention"] == "fast-weight" and cfg["updateRule"] in ("delta", "gated-delta"):
             shapes += [(f"{pre}.attn.beta.weight", (h, d)), (f"{pre}.attn.beta.bias", (h,))]
+        if cfg["attention"] == "fast-weight" and cfg["updateRule"] == "gated-delta":
+            shapes += [(f"{pre}.attn.decay.weight", (h, d)), (f"{pre}.attn.decay.bias", (h,))]
         shapes += [(f"{pre}.attn.out.weight", (d, h * dh)), (f"{pre}.norm2.weight", (d,)), (f"{pre}.norm2.bias", (d,)),
                    (f"{pre}.ff.fc1.weight", (ff, d)), (f"{pre}.ff.fc1.bias", (ff,)),
                    (f"{pre}.ff.fc2.weight", (d, ff)), (f"{pre}.ff.fc2.bias", (d,))]
@@ -234,13 +261,14 @@ def main():
     x = rng.normal(size=(5, 8))
     r = rng.normal(size=(6, 8)) * 0.5
     fm = {"x": x.tolist(), "projection": r.tolist(),
-          "outputs": {n: phi(n, x, r).tolist() for n in ["elu", "dpfp-1", "dpfp-2", "dpfp-3", "favor-6"]}}
+          "outputs": {n: phi(n, x, r).tolist() for n in ["elu", "silu", "dpfp-1", "dpfp-2", "dpfp-3", "favor-6"]}}
     with open(os.path.join(out, "feature_maps.json"), "w") as f:
         json.dump(fm, f)
     cases = [fast_weight_case(rng, rule, fmap, norm) for rule, fmap, norm in [
         ("sum", "elu", "attention"), ("sum", "elu", "none"), ("sum", "dpfp-2", "sum"), ("sum", "favor-5", "attention"),
         ("delta", "elu", "sum"), ("delta", "dpfp-1", "none"), ("delta", "dpfp-3", "sum"), ("delta", "favor-4", "sum"),
-        ("delta", "elu", "attention")]]
+        ("delta", "elu", "attention"), ("gated-delta", "silu", "l2"), ("gated-delta", "elu", "sum"),
+        ("gated-delta", "identity", "l2"), ("delta", "silu", "l2")]]
     with open(os.path.join(out, "fast_weights.json"), "w") as f:
         json.dump(cases, f)
     lm_case(out, "delta_dpfp2", base_config(featureMap="dpfp-2"), 1)
@@ -250,6 +278,7 @@ def main():
     # Scaled embeddings (√D in Transformer-XL-style code); 8 here moves the loss by 5%.
     lm_case(out, "softmax_scaled_embeddings",
             base_config(attention="softmax", sinusoidalPositions=True, embeddingScale=8.0), 5)
+    lm_case(out, "gated_silu_l2", base_config(updateRule="gated-delta", featureMap="silu", normalization="l2"), 6)
 
 
 if __name__ == "__main__":

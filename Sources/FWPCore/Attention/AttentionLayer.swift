@@ -38,7 +38,8 @@ public struct AttentionState: Sendable, Equatable {
 /// Multi-head causal attention, fast-weight or softmax, with projections.
 ///
 /// Parameters (prefix `layers.{i}.attn`): `qkv.weight` (3·H·d_head × D; rows are q, k, v),
-/// `out.weight` (D × H·d_head), and for the delta rule `beta.weight` (H × D), `beta.bias` (H).
+/// `out.weight` (D × H·d_head), for the delta rules `beta.weight` (H × D), `beta.bias` (H), and
+/// for the gated delta rule `decay.weight` (H × D), `decay.bias` (H).
 /// FAVOR+ layers keep a buffer `favor_projection` (m × d_head) used in evaluation.
 public struct AttentionLayer: Sendable {
     public let kind: AttentionKind
@@ -52,6 +53,8 @@ public struct AttentionLayer: Sendable {
     public let qkv: Linear
     public let out: Linear
     public let beta: Linear?
+    /// The gated delta rule's decay logits: α = σ(decay(x)).
+    public let decay: Linear?
     /// Index of the FAVOR+ projection in the model's buffer store.
     public let favorBuffer: Int?
     /// Recurrent or chunkwise computation of the fast-weight memory.
@@ -74,10 +77,23 @@ public struct AttentionLayer: Sendable {
         outputScale = config.scaleOutput ? 1 / Float(config.headSize).squareRoot() : 1
         let std = config.initStd
         qkv = Linear("\(prefix).qkv", in: d, out: 3 * hd, bias: false, std: std, store: &store, rng: &rng)
-        if kind == .fastWeight && rule == .delta {
+        if kind == .fastWeight && rule.hasBeta {
             beta = Linear("\(prefix).beta", in: d, out: heads, bias: true, std: std, store: &store, rng: &rng)
         } else {
             beta = nil
+        }
+        if kind == .fastWeight && rule == .gatedDelta {
+            let gate = Linear("\(prefix).decay", in: d, out: heads, bias: true, std: std, store: &store, rng: &rng)
+            // Head h starts with α ≈ 1 − 2^−(2 + 4h/(H−1)) (from 0.75 to 0.9375): a spread of
+            // memory lengths from a few steps to a few dozen, for the data to adjust.
+            for h in 0..<heads {
+                let e = -(2 + 4 * Float(h) / Float(max(heads - 1, 1)))
+                let a = 1 - powf(2, e)
+                store.values[gate.bias!].storage[h] = logf(a / (1 - a))
+            }
+            decay = gate
+        } else {
+            decay = nil
         }
         out = Linear(
             "\(prefix).out", in: hd, out: d, bias: false, std: std / (2 * Float(config.layers)).squareRoot(),
@@ -161,7 +177,7 @@ public struct AttentionLayer: Sendable {
         state: inout AttentionState?, training: Bool, rng: inout FWPRandom, threads: ComputeThreads
     ) -> Cache {
         let n = batch * steps, hd = heads * headSize
-        let (qRaw, kRaw, v, betaLogits) = projectParts(x, p)
+        let (qRaw, kRaw, v, betaLogits, decayLogits) = projectParts(x, p)
         switch kind {
         case .softmax:
             var c = SoftmaxAttention.Cache(
@@ -174,7 +190,8 @@ public struct AttentionLayer: Sendable {
             var c = FastWeightAttention.Cache(
                 qRaw: qRaw, kRaw: kRaw, v: v, batch: batch, steps: steps, heads: heads, headSize: headSize)
             memory.forward(
-                &c, betaLogits: betaLogits, buffers, state: &state, training: training, rng: &rng, threads: threads)
+                &c, betaLogits: betaLogits, decayLogits: decayLogits, buffers, state: &state, training: training,
+                rng: &rng, threads: threads)
             return Cache(input: x, attended: memory.attended(c), memory: .fastWeight(c), batch: batch, steps: steps)
         }
     }
@@ -189,7 +206,7 @@ public struct AttentionLayer: Sendable {
         let n = cache.batch * cache.steps, hd = heads * headSize
         let dAttended = out.backward(dOut, input: cache.attended, p, &g, overwrite: overwrite)
         var dqRaw: Tensor, dkRaw: Tensor, dv: Tensor
-        var dBetaLogit: Tensor? = nil
+        var dBetaLogit: Tensor? = nil, dDecayLogit: Tensor? = nil
         let width = projectionWidth
         var dProjected = Tensor(uninitializedShape: [n, width])  // every column written below
         var direct = false
@@ -203,14 +220,15 @@ public struct AttentionLayer: Sendable {
             // straight into their columns of dProjected, not into tensors of their own to be copied.
             direct = c.chunkSize != nil && memory.featureMapInKernel(steps: c.steps)
             if direct {
-                (dqRaw, dkRaw, dv, dBetaLogit) = dProjected.withUnsafeMutablePointer { pp in
+                (dqRaw, dkRaw, dv, dBetaLogit, dDecayLogit) = dProjected.withUnsafeMutablePointer { pp in
                     memory.backward(dCore, cache: c, threads: threads, into: SharedPointer(pp))
                 }
             } else {
-                (dqRaw, dkRaw, dv, dBetaLogit) = memory.backward(dCore, cache: c, threads: threads)
+                (dqRaw, dkRaw, dv, dBetaLogit, dDecayLogit) = memory.backward(dCore, cache: c, threads: threads)
             }
         }
         precondition((beta != nil) == (dBetaLogit != nil), "β gradient missing")
+        precondition((decay != nil) == (dDecayLogit != nil), "decay gradient missing")
         dProjected.withUnsafeMutablePointer { pp in
             if !direct {
                 dqRaw.withUnsafePointer { fwp_copy_rows($0, hd, pp, width, n, hd) }
@@ -218,6 +236,7 @@ public struct AttentionLayer: Sendable {
                 dv.withUnsafePointer { fwp_copy_rows($0, hd, pp + 2 * hd, width, n, hd) }
             }
             dBetaLogit?.withUnsafePointer { fwp_copy_rows($0, heads, pp + 3 * hd, width, n, heads) }
+            dDecayLogit?.withUnsafePointer { fwp_copy_rows($0, heads, pp + 3 * hd + heads, width, n, heads) }
         }
         guard let beta, let dBetaLogit else {
             return qkv.backward(dProjected, input: cache.input, p, &g, overwrite: overwrite)
@@ -240,16 +259,21 @@ public struct AttentionLayer: Sendable {
             }
             put(0, into: qkv.weight)
             put(split, into: beta.weight)
+            if let decay { put(split + heads * qkv.inFeatures, into: decay.weight) }
         }
         addColumnSums(dBetaLogit, into: &g.values[beta.bias!])
+        if let decay, let dDecayLogit { addColumnSums(dDecayLogit, into: &g.values[decay.bias!]) }
         return BLAS.matmul(dProjected, projectionWeight(p))
     }
 
     /// The weights whose gradients `backward` writes with `overwrite`.
-    var overwrittenGradients: [Int] { [qkv.weight, out.weight] + (beta.map { [$0.weight] } ?? []) }
+    var overwrittenGradients: [Int] {
+        [qkv.weight, out.weight] + (beta.map { [$0.weight] } ?? []) + (decay.map { [$0.weight] } ?? [])
+    }
 
-    /// Columns of the input projection: q, k, v, and for the delta rule the H β logits.
-    private var projectionWidth: Int { 3 * heads * headSize + (beta != nil ? heads : 0) }  // as FastWeightAttention's
+    /// Columns of the input projection: q, k, v, for the delta rules the H β logits, and for the
+    /// gated rule the H decay logits (as FastWeightAttention's).
+    private var projectionWidth: Int { 3 * heads * headSize + (beta != nil ? heads : 0) + (decay != nil ? heads : 0) }
 
     /// The weight of the input projection: qkv's rows, then β's rows for the delta rule, so that
     /// the backward makes one dx product for q, k, v and the β logits instead of four and a sum.
@@ -260,6 +284,11 @@ public struct AttentionLayer: Sendable {
         w.withUnsafeMutablePointer { pw in
             p.values[qkv.weight].withUnsafePointer { pw.update(from: $0, count: split) }
             p.values[beta.weight].withUnsafePointer { (pw + split).update(from: $0, count: heads * qkv.inFeatures) }
+            if let decay {
+                p.values[decay.weight].withUnsafePointer {
+                    (pw + split + heads * qkv.inFeatures).update(from: $0, count: heads * qkv.inFeatures)
+                }
+            }
         }
         return w
     }
@@ -268,7 +297,7 @@ public struct AttentionLayer: Sendable {
     /// qkv's weight for q, then k, then v): the layer reads them there, with no columns to copy
     /// out of one N × projectionWidth product.
     private func projectParts(_ x: Tensor, _ p: ParameterStore) -> (
-        q: Tensor, k: Tensor, v: Tensor, betaLogits: Tensor?
+        q: Tensor, k: Tensor, v: Tensor, betaLogits: Tensor?, decayLogits: Tensor?
     ) {
         precondition(x.columns == qkv.inFeatures, "Linear expects \(qkv.inFeatures) features, got \(x.columns)")
         let n = x.rows, hd = heads * headSize, d = qkv.inFeatures
@@ -292,7 +321,13 @@ public struct AttentionLayer: Sendable {
             BLAS.linear(x, weight: p.values[beta.weight], bias: p.values[beta.bias!], into: &b)
             betaLogits = b
         }
-        return (parts[0], parts[1], parts[2], betaLogits)
+        var decayLogits: Tensor? = nil
+        if let decay {
+            var a = Tensor(uninitializedShape: [n, heads])
+            BLAS.linear(x, weight: p.values[decay.weight], bias: p.values[decay.bias!], into: &a)
+            decayLogits = a
+        }
+        return (parts[0], parts[1], parts[2], betaLogits, decayLogits)
     }
 }
 

@@ -25,6 +25,10 @@ struct FastWeightAttention: Sendable {
         var qSums: [Float], kSums: [Float]
         var q: Tensor, k: Tensor  // what the memory saw
         var beta: Tensor?  // (N·H), after the sigmoid
+        var logDecay: Tensor?  // (N·H): log α = log σ(logit), the gated delta rule's
+        var decay: Tensor?  // (N·H): α itself
+        /// The gated delta rule's chunk size when it ran chunkwise (nil: the recurrence).
+        var gatedChunk: Int?
         var saved: AlignedFloats, denominators: TensorStorage
         /// Set when the chunkwise kernel ran; `saved` then holds its data, and `core` already holds
         /// outputScale · y (the kernel's product applied the scale).
@@ -42,6 +46,7 @@ struct FastWeightAttention: Sendable {
             (qPhi, kPhi, q, k) = (qRaw, kRaw, qRaw, kRaw)
             (qSums, kSums) = ([], [])
             beta = nil
+            (logDecay, decay, gatedChunk) = (nil, nil, nil)
             saved = .empty
             denominators = []
             chunkSize = nil
@@ -54,8 +59,11 @@ struct FastWeightAttention: Sendable {
         }
     }
 
-    /// Columns of the layer's input projection: q, k, v, and for the delta rule the H β logits.
-    var projectionWidth: Int { 3 * heads * headSize + (rule == .delta ? heads : 0) }
+    /// Columns of the layer's input projection: q, k, v, for the delta rules the H β logits, and
+    /// for the gated rule the H decay logits.
+    var projectionWidth: Int {
+        3 * heads * headSize + (rule.hasBeta ? heads : 0) + (rule == .gatedDelta ? heads : 0)
+    }
 
     /// The input of the layer's output projection: outputScale · y. The chunkwise kernel applied
     /// the scale already; after the recurrence it is one pass into a new tensor (the recurrence's
@@ -82,7 +90,8 @@ struct FastWeightAttention: Sendable {
     /// Everything between the projections: feature map, normalisation, β = σ(logits), and the
     /// memory; `cache` holds qRaw, kRaw, v on entry, `core` on exit.
     func forward(
-        _ cache: inout Cache, betaLogits: Tensor?, _ buffers: ParameterStore, state: inout AttentionState?,
+        _ cache: inout Cache, betaLogits: Tensor?, decayLogits: Tensor? = nil, _ buffers: ParameterStore,
+        state: inout AttentionState?,
         training: Bool, rng: inout FWPRandom, threads: ComputeThreads
     ) {
         let n = cache.batch * cache.steps, dh = headSize
@@ -106,6 +115,9 @@ struct FastWeightAttention: Sendable {
             if normalization == .sum {
                 (cache.q, cache.qSums) = SumNormalization.forward(cache.qPhi, threads: threads)
                 (cache.k, cache.kSums) = SumNormalization.forward(cache.kPhi, threads: threads)
+            } else if normalization == .l2 {
+                (cache.q, cache.qSums) = L2Normalization.forward(cache.qPhi, threads: threads)
+                (cache.k, cache.kSums) = L2Normalization.forward(cache.kPhi, threads: threads)
             } else {
                 cache.q = cache.qPhi
                 cache.k = cache.kPhi
@@ -116,7 +128,27 @@ struct FastWeightAttention: Sendable {
             logits.withUnsafePointer { pl in b.withUnsafeMutablePointer { VectorKernels.sigmoid(pl, $0, n * heads) } }
             cache.beta = b
         }
-        memoryForward(&cache, state: &state, threads: threads)
+        if let logits = decayLogits {
+            // log α = log σ(z) = −softplus(−z), formed without α so that α near 1 keeps its precision.
+            var la = Tensor(uninitializedShape: [n * heads]), a = Tensor(uninitializedShape: [n * heads])
+            logits.withUnsafePointer { pl in
+                la.withUnsafeMutablePointer { pla in
+                    a.withUnsafeMutablePointer { pa in
+                        for i in 0..<(n * heads) {
+                            let z = pl[i]
+                            pla[i] = z >= 0 ? -log1pf(expf(-z)) : z - log1pf(expf(z))
+                            pa[i] = expf(pla[i])
+                        }
+                    }
+                }
+            }
+            (cache.logDecay, cache.decay) = (la, a)
+        }
+        if rule == .gatedDelta {
+            gatedMemoryForward(&cache, state: &state, threads: threads)
+        } else {
+            memoryForward(&cache, state: &state, threads: threads)
+        }
     }
 
     /// ELU + 1 followed by sum normalisation runs as one fused pass (`SumNormalization.eluPlusOneForward`).
@@ -126,7 +158,7 @@ struct FastWeightAttention: Sendable {
     /// gathers q and k (and its backward returns their gradients before it): one pass over q and
     /// k fewer each way. Needs the C kernels.
     func featureMapInKernel(steps: Int) -> Bool {
-        fusedEluSum && VectorKernels.enabled && chunkSize(steps: steps) != nil
+        fusedEluSum && rule != .gatedDelta && VectorKernels.enabled && chunkSize(steps: steps) != nil
     }
 
     private func kernel(steps: Int) -> FastWeightKernel {
@@ -140,6 +172,9 @@ struct FastWeightAttention: Sendable {
     /// that chooses between the chunkwise (WY) form and the recurrence.
     func chunkSize(steps: Int) -> Int? {
         guard normalization != .attention else { return nil }
+        if rule == .gatedDelta, case .automatic = algorithm {
+            return steps >= ChunkwiseKernel.minimumSteps ? GatedDeltaKernel.defaultChunkSize : nil
+        }
         switch algorithm {
         case .recurrent: return nil
         case .chunkwise(let c): return c
@@ -228,9 +263,19 @@ struct FastWeightAttention: Sendable {
     /// `projectionWidth` floats: the input projection's gradient) and come back empty.
     func backward(
         _ dCore: Tensor, cache: Cache, threads: ComputeThreads, into projected: SharedPointer? = nil
-    ) -> (Tensor, Tensor, Tensor, Tensor?) {
+    ) -> (Tensor, Tensor, Tensor, Tensor?, Tensor?) {
         let n = cache.batch * cache.steps
-        var (dq, dk, dv, dbeta) = memoryBackward(dCore, cache: cache, threads: threads, into: projected)
+        var dq: Tensor, dk: Tensor, dv: Tensor, dbeta: Tensor?, dDecayLogit: Tensor? = nil
+        if rule == .gatedDelta {
+            var dla: Tensor
+            (dq, dk, dv, dbeta, dla) = gatedMemoryBackward(dCore, cache: cache, threads: threads)
+            // d log σ(z) / dz = 1 − σ(z) = 1 − α
+            let a = cache.decay!
+            for i in 0..<dla.count { dla.storage[i] *= 1 - a.storage[i] }
+            dDecayLogit = dla.reshaped([n, heads])
+        } else {
+            (dq, dk, dv, dbeta) = memoryBackward(dCore, cache: cache, threads: threads, into: projected)
+        }
         let dqRaw: Tensor, dkRaw: Tensor
         if featureMapInKernel(steps: cache.steps) {
             (dqRaw, dkRaw) = (dq, dk)  // already through the feature map (see forward)
@@ -243,6 +288,9 @@ struct FastWeightAttention: Sendable {
             if normalization == .sum {
                 dq = SumNormalization.backward(dq, output: cache.q, sums: cache.qSums, threads: threads)
                 dk = SumNormalization.backward(dk, output: cache.k, sums: cache.kSums, threads: threads)
+            } else if normalization == .l2 {
+                dq = L2Normalization.backward(dq, output: cache.q, norms: cache.qSums, threads: threads)
+                dk = L2Normalization.backward(dk, output: cache.k, norms: cache.kSums, threads: threads)
             }
             dqRaw = featureMap.backward(
                 dq, input: cache.qRaw, output: cache.qPhi, projection: cache.projection, threads: threads)
@@ -254,7 +302,7 @@ struct FastWeightAttention: Sendable {
             for i in 0..<db.count { db.storage[i] *= b.storage[i] * (1 - b.storage[i]) }
             dBetaLogit = db.reshaped([n, heads])
         }
-        return (dqRaw, dkRaw, dv, dBetaLogit)
+        return (dqRaw, dkRaw, dv, dBetaLogit, dDecayLogit)
     }
 
     private func memoryBackward(
@@ -334,5 +382,97 @@ struct FastWeightAttention: Sendable {
             }
         }
         return (dq, dkT, dvT, dbeta)
+    }
+
+    // MARK: the gated delta rule
+
+    private func gatedKernel(steps: Int, chunk: Int?) -> GatedDeltaKernel {
+        GatedDeltaKernel(
+            steps: steps, keySize: featureMap.outputSize, valueSize: headSize, keyStride: heads * featureMap.outputSize,
+            valueStride: heads * headSize, gateStride: heads, chunkSize: chunk ?? GatedDeltaKernel.defaultChunkSize)
+    }
+
+    /// The gated rule's memory: chunkwise where `chunkSize` says so, the recurrence otherwise.
+    /// `core` holds y unscaled (`attended` scales it).
+    private func gatedMemoryForward(_ cache: inout Cache, state: inout AttentionState?, threads: ComputeThreads) {
+        let (batch, steps) = (cache.batch, cache.steps)
+        let dk = featureMap.outputSize, dv = headSize, seqs = batch * heads
+        var weights = state?.weights ?? TensorStorage(repeating: 0, count: seqs * dv * dk)
+        if state != nil { state!.weights = [] }
+        precondition(weights.count == seqs * dv * dk, "carried state is for another batch size or shape")
+        let chunk = chunkSize(steps: steps)
+        cache.gatedChunk = chunk
+        let kern = gatedKernel(steps: steps, chunk: chunk)
+        let perSequence = AlignedFloats.lineRounded(chunk != nil ? kern.chunkwiseSavedCount : kern.recurrentSavedCount)
+        cache.saved = AlignedFloats(count: seqs * perSequence)
+        cache.core = Tensor(uninitializedShape: [batch * steps, heads * dv])
+        let (q, k, v, beta, la, saved) = (cache.q, cache.k, cache.v, cache.beta!, cache.logDecay!, cache.saved)
+        let pq = SharedConstPointer(q.pointer), pk = SharedConstPointer(k.pointer), pv = SharedConstPointer(v.pointer)
+        let pb = SharedConstPointer(beta.pointer), pla = SharedConstPointer(la.pointer)
+        let py = SharedPointer(cache.core.mutablePointer()), pw = SharedPointer(weights.mutablePointer())
+        let pSaved = SharedPointer(saved.base)
+        borrowing(q, k, v, beta, la, saved, cache.core, weights) {
+            threads.forEach(seqs) { s in
+                let row = (s / heads) * steps * heads + s % heads
+                let (qs, ks, vs) = (pq.base + row * dk, pk.base + row * dk, pv.base + row * dv)
+                let (bs, las, ys) = (pb.base + row, pla.base + row, py.base + row * dv)
+                let ws = pw.base + s * dv * dk, ss = pSaved.base + s * perSequence
+                if chunk != nil {
+                    let work = AlignedFloats(count: kern.chunkwiseScratchCount)
+                    kern.forwardChunkwise(
+                        q: qs, k: ks, v: vs, beta: bs, logDecay: las, y: ys, w: ws, saved: ss, scratch: work.base)
+                } else {
+                    kern.forwardRecurrent(q: qs, k: ks, v: vs, beta: bs, logDecay: las, y: ys, w: ws, saved: ss)
+                }
+            }
+        }
+        if state != nil {
+            state!.weights = weights
+            state!.length += steps
+        }
+    }
+
+    /// The backward pass of `gatedMemoryForward`: dq, dk, dv, dβ and d(log α).
+    private func gatedMemoryBackward(
+        _ dCore: Tensor, cache: Cache, threads: ComputeThreads
+    ) -> (Tensor, Tensor, Tensor, Tensor, Tensor) {
+        let (batch, steps) = (cache.batch, cache.steps)
+        let dk = featureMap.outputSize, dv = headSize, seqs = batch * heads, n = batch * steps
+        let chunk = cache.gatedChunk
+        let kern = gatedKernel(steps: steps, chunk: chunk)
+        let perSequence = cache.saved.count / max(seqs, 1)
+        var dq = Tensor(uninitializedShape: [n * heads, dk]), dkT = Tensor(uninitializedShape: [n * heads, dk])
+        var dvT = Tensor(uninitializedShape: [n * heads, dv])
+        var dbeta = Tensor(uninitializedShape: [n * heads]), dla = Tensor(uninitializedShape: [n * heads])
+        let (q, k, v, beta, la, saved) = (cache.q, cache.k, cache.v, cache.beta!, cache.logDecay!, cache.saved)
+        let pdy = SharedConstPointer(dCore.pointer)
+        let pq = SharedConstPointer(q.pointer), pk = SharedConstPointer(k.pointer), pv = SharedConstPointer(v.pointer)
+        let pb = SharedConstPointer(beta.pointer), pla = SharedConstPointer(la.pointer)
+        let pSaved = SharedConstPointer(UnsafePointer(saved.base))
+        let pdq = SharedPointer(dq.mutablePointer()), pdk = SharedPointer(dkT.mutablePointer())
+        let pdv = SharedPointer(dvT.mutablePointer()), pdb = SharedPointer(dbeta.mutablePointer())
+        let pdla = SharedPointer(dla.mutablePointer())
+        borrowing(dCore, q, k, v, beta, la, saved, dq, dkT, dvT, dbeta, dla) {
+            threads.forEach(seqs) { s in
+                let row = (s / heads) * steps * heads + s % heads
+                let scratchCount = chunk != nil ? kern.chunkwiseScratchCount : kern.recurrentScratchCount
+                let sc = AlignedFloats.lineRounded(scratchCount)
+                let work = AlignedFloats(count: sc + dv * dk)
+                let (dys, qs, ks) = (pdy.base + row * dv, pq.base + row * dk, pk.base + row * dk)
+                let (dqs, dks, dvs) = (pdq.base + row * dk, pdk.base + row * dk, pdv.base + row * dv)
+                let ss = pSaved.base + s * perSequence
+                if chunk != nil {
+                    kern.backwardChunkwise(
+                        dy: dys, q: qs, k: ks, beta: pb.base + row, saved: ss, dw: work.base + sc, scratch: work.base,
+                        dq: dqs, dk: dks, dv: dvs, dbeta: pdb.base + row, dlogDecay: pdla.base + row)
+                } else {
+                    kern.backwardRecurrent(
+                        dy: dys, q: qs, k: ks, v: pv.base + row * dv, beta: pb.base + row, logDecay: pla.base + row,
+                        saved: ss, dw: work.base + sc, scratch: work.base, dq: dqs, dk: dks, dv: dvs,
+                        dbeta: pdb.base + row, dlogDecay: pdla.base + row)
+                }
+            }
+        }
+        return (dq, dkT, dvT, dbeta, dla)
     }
 }

@@ -6,6 +6,12 @@ public enum UpdateRule: String, Sendable, Codable, CaseIterable {
     case sum
     /// W_t = W_{t−1} + β_t (v_t − W_{t−1} k_t) ⊗ k_t.
     case delta
+    /// W_t = α_t W_{t−1} + β_t (v_t − α_t W_{t−1} k_t) ⊗ k_t with a decay α_t ∈ (0, 1) per head
+    /// (`GatedDeltaKernel`).
+    case gatedDelta = "gated-delta"
+
+    /// Whether the rule writes with a learned strength β_t (and so has β's projection).
+    public var hasBeta: Bool { self != .sum }
 }
 
 /// How keys, queries and outputs are normalised.
@@ -16,6 +22,9 @@ public enum Normalization: String, Sendable, Codable, CaseIterable {
     case sum
     /// y_t = W_t q_t / (z_t · q_t + ε), z_t = Σ_{s≤t} k_s.
     case attention
+    /// φ(x) / √(Σ_j φ(x)_j² + ε) on keys and queries: unit keys keep I − β k kᵀ contractive
+    /// for β ∈ (0, 2) (the convention of DeltaNet and Gated DeltaNet).
+    case l2
 }
 
 /// The per-sequence recurrence of a fast-weight memory, forward and backward, over strided rows.

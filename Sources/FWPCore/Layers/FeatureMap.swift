@@ -11,11 +11,13 @@ public enum FeatureMapKind: Sendable, Equatable, Codable {
     case dpfp(nu: Int)
     /// FAVOR+ with m random features: exp(±Rx − |x|²/2) / √(2m); d_dot = 2m.
     case favor(features: Int)
+    /// φ(x) = x σ(x) (SiLU), as DeltaNet-style layers apply to q and k; d_dot = d.
+    case silu
 
     /// The output size for inputs of size `d`.
     public func outputSize(inputSize d: Int) -> Int {
         switch self {
-        case .identity, .eluPlusOne: return d
+        case .identity, .eluPlusOne, .silu: return d
         case .dpfp(let nu): return 2 * d * nu
         case .favor(let m): return 2 * m
         }
@@ -28,6 +30,7 @@ public enum FeatureMapKind: Sendable, Equatable, Codable {
         case .eluPlusOne: return "elu"
         case .dpfp(let nu): return "dpfp-\(nu)"
         case .favor(let m): return "favor-\(m)"
+        case .silu: return "silu"
         }
     }
 
@@ -36,6 +39,7 @@ public enum FeatureMapKind: Sendable, Equatable, Codable {
         switch name {
         case "identity": self = .identity
         case "elu", "elu+1", "linear": self = .eluPlusOne
+        case "silu": self = .silu
         default:
             let parts = name.split(separator: "-", maxSplits: 1)
             guard parts.count == 2, let n = Int(parts[1]), n >= 1 else { return nil }
@@ -53,7 +57,7 @@ public enum FeatureMapKind: Sendable, Equatable, Codable {
             throw DecodingError.dataCorrupted(
                 .init(
                     codingPath: decoder.codingPath,
-                    debugDescription: "unknown feature map '\(s)' (identity, elu, dpfp-N, favor-M)"))
+                    debugDescription: "unknown feature map '\(s)' (identity, elu, silu, dpfp-N, favor-M)"))
         }
         self = k
     }
@@ -138,6 +142,12 @@ public struct FeatureMap: Sendable {
                     }
                 }
             }
+        case .silu:
+            x.withUnsafePointer { px in
+                y.withUnsafeMutablePointer { py in
+                    for i in 0..<(rows * d) { py[i] = px[i] / (1 + expf(-px[i])) }
+                }
+            }
         case .favor(let m):
             guard let projection else { preconditionFailure("FAVOR+ needs its projection") }
             precondition(projection.shape == [m, d], "FAVOR+ projection must be \(m)×\(d)")
@@ -176,6 +186,20 @@ public struct FeatureMap: Sendable {
                                 let o = r.lowerBound * d
                                 Vec.eluPlusOneBackward(pg + o, input: px + o, output: py + o, into: pd + o, r.count * d)
                             }
+                        }
+                    }
+                }
+            }
+            return dx
+        case .silu:
+            // d/dx x σ(x) = σ(x) (1 + x (1 − σ(x)))
+            var dx = Tensor(uninitializedShape: dy.shape)
+            dy.withUnsafePointer { pg in
+                x.withUnsafePointer { px in
+                    dx.withUnsafeMutablePointer { pd in
+                        for i in 0..<(rows * d) {
+                            let s = 1 / (1 + expf(-px[i]))
+                            pd[i] = pg[i] * s * (1 + px[i] * (1 - s))
                         }
                     }
                 }
@@ -268,6 +292,56 @@ public enum SumNormalization {
                             for r in rows {
                                 let c = Vec.dot(pd + r * n, py + r * n, n)
                                 Vec.shiftScale(pd + r * n, shift: -c, scale: 1 / ps[r], into: px + r * n, n)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        return dx
+    }
+}
+
+/// L2 normalisation x / √(Σ_j x_j² + ε), row-wise.
+public enum L2Normalization {
+    /// ε under the square root, so that an all-zero row stays finite.
+    public static let epsilon: Float = 1e-6
+
+    /// The normalised rows and each row's norm √(Σ x² + ε) (rows spread over `threads`).
+    public static func forward(_ x: Tensor, threads: ComputeThreads = ComputeThreads(1)) -> (Tensor, [Float]) {
+        let n = x.columns
+        var y = Tensor(uninitializedShape: x.shape)  // every row written below
+        var norms = [Float](repeating: 0, count: x.rows)
+        x.withUnsafePointer { px in
+            y.withUnsafeMutablePointer { py in
+                norms.withUnsafeMutableBufferPointer { ps in
+                    threads.forEachRowRange(x.rows) { rows in
+                        for r in rows {
+                            let s = (Vec.dot(px + r * n, px + r * n, n) + epsilon).squareRoot()
+                            ps[r] = s
+                            Vec.scale(1 / s, px + r * n, into: py + r * n, n)
+                        }
+                    }
+                }
+            }
+        }
+        return (y, norms)
+    }
+
+    /// dx = (dy − y (dy · y)) / s for each row (rows spread over `threads`).
+    public static func backward(
+        _ dy: Tensor, output y: Tensor, norms: [Float], threads: ComputeThreads = ComputeThreads(1)
+    ) -> Tensor {
+        let n = y.columns
+        var dx = Tensor(uninitializedShape: dy.shape)  // every row written below
+        dy.withUnsafePointer { pd in
+            y.withUnsafePointer { py in
+                dx.withUnsafeMutablePointer { px in
+                    norms.withUnsafeBufferPointer { ps in
+                        threads.forEachRowRange(y.rows) { rows in
+                            for r in rows {
+                                let c = Vec.dot(pd + r * n, py + r * n, n), s = 1 / ps[r]
+                                for i in 0..<n { px[r * n + i] = (pd[r * n + i] - c * py[r * n + i]) * s }
                             }
                         }
                     }

@@ -18,9 +18,9 @@ public struct LMConfig: Codable, Equatable, Sendable {
     public var attention: AttentionKind
     /// φ for fast-weight layers.
     public var featureMap: FeatureMapKind
-    /// sum or delta.
+    /// sum, delta or gated-delta.
     public var updateRule: UpdateRule
-    /// none, sum or attention.
+    /// none, sum, attention or l2.
     public var normalization: Normalization
     /// Dropout rate on the embedding and on each sub-layer's output.
     public var dropout: Float
@@ -110,6 +110,11 @@ public struct LMConfig: Codable, Equatable, Sendable {
         }
         if attention == .fastWeight && normalization == .attention {
             try check(featureMap != .identity, "normalization", "attention normalisation needs a positive feature map")
+        }
+        if attention == .fastWeight && updateRule == .gatedDelta {
+            try check(
+                normalization != .attention, "normalization",
+                "the gated delta rule takes none, sum or l2 (attention normalisation has no decay)")
         }
     }
 }
