@@ -153,8 +153,9 @@ FileHandle.standardError.write(Data("fwp-bench: \(BLAS.kernelNote)\n".utf8))
     if c.attention == .softmax {
         layer += 2 * 2 * H * d * Double(steps + 1) / 2
     } else {
-        layer += Double(c.updateRule == .delta ? 3 : 2) * 2 * H * d * d
-        if c.updateRule == .delta { layer += 2 * D * H }
+        layer += Double(c.updateRule.hasBeta ? 3 : 2) * 2 * H * d * d
+        if c.updateRule.hasBeta { layer += 2 * D * H }
+        if c.updateRule == .gatedDelta { layer += 2 * D * H }
     }
     return 3 * (Double(c.layers) * layer + 2 * D * V)
 }
@@ -260,6 +261,7 @@ FileHandle.standardError.write(Data("fwp-bench: \(BLAS.kernelNote)\n".utf8))
 
 let lmVariants: [(String, AttentionKind, UpdateRule)] = [
     ("delta", .fastWeight, .delta), ("sum", .fastWeight, .sum), ("softmax", .softmax, .sum),
+    ("gated", .fastWeight, .gatedDelta),
 ]
 
 @MainActor func benchLM(only variant: String? = nil) throws {
@@ -332,7 +334,7 @@ for what in only {
     case "smallgemm": benchSmallGemm()
     case "layer": try benchLayer()
     case "lm": try benchLM()
-    case "lm-delta", "lm-sum", "lm-softmax": try benchLM(only: String(what.dropFirst(3)))
+    case "lm-delta", "lm-sum", "lm-softmax", "lm-gated": try benchLM(only: String(what.dropFirst(3)))
     case "sgemm":
         report(
             "sgemm-1024", sgemmGflops(m: 1024, n: 1024, k: 1024, openBLAS: true), "GFLOP/s",

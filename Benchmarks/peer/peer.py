@@ -10,7 +10,8 @@ Workloads (tokens/s, median of --repeats after one warm-up):
   lm     one training step (forward, backward, AdamW) of the byte-level LM: D=128, 4 pre-LN
          blocks, 4 heads of 32, FF 512, T=256, B=16, ELU+1 with sum normalisation, 1/sqrt(d)
          output scale; delta rule (chunkwise), sum rule (chunkwise linear attention), softmax
-         (scaled_dot_product_attention, causal).
+         (scaled_dot_product_attention, causal), gated delta rule (chunkwise, decay = sigmoid of
+         a linear map of the block's input, per head).
   sweep  the lm step at T = 256, 512, 1024, 2048 with B*T fixed at 4096 tokens.
 Not part of the test suite.
 """
@@ -75,6 +76,50 @@ def delta_chunk(q, k, v, beta, chunk=64):
     return torch.stack(out, 2).reshape(B, H, T, dv)
 
 
+def gated_loop(q, k, v, beta, log_decay):
+    """Gated delta rule, one step at a time: W_t = a_t W_{t-1} (I - b_t k_t k_t^T) + b_t v_t k_t^T."""
+    B, H, T, d = q.shape
+    W = q.new_zeros(B, H, v.shape[-1], d)
+    ys = []
+    for t in range(T):
+        kt, qt, a = k[:, :, t], q[:, :, t], log_decay[:, :, t, None].exp()
+        vbar = torch.einsum("bhij,bhj->bhi", W, kt)
+        u = beta[:, :, t, None] * (v[:, :, t] - a * vbar)
+        W = a[..., None] * W + u[..., :, None] * kt[..., None, :]
+        ys.append(torch.einsum("bhij,bhj->bhi", W, qt))
+    return torch.stack(ys, 2)
+
+
+def gated_chunk(q, k, v, beta, log_decay, chunk=64):
+    """Chunkwise gated delta rule (docs/MODEL.md): with g the within-chunk cumulative log decay,
+    G[t, s] = exp(g_t - g_s) (s <= t), L = strictly-lower(diag(beta) (G * K K^T)),
+    A = (I + L)^-1 diag(beta), a chunk from state S writes U = A (V - exp(g) * K S^T), outputs
+    exp(g) * Q S^T + (G * causal(Q K^T)) U, and ends at exp(g_last) S + (exp(g_last - g) * U)^T K."""
+    B, H, T, d = q.shape
+    dv = v.shape[-1]
+    C = min(chunk, T)
+    assert T % C == 0
+    n = T // C
+    q, k, v = (x.reshape(B, H, n, C, x.shape[-1]) for x in (q, k, v))
+    beta = beta.reshape(B, H, n, C)
+    g = log_decay.reshape(B, H, n, C).cumsum(-1)
+    causal = torch.ones(C, C, dtype=torch.bool).tril()
+    gamma = (g[..., :, None] - g[..., None, :]).masked_fill(~causal, -math.inf).exp()
+    eye = torch.eye(C, dtype=q.dtype)
+    L = (beta[..., None] * gamma * (k @ k.transpose(-1, -2))).tril(-1)
+    A = torch.linalg.solve_triangular(eye + L, torch.diag_embed(beta), upper=False)
+    decay, last = g.exp()[..., None], (g[..., -1:] - g).exp()[..., None]
+    S = q.new_zeros(B, H, dv, d)
+    out = []
+    for i in range(n):
+        qi, ki = q[:, :, i], k[:, :, i]
+        u = A[:, :, i] @ (v[:, :, i] - decay[:, :, i] * (ki @ S.transpose(-1, -2)))
+        att = gamma[:, :, i] * (qi @ ki.transpose(-1, -2))
+        out.append(decay[:, :, i] * (qi @ S.transpose(-1, -2)) + att @ u)
+        S = decay[:, :, i, -1:] * S + (last[:, :, i] * u).transpose(-1, -2) @ ki
+    return torch.stack(out, 2).reshape(B, H, T, dv)
+
+
 def linear_chunk(q, k, v, chunk=64):
     """Causal linear attention (sum rule) in chunks: inter-chunk state plus causal intra-chunk."""
     B, H, T, d = q.shape
@@ -98,7 +143,8 @@ class Block(nn.Module):
         self.H, self.d, self.kind, self.rule = H, d, kind, rule
         self.norm1 = nn.LayerNorm(D)
         self.qkv = nn.Linear(D, 3 * H * d, bias=False)
-        self.beta = nn.Linear(D, H) if (kind == "fast-weight" and rule == "delta") else None
+        self.beta = nn.Linear(D, H) if (kind == "fast-weight" and rule in ("delta", "gated")) else None
+        self.decay = nn.Linear(D, H) if (kind == "fast-weight" and rule == "gated") else None
         self.out = nn.Linear(H * d, D, bias=False)
         self.norm2 = nn.LayerNorm(D)
         self.fc1 = nn.Linear(D, Fh)
@@ -114,6 +160,9 @@ class Block(nn.Module):
             if self.rule == "delta":
                 beta = torch.sigmoid(self.beta(h)).transpose(1, 2)
                 y = delta_chunk(q, k, v, beta)
+            elif self.rule == "gated":
+                beta = torch.sigmoid(self.beta(h)).transpose(1, 2)
+                y = gated_chunk(q, k, v, beta, F.logsigmoid(self.decay(h)).transpose(1, 2))
             else:
                 y = linear_chunk(q, k, v)
             y = y / math.sqrt(self.d)
@@ -198,7 +247,10 @@ def check():
     err2 = (lin - ref).abs().max().item()
     print(f"chunked linear attention vs quadratic max |diff| = {err2:.2e}")
     del sa
-    return err < 1e-10 and err2 < 1e-10
+    la = F.logsigmoid(torch.randn(B, H, T, dtype=torch.float64) + 1)
+    err3 = (gated_loop(q, k, v, beta, la) - gated_chunk(q, k, v, beta, la, chunk=16)).abs().max().item()
+    print(f"chunkwise gated delta rule vs recurrence max |diff| = {err3:.2e}")
+    return err < 1e-10 and err2 < 1e-10 and err3 < 1e-10
 
 
 def main():
@@ -220,6 +272,7 @@ def main():
         results.append(("lm-delta", bench_lm(args.repeats, "fast-weight", "delta")))
         results.append(("lm-sum", bench_lm(args.repeats, "fast-weight", "sum")))
         results.append(("lm-softmax", bench_lm(args.repeats, "softmax", "sum")))
+        results.append(("lm-gated", bench_lm(args.repeats, "fast-weight", "gated")))
     if args.only == "sweep":
         for T in (256, 512, 1024, 2048):
             for name, kind, rule in (("delta", "fast-weight", "delta"), ("sum", "fast-weight", "sum"), ("softmax", "softmax", "sum")):

@@ -193,6 +193,37 @@ import Testing
         #expect(fixedA.loss == fixedB.loss, "favor_redraw = false: the run's one projection")
     }
 
+    /// The model's gradients against central differences of its loss, for every parameter, for
+    /// each rule (and softmax), in setting 2 where keys repeat and the delta rules overwrite.
+    @Test(arguments: ["sum", "delta", "gated-delta", "softmax"])
+    func gradientsMatchFiniteDifferences(_ variant: String) {
+        var c = RetrievalConfig(
+            keys: 4, setting: 2, attention: variant == "softmax" ? "softmax" : "linear",
+            rule: UpdateRule(rawValue: variant) ?? .sum, keySize: 5)
+        c.maxEvalQueries = 0
+        let model = RetrievalModel(config: c, seed: 9)
+        var rng = FWPRandom(seed: 10)
+        let batch = RetrievalBatch.sample(c, count: 2, allKeys: true, using: &rng)
+        let g = model.loss(batch, gradients: true).gradients!
+        if variant == "gated-delta" { #expect(model.parameters["decay.weight"] != nil) }
+        for i in model.parameters.values.indices {
+            let name = model.parameters.names[i]
+            var worst = 0.0
+            for j in stride(from: 0, to: model.parameters.values[i].count, by: 3) {
+                let eps: Float = 1e-2
+                var plus = model, minus = model
+                plus.parameters.values[i].storage[j] += eps
+                minus.parameters.values[i].storage[j] -= eps
+                let numeric =
+                    (plus.loss(batch, gradients: false).loss - minus.loss(batch, gradients: false).loss)
+                    / Double(2 * eps)
+                let analytic = Double(g.values[i].storage[j])
+                worst = max(worst, abs(numeric - analytic) / max(abs(numeric), 1e-3))
+            }
+            #expect(worst < 3e-2, "\(variant) \(name): analytic gradient off by \(worst)")
+        }
+    }
+
     @Test func patienceIsTheReferences() {
         #expect(RetrievalTask().parameters.first { $0.name == "patience" }?.defaultValue == 11)
     }

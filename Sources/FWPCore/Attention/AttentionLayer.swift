@@ -84,7 +84,7 @@ public struct AttentionLayer: Sendable {
         }
         if kind == .fastWeight && rule == .gatedDelta {
             let gate = Linear("\(prefix).decay", in: d, out: heads, bias: true, std: std, store: &store, rng: &rng)
-            // Head h starts with α ≈ 1 − 2^−(2 + 4h/(H−1)) (from 0.75 to 0.9375): a spread of
+            // Head h starts with α ≈ 1 − 2^−(2 + 4h/(H−1)) (from 0.75 to 0.984): a spread of
             // memory lengths from a few steps to a few dozen, for the data to adjust.
             for h in 0..<heads {
                 let e = -(2 + 4 * Float(h) / Float(max(heads - 1, 1)))

@@ -37,10 +37,13 @@ public struct LanguageModelTask: TaskModule {
         ParameterSpec("ff", .integer, "feed-forward hidden size", default: 512, minimum: 1, maximum: 65536),
         ParameterSpec(
             "attention", .string, "attention kind", default: "fast-weight", choices: ["fast-weight", "softmax"]),
-        ParameterSpec("feature_map", .string, "elu, dpfp-ν, favor-m or identity", default: "elu"),
-        ParameterSpec("rule", .string, "update rule", default: "delta", choices: ["sum", "delta"]),
+        ParameterSpec("feature_map", .string, "elu, silu, dpfp-ν, favor-m or identity", default: "elu"),
         ParameterSpec(
-            "normalization", .string, "key/query normalisation", default: "sum", choices: ["none", "sum", "attention"]),
+            "rule", .string, "update rule (gated-delta: the delta rule with a learned decay per head and step)",
+            default: "delta", choices: ["sum", "delta", "gated-delta"]),
+        ParameterSpec(
+            "normalization", .string, "key/query normalisation (l2: unit keys and queries)", default: "sum",
+            choices: ["none", "sum", "attention", "l2"]),
         ParameterSpec("dropout", .number, "dropout rate", default: 0.0, minimum: 0, maximum: 0.9),
         ParameterSpec("tied", .boolean, "tie input and output embeddings", default: false),
         ParameterSpec("positions", .boolean, "sinusoidal position encodings", default: false),
@@ -150,6 +153,9 @@ public struct LanguageModelTask: TaskModule {
         case .identity where p.attention == .fastWeight && p.normalization == .attention:
             throw ParameterError("normalization", "attention normalisation needs a positive feature map (not identity)")
         default: break
+        }
+        if p.attention == .fastWeight && p.rule == .gatedDelta && p.normalization == .attention {
+            throw ParameterError("normalization", "the gated delta rule takes none, sum or l2 (not attention)")
         }
         if p.positions && p.modelSize % 2 != 0 {
             throw ParameterError("model_size", "must be even with sinusoidal positions, got \(p.modelSize)")
@@ -418,10 +424,12 @@ public struct LanguageModelTask: TaskModule {
     /// keys updates W by (I − β k̃ k̃ᵀ), which expands wherever β‖k̃‖² > 2 — at once with ELU + 1 or
     /// FAVOR+ features, whose squared norm grows with d.
     func divergenceHint(_ p: Parameters) -> String {
-        guard p.attention == .fastWeight, p.rule == .delta, p.normalization != .sum else { return "" }
+        guard p.attention == .fastWeight, p.rule.hasBeta, p.normalization != .sum, p.normalization != .l2 else {
+            return ""
+        }
         return
-            "; the delta rule without sum-normalised keys (normalization = \(p.normalization.rawValue)) "
-            + "expands where β‖φ(k)‖² > 2: use normalization = sum"
+            "; the delta rule without sum- or L2-normalised keys (normalization = \(p.normalization.rawValue)) "
+            + "expands where β‖φ(k)‖² > 2: use normalization = sum or l2"
     }
 
     /// The carried state from a checkpoint's `extra.state.*` tensors and its position: the

@@ -14,7 +14,8 @@ public struct RetrievalConfig: Codable, Equatable, Sendable {
     public var setting: Int
     /// `linear` (ELU+1), `dpfp-ν`, `favor-m` or `softmax` (attention baseline, no φ).
     public var attention: String
-    /// `sum` (attention-normalised readout) or `delta` (sum-normalised keys and query, dynamic β).
+    /// `sum` (attention-normalised readout), `delta` (sum-normalised keys and query, dynamic β) or
+    /// `gated-delta` (the delta rule's, with a decay α_t = σ(w·x_t + b) as well).
     public var rule: UpdateRule
     /// Size of keys and queries before φ (64 in the paper).
     public var keySize: Int
@@ -123,6 +124,8 @@ public struct RetrievalModel: Sendable {
     let key: Linear
     let query: Linear
     let beta: Linear?
+    /// The gated delta rule's decay logits (one per step).
+    let decay: Linear?
     let featureMap: FeatureMap?
     let projection: Int?
 
@@ -148,7 +151,7 @@ public struct RetrievalModel: Sendable {
         for (idx, b) in bounds {
             store.values[idx] = .uniform(shape: store.values[idx].shape, bound: b, using: &rng)
         }
-        if !config.isSoftmax && config.rule == .delta {
+        if !config.isSoftmax && config.rule.hasBeta {
             let b = beta_(s + e, &store, &rng)
             if reference {
                 store.values[b.bias!] = .uniform(shape: [1], bound: 1 / Float(s + e).squareRoot(), using: &rng)
@@ -156,6 +159,16 @@ public struct RetrievalModel: Sendable {
             beta = b
         } else {
             beta = nil
+        }
+        if !config.isSoftmax && config.rule == .gatedDelta {
+            // Weight as β's; the bias starts α at 1 − 1/(2L + 1), so that the first pair of a
+            // sequence is still at α^L ≈ e^{−1/2} of its strength when the query comes.
+            let a = Linear("decay", in: s + e, out: 1, bias: true, std: 1, store: &store, rng: &rng)
+            store.values[a.weight] = .uniform(shape: [1, s + e], bound: 1 / Float(s + e).squareRoot(), using: &rng)
+            store.values[a.bias!] = Tensor(shape: [1], storage: [logf(Float(2 * config.sequenceLength))])
+            decay = a
+        } else {
+            decay = nil
         }
         if config.isSoftmax {
             featureMap = nil
@@ -202,6 +215,7 @@ public struct RetrievalModel: Sendable {
         let qRaw = query.forward(qEmb, parameters)  // (ΣQ) × d
         var dkRaw = Tensor(shape: kRaw.shape), dqRaw = Tensor(shape: qRaw.shape)
         var dBetaLogit = Tensor(shape: [nSeq * l, 1])
+        var dLogDecayAll: [Float] = [], alphasAll: [Float] = []  // the gated rule's, per step
         var total = 0.0, correct = 0
         let scale = 1 / Float(nQueries)
 
@@ -247,7 +261,7 @@ public struct RetrievalModel: Sendable {
             let fm = featureMap!
             let proj = redrawn ?? projection.map { buffers.values[$0] }
             let kPhi = fm.forward(kRaw, projection: proj), qPhi = fm.forward(qRaw, projection: proj)
-            let delta = config.rule == .delta
+            let delta = config.rule.hasBeta, gated = config.rule == .gatedDelta
             var k = kPhi, q = qPhi
             var kSums: [Float] = [], qSums: [Float] = []
             if delta {
@@ -260,6 +274,14 @@ public struct RetrievalModel: Sendable {
                 for i in 0..<bl.count { bl.storage[i] = 1 / (1 + expf(-bl.storage[i])) }
                 betaT = bl
             }
+            // log α = log σ(z) and α, per step.
+            var logDecay: [Float] = [], alphas: [Float] = []
+            if let decay {
+                let z = decay.forward(x, parameters)
+                logDecay = z.elements.map { $0 >= 0 ? -log1pf(expf(-$0)) : $0 - log1pf(expf($0)) }
+                alphas = logDecay.map { expf($0) }
+            }
+            var dLogDecay = [Float](repeating: 0, count: gated ? nSeq * l : 0)
             let dd = fm.outputSize
             var dk = Tensor(shape: k.shape), dq = Tensor(shape: q.shape)
             var dBeta = Tensor(shape: [nSeq * l])
@@ -268,6 +290,8 @@ public struct RetrievalModel: Sendable {
             let kernel = FastWeightKernel(
                 rule: config.rule, attentionNormalization: !delta, steps: l, keySize: dd, valueSize: s, keyStride: dd,
                 valueStride: s, betaStride: 1)
+            let gatedKernel = GatedDeltaKernel(
+                steps: l, keySize: dd, valueSize: s, keyStride: dd, valueStride: s, gateStride: 1)
             let zeroQ = [Float](repeating: 0, count: l * dd)
             let betaStorage = betaT?.storage ?? TensorStorage(repeating: 1, count: nSeq * l)  // unused by the sum rule
             var qi = 0
@@ -275,16 +299,30 @@ public struct RetrievalModel: Sendable {
                 var w = [Float](repeating: 0, count: s * dd), z = [Float](repeating: 0, count: dd)
                 var saved = [Float](repeating: 0, count: l * s), den = [Float](repeating: 0, count: l)
                 var yScratch = [Float](repeating: 0, count: l * s)
-                k.withUnsafePointer { pk in
-                    values.withUnsafePointer { pv in
-                        betaStorage.withUnsafeBufferPointer { pb in
-                            saved.withUnsafeMutableBufferPointer { ps in
-                                den.withUnsafeMutableBufferPointer { pd in
-                                    kernel.forward(
-                                        q: zeroQ, k: pk + b * l * dd, v: pv + b * l * s,
-                                        beta: delta ? pb.baseAddress! + b * l : nil,
-                                        y: &yScratch, w: &w, z: &z, saved: delta ? ps.baseAddress : nil,
-                                        denominators: delta ? nil : pd.baseAddress)
+                var gatedSaved = [Float](repeating: 0, count: gated ? gatedKernel.recurrentSavedCount : 0)
+                if gated {
+                    k.withUnsafePointer { pk in
+                        values.withUnsafePointer { pv in
+                            betaStorage.withUnsafeBufferPointer { pb in
+                                gatedKernel.forwardRecurrent(
+                                    q: zeroQ, k: pk + b * l * dd, v: pv + b * l * s, beta: pb.baseAddress! + b * l,
+                                    logDecay: Array(logDecay[(b * l)..<((b + 1) * l)]), y: &yScratch, w: &w,
+                                    saved: &gatedSaved)
+                            }
+                        }
+                    }
+                } else {
+                    k.withUnsafePointer { pk in
+                        values.withUnsafePointer { pv in
+                            betaStorage.withUnsafeBufferPointer { pb in
+                                saved.withUnsafeMutableBufferPointer { ps in
+                                    den.withUnsafeMutableBufferPointer { pd in
+                                        kernel.forward(
+                                            q: zeroQ, k: pk + b * l * dd, v: pv + b * l * s,
+                                            beta: delta ? pb.baseAddress! + b * l : nil,
+                                            y: &yScratch, w: &w, z: &z, saved: delta ? ps.baseAddress : nil,
+                                            denominators: delta ? nil : pd.baseAddress)
+                                    }
                                 }
                             }
                         }
@@ -327,7 +365,29 @@ public struct RetrievalModel: Sendable {
                     }
                     qi += 1
                 }
-                if wantGradients {
+                if wantGradients && gated {
+                    let zeroDy = [Float](repeating: 0, count: l * s)
+                    var scratch = [Float](repeating: 0, count: gatedKernel.recurrentScratchCount)
+                    var dqSteps = [Float](repeating: 0, count: l * dd), dvSteps = [Float](repeating: 0, count: l * s)
+                    var dla = [Float](repeating: 0, count: l)
+                    k.withUnsafePointer { pk in
+                        values.withUnsafePointer { pv in
+                            betaStorage.withUnsafeBufferPointer { pb in
+                                dk.withUnsafeMutablePointer { pdk in
+                                    dBeta.withUnsafeMutablePointer { pdb in
+                                        gatedKernel.backwardRecurrent(
+                                            dy: zeroDy, q: zeroQ, k: pk + b * l * dd, v: pv + b * l * s,
+                                            beta: pb.baseAddress! + b * l,
+                                            logDecay: Array(logDecay[(b * l)..<((b + 1) * l)]), saved: gatedSaved,
+                                            dw: &dw, scratch: &scratch, dq: &dqSteps, dk: pdk + b * l * dd,
+                                            dv: &dvSteps, dbeta: pdb + b * l, dlogDecay: &dla, seeded: true)
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    for t in 0..<l { dLogDecay[b * l + t] = dla[t] }
+                } else if wantGradients {
                     let zeroDy = [Float](repeating: 0, count: l * s)
                     var scratch = [Float](repeating: 0, count: s)
                     var dqSteps = [Float](repeating: 0, count: l * dd), dvSteps = [Float](repeating: 0, count: l * s)
@@ -358,6 +418,7 @@ public struct RetrievalModel: Sendable {
                 }
             }
             if wantGradients {
+                (dLogDecayAll, alphasAll) = (dLogDecay, alphas)
                 if delta {
                     dk = SumNormalization.backward(dk, output: k, sums: kSums)
                     dq = SumNormalization.backward(dq, output: q, sums: qSums)
@@ -379,6 +440,12 @@ public struct RetrievalModel: Sendable {
         if let beta {
             let dxb = beta.backward(dBetaLogit, input: x, parameters, &g)
             for i in 0..<dx.count { dx.storage[i] += dxb.storage[i] }
+        }
+        if let decay {
+            // d log σ(z) / dz = 1 − α
+            let dz = Tensor(shape: [nSeq * l, 1], storage: zip(dLogDecayAll, alphasAll).map { $0 * (1 - $1) })
+            let dxa = decay.backward(dz, input: x, parameters, &g)
+            for i in 0..<dx.count { dx.storage[i] += dxa.storage[i] }
         }
         let dqEmb = query.backward(dqRaw, input: qEmb, parameters, &g)
         var dKeyEmb = Tensor(shape: [nSeq * l, e])

@@ -21,7 +21,9 @@ public struct RetrievalTask: TaskModule {
             "setting", .integer, "1: L = S, keys without replacement; 2: L = 2S, with replacement", default: 1,
             minimum: 1, maximum: 2),
         ParameterSpec("attention", .string, "linear (ELU+1), dpfp-ν, favor-m or softmax", default: "dpfp-1"),
-        ParameterSpec("rule", .string, "fast-weight update rule", default: "sum", choices: ["sum", "delta"]),
+        ParameterSpec(
+            "rule", .string, "fast-weight update rule (the delta rules sum-normalise keys and query)", default: "sum",
+            choices: ["sum", "delta", "gated-delta"]),
         ParameterSpec(
             "key_size", .integer, "size of keys and queries before the feature map", default: 64, minimum: 1,
             maximum: 4096),
