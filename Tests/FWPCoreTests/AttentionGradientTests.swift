@@ -12,11 +12,14 @@ struct Variant: CustomTestStringConvertible, Sendable {
     /// Forces the chunkwise kernel with this chunk size (nil: the layer's automatic choice, which
     /// for these short test sequences is the recurrence).
     var chunk: Int? = nil
+    /// Short convolution width (0: none).
+    var conv = 0
 
     var testDescription: String {
-        attention == .softmax
+        (attention == .softmax
             ? "softmax"
-            : "\(featureMap)/\(rule.rawValue)/\(normalization.rawValue)" + (chunk.map { "/chunk\($0)" } ?? "")
+            : "\(featureMap)/\(rule.rawValue)/\(normalization.rawValue)" + (chunk.map { "/chunk\($0)" } ?? ""))
+            + (conv > 0 ? "/conv\(conv)" : "")
     }
 
     var algorithm: FastWeightAlgorithm { chunk.map { .chunkwise($0) } ?? .automatic }
@@ -26,12 +29,12 @@ struct Variant: CustomTestStringConvertible, Sendable {
             vocabularySize: 9, modelSize: modelSize, layers: layers, heads: heads, headSize: headSize,
             feedForwardSize: 10,
             attention: attention, featureMap: FeatureMapKind(name: featureMap)!, updateRule: rule,
-            normalization: normalization, initStd: 0.5)
+            normalization: normalization, initStd: 0.5, shortConvolution: conv)
     }
 
     /// Every fast-weight combination the core supports, plus softmax.
     static let all: [Variant] = {
-        var v: [Variant] = [Variant(attention: .softmax)]
+        var v: [Variant] = [Variant(attention: .softmax), Variant(attention: .softmax, conv: 2)]
         for rule in UpdateRule.allCases {
             for norm in Normalization.allCases {
                 if rule == .gatedDelta && norm == .attention { continue }  // not a valid config
@@ -54,6 +57,8 @@ struct Variant: CustomTestStringConvertible, Sendable {
             v.append(Variant(featureMap: "favor-3", rule: rule, normalization: .sum, chunk: 3))
             v.append(Variant(featureMap: "silu", rule: rule, normalization: .l2))
             v.append(Variant(featureMap: "silu", rule: rule, normalization: .l2, chunk: 2))
+            v.append(Variant(featureMap: "identity", rule: rule, normalization: .l2, conv: 3))
+            v.append(Variant(featureMap: "elu", rule: rule, normalization: .sum, chunk: 2, conv: 4))
         }
         return v
     }()
@@ -185,6 +190,7 @@ struct Variant: CustomTestStringConvertible, Sendable {
         Variant(featureMap: "dpfp-2", rule: .delta, normalization: .sum, chunk: 4),
         Variant(featureMap: "silu", rule: .gatedDelta, normalization: .l2, chunk: 4),
         Variant(featureMap: "elu", rule: .gatedDelta, normalization: .sum),
+        Variant(featureMap: "identity", rule: .gatedDelta, normalization: .l2, chunk: 4, conv: 3),
     ])
     func wholeLanguageModel(_ variant: Variant) throws {
         var config = variant.config(modelSize: 8, heads: 2, headSize: 4, layers: 2)

@@ -78,26 +78,37 @@ import Testing
     @Test(arguments: [
         Variant(featureMap: "elu", rule: .sum, normalization: .attention),
         Variant(featureMap: "dpfp-1", rule: .delta, normalization: .sum),
+        Variant(featureMap: "identity", rule: .gatedDelta, normalization: .l2, conv: 4),
+        Variant(featureMap: "silu", rule: .gatedDelta, normalization: .l2, chunk: 2, conv: 3),
+        Variant(attention: .softmax, conv: 3),
     ])
     func carriedStateAcrossSegments(_ variant: Variant) throws {
-        let model = try LanguageModel(config: variant.config(modelSize: 8, heads: 2, headSize: 4, layers: 2), seed: 4)
+        var model = try LanguageModel(config: variant.config(modelSize: 8, heads: 2, headSize: 4, layers: 2), seed: 4)
+        model.fastWeightAlgorithm = variant.algorithm
         let seq = [1, 5, 2, 7, 3, 3, 8, 0, 6, 4, 2, 1]
         var rng = FWPRandom(seed: 1)
         var none: ModelState? = nil
         let (full, _) = model.forward(tokens: seq, batch: 1, state: &none, training: false, rng: &rng)
         var state: ModelState? = model.initialState(batch: 1)
-        let (first, _) = model.forward(tokens: Array(seq[..<5]), batch: 1, state: &state, training: false, rng: &rng)
-        let (second, _) = model.forward(tokens: Array(seq[5...]), batch: 1, state: &state, training: false, rng: &rng)
-        let joined = Tensor(shape: full.shape, storage: first.elements + second.elements)
+        // Three segments, the first shorter than a short convolution's carried inputs.
+        var parts: [Float] = []
+        for range in [0..<2, 2..<5, 5..<seq.count] {
+            let (out, _) = model.forward(tokens: Array(seq[range]), batch: 1, state: &state, training: false, rng: &rng)
+            parts += out.elements
+        }
+        let joined = Tensor(shape: full.shape, storage: parts)
         #expect(maxRelativeError(joined, full, floor: 1e-2) < 1e-5)
         #expect(state?.position == seq.count)
     }
 
     /// The training backward pass with a carried initial state still matches finite differences
     /// (gradients stop at the carried state; the reverse walk must end at it).
-    @Test func gradientsWithCarriedState() throws {
-        var config = Variant(featureMap: "elu", rule: .delta, normalization: .sum).config(
-            modelSize: 8, heads: 2, headSize: 4, layers: 1)
+    @Test(arguments: [
+        Variant(featureMap: "elu", rule: .delta, normalization: .sum),
+        Variant(featureMap: "identity", rule: .gatedDelta, normalization: .l2, conv: 3),
+    ])
+    func gradientsWithCarriedState(_ variant: Variant) throws {
+        var config = variant.config(modelSize: 8, heads: 2, headSize: 4, layers: 1)
         config.initStd = 0.4
         let model = try LanguageModel(config: config, seed: 8)
         var warm: ModelState? = model.initialState(batch: 1)

@@ -92,7 +92,8 @@ import Testing
         let presets = try TaskRegistry.builtIn.loadPresets(from: tasks)
         #expect(
             Set(presets.keys) == [
-                "retrieval-capacity", "retrieval-update", "lm-bytes-small", "lm-wikitext-small", "eval", "generate",
+                "retrieval-capacity", "retrieval-update", "lm-bytes-small", "lm-bytes-gated", "lm-wikitext-small",
+                "eval", "generate",
             ])
         #expect(presets["retrieval-update"]?.parameters["setting"] == 2)
     }

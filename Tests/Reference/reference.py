@@ -140,6 +140,13 @@ def lm_logits(cfg, p, tokens):
         pre = f"layers.{i}"
         hn = layer_norm(x, p[f"{pre}.norm1.weight"], p[f"{pre}.norm1.bias"])
         qkv = hn @ p[f"{pre}.attn.qkv.weight"].T
+        w_conv = cfg.get("shortConvolution", 0)
+        if w_conv:
+            # causal depthwise convolution over time per channel (zeros before the start), then SiLU
+            cw = p[f"{pre}.attn.conv.weight"]  # 3·H·d × w
+            padded = np.concatenate([np.zeros((b_sz, w_conv - 1, qkv.shape[-1])), qkv], axis=1)
+            conv = sum(padded[:, j:j + t_len, :] * cw[:, j] for j in range(w_conv))
+            qkv = conv / (1 + np.exp(-conv))
         q, k, v = [qkv[..., j * h * dh:(j + 1) * h * dh].reshape(b_sz, t_len, h, dh) for j in range(3)]
         y = np.zeros((b_sz, t_len, h, dh))
         if cfg["attention"] == "softmax":
@@ -190,6 +197,8 @@ def lm_parameters(cfg, rng):
     for i in range(cfg["layers"]):
         pre = f"layers.{i}"
         shapes += [(f"{pre}.norm1.weight", (d,)), (f"{pre}.norm1.bias", (d,)), (f"{pre}.attn.qkv.weight", (3 * h * dh, d))]
+        if cfg.get("shortConvolution", 0):
+            shapes.append((f"{pre}.attn.conv.weight", (3 * h * dh, cfg["shortConvolution"])))
         if cfg["attention"] == "fast-weight" and cfg["updateRule"] in ("delta", "gated-delta"):
             shapes += [(f"{pre}.attn.beta.weight", (h, d)), (f"{pre}.attn.beta.bias", (h,))]
         if cfg["attention"] == "fast-weight" and cfg["updateRule"] == "gated-delta":
@@ -279,6 +288,8 @@ def main():
     lm_case(out, "softmax_scaled_embeddings",
             base_config(attention="softmax", sinusoidalPositions=True, embeddingScale=8.0), 5)
     lm_case(out, "gated_silu_l2", base_config(updateRule="gated-delta", featureMap="silu", normalization="l2"), 6)
+    lm_case(out, "gated_conv_l2", base_config(updateRule="gated-delta", featureMap="identity", normalization="l2",
+                                              shortConvolution=3), 7)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ public struct AttentionState: Sendable, Equatable {
     public var keys: [[Float]]
     public var values: [[Float]]
     public var length: Int
+    /// The short convolution's last w − 1 inputs per sequence (empty without one).
+    public var convolution: TensorStorage = []
 
     /// An empty state that holds a layer's place in `ModelState` while the layer runs.
     static let placeholder = AttentionState(weights: [], normalizer: [], keys: [], values: [], length: 0)
@@ -55,6 +57,8 @@ public struct AttentionLayer: Sendable {
     public let beta: Linear?
     /// The gated delta rule's decay logits: α = σ(decay(x)).
     public let decay: Linear?
+    /// The short convolution on q, k, v (`LMConfig.shortConvolution`).
+    let convolution: ShortConvolution?
     /// Index of the FAVOR+ projection in the model's buffer store.
     public let favorBuffer: Int?
     /// Recurrent or chunkwise computation of the fast-weight memory.
@@ -77,6 +81,10 @@ public struct AttentionLayer: Sendable {
         outputScale = config.scaleOutput ? 1 / Float(config.headSize).squareRoot() : 1
         let std = config.initStd
         qkv = Linear("\(prefix).qkv", in: d, out: 3 * hd, bias: false, std: std, store: &store, rng: &rng)
+        convolution =
+            config.shortConvolution > 0
+            ? ShortConvolution(
+                "\(prefix).conv", width: config.shortConvolution, channels: hd, store: &store, rng: &rng) : nil
         if kind == .fastWeight && rule.hasBeta {
             beta = Linear("\(prefix).beta", in: d, out: heads, bias: true, std: std, store: &store, rng: &rng)
         } else {
@@ -128,7 +136,8 @@ public struct AttentionLayer: Sendable {
                 ? TensorStorage(repeating: 0, count: batch * heads * keySize) : [],
             keys: fw ? [] : Array(repeating: [], count: batch * heads),
             values: fw ? [] : Array(repeating: [], count: batch * heads),
-            length: 0)
+            length: 0,
+            convolution: TensorStorage(repeating: 0, count: batch * (convolution?.stateCount ?? 0)))
     }
 
     /// Everything the backward pass needs: the layer's input and attended output, and the
@@ -138,6 +147,7 @@ public struct AttentionLayer: Sendable {
         var attended: Tensor  // N × H·d_head (input of `out`)
         var memory: Memory
         var batch: Int, steps: Int
+        var convolution: ShortConvolution.Cache? = nil
 
         enum Memory {
             case softmax(SoftmaxAttention.Cache)
@@ -177,14 +187,25 @@ public struct AttentionLayer: Sendable {
         state: inout AttentionState?, training: Bool, rng: inout FWPRandom, threads: ComputeThreads
     ) -> Cache {
         let n = batch * steps, hd = heads * headSize
-        let (qRaw, kRaw, v, betaLogits, decayLogits) = projectParts(x, p)
+        var (qRaw, kRaw, v, betaLogits, decayLogits) = projectParts(x, p)
+        var convolutionCache: ShortConvolution.Cache? = nil
+        if let convolution {
+            var carried: TensorStorage? = state.map { $0.convolution }
+            let (outs, c) = convolution.forward(
+                [qRaw, kRaw, v], batch: batch, steps: steps, p, state: &carried, threads: threads)
+            (qRaw, kRaw, v) = (outs[0], outs[1], outs[2])
+            convolutionCache = c
+            if let carried { state!.convolution = carried }
+        }
         switch kind {
         case .softmax:
             var c = SoftmaxAttention.Cache(
                 qRaw: qRaw, kRaw: kRaw, v: v, core: Tensor(shape: [n, hd]), probabilities: [], batch: batch,
                 steps: steps)
             softmax.forward(&c, state: &state, threads: threads)
-            return Cache(input: x, attended: c.core, memory: .softmax(c), batch: batch, steps: steps)
+            return Cache(
+                input: x, attended: c.core, memory: .softmax(c), batch: batch, steps: steps,
+                convolution: convolutionCache)
         case .fastWeight:
             let memory = fastWeight
             var c = FastWeightAttention.Cache(
@@ -192,7 +213,9 @@ public struct AttentionLayer: Sendable {
             memory.forward(
                 &c, betaLogits: betaLogits, decayLogits: decayLogits, buffers, state: &state, training: training,
                 rng: &rng, threads: threads)
-            return Cache(input: x, attended: memory.attended(c), memory: .fastWeight(c), batch: batch, steps: steps)
+            return Cache(
+                input: x, attended: memory.attended(c), memory: .fastWeight(c), batch: batch, steps: steps,
+                convolution: convolutionCache)
         }
     }
 
@@ -218,7 +241,7 @@ public struct AttentionLayer: Sendable {
             let dCore = memory.coreGradient(dAttended, cache: c)
             // Where the chunkwise kernel applies the feature map itself, it writes dq, dk and dv
             // straight into their columns of dProjected, not into tensors of their own to be copied.
-            direct = c.chunkSize != nil && memory.featureMapInKernel(steps: c.steps)
+            direct = c.chunkSize != nil && memory.featureMapInKernel(steps: c.steps) && convolution == nil
             if direct {
                 (dqRaw, dkRaw, dv, dBetaLogit, dDecayLogit) = dProjected.withUnsafeMutablePointer { pp in
                     memory.backward(dCore, cache: c, threads: threads, into: SharedPointer(pp))
@@ -229,6 +252,11 @@ public struct AttentionLayer: Sendable {
         }
         precondition((beta != nil) == (dBetaLogit != nil), "β gradient missing")
         precondition((decay != nil) == (dDecayLogit != nil), "decay gradient missing")
+        if let convolution, let cc = cache.convolution {
+            let d = convolution.backward(
+                [dqRaw, dkRaw, dv], cache: cc, batch: cache.batch, steps: cache.steps, p, &g, threads: threads)
+            (dqRaw, dkRaw, dv) = (d[0], d[1], d[2])
+        }
         dProjected.withUnsafeMutablePointer { pp in
             if !direct {
                 dqRaw.withUnsafePointer { fwp_copy_rows($0, hd, pp, width, n, hd) }

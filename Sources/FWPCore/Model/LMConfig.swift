@@ -35,14 +35,17 @@ public struct LMConfig: Codable, Equatable, Sendable {
     public var scaleOutput: Bool
     /// Standard deviation of the normal initialisation of weight matrices and embeddings.
     public var initStd: Float
+    /// Width of the causal depthwise convolution (then SiLU) on q, k and v; 0: none.
+    public var shortConvolution: Int
 
     public init(
         vocabularySize: Int = 256, modelSize: Int = 128, layers: Int = 4, heads: Int = 4, headSize: Int = 32,
         feedForwardSize: Int = 512, attention: AttentionKind = .fastWeight, featureMap: FeatureMapKind = .eluPlusOne,
         updateRule: UpdateRule = .delta, normalization: Normalization = .sum, dropout: Float = 0,
         tiedEmbeddings: Bool = false, sinusoidalPositions: Bool = false, scaleOutput: Bool = true,
-        initStd: Float = 0.02, embeddingScale: Float = 1
+        initStd: Float = 0.02, embeddingScale: Float = 1, shortConvolution: Int = 0
     ) {
+        self.shortConvolution = shortConvolution
         self.vocabularySize = vocabularySize
         self.modelSize = modelSize
         self.layers = layers
@@ -64,6 +67,29 @@ public struct LMConfig: Codable, Equatable, Sendable {
     enum CodingKeys: String, CodingKey {
         case vocabularySize, modelSize, layers, heads, headSize, feedForwardSize, attention, featureMap, updateRule
         case normalization, dropout, tiedEmbeddings, sinusoidalPositions, scaleOutput, initStd, embeddingScale
+        case shortConvolution
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(vocabularySize, forKey: .vocabularySize)
+        try c.encode(modelSize, forKey: .modelSize)
+        try c.encode(layers, forKey: .layers)
+        try c.encode(heads, forKey: .heads)
+        try c.encode(headSize, forKey: .headSize)
+        try c.encode(feedForwardSize, forKey: .feedForwardSize)
+        try c.encode(attention, forKey: .attention)
+        try c.encode(featureMap, forKey: .featureMap)
+        try c.encode(updateRule, forKey: .updateRule)
+        try c.encode(normalization, forKey: .normalization)
+        try c.encode(dropout, forKey: .dropout)
+        try c.encode(tiedEmbeddings, forKey: .tiedEmbeddings)
+        try c.encode(sinusoidalPositions, forKey: .sinusoidalPositions)
+        try c.encode(scaleOutput, forKey: .scaleOutput)
+        try c.encode(initStd, forKey: .initStd)
+        try c.encode(embeddingScale, forKey: .embeddingScale)
+        // Written only when on, so that configs without it read the same as before it existed.
+        if shortConvolution != 0 { try c.encode(shortConvolution, forKey: .shortConvolution) }
     }
 
     /// Decodes a stored config; `embeddingScale` is 1 in checkpoints written before it existed.
@@ -85,6 +111,7 @@ public struct LMConfig: Codable, Equatable, Sendable {
         scaleOutput = try c.decode(Bool.self, forKey: .scaleOutput)
         initStd = try c.decode(Float.self, forKey: .initStd)
         embeddingScale = try c.decodeIfPresent(Float.self, forKey: .embeddingScale) ?? 1
+        shortConvolution = try c.decodeIfPresent(Int.self, forKey: .shortConvolution) ?? 0
     }
 
     /// Throws `FWPError.invalidConfig` naming the first field out of range.
@@ -103,6 +130,9 @@ public struct LMConfig: Codable, Equatable, Sendable {
         try check(
             embeddingScale > 0 && embeddingScale.isFinite, "embeddingScale", "must be positive, got \(embeddingScale)")
         try check(!sinusoidalPositions || modelSize % 2 == 0, "modelSize", "must be even with sinusoidal positions")
+        try check(
+            shortConvolution >= 0 && shortConvolution <= 64, "shortConvolution",
+            "must be 0 (off) to 64, got \(shortConvolution)")
         switch featureMap {
         case .dpfp(let nu): try check(nu >= 1 && nu < 2 * headSize, "featureMap", "DPFP's ν must be in 1..<2·d_head")
         case .favor(let m): try check(m >= 1, "featureMap", "FAVOR+ needs at least one feature")

@@ -31,14 +31,15 @@ extension AttentionState {
         return AttentionState(
             weights: TensorStorage(part(weights)), normalizer: TensorStorage(part(normalizer)), keys: part(keys),
             values: part(values),
-            length: length)
+            length: length, convolution: TensorStorage(part(convolution)))
     }
 
     static func concatenate(_ parts: [AttentionState]) -> AttentionState {
         AttentionState(
             weights: TensorStorage(parts.flatMap(\.weights)), normalizer: TensorStorage(parts.flatMap(\.normalizer)),
             keys: parts.flatMap(\.keys),
-            values: parts.flatMap(\.values), length: parts[0].length)
+            values: parts.flatMap(\.values), length: parts[0].length,
+            convolution: TensorStorage(parts.flatMap(\.convolution)))
     }
 }
 

@@ -44,6 +44,10 @@ public struct LanguageModelTask: TaskModule {
         ParameterSpec(
             "normalization", .string, "key/query normalisation (l2: unit keys and queries)", default: "sum",
             choices: ["none", "sum", "attention", "l2"]),
+        ParameterSpec(
+            "short_conv", .integer,
+            "width of a causal depthwise convolution (then SiLU) on q, k and v, as DeltaNet-style layers use (4); "
+                + "0: none", default: 0, minimum: 0, maximum: 64),
         ParameterSpec("dropout", .number, "dropout rate", default: 0.0, minimum: 0, maximum: 0.9),
         ParameterSpec("tied", .boolean, "tie input and output embeddings", default: false),
         ParameterSpec("positions", .boolean, "sinusoidal position encodings", default: false),
@@ -101,6 +105,7 @@ public struct LanguageModelTask: TaskModule {
         var tied: Bool
         var positions: Bool
         var scaleEmbeddings: Bool
+        var shortConv: Int
         var batch: Int
         var segment: Int
         var carry: Bool
@@ -138,7 +143,8 @@ public struct LanguageModelTask: TaskModule {
             feedForwardSize: p.ff, attention: p.attention, featureMap: p.featureMap, updateRule: p.rule,
             normalization: p.normalization, dropout: Float(p.dropout), tiedEmbeddings: p.tied,
             sinusoidalPositions: p.positions,
-            embeddingScale: p.scaleEmbeddings ? Float(Double(p.modelSize).squareRoot()) : 1)
+            embeddingScale: p.scaleEmbeddings ? Float(Double(p.modelSize).squareRoot()) : 1,
+            shortConvolution: p.shortConv)
     }
 
     /// Rules between parameters, named as the schema names them; the model config's own
@@ -283,6 +289,10 @@ public struct LanguageModelTask: TaskModule {
                     if !l.normalizer.isEmpty {
                         extraTensors.append(
                             ("state.\(i).normalizer", Tensor(shape: [l.normalizer.count], storage: l.normalizer)))
+                    }
+                    if !l.convolution.isEmpty {
+                        extraTensors.append(
+                            ("state.\(i).convolution", Tensor(shape: [l.convolution.count], storage: l.convolution)))
                     }
                 }
             }
@@ -450,6 +460,13 @@ public struct LanguageModelTask: TaskModule {
                     throw TaskError.failed(code: .badCheckpoint, message: "carried normaliser of layer \(i) is missing")
                 }
                 s.layers[i].normalizer = z.storage
+            }
+            if !s.layers[i].convolution.isEmpty {
+                guard let c = byName["state.\(i).convolution"], c.count == s.layers[i].convolution.count else {
+                    throw TaskError.failed(
+                        code: .badCheckpoint, message: "carried convolution inputs of layer \(i) are missing")
+                }
+                s.layers[i].convolution = c.storage
             }
         }
         if let position {
