@@ -169,7 +169,7 @@ public struct GatedDeltaKernel: Sendable {
     /// Scratch floats per sequence for either chunkwise pass.
     public var chunkwiseScratchCount: Int {
         let C = chunkSize
-        return 4 * C * C + C * (3 * valueSize + 2 * keySize) + 8 * C
+        return 5 * C * C + C * (3 * valueSize + 3 * keySize) + 8 * C + max(keySize, C) * valueSize
     }
 
     /// The chunkwise form of `forwardRecurrent` (same results to float32 rounding).
@@ -182,6 +182,9 @@ public struct GatedDeltaKernel: Sendable {
         let A = scratch, ks2 = A + C * C  // C × C; then K Sᵀ / Q Sᵀ (C × d_v)
         let decay = ks2 + C * dv  // C floats each: γ, λ
         let lambda = decay + C
+        // Γ (C × C), and Sᵀ and the chunk's Kᵀ, each transposed once for the products that read
+        // them (the small kernel would transpose a B operand on every call).
+        let gamma = lambda + C, St = gamma + C * C, Kt = St + dk * dv
         if chunks > 0 { saved.update(from: w, count: stateCount) }
         for ci in 0..<chunks {
             let t0 = ci * C, c = min(C, steps - t0)
@@ -199,17 +202,20 @@ public struct GatedDeltaKernel: Sendable {
                 decay[j] = expf(g[j])
                 lambda[j] = expf(g[c - 1] - g[j])
             }
+            Self.decayMatrix(g, c: c, ld: C, into: gamma)
+            BLAS.transpose(rows: dv, cols: dk, S, lds: dk, into: St, ldd: dv)
+            BLAS.transpose(rows: c, cols: dk, kc, lds: ks, into: Kt, ldd: c)
             // X = V − diag(γ) K Sᵀ
             BLAS.gemm(
-                transposeA: false, transposeB: true, m: c, n: dv, k: dk, a: kc, lda: ks, b: S, ldb: dk, beta: 0, c: ks2,
-                ldc: dv)
+                transposeA: false, transposeB: false, m: c, n: dv, k: dk, a: kc, lda: ks, b: St, ldb: dv, beta: 0,
+                c: ks2, ldc: dv)
             for j in 0..<c {
                 let xr = x + j * dv, vr = vc + j * vs, sr = ks2 + j * dv, gj = decay[j]
                 for i in 0..<dv { xr[i] = vr[i] - gj * sr[i] }
             }
             // G = K Kᵀ; M⁻¹ by forward substitution with L_ts = β_t Γ_ts G_ts (s < t)
             BLAS.gemm(
-                transposeA: false, transposeB: true, m: c, n: c, k: dk, a: kc, lda: ks, b: kc, ldb: ks, beta: 0, c: G,
+                transposeA: false, transposeB: false, m: c, n: c, k: dk, a: kc, lda: ks, b: Kt, ldb: c, beta: 0, c: G,
                 ldc: C)
             for i in 0..<c {
                 let row = minv + i * C
@@ -217,7 +223,7 @@ public struct GatedDeltaKernel: Sendable {
                 row[i] = 1
                 let bi = beta[(t0 + i) * gateStride]
                 for m in 0..<i {
-                    let coef = -bi * expf(g[i] - g[m]) * G[i * C + m]
+                    let coef = -bi * gamma[i * C + m] * G[i * C + m]
                     if coef != 0 { Vec.axpy(coef, minv + m * C, row, m + 1) }
                 }
             }
@@ -230,14 +236,12 @@ public struct GatedDeltaKernel: Sendable {
                 ldc: dv)
             // P = Γ ⊙ causal(Q Kᵀ); Y = P U + diag(γ) Q Sᵀ
             BLAS.gemm(
-                transposeA: false, transposeB: true, m: c, n: c, k: dk, a: qc, lda: ks, b: kc, ldb: ks, beta: 0, c: P,
+                transposeA: false, transposeB: false, m: c, n: c, k: dk, a: qc, lda: ks, b: Kt, ldb: c, beta: 0, c: P,
                 ldc: C)
-            for i in 0..<c {
-                for j in 0..<C { P[i * C + j] = j <= i ? P[i * C + j] * expf(g[i] - g[j]) : 0 }
-            }
+            for i in 0..<(c * C) { P[i] *= gamma[i] }  // Γ is zero above the diagonal
             BLAS.gemm(
-                transposeA: false, transposeB: true, m: c, n: dv, k: dk, a: qc, lda: ks, b: S, ldb: dk, beta: 0, c: ks2,
-                ldc: dv)
+                transposeA: false, transposeB: false, m: c, n: dv, k: dk, a: qc, lda: ks, b: St, ldb: dv, beta: 0,
+                c: ks2, ldc: dv)
             for j in 0..<c {
                 let yr = yc + j * vs, sr = ks2 + j * dv, gj = decay[j]
                 for i in 0..<dv { yr[i] = gj * sr[i] }
@@ -271,6 +275,7 @@ public struct GatedDeltaKernel: Sendable {
         let dKS = dUl + C * nv, dYS = dKS + C * nk  // C × d_k each
         let decay = dYS + C * nk, lambda = decay + C, dgamma = lambda + C, dlambda = dgamma + C
         let dg = dlambda + C, db = dg + C, bc = db + C
+        let gamma = bc + C, T1 = gamma + C * C  // Γ; a transposed operand (up to d_k·d_v or C·d_v)
         for ci in stride(from: chunks - 1, through: 0, by: -1) {
             let t0 = ci * C, c = min(C, steps - t0)
             let qc = q + t0 * ks, kc = k + t0 * ks, dyc = dy + t0 * vs
@@ -286,10 +291,12 @@ public struct GatedDeltaKernel: Sendable {
             }
             dg.update(repeating: 0, count: c)
             db.update(repeating: 0, count: c)
+            Self.decayMatrix(g, c: c, ld: C, into: gamma)
             // The chunk-end state S' = γ_{c−1} S + (diag(λ) U)ᵀ K, with dS' in dw:
             //   d(λU) = K dS'ᵀ;  dK = (λU) dS';  d(γ_{c−1}) = ⟨dS', S⟩
+            BLAS.transpose(rows: nv, cols: nk, dw, lds: nk, into: T1, ldd: nv)  // dS'ᵀ
             BLAS.gemm(
-                transposeA: false, transposeB: true, m: c, n: nv, k: nk, a: kc, lda: ks, b: dw, ldb: nk, beta: 0,
+                transposeA: false, transposeB: false, m: c, n: nv, k: nk, a: kc, lda: ks, b: T1, ldb: nv, beta: 0,
                 c: dUl, ldc: nv)
             for j in 0..<c { Vec.scale(lambda[j], u + j * nv, into: lu + j * nv, nv) }
             BLAS.gemm(
@@ -304,8 +311,9 @@ public struct GatedDeltaKernel: Sendable {
             BLAS.gemm(
                 transposeA: true, transposeB: false, m: c, n: nv, k: c, a: P, lda: C, b: dyc, ldb: vs, beta: 1,
                 cIn: dUl, ldcIn: nv, c: dU, ldc: nv)
+            BLAS.transpose(rows: c, cols: nv, u, lds: nv, into: T1, ldd: c)  // Uᵀ
             BLAS.gemm(
-                transposeA: false, transposeB: true, m: c, n: c, k: nv, a: dyc, lda: vs, b: u, ldb: nv, beta: 0, c: dP,
+                transposeA: false, transposeB: false, m: c, n: c, k: nv, a: dyc, lda: vs, b: T1, ldb: c, beta: 0, c: dP,
                 ldc: C)
             // P = Γ ⊙ causal(Q Kᵀ): the decay's share is dP ⊙ P; dP ← dP ⊙ Γ (the product's)
             for i in 0..<c {
@@ -313,7 +321,7 @@ public struct GatedDeltaKernel: Sendable {
                     let e = dP[i * C + j] * P[i * C + j]
                     dg[i] += e
                     dg[j] -= e
-                    dP[i * C + j] *= expf(g[i] - g[j])
+                    dP[i * C + j] *= gamma[i * C + j]
                 }
                 for j in (i + 1)..<C { dP[i * C + j] = 0 }
             }
@@ -336,8 +344,9 @@ public struct GatedDeltaKernel: Sendable {
             for i in 0..<c {
                 for j in 0..<C { A[i * C + j] = j <= i ? minv[i * C + j] * bc[j] : 0 }
             }
+            BLAS.transpose(rows: c, cols: nv, x, lds: nv, into: T1, ldd: c)  // Xᵀ
             BLAS.gemm(
-                transposeA: false, transposeB: true, m: c, n: c, k: nv, a: dU, lda: nv, b: x, ldb: nv, beta: 0, c: dA,
+                transposeA: false, transposeB: false, m: c, n: c, k: nv, a: dU, lda: nv, b: T1, ldb: c, beta: 0, c: dA,
                 ldc: C)
             BLAS.gemm(
                 transposeA: true, transposeB: false, m: c, n: nv, k: c, a: A, lda: C, b: dU, ldb: nv, beta: 0, c: dvc,
@@ -370,13 +379,13 @@ public struct GatedDeltaKernel: Sendable {
             for i in 0..<c {
                 var acc: Float = 0
                 for j in 0..<i {
-                    let gamma = expf(g[i] - g[j]), gij = G[i * C + j]
+                    let gij = gamma[i * C + j], kk = G[i * C + j]
                     let dm = dA[i * C + j]
-                    acc += dm * gamma * gij
-                    let e = dm * bc[i] * gamma * gij
+                    acc += dm * gij * kk
+                    let e = dm * bc[i] * gij * kk
                     dg[i] += e
                     dg[j] -= e
-                    dA[i * C + j] = dm * bc[i] * gamma
+                    dA[i * C + j] = dm * bc[i] * gij
                 }
                 db[i] += acc
                 dA[i * C + i] = 0
@@ -413,6 +422,15 @@ public struct GatedDeltaKernel: Sendable {
                 dlogDecay[(t0 + j) * gateStride] = run
                 dbeta[(t0 + j) * gateStride] = db[j]
             }
+        }
+    }
+
+    /// Γ_ts = e^{g_t − g_s} for s ≤ t < c, zero elsewhere (rows of `ld` floats, c rows).
+    private static func decayMatrix(_ g: UnsafePointer<Float>, c: Int, ld: Int, into gamma: UnsafeMutablePointer<Float>) {
+        for i in 0..<c {
+            let row = gamma + i * ld
+            for j in 0...i { row[j] = expf(g[i] - g[j]) }
+            for j in (i + 1)..<ld { row[j] = 0 }
         }
     }
 }
