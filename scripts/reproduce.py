@@ -680,7 +680,7 @@ def main():
             sweeps.append(s)
         for name, params, seeds in lm:
             reply = client.sweep(task="lm", parameters=params, seeds=seeds, max_running=2,
-                                 idempotency_key=f"reproduce-family-{tag}-{name}-v1")
+                                 idempotency_key=f"reproduce-family-{tag}-{name}-v2")
             s = reply["sweep"]
             print(f"{'submitted' if reply['created'] else 'resuming'} sweep {s['id']} ({name}): {s['points']} points")
             submitted.append((name, s))

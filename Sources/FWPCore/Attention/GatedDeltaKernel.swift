@@ -426,7 +426,8 @@ public struct GatedDeltaKernel: Sendable {
     }
 
     /// Γ_ts = e^{g_t − g_s} for s ≤ t < c, zero elsewhere (rows of `ld` floats, c rows).
-    private static func decayMatrix(_ g: UnsafePointer<Float>, c: Int, ld: Int, into gamma: UnsafeMutablePointer<Float>) {
+    private static func decayMatrix(_ g: UnsafePointer<Float>, c: Int, ld: Int, into gamma: UnsafeMutablePointer<Float>)
+    {
         for i in 0..<c {
             let row = gamma + i * ld
             for j in 0...i { row[j] = expf(g[i] - g[j]) }

@@ -44,33 +44,27 @@ struct ShortConvolution: Sendable {
     ) -> ([Tensor], Cache) {
         let w = width, hd = channels, rows3 = 3 * hd, past = w - 1
         let carried = state ?? []
+        let taps = tapMajorWeights(p)
+        let ptaps = SharedConstPointer(taps.pointer)
         var outs: [Tensor] = [], pres: [Tensor] = []
         for (i, x) in parts.enumerated() {
             var pre = Tensor(uninitializedShape: x.shape), out = Tensor(uninitializedShape: x.shape)
-            let pw = SharedConstPointer(p.values[weight].pointer + i * hd * w), px = SharedConstPointer(x.pointer)
+            let px = SharedConstPointer(x.pointer)
             let pc = carried.isEmpty ? nil : SharedConstPointer(carried.pointer)
             let pp = SharedPointer(pre.mutablePointer()), po = SharedPointer(out.mutablePointer())
-            borrowing(x, pre, out, p.values[weight], carried) {
+            borrowing(x, pre, out, taps, carried) {
                 threads.forEach(batch) { b in
                     for t in 0..<steps {
-                        let row = (b * steps + t) * hd
-                        for c in 0..<hd {
-                            var acc: Float = 0
-                            for j in 0..<w {
-                                let s = t - past + j
-                                let xs: Float
-                                if s >= 0 {
-                                    xs = px.base[(b * steps + s) * hd + c]
-                                } else if let pc {
-                                    xs = pc.base[b * past * rows3 + (past + s) * rows3 + i * hd + c]
-                                } else {
-                                    xs = 0
-                                }
-                                acc += pw.base[c * w + j] * xs
-                            }
-                            pp.base[row + c] = acc
-                            po.base[row + c] = acc / (1 + expf(-acc))
+                        let acc = pp.base + (b * steps + t) * hd
+                        acc.update(repeating: 0, count: hd)
+                        for j in 0..<w {
+                            guard
+                                let row = inputRow(
+                                    part: i, b: b, s: t - past + j, steps: steps, x: px.base, carried: pc?.base)
+                            else { continue }
+                            Vec.multiplyAdd(ptaps.base + (j * 3 + i) * hd, row, acc, hd)
                         }
+                        Vec.silu(acc, into: po.base + (b * steps + t) * hd, hd)
                     }
                 }
             }
@@ -80,20 +74,21 @@ struct ShortConvolution: Sendable {
         if state != nil && past > 0 {
             // The new state: the last w − 1 inputs, from this segment or (if shorter) the old state.
             var next = TensorStorage(repeating: 0, count: batch * past * rows3)
-            for b in 0..<batch {
-                for r in 0..<past {
-                    let s = steps - past + r  // input index of state row r
-                    for (i, x) in parts.enumerated() {
-                        for c in 0..<hd {
-                            let value: Float
-                            if s >= 0 {
-                                value = x.storage[(b * steps + s) * hd + c]
-                            } else if !carried.isEmpty {
-                                value = carried[b * past * rows3 + (past + s) * rows3 + i * hd + c]
-                            } else {
-                                value = 0
+            next.withUnsafeMutableBufferPointer { pn in
+                for (i, x) in parts.enumerated() {
+                    x.withUnsafePointer { px in
+                        carried.withUnsafeBufferPointer { pc in
+                            for b in 0..<batch {
+                                for r in 0..<past {
+                                    let dst = pn.baseAddress! + b * past * rows3 + r * rows3 + i * hd
+                                    if let row = inputRow(
+                                        part: i, b: b, s: steps - past + r, steps: steps, x: px,
+                                        carried: carried.isEmpty ? nil : pc.baseAddress)
+                                    {
+                                        dst.update(from: row, count: hd)
+                                    }
+                                }
                             }
-                            next[b * past * rows3 + r * rows3 + i * hd + c] = value
                         }
                     }
                 }
@@ -109,52 +104,41 @@ struct ShortConvolution: Sendable {
         threads: ComputeThreads
     ) -> [Tensor] {
         let w = width, hd = channels, rows3 = 3 * hd, past = w - 1
+        let taps = tapMajorWeights(p)
+        let ptaps = SharedConstPointer(taps.pointer)
         var dIns: [Tensor] = []
-        // Per-sequence weight gradients, added in sequence order afterwards (the same sum for any
-        // thread count).
+        // Per-sequence weight gradients (tap-major, as `taps`), added in sequence order afterwards
+        // (the same sum for any thread count).
         let dwParts = AlignedFloats(count: batch * rows3 * w, zeroed: true)
         let pdwParts = SharedPointer(dwParts.base)
         for i in 0..<3 {
             let x = cache.inputs[i], pre = cache.pre[i], dy = dOut[i]
             var dpre = Tensor(uninitializedShape: x.shape), dx = Tensor(uninitializedShape: x.shape)
-            let pw = SharedConstPointer(p.values[weight].pointer + i * hd * w)
             let px = SharedConstPointer(x.pointer), ppre = SharedConstPointer(pre.pointer)
             let pdy = SharedConstPointer(dy.pointer)
             let pc = cache.carried.isEmpty ? nil : SharedConstPointer(cache.carried.pointer)
             let pdp = SharedPointer(dpre.mutablePointer()), pdx = SharedPointer(dx.mutablePointer())
-            borrowing(x, pre, dy, dpre, dx, p.values[weight], cache.carried, dwParts) {
+            borrowing(x, pre, dy, dpre, dx, taps, cache.carried, dwParts) {
                 threads.forEach(batch) { b in
                     let base = b * steps * hd
-                    for n in 0..<(steps * hd) {
-                        let z = ppre.base[base + n], s = 1 / (1 + expf(-z))
-                        pdp.base[base + n] = pdy.base[base + n] * s * (1 + z * (1 - s))
-                    }
-                    let dwb = pdwParts.base + b * rows3 * w + i * hd * w
+                    Vec.siluBackward(pdy.base + base, input: ppre.base + base, into: pdp.base + base, steps * hd)
+                    let dwb = pdwParts.base + b * rows3 * w
                     for t in 0..<steps {
-                        for c in 0..<hd {
-                            var acc: Float = 0
-                            for j in 0..<w {
-                                let u = t + past - j  // output step that reads input t through tap j
-                                if u < steps { acc += pw.base[c * w + j] * pdp.base[base + u * hd + c] }
-                            }
-                            pdx.base[base + t * hd + c] = acc
+                        // dx_t = Σ_j W_j ⊙ dpre_{t + (w−1) − j}
+                        let acc = pdx.base + base + t * hd
+                        acc.update(repeating: 0, count: hd)
+                        for j in 0..<w where t + past - j < steps {
+                            Vec.multiplyAdd(
+                                ptaps.base + (j * 3 + i) * hd, pdp.base + base + (t + past - j) * hd, acc, hd)
                         }
-                    }
-                    for t in 0..<steps {
-                        for c in 0..<hd {
-                            let d = pdp.base[base + t * hd + c]
-                            for j in 0..<w {
-                                let s = t - past + j
-                                let xs: Float
-                                if s >= 0 {
-                                    xs = px.base[base + s * hd + c]
-                                } else if let pc {
-                                    xs = pc.base[b * past * rows3 + (past + s) * rows3 + i * hd + c]
-                                } else {
-                                    xs = 0
-                                }
-                                dwb[c * w + j] += d * xs
-                            }
+                        // dW_j += dpre_t ⊙ x_{t − (w−1) + j}
+                        let d = pdp.base + base + t * hd
+                        for j in 0..<w {
+                            guard
+                                let row = inputRow(
+                                    part: i, b: b, s: t - past + j, steps: steps, x: px.base, carried: pc?.base)
+                            else { continue }
+                            Vec.multiplyAdd(d, row, dwb + (j * 3 + i) * hd, hd)
                         }
                     }
                 }
@@ -163,9 +147,60 @@ struct ShortConvolution: Sendable {
         }
         withExtendedLifetime(dwParts) {
             g.values[weight].withUnsafeMutablePointer { pg in
-                for b in 0..<batch { Vec.axpy(1, pdwParts.base + b * rows3 * w, pg, rows3 * w) }
+                // Sum the sequences' tap-major gradients, then scatter into the weight's layout.
+                let sum = pdwParts.base
+                for b in 1..<max(batch, 1) { Vec.axpy(1, pdwParts.base + b * rows3 * w, sum, rows3 * w) }
+                for j in 0..<w {
+                    for c in 0..<rows3 { pg[c * w + j] += sum[j * rows3 + c] }
+                }
             }
         }
         return dIns
+    }
+
+    /// The weight (3·H·d × w) as w rows of 3·H·d (tap j's weights for every channel, contiguous).
+    private func tapMajorWeights(_ p: ParameterStore) -> Tensor {
+        let w = width, n = 3 * channels
+        var taps = Tensor(uninitializedShape: [w, n])
+        p.values[weight].withUnsafePointer { pw in
+            taps.withUnsafeMutablePointer { pt in
+                for c in 0..<n { for j in 0..<w { pt[j * n + c] = pw[c * w + j] } }
+            }
+        }
+        return taps
+    }
+
+    /// Part i's input row for sequence b at step s (s < 0: the carried inputs; nil: zero).
+    private func inputRow(
+        part i: Int, b: Int, s: Int, steps: Int, x: UnsafePointer<Float>, carried: UnsafePointer<Float>?
+    ) -> UnsafePointer<Float>? {
+        let hd = channels, past = width - 1
+        if s >= 0 { return x + (b * steps + s) * hd }
+        guard let carried else { return nil }
+        return carried + b * past * 3 * hd + (past + s) * 3 * hd + i * hd
+    }
+}
+
+extension Vec {
+    /// y += a ⊙ x (element-wise).
+    static func multiplyAdd(
+        _ a: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int
+    ) {
+        for i in 0..<n { y[i] += a[i] * x[i] }
+    }
+
+    /// y = x σ(x).
+    static func silu(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, _ n: Int) {
+        for i in 0..<n { y[i] = x[i] / (1 + expf(-x[i])) }
+    }
+
+    /// dx = dy σ(x) (1 + x (1 − σ(x))).
+    static func siluBackward(
+        _ dy: UnsafePointer<Float>, input x: UnsafePointer<Float>, into dx: UnsafeMutablePointer<Float>, _ n: Int
+    ) {
+        for i in 0..<n {
+            let s = 1 / (1 + expf(-x[i]))
+            dx[i] = dy[i] * s * (1 + x[i] * (1 - s))
+        }
     }
 }
