@@ -404,16 +404,23 @@ def fmt_seeds(values, level):
     return f"{mean:.{digits}f}" + (f" ({', '.join(f'{v:.{digits}f}' for v in vals)})" if len(vals) > 1 else "")
 
 
+def mean_curve(rows, name, level):
+    """The validation curve of sweep `name` as people read it, the mean of its finished seeds at
+    the steps they all evaluated: (steps, values), or None before any has finished."""
+    runs = [r for r in rows if r["name"] == name and r["curve"] and r["state"] == "succeeded"]
+    if not runs:
+        return None
+    steps = sorted(set.intersection(*[set(s for s, _ in r["curve"]) for r in runs]))
+    return steps, [sum(lm_metric(dict(r["curve"])[s], level) for r in runs) / len(runs) for s in steps]
+
+
 def figure_lm_curves(rows, path, plt):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, level in zip(axes, ("byte", "word")):
         for model, _ in LM_MODELS:
-            runs = [r for r in rows if r["name"] == f"{level}/{model}" and r["curve"] and r["state"] == "succeeded"]
-            if not runs:
-                continue
-            steps = sorted(set.intersection(*[set(s for s, _ in r["curve"]) for r in runs]))
-            ys = [sum(lm_metric(dict(r["curve"])[s], level) for r in runs) / len(runs) for s in steps]
-            ax.plot(steps, ys, marker=".", label=model, linestyle="--" if "delta" in model.lower() else "-")
+            curve = mean_curve(rows, f"{level}/{model}", level)
+            if curve:
+                ax.plot(*curve, marker=".", label=model, linestyle="--" if "delta" in model.lower() else "-")
         ax.set_xlabel("step")
         ax.set_ylabel("validation bits per byte" if level == "byte" else "validation perplexity")
         if level == "word":
@@ -579,12 +586,9 @@ def write_family(client, statuses, submitted, quick, elapsed, command):
     image = f"family-curves{suffix}.png"
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for model, _ in FAMILY_LM:
-        runs = [r for r in rows if r["name"] == f"byte/{model}" and r["curve"] and r["state"] == "succeeded"]
-        if not runs:
-            continue
-        steps = sorted(set.intersection(*[set(s for s, _ in r["curve"]) for r in runs]))
-        ys = [sum(lm_metric(dict(r["curve"])[s], "byte") for r in runs) / len(runs) for s in steps]
-        ax.plot(steps, ys, marker=".", label=model, linestyle="--" if "DeltaNet" in model else "-")
+        curve = mean_curve(rows, f"byte/{model}", "byte")
+        if curve:
+            ax.plot(*curve, marker=".", label=model, linestyle="--" if "DeltaNet" in model else "-")
     ax.set_xlabel("step")
     ax.set_ylabel("validation bits per byte")
     ax.set_title("fortunes, byte level (mean of seeds, segment-wise)")

@@ -474,14 +474,30 @@ public struct ChunkwiseKernel: Sendable {
         _ m: UnsafePointer<Float>, by beta: UnsafePointer<Float>, c: Int, into out: UnsafeMutablePointer<Float>,
         contiguousBeta: UnsafePointer<Float>
     ) {
-        let C = chunkSize
         if VectorKernels.enabled {
-            fwp_scale_columns_lower(m, contiguousBeta, Int32(c), Int32(C), out)
+            Self.scaleColumnsLower(m, by: contiguousBeta, c: c, ld: chunkSize, into: out)
             return
         }
+        let C = chunkSize
         for i in 0..<c {
             for j in 0...i { out[i * C + j] = m[i * C + j] * beta[j * betaStride] }
             for j in (i + 1)..<max(i + 1, c) { out[i * C + j] = 0 }
+        }
+    }
+
+    /// out_ij = m_ij β_j for j ≤ i < c, zero for i < j < c (rows of `ld` floats, β contiguous):
+    /// A = M⁻¹ diag(β) of a chunk, by the vector kernel where it runs (one rounding per element
+    /// either way, so the same bits).
+    static func scaleColumnsLower(
+        _ m: UnsafePointer<Float>, by beta: UnsafePointer<Float>, c: Int, ld: Int, into out: UnsafeMutablePointer<Float>
+    ) {
+        if VectorKernels.enabled {
+            fwp_scale_columns_lower(m, beta, Int32(c), Int32(ld), out)
+            return
+        }
+        for i in 0..<c {
+            for j in 0...i { out[i * ld + j] = m[i * ld + j] * beta[j] }
+            for j in (i + 1)..<max(i + 1, c) { out[i * ld + j] = 0 }
         }
     }
 

@@ -26,7 +26,6 @@ struct FastWeightAttention: Sendable {
         var q: Tensor, k: Tensor  // what the memory saw
         var beta: Tensor?  // (N·H), after the sigmoid
         var logDecay: Tensor?  // (N·H): log α = log σ(logit), the gated delta rule's
-        var decay: Tensor?  // (N·H): α itself
         /// The gated delta rule's chunk size when it ran chunkwise (nil: the recurrence).
         var gatedChunk: Int?
         var saved: AlignedFloats, denominators: TensorStorage
@@ -46,7 +45,7 @@ struct FastWeightAttention: Sendable {
             (qPhi, kPhi, q, k) = (qRaw, kRaw, qRaw, kRaw)
             (qSums, kSums) = ([], [])
             beta = nil
-            (logDecay, decay, gatedChunk) = (nil, nil, nil)
+            (logDecay, gatedChunk) = (nil, nil)
             saved = .empty
             denominators = []
             chunkSize = nil
@@ -129,20 +128,13 @@ struct FastWeightAttention: Sendable {
             cache.beta = b
         }
         if let logits = decayLogits {
-            // log α = log σ(z) = −softplus(−z), formed without α so that α near 1 keeps its precision.
-            var la = Tensor(uninitializedShape: [n * heads]), a = Tensor(uninitializedShape: [n * heads])
+            var la = Tensor(uninitializedShape: [n * heads])
             logits.withUnsafePointer { pl in
                 la.withUnsafeMutablePointer { pla in
-                    a.withUnsafeMutablePointer { pa in
-                        for i in 0..<(n * heads) {
-                            let z = pl[i]
-                            pla[i] = z >= 0 ? -log1pf(expf(-z)) : z - log1pf(expf(z))
-                            pa[i] = expf(pla[i])
-                        }
-                    }
+                    for i in 0..<(n * heads) { pla[i] = GatedDeltaKernel.logDecay(logit: pl[i]) }
                 }
             }
-            (cache.logDecay, cache.decay) = (la, a)
+            cache.logDecay = la
         }
         if rule == .gatedDelta {
             gatedMemoryForward(&cache, state: &state, threads: threads)
@@ -172,9 +164,6 @@ struct FastWeightAttention: Sendable {
     /// that chooses between the chunkwise (WY) form and the recurrence.
     func chunkSize(steps: Int) -> Int? {
         guard normalization != .attention else { return nil }
-        if rule == .gatedDelta, case .automatic = algorithm {
-            return steps >= ChunkwiseKernel.minimumSteps ? GatedDeltaKernel.defaultChunkSize : nil
-        }
         switch algorithm {
         case .recurrent: return nil
         case .chunkwise(let c): return c
@@ -270,8 +259,8 @@ struct FastWeightAttention: Sendable {
             var dla: Tensor
             (dq, dk, dv, dbeta, dla) = gatedMemoryBackward(dCore, cache: cache, threads: threads)
             // d log σ(z) / dz = 1 − σ(z) = 1 − α
-            let a = cache.decay!
-            for i in 0..<dla.count { dla.storage[i] *= 1 - a.storage[i] }
+            let la = cache.logDecay!
+            for i in 0..<dla.count { dla.storage[i] *= 1 - expf(la.storage[i]) }
             dDecayLogit = dla.reshaped([n, heads])
         } else {
             (dq, dk, dv, dbeta) = memoryBackward(dCore, cache: cache, threads: threads, into: projected)

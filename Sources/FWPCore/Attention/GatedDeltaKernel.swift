@@ -28,8 +28,14 @@ import Foundation
 /// The backward differentiates each product by hand (docs/MODEL.md); memory O(T·(C + d_v) +
 /// T/C·d_v·d_k) per sequence.
 public struct GatedDeltaKernel: Sendable {
-    /// The chunk size `FastWeightAlgorithm.automatic` uses.
-    public static let defaultChunkSize = 16
+    /// Steps per chunk, and between the recurrence's stored states, where none is given (the
+    /// delta rule's chunk size, which `FastWeightAlgorithm.automatic` uses for both rules).
+    public static let defaultChunkSize = ChunkwiseKernel.defaultChunkSize
+
+    /// log α = log σ(z) = −softplus(−z), formed without α so that α near 1 keeps its precision.
+    public static func logDecay(logit z: Float) -> Float {
+        z >= 0 ? -log1pf(expf(-z)) : z - log1pf(expf(z))
+    }
 
     public let steps: Int
     public let keySize: Int
@@ -185,6 +191,7 @@ public struct GatedDeltaKernel: Sendable {
         // Γ (C × C), and Sᵀ and the chunk's Kᵀ, each transposed once for the products that read
         // them (the small kernel would transpose a B operand on every call).
         let gamma = lambda + C, St = gamma + C * C, Kt = St + dk * dv
+        let bc = Kt + dk * C  // the chunk's β, contiguous
         if chunks > 0 { saved.update(from: w, count: stateCount) }
         for ci in 0..<chunks {
             let t0 = ci * C, c = min(C, steps - t0)
@@ -198,11 +205,8 @@ public struct GatedDeltaKernel: Sendable {
                 acc += logDecay[(t0 + j) * gateStride]
                 g[j] = acc
             }
-            for j in 0..<c {
-                decay[j] = expf(g[j])
-                lambda[j] = expf(g[c - 1] - g[j])
-            }
-            Self.decayMatrix(g, c: c, ld: C, into: gamma)
+            Self.decays(g, c: c, ld: C, gamma: decay, lambda: lambda, matrix: gamma)
+            for j in 0..<c { bc[j] = beta[(t0 + j) * gateStride] }
             BLAS.transpose(rows: dv, cols: dk, S, lds: dk, into: St, ldd: dv)
             BLAS.transpose(rows: c, cols: dk, kc, lds: ks, into: Kt, ldd: c)
             // X = V − diag(γ) K Sᵀ
@@ -221,16 +225,14 @@ public struct GatedDeltaKernel: Sendable {
                 let row = minv + i * C
                 row.update(repeating: 0, count: C)
                 row[i] = 1
-                let bi = beta[(t0 + i) * gateStride]
+                let bi = bc[i]
                 for m in 0..<i {
                     let coef = -bi * gamma[i * C + m] * G[i * C + m]
                     if coef != 0 { Vec.axpy(coef, minv + m * C, row, m + 1) }
                 }
             }
             // A = M⁻¹ diag(β); U = A X
-            for i in 0..<c {
-                for j in 0..<C { A[i * C + j] = j <= i ? minv[i * C + j] * beta[(t0 + j) * gateStride] : 0 }
-            }
+            ChunkwiseKernel.scaleColumnsLower(minv, by: bc, c: c, ld: C, into: A)
             BLAS.gemm(
                 transposeA: false, transposeB: false, m: c, n: dv, k: c, a: A, lda: C, b: x, ldb: dv, beta: 0, c: u,
                 ldc: dv)
@@ -284,14 +286,10 @@ public struct GatedDeltaKernel: Sendable {
             let x = saved + xOffset + t0 * nv, u = saved + uOffset + t0 * nv
             let minv = saved + minvOffset + t0 * C, G = saved + gOffset + t0 * C, P = saved + pOffset + t0 * C
             let g = saved + logOffset + t0
-            for j in 0..<c {
-                decay[j] = expf(g[j])
-                lambda[j] = expf(g[c - 1] - g[j])
-                bc[j] = beta[(t0 + j) * gateStride]
-            }
+            Self.decays(g, c: c, ld: C, gamma: decay, lambda: lambda, matrix: gamma)
+            for j in 0..<c { bc[j] = beta[(t0 + j) * gateStride] }
             dg.update(repeating: 0, count: c)
             db.update(repeating: 0, count: c)
-            Self.decayMatrix(g, c: c, ld: C, into: gamma)
             // The chunk-end state S' = γ_{c−1} S + (diag(λ) U)ᵀ K, with dS' in dw:
             //   d(λU) = K dS'ᵀ;  dK = (λU) dS';  d(γ_{c−1}) = ⟨dS', S⟩
             BLAS.transpose(rows: nv, cols: nk, dw, lds: nk, into: T1, ldd: nv)  // dS'ᵀ
@@ -341,9 +339,7 @@ public struct GatedDeltaKernel: Sendable {
                 transposeA: true, transposeB: false, m: c, n: nk, k: c, a: dP, lda: C, b: qc, ldb: ks, beta: 1, c: dkc,
                 ldc: ks)
             // U = A X:  dA = dU Xᵀ;  dX = Aᵀ dU = dV
-            for i in 0..<c {
-                for j in 0..<C { A[i * C + j] = j <= i ? minv[i * C + j] * bc[j] : 0 }
-            }
+            ChunkwiseKernel.scaleColumnsLower(minv, by: bc, c: c, ld: C, into: A)
             BLAS.transpose(rows: c, cols: nv, x, lds: nv, into: T1, ldd: c)  // Xᵀ
             BLAS.gemm(
                 transposeA: false, transposeB: false, m: c, n: c, k: nv, a: dU, lda: nv, b: T1, ldb: c, beta: 0, c: dA,
@@ -425,11 +421,18 @@ public struct GatedDeltaKernel: Sendable {
         }
     }
 
-    /// Γ_ts = e^{g_t − g_s} for s ≤ t < c, zero elsewhere (rows of `ld` floats, c rows).
-    private static func decayMatrix(_ g: UnsafePointer<Float>, c: Int, ld: Int, into gamma: UnsafeMutablePointer<Float>)
-    {
+    /// A chunk's decay factors from its cumulative log decays g: γ_t = e^{g_t}, λ_t = e^{g_{c−1} − g_t},
+    /// and Γ_ts = e^{g_t − g_s} for s ≤ t < c, zero elsewhere (rows of `ld` floats, c rows).
+    private static func decays(
+        _ g: UnsafePointer<Float>, c: Int, ld: Int, gamma: UnsafeMutablePointer<Float>,
+        lambda: UnsafeMutablePointer<Float>, matrix: UnsafeMutablePointer<Float>
+    ) {
+        for j in 0..<c {
+            gamma[j] = expf(g[j])
+            lambda[j] = expf(g[c - 1] - g[j])
+        }
         for i in 0..<c {
-            let row = gamma + i * ld
+            let row = matrix + i * ld
             for j in 0...i { row[j] = expf(g[i] - g[j]) }
             for j in (i + 1)..<ld { row[j] = 0 }
         }

@@ -259,23 +259,7 @@ public enum SumNormalization {
 
     /// The normalised rows and each row's denominator (rows spread over `threads`).
     public static func forward(_ x: Tensor, threads: ComputeThreads = ComputeThreads(1)) -> (Tensor, [Float]) {
-        let n = x.columns
-        var y = Tensor(uninitializedShape: x.shape)  // every row written below
-        var sums = [Float](repeating: 0, count: x.rows)
-        x.withUnsafePointer { px in
-            y.withUnsafeMutablePointer { py in
-                sums.withUnsafeMutableBufferPointer { ps in
-                    threads.forEachRowRange(x.rows) { rows in
-                        for r in rows {
-                            let s = Vec.sum(px + r * n, n) + epsilon
-                            ps[r] = s
-                            Vec.scale(1 / s, px + r * n, into: py + r * n, n)
-                        }
-                    }
-                }
-            }
-        }
-        return (y, sums)
+        divideRows(x, threads: threads) { row, n in Vec.sum(row, n) + epsilon }
     }
 
     /// dx = (dy − (dy · y)) / s for each row (rows spread over `threads`).
@@ -309,23 +293,7 @@ public enum L2Normalization {
 
     /// The normalised rows and each row's norm √(Σ x² + ε) (rows spread over `threads`).
     public static func forward(_ x: Tensor, threads: ComputeThreads = ComputeThreads(1)) -> (Tensor, [Float]) {
-        let n = x.columns
-        var y = Tensor(uninitializedShape: x.shape)  // every row written below
-        var norms = [Float](repeating: 0, count: x.rows)
-        x.withUnsafePointer { px in
-            y.withUnsafeMutablePointer { py in
-                norms.withUnsafeMutableBufferPointer { ps in
-                    threads.forEachRowRange(x.rows) { rows in
-                        for r in rows {
-                            let s = (Vec.dot(px + r * n, px + r * n, n) + epsilon).squareRoot()
-                            ps[r] = s
-                            Vec.scale(1 / s, px + r * n, into: py + r * n, n)
-                        }
-                    }
-                }
-            }
-        }
-        return (y, norms)
+        divideRows(x, threads: threads) { row, n in (Vec.dot(row, row, n) + epsilon).squareRoot() }
     }
 
     /// dx = (dy − y (dy · y)) / s for each row (rows spread over `threads`).
@@ -350,4 +318,28 @@ public enum L2Normalization {
         }
         return dx
     }
+}
+
+/// Each row of x divided by its `denominator`, and the denominators (rows spread over `threads`):
+/// the forward pass of the sum and L2 normalisations.
+private func divideRows(
+    _ x: Tensor, threads: ComputeThreads, denominator: (UnsafePointer<Float>, Int) -> Float
+) -> (Tensor, [Float]) {
+    let n = x.columns
+    var y = Tensor(uninitializedShape: x.shape)  // every row written below
+    var denominators = [Float](repeating: 0, count: x.rows)
+    x.withUnsafePointer { px in
+        y.withUnsafeMutablePointer { py in
+            denominators.withUnsafeMutableBufferPointer { ps in
+                threads.forEachRowRange(x.rows) { rows in
+                    for r in rows {
+                        let s = denominator(px + r * n, n)
+                        ps[r] = s
+                        Vec.scale(1 / s, px + r * n, into: py + r * n, n)
+                    }
+                }
+            }
+        }
+    }
+    return (y, denominators)
 }

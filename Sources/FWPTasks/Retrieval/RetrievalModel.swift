@@ -278,7 +278,7 @@ public struct RetrievalModel: Sendable {
             var logDecay: [Float] = [], alphas: [Float] = []
             if let decay {
                 let z = decay.forward(x, parameters)
-                logDecay = z.elements.map { $0 >= 0 ? -log1pf(expf(-$0)) : $0 - log1pf(expf($0)) }
+                logDecay = z.elements.map { GatedDeltaKernel.logDecay(logit: $0) }
                 alphas = logDecay.map { expf($0) }
             }
             var dLogDecay = [Float](repeating: 0, count: gated ? nSeq * l : 0)
