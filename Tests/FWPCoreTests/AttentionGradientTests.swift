@@ -14,12 +14,17 @@ struct Variant: CustomTestStringConvertible, Sendable {
     var chunk: Int? = nil
     /// Short convolution width (0: none).
     var conv = 0
+    /// The fast net (linear: the 2021 models), and for the recurrent ones the steps between the
+    /// forward's stored fast matrices (nil: the default).
+    var fastNet: FastNet = .linear
+    var checkpoint: Int? = nil
 
     var testDescription: String {
         (attention == .softmax
             ? "softmax"
             : "\(featureMap)/\(rule.rawValue)/\(normalization.rawValue)" + (chunk.map { "/chunk\($0)" } ?? ""))
             + (conv > 0 ? "/conv\(conv)" : "")
+            + (fastNet != .linear ? "/\(fastNet.rawValue)" + (checkpoint.map { "/every\($0)" } ?? "") : "")
     }
 
     var algorithm: FastWeightAlgorithm { chunk.map { .chunkwise($0) } ?? .automatic }
@@ -29,7 +34,7 @@ struct Variant: CustomTestStringConvertible, Sendable {
             vocabularySize: 9, modelSize: modelSize, layers: layers, heads: heads, headSize: headSize,
             feedForwardSize: 10,
             attention: attention, featureMap: FeatureMapKind(name: featureMap)!, updateRule: rule,
-            normalization: normalization, initStd: 0.5, shortConvolution: conv)
+            normalization: normalization, initStd: 0.5, shortConvolution: conv, fastNet: fastNet)
     }
 
     /// Every fast-weight combination the core supports, plus softmax.
@@ -60,6 +65,14 @@ struct Variant: CustomTestStringConvertible, Sendable {
             v.append(Variant(featureMap: "identity", rule: rule, normalization: .l2, conv: 3))
             v.append(Variant(featureMap: "elu", rule: rule, normalization: .sum, chunk: 2, conv: 4))
         }
+        // The recurrent fast nets (delta rule only), with one stored state and with several.
+        for net in [FastNet.deltaRNN, .deltaLSTM, .rdn] {
+            for checkpoint in [nil, 2] {
+                v.append(Variant(rule: .delta, normalization: .sum, fastNet: net, checkpoint: checkpoint))
+            }
+        }
+        v.append(Variant(featureMap: "dpfp-2", rule: .delta, normalization: .sum, chunk: 2, fastNet: .deltaRNN))
+        v.append(Variant(featureMap: "silu", rule: .delta, normalization: .l2, fastNet: .deltaLSTM, checkpoint: 3))
         return v
     }()
 }
@@ -74,7 +87,8 @@ struct Variant: CustomTestStringConvertible, Sendable {
         var rng = FWPRandom(seed: 21)
         var layer = AttentionLayer(prefix: "attn", config: config, store: &store, buffers: &buffers, rng: &rng)
         layer.algorithm = variant.algorithm
-        if let b = layer.beta?.bias { store.values[b] = randomTensor([config.heads], seed: 22) }
+        if let c = variant.checkpoint { layer.recurrentNet?.checkpointInterval = c }
+        if let b = layer.beta?.bias { store.values[b] = randomTensor([store.values[b].count], seed: 22) }
         if let b = layer.decay?.bias { store.values[b] = randomTensor([config.heads], seed: 25) }
         let batch = 2, steps = 5
         let x = randomTensor([batch * steps, config.modelSize], seed: 23)
@@ -191,6 +205,9 @@ struct Variant: CustomTestStringConvertible, Sendable {
         Variant(featureMap: "silu", rule: .gatedDelta, normalization: .l2, chunk: 4),
         Variant(featureMap: "elu", rule: .gatedDelta, normalization: .sum),
         Variant(featureMap: "identity", rule: .gatedDelta, normalization: .l2, chunk: 4, conv: 3),
+        Variant(rule: .delta, normalization: .sum, fastNet: .deltaRNN),
+        Variant(rule: .delta, normalization: .sum, fastNet: .deltaLSTM),
+        Variant(rule: .delta, normalization: .sum, fastNet: .rdn),
     ])
     func wholeLanguageModel(_ variant: Variant) throws {
         var config = variant.config(modelSize: 8, heads: 2, headSize: 4, layers: 2)

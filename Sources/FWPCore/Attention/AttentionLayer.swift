@@ -32,6 +32,9 @@ public struct AttentionState: Sendable, Equatable {
     public var length: Int
     /// The short convolution's last w − 1 inputs per sequence (empty without one).
     public var convolution: TensorStorage = []
+    /// The recurrent fast nets' fast matrices and vectors per sequence (`RecurrentFastNet`'s
+    /// state; empty for the linear fast net).
+    public var recurrent: TensorStorage = []
 
     /// An empty state that holds a layer's place in `ModelState` while the layer runs.
     static let placeholder = AttentionState(weights: [], normalizer: [], keys: [], values: [], length: 0)
@@ -41,7 +44,10 @@ public struct AttentionState: Sendable, Equatable {
 ///
 /// Parameters (prefix `layers.{i}.attn`): `qkv.weight` (3·H·d_head × D; rows are q, k, v),
 /// `out.weight` (D × H·d_head), for the delta rules `beta.weight` (H × D), `beta.bias` (H), and
-/// for the gated delta rule `decay.weight` (H × D), `decay.bias` (H).
+/// for the gated delta rule `decay.weight` (H × D), `decay.bias` (H). The recurrent fast nets
+/// (`LMConfig.fastNet`) add `recurrent.weight`: the Delta RNN's and LSTM's recurrent projection
+/// (H·gates·(2·d_head + 1) × D) or the RDN's slow recurrent matrices (H·(3·d_head + 1) × d_head);
+/// the Delta LSTM's q, k, v and β have 3H heads (one delta memory per gate).
 /// FAVOR+ layers keep a buffer `favor_projection` (m × d_head) used in evaluation.
 public struct AttentionLayer: Sendable {
     public let kind: AttentionKind
@@ -50,6 +56,13 @@ public struct AttentionLayer: Sendable {
     public let featureMap: FeatureMap
     public let rule: UpdateRule
     public let normalization: Normalization
+    /// The fast net: linear (the 2021 models) or one of the recurrent FWPs.
+    public let fastNet: FastNet
+    /// Heads of the layer's delta memory (its q, k, v and β): H, or 3H for the Delta LSTM.
+    let memoryHeads: Int
+    /// The recurrent fast nets' sequential part, and its weight (`recurrent.weight`).
+    var recurrentNet: RecurrentFastNet?
+    let recurrentWeight: Linear?
     /// Factor applied to fast-weight outputs (1/√d_head when enabled in the config).
     public let outputScale: Float
     public let qkv: Linear
@@ -74,19 +87,23 @@ public struct AttentionLayer: Sendable {
         let d = config.modelSize, hd = config.heads * config.headSize
         kind = config.attention
         heads = config.heads
+        fastNet = kind == .fastWeight ? config.fastNet : .linear
+        memoryHeads = heads * fastNet.memoriesPerHead
         headSize = config.headSize
         featureMap = FeatureMap(config.featureMap, inputSize: config.headSize)
         rule = config.updateRule
         normalization = config.normalization
         outputScale = config.scaleOutput ? 1 / Float(config.headSize).squareRoot() : 1
         let std = config.initStd
-        qkv = Linear("\(prefix).qkv", in: d, out: 3 * hd, bias: false, std: std, store: &store, rng: &rng)
+        qkv = Linear(
+            "\(prefix).qkv", in: d, out: 3 * memoryHeads * headSize, bias: false, std: std, store: &store, rng: &rng)
         convolution =
             config.shortConvolution > 0
             ? ShortConvolution(
                 "\(prefix).conv", width: config.shortConvolution, channels: hd, store: &store, rng: &rng) : nil
         if kind == .fastWeight && rule.hasBeta {
-            beta = Linear("\(prefix).beta", in: d, out: heads, bias: true, std: std, store: &store, rng: &rng)
+            beta = Linear(
+                "\(prefix).beta", in: d, out: memoryHeads, bias: true, std: std, store: &store, rng: &rng)
         } else {
             beta = nil
         }
@@ -102,6 +119,21 @@ public struct AttentionLayer: Sendable {
             decay = gate
         } else {
             decay = nil
+        }
+        if fastNet != .linear {
+            let net = RecurrentFastNet(
+                kind: fastNet, heads: heads, headSize: headSize, outputScale: outputScale)
+            recurrentNet = net
+            recurrentWeight =
+                fastNet == .rdn
+                ? Linear(
+                    "\(prefix).recurrent", in: headSize, out: heads * net.slowRows, bias: false, std: std,
+                    store: &store, rng: &rng)
+                : Linear(
+                    "\(prefix).recurrent", in: d, out: heads * net.projectionWidthPerHead, bias: false, std: std,
+                    store: &store, rng: &rng)
+        } else {
+            (recurrentNet, recurrentWeight) = (nil, nil)
         }
         out = Linear(
             "\(prefix).out", in: hd, out: d, bias: false, std: std / (2 * Float(config.layers)).squareRoot(),
@@ -120,8 +152,8 @@ public struct AttentionLayer: Sendable {
     /// The fast-weight memory between this layer's projections (fast-weight layers).
     var fastWeight: FastWeightAttention {
         FastWeightAttention(
-            heads: heads, headSize: headSize, featureMap: featureMap, rule: rule, normalization: normalization,
-            outputScale: outputScale, favorBuffer: favorBuffer, algorithm: algorithm)
+            heads: memoryHeads, headSize: headSize, featureMap: featureMap, rule: rule, normalization: normalization,
+            outputScale: fastNet == .linear ? outputScale : 1, favorBuffer: favorBuffer, algorithm: algorithm)
     }
 
     /// The softmax attention between this layer's projections (softmax layers).
@@ -129,15 +161,16 @@ public struct AttentionLayer: Sendable {
 
     /// A zero state for `batch` sequences.
     public func initialState(batch: Int) -> AttentionState {
-        let fw = kind == .fastWeight
+        let fw = kind == .fastWeight, memory = fw && fastNet != .rdn
         return AttentionState(
-            weights: fw ? TensorStorage(repeating: 0, count: batch * heads * headSize * keySize) : [],
+            weights: memory ? TensorStorage(repeating: 0, count: batch * memoryHeads * headSize * keySize) : [],
             normalizer: fw && normalization == .attention
                 ? TensorStorage(repeating: 0, count: batch * heads * keySize) : [],
             keys: fw ? [] : Array(repeating: [], count: batch * heads),
             values: fw ? [] : Array(repeating: [], count: batch * heads),
             length: 0,
-            convolution: TensorStorage(repeating: 0, count: batch * (convolution?.stateCount ?? 0)))
+            convolution: TensorStorage(repeating: 0, count: batch * (convolution?.stateCount ?? 0)),
+            recurrent: TensorStorage(repeating: 0, count: batch * (recurrentNet?.stateCount ?? 0)))
     }
 
     /// Everything the backward pass needs: the layer's input and attended output, and the
@@ -152,6 +185,8 @@ public struct AttentionLayer: Sendable {
         enum Memory {
             case softmax(SoftmaxAttention.Cache)
             case fastWeight(FastWeightAttention.Cache)
+            /// A recurrent fast net: its inputs and cache, and the delta memory's (Delta RNN, LSTM).
+            case recurrent(RecurrentFastNet.Inputs, RecurrentFastNet.Cache, FastWeightAttention.Cache?)
         }
     }
 
@@ -206,6 +241,31 @@ public struct AttentionLayer: Sendable {
             return Cache(
                 input: x, attended: c.core, memory: .softmax(c), batch: batch, steps: steps,
                 convolution: convolutionCache)
+        case .fastWeight where recurrentNet != nil:
+            let net = recurrentNet!
+            var inputs = RecurrentFastNet.Inputs()
+            var memoryCache: FastWeightAttention.Cache? = nil
+            if fastNet == .rdn {
+                (inputs.q, inputs.k, inputs.v, inputs.betaLogits) = (qRaw, kRaw, v, betaLogits)
+                inputs.slow = p.values[recurrentWeight!.weight]
+            } else {
+                let memory = fastWeight
+                var c = FastWeightAttention.Cache(
+                    qRaw: qRaw, kRaw: kRaw, v: v, batch: batch, steps: steps, heads: memoryHeads, headSize: headSize)
+                memory.forward(
+                    &c, betaLogits: betaLogits, decayLogits: nil, buffers, state: &state, training: training,
+                    rng: &rng, threads: threads)
+                inputs.z = memory.attended(c)
+                inputs.projection = recurrentWeight!.forward(x, p)
+                memoryCache = c
+            }
+            var carried: TensorStorage? = state.map { $0.recurrent }
+            let c = net.forward(inputs, batch: batch, steps: steps, state: &carried, threads: threads)
+            if let carried { state!.recurrent = carried }
+            var attended = c.core
+            if outputScale != 1 { Vec.scaleTensor(outputScale, &attended) }
+            return Cache(
+                input: x, attended: attended, memory: .recurrent(inputs, c, memoryCache), batch: batch, steps: steps)
         case .fastWeight:
             let memory = fastWeight
             var c = FastWeightAttention.Cache(
@@ -226,14 +286,26 @@ public struct AttentionLayer: Sendable {
         _ dOut: Tensor, cache: Cache, _ p: ParameterStore, _ g: inout ParameterStore, threads: ComputeThreads,
         overwrite: Bool = false
     ) -> Tensor {
-        let n = cache.batch * cache.steps, hd = heads * headSize
+        let n = cache.batch * cache.steps, hd = memoryHeads * headSize
         let dAttended = out.backward(dOut, input: cache.attended, p, &g, overwrite: overwrite)
         var dqRaw: Tensor, dkRaw: Tensor, dv: Tensor
         var dBetaLogit: Tensor? = nil, dDecayLogit: Tensor? = nil
         let width = projectionWidth
         var dProjected = Tensor(uninitializedShape: [n, width])  // every column written below
         var direct = false
+        var recurrentDx: Tensor? = nil
         switch cache.memory {
+        case .recurrent(let inputs, let c, let memoryCache):
+            let gr = recurrentNet!.backward(dAttended, inputs, cache: c, threads: threads)
+            if let memoryCache {
+                let memory = fastWeight
+                (dqRaw, dkRaw, dv, dBetaLogit, dDecayLogit) = memory.backward(
+                    memory.coreGradient(gr.z!, cache: memoryCache), cache: memoryCache, threads: threads)
+                recurrentDx = recurrentWeight!.backward(gr.projection!, input: cache.input, p, &g)
+            } else {
+                (dqRaw, dkRaw, dv, dBetaLogit) = (gr.q!, gr.k!, gr.v!, gr.betaLogits)
+                Vec.addTensor(gr.slow!, into: &g.values[recurrentWeight!.weight])
+            }
         case .softmax(let c):
             (dqRaw, dkRaw, dv) = softmax.backward(dAttended, cache: c, threads: threads)
         case .fastWeight(let c):
@@ -263,12 +335,14 @@ public struct AttentionLayer: Sendable {
                 dkRaw.withUnsafePointer { fwp_copy_rows($0, hd, pp + hd, width, n, hd) }
                 dv.withUnsafePointer { fwp_copy_rows($0, hd, pp + 2 * hd, width, n, hd) }
             }
-            dBetaLogit?.withUnsafePointer { fwp_copy_rows($0, heads, pp + 3 * hd, width, n, heads) }
+            dBetaLogit?.withUnsafePointer { fwp_copy_rows($0, memoryHeads, pp + 3 * hd, width, n, memoryHeads) }
             dDecayLogit?.withUnsafePointer { fwp_copy_rows($0, heads, pp + 3 * hd + heads, width, n, heads) }
         }
         guard let beta, let dBetaLogit else {
+            precondition(recurrentDx == nil, "the recurrent fast nets take the delta rule")
             return qkv.backward(dProjected, input: cache.input, p, &g, overwrite: overwrite)
         }
+
         // One product for the weight gradients of qkv and β together, split into the two.
         var dw = Tensor(uninitializedShape: [width, qkv.inFeatures])  // beta 0: written in full
         BLAS.gemm(dProjected, transposeA: true, cache.input, beta: 0, into: &dw)
@@ -291,7 +365,9 @@ public struct AttentionLayer: Sendable {
         }
         addColumnSums(dBetaLogit, into: &g.values[beta.bias!])
         if let decay, let dDecayLogit { addColumnSums(dDecayLogit, into: &g.values[decay.bias!]) }
-        return BLAS.matmul(dProjected, projectionWeight(p))
+        guard var dx = recurrentDx else { return BLAS.matmul(dProjected, projectionWeight(p)) }
+        BLAS.gemm(dProjected, projectionWeight(p), beta: 1, into: &dx)
+        return dx
     }
 
     /// The weights whose gradients `backward` writes with `overwrite`.
@@ -301,17 +377,21 @@ public struct AttentionLayer: Sendable {
 
     /// Columns of the input projection: q, k, v, for the delta rules the H β logits, and for the
     /// gated rule the H decay logits (as FastWeightAttention's).
-    private var projectionWidth: Int { 3 * heads * headSize + (beta != nil ? heads : 0) + (decay != nil ? heads : 0) }
+    private var projectionWidth: Int {
+        3 * memoryHeads * headSize + (beta != nil ? memoryHeads : 0) + (decay != nil ? heads : 0)
+    }
 
     /// The weight of the input projection: qkv's rows, then β's rows for the delta rule, so that
     /// the backward makes one dx product for q, k, v and the β logits instead of four and a sum.
     private func projectionWeight(_ p: ParameterStore) -> Tensor {
         guard let beta else { return p.values[qkv.weight] }
         var w = Tensor(uninitializedShape: [projectionWidth, qkv.inFeatures])  // both parts copied in
-        let split = 3 * heads * headSize * qkv.inFeatures
+        let split = 3 * memoryHeads * headSize * qkv.inFeatures
         w.withUnsafeMutablePointer { pw in
             p.values[qkv.weight].withUnsafePointer { pw.update(from: $0, count: split) }
-            p.values[beta.weight].withUnsafePointer { (pw + split).update(from: $0, count: heads * qkv.inFeatures) }
+            p.values[beta.weight].withUnsafePointer {
+                (pw + split).update(from: $0, count: memoryHeads * qkv.inFeatures)
+            }
             if let decay {
                 p.values[decay.weight].withUnsafePointer {
                     (pw + split + heads * qkv.inFeatures).update(from: $0, count: heads * qkv.inFeatures)
@@ -328,10 +408,10 @@ public struct AttentionLayer: Sendable {
         q: Tensor, k: Tensor, v: Tensor, betaLogits: Tensor?, decayLogits: Tensor?
     ) {
         precondition(x.columns == qkv.inFeatures, "Linear expects \(qkv.inFeatures) features, got \(x.columns)")
-        let n = x.rows, hd = heads * headSize, d = qkv.inFeatures
+        let n = x.rows, hd = memoryHeads * headSize, d = qkv.inFeatures
         // Shaped as the layer reads them: one row per position and head. Three allocations: one
         // array shared by all three would be copied on each first write.
-        var parts = (0..<3).map { _ in Tensor(uninitializedShape: [n * heads, headSize]) }
+        var parts = (0..<3).map { _ in Tensor(uninitializedShape: [n * memoryHeads, headSize]) }
         x.withUnsafePointer { px in
             p.values[qkv.weight].withUnsafePointer { pw in
                 for i in 0..<3 {
@@ -345,7 +425,7 @@ public struct AttentionLayer: Sendable {
         }
         var betaLogits: Tensor? = nil
         if let beta {
-            var b = Tensor(uninitializedShape: [n, heads])
+            var b = Tensor(uninitializedShape: [n, memoryHeads])
             BLAS.linear(x, weight: p.values[beta.weight], bias: p.values[beta.bias!], into: &b)
             betaLogits = b
         }

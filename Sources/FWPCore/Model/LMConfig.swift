@@ -37,15 +37,18 @@ public struct LMConfig: Codable, Equatable, Sendable {
     public var initStd: Float
     /// Width of the causal depthwise convolution (then SiLU) on q, k and v; 0: none.
     public var shortConvolution: Int
+    /// The fast net of fast-weight layers: linear, or the recurrent delta-rnn, delta-lstm, rdn.
+    public var fastNet: FastNet
 
     public init(
         vocabularySize: Int = 256, modelSize: Int = 128, layers: Int = 4, heads: Int = 4, headSize: Int = 32,
         feedForwardSize: Int = 512, attention: AttentionKind = .fastWeight, featureMap: FeatureMapKind = .eluPlusOne,
         updateRule: UpdateRule = .delta, normalization: Normalization = .sum, dropout: Float = 0,
         tiedEmbeddings: Bool = false, sinusoidalPositions: Bool = false, scaleOutput: Bool = true,
-        initStd: Float = 0.02, embeddingScale: Float = 1, shortConvolution: Int = 0
+        initStd: Float = 0.02, embeddingScale: Float = 1, shortConvolution: Int = 0, fastNet: FastNet = .linear
     ) {
         self.shortConvolution = shortConvolution
+        self.fastNet = fastNet
         self.vocabularySize = vocabularySize
         self.modelSize = modelSize
         self.layers = layers
@@ -67,7 +70,7 @@ public struct LMConfig: Codable, Equatable, Sendable {
     enum CodingKeys: String, CodingKey {
         case vocabularySize, modelSize, layers, heads, headSize, feedForwardSize, attention, featureMap, updateRule
         case normalization, dropout, tiedEmbeddings, sinusoidalPositions, scaleOutput, initStd, embeddingScale
-        case shortConvolution
+        case shortConvolution, fastNet
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -90,6 +93,7 @@ public struct LMConfig: Codable, Equatable, Sendable {
         try c.encode(embeddingScale, forKey: .embeddingScale)
         // Written only when on, so that configs without it read the same as before it existed.
         if shortConvolution != 0 { try c.encode(shortConvolution, forKey: .shortConvolution) }
+        if fastNet != .linear { try c.encode(fastNet, forKey: .fastNet) }
     }
 
     /// Decodes a stored config; `embeddingScale` is 1 in checkpoints written before it existed.
@@ -112,6 +116,7 @@ public struct LMConfig: Codable, Equatable, Sendable {
         initStd = try c.decode(Float.self, forKey: .initStd)
         embeddingScale = try c.decodeIfPresent(Float.self, forKey: .embeddingScale) ?? 1
         shortConvolution = try c.decodeIfPresent(Int.self, forKey: .shortConvolution) ?? 0
+        fastNet = try c.decodeIfPresent(FastNet.self, forKey: .fastNet) ?? .linear
     }
 
     /// Throws `FWPError.invalidConfig` naming the first field out of range.
@@ -140,6 +145,21 @@ public struct LMConfig: Codable, Equatable, Sendable {
         }
         if attention == .fastWeight && normalization == .attention {
             try check(featureMap != .identity, "normalization", "attention normalisation needs a positive feature map")
+        }
+        if fastNet != .linear {
+            let name = fastNet.rawValue
+            try check(attention == .fastWeight, "fastNet", "\(name) is a fast-weight layer (attention fast-weight)")
+            try check(updateRule == .delta, "updateRule", "\(name) programs its fast weights by the delta rule")
+            try check(shortConvolution == 0, "shortConvolution", "is not offered with \(name)")
+            try check(
+                normalization != .attention, "normalization",
+                "\(name) takes none, sum or l2 (no attention normalisation)")
+            if fastNet == .rdn {
+                try check(
+                    featureMap == .eluPlusOne && normalization == .sum, "featureMap",
+                    "the RDN applies softmax to its queries and keys; leave featureMap and normalization at "
+                        + "their defaults (elu+1, sum)")
+            }
         }
         if attention == .fastWeight && updateRule == .gatedDelta {
             try check(

@@ -31,7 +31,7 @@ extension AttentionState {
         return AttentionState(
             weights: TensorStorage(part(weights)), normalizer: TensorStorage(part(normalizer)), keys: part(keys),
             values: part(values),
-            length: length, convolution: TensorStorage(part(convolution)))
+            length: length, convolution: TensorStorage(part(convolution)), recurrent: TensorStorage(part(recurrent)))
     }
 
     static func concatenate(_ parts: [AttentionState]) -> AttentionState {
@@ -39,7 +39,8 @@ extension AttentionState {
             weights: TensorStorage(parts.flatMap(\.weights)), normalizer: TensorStorage(parts.flatMap(\.normalizer)),
             keys: parts.flatMap(\.keys),
             values: parts.flatMap(\.values), length: parts[0].length,
-            convolution: TensorStorage(parts.flatMap(\.convolution)))
+            convolution: TensorStorage(parts.flatMap(\.convolution)),
+            recurrent: TensorStorage(parts.flatMap(\.recurrent)))
     }
 }
 

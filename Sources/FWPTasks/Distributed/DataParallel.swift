@@ -217,7 +217,10 @@ public final class DataParallel: @unchecked Sendable {
         let rows = runs.map { bounds[$0.lowerBound]..<bounds[$0.upperBound] }
         var s = state
         for l in s.layers.indices {
-            for keyPath in [\AttentionState.weights, \AttentionState.normalizer, \AttentionState.convolution] {
+            for keyPath in [
+                \AttentionState.weights, \AttentionState.normalizer, \AttentionState.convolution,
+                \AttentionState.recurrent,
+            ] {
                 let count = s.layers[l][keyPath: keyPath].count
                 if count == 0 { continue }
                 let per = count / state.batch

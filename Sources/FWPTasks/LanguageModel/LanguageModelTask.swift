@@ -294,6 +294,10 @@ public struct LanguageModelTask: TaskModule {
                         extraTensors.append(
                             ("state.\(i).convolution", Tensor(shape: [l.convolution.count], storage: l.convolution)))
                     }
+                    if !l.recurrent.isEmpty {
+                        extraTensors.append(
+                            ("state.\(i).recurrent", Tensor(shape: [l.recurrent.count], storage: l.recurrent)))
+                    }
                 }
             }
             if !improved {
@@ -467,6 +471,13 @@ public struct LanguageModelTask: TaskModule {
                         code: .badCheckpoint, message: "carried convolution inputs of layer \(i) are missing")
                 }
                 s.layers[i].convolution = c.storage
+            }
+            if !s.layers[i].recurrent.isEmpty {
+                guard let r = byName["state.\(i).recurrent"], r.count == s.layers[i].recurrent.count else {
+                    throw TaskError.failed(
+                        code: .badCheckpoint, message: "carried recurrent fast-net state of layer \(i) is missing")
+                }
+                s.layers[i].recurrent = r.storage
             }
         }
         if let position {
