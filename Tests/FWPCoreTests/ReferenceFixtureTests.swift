@@ -87,7 +87,7 @@ import Testing
 
     @Test(arguments: [
         "delta_dpfp2", "sum_elu_attention", "softmax_positions", "delta_favor3", "softmax_scaled_embeddings",
-        "gated_silu_l2", "gated_conv_l2",
+        "gated_silu_l2", "gated_conv_l2", "delta_rnn", "delta_lstm", "rdn",
     ])
     func twoLayerLanguageModelLoss(_ name: String) throws {
         let data = try Data(contentsOf: fixtureDirectory.appendingPathComponent("lm_\(name).safetensors"))

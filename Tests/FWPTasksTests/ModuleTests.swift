@@ -314,13 +314,15 @@ import Testing
     }
 
     /// Interrupt at step 20 of 40 and resume: the final parameters equal an uninterrupted run's,
-    /// with dropout, FAVOR+ redraws and fast weights carried across segments all in play.
-    @Test func resumeWithCarriedStateIsBitIdentical() throws {
+    /// with dropout, FAVOR+ redraws and fast weights carried across segments all in play; for the
+    /// recurrent fast nets, their fast matrices and outputs carried through the checkpoint too.
+    @Test(arguments: ["linear", "delta-lstm", "rdn"])
+    func resumeWithCarriedStateIsBitIdentical(_ net: String) throws {
         let dir = TemporaryDirectory()
         let train = dir.file("train.txt", sampleText(lines: 300, seed: 5))
         let given = Self.tiny.merging([
-            "train": .string(train), "carry": true, "dropout": 0.1, "feature_map": "favor-4",
-        ]) { $1 }
+            "train": .string(train), "carry": true, "dropout": 0.1, "fast_net": .string(net),
+        ]) { $1 }.merging(net == "linear" ? ["feature_map": "favor-4"] : [:]) { $1 }
         let straight = MemoryContext()
         let r1 = try run(LanguageModelTask(), given, context: straight)
         let interrupted = MemoryContext(cancelWhen: { $0.kind == "eval" && $0.step == 20 })

@@ -54,6 +54,13 @@ import Testing
             ("level", ["train": .string(good), "level": "char"]),
             ("segment", ["train": .string(good), "segment": 1]),
             ("tied", ["train": .string(good), "tied": "yes"]),
+            ("fast_net", ["train": .string(good), "fast_net": "delta-gru"]),
+            ("fast_net", ["train": .string(good), "fast_net": "delta-rnn", "attention": "softmax"]),
+            ("rule", ["train": .string(good), "fast_net": "delta-lstm", "rule": "sum"]),
+            ("short_conv", ["train": .string(good), "fast_net": "rdn", "short_conv": 4]),
+            ("feature_map", ["train": .string(good), "fast_net": "rdn", "feature_map": "dpfp-1"]),
+            ("normalization", ["train": .string(good), "fast_net": "rdn", "normalization": "l2"]),
+            ("normalization", ["train": .string(good), "fast_net": "delta-rnn", "normalization": "attention"]),
         ]
         for (name, given) in cases {
             let e = rejected(t, given)
@@ -93,6 +100,7 @@ import Testing
         #expect(
             Set(presets.keys) == [
                 "retrieval-capacity", "retrieval-update", "lm-bytes-small", "lm-bytes-gated", "lm-wikitext-small",
+                "lm-bytes-delta-rnn", "lm-bytes-delta-lstm", "lm-bytes-rdn",
                 "eval", "generate",
             ])
         #expect(presets["retrieval-update"]?.parameters["setting"] == 2)

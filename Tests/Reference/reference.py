@@ -113,6 +113,55 @@ def fast_weight_case(rng, rule, fmap, normalization, t_len=7, d=6):
     return case
 
 
+def softmax(x):
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def recurrent_fast_net(net, z, rec, qx=None, kx=None, vx=None, bx=None, slow=None):
+    """One head of a recurrent FWP over T steps from a zero state, as docs/MODEL.md writes it.
+
+    delta-rnn / delta-lstm: z[g] (T x d) the delta memories' outputs per gate, rec[g] (T x 2d+1) the
+    recurrent projection (r_k, r_v, r_beta) per gate. rdn: qx, kx, vx (T x d) and bx (T) from the
+    input, slow the (3d+1) x d matrix [R_q; R_k; R_v; r_beta]. Returns y (T x d), before any scaling."""
+    t_len = len(z[0]) if net != "rdn" else len(qx)
+    d = z[0].shape[1] if net != "rdn" else qx.shape[1]
+    y_prev, c = np.zeros(d), np.zeros(d)
+    mats = [np.zeros((d, d)) for _ in range(3 if net == "delta-lstm" else 1)]
+    ys = np.zeros((t_len, d))
+
+    def program(m, key, value, b):  # the delta rule
+        return m + b * np.outer(value - m @ key, key)
+
+    for t in range(t_len):
+        if net == "rdn":
+            s = np.tanh(y_prev)
+            pre = np.concatenate([qx[t], kx[t], vx[t], [bx[t]]]) + slow @ s
+            q, k, v, b = softmax(pre[:d]), softmax(pre[d:2 * d]), pre[2 * d:3 * d], sigmoid(pre[3 * d])
+            mats[0] = program(mats[0], k, v, b)
+            y = mats[0] @ q
+        else:
+            f = softmax(y_prev)
+            a = []
+            for g, m in enumerate(mats):
+                r = rec[g][t]
+                mats[g] = program(m, softmax(r[:d]), r[d:2 * d], sigmoid(r[2 * d]))
+                a.append(z[g][t] + mats[g] @ f)
+            if net == "delta-rnn":
+                y = a[0]
+            else:
+                i, u, o = sigmoid(a[0]), sigmoid(a[1]), sigmoid(a[2])
+                c = i * u + (1 - i) * c
+                y = o * c
+        ys[t] = y
+        y_prev = y
+    return ys
+
+
 # ---------------------------------------------------------------- language model
 def layer_norm(x, g, b):
     mu = x.mean(-1, keepdims=True)
@@ -147,8 +196,11 @@ def lm_logits(cfg, p, tokens):
             padded = np.concatenate([np.zeros((b_sz, w_conv - 1, qkv.shape[-1])), qkv], axis=1)
             conv = sum(padded[:, j:j + t_len, :] * cw[:, j] for j in range(w_conv))
             qkv = conv / (1 + np.exp(-conv))
-        q, k, v = [qkv[..., j * h * dh:(j + 1) * h * dh].reshape(b_sz, t_len, h, dh) for j in range(3)]
-        y = np.zeros((b_sz, t_len, h, dh))
+        net = cfg.get("fastNet", "linear")
+        gates = 3 if net == "delta-lstm" else 1  # delta memories per head: heads g·H + h
+        mh = gates * h
+        q, k, v = [qkv[..., j * mh * dh:(j + 1) * mh * dh].reshape(b_sz, t_len, mh, dh) for j in range(3)]
+        y = np.zeros((b_sz, t_len, mh, dh))
         if cfg["attention"] == "softmax":
             for b in range(b_sz):
                 for hh in range(h):
@@ -165,13 +217,31 @@ def lm_logits(cfg, p, tokens):
                 alpha = np.exp(log_sigmoid(hn @ p[f"{pre}.attn.decay.weight"].T + p[f"{pre}.attn.decay.bias"]))
             r = p.get(f"{pre}.attn.favor_projection")
             for b in range(b_sz):
-                for hh in range(h):
+                for hh in range(mh):
                     qq, kk = phi(cfg["featureMap"], q[b, :, hh], r), phi(cfg["featureMap"], k[b, :, hh], r)
                     qq, kk = normalize(qq, cfg["normalization"]), normalize(kk, cfg["normalization"])
                     bb = beta[b, :, hh] if beta is not None else None
                     aa = alpha[b, :, hh] if alpha is not None else None
                     y[b, :, hh], _, _ = memory(qq, kk, v[b, :, hh], bb, cfg["updateRule"], cfg["normalization"],
                                                alpha=aa)
+            if net != "linear":
+                w_rec = p[f"{pre}.attn.recurrent.weight"]
+                out = np.zeros((b_sz, t_len, h, dh))
+                if net == "rdn":
+                    logits = hn @ p[f"{pre}.attn.beta.weight"].T + p[f"{pre}.attn.beta.bias"]
+                    for b in range(b_sz):
+                        for hh in range(h):
+                            out[b, :, hh] = recurrent_fast_net(
+                                net, None, None, q[b, :, hh], k[b, :, hh], v[b, :, hh], logits[b, :, hh],
+                                w_rec[hh * (3 * dh + 1):(hh + 1) * (3 * dh + 1)])
+                else:
+                    rec = (hn @ w_rec.T).reshape(b_sz, t_len, h, gates, 2 * dh + 1)
+                    for b in range(b_sz):
+                        for hh in range(h):
+                            out[b, :, hh] = recurrent_fast_net(
+                                net, [y[b, :, g * h + hh] for g in range(gates)],
+                                [rec[b, :, hh, g] for g in range(gates)])
+                y = out
             if cfg["scaleOutput"]:
                 y = y / np.sqrt(dh)
         x = x + y.reshape(b_sz, t_len, h * dh) @ p[f"{pre}.attn.out.weight"].T
@@ -199,10 +269,18 @@ def lm_parameters(cfg, rng):
         shapes += [(f"{pre}.norm1.weight", (d,)), (f"{pre}.norm1.bias", (d,)), (f"{pre}.attn.qkv.weight", (3 * h * dh, d))]
         if cfg.get("shortConvolution", 0):
             shapes.append((f"{pre}.attn.conv.weight", (3 * h * dh, cfg["shortConvolution"])))
+        net = cfg.get("fastNet", "linear")
+        mh = 3 * h if net == "delta-lstm" else h
+        if net == "delta-lstm":
+            shapes[-1] = (f"{pre}.attn.qkv.weight", (3 * mh * dh, d))
         if cfg["attention"] == "fast-weight" and cfg["updateRule"] in ("delta", "gated-delta"):
-            shapes += [(f"{pre}.attn.beta.weight", (h, d)), (f"{pre}.attn.beta.bias", (h,))]
+            shapes += [(f"{pre}.attn.beta.weight", (mh, d)), (f"{pre}.attn.beta.bias", (mh,))]
         if cfg["attention"] == "fast-weight" and cfg["updateRule"] == "gated-delta":
             shapes += [(f"{pre}.attn.decay.weight", (h, d)), (f"{pre}.attn.decay.bias", (h,))]
+        if net == "rdn":
+            shapes.append((f"{pre}.attn.recurrent.weight", (h * (3 * dh + 1), dh)))
+        elif net != "linear":
+            shapes.append((f"{pre}.attn.recurrent.weight", (h * (mh // h) * (2 * dh + 1), d)))
         shapes += [(f"{pre}.attn.out.weight", (d, h * dh)), (f"{pre}.norm2.weight", (d,)), (f"{pre}.norm2.bias", (d,)),
                    (f"{pre}.ff.fc1.weight", (ff, d)), (f"{pre}.ff.fc1.bias", (ff,)),
                    (f"{pre}.ff.fc2.weight", (d, ff)), (f"{pre}.ff.fc2.bias", (d,))]
@@ -290,6 +368,9 @@ def main():
     lm_case(out, "gated_silu_l2", base_config(updateRule="gated-delta", featureMap="silu", normalization="l2"), 6)
     lm_case(out, "gated_conv_l2", base_config(updateRule="gated-delta", featureMap="identity", normalization="l2",
                                               shortConvolution=3), 7)
+    lm_case(out, "delta_rnn", base_config(fastNet="delta-rnn"), 8)
+    lm_case(out, "delta_lstm", base_config(fastNet="delta-lstm", featureMap="silu", normalization="l2"), 9)
+    lm_case(out, "rdn", base_config(fastNet="rdn"), 10)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,12 @@ public struct LanguageModelTask: TaskModule {
             "short_conv", .integer,
             "width of a causal depthwise convolution (then SiLU) on q, k and v, as DeltaNet-style layers use (4); "
                 + "0: none", default: 0, minimum: 0, maximum: 64),
+        ParameterSpec(
+            "fast_net", .string,
+            "the fast net: linear (the 2021 models) or a recurrent FWP: delta-rnn (a recurrent fast weight matrix "
+                + "reads softmax(y_{t-1})), delta-lstm (an LSTM of fast weights), rdn (q, k, v and β also read "
+                + "tanh(y_{t-1}) through slow weights)", default: "linear",
+            choices: ["linear", "delta-rnn", "delta-lstm", "rdn"]),
         ParameterSpec("dropout", .number, "dropout rate", default: 0.0, minimum: 0, maximum: 0.9),
         ParameterSpec("tied", .boolean, "tie input and output embeddings", default: false),
         ParameterSpec("positions", .boolean, "sinusoidal position encodings", default: false),
@@ -106,6 +112,7 @@ public struct LanguageModelTask: TaskModule {
         var positions: Bool
         var scaleEmbeddings: Bool
         var shortConv: Int
+        var fastNet: FastNet
         var batch: Int
         var segment: Int
         var carry: Bool
@@ -144,7 +151,7 @@ public struct LanguageModelTask: TaskModule {
             normalization: p.normalization, dropout: Float(p.dropout), tiedEmbeddings: p.tied,
             sinusoidalPositions: p.positions,
             embeddingScale: p.scaleEmbeddings ? Float(Double(p.modelSize).squareRoot()) : 1,
-            shortConvolution: p.shortConv)
+            shortConvolution: p.shortConv, fastNet: p.fastNet)
     }
 
     /// Rules between parameters, named as the schema names them; the model config's own
@@ -162,6 +169,20 @@ public struct LanguageModelTask: TaskModule {
         }
         if p.attention == .fastWeight && p.rule == .gatedDelta && p.normalization == .attention {
             throw ParameterError("normalization", "the gated delta rule takes none, sum or l2 (not attention)")
+        }
+        if p.fastNet != .linear {
+            let name = p.fastNet.rawValue
+            if p.attention != .fastWeight { throw ParameterError("fast_net", "\(name) needs attention = fast-weight") }
+            if p.rule != .delta { throw ParameterError("rule", "\(name) programs its fast weights by the delta rule") }
+            if p.shortConv != 0 { throw ParameterError("short_conv", "is not offered with fast_net = \(name)") }
+            if p.normalization == .attention {
+                throw ParameterError("normalization", "\(name) takes none, sum or l2 (not attention)")
+            }
+            if p.fastNet == .rdn && (p.featureMap != .eluPlusOne || p.normalization != .sum) {
+                throw ParameterError(
+                    p.featureMap != .eluPlusOne ? "feature_map" : "normalization",
+                    "the RDN applies softmax to its queries and keys: leave feature_map and normalization unset")
+            }
         }
         if p.positions && p.modelSize % 2 != 0 {
             throw ParameterError("model_size", "must be even with sinusoidal positions, got \(p.modelSize)")
