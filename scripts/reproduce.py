@@ -544,15 +544,22 @@ def ordering(rows, level, key):
 # The FWP family after 2021 against the delta rule, at the lm experiment's size and budget. The
 # "DeltaNet layer" is how Yang et al. (2024) build the layer around the rule: a short causal
 # convolution (width 4, then SiLU) on q, k and v, and L2-normalised q and k in place of ELU + 1
-# with sum normalisation.
+# with sum normalisation. The recurrent FWPs (Irie et al. 2021) keep the delta rule's ELU + 1 and
+# sum normalisation for their feed-forward delta memories, as their code does.
 FAMILY_LM = [
     ("Delta", {"feature_map": "elu", "rule": "delta"}),
     ("Gated delta", {"feature_map": "elu", "rule": "gated-delta"}),
     ("Delta, DeltaNet layer", {"feature_map": "identity", "normalization": "l2", "short_conv": 4, "rule": "delta"}),
     ("Gated delta, DeltaNet layer",
      {"feature_map": "identity", "normalization": "l2", "short_conv": 4, "rule": "gated-delta"}),
+    ("Delta RNN", {"feature_map": "elu", "rule": "delta", "fast_net": "delta-rnn"}),
+    ("Delta LSTM", {"feature_map": "elu", "rule": "delta", "fast_net": "delta-lstm"}),
+    ("RDN", {"feature_map": "elu", "rule": "delta", "fast_net": "rdn"}),
 ]
 FAMILY_RULES = ["sum", "delta", "gated-delta"]
+# The retrieval task's models: the paper's memory, and one attention layer over the sequence
+# (RetrievalModel's layer model) as the linear fast net or a recurrent FWP.
+FAMILY_RETRIEVAL_MODELS = ["memory", "layer", "delta-rnn", "delta-lstm", "rdn"]
 
 
 def family_plan(quick, corpus):
@@ -565,6 +572,15 @@ def family_plan(quick, corpus):
         ("update-d16", "retrieval-update", {"key_size": 16, "attention": "linear"},
          {"rule": FAMILY_RULES, "keys": [10, 20] if quick else [10, 20, 40]}, 1 if quick else 2,
          f"reproduce-family-{tag}-update-d16-v1"),
+        # The layer models, one seed, capped at 6000 steps (a Delta LSTM step at S = 40 costs
+        # about a hundred of the memory model's).
+        ("update-layer-d64", "retrieval-update",
+         {"key_size": 64, "attention": "linear", "rule": "delta", "max_steps": 6000},
+         {"model": FAMILY_RETRIEVAL_MODELS[1:], "keys": [20] if quick else [20, 40]}, 1,
+         f"reproduce-family-{tag}-update-layer-d64-v1"),
+        ("update-layer-gated-d64", "retrieval-update",
+         {"key_size": 64, "attention": "linear", "rule": "gated-delta", "model": "layer", "max_steps": 6000},
+         {"keys": [20] if quick else [20, 40]}, 1, f"reproduce-family-{tag}-update-layer-gated-d64-v1"),
     ]
     steps = 200 if quick else 600
     files = corpus["byte"]
@@ -588,7 +604,8 @@ def write_family(client, statuses, submitted, quick, elapsed, command):
     for model, _ in FAMILY_LM:
         curve = mean_curve(rows, f"byte/{model}", "byte")
         if curve:
-            ax.plot(*curve, marker=".", label=model, linestyle="--" if "DeltaNet" in model else "-")
+            style = "--" if "DeltaNet" in model else ":" if model in ("Delta RNN", "Delta LSTM", "RDN") else "-"
+            ax.plot(*curve, marker=".", label=model, linestyle=style)
     ax.set_xlabel("step")
     ax.set_ylabel("validation bits per byte")
     ax.set_title("fortunes, byte level (mean of seeds, segment-wise)")
@@ -610,13 +627,23 @@ def write_family(client, statuses, submitted, quick, elapsed, command):
             "*Gated delta* adds a learned decay α_t per head and step (Gated DeltaNet, docs/MODEL.md). "
             "*DeltaNet layer* builds the layer as Yang et al. (2024) do: a short causal convolution (width 4, "
             "then SiLU) on q, k and v, and L2-normalised q and k instead of ELU + 1 with sum "
-            "normalisation.\n\n")
+            "normalisation. The recurrent FWPs (Irie et al. 2021, docs/MODEL.md): *Delta RNN* adds a second "
+            "fast matrix, programmed by the delta rule, that reads softmax(y_{t−1}); *Delta LSTM* is an LSTM whose "
+            "input and recurrent weights are all fast (three delta memories per head, so more parameters); *RDN* "
+            "feeds tanh(y_{t−1}) through slow weights into the delta rule's q, k, v and β.\n\n")
         out.write("## Synthetic retrieval, setting 2 (keys rewritten, L = 2S; paper section 6.1)\n\n")
         out.write("Linear attention's ELU + 1 feature map for every rule (the delta rules sum-normalise keys and "
                   "query); best evaluation loss of each seed (solved: ≤ 0.001), the training steps it took, and "
                   "its worker-minutes.\n\n")
-        out.write("| key_size | S | rule | best eval loss (per seed) | steps | minutes |\n|---|---|---|---|---|---|\n")
-        key = lambda r: (r.get("key_size", 0), r.get("keys", 0), FAMILY_RULES.index(r.get("rule", "sum")))
+        out.write(
+            "*memory* is the paper's model (a memory written with the one-hot values, read once by the query). "
+            "The other models run the sequence through one attention layer (the language model's) with a query "
+            "step after the pairs, its output read out to the S values (docs/TASKS.md, retrieval `model`): *layer* "
+            "with the linear fast net, and the recurrent FWPs. Layer models: one seed, at most 6000 steps.\n\n")
+        out.write("| model | key_size | S | rule | best eval loss (per seed) | steps | minutes |\n"
+                  "|---|---|---|---|---|---|---|\n")
+        key = lambda r: (FAMILY_RETRIEVAL_MODELS.index(r.get("model", "memory")), r.get("key_size", 0),
+                         r.get("keys", 0), FAMILY_RULES.index(r.get("rule", "sum")))
         groups = {}
         for r in points:
             groups.setdefault(key(r), []).append(r)
@@ -626,7 +653,8 @@ def write_family(client, statuses, submitted, quick, elapsed, command):
                                else r["state"] for r in rs)
             steps = ", ".join(str(r.get("result.steps", "—")) for r in rs)
             minutes = ", ".join(f"{(r['seconds'] or 0) / 60:.1f}" for r in rs)
-            out.write(f"| {k[0]} | {k[1]} | {FAMILY_RULES[k[2]]} | {losses} | {steps} | {minutes} |\n")
+            out.write(f"| {FAMILY_RETRIEVAL_MODELS[k[0]]} | {k[1]} | {k[2]} | {FAMILY_RULES[k[3]]} | {losses} | "
+                      f"{steps} | {minutes} |\n")
         out.write("\n## Byte-level language modelling (the lm experiment's size and budget)\n\n")
         out.write(
             f"{shape.get('layers')} layers, D = {shape.get('model_size')}, {shape.get('heads')} heads of "

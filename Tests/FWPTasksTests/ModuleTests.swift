@@ -194,12 +194,19 @@ import Testing
     }
 
     /// The model's gradients against central differences of its loss, for every parameter, for
-    /// each rule (and softmax), in setting 2 where keys repeat and the delta rules overwrite.
-    @Test(arguments: ["sum", "delta", "gated-delta", "softmax"])
+    /// each rule (and softmax), in setting 2 where keys repeat and the delta rules overwrite; and
+    /// of the layer models (`model` = layer with a rule or softmax, and the recurrent FWPs).
+    @Test(arguments: [
+        "sum", "delta", "gated-delta", "softmax", "layer/sum", "layer/gated-delta", "layer/softmax", "delta-rnn/delta",
+        "delta-lstm/delta", "rdn/delta",
+    ])
     func gradientsMatchFiniteDifferences(_ variant: String) {
+        let parts = variant.split(separator: "/").map(String.init)
+        let rule = parts.last!
         var c = RetrievalConfig(
-            keys: 4, setting: 2, attention: variant == "softmax" ? "softmax" : "linear",
-            rule: UpdateRule(rawValue: variant) ?? .sum, keySize: 5)
+            keys: 4, setting: 2, attention: rule == "softmax" ? "softmax" : "linear",
+            rule: UpdateRule(rawValue: rule) ?? .sum, keySize: 5)
+        if parts.count == 2 { c.fastNet = parts[0] == "layer" ? .linear : FastNet(rawValue: parts[0])! }
         c.maxEvalQueries = 0
         let model = RetrievalModel(config: c, seed: 9)
         var rng = FWPRandom(seed: 10)

@@ -24,6 +24,10 @@ import Testing
             ("rule", ["rule": "hebb"]), ("attention", ["attention": "relu"]),
             ("attention", ["attention": "dpfp-200", "key_size": 8]),
             ("lr", ["lr": 0]), ("batch", ["batch": 0]), ("bogus", ["bogus": 1]), ("target_loss", ["target_loss": -1]),
+            ("model", ["model": "gru"]), ("rule", ["model": "delta-rnn"]),
+            ("attention", ["model": "delta-lstm", "rule": "delta", "attention": "softmax"]),
+            ("attention", ["model": "rdn", "rule": "delta", "attention": "dpfp-1"]),
+            ("attention", ["model": "layer", "attention": "favor-8"]),
         ]
         for (name, given) in cases {
             let e = rejected(t, given)

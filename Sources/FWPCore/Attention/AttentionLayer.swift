@@ -80,7 +80,7 @@ public struct AttentionLayer: Sendable {
     /// nil lets it choose. The result does not depend on it.
     var causalBlock: Int? = nil
 
-    init(
+    public init(
         prefix: String, config: LMConfig, store: inout ParameterStore, buffers: inout ParameterStore,
         rng: inout FWPRandom
     ) {
@@ -175,7 +175,7 @@ public struct AttentionLayer: Sendable {
 
     /// Everything the backward pass needs: the layer's input and attended output, and the
     /// memory's own cache.
-    struct Cache {
+    public struct Cache {
         var input: Tensor
         var attended: Tensor  // N × H·d_head (input of `out`)
         var memory: Memory
@@ -194,7 +194,7 @@ public struct AttentionLayer: Sendable {
     ///
     /// `state`, if given, is the carried state at entry and is replaced by the state after the
     /// segment (fast-weight layers: truncated BPTT, no gradient flows into it).
-    func forward(
+    public func forward(
         _ x: Tensor, batch: Int, steps: Int, _ p: ParameterStore, _ buffers: ParameterStore,
         state: inout AttentionState?, training: Bool, rng: inout FWPRandom, threads: ComputeThreads
     ) -> (Tensor, Cache) {
@@ -282,7 +282,7 @@ public struct AttentionLayer: Sendable {
     /// Accumulates parameter gradients and returns dx. With `overwrite` the gradients of the
     /// weights in `overwrittenGradients` are written, not added (g's entries for them may be
     /// uninitialised).
-    func backward(
+    public func backward(
         _ dOut: Tensor, cache: Cache, _ p: ParameterStore, _ g: inout ParameterStore, threads: ComputeThreads,
         overwrite: Bool = false
     ) -> Tensor {

@@ -188,11 +188,7 @@ struct RecurrentFastNet: Sendable {
                 Self.softmax(r, into: kk, d)
                 Self.deltaUpdate(mg, key: kk, value: r + d, beta: Self.sigmoid(r[2 * d]), scratch: u, d)
                 let z = x.z! + n * zStride + (g * heads + h) * d
-                for i in 0..<d {
-                    var s = z[i]
-                    for j in 0..<d { s += mg[i * d + j] * f[j] }
-                    a[g * d + i] = s
-                }
+                for i in 0..<d { a[g * d + i] = z[i] + Vec.dot(mg + i * d, f, d) }
             }
             if kind == .deltaRNN {
                 for i in 0..<d { vectors[i] = a[i] }
@@ -215,24 +211,14 @@ struct RecurrentFastNet: Sendable {
             let row = (n * heads + h) * d
             for part in 0..<3 {
                 let input = (part == 0 ? x.q! : part == 1 ? x.k! : x.v!) + row, out = sv + part * d
-                for i in 0..<d {
-                    var acc = input[i]
-                    for j in 0..<d { acc += p[(part * d + i) * d + j] * s[j] }
-                    out[i] = acc
-                }
+                for i in 0..<d { out[i] = input[i] + Vec.dot(p + (part * d + i) * d, s, d) }
             }
-            var bl = x.betaLogits![n * heads + h]
-            for j in 0..<d { bl += p[3 * d * d + j] * s[j] }
-            let beta = Self.sigmoid(bl)
+            let beta = Self.sigmoid(x.betaLogits![n * heads + h] + Vec.dot(p + 3 * d * d, s, d))
             sv[3 * d] = beta
             Self.softmaxInPlace(q, d)
             Self.softmaxInPlace(k, d)
             Self.deltaUpdate(m, key: k, value: v, beta: beta, scratch: u, d)
-            for i in 0..<d {
-                var acc: Float = 0
-                for j in 0..<d { acc += m[i * d + j] * q[j] }
-                vectors[i] = acc
-            }
+            for i in 0..<d { vectors[i] = Vec.dot(m + i * d, q, d) }
             yOut.update(from: vectors, count: d)
         }
     }
@@ -396,11 +382,8 @@ struct RecurrentFastNet: Sendable {
                 let mAfter = after + gate * d * d, mBefore = before + gate * d * d, dm = dM + gate * d * d
                 // y (or a_g) = z + M_t f: dM_t += da fᵀ, df += M_tᵀ da.
                 for i in 0..<d {
-                    let a = dag[i]
-                    for j in 0..<d {
-                        dm[i * d + j] += a * f[j]
-                        df[j] += mAfter[i * d + j] * a
-                    }
+                    Vec.axpy(dag[i], f, dm + i * d, d)
+                    Vec.axpy(dag[i], mAfter + i * d, df, d)
                 }
                 let r = x.projection! + n * pStride + h * projectionWidthPerHead + gate * (2 * d + 1)
                 let dr = out.projection! + n * pStride + h * projectionWidthPerHead + gate * (2 * d + 1)
@@ -421,11 +404,8 @@ struct RecurrentFastNet: Sendable {
             // y = W_t q: dW_t += dy qᵀ, dq = W_tᵀ dy.
             for j in 0..<d { dq[j] = 0 }
             for i in 0..<d {
-                let a = dy[i]
-                for j in 0..<d {
-                    dM[i * d + j] += a * q[j]
-                    dq[j] += after[i * d + j] * a
-                }
+                Vec.axpy(dy[i], q, dM + i * d, d)
+                Vec.axpy(dy[i], after + i * d, dq, d)
             }
             let dBeta = Self.deltaBackward(
                 before, dM: dM, key: k, value: v, beta: beta, dKey: dk, dValue: dpre + 2 * d, g: g, e: e, d)
@@ -442,11 +422,8 @@ struct RecurrentFastNet: Sendable {
             let p = x.slow! + h * slowRows * d
             for j in 0..<d { dy[j] = 0 }
             for r in 0..<slowRows {
-                let a = dpre[r]
-                for j in 0..<d {
-                    dSlow[r * d + j] += a * s[j]
-                    dy[j] += p[r * d + j] * a
-                }
+                Vec.axpy(dpre[r], s, dSlow + r * d, d)
+                Vec.axpy(dpre[r], p + r * d, dy, d)
             }
             for j in 0..<d { dy[j] *= 1 - s[j] * s[j] }
         }
@@ -483,15 +460,8 @@ struct RecurrentFastNet: Sendable {
         _ m: UnsafeMutablePointer<Float>, key k: UnsafePointer<Float>, value v: UnsafePointer<Float>, beta: Float,
         scratch e: UnsafeMutablePointer<Float>, _ d: Int
     ) {
-        for i in 0..<d {
-            var u: Float = 0
-            for j in 0..<d { u += m[i * d + j] * k[j] }
-            e[i] = beta * (v[i] - u)
-        }
-        for i in 0..<d {
-            let a = e[i]
-            for j in 0..<d { m[i * d + j] += a * k[j] }
-        }
+        for i in 0..<d { e[i] = beta * (v[i] - Vec.dot(m + i * d, k, d)) }
+        for i in 0..<d { Vec.axpy(e[i], k, m + i * d, d) }
     }
 
     /// The backward of `deltaUpdate` from M_{t−1} = `before`: with dM = dL/dM_t on entry, writes
@@ -505,26 +475,17 @@ struct RecurrentFastNet: Sendable {
     ) -> Float {
         var dBeta: Float = 0
         for i in 0..<d {
-            var gi: Float = 0, u: Float = 0
-            for j in 0..<d {
-                gi += dM[i * d + j] * k[j]
-                u += before[i * d + j] * k[j]
-            }
-            g[i] = gi
-            e[i] = v[i] - u
-            dBeta += e[i] * gi
-            dv[i] = beta * gi
+            g[i] = Vec.dot(dM + i * d, k, d)
+            e[i] = v[i] - Vec.dot(before + i * d, k, d)
+            dBeta += e[i] * g[i]
+            dv[i] = beta * g[i]
         }
         for j in 0..<d { dk[j] = 0 }
         for i in 0..<d {
-            let (ei, gi) = (e[i], g[i])
-            for j in 0..<d { dk[j] += dM[i * d + j] * ei - before[i * d + j] * gi }
+            Vec.axpy(beta * e[i], dM + i * d, dk, d)
+            Vec.axpy(-beta * g[i], before + i * d, dk, d)
         }
-        for j in 0..<d { dk[j] *= beta }
-        for i in 0..<d {
-            let a = beta * g[i]
-            for j in 0..<d { dM[i * d + j] -= a * k[j] }
-        }
+        for i in 0..<d { Vec.axpy(-beta * g[i], k, dM + i * d, d) }
         return dBeta
     }
 }

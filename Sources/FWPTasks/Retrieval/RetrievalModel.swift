@@ -36,6 +36,11 @@ public struct RetrievalConfig: Codable, Equatable, Sendable {
     /// Keys queried per evaluation sequence at most, the smallest key ids first (the reference:
     /// 200); 0: every key.
     public var maxEvalQueries = 200
+    /// nil: the paper's model (one memory written with the one-hot values, read once). Otherwise
+    /// the sequence goes through one fast-weight layer with this fast net (`linear`: the layer
+    /// the language model uses), its output at an extra query step read out to S values
+    /// (`RetrievalModel` "The layer model").
+    public var fastNet: FastNet? = nil
 
     public var sequenceLength: Int { setting == 1 ? keys : 2 * keys }
     /// Pairs per evaluation sequence.
@@ -121,8 +126,12 @@ public struct RetrievalModel: Sendable {
     public var parameters: ParameterStore
     public var buffers: ParameterStore
     let embedding: Embedding
-    let key: Linear
-    let query: Linear
+    /// The paper's model: key and query projections (nil for the layer model).
+    let key: Linear?
+    let query: Linear?
+    /// The layer model: one attention layer over x_t and a readout from its query-step output.
+    let layer: AttentionLayer?
+    let readout: Linear?
     let beta: Linear?
     /// The gated delta rule's decay logits (one per step).
     let decay: Linear?
@@ -135,9 +144,27 @@ public struct RetrievalModel: Sendable {
         var store = ParameterStore(), buffers = ParameterStore()
         let s = config.keys, e = config.embeddingSize, d = config.keySize
         embedding = Embedding("embedding", vocabulary: s, dimension: e, std: 1, store: &store, rng: &rng)
+        if let net = config.fastNet {
+            let width = s + e
+            let lm = LMConfig(
+                vocabularySize: 2, modelSize: width, layers: 1, heads: 1, headSize: d, feedForwardSize: 1,
+                attention: config.isSoftmax ? .softmax : .fastWeight, featureMap: config.featureMap,
+                updateRule: config.rule, normalization: config.rule.hasBeta ? .sum : .attention,
+                initStd: 1 / Float(width).squareRoot(), fastNet: config.isSoftmax ? .linear : net)
+            layer = AttentionLayer(prefix: "layer", config: lm, store: &store, buffers: &buffers, rng: &rng)
+            readout = Linear("readout", in: width, out: s, bias: true, std: 1, store: &store, rng: &rng)
+            store.values[readout!.weight] = .uniform(
+                shape: [s, width], bound: 1 / Float(width).squareRoot(), using: &rng)
+            (key, query, beta, decay, featureMap, projection) = (nil, nil, nil, nil, nil, nil)
+            parameters = store
+            self.buffers = buffers
+            return
+        }
+        (layer, readout) = (nil, nil)
         let bound = 1 / Float(d).squareRoot()
-        key = Linear("key", in: s + e, out: d, bias: true, std: 1, store: &store, rng: &rng)
-        query = Linear("query", in: e, out: d, bias: true, std: 1, store: &store, rng: &rng)
+        let key = Linear("key", in: s + e, out: d, bias: true, std: 1, store: &store, rng: &rng)
+        let query = Linear("query", in: e, out: d, bias: true, std: 1, store: &store, rng: &rng)
+        (self.key, self.query) = (key, query)
         let reference = config.initialization == "reference"
         // Uniform draws replace the normal ones above: (tensor, bound) in a fixed order.
         let xavier = { (fanIn: Int, fanOut: Int) in (6 / Float(fanIn + fanOut)).squareRoot() }
@@ -198,6 +225,8 @@ public struct RetrievalModel: Sendable {
     ) -> (
         loss: Double, accuracy: Double, gradients: ParameterStore?
     ) {
+        if layer != nil { return layerLoss(batch, gradients: wantGradients, normalizer: normalizer) }
+        let key = key!, query = query!
         let s = config.keys, e = config.embeddingSize, l = batch.keys.first?.count ?? config.sequenceLength
         let nSeq = batch.keys.count
         let queryCount = batch.queryCount
@@ -452,6 +481,63 @@ public struct RetrievalModel: Sendable {
         for r in 0..<(nSeq * l) { for j in 0..<e { dKeyEmb[r, j] = dx[r, s + j] } }
         embedding.backward(dKeyEmb, tokens: batch.keys.flatMap { $0 }, &g)
         embedding.backward(dqEmb, tokens: queryKeys, &g)
+        return (loss, accuracy, g)
+    }
+}
+
+extension RetrievalModel {
+    /// The layer model's loss: each query gets a sequence of its own, the L pairs then a query
+    /// step, x_t = [onehot(v_t), e(k_t)] and x_{L+1} = [0, e(query)], run through the attention
+    /// layer from a zero state; ŷ = readout(layer output at the query step) and the loss is the
+    /// paper's ½‖v* − ŷ‖², averaged as `loss` averages it.
+    func layerLoss(_ batch: RetrievalBatch, gradients wantGradients: Bool, normalizer: Int?) -> (
+        loss: Double, accuracy: Double, gradients: ParameterStore?
+    ) {
+        let layer = layer!, readout = readout!
+        let s = config.keys, e = config.embeddingSize, width = s + e
+        var rows: [(sequence: Int, query: Int, target: Int)] = []
+        for b in batch.keys.indices {
+            for (q, t) in zip(batch.queries[b], batch.targets[b]) { rows.append((b, q, t)) }
+        }
+        let n = rows.count, l = batch.keys.first?.count ?? config.sequenceLength, steps = l + 1
+        let tokens = rows.flatMap { batch.keys[$0.sequence] + [$0.query] }
+        let emb = embedding.forward(tokens, parameters)
+        var x = Tensor(shape: [n * steps, width])
+        for (r, row) in rows.enumerated() {
+            for t in 0..<steps {
+                let i = r * steps + t
+                if t < l { x[i, batch.values[row.sequence][t]] = 1 }
+                for j in 0..<e { x[i, s + j] = emb[i, j] }
+            }
+        }
+        var none: AttentionState? = nil
+        var rng = FWPRandom(seed: 0)  // unused: no dropout, no FAVOR+ in the layer model
+        let threads = ComputeThreads(1)
+        let (out, cache) = layer.forward(
+            x, batch: n, steps: steps, parameters, buffers, state: &none, training: false, rng: &rng, threads: threads)
+        var last = Tensor(shape: [n, width])
+        for r in 0..<n { for j in 0..<width { last[r, j] = out[r * steps + l, j] } }
+        let y = readout.forward(last, parameters)
+        let scale = 1 / Float(normalizer ?? n)
+        var total = 0.0, correct = 0
+        var dy = Tensor(shape: [n, s])
+        for (r, row) in rows.enumerated() {
+            let yr = (0..<s).map { y[r, $0] }
+            let (loss, d) = halfSquaredError(yr, oneHot: row.target, gradientScale: scale)
+            total += loss
+            if argmax(yr) == row.target { correct += 1 }
+            for v in 0..<s { dy[r, v] = d[v] }
+        }
+        let loss = total / Double(normalizer ?? n), accuracy = Double(correct) / Double(n)
+        guard wantGradients else { return (loss, accuracy, nil) }
+        var g = parameters.zerosLike()
+        let dLast = readout.backward(dy, input: last, parameters, &g)
+        var dOut = Tensor(shape: [n * steps, width])
+        for r in 0..<n { for j in 0..<width { dOut[r * steps + l, j] = dLast[r, j] } }
+        let dx = layer.backward(dOut, cache: cache, parameters, &g, threads: threads)
+        var dEmb = Tensor(shape: [n * steps, e])
+        for i in 0..<(n * steps) { for j in 0..<e { dEmb[i, j] = dx[i, s + j] } }
+        embedding.backward(dEmb, tokens: tokens, &g)
         return (loss, accuracy, g)
     }
 }

@@ -25,6 +25,12 @@ public struct RetrievalTask: TaskModule {
             "rule", .string, "fast-weight update rule (the delta rules sum-normalise keys and query)", default: "sum",
             choices: ["sum", "delta", "gated-delta"]),
         ParameterSpec(
+            "model", .string,
+            "memory (the paper's: one memory written with the one-hot values, read once) or one attention layer "
+                + "over the pairs and a query step, its output read out to the values: layer (the language model's "
+                + "fast-weight or softmax layer), or a recurrent FWP layer: delta-rnn, delta-lstm, rdn",
+            default: "memory", choices: ["memory", "layer", "delta-rnn", "delta-lstm", "rdn"]),
+        ParameterSpec(
             "key_size", .integer, "size of keys and queries before the feature map", default: 64, minimum: 1,
             maximum: 4096),
         ParameterSpec("batch", .integer, "sequences per training step", default: 32, minimum: 1, maximum: 4096),
@@ -98,6 +104,7 @@ public struct RetrievalTask: TaskModule {
         var maxEvalQueries: Int
         var favorRedraw: Bool
         var evalMean: String
+        var model: String
     }
 
     public func check(_ p: Parameters) throws {
@@ -108,6 +115,20 @@ public struct RetrievalTask: TaskModule {
             }
             if case .dpfp(let nu) = kind, nu >= 2 * p.keySize {
                 throw ParameterError("attention", "DPFP's ν must be below 2·key_size (\(2 * p.keySize))")
+            }
+        }
+        if p.model != "memory" {
+            if case .favor = FeatureMapKind(name: a) {
+                throw ParameterError("attention", "FAVOR+ is offered with model = memory only")
+            }
+            if p.model != "layer" {
+                if a == "softmax" {
+                    throw ParameterError("attention", "\(p.model) is a fast-weight layer: softmax needs model = layer")
+                }
+                if p.rule != .delta { throw ParameterError("rule", "\(p.model) programs its fast weights by the delta rule") }
+                if p.model == "rdn" && a != "linear" {
+                    throw ParameterError("attention", "the RDN applies softmax to its queries and keys: use linear")
+                }
             }
         }
         let shards = ShardLayout(batch: p.batch).count
@@ -125,6 +146,7 @@ public struct RetrievalTask: TaskModule {
         c.evalLength = p.evalLength
         c.queryDraw = p.queryDraw
         c.maxEvalQueries = p.maxEvalQueries
+        c.fastNet = p.model == "memory" ? nil : p.model == "layer" ? .linear : FastNet(rawValue: p.model)
         return c
     }
 
