@@ -125,7 +125,9 @@ public struct RetrievalTask: TaskModule {
                 if a == "softmax" {
                     throw ParameterError("attention", "\(p.model) is a fast-weight layer: softmax needs model = layer")
                 }
-                if p.rule != .delta { throw ParameterError("rule", "\(p.model) programs its fast weights by the delta rule") }
+                if p.rule != .delta {
+                    throw ParameterError("rule", "\(p.model) programs its fast weights by the delta rule")
+                }
                 if p.model == "rdn" && a != "linear" {
                     throw ParameterError("attention", "the RDN applies softmax to its queries and keys: use linear")
                 }
