@@ -77,6 +77,41 @@ struct Variant: CustomTestStringConvertible, Sendable {
     }()
 }
 
+/// The layer's gradients with respect to its input and every parameter against central
+/// differences, over 2 sequences of 5 steps from `start` (nil: a zero state) with random x and
+/// a random weighting r of the outputs (from `seeds`).
+func expectLayerGradients(
+    _ label: String, _ layer: AttentionLayer, _ store: ParameterStore, _ buffers: ParameterStore,
+    start: AttentionState? = nil, seeds: (UInt64, UInt64), sourceLocation: SourceLocation = #_sourceLocation
+) {
+    let batch = 2, steps = 5, width = layer.qkv.inFeatures
+    let x = randomTensor([batch * steps, width], seed: seeds.0)
+    let r = randomTensor([batch * steps, width], seed: seeds.1)
+    func run(_ x: Tensor, _ p: ParameterStore) -> (Tensor, AttentionLayer.Cache) {
+        var state = start
+        var rng = FWPRandom(seed: 0)
+        return layer.forward(
+            x, batch: batch, steps: steps, p, buffers, state: &state, training: false, rng: &rng,
+            threads: ComputeThreads(2))
+    }
+    let (_, cache) = run(x, store)
+    var g = store.zerosLike()
+    let dx = layer.backward(r, cache: cache, store, &g, threads: ComputeThreads(2))
+    expectGradient("\(label) x", values: x, analytic: dx, samples: 10, sourceLocation: sourceLocation) {
+        weightedSum(run($0, store).0, r)
+    }
+    for i in store.values.indices {
+        expectGradient(
+            "\(label) \(store.names[i])", values: store.values[i], analytic: g.values[i], samples: 8,
+            sourceLocation: sourceLocation
+        ) {
+            var s = store
+            s.values[i] = $0
+            return weightedSum(run(x, s).0, r)
+        }
+    }
+}
+
 @Suite struct AttentionGradientTests {
     /// Gradients of the multi-head layer with respect to its input and every parameter (qkv, out,
     /// and β for the delta rule), for every variant.
@@ -90,37 +125,7 @@ struct Variant: CustomTestStringConvertible, Sendable {
         if let c = variant.checkpoint { layer.recurrentNet?.checkpointInterval = c }
         if let b = layer.beta?.bias { store.values[b] = randomTensor([store.values[b].count], seed: 22) }
         if let b = layer.decay?.bias { store.values[b] = randomTensor([config.heads], seed: 25) }
-        let batch = 2, steps = 5
-        let x = randomTensor([batch * steps, config.modelSize], seed: 23)
-        let r = randomTensor([batch * steps, config.modelSize], seed: 24)
-        func output(_ x: Tensor, _ p: ParameterStore) -> Tensor {
-            var none: AttentionState? = nil
-            var rng = FWPRandom(seed: 0)
-            return layer.forward(
-                x, batch: batch, steps: steps, p, buffers, state: &none, training: false, rng: &rng,
-                threads: ComputeThreads(2)
-            ).0
-        }
-        var none: AttentionState? = nil
-        var frng = FWPRandom(seed: 0)
-        let (_, cache) = layer.forward(
-            x, batch: batch, steps: steps, store, buffers, state: &none, training: false, rng: &frng,
-            threads: ComputeThreads(2))
-        var g = store.zerosLike()
-        let dx = layer.backward(r, cache: cache, store, &g, threads: ComputeThreads(2))
-        expectGradient("\(variant.testDescription) x", values: x, analytic: dx, samples: 10) {
-            weightedSum(output($0, store), r)
-        }
-        for i in store.values.indices {
-            expectGradient(
-                "\(variant.testDescription) \(store.names[i])", values: store.values[i], analytic: g.values[i],
-                samples: 8
-            ) {
-                var s = store
-                s.values[i] = $0
-                return weightedSum(output(x, s), r)
-            }
-        }
+        expectLayerGradients(variant.testDescription, layer, store, buffers, seeds: (23, 24))
     }
 
     /// The same check through the raw recurrence with a given β, so that dβ itself is verified.

@@ -249,13 +249,10 @@ public struct AttentionLayer: Sendable {
                 (inputs.q, inputs.k, inputs.v, inputs.betaLogits) = (qRaw, kRaw, v, betaLogits)
                 inputs.slow = p.values[recurrentWeight!.weight]
             } else {
-                let memory = fastWeight
-                var c = FastWeightAttention.Cache(
-                    qRaw: qRaw, kRaw: kRaw, v: v, batch: batch, steps: steps, heads: memoryHeads, headSize: headSize)
-                memory.forward(
-                    &c, betaLogits: betaLogits, decayLogits: nil, buffers, state: &state, training: training,
-                    rng: &rng, threads: threads)
-                inputs.z = memory.attended(c)
+                let c = runMemory(
+                    qRaw, kRaw, v, betaLogits, decayLogits, batch: batch, steps: steps, buffers, state: &state,
+                    training: training, rng: &rng, threads: threads)
+                inputs.z = fastWeight.attended(c)
                 inputs.projection = recurrentWeight!.forward(x, p)
                 memoryCache = c
             }
@@ -267,16 +264,27 @@ public struct AttentionLayer: Sendable {
             return Cache(
                 input: x, attended: attended, memory: .recurrent(inputs, c, memoryCache), batch: batch, steps: steps)
         case .fastWeight:
-            let memory = fastWeight
-            var c = FastWeightAttention.Cache(
-                qRaw: qRaw, kRaw: kRaw, v: v, batch: batch, steps: steps, heads: heads, headSize: headSize)
-            memory.forward(
-                &c, betaLogits: betaLogits, decayLogits: decayLogits, buffers, state: &state, training: training,
-                rng: &rng, threads: threads)
+            let c = runMemory(
+                qRaw, kRaw, v, betaLogits, decayLogits, batch: batch, steps: steps, buffers, state: &state,
+                training: training, rng: &rng, threads: threads)
             return Cache(
-                input: x, attended: memory.attended(c), memory: .fastWeight(c), batch: batch, steps: steps,
+                input: x, attended: fastWeight.attended(c), memory: .fastWeight(c), batch: batch, steps: steps,
                 convolution: convolutionCache)
         }
+    }
+
+    /// The fast-weight memory (`fastWeight`) over q, k, v and the gates: its cache, `core` filled.
+    private func runMemory(
+        _ qRaw: Tensor, _ kRaw: Tensor, _ v: Tensor, _ betaLogits: Tensor?, _ decayLogits: Tensor?, batch: Int,
+        steps: Int, _ buffers: ParameterStore, state: inout AttentionState?, training: Bool, rng: inout FWPRandom,
+        threads: ComputeThreads
+    ) -> FastWeightAttention.Cache {
+        var c = FastWeightAttention.Cache(
+            qRaw: qRaw, kRaw: kRaw, v: v, batch: batch, steps: steps, heads: memoryHeads, headSize: headSize)
+        fastWeight.forward(
+            &c, betaLogits: betaLogits, decayLogits: decayLogits, buffers, state: &state, training: training,
+            rng: &rng, threads: threads)
+        return c
     }
 
     /// Accumulates parameter gradients and returns dx. With `overwrite` the gradients of the
