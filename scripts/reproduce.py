@@ -554,6 +554,10 @@ FAMILY_LM = [
      {"feature_map": "identity", "normalization": "l2", "short_conv": 4, "rule": "gated-delta"}),
     ("Delta RNN", {"feature_map": "elu", "rule": "delta", "fast_net": "delta-rnn"}),
     ("Delta LSTM", {"feature_map": "elu", "rule": "delta", "fast_net": "delta-lstm"}),
+    # Three delta memories per head and a recurrent projection per gate nearly double the layer's
+    # parameters; 2 heads of 16 bring them back to the delta rule's count.
+    ("Delta LSTM, 2 heads of 16",
+     {"feature_map": "elu", "rule": "delta", "fast_net": "delta-lstm", "heads": 2, "head_size": 16}),
     ("RDN", {"feature_map": "elu", "rule": "delta", "fast_net": "rdn"}),
 ]
 FAMILY_RULES = ["sum", "delta", "gated-delta"]
@@ -604,7 +608,7 @@ def write_family(client, statuses, submitted, quick, elapsed, command):
     for model, _ in FAMILY_LM:
         curve = mean_curve(rows, f"byte/{model}", "byte")
         if curve:
-            style = "--" if "DeltaNet" in model else ":" if model in ("Delta RNN", "Delta LSTM", "RDN") else "-"
+            style = "--" if "DeltaNet" in model else ":" if model.startswith(("Delta RNN", "Delta LSTM", "RDN")) else "-"
             ax.plot(*curve, marker=".", label=model, linestyle=style)
     ax.set_xlabel("step")
     ax.set_ylabel("validation bits per byte")
