@@ -59,23 +59,19 @@ struct SoftmaxAttention: Sendable {
                         let visible = past + t + 1
                         // scores = softmax(q Kᵀ / √d) over the visible keys, y = scores V
                         var scores = [Float](repeating: 0, count: visible)
-                        var m = -Float.infinity
-                        st.keys[s].withUnsafeBufferPointer { pk in
-                            for j in 0..<visible {
-                                scores[j] = Vec.dot(q.pointer + r, pk.baseAddress! + j * dh, dh) * scale
-                                m = max(m, scores[j])
+                        scores.withUnsafeMutableBufferPointer { buffer in
+                            let p = buffer.baseAddress!
+                            st.keys[s].withUnsafeBufferPointer { pk in
+                                for j in 0..<visible {
+                                    p[j] = Vec.dot(q.pointer + r, pk.baseAddress! + j * dh, dh) * scale
+                                }
                             }
-                        }
-                        var sum: Float = 0
-                        for j in 0..<visible {
-                            scores[j] = expf(scores[j] - m)
-                            sum += scores[j]
-                        }
-                        st.values[s].withUnsafeBufferPointer { pv in
-                            for c in 0..<dh {
-                                var acc: Float = 0
-                                for j in 0..<visible { acc += scores[j] * pv[j * dh + c] }
-                                y[r + c] = acc / sum
+                            let sum = Vec.expShifted(p, p, visible, shift: Vec.maximum(p, visible))
+                            // y = Σ_j (scores_j / sum) v_j, one contiguous value row at a time.
+                            let out = y + r, inverse = 1 / sum
+                            out.update(repeating: 0, count: dh)
+                            st.values[s].withUnsafeBufferPointer { pv in
+                                for j in 0..<visible { Vec.axpy(p[j] * inverse, pv.baseAddress! + j * dh, out, dh) }
                             }
                         }
                     }
