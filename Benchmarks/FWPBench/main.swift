@@ -16,6 +16,7 @@
 //   sgemm     OpenBLAS sgemm GFLOP/s on one thread (1024³ and the LM's FF shape), and the
 //             same products through BLAS.gemm where the dense kernel is on
 //   sweep     the lm step at T = 256 … 2048 with B·T = 4096
+//   sweep-softmax  the softmax lm step alone at T = 256 … 8192 (B·T = 4096, B ≥ 1)
 //   generate  recurrent generation, batch 1: tokens/s and resident memory at 1K … 64K tokens
 //             of context (softmax up to 8K: its per-token cost grows with the context)
 //   memory    peak resident memory of one delta-rule training step at --context T (B = 4),
@@ -354,6 +355,12 @@ for what in only {
                 let secs = try lmStepSeconds(lmConfig(attention, rule), batch: 4096 / t, steps: t)
                 report("lm-\(name)-T\(t)", 4096 / secs, "tokens/s", ["context": t])
             }
+        }
+    case "sweep-softmax":  // the softmax LM step alone, T = 256 … 8192 (B·T = 4096, B ≥ 1)
+        for t in [256, 512, 1024, 2048, 4096, 8192] {
+            let batch = max(1, 4096 / t)
+            let secs = try lmStepSeconds(lmConfig(.softmax, .sum), batch: batch, steps: t)
+            report("lm-softmax-T\(t)", Double(batch * t) / secs, "tokens/s", ["context": t])
         }
     case "generate": try benchGenerate()
     case "memory": try benchMemory()

@@ -286,4 +286,49 @@ func expectLayerGradients(
             }
         }
     }
+
+    /// The online softmax (blocks of queries against blocks of keys with a running maximum and
+    /// sum; nothing T × T kept) gives the materialised form's output and gradients, for block
+    /// sizes that do and do not divide T, one step per block included.
+    @Test(arguments: [(23, 1), (23, 4), (23, 7), (23, 64), (70, 16), (70, 32)])
+    func onlineSoftmaxMatchesMaterialised(_ shape: (steps: Int, block: Int)) {
+        let config = Variant(attention: .softmax).config(modelSize: 8, heads: 2, headSize: 4)
+        var store = ParameterStore(), buffers = ParameterStore()
+        var rng = FWPRandom(seed: 31)
+        var layer = AttentionLayer(prefix: "attn", config: config, store: &store, buffers: &buffers, rng: &rng)
+        let batch = 2, steps = shape.steps
+        let x = randomTensor([batch * steps, config.modelSize], seed: 32)
+        let r = randomTensor([batch * steps, config.modelSize], seed: 33)
+        func run(online: Bool) -> (Tensor, Tensor, ParameterStore) {
+            layer.onlineFrom = online ? 1 : Int.max
+            layer.onlineBlock = shape.block
+            var none: AttentionState? = nil
+            var frng = FWPRandom(seed: 0)
+            let (y, cache) = layer.forward(
+                x, batch: batch, steps: steps, store, buffers, state: &none, training: false, rng: &frng,
+                threads: ComputeThreads(2))
+            if case .softmax(let c) = cache.memory {
+                #expect(c.probabilities.isEmpty == online, "the online form keeps no T × T probabilities")
+            }
+            var g = store.zerosLike()
+            let dx = layer.backward(r, cache: cache, store, &g, threads: ComputeThreads(2))
+            return (y, dx, g)
+        }
+        let (y0, dx0, g0) = run(online: false)
+        let (y, dx, g) = run(online: true)
+        #expect(maxRelativeError(y, y0) < 1e-5, "output")
+        #expect(maxRelativeError(dx, dx0) < 1e-5, "dx")
+        for i in g.values.indices { #expect(maxRelativeError(g.values[i], g0.values[i]) < 1e-5, "\(g.names[i])") }
+    }
+
+    /// The online softmax's gradients against central differences (blocks of 2 over 5 steps).
+    @Test func onlineSoftmaxGradients() {
+        let config = Variant(attention: .softmax).config()
+        var store = ParameterStore(), buffers = ParameterStore()
+        var rng = FWPRandom(seed: 21)
+        var layer = AttentionLayer(prefix: "attn", config: config, store: &store, buffers: &buffers, rng: &rng)
+        layer.onlineFrom = 1
+        layer.onlineBlock = 2
+        expectLayerGradients("online softmax", layer, store, buffers, seeds: (23, 24))
+    }
 }

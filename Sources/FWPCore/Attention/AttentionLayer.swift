@@ -79,6 +79,10 @@ public struct AttentionLayer: Sendable {
     /// Softmax: query steps per block of the causal products in training (`SoftmaxAttention`);
     /// nil lets it choose. The result does not depend on it.
     var causalBlock: Int? = nil
+    /// Softmax: train with the online form from this segment length on (nil: its default), in
+    /// blocks of `onlineBlock` steps (`SoftmaxAttention`); the result does not depend on either.
+    var onlineFrom: Int? = nil
+    var onlineBlock = 64
 
     public init(
         prefix: String, config: LMConfig, store: inout ParameterStore, buffers: inout ParameterStore,
@@ -157,7 +161,11 @@ public struct AttentionLayer: Sendable {
     }
 
     /// The softmax attention between this layer's projections (softmax layers).
-    var softmax: SoftmaxAttention { SoftmaxAttention(heads: heads, headSize: headSize, causalBlock: causalBlock) }
+    var softmax: SoftmaxAttention {
+        SoftmaxAttention(
+            heads: heads, headSize: headSize, causalBlock: causalBlock, onlineThreshold: onlineFrom,
+            onlineBlock: onlineBlock)
+    }
 
     /// A zero state for `batch` sequences.
     public func initialState(batch: Int) -> AttentionState {

@@ -11,6 +11,18 @@ struct SoftmaxAttention: Sendable {
     /// the diagonal are skipped, about half the work); the result does not depend on it. Nil:
     /// `causalBlock(steps:)` chooses.
     var causalBlock: Int? = nil
+    /// Training at T ≥ this runs the online (blockwise, running-softmax) form, which keeps only
+    /// a block of scores per head (`forwardOnline`); shorter segments keep the T × T
+    /// probabilities. Nil: `onlineFrom(…)` chooses.
+    var onlineThreshold: Int? = nil
+    /// Query and key steps per block of the online form.
+    var onlineBlock = 64
+
+    /// The shortest segment that trains with the online form.
+    var onlineFrom: Int { onlineThreshold ?? Self.defaultOnlineThreshold }
+    /// `FWP_SOFTMAX_ONLINE_FROM` overrides it (for measuring both forms: 1 is always online).
+    static let defaultOnlineThreshold =
+        ProcessInfo.processInfo.environment["FWP_SOFTMAX_ONLINE_FROM"].flatMap { Int($0) } ?? 2048
 
     /// 32 up to T = 256 with the small kernel's AVX-512 blocks (more of the upper triangle
     /// skipped), 64 otherwise (longer blocks of 32 send their long dV and dK products to OpenBLAS
@@ -27,8 +39,10 @@ struct SoftmaxAttention: Sendable {
     struct Cache {
         var qRaw: Tensor, kRaw: Tensor, v: Tensor  // (N·H) × d_head
         var core: Tensor  // N × H·d_head
-        var probabilities: TensorStorage  // B·H blocks of T × T
+        var probabilities: TensorStorage  // B·H blocks of T × T (empty after the online form)
         var batch: Int, steps: Int
+        /// The online form's log Σ_j exp(s_tj) per (sequence, head) and step (B·H·T).
+        var logSumExp: TensorStorage = []
     }
 
     func forward(_ cache: inout Cache, state: inout AttentionState?, threads: ComputeThreads) {
@@ -81,6 +95,10 @@ struct SoftmaxAttention: Sendable {
             state = st
             return
         }
+        if steps >= onlineFrom {
+            forwardOnline(&cache, threads: threads)
+            return
+        }
         // Each row block writes columns [0, r1) of its rows (zeros above the diagonal); columns
         // past the block's end are never read, here or in the backward pass, so nothing else is
         // initialised (at T = 2048 zero-filling this buffer was a serial 67 MB memset per layer).
@@ -130,6 +148,7 @@ struct SoftmaxAttention: Sendable {
     }
 
     func backward(_ dCore: Tensor, cache: Cache, threads: ComputeThreads) -> (Tensor, Tensor, Tensor) {
+        if !cache.logSumExp.isEmpty { return backwardOnline(dCore, cache: cache, threads: threads) }
         let (batch, steps) = (cache.batch, cache.steps)
         let dh = headSize, hd = heads * headSize, seqs = batch * heads, n = batch * steps
         let scale = 1 / Float(dh).squareRoot()
@@ -206,6 +225,150 @@ struct SoftmaxAttention: Sendable {
                             ldc: hd,
                             smallLimit: smallLimit)
                         c0 = c1
+                    }
+                }
+            }
+        }
+        return (dq, dk, dv)
+    }
+
+    // MARK: the online form
+
+    /// Causal softmax attention a block of queries at a time against a block of keys at a time,
+    /// with a running maximum m and sum l per query (Milakov & Gimelshein 2018; FlashAttention):
+    /// for each key block, m' = max(m, max_j s_tj), O ← O·e^{m − m'} + Σ_j e^{s_tj − m'} v_j,
+    /// l ← l·e^{m − m'} + Σ_j e^{s_tj − m'}; finally y_t = O_t / l_t and L_t = m + log l is kept
+    /// for the backward. Scratch per sequence: one block of scores; nothing T × T.
+    private func forwardOnline(_ cache: inout Cache, threads: ComputeThreads) {
+        let (batch, steps) = (cache.batch, cache.steps)
+        let dh = headSize, hd = heads * headSize, seqs = batch * heads, bs = onlineBlock
+        let scale = 1 / Float(dh).squareRoot()
+        var lse = TensorStorage(uninitializedCount: seqs * steps)
+        let (q, k, v) = (cache.qRaw, cache.kRaw, cache.v)
+        let pq = SharedConstPointer(q.pointer), pk = SharedConstPointer(k.pointer), pv = SharedConstPointer(v.pointer)
+        let py = SharedPointer(cache.core.mutablePointer()), pl = SharedPointer(lse.mutablePointer())
+        borrowing(q, k, v, cache.core, lse) {
+            threads.forEach(seqs) { s in
+                let b = s / heads, h = s % heads
+                let off = b * steps * hd + h * dh
+                var scratch = TensorStorage(uninitializedCount: bs * bs + 2 * bs)
+                let S = scratch.mutablePointer(), m = S + bs * bs, l = m + bs
+                borrowing(scratch) {
+                    var r0 = 0
+                    while r0 < steps {
+                        let r1 = min(r0 + bs, steps), rows = r1 - r0
+                        let out = py.base + off + r0 * hd
+                        for i in 0..<rows { (out + i * hd).update(repeating: 0, count: dh) }
+                        m.update(repeating: -Float.infinity, count: rows)
+                        l.update(repeating: 0, count: rows)
+                        var c0 = 0
+                        while c0 < r1 {
+                            let c1 = min(c0 + bs, r1), cols = c1 - c0
+                            BLAS.gemm(
+                                transposeA: false, transposeB: true, m: rows, n: cols, k: dh, alpha: scale,
+                                a: pq.base + off + r0 * hd, lda: hd, b: pk.base + off + c0 * hd, ldb: hd, beta: 0,
+                                c: S, ldc: bs, smallLimit: softmaxSmallLimit)
+                            for i in 0..<rows {
+                                let row = S + i * bs
+                                let valid = min(cols, r0 + i - c0 + 1)  // keys c0 + j ≤ t
+                                if valid <= 0 {
+                                    row.update(repeating: 0, count: cols)
+                                    continue
+                                }
+                                let mNew = max(m[i], Vec.maximum(row, valid))
+                                let correction = expf(m[i] - mNew)
+                                let sum = Vec.expShifted(row, row, valid, shift: mNew)
+                                (row + valid).update(repeating: 0, count: cols - valid)
+                                l[i] = l[i] * correction + sum
+                                m[i] = mNew
+                                if correction != 1 { Vec.scale(correction, out + i * hd, dh) }
+                            }
+                            // O += P V over the block's keys
+                            BLAS.gemm(
+                                transposeA: false, transposeB: false, m: rows, n: dh, k: cols, a: S, lda: bs,
+                                b: pv.base + off + c0 * hd, ldb: hd, beta: 1, c: out, ldc: hd,
+                                smallLimit: softmaxSmallLimit)
+                            c0 = c1
+                        }
+                        for i in 0..<rows {
+                            Vec.scale(1 / l[i], out + i * hd, dh)
+                            pl.base[s * steps + r0 + i] = m[i] + logf(l[i])
+                        }
+                        r0 = r1
+                    }
+                }
+            }
+        }
+        cache.probabilities = []
+        cache.logSumExp = lse
+    }
+
+    /// The online form's backward (FlashAttention-2's order): with D_t = dy_t · y_t, per pair of
+    /// blocks the probabilities are recomputed as P = exp(s − L), then dV += Pᵀ dY,
+    /// dP = dY Vᵀ, dS = P ⊙ (dP − D) / √d, dQ += dS K, dK += dSᵀ Q. One thread per (sequence,
+    /// head) owns its rows of dQ, dK and dV.
+    private func backwardOnline(_ dCore: Tensor, cache: Cache, threads: ComputeThreads) -> (Tensor, Tensor, Tensor) {
+        let (batch, steps) = (cache.batch, cache.steps)
+        let dh = headSize, hd = heads * headSize, seqs = batch * heads, n = batch * steps, bs = onlineBlock
+        let scale = 1 / Float(dh).squareRoot()
+        var dq = Tensor(shape: [n, hd]), dk = Tensor(shape: [n, hd]), dv = Tensor(shape: [n, hd])
+        let (q, k, v, y, lse) = (cache.qRaw, cache.kRaw, cache.v, cache.core, cache.logSumExp)
+        let pdy = SharedConstPointer(dCore.pointer), pq = SharedConstPointer(q.pointer)
+        let pk = SharedConstPointer(k.pointer), pv = SharedConstPointer(v.pointer)
+        let py = SharedConstPointer(y.pointer), pl = SharedConstPointer(lse.pointer)
+        let pdq = SharedPointer(dq.mutablePointer()), pdk = SharedPointer(dk.mutablePointer()),
+            pdv = SharedPointer(dv.mutablePointer())
+        borrowing(dCore, q, k, v, y, lse, dq, dk, dv) {
+            threads.forEach(seqs) { s in
+                let b = s / heads, h = s % heads
+                let off = b * steps * hd + h * dh
+                var scratch = TensorStorage(uninitializedCount: 2 * bs * bs + steps)
+                let P = scratch.mutablePointer(), dP = P + bs * bs, D = dP + bs * bs
+                borrowing(scratch) {
+                    for t in 0..<steps { D[t] = Vec.dot(pdy.base + off + t * hd, py.base + off + t * hd, dh) }
+                    var r0 = 0
+                    while r0 < steps {
+                        let r1 = min(r0 + bs, steps), rows = r1 - r0
+                        var c0 = 0
+                        while c0 < r1 {
+                            let c1 = min(c0 + bs, r1), cols = c1 - c0
+                            BLAS.gemm(
+                                transposeA: false, transposeB: true, m: rows, n: cols, k: dh, alpha: scale,
+                                a: pq.base + off + r0 * hd, lda: hd, b: pk.base + off + c0 * hd, ldb: hd, beta: 0,
+                                c: P, ldc: bs, smallLimit: softmaxSmallLimit)
+                            BLAS.gemm(
+                                transposeA: false, transposeB: true, m: rows, n: cols, k: dh,
+                                a: pdy.base + off + r0 * hd, lda: hd, b: pv.base + off + c0 * hd, ldb: hd, beta: 0,
+                                c: dP, ldc: bs, smallLimit: softmaxSmallLimit)
+                            for i in 0..<rows {
+                                let t = r0 + i, row = P + i * bs, drow = dP + i * bs
+                                let valid = max(0, min(cols, t - c0 + 1))
+                                let L = pl.base[s * steps + t]
+                                for j in 0..<valid {
+                                    row[j] = expf(row[j] - L)
+                                    drow[j] = row[j] * (drow[j] - D[t]) * scale
+                                }
+                                for j in valid..<cols {
+                                    row[j] = 0
+                                    drow[j] = 0
+                                }
+                            }
+                            // dV += Pᵀ dY, dQ += dS K, dK += dSᵀ Q
+                            BLAS.gemm(
+                                transposeA: true, transposeB: false, m: cols, n: dh, k: rows, a: P, lda: bs,
+                                b: pdy.base + off + r0 * hd, ldb: hd, beta: 1, c: pdv.base + off + c0 * hd, ldc: hd,
+                                smallLimit: softmaxSmallLimit)
+                            BLAS.gemm(
+                                transposeA: false, transposeB: false, m: rows, n: dh, k: cols, a: dP, lda: bs,
+                                b: pk.base + off + c0 * hd, ldb: hd, beta: 1, c: pdq.base + off + r0 * hd, ldc: hd,
+                                smallLimit: softmaxSmallLimit)
+                            BLAS.gemm(
+                                transposeA: true, transposeB: false, m: cols, n: dh, k: rows, a: dP, lda: bs,
+                                b: pq.base + off + r0 * hd, ldb: hd, beta: 1, c: pdk.base + off + c0 * hd, ldc: hd,
+                                smallLimit: softmaxSmallLimit)
+                            c0 = c1
+                        }
+                        r0 = r1
                     }
                 }
             }
