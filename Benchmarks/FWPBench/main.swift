@@ -20,6 +20,7 @@
 //   generate  recurrent generation, batch 1: tokens/s and resident memory at 1K … 64K tokens
 //             of context (softmax up to 8K: its per-token cost grows with the context)
 //   memory    peak resident memory of one delta-rule training step at --context T (B = 4),
+//             (memory-softmax: the same for the softmax LM)
 //             minus the resident memory before it, per token; run once per T (own process)
 //   reduce    under mpirun -np N: one gradient reduction across the ranks (the ordered chain
 //             training uses, and MPI_Allreduce) at three gradient sizes, and the latency of a
@@ -304,9 +305,9 @@ let lmVariants: [(String, AttentionKind, UpdateRule)] = [
     }
 }
 
-@MainActor func benchMemory() throws {
+@MainActor func benchMemory(_ attention: AttentionKind = .fastWeight) throws {
     let batch = 4
-    let config = lmConfig(.fastWeight, .delta)
+    let config = lmConfig(attention, .delta)
     var model = try LanguageModel(config: config, seed: 1)
     model.threads = ComputeThreads(threads)
     var opt = AdamW(parameters: model.parameters, schedule: LearningRateSchedule(peak: 1e-3))
@@ -319,7 +320,8 @@ let lmVariants: [(String, AttentionKind, UpdateRule)] = [
     opt.update(&model.parameters, gradients: g, threads: model.threads)
     let grown = peakResidentBytes() - before
     report(
-        "memory-delta", Double(grown) / Double(batch * context), "bytes/token",
+        attention == .softmax ? "memory-softmax" : "memory-delta", Double(grown) / Double(batch * context),
+        "bytes/token",
         ["context": context, "batch": batch, "peak_mib": (Double(peakResidentBytes()) / 1048576 * 10).rounded() / 10])
 }
 
@@ -364,6 +366,7 @@ for what in only {
         }
     case "generate": try benchGenerate()
     case "memory": try benchMemory()
+    case "memory-softmax": try benchMemory(.softmax)
     case "reduce": try benchReduce()
     default:
         FileHandle.standardError.write("unknown workload \(what)\n".data(using: .utf8)!)
