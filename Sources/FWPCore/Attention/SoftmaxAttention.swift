@@ -242,7 +242,6 @@ struct SoftmaxAttention: Sendable {
     private func forwardOnline(_ cache: inout Cache, threads: ComputeThreads) {
         let (batch, steps) = (cache.batch, cache.steps)
         let dh = headSize, hd = heads * headSize, seqs = batch * heads, bs = onlineBlock
-        let scale = 1 / Float(dh).squareRoot()
         var lse = TensorStorage(uninitializedCount: seqs * steps)
         let (q, k, v) = (cache.qRaw, cache.kRaw, cache.v)
         let pq = SharedConstPointer(q.pointer), pk = SharedConstPointer(k.pointer), pv = SharedConstPointer(v.pointer)
@@ -264,14 +263,11 @@ struct SoftmaxAttention: Sendable {
                         var c0 = 0
                         while c0 < r1 {
                             let c1 = min(c0 + bs, r1), cols = c1 - c0
-                            BLAS.gemm(
-                                transposeA: false, transposeB: true, m: rows, n: cols, k: dh, alpha: scale,
-                                a: pq.base + off + r0 * hd, lda: hd, b: pk.base + off + c0 * hd, ldb: hd, beta: 0,
-                                c: S, ldc: bs, smallLimit: softmaxSmallLimit)
+                            blockScores(pq, pk, offset: off, queries: r0, rows, keys: c0, cols, into: S)
                             for i in 0..<rows {
                                 let row = S + i * bs
-                                let valid = min(cols, r0 + i - c0 + 1)  // keys c0 + j ≤ t
-                                if valid <= 0 {
+                                let valid = Self.visibleKeys(query: r0 + i, keys: c0, cols)
+                                if valid == 0 {
                                     row.update(repeating: 0, count: cols)
                                     continue
                                 }
@@ -332,17 +328,14 @@ struct SoftmaxAttention: Sendable {
                         var c0 = 0
                         while c0 < r1 {
                             let c1 = min(c0 + bs, r1), cols = c1 - c0
-                            BLAS.gemm(
-                                transposeA: false, transposeB: true, m: rows, n: cols, k: dh, alpha: scale,
-                                a: pq.base + off + r0 * hd, lda: hd, b: pk.base + off + c0 * hd, ldb: hd, beta: 0,
-                                c: P, ldc: bs, smallLimit: softmaxSmallLimit)
+                            blockScores(pq, pk, offset: off, queries: r0, rows, keys: c0, cols, into: P)
                             BLAS.gemm(
                                 transposeA: false, transposeB: true, m: rows, n: cols, k: dh,
                                 a: pdy.base + off + r0 * hd, lda: hd, b: pv.base + off + c0 * hd, ldb: hd, beta: 0,
                                 c: dP, ldc: bs, smallLimit: softmaxSmallLimit)
                             for i in 0..<rows {
                                 let t = r0 + i, row = P + i * bs, drow = dP + i * bs
-                                let valid = max(0, min(cols, t - c0 + 1))
+                                let valid = Self.visibleKeys(query: t, keys: c0, cols)
                                 let L = pl.base[s * steps + t]
                                 for j in 0..<valid {
                                     row[j] = expf(row[j] - L)
@@ -375,4 +368,20 @@ struct SoftmaxAttention: Sendable {
         }
         return (dq, dk, dv)
     }
+
+    /// S = Q[r0 ..< r0 + rows] K[c0 ..< c0 + cols]ᵀ / √d for one head (rows `offset` + t·H·d in
+    /// q and k), into a block with row stride `onlineBlock`.
+    private func blockScores(
+        _ q: SharedConstPointer, _ k: SharedConstPointer, offset: Int, queries r0: Int, _ rows: Int, keys c0: Int,
+        _ cols: Int, into s: UnsafeMutablePointer<Float>
+    ) {
+        let hd = heads * headSize
+        BLAS.gemm(
+            transposeA: false, transposeB: true, m: rows, n: cols, k: headSize,
+            alpha: 1 / Float(headSize).squareRoot(), a: q.base + offset + r0 * hd, lda: hd,
+            b: k.base + offset + c0 * hd, ldb: hd, beta: 0, c: s, ldc: onlineBlock, smallLimit: softmaxSmallLimit)
+    }
+
+    /// How many of the keys c0 ..< c0 + cols query t sees (those at or before t).
+    private static func visibleKeys(query t: Int, keys c0: Int, _ cols: Int) -> Int { max(0, min(cols, t - c0 + 1)) }
 }
