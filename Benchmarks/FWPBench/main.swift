@@ -2,7 +2,7 @@
 //
 //   swift build -c release --product fwp-bench
 //   .build/release/fwp-bench [--threads N] [--repeats R] [--json] [--only WHAT] [--context T] [--batch B]
-//                            [--head-size d]
+//                            [--head-size d] [--model-size D --layers L --heads H --ff F]
 //
 // WHAT (default: core lm):
 //   core      the delta-rule memory alone (ELU+1 + sum normalisation on q, k; β = σ(logits);
@@ -11,14 +11,23 @@
 //             `--head-size d` for another d, e.g. 32, the LM's; core-auto too)
 //   layer     one whole attention layer (projections included) at the same shape
 //   lm        one training step (forward, backward, AdamW) of the byte-level LM: D=128, 4 layers,
-//             4 heads of 32, FF 512, T=256, B=16 — delta rule, sum rule, softmax; with the
-//             FLOP count per token and the fraction of the measured sgemm rate
+//             4 heads of 32, FF 512, T=256, B=16 — delta rule, sum rule, softmax, gated delta; with
+//             the FLOP count per token and the fraction of the measured sgemm rate. --model-size,
+//             --layers, --heads (head size D/H), --ff, --batch and --context give it another shape
+//             (rows then named lm-<kind>-D<D>L<L>)
+//   favor     the lm step with the delta rule and FAVOR+ (favor-64, redrawn each step) beside
+//             ELU + 1 at the same shape
 //   sgemm     OpenBLAS sgemm GFLOP/s on one thread (1024³ and the LM's FF shape), and the
 //             same products through BLAS.gemm where the dense kernel is on
-//   sweep     the lm step at T = 256 … 2048 with B·T = 4096
+//   sweep     the lm step at T = 256 … 8192 with B·T = 4096 (B ≥ 1): delta, sum, softmax
 //   sweep-softmax  the softmax lm step alone at T = 256 … 8192 (B·T = 4096, B ≥ 1)
 //   generate  recurrent generation, batch 1: tokens/s and resident memory at 1K … 64K tokens
-//             of context (softmax up to 8K: its per-token cost grows with the context)
+//             of context, stepping through all of it (softmax up to 8K: its per-token cost grows
+//             with the context)
+//   decode    one generated token per sequence at batch 1 and 16 with 1K and 64K tokens of
+//             context, every kind, with the FLOPs per token: the state at context T is random of
+//             the right size (a softmax key/value cache of T rows with room for the run, so never
+//             copied; fast weights d × d), as the peer's `decode` builds it
 //   memory    peak resident memory of one delta-rule training step at --context T (B = 4),
 //             (memory-softmax: the same for the softmax LM)
 //             minus the resident memory before it, per token; run once per T (own process)
@@ -31,7 +40,9 @@ import FWPCore
 import Foundation
 
 BLAS.relaunchIfNeeded()
-var threads = 2, repeats = 5, json = false, context = 256, coreBatch = 8, coreHeadSize = 64
+var threads = 2, repeats = 5, json = false, coreHeadSize = 64
+var contextOption: Int? = nil, batchOption: Int? = nil
+var lmShape = (modelSize: 128, layers: 4, heads: 4, ff: 512)
 var lmAlgorithm = FastWeightAlgorithm.automatic
 var only: [String] = []
 var args = CommandLine.arguments.dropFirst()
@@ -40,8 +51,12 @@ while let a = args.popFirst() {
     case "--threads": threads = Int(args.popFirst() ?? "") ?? threads
     case "--repeats": repeats = Int(args.popFirst() ?? "") ?? repeats
     case "--only": only.append(args.popFirst() ?? "")
-    case "--context": context = Int(args.popFirst() ?? "") ?? context
-    case "--batch": coreBatch = max(1, Int(args.popFirst() ?? "") ?? coreBatch)
+    case "--context": contextOption = Int(args.popFirst() ?? "").map { max(1, $0) }
+    case "--batch": batchOption = Int(args.popFirst() ?? "").map { max(1, $0) }
+    case "--model-size": lmShape.modelSize = max(1, Int(args.popFirst() ?? "") ?? lmShape.modelSize)
+    case "--layers": lmShape.layers = max(1, Int(args.popFirst() ?? "") ?? lmShape.layers)
+    case "--heads": lmShape.heads = max(1, Int(args.popFirst() ?? "") ?? lmShape.heads)
+    case "--ff": lmShape.ff = max(1, Int(args.popFirst() ?? "") ?? lmShape.ff)
     case "--head-size": coreHeadSize = max(1, Int(args.popFirst() ?? "") ?? coreHeadSize)
     case "--json": json = true
     case "--algorithm":
@@ -55,12 +70,18 @@ while let a = args.popFirst() {
     case "--blas-threads": _ = args.popFirst()  // accepted for older command lines; BLAS stays at 1
     default:
         FileHandle.standardError.write(
-            "usage: fwp-bench [--threads N] [--repeats R] [--json] [--only core|layer|lm|sgemm|sweep|generate|memory|reduce] [--context T] [--batch B] [--head-size d]\n"
+            "usage: fwp-bench [--threads N] [--repeats R] [--json] [--only core|layer|lm|favor|sgemm|sweep|sweep-softmax|generate|decode|memory|memory-softmax|reduce] [--context T] [--batch B] [--head-size d] [--model-size D --layers L --heads H --ff F]\n"
                 .data(using: .utf8)!)
         exit(2)
     }
 }
 if only.isEmpty { only = ["core", "lm"] }
+guard lmShape.modelSize % lmShape.heads == 0 else {
+    FileHandle.standardError.write(Data("fwp-bench: --model-size must be a multiple of --heads\n".utf8))
+    exit(2)
+}
+let coreBatch = batchOption ?? 8
+let context = contextOption ?? 256
 BLAS.setThreads(1)
 FileHandle.standardError.write(Data("fwp-bench: \(BLAS.kernelNote)\n".utf8))
 
@@ -137,10 +158,20 @@ FileHandle.standardError.write(Data("fwp-bench: \(BLAS.kernelNote)\n".utf8))
     report("layer-delta", Double(b * t) / secs, "tokens/s", ["shape": "B8 H4 T256 d64 D256"])
 }
 
-@MainActor func lmConfig(_ attention: AttentionKind, _ rule: UpdateRule) -> LMConfig {
+/// The LM of the lm workloads (D 128, 4 layers, 4 heads of 32, FF 512 unless the shape options
+/// say otherwise).
+@MainActor func lmConfig(
+    _ attention: AttentionKind, _ rule: UpdateRule, featureMap: FeatureMapKind = .eluPlusOne
+) -> LMConfig {
     LMConfig(
-        vocabularySize: 256, modelSize: 128, layers: 4, heads: 4, headSize: 32, feedForwardSize: 512,
-        attention: attention, featureMap: .eluPlusOne, updateRule: rule, normalization: .sum)
+        vocabularySize: 256, modelSize: lmShape.modelSize, layers: lmShape.layers, heads: lmShape.heads,
+        headSize: lmShape.modelSize / lmShape.heads, feedForwardSize: lmShape.ff,
+        attention: attention, featureMap: featureMap, updateRule: rule, normalization: .sum)
+}
+
+/// Suffix of the lm rows' names when the shape options changed the LM.
+@MainActor func shapeSuffixed(_ name: String) -> String {
+    name + (lmShape == (128, 4, 4, 512) ? "" : "-D\(lmShape.modelSize)L\(lmShape.layers)")
 }
 
 /// FLOPs per token of one training step (forward + backward ≈ 3 × forward), counting the dense
@@ -160,6 +191,15 @@ FileHandle.standardError.write(Data("fwp-bench: \(BLAS.kernelNote)\n".utf8))
         if c.updateRule == .gatedDelta { layer += 2 * D * H }
     }
     return 3 * (Double(c.layers) * layer + 2 * D * V)
+}
+
+/// FLOPs of one generated token (forward only) at `context` tokens of context: the dense
+/// products, and the attention at that context (softmax: q·k and p·v over context + 1 keys; fast
+/// weights: the state's products, as above).
+@MainActor func stepFlopsPerToken(_ c: LMConfig, context: Int) -> Double {
+    // The training count covers forward + backward (3 × forward) and the causal half of the
+    // keys; a step reads all context + 1 of them.
+    trainingFlopsPerToken(c, steps: 2 * context + 1) / 3
 }
 
 @MainActor func lmStepSeconds(_ config: LMConfig, batch: Int, steps: Int) throws -> Double {
@@ -268,13 +308,14 @@ let lmVariants: [(String, AttentionKind, UpdateRule)] = [
 
 @MainActor func benchLM(only variant: String? = nil) throws {
     let peak = referenceSgemmGflops()
+    let (batch, steps) = (batchOption ?? 16, contextOption ?? 256)
     for (name, attention, rule) in lmVariants where variant == nil || variant == name {
         let config = lmConfig(attention, rule)
-        let tps = Double(16 * 256) / (try lmStepSeconds(config, batch: 16, steps: 256))
-        let flops = trainingFlopsPerToken(config, steps: 256)
+        let tps = Double(batch * steps) / (try lmStepSeconds(config, batch: batch, steps: steps))
+        let flops = trainingFlopsPerToken(config, steps: steps)
         let rate = tps * flops / 1e9
         report(
-            "lm-\(name)", tps, "tokens/s",
+            shapeSuffixed("lm-\(name)"), tps, "tokens/s",
             [
                 "mflop_per_token": (flops / 1e4).rounded() / 100, "gflops": (rate * 10).rounded() / 10,
                 "fraction_of_sgemm": (rate / (peak * Double(threads)) * 1000).rounded() / 1000,
@@ -300,6 +341,75 @@ let lmVariants: [(String, AttentionKind, UpdateRule)] = [
                 report(
                     "generate-\(name)", Double(window) / secs, "tokens/s",
                     ["context": position, "resident_mib": (Double(residentBytes()) / 1048576 * 10).rounded() / 10])
+            }
+        }
+    }
+}
+
+/// The delta-rule lm step with FAVOR+ features (m = 64, so d_dot = 128; redrawn every step as
+/// in training) beside ELU + 1, at the lm workload's shape.
+@MainActor func benchFavor() throws {
+    let (batch, steps) = (batchOption ?? 16, contextOption ?? 256)
+    for (name, map) in [("elu", FeatureMapKind.eluPlusOne), ("favor-64", .favor(features: 64))] {
+        let secs = try lmStepSeconds(lmConfig(.fastWeight, .delta, featureMap: map), batch: batch, steps: steps)
+        report(shapeSuffixed("lm-delta-\(name)"), Double(batch * steps) / secs, "tokens/s")
+    }
+}
+
+/// Generation at batch 1 and 16 from a state of 1K and 64K tokens of context (see `decode`).
+@MainActor func benchDecode() throws {
+    for (name, attention, rule) in lmVariants {
+        let config = lmConfig(attention, rule)
+        let model = try LanguageModel(config: config, seed: 1)
+        for batch in [1, 16] {
+            for ctx in [1024, 65536] {
+                let window = batch == 1 ? 256 : 32
+                var rng = FWPRandom(seed: 2)
+                var state = model.initialState(batch: batch)
+                state.position = ctx
+                let capacity = ctx + 4 + (repeats + 1) * window
+                for l in state.layers.indices {
+                    if attention == .softmax {
+                        let rows = ctx * config.headSize
+                        func cache() -> [Float] {
+                            var c = [Float]()
+                            c.reserveCapacity(capacity * config.headSize)
+                            for _ in 0..<rows { c.append(Float(rng.normal())) }
+                            return c
+                        }
+                        state.layers[l].keys = (0..<(batch * config.heads)).map { _ in cache() }
+                        state.layers[l].values = (0..<(batch * config.heads)).map { _ in cache() }
+                        state.layers[l].length = ctx
+                    } else {
+                        for i in state.layers[l].weights.indices {
+                            state.layers[l].weights[i] = 0.1 * Float(rng.normal())
+                        }
+                    }
+                }
+                var tokens = [Int](repeating: 1, count: batch)
+                var secs: [Double] = []
+                for w in 0...repeats {
+                    let t = time {
+                        for _ in 0..<(w == 0 ? 4 : window) {
+                            let logits = model.step(tokens: tokens, state: &state)
+                            let v = config.vocabularySize
+                            tokens = (0..<batch).map { b in
+                                (0..<v).max { logits.storage[b * v + $0] < logits.storage[b * v + $1] }!
+                            }
+                        }
+                    }
+                    if w > 0 { secs.append(t) }
+                }
+                let perStep = median(secs) / Double(window)
+                let flops = stepFlopsPerToken(config, context: ctx)
+                report(
+                    "decode-\(name)-B\(batch)-T\(ctx)", Double(batch) / perStep, "tokens/s",
+                    [
+                        "latency_us": (perStep * 1e7).rounded() / 10,
+                        "mflop_per_token": (flops / 1e4).rounded() / 100,
+                        "gflops": (Double(batch) / perStep * flops / 1e8).rounded() / 10,
+                        "resident_mib": (Double(residentBytes()) / 1048576 * 10).rounded() / 10,
+                    ])
             }
         }
     }
@@ -352,12 +462,15 @@ for what in only {
                 ["kernel": BLAS.denseAMX ? "fwp_dense_sgemm-amx" : "fwp_dense_sgemm"])
         }
     case "sweep":
-        for t in [256, 512, 1024, 2048] {
-            for (name, attention, rule) in lmVariants {
-                let secs = try lmStepSeconds(lmConfig(attention, rule), batch: 4096 / t, steps: t)
-                report("lm-\(name)-T\(t)", 4096 / secs, "tokens/s", ["context": t])
+        for t in [256, 512, 1024, 2048, 4096, 8192] {
+            for (name, attention, rule) in lmVariants where name != "gated" {
+                let batch = max(1, 4096 / t)
+                let secs = try lmStepSeconds(lmConfig(attention, rule), batch: batch, steps: t)
+                report("lm-\(name)-T\(t)", Double(batch * t) / secs, "tokens/s", ["context": t])
             }
         }
+    case "favor": try benchFavor()
+    case "decode": try benchDecode()
     case "sweep-softmax":  // the softmax LM step alone, T = 256 … 8192 (B·T = 4096, B ≥ 1)
         for t in [256, 512, 1024, 2048, 4096, 8192] {
             let batch = max(1, 4096 / t)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """PyTorch peer of fwp-bench: the same workloads, written from docs/MODEL.md, in eager PyTorch.
 
-    Benchmarks/peer/.venv/bin/python Benchmarks/peer/peer.py --threads 2 [--only layer|lm|sweep] [--json]
+    Benchmarks/peer/.venv/bin/python Benchmarks/peer/peer.py --threads 2 [--only layer|lm|sweep|decode] [--json]
+        [--model-size D --layers L --heads H --ff F --batch B --context T]   # the lm workload's shape
     Benchmarks/peer/.venv/bin/python Benchmarks/peer/peer.py --check      # chunkwise == recurrence
 
 Workloads (tokens/s, median of --repeats after one warm-up):
@@ -12,7 +13,14 @@ Workloads (tokens/s, median of --repeats after one warm-up):
          output scale; delta rule (chunkwise), sum rule (chunkwise linear attention), softmax
          (scaled_dot_product_attention, causal), gated delta rule (chunkwise, decay = sigmoid of
          a linear map of the block's input, per head).
-  sweep  the lm step at T = 256, 512, 1024, 2048 with B*T fixed at 4096 tokens.
+         --model-size, --layers, --heads (head size D / H), --ff, --batch, --context give it
+         another shape; its rows are then named lm-<kind>-D<D>L<L>.
+  sweep  the lm step at T = 256 ... 8192 with B*T fixed at 4096 tokens (B >= 1).
+  decode one generated token per sequence (no gradients) at batch 1 and 16, with 1K and 64K
+         tokens of context: the fast-weight kinds as a recurrent step on their d x d states,
+         softmax on a key/value cache preallocated for the whole run (no copying) through
+         scaled_dot_product_attention. The state at context T is random of the right size (a
+         step's cost does not depend on the values); tokens/s = B / seconds per step.
 Not part of the test suite.
 """
 import argparse
@@ -217,9 +225,9 @@ def bench_layer(repeats, mode):
     return B * T / median_time(step, repeats)
 
 
-def bench_lm(repeats, kind, rule, B=16, T=256):
+def bench_lm(repeats, kind, rule, B=16, T=256, shape=None):
     torch.manual_seed(1)
-    model = LM(kind, rule)
+    model = LM(kind, rule, **(shape or {}))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0)
     tokens = torch.randint(0, 256, (B, T))
     targets = (tokens + 1) % 256
@@ -231,6 +239,63 @@ def bench_lm(repeats, kind, rule, B=16, T=256):
         opt.step()
 
     return B * T / median_time(step, repeats)
+
+
+@torch.no_grad()
+def decode_step(model, tokens, state, pos):
+    """One token per sequence through the LM (B,) -> logits (B, V), updating `state` in place:
+    per block the fast weights (B, H, d, d) or the key and value caches (B, H, capacity, d)."""
+    x = model.embedding(tokens)
+    B = x.shape[0]
+    for blk, st in zip(model.blocks, state):
+        h = blk.norm1(x)
+        q, k, v = blk.qkv(h).view(B, 3, blk.H, blk.d).unbind(1)
+        if blk.kind == "softmax":
+            K, V = st
+            K[:, :, pos] = k
+            V[:, :, pos] = v
+            y = F.scaled_dot_product_attention(q[:, :, None], K[:, :, : pos + 1], V[:, :, : pos + 1])[:, :, 0]
+        else:
+            W = st
+            q, k = feature(q), feature(k)
+            if blk.rule == "sum":
+                W.add_(v[..., :, None] * k[..., None, :])
+            else:
+                retrieved = (W @ k[..., None])[..., 0]
+                beta = torch.sigmoid(blk.beta(h))[..., None]
+                if blk.rule == "gated":
+                    a = torch.sigmoid(blk.decay(h))[..., None]
+                    u = beta * (v - a * retrieved)
+                    W.mul_(a[..., None]).add_(u[..., :, None] * k[..., None, :])
+                else:
+                    W.add_((beta * (v - retrieved))[..., :, None] * k[..., None, :])
+            y = (W @ q[..., None])[..., 0] / math.sqrt(blk.d)
+        x = x + blk.out(y.reshape(B, blk.H * blk.d))
+        x = x + blk.fc2(F.relu(blk.fc1(blk.norm2(x))))
+    return model.head(model.norm(x))
+
+
+def bench_decode(repeats, kind, rule, B, context, window):
+    """Tokens/s of `decode_step` at batch B after `context` tokens: median over `repeats` windows."""
+    torch.manual_seed(1)
+    model = LM(kind, rule).eval()
+    g = torch.Generator().manual_seed(2)
+    capacity = context + 4 + (repeats + 1) * window
+    H, d = model.blocks[0].H, model.blocks[0].d
+    if kind == "softmax":
+        state = [tuple(torch.randn(B, H, capacity, d, generator=g) for _ in range(2)) for _ in model.blocks]
+    else:
+        state = [0.1 * torch.randn(B, H, d, d, generator=g) for _ in model.blocks]
+    tokens, pos = torch.ones(B, dtype=torch.long), context
+    times = []
+    for w in range(repeats + 1):
+        t0 = time.perf_counter()
+        for _ in range(window if w else 4):
+            tokens = decode_step(model, tokens, state, pos).argmax(-1)
+            pos += 1
+        if w:
+            times.append(time.perf_counter() - t0)
+    return B * window / statistics.median(times)
 
 
 def check():
@@ -250,14 +315,36 @@ def check():
     la = F.logsigmoid(torch.randn(B, H, T, dtype=torch.float64) + 1)
     err3 = (gated_loop(q, k, v, beta, la) - gated_chunk(q, k, v, beta, la, chunk=16)).abs().max().item()
     print(f"chunkwise gated delta rule vs recurrence max |diff| = {err3:.2e}")
-    return err < 1e-10 and err2 < 1e-10 and err3 < 1e-10
+    # The decode step, from an empty state, gives the training forward's logits.
+    err4 = 0.0
+    tokens = torch.randint(0, 256, (2, 12))
+    for kind, rule in (("fast-weight", "delta"), ("fast-weight", "sum"), ("softmax", "sum"), ("fast-weight", "gated")):
+        torch.manual_seed(3)
+        model = LM(kind, rule).double().eval()
+        for p in model.parameters():  # larger weights than the init, so that every part matters
+            p.data.normal_(0, 0.3)
+        H, d = model.blocks[0].H, model.blocks[0].d
+        zeros = lambda *s: torch.zeros(*s, dtype=torch.float64)
+        state = [(zeros(2, H, 12, d), zeros(2, H, 12, d)) if kind == "softmax" else zeros(2, H, d, d) for _ in model.blocks]
+        with torch.no_grad():
+            full = model(tokens)
+            steps = torch.stack([decode_step(model, tokens[:, t], state, t) for t in range(12)], 1)
+        err4 = max(err4, ((full - steps).abs().max() / full.abs().max()).item())
+    print(f"decode step vs training forward max relative |diff| = {err4:.2e}")
+    return err < 1e-10 and err2 < 1e-10 and err3 < 1e-10 and err4 < 1e-10
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--only", choices=["layer", "lm", "sweep"])
+    ap.add_argument("--only", choices=["layer", "lm", "sweep", "decode"])
+    ap.add_argument("--model-size", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--ff", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--json", action="store_true", help="one JSON object per line")
     ap.add_argument("--check", action="store_true", help="check the chunkwise forms against the recurrence")
     args = ap.parse_args()
@@ -268,15 +355,25 @@ def main():
     if args.only in (None, "layer"):
         results.append(("layer-chunk", bench_layer(args.repeats, "chunk")))
         results.append(("layer-loop", bench_layer(max(1, args.repeats // 2), "loop")))
+    kinds = (("delta", "fast-weight", "delta"), ("sum", "fast-weight", "sum"), ("softmax", "softmax", "sum"),
+             ("gated", "fast-weight", "gated"))
     if args.only in (None, "lm"):
-        results.append(("lm-delta", bench_lm(args.repeats, "fast-weight", "delta")))
-        results.append(("lm-sum", bench_lm(args.repeats, "fast-weight", "sum")))
-        results.append(("lm-softmax", bench_lm(args.repeats, "softmax", "sum")))
-        results.append(("lm-gated", bench_lm(args.repeats, "fast-weight", "gated")))
+        D, L, H = args.model_size, args.layers, args.heads
+        shape = dict(D=D, L=L, H=H, d=D // H, Fh=args.ff)
+        suffix = "" if (D, L, H, args.ff) == (128, 4, 4, 512) else f"-D{D}L{L}"
+        for name, kind, rule in kinds:
+            tps = bench_lm(args.repeats, kind, rule, B=args.batch, T=args.context, shape=shape)
+            results.append((f"lm-{name}{suffix}", tps))
     if args.only == "sweep":
-        for T in (256, 512, 1024, 2048):
-            for name, kind, rule in (("delta", "fast-weight", "delta"), ("sum", "fast-weight", "sum"), ("softmax", "softmax", "sum")):
-                results.append((f"lm-{name}-T{T}", bench_lm(args.repeats, kind, rule, B=4096 // T, T=T)))
+        for T in (256, 512, 1024, 2048, 4096, 8192):
+            for name, kind, rule in kinds[:3]:
+                results.append((f"lm-{name}-T{T}", bench_lm(args.repeats, kind, rule, B=max(1, 4096 // T), T=T)))
+    if args.only == "decode":
+        for name, kind, rule in kinds:
+            for B in (1, 16):
+                for T in (1024, 65536):
+                    window = 256 if B == 1 else 32
+                    results.append((f"decode-{name}-B{B}-T{T}", bench_decode(args.repeats, kind, rule, B, T, window)))
     for name, tps in results:
         if args.json:
             print(json.dumps({"name": name, "tokens_per_s": round(tps, 1), "threads": args.threads, "torch": torch.__version__}))

@@ -70,7 +70,7 @@ func unigramEntropyNats(_ text: [Int]) -> Double {
         #expect(loss < 0.5 * entropy, "\(variant.testDescription): held-out loss \(loss) vs unigram entropy \(entropy)")
     }
 
-    /// FAVOR+ runs the batch as one shard; ELU+1 splits it into shards computed in parallel.
+    /// Shards computed in parallel; FAVOR+ shards share the step's drawn projections.
     @Test(arguments: ["favor-4", "elu"])
     func sameSeedGivesBitIdenticalLosses(_ featureMap: String) throws {
         var config = Variant(featureMap: featureMap, rule: .delta, normalization: .sum).config(

@@ -83,6 +83,9 @@ public struct AttentionLayer: Sendable {
     /// blocks of `onlineBlock` steps (`SoftmaxAttention`); the result does not depend on either.
     var onlineFrom: Int? = nil
     var onlineBlock = 64
+    /// FAVOR+: the projection a training forward uses instead of drawing its own (set by
+    /// `LanguageModel` when one step's shards share the draw).
+    var drawnProjection: Tensor? = nil
 
     public init(
         prefix: String, config: LMConfig, store: inout ParameterStore, buffers: inout ParameterStore,
@@ -157,7 +160,8 @@ public struct AttentionLayer: Sendable {
     var fastWeight: FastWeightAttention {
         FastWeightAttention(
             heads: memoryHeads, headSize: headSize, featureMap: featureMap, rule: rule, normalization: normalization,
-            outputScale: fastNet == .linear ? outputScale : 1, favorBuffer: favorBuffer, algorithm: algorithm)
+            outputScale: fastNet == .linear ? outputScale : 1, favorBuffer: favorBuffer, algorithm: algorithm,
+            drawnProjection: drawnProjection)
     }
 
     /// The softmax attention between this layer's projections (softmax layers).

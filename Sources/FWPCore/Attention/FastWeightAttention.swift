@@ -17,6 +17,8 @@ struct FastWeightAttention: Sendable {
     let favorBuffer: Int?
     /// Recurrent or chunkwise computation of the memory.
     let algorithm: FastWeightAlgorithm
+    /// FAVOR+ in training: the step's projection when drawn for the whole batch (nil: draw one).
+    var drawnProjection: Tensor? = nil
 
     /// Everything the backward pass needs.
     struct Cache {
@@ -96,7 +98,8 @@ struct FastWeightAttention: Sendable {
         let n = cache.batch * cache.steps, dh = headSize
         if let favorBuffer {
             if training, case .favor(let m) = featureMap.kind {
-                cache.projection = FeatureMap.favorProjection(features: m, inputSize: dh, using: &rng)
+                cache.projection =
+                    drawnProjection ?? FeatureMap.favorProjection(features: m, inputSize: dh, using: &rng)
             } else {
                 cache.projection = buffers.values[favorBuffer]
             }

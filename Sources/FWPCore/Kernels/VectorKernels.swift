@@ -250,6 +250,58 @@ enum Vec {
         }
     }
 
+    /// FAVOR+'s two halves from a = Rx held in row[0..<n]: row[n + i] = exp(−a[i] − shift), then
+    /// row[i] = exp(a[i] − shift).
+    @inlinable
+    static func favorPair(_ row: UnsafeMutablePointer<Float>, _ n: Int, shift: Float) {
+        var i = 0
+        let r = UnsafeMutableRawPointer(row), vs = SIMD8<Float>(repeating: shift)
+        while i + 8 <= n {
+            let a = r.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+            r.storeBytes(of: exp8(-a - vs), toByteOffset: (n + i) * 4, as: SIMD8<Float>.self)
+            r.storeBytes(of: exp8(a - vs), toByteOffset: i * 4, as: SIMD8<Float>.self)
+            i += 8
+        }
+        if i < n {
+            let a = loadPartial(row + i, n - i)
+            let minus = exp8(-a - vs), plus = exp8(a - vs)
+            for k in 0..<(n - i) {
+                row[n + i + k] = minus[k]
+                row[i + k] = plus[k]
+            }
+        }
+    }
+
+    /// FAVOR+'s backward from φ = (φ₊, φ₋) (y, 2n) and its gradient dy: g[i] = dy₊[i]·φ₊[i] −
+    /// dy₋[i]·φ₋[i]; returns Σ (dy₊·φ₊ + dy₋·φ₋).
+    @inlinable
+    static func favorPairBackward(
+        _ dy: UnsafePointer<Float>, output y: UnsafePointer<Float>, into g: UnsafeMutablePointer<Float>, _ n: Int
+    ) -> Float {
+        var acc = SIMD8<Float>()
+        var i = 0
+        let rg = UnsafeRawPointer(dy), ry = UnsafeRawPointer(y), ro = UnsafeMutableRawPointer(g)
+        while i + 8 <= n {
+            let p =
+                rg.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+                * ry.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+            let q =
+                rg.loadUnaligned(fromByteOffset: (n + i) * 4, as: SIMD8<Float>.self)
+                * ry.loadUnaligned(fromByteOffset: (n + i) * 4, as: SIMD8<Float>.self)
+            ro.storeBytes(of: p - q, toByteOffset: i * 4, as: SIMD8<Float>.self)
+            acc += p + q
+            i += 8
+        }
+        var total = acc.sum()
+        while i < n {
+            let p = dy[i] * y[i], q = dy[n + i] * y[n + i]
+            g[i] = p - q
+            total += p + q
+            i += 1
+        }
+        return total
+    }
+
     /// dx[i] = dy[i] where x[i] > 0, else dy[i]·y[i] (ELU + 1's derivative is its output there).
     @inlinable
     static func eluPlusOneBackward(

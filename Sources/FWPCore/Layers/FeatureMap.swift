@@ -151,23 +151,30 @@ public struct FeatureMap: Sendable {
         case .favor(let m):
             guard let projection else { preconditionFailure("FAVOR+ needs its projection") }
             precondition(projection.shape == [m, d], "FAVOR+ projection must be \(m)×\(d)")
-            let a = BLAS.matmul(x, projection, transposeB: true)  // rows × m
+            // Per block of rows: a = x Rᵀ into each output row's first half, then both halves
+            // exp(±a − |x|²/2 − c) from it.
             let c = 0.5 * logf(Float(2 * m))
-            for r in 0..<rows {
-                var sq: Float = 0
-                for i in 0..<d { sq += x[r, i] * x[r, i] }
-                let base = -0.5 * sq - c
-                for i in 0..<m {
-                    let ai = a[r, i]
-                    y[r, i] = expf(ai + base)
-                    y[r, m + i] = expf(-ai + base)
+            x.withUnsafePointer { px in
+                projection.withUnsafePointer { pr in
+                    y.withUnsafeMutablePointer { py in
+                        threads.forEachRowRange(rows, minimumRows: 64) { range in
+                            let r0 = range.lowerBound
+                            BLAS.gemm(
+                                transposeA: false, transposeB: true, m: range.count, n: m, k: d, a: px + r0 * d,
+                                lda: d, b: pr, ldb: d, beta: 0, c: py + r0 * dd, ldc: dd)
+                            for r in range {
+                                let shift = 0.5 * Vec.dot(px + r * d, px + r * d, d) + c
+                                Vec.favorPair(py + r * dd, m, shift: shift)
+                            }
+                        }
+                    }
                 }
             }
         }
         return y
     }
 
-    /// dx given x, φ(x) and dφ. ELU+1 spreads its rows over `threads`.
+    /// dx given x, φ(x) and dφ. ELU+1 and FAVOR+ spread their rows over `threads`.
     public func backward(
         _ dy: Tensor, input x: Tensor, output y: Tensor, projection: Tensor? = nil,
         threads: ComputeThreads = ComputeThreads(1)
@@ -234,19 +241,34 @@ public struct FeatureMap: Sendable {
             return dx
         case .favor(let m):
             guard let projection else { preconditionFailure("FAVOR+ needs its projection") }
-            // φ± = exp(±a − |x|²/2 − c): dφ±/dx = φ± (±R − x).
-            var g = Tensor(shape: [rows, m])
-            var dx = Tensor(shape: [rows, d])
-            for r in 0..<rows {
-                var total: Float = 0
-                for i in 0..<m {
-                    let gp = dy[r, i] * y[r, i], gm = dy[r, m + i] * y[r, m + i]
-                    g[r, i] = gp - gm
-                    total += gp + gm
+            // φ± = exp(±a − |x|²/2 − c): dφ±/dx = φ± (±R − x), so per row
+            // dx = −(Σ dφ·φ) x + (dφ₊·φ₊ − dφ₋·φ₋) R.
+            var dx = Tensor(uninitializedShape: [rows, d])  // every row written below
+            dy.withUnsafePointer { pg in
+                x.withUnsafePointer { px in
+                    y.withUnsafePointer { py in
+                        projection.withUnsafePointer { pr in
+                            dx.withUnsafeMutablePointer { pd in
+                                threads.forEachRowRange(rows, minimumRows: 64) { range in
+                                    let r0 = range.lowerBound
+                                    var g = [Float](repeating: 0, count: range.count * m)
+                                    g.withUnsafeMutableBufferPointer { pgb in
+                                        for r in range {
+                                            let total = Vec.favorPairBackward(
+                                                pg + r * dd, output: py + r * dd, into: pgb.baseAddress! + (r - r0) * m,
+                                                m)
+                                            Vec.scale(-total, px + r * d, into: pd + r * d, d)
+                                        }
+                                        BLAS.gemm(
+                                            transposeA: false, transposeB: false, m: range.count, n: d, k: m,
+                                            a: pgb.baseAddress!, lda: m, b: pr, ldb: d, beta: 1, c: pd + r0 * d, ldc: d)
+                                    }
+                                }
+                            }
+                        }
+                    }
                 }
-                for i in 0..<d { dx[r, i] = -total * x[r, i] }
             }
-            BLAS.gemm(g, projection, beta: 1, into: &dx)
             return dx
         }
     }

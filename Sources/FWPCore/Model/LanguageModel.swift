@@ -73,12 +73,6 @@ public struct ShardLayout: Sendable, Equatable {
         self.blocks = blocks
     }
 
-    /// The whole batch as one shard.
-    public init(whole batch: Int) {
-        bounds = [0, batch]
-        blocks = [0..<1]
-    }
-
     /// Shards in the batch.
     public var count: Int { bounds.count - 1 }
     /// Sequences of shard `i`.
@@ -313,8 +307,9 @@ public struct LanguageModel: Sendable {
     /// batch's target count, so the sum is the full-batch gradient, added in one fixed order:
     /// each block's shards in order, then the blocks in order (`ShardLayout`). The shards depend
     /// only on the batch size, never on the thread count, so results do not depend on `threads`.
-    /// Each shard draws its dropout masks from its own child of `rng`. FAVOR+ models, which
-    /// redraw one projection per step for the whole batch, run as a single shard.
+    /// Each shard draws its dropout masks from its own child of `rng`. FAVOR+ models redraw
+    /// their projections every training step: drawn once from `rng` before the shards, shared by
+    /// all of them.
     public func lossAndGradients(
         tokens: [Int], targets: [Int], batch: Int, state: inout ModelState?, training: Bool, rng: inout FWPRandom
     ) -> (loss: Double, gradients: ParameterStore) {
@@ -325,12 +320,13 @@ public struct LanguageModel: Sendable {
             let (loss, dLogits) = CrossEntropy.lossAndGradient(logits: logits, targets: targets)
             return (loss, backward(dLogits, cache: cache))
         }
+        let model = drawingProjections(training: training, rng: &rng)
         let rngs = (0..<layout.count).map { _ in rng.split() }
         var states = state.map { st in (0..<layout.count).map { st.slice(layout.sequences(of: $0)) } }
         var loss = 0.0
         var total = ParameterStore()
         for block in layout.blocks {
-            var parts = computeShards(
+            var parts = model.computeShards(
                 tokens: tokens, targets: targets, batch: batch, layout: layout, shards: block, rngs: rngs,
                 states: &states, training: training)
             for p in parts { loss += p.loss }
@@ -343,12 +339,19 @@ public struct LanguageModel: Sendable {
         return (loss, total)
     }
 
-    /// The shard layout `lossAndGradients` uses for this model: `ShardLayout(batch:)`, or the
-    /// whole batch as one shard for FAVOR+ models, which redraw one projection per step for the
-    /// whole batch.
-    public func shardLayout(batch: Int) -> ShardLayout {
-        if case .favor = config.featureMap, config.attention == .fastWeight { return ShardLayout(whole: batch) }
-        return ShardLayout(batch: batch)
+    /// The shard layout `lossAndGradients` uses for this model: `ShardLayout(batch:)`.
+    public func shardLayout(batch: Int) -> ShardLayout { ShardLayout(batch: batch) }
+
+    /// This model with each FAVOR+ layer's training projection drawn from `rng` (in layer order),
+    /// so that all shards of one step use the same ones; itself when not training FAVOR+.
+    private func drawingProjections(training: Bool, rng: inout FWPRandom) -> LanguageModel {
+        guard training, config.attention == .fastWeight, case .favor(let m) = config.featureMap else { return self }
+        var model = self
+        for i in model.blocks.indices {
+            model.blocks[i].attention.drawnProjection = FeatureMap.favorProjection(
+                features: m, inputSize: config.headSize, using: &rng)
+        }
+        return model
     }
 
     /// The losses and gradients of shards `shards` (indices into `shardLayout(batch:)`, at least
@@ -365,12 +368,13 @@ public struct LanguageModel: Sendable {
     ) rethrows {
         let layout = shardLayout(batch: batch)
         precondition(layout.count > 1 && shards.lowerBound >= 0 && shards.upperBound <= layout.count)
+        let model = drawingProjections(training: training, rng: &rng)
         let rngs = (0..<layout.count).map { _ in rng.split() }
         var states = state.map { st in (0..<layout.count).map { st.slice(layout.sequences(of: $0)) } }
         for block in layout.blocks {
             let part = block.clamped(to: shards)
             if part.isEmpty { continue }
-            let results = computeShards(
+            let results = model.computeShards(
                 tokens: tokens, targets: targets, batch: batch, layout: layout, shards: part, rngs: rngs,
                 states: &states, training: training)
             try body(part, results)
