@@ -358,9 +358,12 @@ let lmVariants: [(String, AttentionKind, UpdateRule)] = [
 
 /// Generation at batch 1 and 16 from a state of 1K and 64K tokens of context (see `decode`).
 @MainActor func benchDecode() throws {
+    var poolRng = FWPRandom(seed: 3)
+    let pool = (0..<(1 << 20)).map { _ in Float(poolRng.normal()) }
     for (name, attention, rule) in lmVariants {
         let config = lmConfig(attention, rule)
-        let model = try LanguageModel(config: config, seed: 1)
+        var model = try LanguageModel(config: config, seed: 1)
+        model.threads = ComputeThreads(threads)
         for batch in [1, 16] {
             for ctx in [1024, 65536] {
                 let window = batch == 1 ? 256 : 32
@@ -370,11 +373,16 @@ let lmVariants: [(String, AttentionKind, UpdateRule)] = [
                 let capacity = ctx + 4 + (repeats + 1) * window
                 for l in state.layers.indices {
                     if attention == .softmax {
-                        let rows = ctx * config.headSize
+                        // Random rows cut from one pool (drawing every float would take longer
+                        // than the measurement at 64K × batch 16).
+                        let count = ctx * config.headSize
                         func cache() -> [Float] {
                             var c = [Float]()
                             c.reserveCapacity(capacity * config.headSize)
-                            for _ in 0..<rows { c.append(Float(rng.normal())) }
+                            while c.count < count {
+                                let start = Int(rng.next() % UInt64(pool.count / 2))
+                                c.append(contentsOf: pool[start..<min(pool.count, start + count - c.count)])
+                            }
                             return c
                         }
                         state.layers[l].keys = (0..<(batch * config.heads)).map { _ in cache() }

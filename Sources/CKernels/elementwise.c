@@ -350,6 +350,34 @@ FWP_AVX2 void fwp_softmax_row(float *row, long valid, long zeros) {
     for (long j = 0; j < zeros; j++) row[valid + j] = 0;
 }
 
+FWP_AVX2 float fwp_exp_shifted_sum(float *row, long n, float shift) {
+    const __m256 vs = _mm256_set1_ps(shift);
+    __m256 acc = _mm256_setzero_ps();
+    for (long i = 0; i < n; i += 8) {
+        __m256i m = tail_mask(n - i < 8 ? n - i : 1);
+        __m256 x = _mm256_sub_ps(load_upto(row + i, n - i, m), vs);
+        __m256 e = exp_nonpositive(x);
+        e = _mm256_blendv_ps(e, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+        if (n - i < 8) e = _mm256_and_ps(e, _mm256_castsi256_ps(m));
+        store_upto(row + i, n - i, m, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    return hsum(acc);
+}
+
+FWP_AVX2 void fwp_softmax_scores_backward(float *p, float *d, long n, float lse, float c, float scale) {
+    const __m256 vl = _mm256_set1_ps(lse), vc = _mm256_set1_ps(c), vs = _mm256_set1_ps(scale);
+    for (long i = 0; i < n; i += 8) {
+        __m256i m = tail_mask(n - i < 8 ? n - i : 1);
+        __m256 x = _mm256_sub_ps(load_upto(p + i, n - i, m), vl);
+        __m256 e = exp_nonpositive(x);
+        e = _mm256_blendv_ps(e, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+        store_upto(p + i, n - i, m, e);
+        __m256 g = _mm256_mul_ps(_mm256_mul_ps(e, _mm256_sub_ps(load_upto(d + i, n - i, m), vc)), vs);
+        store_upto(d + i, n - i, m, g);
+    }
+}
+
 FWP_AVX2 void fwp_softmax_row_backward(const float *p, float *d, long valid, long zeros, float scale) {
     long i = 0;
     __m256 acc = _mm256_setzero_ps();
@@ -727,6 +755,14 @@ void fwp_sigmoid(const float *x, float *y, long n) { (void)x; (void)y; (void)n; 
 void fwp_softmax_row(float *row, long valid, long zeros) { (void)row; (void)valid; (void)zeros; __builtin_trap(); }
 void fwp_softmax_row_backward(const float *p, float *d, long valid, long zeros, float scale) {
     (void)p; (void)d; (void)valid; (void)zeros; (void)scale;
+    __builtin_trap();
+}
+float fwp_exp_shifted_sum(float *row, long n, float shift) {
+    (void)row; (void)n; (void)shift;
+    __builtin_trap();
+}
+void fwp_softmax_scores_backward(float *p, float *d, long n, float lse, float c, float scale) {
+    (void)p; (void)d; (void)n; (void)lse; (void)c; (void)scale;
     __builtin_trap();
 }
 void fwp_elu_plus_one_sum_normalize_strided(const float *x, long ldx, float *y, long ldy, float *sums, long rows, long n,

@@ -102,6 +102,50 @@ struct NativeVectorKernelTests {
         }
     }
 
+    /// The online softmax's exponentials: e^(x − shift) in place and their sum, against float64;
+    /// nothing written past the row; NaN kept.
+    @Test func expShiftedSumMatchesDoublePrecision() {
+        var rng = FWPRandom(seed: 23)
+        for n in [1, 7, 8, 9, 17, 64, 65] {
+            let x = (0..<n).map { _ in Float(rng.normal() * 10) }
+            let shift = x.max()! + Float(rng.uniform())
+            var row = x + [-3]
+            let sum = CKernels.fwp_exp_shifted_sum(&row, n, shift)
+            var exactSum = 0.0
+            for i in 0..<n {
+                let e = Foundation.exp(Double(x[i]) - Double(shift))
+                exactSum += e
+                let relative = 1e-6 + 1.2e-7 * (abs(Double(x[i])) + abs(Double(shift)))
+                #expect(abs(Double(row[i]) - e) <= relative * e + 1.2e-38, "n \(n) i \(i)")
+            }
+            #expect(abs(Double(sum) - exactSum) <= 1e-5 * exactSum, "n \(n): sum \(sum) vs \(exactSum)")
+            #expect(row[n] == -3, "wrote past the end at \(n)")
+        }
+        var row: [Float] = [1, .nan, 0]
+        #expect(CKernels.fwp_exp_shifted_sum(&row, 3, 2).isNaN)
+        #expect(row[1].isNaN)
+    }
+
+    /// The online softmax's row backward against float64: p ← e^(s − lse), d ← p (d − c) · scale.
+    @Test func softmaxScoresBackwardMatchesDoublePrecision() {
+        var rng = FWPRandom(seed: 24)
+        for n in [1, 7, 8, 9, 31, 64, 65] {
+            let s = (0..<n).map { _ in Float(rng.normal() * 3) }
+            let d0 = (0..<n).map { _ in Float(rng.normal()) }
+            let lse = s.max()! + 1.5, c: Float = 0.25
+            var p = s + [-3], d = d0 + [-3]
+            CKernels.fwp_softmax_scores_backward(&p, &d, n, lse, c, 0.125)
+            for i in 0..<n {
+                let e = Foundation.exp(Double(s[i]) - Double(lse))
+                #expect(abs(Double(p[i]) - e) <= 2e-6 * e, "n \(n) i \(i)")
+                let g = e * (Double(d0[i]) - Double(c)) * 0.125
+                #expect(
+                    abs(Double(d[i]) - g) <= 3e-6 * e * (abs(Double(d0[i])) + 0.25) * 0.125 + 1e-30, "n \(n) i \(i)")
+            }
+            #expect(p[n] == -3 && d[n] == -3, "wrote past the end at \(n)")
+        }
+    }
+
     @Test func eluPlusOneMatchesDoublePrecision() {
         var xs: [Float] = [-200, -88, -87.5, -87.3, -20, -1e-7, 0, 1e-7, 1, 50, .infinity, -.infinity, .nan]
         var x: Float = -90

@@ -18,6 +18,14 @@ void fwp_softmax_row(float *row, long valid, long zeros);
 /// d[j] ← p[j] · (d[j] − c) · scale there, then d[valid..<valid + zeros] ← 0.
 void fwp_softmax_row_backward(const float *p, float *d, long valid, long zeros, float scale);
 
+/// The online softmax's rows. In place: row[j] ← e^(row[j] − shift) for j < n (every
+/// row[j] − shift ≤ 0: shift is at least the row's maximum; NaN stays NaN); returns Σ row[j].
+float fwp_exp_shifted_sum(float *row, long n, float shift);
+
+/// Its backward per row: p[j] ← e^(p[j] − lse) (the probabilities from the scores and the log
+/// Σ exp), then d[j] ← p[j] · (d[j] − c) · scale, for j < n.
+void fwp_softmax_scores_backward(float *p, float *d, long n, float lse, float c, float scale);
+
 /// y = x + 1 where x > 0, e^x elsewhere (NaN stays NaN). x and y may be the same array.
 void fwp_elu_plus_one(const float *x, float *y, long n);
 

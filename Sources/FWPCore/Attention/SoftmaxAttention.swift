@@ -22,7 +22,7 @@ struct SoftmaxAttention: Sendable {
     var onlineFrom: Int { onlineThreshold ?? Self.defaultOnlineThreshold }
     /// `FWP_SOFTMAX_ONLINE_FROM` overrides it (for measuring both forms: 1 is always online).
     static let defaultOnlineThreshold =
-        ProcessInfo.processInfo.environment["FWP_SOFTMAX_ONLINE_FROM"].flatMap { Int($0) } ?? 2048
+        ProcessInfo.processInfo.environment["FWP_SOFTMAX_ONLINE_FROM"].flatMap { Int($0) } ?? 512
 
     /// 32 up to T = 256 with the small kernel's AVX-512 blocks (more of the upper triangle
     /// skipped), 64 otherwise (longer blocks of 32 send their long dV and dK products to OpenBLAS
@@ -66,26 +66,29 @@ struct SoftmaxAttention: Sendable {
                     }
                 }
                 let past = st.length
-                for s in 0..<seqs {
+                // The (sequence, head) pairs in parallel; `cached` only reads the caches (it is
+                // gone before the next append, so they are not copied).
+                let cached = (keys: st.keys, values: st.values)
+                let pq = SharedConstPointer(q.pointer), py = SharedPointer(y)
+                threads.forEach(seqs) { s in
                     let b = s / heads, h = s % heads
-                    for t in 0..<steps {
-                        let r = (b * steps + t) * hd + h * dh
-                        let visible = past + t + 1
-                        // scores = softmax(q Kᵀ / √d) over the visible keys, y = scores V
-                        var scores = [Float](repeating: 0, count: visible)
-                        scores.withUnsafeMutableBufferPointer { buffer in
-                            let p = buffer.baseAddress!
-                            st.keys[s].withUnsafeBufferPointer { pk in
-                                for j in 0..<visible {
-                                    p[j] = Vec.dot(q.pointer + r, pk.baseAddress! + j * dh, dh) * scale
+                    var scores = [Float](repeating: 0, count: past + steps)
+                    scores.withUnsafeMutableBufferPointer { buffer in
+                        cached.keys[s].withUnsafeBufferPointer { pk in
+                            cached.values[s].withUnsafeBufferPointer { pv in
+                                let p = buffer.baseAddress!
+                                for t in 0..<steps {
+                                    let r = (b * steps + t) * hd + h * dh
+                                    let visible = past + t + 1
+                                    // scores = softmax(K q / √d) over the visible keys, y = Vᵀ scores
+                                    BLAS.gemv(
+                                        transpose: false, rows: visible, columns: dh, alpha: scale, a: pk.baseAddress!,
+                                        lda: dh, x: pq.base + r, y: p)
+                                    let sum = Vec.expShifted(p, p, visible, shift: Vec.maximum(p, visible))
+                                    BLAS.gemv(
+                                        transpose: true, rows: visible, columns: dh, alpha: 1 / sum, a: pv.baseAddress!,
+                                        lda: dh, x: p, y: py.base + r)
                                 }
-                            }
-                            let sum = Vec.expShifted(p, p, visible, shift: Vec.maximum(p, visible))
-                            // y = Σ_j (scores_j / sum) v_j, one contiguous value row at a time.
-                            let out = y + r, inverse = 1 / sum
-                            out.update(repeating: 0, count: dh)
-                            st.values[s].withUnsafeBufferPointer { pv in
-                                for j in 0..<visible { Vec.axpy(p[j] * inverse, pv.baseAddress! + j * dh, out, dh) }
                             }
                         }
                     }
@@ -242,6 +245,7 @@ struct SoftmaxAttention: Sendable {
     private func forwardOnline(_ cache: inout Cache, threads: ComputeThreads) {
         let (batch, steps) = (cache.batch, cache.steps)
         let dh = headSize, hd = heads * headSize, seqs = batch * heads, bs = onlineBlock
+        let native = VectorKernels.enabled  // the rows' exponentials in C
         var lse = TensorStorage(uninitializedCount: seqs * steps)
         let (q, k, v) = (cache.qRaw, cache.kRaw, cache.v)
         let pq = SharedConstPointer(q.pointer), pk = SharedConstPointer(k.pointer), pv = SharedConstPointer(v.pointer)
@@ -273,7 +277,10 @@ struct SoftmaxAttention: Sendable {
                                 }
                                 let mNew = max(m[i], Vec.maximum(row, valid))
                                 let correction = expf(m[i] - mNew)
-                                let sum = Vec.expShifted(row, row, valid, shift: mNew)
+                                let sum =
+                                    native
+                                    ? fwp_exp_shifted_sum(row, valid, mNew)
+                                    : Vec.expShifted(row, row, valid, shift: mNew)
                                 (row + valid).update(repeating: 0, count: cols - valid)
                                 l[i] = l[i] * correction + sum
                                 m[i] = mNew
@@ -306,6 +313,7 @@ struct SoftmaxAttention: Sendable {
     private func backwardOnline(_ dCore: Tensor, cache: Cache, threads: ComputeThreads) -> (Tensor, Tensor, Tensor) {
         let (batch, steps) = (cache.batch, cache.steps)
         let dh = headSize, hd = heads * headSize, seqs = batch * heads, n = batch * steps, bs = onlineBlock
+        let native = VectorKernels.enabled  // the rows' exponentials and score gradients in C
         let scale = 1 / Float(dh).squareRoot()
         var dq = Tensor(shape: [n, hd]), dk = Tensor(shape: [n, hd]), dv = Tensor(shape: [n, hd])
         let (q, k, v, y, lse) = (cache.qRaw, cache.kRaw, cache.v, cache.core, cache.logSumExp)
@@ -336,10 +344,12 @@ struct SoftmaxAttention: Sendable {
                             for i in 0..<rows {
                                 let t = r0 + i, row = P + i * bs, drow = dP + i * bs
                                 let valid = Self.visibleKeys(query: t, keys: c0, cols)
-                                let L = pl.base[s * steps + t]
-                                for j in 0..<valid {
-                                    row[j] = expf(row[j] - L)
-                                    drow[j] = row[j] * (drow[j] - D[t]) * scale
+                                let lse = pl.base[s * steps + t]
+                                if native {
+                                    fwp_softmax_scores_backward(row, drow, valid, lse, D[t], scale)
+                                } else {
+                                    _ = Vec.expShifted(row, row, valid, shift: lse)
+                                    Vec.softmaxGradient(row, drow, valid, shift: D[t], scale: scale)
                                 }
                                 for j in valid..<cols {
                                     row[j] = 0

@@ -328,6 +328,18 @@ public enum BLAS {
             Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
 
+    /// y ← alpha · op(A) · x for A of `rows` × `columns` (row stride `lda`), through OpenBLAS:
+    /// op(A) = A takes x of `columns` and writes `rows`, op(A) = Aᵀ the other way round.
+    @inlinable
+    public static func gemv(
+        transpose: Bool, rows: Int, columns: Int, alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
+        x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>
+    ) {
+        cblas_sgemv(
+            CblasRowMajor, transpose ? CblasTrans : CblasNoTrans, Int32(rows), Int32(columns), alpha, a, Int32(lda),
+            x, 1, 0, y, 1)
+    }
+
     /// C ← alpha · op(A) · op(B) + beta · C for rank-2 tensors, with shape checks.
     public static func gemm(
         _ a: Tensor, transposeA: Bool = false, _ b: Tensor, transposeB: Bool = false,

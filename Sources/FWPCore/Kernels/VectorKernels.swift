@@ -250,6 +250,28 @@ enum Vec {
         }
     }
 
+    /// dp[i] = p[i] · (dp[i] − shift) · scale: a softmax row's score gradient from its
+    /// probabilities p and the gradient dp with respect to them (shift = Σ p·dp).
+    @inlinable
+    static func softmaxGradient(
+        _ p: UnsafePointer<Float>, _ dp: UnsafeMutablePointer<Float>, _ n: Int, shift: Float, scale: Float
+    ) {
+        var i = 0
+        let rp = UnsafeRawPointer(p), rd = UnsafeMutableRawPointer(dp)
+        let vs = SIMD8<Float>(repeating: shift), vc = SIMD8<Float>(repeating: scale)
+        while i + 8 <= n {
+            let g =
+                rp.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+                * (rd.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self) - vs) * vc
+            rd.storeBytes(of: g, toByteOffset: i * 4, as: SIMD8<Float>.self)
+            i += 8
+        }
+        while i < n {
+            dp[i] = p[i] * (dp[i] - shift) * scale
+            i += 1
+        }
+    }
+
     /// FAVOR+'s two halves from a = Rx held in row[0..<n]: row[n + i] = exp(−a[i] − shift), then
     /// row[i] = exp(a[i] − shift).
     @inlinable
