@@ -99,6 +99,29 @@ func unigramEntropyNats(_ text: [Int]) -> Double {
         #expect(Set(a).count > 1, "the losses change as training proceeds")
     }
 
+    /// A batch of one sequence is one shard; with two threads its dense products cut their rows
+    /// (and the feed-forward backward its columns) into pieces: the loss and every gradient are
+    /// bit for bit those of one thread. T = 1024 and FF 512, so that every cut happens.
+    @Test(arguments: [AttentionKind.softmax, .fastWeight])
+    func oneSequenceOnTwoThreadsGivesOneThreadsBits(_ attention: AttentionKind) throws {
+        var config = Variant(attention: attention, rule: .delta, normalization: .sum).config(
+            modelSize: 32, heads: 2, headSize: 16, layers: 2)
+        config.feedForwardSize = 512
+        var rng = FWPRandom(seed: 31)
+        let x = (0..<1024).map { _ in Int(rng.next() % 9) }
+        func run(threads: Int) throws -> (Double, [Tensor]) {
+            var model = try LanguageModel(config: config, seed: 5)
+            model.threads = ComputeThreads(threads)
+            var r = FWPRandom(seed: 6), none: ModelState? = nil
+            let (loss, g) = model.lossAndGradients(
+                tokens: x, targets: x.reversed(), batch: 1, state: &none, training: true, rng: &r)
+            return (loss, g.values)
+        }
+        let (one, two) = (try run(threads: 1), try run(threads: 2))
+        #expect(one.0 == two.0)
+        #expect(one.1.map(\.storage) == two.1.map(\.storage), "every gradient bit for bit")
+    }
+
     /// Shards are whole, non-empty runs of sequences that cover the batch in order, in blocks of
     /// 16 sequences, none larger than a quarter of its block (rounded up), the small ones last.
     @Test func shardBoundsCoverTheBatchLargestFirst() {

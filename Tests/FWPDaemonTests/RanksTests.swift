@@ -167,6 +167,23 @@ extension DaemonTests {
         }
     }
 
+    /// FAVOR+ redraws its projections every step, once for the whole batch before the shards:
+    /// every rank draws the same ones, so 2 ranks give 1 rank's bits.
+    @Test func favorRanksGiveOneRanksBits() throws {
+        let text = try Self.rankTestText()
+        let base = text.deletingLastPathComponent()
+        var final: [Int: Data] = [:]
+        for ranks in [1, 2] {
+            let state = base.appendingPathComponent("favor-\(ranks)")
+            let (status, _, err) = try fwpTask(
+                ["run", "lm", "--state", state.path, "--fresh", "--json", "--ranks", "\(ranks)"]
+                    + Self.rankTestParameters(text) + ["--set", "feature_map=favor-8"])
+            #expect(status == 0, "\(ranks) ranks: \(err)")
+            final[ranks] = checkpoint(state, step: 6)
+        }
+        #expect(final[1] != nil && final[1] == final[2], "2 ranks give 1 rank's bits")
+    }
+
     /// The retrieval task from 2 ranks on cuts its batch into shards: 2 and 3 ranks give the same
     /// bits, and one rank (the whole batch in one product) the same figures to float32 rounding.
     @Test func retrievalRanksAgree() throws {

@@ -212,7 +212,7 @@ public struct AttentionLayer: Sendable {
     ) -> (Tensor, Cache) {
         let cache = attend(
             x, batch: batch, steps: steps, p, buffers, state: &state, training: training, rng: &rng, threads: threads)
-        return (out.forward(cache.attended, p), cache)
+        return (out.forward(cache.attended, p, threads: threads), cache)
     }
 
     /// `forward` with the output added to `residual` by the output projection itself (one pass
@@ -224,7 +224,7 @@ public struct AttentionLayer: Sendable {
     ) -> Cache {
         let cache = attend(
             x, batch: batch, steps: steps, p, buffers, state: &state, training: training, rng: &rng, threads: threads)
-        out.forward(cache.attended, p, addingTo: &residual)
+        out.forward(cache.attended, p, addingTo: &residual, threads: threads)
         return cache
     }
 
@@ -234,7 +234,7 @@ public struct AttentionLayer: Sendable {
         state: inout AttentionState?, training: Bool, rng: inout FWPRandom, threads: ComputeThreads
     ) -> Cache {
         let n = batch * steps, hd = heads * headSize
-        var (qRaw, kRaw, v, betaLogits, decayLogits) = projectParts(x, p)
+        var (qRaw, kRaw, v, betaLogits, decayLogits) = projectParts(x, p, threads: threads)
         var convolutionCache: ShortConvolution.Cache? = nil
         if let convolution {
             var carried: TensorStorage? = state.map { $0.convolution }
@@ -307,7 +307,7 @@ public struct AttentionLayer: Sendable {
         overwrite: Bool = false
     ) -> Tensor {
         let n = cache.batch * cache.steps, hd = memoryHeads * headSize
-        let dAttended = out.backward(dOut, input: cache.attended, p, &g, overwrite: overwrite)
+        let dAttended = out.backward(dOut, input: cache.attended, p, &g, overwrite: overwrite, threads: threads)
         var dqRaw: Tensor, dkRaw: Tensor, dv: Tensor
         var dBetaLogit: Tensor? = nil, dDecayLogit: Tensor? = nil
         let width = projectionWidth
@@ -360,12 +360,12 @@ public struct AttentionLayer: Sendable {
         }
         guard let beta, let dBetaLogit else {
             precondition(recurrentDx == nil, "the recurrent fast nets take the delta rule")
-            return qkv.backward(dProjected, input: cache.input, p, &g, overwrite: overwrite)
+            return qkv.backward(dProjected, input: cache.input, p, &g, overwrite: overwrite, threads: threads)
         }
 
         // One product for the weight gradients of qkv and β together, split into the two.
         var dw = Tensor(uninitializedShape: [width, qkv.inFeatures])  // beta 0: written in full
-        BLAS.gemm(dProjected, transposeA: true, cache.input, beta: 0, into: &dw)
+        BLAS.gemm(dProjected, transposeA: true, cache.input, beta: 0, into: &dw, threads: threads)
         let split = 3 * hd * qkv.inFeatures
         dw.withUnsafePointer { pw in
             /// The part of dw from `offset` written into (or, without `overwrite`, added to) g's entry `index`.
@@ -385,8 +385,8 @@ public struct AttentionLayer: Sendable {
         }
         addColumnSums(dBetaLogit, into: &g.values[beta.bias!])
         if let decay, let dDecayLogit { addColumnSums(dDecayLogit, into: &g.values[decay.bias!]) }
-        guard var dx = recurrentDx else { return BLAS.matmul(dProjected, projectionWeight(p)) }
-        BLAS.gemm(dProjected, projectionWeight(p), beta: 1, into: &dx)
+        guard var dx = recurrentDx else { return BLAS.matmul(dProjected, projectionWeight(p), threads: threads) }
+        BLAS.gemm(dProjected, projectionWeight(p), beta: 1, into: &dx, threads: threads)
         return dx
     }
 
@@ -424,7 +424,7 @@ public struct AttentionLayer: Sendable {
     /// q, k, v and the β logits from x, each by its own product into its own tensor (the rows of
     /// qkv's weight for q, then k, then v): the layer reads them there, with no columns to copy
     /// out of one N × projectionWidth product.
-    private func projectParts(_ x: Tensor, _ p: ParameterStore) -> (
+    private func projectParts(_ x: Tensor, _ p: ParameterStore, threads: ComputeThreads) -> (
         q: Tensor, k: Tensor, v: Tensor, betaLogits: Tensor?, decayLogits: Tensor?
     ) {
         precondition(x.columns == qkv.inFeatures, "Linear expects \(qkv.inFeatures) features, got \(x.columns)")
@@ -436,9 +436,11 @@ public struct AttentionLayer: Sendable {
             p.values[qkv.weight].withUnsafePointer { pw in
                 for i in 0..<3 {
                     parts[i].withUnsafeMutablePointer { py in  // beta 0: written in full
-                        BLAS.gemm(
-                            transposeA: false, transposeB: true, m: n, n: hd, k: d, a: px, lda: d, b: pw + i * hd * d,
-                            ldb: d, beta: 0, c: py, ldc: hd)
+                        BLAS.forEachRowPiece(n, n: hd, k: d, transposeB: true, threads: threads) { r in
+                            BLAS.gemm(
+                                transposeA: false, transposeB: true, m: r.count, n: hd, k: d, a: px + r.lowerBound * d,
+                                lda: d, b: pw + i * hd * d, ldb: d, beta: 0, c: py + r.lowerBound * hd, ldc: hd)
+                        }
                     }
                 }
             }
@@ -446,13 +448,13 @@ public struct AttentionLayer: Sendable {
         var betaLogits: Tensor? = nil
         if let beta {
             var b = Tensor(uninitializedShape: [n, memoryHeads])
-            BLAS.linear(x, weight: p.values[beta.weight], bias: p.values[beta.bias!], into: &b)
+            BLAS.linear(x, weight: p.values[beta.weight], bias: p.values[beta.bias!], into: &b, threads: threads)
             betaLogits = b
         }
         var decayLogits: Tensor? = nil
         if let decay {
             var a = Tensor(uninitializedShape: [n, heads])
-            BLAS.linear(x, weight: p.values[decay.weight], bias: p.values[decay.bias!], into: &a)
+            BLAS.linear(x, weight: p.values[decay.weight], bias: p.values[decay.bias!], into: &a, threads: threads)
             decayLogits = a
         }
         return (parts[0], parts[1], parts[2], betaLogits, decayLogits)

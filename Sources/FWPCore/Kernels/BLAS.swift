@@ -340,10 +340,42 @@ public enum BLAS {
             x, 1, 0, y, 1)
     }
 
-    /// C ← alpha · op(A) · op(B) + beta · C for rank-2 tensors, with shape checks.
+    /// Which kernel `gemm` gives a product of this shape: 0 small, 1 dense, 2 OpenBLAS.
+    static func kernelChoice(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int) -> Int {
+        if usesSmallKernel(transposeB: transposeB, m: m, n: n, k: k) { return 0 }
+        return usesDenseKernel(transposeA: transposeA, m: m, n: n, k: k) ? 1 : 2
+    }
+
+    /// Rows 0 ..< m of a product's output cut into pieces over `threads`, at multiples of 64 rows
+    /// and at least 256 rows each, when the whole product and every piece run on the dense kernel
+    /// (`kernelChoice`), whose arithmetic for an output element does not depend on the rows
+    /// around it: the result then does not depend on the thread count. (OpenBLAS picks its paths
+    /// by size, and cut products came out different in the last bits.) One piece (the whole)
+    /// otherwise. For the dense layers' products when a training shard has threads to spare (a
+    /// batch of one sequence).
+    static func forEachRowPiece(
+        _ m: Int, n: Int, k: Int, transposeA: Bool = false, transposeB: Bool = false, threads: ComputeThreads,
+        _ body: (Range<Int>) -> Void
+    ) {
+        let units = m / 64
+        let pieces = threads.count <= 1 ? 1 : min(2 * threads.count, units / 4)
+        let smallest = pieces > 1 ? (units / pieces) * 64 : m
+        guard
+            pieces > 1,
+            kernelChoice(transposeA: transposeA, transposeB: transposeB, m: smallest, n: n, k: k) == 1,
+            kernelChoice(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k) == 1
+        else { return body(0..<m) }
+        threads.forEach(pieces) { i in
+            let lo = (i * units / pieces) * 64, hi = i == pieces - 1 ? m : ((i + 1) * units / pieces) * 64
+            body(lo..<hi)
+        }
+    }
+
+    /// C ← alpha · op(A) · op(B) + beta · C for rank-2 tensors, with shape checks; C's rows cut
+    /// over `threads` (`forEachRowPiece`).
     public static func gemm(
         _ a: Tensor, transposeA: Bool = false, _ b: Tensor, transposeB: Bool = false,
-        alpha: Float = 1, beta: Float = 0, into c: inout Tensor
+        alpha: Float = 1, beta: Float = 0, into c: inout Tensor, threads: ComputeThreads = ComputeThreads(1)
     ) {
         let (ar, ac) = (a.rows, a.columns)
         let (br, bc) = (b.rows, b.columns)
@@ -356,9 +388,13 @@ public enum BLAS {
         a.withUnsafePointer { pa in
             b.withUnsafePointer { pb in
                 c.withUnsafeMutablePointer { pc in
-                    gemm(
-                        transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha,
-                        a: pa, lda: ac, b: pb, ldb: bc, beta: beta, c: pc, ldc: n)
+                    forEachRowPiece(m, n: n, k: k, transposeA: transposeA, transposeB: transposeB, threads: threads) {
+                        r in
+                        gemm(
+                            transposeA: transposeA, transposeB: transposeB, m: r.count, n: n, k: k, alpha: alpha,
+                            a: pa + (transposeA ? r.lowerBound : r.lowerBound * ac), lda: ac, b: pb, ldb: bc,
+                            beta: beta, c: pc + r.lowerBound * n, ldc: n)
+                    }
                 }
             }
         }
@@ -369,7 +405,9 @@ public enum BLAS {
     /// and applies ReLU while it writes y; otherwise the product runs through `gemm` and a second
     /// pass does the rest.
     public static func linear(
-        _ x: Tensor, weight w: Tensor, bias: Tensor?, relu: Bool = false, accumulate: Bool = false, into y: inout Tensor
+        _ x: Tensor, weight w: Tensor, bias: Tensor?, relu: Bool = false, accumulate: Bool = false,
+        into y: inout Tensor,
+        threads: ComputeThreads = ComputeThreads(1)
     ) {
         let (m, k, n) = (x.rows, x.columns, w.rows)
         precondition(w.columns == k, "linear: input has \(k) features, the weight expects \(w.columns)")
@@ -379,10 +417,11 @@ public enum BLAS {
         let dense =
             k > 0 && m > 0 && n > 0 && usesDenseKernel(transposeA: false, m: m, n: n, k: k)
             && !usesSmallKernel(transposeB: true, m: m, n: n, k: k)
-        x.withUnsafePointer { px in
+        x.withUnsafePointer { px0 in
             w.withUnsafePointer { pw in
-                y.withUnsafeMutablePointer { py in
-                    func run(_ pb: UnsafePointer<Float>?) {
+                y.withUnsafeMutablePointer { py0 in
+                    func run(_ pb: UnsafePointer<Float>?, rows: Range<Int>) {
+                        let m = rows.count, px = px0 + rows.lowerBound * k, py = py0 + rows.lowerBound * n
                         if dense {
                             fwp_dense_sgemm_bias(
                                 0, 1, Int32(m), Int32(n), Int32(k), 1, px, Int32(k), pw, Int32(k), beta, py, Int32(n),
@@ -401,7 +440,10 @@ public enum BLAS {
                         case (nil, false): break
                         }
                     }
-                    if let bias { bias.withUnsafePointer { run($0) } } else { run(nil) }
+                    func pieces(_ pb: UnsafePointer<Float>?) {
+                        forEachRowPiece(m, n: n, k: k, transposeB: true, threads: threads) { run(pb, rows: $0) }
+                    }
+                    if let bias { bias.withUnsafePointer { pieces($0) } } else { pieces(nil) }
                 }
             }
         }
@@ -411,9 +453,11 @@ public enum BLAS {
     /// dh N × n): a ReLU's backward and its bias gradient in the dense kernel's one pass over dh
     /// where it takes the product (`usesDenseKernel`), otherwise the product and then one pass
     /// (the AVX2 C kernel with `native`, a Swift loop without).
+    /// With `threads`, where the dense kernel runs, the columns of dh (and their sums) are cut
+    /// into pieces of at least 256 (each column's arithmetic unchanged).
     public static func gatedProduct(
         _ dy: Tensor, weight w: Tensor, gate: Tensor, into dh: inout Tensor, columnSums: inout Tensor,
-        native: Bool = VectorKernels.enabled
+        native: Bool = VectorKernels.enabled, threads: ComputeThreads = ComputeThreads(1)
     ) {
         let (m, k, n) = (dy.rows, dy.columns, w.columns)
         precondition(w.rows == k, "gatedProduct: dy has \(k) columns, the weight \(w.rows) rows")
@@ -443,9 +487,18 @@ public enum BLAS {
                 gate.withUnsafePointer { pg in
                     dh.withUnsafeMutablePointer { pc in
                         columnSums.withUnsafeMutablePointer { ps in
-                            fwp_dense_sgemm_gated(
-                                0, Int32(m), Int32(n), Int32(k), pa, Int32(k), pb, Int32(n), pc, Int32(n), pg, Int32(n),
-                                ps)
+                            // Column pieces of dh: each is a product of its own with the same rows
+                            // (64-column steps keep the dense kernel's register blocks whole).
+                            let pieces = threads.count <= 1 || m < 256 ? 1 : min(2 * threads.count, n / 256)
+                            let units = n / 64
+                            let run = { (j: Int) in
+                                let lo = pieces > 1 ? (j * units / pieces) * 64 : 0
+                                let hi = pieces > 1 && j < pieces - 1 ? ((j + 1) * units / pieces) * 64 : n
+                                fwp_dense_sgemm_gated(
+                                    0, Int32(m), Int32(hi - lo), Int32(k), pa, Int32(k), pb + lo, Int32(n), pc + lo,
+                                    Int32(n), pg + lo, Int32(n), ps + lo)
+                            }
+                            if pieces > 1 { threads.forEach(pieces, run) } else { run(0) }
                         }
                     }
                 }
@@ -454,11 +507,14 @@ public enum BLAS {
     }
 
     /// op(A) · op(B) as a new rank-2 tensor.
-    public static func matmul(_ a: Tensor, transposeA: Bool = false, _ b: Tensor, transposeB: Bool = false) -> Tensor {
+    public static func matmul(
+        _ a: Tensor, transposeA: Bool = false, _ b: Tensor, transposeB: Bool = false,
+        threads: ComputeThreads = ComputeThreads(1)
+    ) -> Tensor {
         let m = transposeA ? a.columns : a.rows
         let n = transposeB ? b.rows : b.columns
         var c = Tensor(uninitializedShape: [m, n])  // beta 0: every element is written
-        gemm(a, transposeA: transposeA, b, transposeB: transposeB, into: &c)
+        gemm(a, transposeA: transposeA, b, transposeB: transposeB, into: &c, threads: threads)
         return c
     }
 }

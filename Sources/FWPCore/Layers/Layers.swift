@@ -23,38 +23,46 @@ public struct Linear: Sendable {
 
     /// y = x Wᵀ + b for x of shape N × in (ReLU(x Wᵀ + b) with `relu`), y written in one pass where
     /// the dense kernel runs (`BLAS.linear`).
-    public func forward(_ x: Tensor, _ p: ParameterStore, relu: Bool = false) -> Tensor {
+    /// `threads` cut the rows of the products (`BLAS.forEachRowPiece`; results do not change).
+    public func forward(
+        _ x: Tensor, _ p: ParameterStore, relu: Bool = false, threads: ComputeThreads = ComputeThreads(1)
+    ) -> Tensor {
         precondition(x.columns == inFeatures, "Linear expects \(inFeatures) features, got \(x.columns)")
         var y = Tensor(uninitializedShape: [x.rows, outFeatures])  // written by the product (beta 0)
-        BLAS.linear(x, weight: p.values[weight], bias: bias.map { p.values[$0] }, relu: relu, into: &y)
+        BLAS.linear(
+            x, weight: p.values[weight], bias: bias.map { p.values[$0] }, relu: relu, into: &y, threads: threads)
         return y
     }
 
     /// y += x Wᵀ + b (a residual stream): the product accumulates into y, with the bias.
-    public func forward(_ x: Tensor, _ p: ParameterStore, addingTo y: inout Tensor) {
+    public func forward(
+        _ x: Tensor, _ p: ParameterStore, addingTo y: inout Tensor, threads: ComputeThreads = ComputeThreads(1)
+    ) {
         precondition(x.columns == inFeatures, "Linear expects \(inFeatures) features, got \(x.columns)")
         precondition(
             y.rows == x.rows && y.columns == outFeatures,
             "Linear output is \(y.shape), expected [\(x.rows), \(outFeatures)]")
-        BLAS.linear(x, weight: p.values[weight], bias: bias.map { p.values[$0] }, accumulate: true, into: &y)
+        BLAS.linear(
+            x, weight: p.values[weight], bias: bias.map { p.values[$0] }, accumulate: true, into: &y, threads: threads)
     }
 
     /// Accumulates dW += dyᵀ x, db += Σ dy (unless the caller has: `biasDone`) and returns dx = dy W.
     /// With `overwrite`, dW ← dyᵀ x instead (g's entry for W may be uninitialised).
     public func backward(
         _ dy: Tensor, input x: Tensor, _ p: ParameterStore, _ g: inout ParameterStore, biasDone: Bool = false,
-        overwrite: Bool = false
+        overwrite: Bool = false, threads: ComputeThreads = ComputeThreads(1)
     ) -> Tensor {
-        accumulateGradients(dy, input: x, &g, biasDone: biasDone, overwrite: overwrite)
-        return BLAS.matmul(dy, p.values[weight])
+        accumulateGradients(dy, input: x, &g, biasDone: biasDone, overwrite: overwrite, threads: threads)
+        return BLAS.matmul(dy, p.values[weight], threads: threads)
     }
 
     /// The parameter half of `backward`: dW += dyᵀ x (dW ← dyᵀ x with `overwrite`) and db += Σ dy
     /// (unless `biasDone`).
     public func accumulateGradients(
-        _ dy: Tensor, input x: Tensor, _ g: inout ParameterStore, biasDone: Bool = false, overwrite: Bool = false
+        _ dy: Tensor, input x: Tensor, _ g: inout ParameterStore, biasDone: Bool = false, overwrite: Bool = false,
+        threads: ComputeThreads = ComputeThreads(1)
     ) {
-        BLAS.gemm(dy, transposeA: true, x, beta: overwrite ? 0 : 1, into: &g.values[weight])
+        BLAS.gemm(dy, transposeA: true, x, beta: overwrite ? 0 : 1, into: &g.values[weight], threads: threads)
         if let bias, !biasDone { addColumnSums(dy, into: &g.values[bias]) }
     }
 }
@@ -252,44 +260,51 @@ public struct FeedForward: Sendable {
         var hidden: Tensor  // after ReLU
     }
 
-    public func forward(_ x: Tensor, _ p: ParameterStore) -> (Tensor, Cache) {
-        let h = hidden(x, p)
-        return (fc2.forward(h, p), Cache(input: x, hidden: h))
+    /// `threads` cut the products' rows or columns (results do not change).
+    public func forward(
+        _ x: Tensor, _ p: ParameterStore, threads: ComputeThreads = ComputeThreads(1)
+    ) -> (Tensor, Cache) {
+        let h = hidden(x, p, threads)
+        return (fc2.forward(h, p, threads: threads), Cache(input: x, hidden: h))
     }
 
     /// `forward` with the output added to `residual` by fc2's product itself.
-    public func forward(_ x: Tensor, _ p: ParameterStore, addingTo residual: inout Tensor) -> Cache {
-        let h = hidden(x, p)
-        fc2.forward(h, p, addingTo: &residual)
+    public func forward(
+        _ x: Tensor, _ p: ParameterStore, addingTo residual: inout Tensor, threads: ComputeThreads = ComputeThreads(1)
+    ) -> Cache {
+        let h = hidden(x, p, threads)
+        fc2.forward(h, p, addingTo: &residual, threads: threads)
         return Cache(input: x, hidden: h)
     }
 
     /// ReLU(x W₁ᵀ + b₁), written once where the dense kernel runs (`BLAS.linear`).
-    private func hidden(_ x: Tensor, _ p: ParameterStore) -> Tensor { fc1.forward(x, p, relu: true) }
+    private func hidden(_ x: Tensor, _ p: ParameterStore, _ threads: ComputeThreads) -> Tensor {
+        fc1.forward(x, p, relu: true, threads: threads)
+    }
 
     /// `native` selects the AVX2 C kernel (`VectorKernels`) for ReLU's gradient. With `overwrite`
     /// the two weights' gradients are written, not added (g's entries for them may be uninitialised).
     public func backward(
         _ dy: Tensor, cache: Cache, _ p: ParameterStore, _ g: inout ParameterStore,
         native: Bool = VectorKernels.enabled,
-        overwrite: Bool = false
+        overwrite: Bool = false, threads: ComputeThreads = ComputeThreads(1)
     ) -> Tensor {
         guard native else {
-            var dh = fc2.backward(dy, input: cache.hidden, p, &g, overwrite: overwrite)
+            var dh = fc2.backward(dy, input: cache.hidden, p, &g, overwrite: overwrite, threads: threads)
             let rows = dh.rows, n = dh.columns
             cache.hidden.withUnsafePointer { ph in
                 dh.withUnsafeMutablePointer { Vec.reluBackward($0, output: ph, rows * n) }
             }
-            return fc1.backward(dh, input: cache.input, p, &g, overwrite: overwrite)
+            return fc1.backward(dh, input: cache.input, p, &g, overwrite: overwrite, threads: threads)
         }
         // dh = (dy W₂) ⊙ [h > 0] and fc1's bias gradient (column sums) together: in the dense
         // kernel's pass over dh where it runs, otherwise one C pass after the product.
-        fc2.accumulateGradients(dy, input: cache.hidden, &g, overwrite: overwrite)
+        fc2.accumulateGradients(dy, input: cache.hidden, &g, overwrite: overwrite, threads: threads)
         var dh = Tensor(uninitializedShape: [dy.rows, fc2.inFeatures])  // written by the product
         BLAS.gatedProduct(
             dy, weight: p.values[fc2.weight], gate: cache.hidden, into: &dh, columnSums: &g.values[fc1.bias!],
-            native: true)
-        return fc1.backward(dh, input: cache.input, p, &g, biasDone: true, overwrite: overwrite)
+            native: true, threads: threads)
+        return fc1.backward(dh, input: cache.input, p, &g, biasDone: true, overwrite: overwrite, threads: threads)
     }
 
     /// The weights whose gradients `backward` writes with `overwrite`.

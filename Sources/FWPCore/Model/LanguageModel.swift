@@ -217,11 +217,11 @@ public struct LanguageModel: Sendable {
             let (h2, c2) = block.norm2.forward(x, parameters)
             let cf: FeedForward.Cache, fMask: [Float]?
             if rate == 0 {
-                cf = block.feedForward.forward(h2, parameters, addingTo: &x)
+                cf = block.feedForward.forward(h2, parameters, addingTo: &x, threads: threads)
                 fMask = nil
             } else {
                 var f: Tensor
-                (f, cf) = block.feedForward.forward(h2, parameters)
+                (f, cf) = block.feedForward.forward(h2, parameters, threads: threads)
                 fMask = Dropout.mask(count: f.count, rate: rate, using: &rng)
                 Dropout.apply(fMask, to: &f)
                 Vec.addTensor(f, into: &x)
@@ -236,7 +236,7 @@ public struct LanguageModel: Sendable {
         var logits = Tensor(uninitializedShape: [h.rows, config.vocabularySize])
         BLAS.linear(
             h, weight: parameters.values[head?.weight ?? embedding.weight], bias: parameters.values[headBias],
-            into: &logits)
+            into: &logits, threads: threads)
         return (
             logits,
             Cache(
@@ -253,9 +253,9 @@ public struct LanguageModel: Sendable {
         var g = parameters.zerosLike(leavingUninitialized: overwrittenGradients)
         addColumnSums(dLogits, into: &g.values[headBias])
         let wIndex = head?.weight ?? embedding.weight
-        BLAS.gemm(dLogits, transposeA: true, cache.finalHidden, beta: 0, into: &g.values[wIndex])
+        BLAS.gemm(dLogits, transposeA: true, cache.finalHidden, beta: 0, into: &g.values[wIndex], threads: threads)
         var dx = finalNorm.backward(
-            BLAS.matmul(dLogits, parameters.values[wIndex]), cache: cache.finalNorm, parameters, &g)
+            BLAS.matmul(dLogits, parameters.values[wIndex], threads: threads), cache: cache.finalNorm, parameters, &g)
         /// dx masked by a dropout mask, or dx itself (no copy) without one.
         func masked(_ dx: Tensor, _ mask: [Float]?) -> Tensor {
             guard mask != nil else { return dx }
@@ -265,7 +265,7 @@ public struct LanguageModel: Sendable {
         }
         for (block, c) in zip(blocks, cache.blocks).reversed() {
             let dh2 = block.feedForward.backward(
-                masked(dx, c.feedForwardMask), cache: c.feedForward, parameters, &g, overwrite: true)
+                masked(dx, c.feedForwardMask), cache: c.feedForward, parameters, &g, overwrite: true, threads: threads)
             block.norm2.backward(dh2, cache: c.norm2, parameters, &g, addingTo: &dx)
             let dh1 = block.attention.backward(
                 masked(dx, c.attentionMask), cache: c.attention, parameters, &g, threads: threads, overwrite: true)

@@ -206,10 +206,6 @@ public struct LanguageModelTask: TaskModule {
             throw ParameterError("carry", "carrying state across segments needs fast-weight attention")
         }
         if p.ranks > 1 {
-            if case .favor = p.featureMap, p.attention == .fastWeight {
-                throw ParameterError(
-                    "ranks", "FAVOR+ models draw one projection per step for the whole batch and run in one process")
-            }
             let shards = ShardLayout(batch: p.batch).count
             if p.ranks > shards {
                 throw ParameterError(
