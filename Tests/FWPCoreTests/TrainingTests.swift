@@ -99,6 +99,28 @@ func unigramEntropyNats(_ text: [Int]) -> Double {
         #expect(Set(a).count > 1, "the losses change as training proceeds")
     }
 
+    /// FAVOR+ draws each layer's projection once per training step for the whole batch: the
+    /// sharded step's loss is the one-pass forward's with the same draws (to rounding), not that
+    /// of shards drawing their own.
+    @Test func favorShardsShareTheStepsProjections() throws {
+        let config = Variant(featureMap: "favor-4", rule: .delta, normalization: .sum).config(
+            modelSize: 8, heads: 2, headSize: 4, layers: 2)
+        let model = try LanguageModel(config: config, seed: 3)
+        var rng = FWPRandom(seed: 4)
+        let x = (0..<64).map { _ in Int(rng.next() % 9) }
+        #expect(model.shardLayout(batch: 4).count > 1)
+        var a = FWPRandom(seed: 5), b = FWPRandom(seed: 5), c = FWPRandom(seed: 6), none: ModelState? = nil
+        let sharded = model.lossAndGradients(
+            tokens: x, targets: x.reversed(), batch: 4, state: &none, training: true, rng: &a
+        ).loss
+        let (logits, _) = model.forward(tokens: x, batch: 4, state: &none, training: true, rng: &b)
+        let whole = CrossEntropy.lossAndGradient(logits: logits, targets: x.reversed()).loss
+        let (other, _) = model.forward(tokens: x, batch: 4, state: &none, training: true, rng: &c)
+        let elsewhere = CrossEntropy.lossAndGradient(logits: other, targets: x.reversed()).loss
+        #expect(abs(sharded - whole) <= 1e-6 * whole, "sharded \(sharded), one pass \(whole)")
+        #expect(abs(elsewhere - whole) > 1e-4 * whole, "other draws give another loss: \(elsewhere)")
+    }
+
     /// A batch of one sequence is one shard; with two threads its dense products cut their rows
     /// (and the feed-forward backward its columns) into pieces: the loss and every gradient are
     /// bit for bit those of one thread. T = 1024 and FF 512, so that every cut happens.

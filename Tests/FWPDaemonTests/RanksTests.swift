@@ -175,10 +175,11 @@ extension DaemonTests {
         var final: [Int: Data] = [:]
         for ranks in [1, 2] {
             let state = base.appendingPathComponent("favor-\(ranks)")
-            let (status, _, err) = try fwpTask(
+            let (status, out, err) = try fwpTask(
                 ["run", "lm", "--state", state.path, "--fresh", "--json", "--ranks", "\(ranks)"]
                     + Self.rankTestParameters(text) + ["--set", "feature_map=favor-8"])
             #expect(status == 0, "\(ranks) ranks: \(err)")
+            if ranks > 1 { #expect(out.contains("\"ranks\":\(ranks)"), "the result names the ranks: \(out)") }
             final[ranks] = checkpoint(state, step: 6)
         }
         #expect(final[1] != nil && final[1] == final[2], "2 ranks give 1 rank's bits")
