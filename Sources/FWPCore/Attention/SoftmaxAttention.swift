@@ -69,6 +69,7 @@ struct SoftmaxAttention: Sendable {
                 // The (sequence, head) pairs in parallel; `cached` only reads the caches (it is
                 // gone before the next append, so they are not copied).
                 let cached = (keys: st.keys, values: st.values)
+                let native = VectorKernels.enabled  // the exponentials in C
                 let pq = SharedConstPointer(q.pointer), py = SharedPointer(y)
                 threads.forEach(seqs) { s in
                     let b = s / heads, h = s % heads
@@ -84,7 +85,10 @@ struct SoftmaxAttention: Sendable {
                                     BLAS.gemv(
                                         transpose: false, rows: visible, columns: dh, alpha: scale, a: pk.baseAddress!,
                                         lda: dh, x: pq.base + r, y: p)
-                                    let sum = Vec.expShifted(p, p, visible, shift: Vec.maximum(p, visible))
+                                    let m = Vec.maximum(p, visible)
+                                    let sum =
+                                        native
+                                        ? fwp_exp_shifted_sum(p, visible, m) : Vec.expShifted(p, p, visible, shift: m)
                                     BLAS.gemv(
                                         transpose: true, rows: visible, columns: dh, alpha: 1 / sum, a: pv.baseAddress!,
                                         lda: dh, x: p, y: py.base + r)
