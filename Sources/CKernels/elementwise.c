@@ -350,20 +350,24 @@ FWP_AVX2 void fwp_softmax_row(float *row, long valid, long zeros) {
     for (long j = 0; j < zeros; j++) row[valid + j] = 0;
 }
 
-FWP_AVX2 float fwp_exp_shifted_sum(float *row, long n, float shift) {
+// y[i] = e^(x[i] − shift) for i < n (x[i] − shift ≤ 0; NaN kept), returning Σ y[i] (x and y may
+// be the same array): the online softmax's rows and the cross-entropy's.
+static FWP_AVX2 float exp_shifted_sum(const float *x, float *y, long n, float shift) {
     const __m256 vs = _mm256_set1_ps(shift);
     __m256 acc = _mm256_setzero_ps();
     for (long i = 0; i < n; i += 8) {
         __m256i m = tail_mask(n - i < 8 ? n - i : 1);
-        __m256 x = _mm256_sub_ps(load_upto(row + i, n - i, m), vs);
-        __m256 e = exp_nonpositive(x);
-        e = _mm256_blendv_ps(e, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+        __m256 d = _mm256_sub_ps(load_upto(x + i, n - i, m), vs);
+        __m256 e = exp_nonpositive(d);
+        e = _mm256_blendv_ps(e, d, _mm256_cmp_ps(d, d, _CMP_UNORD_Q));
         if (n - i < 8) e = _mm256_and_ps(e, _mm256_castsi256_ps(m));
-        store_upto(row + i, n - i, m, e);
+        store_upto(y + i, n - i, m, e);
         acc = _mm256_add_ps(acc, e);
     }
     return hsum(acc);
 }
+
+FWP_AVX2 float fwp_exp_shifted_sum(float *row, long n, float shift) { return exp_shifted_sum(row, row, n, shift); }
 
 FWP_AVX2 void fwp_softmax_scores_backward(float *p, float *d, long n, float lse, float c, float scale) {
     const __m256 vl = _mm256_set1_ps(lse), vc = _mm256_set1_ps(c), vs = _mm256_set1_ps(scale);
@@ -671,18 +675,7 @@ static FWP_AVX512 float cross_entropy_row512(const float *x, float *g, long n, f
 static FWP_AVX2 float cross_entropy_row256(const float *x, float *g, long n, float scale, float *max) {
     float m = -INFINITY;
     for (long i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
-    const __m256 vm = _mm256_set1_ps(m);
-    __m256 acc = _mm256_setzero_ps();
-    for (long i = 0; i < n; i += 8) {
-        __m256i mk = tail_mask(n - i < 8 ? n - i : 1);
-        __m256 d = _mm256_sub_ps(load_upto(x + i, n - i, mk), vm);
-        __m256 e = exp_nonpositive(d);
-        e = _mm256_blendv_ps(e, d, _mm256_cmp_ps(d, d, _CMP_UNORD_Q));
-        if (n - i < 8) e = _mm256_and_ps(e, _mm256_castsi256_ps(mk));
-        store_upto(g + i, n - i, mk, e);
-        acc = _mm256_add_ps(acc, e);
-    }
-    float sum = hsum(acc);
+    float sum = exp_shifted_sum(x, g, n, m);
     const __m256 f = _mm256_set1_ps(1.0f / sum * scale);
     for (long i = 0; i < n; i += 8) {
         __m256i mk = tail_mask(n - i < 8 ? n - i : 1);
