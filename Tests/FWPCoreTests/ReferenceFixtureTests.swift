@@ -101,4 +101,24 @@ import Testing
         let loss = checkpoint.model.loss(tokens: tokens, targets: targets, batch: spec["batch"] as! Int, state: &none)
         #expect(abs(loss - expected) / expected < 1e-4, "\(name): loss \(loss) vs float64 reference \(expected)")
     }
+
+    /// The softmax fixtures again with every layer on the online form, in blocks of 4 steps (the
+    /// reference computes the T × T probabilities).
+    @Test(arguments: ["softmax_positions", "softmax_scaled_embeddings"])
+    func onlineSoftmaxMatchesReference(_ name: String) throws {
+        let data = try Data(contentsOf: fixtureDirectory.appendingPathComponent("lm_\(name).safetensors"))
+        var model = try TrainingCheckpoint.decode(data).model
+        for i in model.blocks.indices {
+            model.blocks[i].attention.onlineFrom = 1
+            model.blocks[i].attention.onlineBlock = 4
+        }
+        let spec = try loadJSON("lm_\(name).json") as! [String: Any]
+        let tokens = (spec["tokens"] as! [NSNumber]).map(\.intValue)
+        let targets = (spec["targets"] as! [NSNumber]).map(\.intValue)
+        let expected = (spec["loss"] as! NSNumber).doubleValue
+        #expect(tokens.count / (spec["batch"] as! Int) > 4, "several blocks per sequence")
+        var none: ModelState? = nil
+        let loss = model.loss(tokens: tokens, targets: targets, batch: spec["batch"] as! Int, state: &none)
+        #expect(abs(loss - expected) / expected < 1e-4, "\(name): loss \(loss) vs float64 reference \(expected)")
+    }
 }
