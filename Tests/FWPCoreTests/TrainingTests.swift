@@ -123,11 +123,14 @@ func unigramEntropyNats(_ text: [Int]) -> Double {
 
     /// A batch of one sequence is one shard; with two threads its dense products cut their rows
     /// (and the feed-forward backward its columns) into pieces: the loss and every gradient are
-    /// bit for bit those of one thread. T = 1024 and FF 512, so that every cut happens.
-    @Test(arguments: [AttentionKind.softmax, .fastWeight])
-    func oneSequenceOnTwoThreadsGivesOneThreadsBits(_ attention: AttentionKind) throws {
-        var config = Variant(attention: attention, rule: .delta, normalization: .sum).config(
-            modelSize: 32, heads: 2, headSize: 16, layers: 2)
+    /// bit for bit those of one thread. T = 1024 and FF 512, so that every cut happens (and
+    /// FAVOR+'s feature map, threaded over rows, with its products).
+    @Test(arguments: ["softmax", "elu", "favor-8"])
+    func oneSequenceOnTwoThreadsGivesOneThreadsBits(_ kind: String) throws {
+        let variant =
+            kind == "softmax"
+            ? Variant(attention: .softmax) : Variant(featureMap: kind, rule: .delta, normalization: .sum)
+        var config = variant.config(modelSize: 32, heads: 2, headSize: 16, layers: 2)
         config.feedForwardSize = 512
         var rng = FWPRandom(seed: 31)
         let x = (0..<1024).map { _ in Int(rng.next() % 9) }

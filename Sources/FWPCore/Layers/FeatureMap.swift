@@ -151,17 +151,19 @@ public struct FeatureMap: Sendable {
         case .favor(let m):
             guard let projection else { preconditionFailure("FAVOR+ needs its projection") }
             precondition(projection.shape == [m, d], "FAVOR+ projection must be \(m)×\(d)")
-            // Per block of rows: a = x Rᵀ into each output row's first half, then both halves
-            // exp(±a − |x|²/2 − c) from it.
+            // a = x Rᵀ into each output row's first half (cut only as `forEachRowPiece` allows,
+            // so the bits do not depend on the threads), then both halves exp(±a − |x|²/2 − c).
             let c = 0.5 * logf(Float(2 * m))
             x.withUnsafePointer { px in
                 projection.withUnsafePointer { pr in
                     y.withUnsafeMutablePointer { py in
-                        threads.forEachRowRange(rows, minimumRows: 64) { range in
-                            let r0 = range.lowerBound
+                        BLAS.forEachRowPiece(rows, n: m, k: d, transposeB: true, threads: threads) { range in
                             BLAS.gemm(
-                                transposeA: false, transposeB: true, m: range.count, n: m, k: d, a: px + r0 * d,
-                                lda: d, b: pr, ldb: d, beta: 0, c: py + r0 * dd, ldc: dd)
+                                transposeA: false, transposeB: true, m: range.count, n: m, k: d,
+                                a: px + range.lowerBound * d, lda: d, b: pr, ldb: d, beta: 0,
+                                c: py + range.lowerBound * dd, ldc: dd)
+                        }
+                        threads.forEachRowRange(rows, minimumRows: 64) { range in
                             for r in range {
                                 let shift = 0.5 * Vec.dot(px + r * d, px + r * d, d) + c
                                 Vec.favorPair(py + r * dd, m, shift: shift)
@@ -244,24 +246,17 @@ public struct FeatureMap: Sendable {
             // φ± = exp(±a − |x|²/2 − c): dφ±/dx = φ± (±R − x), so per row
             // dx = −(Σ dφ·φ) x + (dφ₊·φ₊ − dφ₋·φ₋) R.
             var dx = Tensor(uninitializedShape: [rows, d])  // every row written below
+            var g = Tensor(uninitializedShape: [rows, m])  // every row written below
             dy.withUnsafePointer { pg in
                 x.withUnsafePointer { px in
                     y.withUnsafePointer { py in
-                        projection.withUnsafePointer { pr in
-                            dx.withUnsafeMutablePointer { pd in
+                        dx.withUnsafeMutablePointer { pd in
+                            g.withUnsafeMutablePointer { pgr in
                                 threads.forEachRowRange(rows, minimumRows: 64) { range in
-                                    let r0 = range.lowerBound
-                                    var g = [Float](repeating: 0, count: range.count * m)
-                                    g.withUnsafeMutableBufferPointer { pgb in
-                                        for r in range {
-                                            let total = Vec.favorPairBackward(
-                                                pg + r * dd, output: py + r * dd, into: pgb.baseAddress! + (r - r0) * m,
-                                                m)
-                                            Vec.scale(-total, px + r * d, into: pd + r * d, d)
-                                        }
-                                        BLAS.gemm(
-                                            transposeA: false, transposeB: false, m: range.count, n: d, k: m,
-                                            a: pgb.baseAddress!, lda: m, b: pr, ldb: d, beta: 1, c: pd + r0 * d, ldc: d)
+                                    for r in range {
+                                        let total = Vec.favorPairBackward(
+                                            pg + r * dd, output: py + r * dd, into: pgr + r * m, m)
+                                        Vec.scale(-total, px + r * d, into: pd + r * d, d)
                                     }
                                 }
                             }
@@ -269,6 +264,7 @@ public struct FeatureMap: Sendable {
                     }
                 }
             }
+            BLAS.gemm(g, projection, beta: 1, into: &dx, threads: threads)
             return dx
         }
     }
