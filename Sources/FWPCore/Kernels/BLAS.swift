@@ -340,35 +340,30 @@ public enum BLAS {
             x, 1, 0, y, 1)
     }
 
-    /// Which kernel `gemm` gives a product of this shape: 0 small, 1 dense, 2 OpenBLAS.
-    static func kernelChoice(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int) -> Int {
-        if usesSmallKernel(transposeB: transposeB, m: m, n: n, k: k) { return 0 }
-        return usesDenseKernel(transposeA: transposeA, m: m, n: n, k: k) ? 1 : 2
+    /// 0 ..< count cut at multiples of 64 into pieces of at least 256, at most two per thread
+    /// (the last takes the remainder), run over `threads`; the whole at once when there is one
+    /// thread or too little to cut.
+    static func forEachPiece(_ count: Int, threads: ComputeThreads, _ body: (Range<Int>) -> Void) {
+        let units = count / 64
+        let pieces = threads.count <= 1 ? 1 : min(2 * threads.count, units / 4)
+        guard pieces > 1 else { return body(0..<count) }
+        threads.forEach(pieces) { i in
+            body(((i * units / pieces) * 64)..<(i == pieces - 1 ? count : ((i + 1) * units / pieces) * 64))
+        }
     }
 
-    /// Rows 0 ..< m of a product's output cut into pieces over `threads`, at multiples of 64 rows
-    /// and at least 256 rows each, when the whole product and every piece run on the dense kernel
-    /// (`kernelChoice`), whose arithmetic for an output element does not depend on the rows
-    /// around it: the result then does not depend on the thread count. (OpenBLAS picks its paths
-    /// by size, and cut products came out different in the last bits.) One piece (the whole)
-    /// otherwise. For the dense layers' products when a training shard has threads to spare (a
-    /// batch of one sequence).
+    /// Rows 0 ..< m of a product's output cut by `forEachPiece` when the product runs on the dense
+    /// kernel, whose arithmetic for an output element does not depend on the rows around it: the
+    /// result then does not depend on the thread count. (Pieces have at least 256 rows, past the
+    /// small kernel's limit, so the dense kernel takes every piece too. OpenBLAS picks its paths by
+    /// size, and cut products came out different in the last bits.) The whole otherwise. For the
+    /// dense layers' products when a training shard has threads to spare (a batch of one sequence).
     static func forEachRowPiece(
         _ m: Int, n: Int, k: Int, transposeA: Bool = false, transposeB: Bool = false, threads: ComputeThreads,
         _ body: (Range<Int>) -> Void
     ) {
-        let units = m / 64
-        let pieces = threads.count <= 1 ? 1 : min(2 * threads.count, units / 4)
-        let smallest = pieces > 1 ? (units / pieces) * 64 : m
-        guard
-            pieces > 1,
-            kernelChoice(transposeA: transposeA, transposeB: transposeB, m: smallest, n: n, k: k) == 1,
-            kernelChoice(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k) == 1
-        else { return body(0..<m) }
-        threads.forEach(pieces) { i in
-            let lo = (i * units / pieces) * 64, hi = i == pieces - 1 ? m : ((i + 1) * units / pieces) * 64
-            body(lo..<hi)
-        }
+        let cut = usesDenseKernel(transposeA: transposeA, m: m, n: n, k: k)
+        forEachPiece(m, threads: cut ? threads : ComputeThreads(1), body)
     }
 
     /// C ← alpha · op(A) · op(B) + beta · C for rank-2 tensors, with shape checks; C's rows cut
@@ -489,16 +484,11 @@ public enum BLAS {
                         columnSums.withUnsafeMutablePointer { ps in
                             // Column pieces of dh: each is a product of its own with the same rows
                             // (64-column steps keep the dense kernel's register blocks whole).
-                            let pieces = threads.count <= 1 || m < 256 ? 1 : min(2 * threads.count, n / 256)
-                            let units = n / 64
-                            let run = { (j: Int) in
-                                let lo = pieces > 1 ? (j * units / pieces) * 64 : 0
-                                let hi = pieces > 1 && j < pieces - 1 ? ((j + 1) * units / pieces) * 64 : n
+                            forEachPiece(n, threads: m < 256 ? ComputeThreads(1) : threads) { c in
                                 fwp_dense_sgemm_gated(
-                                    0, Int32(m), Int32(hi - lo), Int32(k), pa, Int32(k), pb + lo, Int32(n), pc + lo,
-                                    Int32(n), pg + lo, Int32(n), ps + lo)
+                                    0, Int32(m), Int32(c.count), Int32(k), pa, Int32(k), pb + c.lowerBound, Int32(n),
+                                    pc + c.lowerBound, Int32(n), pg + c.lowerBound, Int32(n), ps + c.lowerBound)
                             }
-                            if pieces > 1 { threads.forEach(pieces, run) } else { run(0) }
                         }
                     }
                 }
